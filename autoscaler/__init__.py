@@ -1,0 +1,1 @@
+"""Placement of pool replicas on GPU node pools, and scaling with load."""

@@ -1,0 +1,1 @@
+"""Model pools and the engines behind them (vLLM, simulator); the local fleet."""

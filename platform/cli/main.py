@@ -1,0 +1,41 @@
+"""The `gemma-fleet` command: one sub-command per job, each in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from gemma_fleet.cli.errors import CliError
+from gemma_fleet.cli.profile import profile_command
+
+app = typer.Typer(
+    name="gemma-fleet",
+    help="Serve the Gemma 4 family on Ray Serve and Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("profile")(profile_command)
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps typer from collapsing a single command into the root."""
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: bad input becomes one line on stderr and exit status 2, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except CliError as exc:
+        print(f"gemma-fleet: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except click.UsageError as exc:
+        print(f"gemma-fleet: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        sys.exit(130)
