@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.20 vendors click; its usage errors are not the `click` package's
+    from typer._click.exceptions import UsageError
+except ImportError:  # pragma: no cover - older typer uses click itself
+    from click.exceptions import UsageError
 
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.profile import profile_command
@@ -32,10 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     except CliError as exc:
         print(f"gemma-fleet: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except click.UsageError as exc:
+    except UsageError as exc:
         print(f"gemma-fleet: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
+    except typer.Abort:
         sys.exit(130)
