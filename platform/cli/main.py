@@ -9,7 +9,7 @@ import typer
 try:  # typer >= 0.20 vendors click; its usage errors are not the `click` package's
     from typer._click.exceptions import UsageError
 except ImportError:  # pragma: no cover - older typer uses click itself
-    from click.exceptions import UsageError
+    from click.exceptions import UsageError  # type: ignore[assignment]
 
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.profile import profile_command
