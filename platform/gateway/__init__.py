@@ -1,0 +1,1 @@
+"""The gateway: OpenAI- and Anthropic-compatible HTTP front that classifies and routes."""

@@ -1,0 +1,149 @@
+"""Classify a chat request into what it needs from a pool: tokens, modalities, tools, structure.
+
+Prompt tokens come from the pool's tokenizer when the caller has one, else from a conservative
+estimate: one token per 3 UTF-8 bytes. Gemma 4's 262K-entry vocabulary averages about 4
+characters per token on English prose, so the estimate errs high. Routing on it may send a request
+near a pool's limit to a longer-context pool, but never to one that cannot hold it. Media follow
+the catalog's facts: images cost their soft-token budget (default 280), audio 25 tokens per second
+up to 750 per clip (30 s), video its default frames x tokens per frame.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gemma_fleet.catalog import Modality
+from gemma_fleet.catalog.schema import Family
+from gemma_fleet.gateway.openai_models import (
+    AssistantMessage,
+    AudioPart,
+    ChatCompletionRequest,
+    ImagePart,
+    InputAudio,
+    TextPart,
+    VideoPart,
+)
+from gemma_fleet.routing import RequestNeeds
+
+BYTES_PER_TOKEN = 3
+TURN_OVERHEAD_TOKENS = 4  # <|turn>role\n ... <turn|>\n
+PROMPT_OVERHEAD_TOKENS = 4  # <bos> and the generation prompt
+IMAGE_BOUNDARY_TOKENS = 2  # <|image> ... <image|> around the soft tokens
+DEFAULT_MAX_OUTPUT_TOKENS = 1024  # routed and sent to the engine when the client sets none
+
+TokenCounter = Callable[[str], int]
+
+
+class InvalidMedia(ValueError):
+    """A media part cannot be decoded; the gateway answers 400 with this message."""
+
+
+def estimate_tokens(text: str) -> int:
+    """Conservative token count when no tokenizer is at hand."""
+    return math.ceil(len(text.encode()) / BYTES_PER_TOKEN)
+
+
+@dataclass(frozen=True)
+class Classification:
+    needs: RequestNeeds
+    images: int
+    audio_seconds: float
+    videos: int
+
+
+def _decode_base64(data: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidMedia(f"{what} is not valid base64: {exc}") from exc
+
+
+def audio_seconds(audio: InputAudio) -> float:
+    """Duration of an input_audio part, read from its header (nothing is decoded in full)."""
+    import soundfile  # local: only gateways that take audio need libsndfile
+
+    raw = _decode_base64(audio.data, "input_audio.data")
+    try:
+        info = soundfile.info(io.BytesIO(raw))
+    except (RuntimeError, soundfile.LibsndfileError) as exc:
+        raise InvalidMedia(f"input_audio is not decodable {audio.format} audio: {exc}") from exc
+    if info.samplerate <= 0 or info.frames < 0:
+        raise InvalidMedia("input_audio has no samples")
+    return float(info.frames) / float(info.samplerate)
+
+
+def check_image_data_url(url: str) -> None:
+    """A data: URL must hold a decodable image; http(s) URLs are checked when fetched."""
+    if not url.startswith("data:"):
+        if not url.startswith(("http://", "https://")):
+            raise InvalidMedia("image_url.url must be an http(s) URL or a data: URL")
+        return
+    header, _, payload = url.partition(",")
+    if not header.startswith("data:image/") or ";base64" not in header:
+        raise InvalidMedia("image data URL must look like data:image/<type>;base64,<data>")
+    raw = _decode_base64(payload, "image data URL")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            image.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise InvalidMedia(f"image data URL is not a decodable image: {exc}") from exc
+
+
+def classify_chat(
+    request: ChatCompletionRequest, facts: Family, count_tokens: TokenCounter | None = None
+) -> Classification:
+    """What `request` needs from a pool. Raises InvalidMedia for undecodable media."""
+    count = count_tokens or estimate_tokens
+    modalities = {Modality.TEXT}
+    tokens = PROMPT_OVERHEAD_TOKENS
+    images = videos = 0
+    seconds = 0.0
+    image_tokens = facts.image_soft_tokens_default + IMAGE_BOUNDARY_TOKENS
+    per_second = 1000 / facts.audio.ms_per_token
+    video_tokens = facts.video.frames_default * facts.video.tokens_per_frame
+
+    for message in request.messages:
+        tokens += TURN_OVERHEAD_TOKENS
+        content = message.content
+        if isinstance(content, str):
+            tokens += count(content)
+        elif content is not None:
+            for part in content:
+                if isinstance(part, TextPart):
+                    tokens += count(part.text)
+                elif isinstance(part, ImagePart):
+                    check_image_data_url(part.image_url.url)
+                    modalities.add(Modality.IMAGE)
+                    images += 1
+                    tokens += image_tokens
+                elif isinstance(part, AudioPart):
+                    clip = audio_seconds(part.input_audio)
+                    modalities.add(Modality.AUDIO)
+                    seconds += clip
+                    tokens += min(math.ceil(clip * per_second), facts.audio.max_tokens)
+                elif isinstance(part, VideoPart):
+                    modalities.add(Modality.VIDEO)
+                    videos += 1
+                    tokens += video_tokens
+        if isinstance(message, AssistantMessage) and message.tool_calls:
+            tokens += count(json.dumps([c.model_dump() for c in message.tool_calls]))
+
+    if request.tools:
+        tokens += count(json.dumps([t.model_dump(by_alias=True) for t in request.tools]))
+    structured = request.response_format is not None and request.response_format.type != "text"
+    needs = RequestNeeds(
+        prompt_tokens=tokens,
+        max_output_tokens=request.output_limit or DEFAULT_MAX_OUTPUT_TOKENS,
+        modalities=frozenset(modalities),
+        tools=bool(request.tools) and request.tool_choice != "none",
+        structured_output=structured,
+    )
+    return Classification(needs=needs, images=images, audio_seconds=seconds, videos=videos)
