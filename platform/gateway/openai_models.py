@@ -176,3 +176,26 @@ class ChatCompletionRequest(Strict):
     def output_limit(self) -> int | None:
         """The client's output token limit (the newer field wins)."""
         return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(Strict):
+    """OpenAI's legacy completions: one text prompt in, its continuation out."""
+
+    model: str = Field(min_length=1)
+    prompt: str
+    max_tokens: int | None = Field(None, ge=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool | None = None
+    user: str | None = None
+    top_k: int | None = None
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)

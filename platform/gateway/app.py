@@ -1,0 +1,100 @@
+"""The gateway's HTTP surface (FastAPI). Bodies are read and parsed here, under a size limit,
+so every malformed request gets a 4xx that names the problem before anything is routed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from gemma_fleet.gateway.errors import ApiError, validation_error
+from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
+from gemma_fleet.gateway.service import Answer, Gateway, JsonAnswer
+
+M = TypeVar("M", bound=BaseModel)
+
+SECURITY_HEADERS = {"x-content-type-options": "nosniff", "cache-control": "no-store"}
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    """The request body as a JSON object: 415 for another content type, 413 above `limit`
+    bytes (checked while reading, so a lying Content-Length does not help), 400 otherwise."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, got {content_type!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body of {int(declared):,} bytes exceeds {limit:,}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body exceeds {limit:,} bytes")
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"request body is not UTF-8: {exc.reason}") from exc
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from exc
+    except RecursionError as exc:
+        raise ApiError(400, "JSON nested too deeply") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def parse(model: type[M], body: dict[str, Any]) -> M:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc, body) from exc
+
+
+def respond(answer: Answer) -> Response:
+    headers = {**SECURITY_HEADERS, **answer.headers}
+    if isinstance(answer, JsonAnswer):
+        return JSONResponse(answer.body, headers=headers)
+    return StreamingResponse(answer.events, media_type="text/event-stream", headers=headers)
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    """The OpenAI-compatible HTTP app over `gateway`."""
+    app = FastAPI(title="Gemma Fleet gateway", docs_url=None, redoc_url=None)
+    limit = gateway.settings.max_body_bytes
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {**SECURITY_HEADERS, **exc.headers()}
+        return JSONResponse(exc.openai_body(), status_code=exc.status, headers=headers)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        body = parse(ChatCompletionRequest, await read_json(request, limit))
+        return respond(await gateway.chat(body))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        body = parse(CompletionRequest, await read_json(request, limit))
+        return respond(await gateway.completions(body))
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        return JSONResponse(gateway.models(), headers=SECURITY_HEADERS)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok"}, headers=SECURITY_HEADERS)
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        if gateway.ready():
+            return JSONResponse({"status": "ready"}, headers=SECURITY_HEADERS)
+        raise ApiError(503, "no pool has a healthy replica", retry_after_s=5)
+
+    return app

@@ -1,0 +1,217 @@
+"""The gateway's core: classify, route, dispatch to the pool, shape the answer.
+
+HTTP lives in app.py; this module knows requests and replies, not sockets, so it is tested
+without a server. A call that fails before its first reply is tried once more (Ray Serve routes
+the retry to a live replica); a failure after the stream started ends the stream with an error
+event, never silence.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gemma_fleet.catalog import Modality
+from gemma_fleet.catalog.schema import Family
+from gemma_fleet.gateway.classify import (
+    InvalidMedia,
+    classify_chat,
+    estimate_tokens,
+)
+from gemma_fleet.gateway.errors import ApiError
+from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
+from gemma_fleet.gateway.pool_client import (
+    EngineError,
+    JsonReply,
+    Method,
+    PoolClient,
+    PoolUnavailable,
+    Reply,
+    SseReply,
+)
+from gemma_fleet.gateway.pool_state import PoolState
+from gemma_fleet.routing import PoolView, RequestNeeds, RouteDecision, RoutingError, route
+
+POOL_HEADER = "x-gemma-fleet-pool"
+REASON_HEADER = "x-gemma-fleet-route"
+DONE = "data: [DONE]\n\n"
+
+
+class PoolInfo(BaseModel):
+    """What the gateway is told about a pool when it starts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    model: str
+    max_model_len: int = Field(ge=1)
+    modalities: list[Modality]
+    capacity: int = Field(ge=1, description="replicas x max_num_seqs")
+    size_rank: float = Field(description="smaller is cheaper to serve")
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pools: list[PoolInfo] = Field(min_length=1)
+    aliases: dict[str, list[str]] = Field(default_factory=dict)
+    max_body_bytes: int = Field(25 * 2**20, ge=1024, description="413 above this")
+
+
+@dataclass
+class JsonAnswer:
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StreamAnswer:
+    events: AsyncIterator[str]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Answer = JsonAnswer | StreamAnswer
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, client: PoolClient, facts: Family) -> None:
+        self.settings = settings
+        self._client = client
+        self._facts = facts
+        self.state = PoolState()
+        for info in settings.pools:
+            view = PoolView(
+                name=info.name,
+                model=info.model,
+                max_model_len=info.max_model_len,
+                modalities=frozenset(info.modalities),
+                size_rank=info.size_rank,
+            )
+            self.state.add(view, info.capacity)
+
+    def models(self) -> dict[str, Any]:
+        """OpenAI's model list: every pool and alias, with what it can take."""
+        data = []
+        for info in self.settings.pools:
+            data.append(_model_card(info.name, [info]))
+        for alias, members in self.settings.aliases.items():
+            pools = [p for p in self.settings.pools if p.name in members or p.model in members]
+            data.append(_model_card(alias, pools))
+        return {"object": "list", "data": data}
+
+    def ready(self) -> bool:
+        return any(v.healthy for v in self.state.views())
+
+    async def chat(self, request: ChatCompletionRequest) -> Answer:
+        try:
+            needs = classify_chat(request, self._facts).needs
+        except InvalidMedia as exc:
+            raise ApiError(400, str(exc), param="messages") from exc
+        decision = self._route(needs, request.model)
+        payload = request.model_dump(exclude_none=True, by_alias=True)
+        payload["model"] = decision.pool
+        if request.output_limit is None:
+            payload["max_tokens"] = needs.max_output_tokens
+        return await self._dispatch(decision, "chat", payload, request.stream)
+
+    async def completions(self, request: CompletionRequest) -> Answer:
+        needs = RequestNeeds(
+            prompt_tokens=estimate_tokens(request.prompt) + 1,
+            max_output_tokens=request.max_tokens or 16,  # OpenAI's default for completions
+        )
+        decision = self._route(needs, request.model)
+        payload = request.model_dump(exclude_none=True)
+        payload["model"] = decision.pool
+        payload["max_tokens"] = needs.max_output_tokens
+        return await self._dispatch(decision, "completions", payload, request.stream)
+
+    def _route(self, needs: RequestNeeds, requested: str) -> RouteDecision:
+        try:
+            return route(needs, requested, self.state.views(), aliases=self.settings.aliases)
+        except RoutingError as exc:
+            raise ApiError(
+                exc.status, exc.message, param="model", retry_after_s=exc.retry_after_s
+            ) from exc
+
+    async def _dispatch(
+        self, decision: RouteDecision, method: Method, payload: dict[str, Any], stream: bool
+    ) -> Answer:
+        pool = decision.pool
+        headers = {POOL_HEADER: pool, REASON_HEADER: decision.reason}
+        replies, first = await self._first_reply(pool, method, payload)
+        if isinstance(first, EngineError):
+            await _close(replies)
+            raise ApiError(first.status, first.message)
+        if isinstance(first, JsonReply):
+            await _close(replies)
+            return JsonAnswer(first.body, headers)
+        return StreamAnswer(self._stream(pool, first, replies), headers)
+
+    async def _first_reply(
+        self, pool: str, method: Method, payload: dict[str, Any]
+    ) -> tuple[AsyncIterator[Reply], Reply]:
+        for attempt in (1, 2):
+            replies = self._tracked(pool, self._client.call(pool, method, payload))
+            try:
+                return replies, await anext(replies)
+            except PoolUnavailable as exc:
+                await _close(replies)
+                if attempt == 2:
+                    self.state.mark_down(pool)
+                    raise ApiError(503, f"{exc}; try again shortly", retry_after_s=5) from exc
+            except StopAsyncIteration as exc:
+                raise ApiError(502, f"pool {pool} closed the response without a reply") from exc
+        raise AssertionError("unreachable")
+
+    async def _tracked(self, pool: str, replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
+        """Count the request in flight for as long as its replies are being read."""
+        with self.state.in_flight(pool):
+            try:
+                async for reply in replies:
+                    yield reply
+            finally:
+                await _close(replies)
+
+    async def _stream(
+        self, pool: str, first: Reply, replies: AsyncIterator[Reply]
+    ) -> AsyncIterator[str]:
+        done = False
+        try:
+            pending: Reply | None = first
+            while pending is not None:
+                if isinstance(pending, SseReply):
+                    done = done or pending.text.rstrip().endswith("data: [DONE]")
+                    yield pending.text
+                elif isinstance(pending, EngineError):
+                    yield ApiError(pending.status, pending.message).sse_event()
+                elif isinstance(pending, JsonReply):
+                    yield f"data: {json.dumps(pending.body)}\n\n"
+                pending = await anext(replies, None)
+        except Exception as exc:
+            yield ApiError(503, f"pool {pool} failed mid-stream: {type(exc).__name__}").sse_event()
+        finally:
+            await _close(replies)
+        if not done:
+            yield DONE
+
+
+async def _close(replies: AsyncIterator[Reply]) -> None:
+    aclose = getattr(replies, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _model_card(name: str, pools: list[PoolInfo]) -> dict[str, Any]:
+    modalities = sorted({m.value for p in pools for m in p.modalities})
+    return {
+        "id": name,
+        "object": "model",
+        "owned_by": "gemma-fleet",
+        "pools": [p.name for p in pools],
+        "modalities": modalities,
+        "max_model_len": max(p.max_model_len for p in pools),
+    }
