@@ -10,6 +10,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
+from gemma_fleet.gateway.anthropic import to_chat_request, to_message, to_message_stream
+from gemma_fleet.gateway.anthropic_models import MessagesRequest
 from gemma_fleet.gateway.errors import ApiError, validation_error
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
 from gemma_fleet.gateway.service import Answer, Gateway, JsonAnswer
@@ -82,6 +84,24 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def completions(request: Request) -> Response:
         body = parse(CompletionRequest, await read_json(request, limit))
         return respond(await gateway.completions(body))
+
+    @app.post("/v1/messages")
+    async def messages(request: Request) -> Response:
+        # Anthropic clients expect Anthropic's error shape, so errors are answered here.
+        try:
+            body = parse(MessagesRequest, await read_json(request, limit))
+            answer = await gateway.chat(to_chat_request(body))
+        except ApiError as exc:
+            headers = {**SECURITY_HEADERS, **exc.headers()}
+            return JSONResponse(exc.anthropic_body(), status_code=exc.status, headers=headers)
+        headers = {**SECURITY_HEADERS, **answer.headers}
+        if isinstance(answer, JsonAnswer):
+            return JSONResponse(to_message(answer.body, body.model), headers=headers)
+        return StreamingResponse(
+            to_message_stream(answer.events, body.model),
+            media_type="text/event-stream",
+            headers=headers,
+        )
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:

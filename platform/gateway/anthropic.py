@@ -1,0 +1,277 @@
+"""Anthropic Messages on top of the chat core: requests are translated to OpenAI chat, answers
+and streams back to Anthropic's shapes, so agents that speak Messages reach the same pools with
+the same routing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from gemma_fleet.gateway.anthropic_models import (
+    ImageBlock,
+    MessagesRequest,
+    TextBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+from gemma_fleet.gateway.errors import ApiError, validation_error
+from gemma_fleet.gateway.openai_models import ChatCompletionRequest
+
+STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+def _image_url(block: ImageBlock) -> str:
+    source = block.source
+    if source.type == "base64":
+        return f"data:{source.media_type};base64,{source.data}"
+    return source.url
+
+
+def _text(blocks: str | list[Any]) -> str:
+    if isinstance(blocks, str):
+        return blocks
+    if any(not isinstance(b, TextBlock) for b in blocks):
+        raise ApiError(400, "only text can be returned inside a tool_result", param="messages")
+    return "".join(b.text for b in blocks)
+
+
+def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
+    """The OpenAI chat request that asks the same of a pool."""
+    messages: list[dict[str, Any]] = []
+    if req.system:
+        messages.append({"role": "system", "content": _text(req.system)})
+    for i, message in enumerate(req.messages):
+        if isinstance(message.content, str):
+            messages.append({"role": message.role, "content": message.content})
+            continue
+        parts: list[dict[str, Any]] = []
+        calls: list[dict[str, Any]] = []
+        for block in message.content:
+            if isinstance(block, TextBlock):
+                parts.append({"type": "text", "text": block.text})
+            elif isinstance(block, ImageBlock):
+                parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
+            elif isinstance(block, ToolResultBlock) and message.role == "user":
+                content = _text(block.content)
+                if block.is_error:
+                    content = f"error: {content}"
+                messages.append(
+                    {"role": "tool", "tool_call_id": block.tool_use_id, "content": content}
+                )
+            elif isinstance(block, ToolUseBlock) and message.role == "assistant":
+                calls.append(
+                    {
+                        "id": block.id,
+                        "type": "function",
+                        "function": {"name": block.name, "arguments": json.dumps(block.input)},
+                    }
+                )
+            else:
+                raise ApiError(
+                    400,
+                    f"a {block.type} block cannot appear in a {message.role} message",
+                    param=f"messages[{i}].content",
+                )
+        if message.role == "assistant":
+            text = "".join(p["text"] for p in parts if p["type"] == "text")
+            entry: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if calls:
+                entry["tool_calls"] = calls
+            messages.append(entry)
+        elif parts:
+            messages.append({"role": "user", "content": parts})
+
+    body: dict[str, Any] = {
+        "model": req.model,
+        "messages": messages,
+        "max_tokens": req.max_tokens,
+        "stream": req.stream,
+    }
+    if req.stream:
+        body["stream_options"] = {"include_usage": True}
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+        ("stop", "stop_sequences"),
+    ):
+        value = getattr(req, theirs)
+        if value is not None:
+            body[ours] = value
+    if req.tools:
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.input_schema,
+                },
+            }
+            for t in req.tools
+        ]
+    if req.tool_choice is not None:
+        choice = req.tool_choice
+        if choice.type == "tool":
+            if not choice.name:
+                raise ApiError(400, "tool_choice of type tool needs a name", param="tool_choice")
+            body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        else:
+            body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[choice.type]
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc, body) from exc
+
+
+def to_message(chat: dict[str, Any], model: str) -> dict[str, Any]:
+    """An OpenAI chat completion as an Anthropic message."""
+    choice = chat["choices"][0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or []:
+        function = call["function"]
+        content.append(
+            {
+                "type": "tool_use",
+                "id": call["id"],
+                "name": function["name"],
+                "input": json.loads(function.get("arguments") or "{}"),
+            }
+        )
+    usage = chat.get("usage") or {}
+    return {
+        "id": f"msg_{chat.get('id') or uuid.uuid4().hex}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": usage.get("prompt_tokens", 0),
+            "output_tokens": usage.get("completion_tokens", 0),
+        },
+    }
+
+
+def _event(kind: str, data: dict[str, Any]) -> str:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
+
+
+def _chunks(text: str) -> list[dict[str, Any] | str]:
+    """The JSON payloads (or "[DONE]") of one or more OpenAI server-sent events."""
+    out: list[dict[str, Any] | str] = []
+    for line in text.splitlines():
+        if line.startswith("data: "):
+            payload = line[len("data: ") :].strip()
+            out.append(payload if payload == "[DONE]" else json.loads(payload))
+    return out
+
+
+class _StreamState:
+    """Anthropic's content blocks, opened and closed as OpenAI deltas arrive."""
+
+    def __init__(self) -> None:
+        self.index = -1
+        self.open_kind: str | None = None  # "text" or the tool call's OpenAI index
+        self.stop_reason = "end_turn"
+        self.input_tokens = 0
+        self.output_tokens = 0
+
+    def close(self) -> list[str]:
+        if self.open_kind is None:
+            return []
+        self.open_kind = None
+        return [_event("content_block_stop", {"index": self.index})]
+
+    def open(self, kind: str, block: dict[str, Any]) -> list[str]:
+        events = self.close()
+        self.index += 1
+        self.open_kind = kind
+        events.append(_event("content_block_start", {"index": self.index, "content_block": block}))
+        return events
+
+    def delta(self, chunk: dict[str, Any]) -> list[str]:
+        events: list[str] = []
+        if usage := chunk.get("usage"):
+            self.input_tokens = usage.get("prompt_tokens", self.input_tokens)
+            self.output_tokens = usage.get("completion_tokens", self.output_tokens)
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if text := delta.get("content"):
+                if self.open_kind != "text":
+                    events += self.open("text", {"type": "text", "text": ""})
+                events.append(
+                    _event(
+                        "content_block_delta",
+                        {"index": self.index, "delta": {"type": "text_delta", "text": text}},
+                    )
+                )
+            for call in delta.get("tool_calls") or []:
+                kind = f"tool{call.get('index', 0)}"
+                function = call.get("function") or {}
+                if self.open_kind != kind:
+                    block = {
+                        "type": "tool_use",
+                        "id": call.get("id") or f"toolu_{uuid.uuid4().hex}",
+                        "name": function.get("name", ""),
+                        "input": {},
+                    }
+                    events += self.open(kind, block)
+                if args := function.get("arguments"):
+                    events.append(
+                        _event(
+                            "content_block_delta",
+                            {
+                                "index": self.index,
+                                "delta": {"type": "input_json_delta", "partial_json": args},
+                            },
+                        )
+                    )
+            if reason := choice.get("finish_reason"):
+                self.stop_reason = STOP_REASONS.get(reason, "end_turn")
+        return events
+
+
+async def to_message_stream(openai_events: AsyncIterator[str], model: str) -> AsyncIterator[str]:
+    """Anthropic's streaming events for an OpenAI chat stream."""
+    state = _StreamState()
+    message: dict[str, Any] = {
+        "id": f"msg_{uuid.uuid4().hex}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 0, "output_tokens": 0},
+    }
+    yield _event("message_start", {"message": message})
+    async for text in openai_events:
+        for chunk in _chunks(text):
+            if chunk == "[DONE]":
+                continue
+            assert isinstance(chunk, dict)
+            if "error" in chunk:
+                error = chunk["error"]
+                yield _event("error", {"error": {"type": "api_error", "message": error["message"]}})
+                return
+            for event in state.delta(chunk):
+                yield event
+    for event in state.close():
+        yield event
+    yield _event(
+        "message_delta",
+        {
+            "delta": {"stop_reason": state.stop_reason, "stop_sequence": None},
+            "usage": {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens},
+        },
+    )
+    yield _event("message_stop", {})
