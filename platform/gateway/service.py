@@ -8,6 +8,8 @@ event, never silence.
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,7 +25,21 @@ from gemma_fleet.gateway.classify import (
     estimate_tokens,
 )
 from gemma_fleet.gateway.errors import ApiError
-from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
+from gemma_fleet.gateway.media_fetch import (
+    FetchPolicy,
+    MediaFetchError,
+    Resolver,
+    data_url,
+    fetch,
+    system_resolver,
+)
+from gemma_fleet.gateway.openai_models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ImagePart,
+    UserMessage,
+    VideoPart,
+)
 from gemma_fleet.gateway.pool_client import (
     EngineError,
     JsonReply,
@@ -54,12 +70,35 @@ class PoolInfo(BaseModel):
     size_rank: float = Field(description="smaller is cheaper to serve")
 
 
+class MediaSettings(BaseModel):
+    """Limits on media the gateway fetches for a request (http(s) image and video URLs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_bytes: int = Field(20 * 2**20, ge=1)
+    timeout_s: float = Field(10.0, gt=0)
+    max_redirects: int = Field(3, ge=0)
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs fetched even though private (an internal media server)",
+    )
+
+    def policy(self) -> FetchPolicy:
+        return FetchPolicy(
+            max_bytes=self.max_bytes,
+            timeout_s=self.timeout_s,
+            max_redirects=self.max_redirects,
+            allowed_networks=tuple(ipaddress.ip_network(n) for n in self.allowed_networks),
+        )
+
+
 class GatewaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     pools: list[PoolInfo] = Field(min_length=1)
     aliases: dict[str, list[str]] = Field(default_factory=dict)
     max_body_bytes: int = Field(25 * 2**20, ge=1024, description="413 above this")
+    media: MediaSettings = MediaSettings()
 
 
 @dataclass
@@ -78,10 +117,19 @@ Answer = JsonAnswer | StreamAnswer
 
 
 class Gateway:
-    def __init__(self, settings: GatewaySettings, client: PoolClient, facts: Family) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        client: PoolClient,
+        facts: Family,
+        *,
+        resolve: Resolver = system_resolver,
+    ) -> None:
         self.settings = settings
         self._client = client
         self._facts = facts
+        self._fetch_policy = settings.media.policy()
+        self._resolve = resolve
         self.state = PoolState()
         for info in settings.pools:
             view = PoolView(
@@ -107,6 +155,7 @@ class Gateway:
         return any(v.healthy for v in self.state.views())
 
     async def chat(self, request: ChatCompletionRequest) -> Answer:
+        await self._inline_remote_media(request)
         try:
             needs = classify_chat(request, self._facts).needs
         except InvalidMedia as exc:
@@ -128,6 +177,35 @@ class Gateway:
         payload["model"] = decision.pool
         payload["max_tokens"] = needs.max_output_tokens
         return await self._dispatch(decision, "completions", payload, request.stream)
+
+    async def _inline_remote_media(self, request: ChatCompletionRequest) -> None:
+        """Fetch http(s) media under the SSRF policy and pass it on as data: URLs, so no
+        engine ever fetches a URL a client chose."""
+        targets: list[tuple[ImagePart | VideoPart, str, str]] = []
+        for message in request.messages:
+            if isinstance(message, UserMessage) and isinstance(message.content, list):
+                for part in message.content:
+                    if isinstance(part, ImagePart):
+                        targets.append((part, part.image_url.url, "image/"))
+                    elif isinstance(part, VideoPart):
+                        targets.append((part, part.video_url.url, "video/"))
+        remote = [t for t in targets if t[1].startswith(("http://", "https://"))]
+        if not remote:
+            return
+        try:
+            fetched = await asyncio.gather(
+                *(
+                    fetch(url, self._fetch_policy, accept=(kind,), resolve=self._resolve)
+                    for _, url, kind in remote
+                )
+            )
+        except MediaFetchError as exc:
+            raise ApiError(400, str(exc), param="messages") from exc
+        for (part, _, _), (body, content_type) in zip(remote, fetched, strict=True):
+            if isinstance(part, ImagePart):
+                part.image_url.url = data_url(body, content_type)
+            else:
+                part.video_url.url = data_url(body, content_type)
 
     def _route(self, needs: RequestNeeds, requested: str) -> RouteDecision:
         try:
