@@ -4,6 +4,8 @@ so every malformed request gets a 4xx that names the problem before anything is 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -14,7 +16,14 @@ from gemma_fleet.gateway.anthropic import to_chat_request, to_message, to_messag
 from gemma_fleet.gateway.anthropic_models import MessagesRequest
 from gemma_fleet.gateway.errors import ApiError, validation_error
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
-from gemma_fleet.gateway.service import Answer, Gateway, JsonAnswer
+from gemma_fleet.gateway.service import (
+    POOL_HEADER,
+    REASON_HEADER,
+    Answer,
+    Gateway,
+    JsonAnswer,
+    StreamAnswer,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -69,36 +78,72 @@ def create_app(gateway: Gateway) -> FastAPI:
     """The OpenAI-compatible HTTP app over `gateway`."""
     app = FastAPI(title="Gemma Fleet gateway", docs_url=None, redoc_url=None)
     limit = gateway.settings.max_body_bytes
+    metrics = gateway.metrics
+
+    async def observed(
+        endpoint: str,
+        request: Request,
+        handle: Callable[[dict[str, Any]], Awaitable[tuple[str, Answer]]],
+    ) -> Answer:
+        """Run one API call, counting it whichever way it ends. Only model names the gateway
+        serves become label values: a client cannot grow the metric set."""
+        started = time.perf_counter()
+        try:
+            model, answer = await handle(await read_json(request, limit))
+        except ApiError as exc:
+            metrics.refused(endpoint, "", exc.status)
+            raise
+        pool, reason = answer.headers[POOL_HEADER], answer.headers[REASON_HEADER]
+        if isinstance(answer, StreamAnswer):
+            answer.events = metrics.timed_stream(
+                answer.events, endpoint, model, pool, reason, started
+            )
+        else:
+            metrics.answered(endpoint, model, pool, reason, started)
+        return answer
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         headers = {**SECURITY_HEADERS, **exc.headers()}
         return JSONResponse(exc.openai_body(), status_code=exc.status, headers=headers)
 
+    async def _chat(raw: dict[str, Any]) -> tuple[str, Answer]:
+        body = parse(ChatCompletionRequest, raw)
+        return body.model, await gateway.chat(body)
+
+    async def _completions(raw: dict[str, Any]) -> tuple[str, Answer]:
+        body = parse(CompletionRequest, raw)
+        return body.model, await gateway.completions(body)
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        body = parse(ChatCompletionRequest, await read_json(request, limit))
-        return respond(await gateway.chat(body))
+        return respond(await observed("chat", request, _chat))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        body = parse(CompletionRequest, await read_json(request, limit))
-        return respond(await gateway.completions(body))
+        return respond(await observed("completions", request, _completions))
 
     @app.post("/v1/messages")
     async def messages(request: Request) -> Response:
         # Anthropic clients expect Anthropic's error shape, so errors are answered here.
+        parsed: list[MessagesRequest] = []
+
+        async def _messages(raw: dict[str, Any]) -> tuple[str, Answer]:
+            body = parse(MessagesRequest, raw)
+            parsed.append(body)
+            return body.model, await gateway.chat(to_chat_request(body))
+
         try:
-            body = parse(MessagesRequest, await read_json(request, limit))
-            answer = await gateway.chat(to_chat_request(body))
+            answer = await observed("messages", request, _messages)
         except ApiError as exc:
             headers = {**SECURITY_HEADERS, **exc.headers()}
             return JSONResponse(exc.anthropic_body(), status_code=exc.status, headers=headers)
         headers = {**SECURITY_HEADERS, **answer.headers}
+        model = parsed[0].model
         if isinstance(answer, JsonAnswer):
-            return JSONResponse(to_message(answer.body, body.model), headers=headers)
+            return JSONResponse(to_message(answer.body, model), headers=headers)
         return StreamingResponse(
-            to_message_stream(answer.events, body.model),
+            to_message_stream(answer.events, model),
             media_type="text/event-stream",
             headers=headers,
         )
@@ -106,6 +151,10 @@ def create_app(gateway: Gateway) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> JSONResponse:
         return JSONResponse(gateway.models(), headers=SECURITY_HEADERS)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(gateway.metrics_text(), media_type="text/plain; version=0.0.4")
 
     @app.get("/health")
     async def health() -> JSONResponse:

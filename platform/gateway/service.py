@@ -21,6 +21,7 @@ from gemma_fleet.catalog import Modality
 from gemma_fleet.catalog.schema import Family
 from gemma_fleet.gateway.classify import (
     InvalidMedia,
+    check_image_data_url,
     classify_chat,
     estimate_tokens,
 )
@@ -33,6 +34,7 @@ from gemma_fleet.gateway.media_fetch import (
     fetch,
     system_resolver,
 )
+from gemma_fleet.gateway.metrics import GatewayMetrics
 from gemma_fleet.gateway.openai_models import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -129,6 +131,7 @@ class Gateway:
         self._client = client
         self._facts = facts
         self._fetch_policy = settings.media.policy()
+        self.metrics = GatewayMetrics()
         self._resolve = resolve
         self.state = PoolState()
         for info in settings.pools:
@@ -151,16 +154,23 @@ class Gateway:
             data.append(_model_card(alias, pools))
         return {"object": "list", "data": data}
 
+    def metrics_text(self) -> bytes:
+        """Prometheus exposition, with in-flight counts read from the pool state now."""
+        for name, pool in self.state.pools.items():
+            self.metrics.in_flight.labels(name).set(pool.in_flight)
+        return self.metrics.render()
+
     def ready(self) -> bool:
         return any(v.healthy for v in self.state.views())
 
     async def chat(self, request: ChatCompletionRequest) -> Answer:
-        await self._inline_remote_media(request)
         try:
             needs = classify_chat(request, self._facts).needs
         except InvalidMedia as exc:
             raise ApiError(400, str(exc), param="messages") from exc
         decision = self._route(needs, request.model)
+        # Only a request some pool can serve is worth fetching media for.
+        await self._inline_remote_media(request)
         payload = request.model_dump(exclude_none=True, by_alias=True)
         payload["model"] = decision.pool
         if request.output_limit is None:
@@ -199,13 +209,14 @@ class Gateway:
                     for _, url, kind in remote
                 )
             )
-        except MediaFetchError as exc:
+            for (part, _, _), (body, content_type) in zip(remote, fetched, strict=True):
+                if isinstance(part, ImagePart):
+                    part.image_url.url = data_url(body, content_type)
+                    check_image_data_url(part.image_url.url)
+                else:
+                    part.video_url.url = data_url(body, content_type)
+        except (MediaFetchError, InvalidMedia) as exc:
             raise ApiError(400, str(exc), param="messages") from exc
-        for (part, _, _), (body, content_type) in zip(remote, fetched, strict=True):
-            if isinstance(part, ImagePart):
-                part.image_url.url = data_url(body, content_type)
-            else:
-                part.video_url.url = data_url(body, content_type)
 
     def _route(self, needs: RequestNeeds, requested: str) -> RouteDecision:
         try:
