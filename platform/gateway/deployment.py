@@ -1,0 +1,48 @@
+"""The gateway as the fleet's Ray Serve ingress: one deployment in front of the pools' LLMServer
+deployments, reached through their handles. The HTTP app is built on the replica after the
+constructor (`__serve_build_asgi_app__`), so it closes over this replica's gateway."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.deployment import Application
+
+from gemma_fleet.catalog import load_catalog
+from gemma_fleet.gateway.app import create_app
+from gemma_fleet.gateway.pool_client import ServePoolClient
+from gemma_fleet.gateway.service import Gateway, GatewaySettings
+
+
+@serve.deployment(name="gateway", max_ongoing_requests=2048)
+@serve.ingress()
+class GatewayDeployment:
+    def __init__(self, settings: dict[str, Any], pools: Mapping[str, Any]) -> None:
+        self._gateway = Gateway(
+            GatewaySettings.model_validate(settings),
+            ServePoolClient(pools),
+            load_catalog().family,
+        )
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(self._gateway)
+
+
+def build_gateway_app(
+    settings: GatewaySettings,
+    pools: Mapping[str, Application],
+    **deployment_options: Any,
+) -> Application:
+    """The gateway bound to the pool applications it routes to (keyed by pool name)."""
+    missing = {p.name for p in settings.pools} - set(pools)
+    if missing:
+        raise ValueError(f"gateway settings name pools with no deployment: {sorted(missing)}")
+    # serve.deployment turns the class into a Deployment, which mypy cannot see through.
+    deployment: Any = GatewayDeployment
+    app: Application = deployment.options(**deployment_options).bind(
+        settings.model_dump(mode="json"), dict(pools)
+    )
+    return app
