@@ -5,6 +5,7 @@ so the gateway's core never touches vLLM's protocol types.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -84,6 +85,76 @@ class EnginePoolClient:
         async for item in getattr(self._engines[pool], method)(request, None):
             for reply in normalise(item):
                 yield reply
+
+
+@dataclass(frozen=True)
+class HttpPool:
+    """A pool served by an OpenAI-compatible HTTP server (standalone `vllm serve`, another
+    gateway): its base URL and the model id that server serves."""
+
+    url: str
+    served_model: str
+
+
+class HttpPoolClient:
+    """Calls pools over HTTP. Streams are passed on event by event (re-assembled on blank
+    lines), so a client sees each token when the server sends it."""
+
+    def __init__(self, pools: Mapping[str, HttpPool], *, timeout_s: float = 600.0) -> None:
+        import httpx
+
+        self._pools = dict(pools)
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def call(
+        self, pool: str, method: Method, payload: dict[str, Any]
+    ) -> AsyncIterator[Reply]:
+        import httpx
+
+        target = self._pools[pool]
+        path = "/v1/chat/completions" if method == "chat" else "/v1/completions"
+        body = {**payload, "model": target.served_model}
+        started = False
+        try:
+            async with self._client.stream("POST", target.url + path, json=body) as response:
+                if response.status_code != 200:
+                    yield _http_error(response.status_code, await response.aread())
+                    return
+                if not body.get("stream"):
+                    started = True
+                    yield JsonReply(json.loads(await response.aread()))
+                    return
+                event: list[str] = []
+                async for line in response.aiter_lines():
+                    if line:
+                        event.append(line)
+                    elif event:
+                        started = True
+                        yield SseReply("\n".join(event) + "\n\n")
+                        event = []
+                if event:
+                    yield SseReply("\n".join(event) + "\n\n")
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            if started:
+                raise
+            raise PoolUnavailable(f"pool {pool}: {type(exc).__name__}") from exc
+
+
+def _http_error(status: int, raw: bytes) -> EngineError:
+    try:
+        error = json.loads(raw).get("error") or {}
+    except (ValueError, AttributeError):
+        error = {}
+    message = error.get("message") if isinstance(error, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    return EngineError(status, str(message or raw[:200].decode(errors="replace")), str(kind))
 
 
 class ServePoolClient:
