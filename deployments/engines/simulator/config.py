@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemma_fleet.vram import KvDtype
@@ -28,3 +30,12 @@ class SimulatorConfig(BaseModel):
     enable_prefix_caching: bool = True
     speedup: float = Field(1.0, gt=0, description="simulated seconds per wall-clock second")
     seed: int = 0
+    # Natural length of a plain-text answer, drawn per request from its seed (before max_tokens).
+    answer_tokens_min: int = Field(16, ge=1)
+    answer_tokens_max: int = Field(256, ge=1)
+    # "wall": simulated time follows the wall clock (x speedup) while idle, as a served replica
+    # must. "virtual": it advances only by step times and steps do not sleep: for benchmarks and
+    # capacity planning, where idle gaps between closed-loop requests must not count.
+    clock: Literal["wall", "virtual"] = "wall"
+    # Fixed cost of one engine step (roofline.STEP_OVERHEAD_S unless overridden).
+    step_overhead_s: float | None = Field(None, ge=0)

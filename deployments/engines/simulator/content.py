@@ -1,0 +1,155 @@
+"""What a simulated answer says: structurally valid, deterministic content of a given length.
+
+- Plain text: English-looking words from a fixed list. Its natural length is drawn from the
+  request's seed in [answer_tokens_min, answer_tokens_max] (config), then capped by max_tokens
+  (finish_reason "length") unless min_tokens or ignore_eos ask for more.
+- Tool calls, when tools are offered and chosen: tool_choice "required" or a named function
+  always call; "auto" calls the first tool whose name (or a word of it, split on _ and -)
+  appears in the last user message, unless the last message is a tool result (then the model
+  answers in text); "none" never calls. Arguments are generated from the tool's JSON schema.
+- response_format json_schema / json_object: a JSON document valid for the schema.
+The output is a list of token-sized pieces; the token count is the number of pieces.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from gemma_fleet.deployments.engines.simulator import tokenizer
+from gemma_fleet.deployments.engines.simulator.schema_gen import WORDS, generate
+
+_TEXT = (
+    "the model serves requests across the fleet while each replica keeps its cache warm and "
+    "the router picks a pool that fits the context length so answers arrive quickly and "
+    "tokens stream back to the client in order with usage counted per team"
+)
+TEXT_WORDS = [*_TEXT.split(" "), *WORDS]
+
+
+@dataclass
+class AnswerPlan:
+    """The pieces a request will output, token by token."""
+
+    kind: str  # "text", "json" or "tool_call"
+    pieces: list[str]
+    finish_reason: str  # "stop", "length" or "tool_calls"
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+    header_tokens: int = 0  # tool calls: leading tokens that carry the name, not arguments
+    token_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.token_ids:
+            self.token_ids = [tokenizer.token_id(p) for p in self.pieces]
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces[self.header_tokens :])
+
+
+@dataclass(frozen=True)
+class AnswerSpec:
+    """What decides an answer, extracted from an OpenAI request."""
+
+    max_tokens: int
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    stop: tuple[str, ...] = ()
+    tools: tuple[dict[str, Any], ...] = ()  # {"name", "parameters"}
+    tool_choice: Any = "auto"
+    last_role: str = "user"
+    last_user_text: str = ""
+    response_format: dict[str, Any] | None = None
+
+
+def text_pieces(rng: random.Random, n: int) -> list[str]:
+    out: list[str] = []
+    first = True
+    while len(out) < n:
+        word = rng.choice(TEXT_WORDS)
+        if first:
+            word = word.capitalize()
+        sentence_end = rng.random() < 0.08
+        chunk = ("" if first else " ") + word + ("." if sentence_end else "")
+        first = sentence_end
+        out.extend(tokenizer.pieces(chunk))
+    return out[:n]
+
+
+def choose_tool(spec: AnswerSpec) -> dict[str, Any] | None:
+    """The tool the simulated model calls, or None to answer in text (module docstring)."""
+    if not spec.tools:
+        return None
+    choice = spec.tool_choice
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return next((t for t in spec.tools if t["name"] == name), None)
+    if choice == "none":
+        return None
+    matched = _matching_tool(spec)
+    if choice == "required":
+        return matched or spec.tools[0]
+    return None if spec.last_role == "tool" else matched
+
+
+def _matching_tool(spec: AnswerSpec) -> dict[str, Any] | None:
+    words = set(re.findall(r"[a-z0-9]+", spec.last_user_text.lower()))
+    text = spec.last_user_text.lower()
+    for tool in spec.tools:
+        name = tool["name"].lower()
+        if name in text or any(part in words for part in re.split(r"[_\-.]", name) if part):
+            return tool
+    return None
+
+
+def _cap(pieces: list[str], spec: AnswerSpec, natural: str) -> tuple[list[str], str]:
+    if len(pieces) > spec.max_tokens:
+        return pieces[: spec.max_tokens], "length"
+    return pieces, natural
+
+
+def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, int]) -> AnswerPlan:
+    """The deterministic answer to a request described by `spec` (rng seeded per request)."""
+    tool = choose_tool(spec)
+    if tool is not None:
+        arguments = json.dumps(generate(tool.get("parameters") or {"type": "object"}, rng))
+        header = [f"<|tool_call>call:{tool['name']}"]
+        pieces, reason = _cap(header + tokenizer.pieces(arguments), spec, "tool_calls")
+        call_id = f"chatcmpl-tool-{rng.getrandbits(128):032x}"
+        return AnswerPlan("tool_call", pieces, reason, tool["name"], call_id, header_tokens=1)
+    fmt = spec.response_format or {}
+    if fmt.get("type") in ("json_schema", "json_object"):
+        if fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
+        else:
+            schema = {"type": "object", "required": ["answer"], "properties": {"answer": {}}}
+        document = json.dumps(generate(schema, rng))
+        pieces, reason = _cap(tokenizer.pieces(document), spec, "stop")
+        return AnswerPlan("json", pieces, reason)
+    lo, hi = length_range
+    natural = rng.randint(lo, max(lo, hi))
+    if spec.ignore_eos:
+        n, reason = spec.max_tokens, "length"
+    else:
+        n = max(natural, spec.min_tokens)
+        reason = "stop" if n <= spec.max_tokens else "length"
+        n = min(n, spec.max_tokens)
+    pieces = text_pieces(rng, n)
+    if spec.stop:
+        text = "".join(pieces)
+        cut = min((i for s in spec.stop if s and (i := text.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            kept: list[str] = []
+            size = 0
+            for p in pieces:
+                if size + len(p) > cut:
+                    kept.append(p[: cut - size])  # the token that completed the stop string
+                    break
+                kept.append(p)
+                size += len(p)
+            pieces, reason = kept, "stop"
+    return AnswerPlan("text", pieces, reason)

@@ -1,0 +1,499 @@
+"""The simulator as a Ray Serve LLM engine: `SimulatorEngine` sits behind Ray Serve LLM's
+`LLMServer` deployment exactly where vLLM's engine does.
+
+    build_llm_deployment(simulator_llm_config("gemma-4-31B-h100", config),
+                         bind_kwargs=simulator_bind_kwargs())
+
+LLMServer.start() only constructs the engine class and awaits engine.start() (then pushes a
+telemetry report, which never raises): no model download, no tokenizer, no checkpoint. The
+simulator reads its SimulatorConfig from llm_config.experimental_configs[EXPERIMENTAL_CONFIG_KEY].
+
+Protocol conventions followed (ray.llm._internal.serve.core.engine.protocol and its vLLM
+engine): streaming yields "data: {json}\\n\\n" strings in OpenAI chunk format, the usage chunk
+when stream_options.include_usage, then "data: [DONE]\\n\\n"; non-streaming yields one
+ChatCompletionResponse / CompletionResponse; errors yield one ErrorResponse.
+
+Metrics: `routing_stats()` carries a snapshot (running, waiting, KV usage); the full Prometheus
+text is returned by `collective_rpc("prometheus_metrics")`, reachable through the deployment
+handle as `handle.collective_rpc.remote(method="prometheus_metrics")` (a one-element list).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig, LLMConfig
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionStreamResponse,
+    CompletionRequest,
+    CompletionResponse,
+    CompletionStreamResponse,
+    ErrorInfo,
+    ErrorResponse,
+    TokenizeResponse,
+)
+from ray.llm._internal.serve.core.engine.protocol import LLMEngine
+from ray.llm._internal.serve.core.protocol import RawRequestInfo
+from vllm.entrypoints.generate.base.protocol import (
+    DeltaFunctionCall,
+    DeltaMessage,
+    DeltaToolCall,
+    FunctionCall,
+    ToolCall,
+)
+from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseStreamChoice,
+    ChatMessage,
+)
+from vllm.entrypoints.openai.completion.protocol import (
+    CompletionResponseChoice,
+    CompletionResponseStreamChoice,
+)
+from vllm.entrypoints.serve.engine.protocol import PromptTokenUsageInfo, UsageInfo
+
+from gemma_fleet.catalog import load_catalog
+from gemma_fleet.deployments.engines.simulator import tokenizer
+from gemma_fleet.deployments.engines.simulator.config import (
+    EXPERIMENTAL_CONFIG_KEY,
+    SimulatorConfig,
+)
+from gemma_fleet.deployments.engines.simulator.content import AnswerPlan, plan_answer
+from gemma_fleet.deployments.engines.simulator.core import SimulatorCore
+from gemma_fleet.deployments.engines.simulator.prompt import (
+    RequestError,
+    answer_spec,
+    check_modalities,
+    render_chat,
+    resolve_max_tokens,
+)
+
+PROMETHEUS_METRICS_RPC = "prometheus_metrics"
+
+
+def _error(message: str, code: int = 400, param: str | None = None) -> ErrorResponse:
+    kind = "BadRequestError" if code < 500 else "InternalServerError"
+    return ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=code))
+
+
+def _sse(chunk: Any) -> str:
+    return f"data: {chunk.model_dump_json(exclude_unset=True)}\n\n"
+
+
+def _sse_usage(chunk: Any) -> str:
+    """The final usage chunk, serialised like vLLM's (exclude_none as well)."""
+    return f"data: {chunk.model_dump_json(exclude_unset=True, exclude_none=True)}\n\n"
+
+
+def config_from(llm_config: LLMConfig) -> SimulatorConfig:
+    raw = llm_config.experimental_configs.get(EXPERIMENTAL_CONFIG_KEY)
+    if raw is None:
+        raise ValueError(
+            f"LLMConfig.experimental_configs[{EXPERIMENTAL_CONFIG_KEY!r}] must hold a "
+            "SimulatorConfig for the simulator engine"
+        )
+    return raw if isinstance(raw, SimulatorConfig) else SimulatorConfig.model_validate(raw)
+
+
+class SimulatorEngine(LLMEngine):
+    """A simulated vLLM engine (see the module docstring)."""
+
+    def __init__(self, llm_config: LLMConfig) -> None:
+        self.llm_config = llm_config
+        self.config = config_from(llm_config)
+        self.model_id = llm_config.model_id
+        self.model_spec = load_catalog().model(self.config.model)
+        self.core = SimulatorCore(self.config, model_name=self.model_id)
+        self._sleeping = False
+
+    async def start(self) -> None:
+        await self.core.start()
+
+    def routing_stats(self) -> dict[str, Any]:
+        return {"simulator": self.core.stats()}
+
+    async def resolve_lora(self, lora_model: DiskMultiplexConfig) -> None:
+        raise ValueError("the simulator engine does not serve LoRA adapters")
+
+    async def check_health(self) -> None:
+        self.core.check_health()
+
+    async def reset_prefix_cache(self) -> None:
+        self.core.pool.reset_prefix_cache()
+
+    async def sleep(self, **kwargs: Any) -> None:
+        self._sleeping = True
+        self.core.pause()
+
+    async def wakeup(self, **kwargs: Any) -> None:
+        self._sleeping = False
+        self.core.resume()
+
+    async def is_sleeping(self) -> bool:
+        return self._sleeping
+
+    async def pause(self, **kwargs: Any) -> None:
+        self.core.pause()
+
+    async def resume(self, **kwargs: Any) -> None:
+        self.core.resume()
+
+    async def is_paused(self) -> bool:
+        return self.core.paused
+
+    async def start_profile(self) -> None:
+        return None
+
+    async def stop_profile(self) -> None:
+        return None
+
+    async def shutdown(self) -> None:
+        await self.core.shutdown()
+
+    async def collective_rpc(
+        self,
+        method: str,
+        timeout: float | None = None,  # noqa: ASYNC109 (the protocol's signature)
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> list[Any]:
+        """`prometheus_metrics` returns [the Prometheus text]; `stats` returns [a snapshot]."""
+        if method == PROMETHEUS_METRICS_RPC:
+            return [self.metrics_text()]
+        if method == "stats":
+            return [self.core.stats()]
+        raise NotImplementedError(f"the simulator has no worker method {method!r}")
+
+    def metrics_text(self) -> str:
+        return self.core.metrics.render()
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _rng(self, seed: int | None, prompt_ids: list[int]) -> random.Random:
+        if seed is not None:
+            return random.Random(seed)
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update(str(self.config.seed).encode())
+        digest.update(",".join(map(str, prompt_ids)).encode())
+        return random.Random(int.from_bytes(digest.digest(), "little"))
+
+    def _engine_id(self, request_id: str) -> str:
+        return (
+            request_id if self.core.request(request_id) is None else f"{request_id}-{uuid.uuid4()}"
+        )
+
+    def _plan(
+        self, request: ChatCompletionRequest | CompletionRequest, prompt: list[int], spec: Any
+    ) -> AnswerPlan:
+        rng = self._rng(request.seed, prompt)
+        length = (self.config.answer_tokens_min, self.config.answer_tokens_max)
+        return plan_answer(spec, rng, length)
+
+    def _usage(self, prompt: int, completion: int, cached: int) -> UsageInfo:
+        return UsageInfo(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            prompt_tokens_details=PromptTokenUsageInfo(cached_tokens=cached),
+        )
+
+    # ---- chat ------------------------------------------------------------------------------
+    async def chat(  # type: ignore[override]
+        self,
+        request: ChatCompletionRequest,
+        raw_request_info: RawRequestInfo | None = None,
+    ) -> AsyncGenerator[str | ChatCompletionResponse | ErrorResponse, None]:
+        try:
+            prompt, plan = self._prepare_chat(request)
+        except RequestError as exc:
+            yield _error(str(exc), param=exc.param)
+            return
+        response_id = f"chatcmpl-{request.request_id}"
+        created = int(time.time())
+        named = isinstance(request.tool_choice, dict) or hasattr(request.tool_choice, "function")
+        finish = plan.finish_reason
+        if finish == "tool_calls" and named:
+            finish = "stop"  # OpenAI: a named tool choice finishes with "stop"
+        events = self.core.generate(
+            self._engine_id(request.request_id), prompt, plan.token_ids, plan.finish_reason
+        )
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            first = ChatCompletionStreamResponse(
+                id=response_id,
+                object="chat.completion.chunk",
+                created=created,
+                model=self.model_id,
+                choices=[
+                    ChatCompletionResponseStreamChoice(
+                        index=0,
+                        delta=DeltaMessage(role="assistant", content=""),
+                        finish_reason=None,
+                    )
+                ],
+            )
+            yield _sse(first)
+            completion, cached = 0, 0
+            async for event in events:
+                completion, cached = event.index + 1, event.num_cached_tokens
+                delta = self._chat_delta(plan, event.index)
+                choice = ChatCompletionResponseStreamChoice(
+                    index=0, delta=delta, finish_reason=finish if event.finished else None
+                )
+                chunk = ChatCompletionStreamResponse(
+                    id=response_id,
+                    object="chat.completion.chunk",
+                    created=created,
+                    model=self.model_id,
+                    choices=[choice],
+                )
+                yield _sse(chunk)
+            if include_usage:
+                usage_chunk = ChatCompletionStreamResponse(
+                    id=response_id,
+                    object="chat.completion.chunk",
+                    created=created,
+                    model=self.model_id,
+                    choices=[],
+                    usage=self._usage(len(prompt), completion, cached),
+                )
+                yield _sse_usage(usage_chunk)
+            yield "data: [DONE]\n\n"
+            return
+        cached = 0
+        async for event in events:
+            cached = event.num_cached_tokens
+        if plan.kind == "tool_call" and plan.tool_name is not None:
+            message = ChatMessage(
+                role="assistant",
+                content="",
+                tool_calls=[
+                    ToolCall(
+                        id=plan.tool_call_id,
+                        function=FunctionCall(name=plan.tool_name, arguments=plan.text),
+                    )
+                ],
+            )
+        else:
+            message = ChatMessage(role="assistant", content=plan.text)
+        yield ChatCompletionResponse(
+            id=response_id,
+            created=created,
+            model=self.model_id,
+            choices=[ChatCompletionResponseChoice(index=0, message=message, finish_reason=finish)],
+            usage=self._usage(len(prompt), len(plan.pieces), cached),
+        )
+
+    def _chat_delta(self, plan: AnswerPlan, index: int) -> DeltaMessage:
+        if plan.kind != "tool_call":
+            return DeltaMessage(content=plan.pieces[index])
+        if index == 0:
+            call = DeltaToolCall(
+                index=0,
+                id=plan.tool_call_id,
+                type="function",
+                function=DeltaFunctionCall(name=plan.tool_name, arguments=""),
+            )
+        elif index < plan.header_tokens:
+            return DeltaMessage()
+        else:
+            call = DeltaToolCall(index=0, function=DeltaFunctionCall(arguments=plan.pieces[index]))
+        return DeltaMessage(tool_calls=[call])
+
+    def _prepare_chat(self, request: ChatCompletionRequest) -> tuple[list[int], AnswerPlan]:
+        if (request.n or 1) != 1:
+            raise RequestError("the simulator serves n=1 only", param="n")
+        tools = [t.function.model_dump(exclude_none=True) for t in (request.tools or [])]
+        mm_kwargs = request.mm_processor_kwargs or {}
+        soft_tokens = int(
+            mm_kwargs.get("max_soft_tokens", load_catalog().family.image_soft_tokens_default)
+        )
+        rendered = render_chat(list(request.messages), tools, soft_tokens)
+        check_modalities(self.model_spec, self.config.text_only, rendered.modalities)
+        # vars(): reading the deprecated max_tokens attribute would log a warning per request.
+        requested = request.max_completion_tokens or vars(request).get("max_tokens")
+        max_tokens = resolve_max_tokens(
+            requested, len(rendered.token_ids), self.config.max_model_len
+        )
+        tool_choice = request.tool_choice if tools else "none"
+        spec = answer_spec(
+            max_tokens=max_tokens,
+            min_tokens=request.min_tokens,
+            ignore_eos=request.ignore_eos,
+            stop=request.stop,
+            tools=tools,
+            tool_choice=tool_choice,
+            rendered=rendered,
+            response_format=request.response_format,
+        )
+        return rendered.token_ids, self._plan(request, rendered.token_ids, spec)
+
+    # ---- completions -----------------------------------------------------------------------
+    def _prepare_completion(self, request: CompletionRequest) -> tuple[list[int], AnswerPlan]:
+        if (request.n or 1) != 1:
+            raise RequestError("the simulator serves n=1 only", param="n")
+        prompt: Any = request.prompt
+        if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            ids = [tokenizer.BOS_ID, *tokenizer.encode(prompt)]
+        elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            ids = list(prompt)
+        else:
+            raise RequestError("prompt must be a string or a list of token ids", param="prompt")
+        max_tokens = resolve_max_tokens(
+            request.max_tokens or 16, len(ids), self.config.max_model_len
+        )
+        spec = answer_spec(
+            max_tokens=max_tokens,
+            min_tokens=request.min_tokens,
+            ignore_eos=request.ignore_eos,
+            stop=request.stop,
+            tools=[],
+            tool_choice="none",
+            rendered=None,
+            response_format=request.response_format,
+        )
+        return ids, self._plan(request, ids, spec)
+
+    async def completions(  # type: ignore[override]
+        self,
+        request: CompletionRequest,
+        raw_request_info: RawRequestInfo | None = None,
+    ) -> AsyncGenerator[str | CompletionResponse | ErrorResponse, None]:
+        try:
+            prompt, plan = self._prepare_completion(request)
+        except RequestError as exc:
+            yield _error(str(exc), param=exc.param)
+            return
+        response_id = f"cmpl-{request.request_id}"
+        created = int(time.time())
+        events = self.core.generate(
+            self._engine_id(request.request_id), prompt, plan.token_ids, plan.finish_reason
+        )
+        if request.stream:
+            include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            completion, cached = 0, 0
+            async for event in events:
+                completion, cached = event.index + 1, event.num_cached_tokens
+                choice = CompletionResponseStreamChoice(
+                    index=0,
+                    text=plan.pieces[event.index],
+                    finish_reason=plan.finish_reason if event.finished else None,
+                )
+                chunk = CompletionStreamResponse(
+                    id=response_id,
+                    object="text_completion",
+                    created=created,
+                    model=self.model_id,
+                    choices=[choice],
+                )
+                yield _sse(chunk)
+            if include_usage:
+                usage_chunk = CompletionStreamResponse(
+                    id=response_id,
+                    object="text_completion",
+                    created=created,
+                    model=self.model_id,
+                    choices=[],
+                    usage=self._usage(len(prompt), completion, cached),
+                )
+                yield _sse_usage(usage_chunk)
+            yield "data: [DONE]\n\n"
+            return
+        cached = 0
+        async for event in events:
+            cached = event.num_cached_tokens
+        yield CompletionResponse(
+            id=response_id,
+            created=created,
+            model=self.model_id,
+            choices=[
+                CompletionResponseChoice(index=0, text=plan.text, finish_reason=plan.finish_reason)
+            ],
+            usage=self._usage(len(prompt), len(plan.pieces), cached),
+        )
+
+    # ---- unsupported endpoints ---------------------------------------------------------------
+    async def embeddings(  # type: ignore[override]
+        self, request: Any, raw_request_info: RawRequestInfo | None = None
+    ) -> AsyncGenerator[Any, None]:
+        yield _error(f"{self.model_id} (simulated Gemma 4) does not support embeddings")
+
+    async def transcriptions(  # type: ignore[override]
+        self, request: Any, raw_request_info: RawRequestInfo | None = None
+    ) -> AsyncGenerator[Any, None]:
+        yield _error(f"{self.model_id} (simulated Gemma 4) does not support transcriptions")
+
+    async def score(
+        self, request: Any, raw_request_info: RawRequestInfo | None = None
+    ) -> AsyncGenerator[Any, None]:
+        yield _error(f"{self.model_id} (simulated Gemma 4) does not support scoring")
+
+    async def tokenize(
+        self, request: Any, raw_request_info: RawRequestInfo | None = None
+    ) -> AsyncGenerator[Any, None]:
+        if hasattr(request, "messages"):
+            ids = render_chat(list(request.messages), [], 280).token_ids
+        else:
+            ids = [tokenizer.BOS_ID, *tokenizer.encode(str(request.prompt))]
+        yield TokenizeResponse(count=len(ids), max_model_len=self.config.max_model_len, tokens=ids)
+
+
+def simulator_llm_config(
+    name: str,
+    config: SimulatorConfig,
+    *,
+    placement_group_config: dict[str, Any] | None = None,
+    deployment_config: dict[str, Any] | None = None,
+    accelerator_type: str | None = None,
+    runtime_env: dict[str, Any] | None = None,
+    **llm_config_fields: Any,
+) -> LLMConfig:
+    """An LLMConfig that serves `config` as model id `name` with the simulator engine.
+
+    `placement_group_config` and `deployment_config` pass through unchanged (the fleet builder
+    sets logical-GPU bundles and replicas there). Without a placement group, a replica takes
+    one CPU bundle and nothing else: the simulator needs no GPU.
+    """
+    if placement_group_config is None:
+        placement_group_config = {"bundles": [{"CPU": 1}], "strategy": "PACK"}
+        deployment_config = dict(deployment_config or {})
+        actor = dict(deployment_config.get("ray_actor_options") or {})
+        actor.setdefault("num_cpus", 0)  # the replica shares the engine's CPU bundle
+        deployment_config["ray_actor_options"] = actor
+        if accelerator_type is None:  # Ray Serve LLM refuses an accelerator_type on CPU
+            llm_config_fields.setdefault("accelerator_config", {"kind": "cpu"})
+    experimental = dict(llm_config_fields.pop("experimental_configs", {}) or {})
+    experimental[EXPERIMENTAL_CONFIG_KEY] = config.model_dump(mode="json")
+    engine_kwargs = {
+        # Mirrors for Ray Serve LLM's own bookkeeping (model card, bundle_per_worker x tp);
+        # the SimulatorConfig is the source of truth.
+        "tensor_parallel_size": config.tp,
+        "max_model_len": config.max_model_len,
+        "max_num_seqs": config.max_num_seqs,
+        "max_num_batched_tokens": config.max_num_batched_tokens,
+        "gpu_memory_utilization": config.gpu_memory_utilization,
+        "enable_prefix_caching": config.enable_prefix_caching,
+    }
+    return LLMConfig(
+        model_loading_config={"model_id": name},
+        engine_kwargs=engine_kwargs,
+        experimental_configs=experimental,
+        placement_group_config=placement_group_config,
+        deployment_config=deployment_config or {},
+        accelerator_type=accelerator_type,
+        runtime_env=runtime_env,
+        **llm_config_fields,
+    )
+
+
+def simulator_bind_kwargs() -> dict[str, Any]:
+    """bind_kwargs for build_llm_deployment: inject the simulator as LLMServer's engine."""
+    return {"engine_cls": SimulatorEngine}

@@ -1,0 +1,232 @@
+"""SimulatorEngine speaks Ray Serve LLM's engine protocol: OpenAI chunks, responses, errors,
+tool calls that validate against the tool schema, JSON that validates against the schema."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import jsonschema
+import pytest
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+)
+
+from gemma_fleet.deployments.engines.simulator.config import SimulatorConfig
+from gemma_fleet.deployments.engines.simulator.engine import (
+    SimulatorEngine,
+    simulator_llm_config,
+)
+
+CONFIG = SimulatorConfig(model="gemma-4-E4B", gpu="L4", max_model_len=8192, speedup=1e6)
+
+WEATHER = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "minLength": 2},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "minimum": 1, "maximum": 14},
+    },
+    "required": ["city", "unit"],
+    "additionalProperties": False,
+}
+SCHEMAS: list[dict[str, Any]] = [
+    WEATHER,
+    {
+        "type": "object",
+        "$defs": {
+            "item": {
+                "type": "object",
+                "properties": {
+                    "sku": {"type": "string", "pattern": "^[A-Z]{3}-\\d{4}$"},
+                    "qty": {"type": "integer", "exclusiveMinimum": 0, "multipleOf": 2},
+                    "price": {"type": "number", "minimum": 0.5, "maximum": 9.5},
+                },
+                "required": ["sku", "qty", "price"],
+            }
+        },
+        "properties": {
+            "order_id": {"type": "string", "format": "uuid"},
+            "items": {"type": "array", "items": {"$ref": "#/$defs/item"}, "minItems": 2},
+            "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+            "note": {"type": ["string", "null"], "maxLength": 12},
+            "priority": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+            "when": {"type": "string", "format": "date-time"},
+            "flags": {"type": "object", "additionalProperties": {"type": "boolean"}},
+        },
+        "required": ["order_id", "items", "tags", "note", "priority", "when"],
+    },
+    {"type": "array", "items": {"type": "number", "multipleOf": 0.25}, "minItems": 3},
+]
+
+
+def _engine() -> SimulatorEngine:
+    return SimulatorEngine(simulator_llm_config("gemma-sim", CONFIG))
+
+
+async def _drain(gen: Any) -> list[Any]:
+    return [item async for item in gen]
+
+
+def _chat(engine: SimulatorEngine, **body: Any) -> list[Any]:
+    body.setdefault("messages", [{"role": "user", "content": "Hello there"}])
+    request = ChatCompletionRequest(model="gemma-sim", **body)
+
+    async def run() -> list[Any]:
+        await engine.start()
+        try:
+            return await _drain(engine.chat(request))
+        finally:
+            await engine.shutdown()
+
+    return asyncio.run(run())
+
+
+def _chunks(out: list[Any]) -> list[dict[str, Any]]:
+    assert all(isinstance(s, str) and s.startswith("data: ") and s.endswith("\n\n") for s in out)
+    assert out[-1] == "data: [DONE]\n\n"
+    return [json.loads(s[len("data: ") :]) for s in out[:-1]]
+
+
+def test_non_streaming_chat_answers_within_max_tokens() -> None:
+    [response] = _chat(_engine(), max_tokens=5, ignore_eos=True)
+    assert isinstance(response, ChatCompletionResponse)
+    assert response.choices[0].finish_reason == "length"
+    assert response.usage.completion_tokens == 5
+    assert response.usage.prompt_tokens > 0
+    assert response.choices[0].message.content
+
+
+def test_streaming_chat_follows_openai_chunks_with_usage() -> None:
+    out = _chat(_engine(), max_tokens=300, stream=True, stream_options={"include_usage": True})
+    chunks = _chunks(out)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    content = [c for c in chunks if c["choices"] and "content" in c["choices"][0]["delta"]]
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finish[-1] in ("stop", "length") and all(f is None for f in finish[:-1])
+    usage = chunks[-1]["usage"]
+    assert chunks[-1]["choices"] == []
+    assert usage["completion_tokens"] == len(content) - 1  # minus the role chunk
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+@pytest.mark.parametrize("schema", SCHEMAS[:2], ids=["weather", "order"])
+@pytest.mark.parametrize("choice", ["required", "named", "auto"])
+def test_tool_calls_validate_against_the_tool_schema(schema: dict[str, Any], choice: str) -> None:
+    tools = [
+        {"type": "function", "function": {"name": "get_weather", "parameters": schema}},
+        {"type": "function", "function": {"name": "other_tool", "parameters": {"type": "object"}}},
+    ]
+    tool_choice: Any = choice
+    if choice == "named":
+        tool_choice = {"type": "function", "function": {"name": "get_weather"}}
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    [response] = _chat(
+        _engine(), messages=messages, tools=tools, tool_choice=tool_choice, max_tokens=2000
+    )
+    call = response.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), schema)
+    assert response.choices[0].finish_reason == ("stop" if choice == "named" else "tool_calls")
+
+
+def test_auto_answers_in_text_when_no_tool_matches_or_after_a_tool_result() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+    [plain] = _chat(_engine(), tools=tools, messages=[{"role": "user", "content": "Hi!"}])
+    assert not plain.choices[0].message.tool_calls
+    after = [
+        {"role": "user", "content": "weather in Oslo?"},
+        {"role": "assistant", "tool_calls": [{"id": "x", "type": "function",
+            "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "x", "content": "12 C"},
+    ]  # fmt: skip
+    [answer] = _chat(_engine(), tools=tools, messages=after)
+    assert not answer.choices[0].message.tool_calls and answer.choices[0].message.content
+
+
+def test_streamed_tool_call_reassembles_to_valid_arguments() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+    chunks = _chunks(
+        _chat(_engine(), tools=tools, tool_choice="required", stream=True, max_tokens=500)
+    )
+    calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert calls[0]["function"]["name"] == "get_weather" and calls[0]["id"]
+    arguments = "".join(tc["function"].get("arguments", "") for tc in calls)
+    jsonschema.validate(json.loads(arguments), WEATHER)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize("schema", SCHEMAS, ids=["weather", "order", "array"])
+def test_json_schema_answers_validate(schema: dict[str, Any]) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}}
+    for seed in range(5):
+        [response] = _chat(_engine(), response_format=fmt, seed=seed, max_tokens=4000)
+        jsonschema.validate(json.loads(response.choices[0].message.content), schema)
+    [obj] = _chat(_engine(), response_format={"type": "json_object"})
+    assert isinstance(json.loads(obj.choices[0].message.content), dict)
+
+
+def test_same_seed_same_answer_and_different_seed_differs() -> None:
+    def text(seed: int) -> str:
+        [r] = _chat(_engine(), seed=seed, max_tokens=64)
+        return str(r.choices[0].message.content)
+
+    assert text(7) == text(7)
+    assert text(7) != text(8)
+
+
+def test_bad_requests_get_openai_errors_not_exceptions() -> None:
+    too_long = [{"role": "user", "content": "word " * 40_000}]
+    [error] = _chat(_engine(), messages=too_long)
+    assert isinstance(error, ErrorResponse) and error.error.code == 400
+    assert "maximum context length" in error.error.message
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    text_only = SimulatorEngine(
+        simulator_llm_config("gemma-sim", CONFIG.model_copy(update={"text_only": True}))
+    )
+    [refused] = _chat(text_only, messages=image)
+    assert isinstance(refused, ErrorResponse) and refused.error.code == 400
+
+    async def embed() -> list[Any]:
+        return await _drain(_engine().embeddings(object()))
+
+    [unsupported] = asyncio.run(embed())
+    assert isinstance(unsupported, ErrorResponse) and unsupported.error.code == 400
+
+
+def test_completions_stream_and_not() -> None:
+    engine = _engine()
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        await engine.start()
+        plain = await _drain(
+            engine.completions(
+                CompletionRequest(model="gemma-sim", prompt="Once", max_tokens=7, ignore_eos=True)
+            )
+        )
+        streamed = await _drain(
+            engine.completions(CompletionRequest(model="gemma-sim", prompt="Once", max_tokens=7,
+                                                 ignore_eos=True, stream=True))
+        )  # fmt: skip
+        await engine.shutdown()
+        return plain, streamed
+
+    plain, streamed = asyncio.run(run())
+    assert isinstance(plain[0], CompletionResponse) and plain[0].usage.completion_tokens == 7
+    chunks = _chunks(streamed)
+    assert "".join(c["choices"][0]["text"] for c in chunks) == plain[0].choices[0].text
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_metrics_reachable_through_collective_rpc_and_routing_stats() -> None:
+    engine = _engine()
+    _chat(engine, max_tokens=3)
+    [text] = asyncio.run(engine.collective_rpc("prometheus_metrics"))
+    assert "vllm:generation_tokens_total" in text
+    assert engine.routing_stats()["simulator"]["num_requests_running"] == 0

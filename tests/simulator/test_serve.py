@@ -1,0 +1,71 @@
+"""The simulator behind a real Ray Serve LLM `LLMServer` (slow: starts a Ray cluster)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+)
+from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+
+from gemma_fleet.deployments.engines.simulator import (
+    SimulatorConfig,
+    simulator_bind_kwargs,
+    simulator_llm_config,
+)
+
+pytestmark = pytest.mark.slow
+SERVE_HTTP_PORT = 8710  # this suite's range is 8710-8719
+
+
+def _request(**body: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest(
+        model="gemma-sim",
+        messages=[{"role": "user", "content": "Tell me about the fleet."}],
+        **body,
+    )
+
+
+def test_simulator_engine_serves_chat_behind_llm_server(ray_cluster: str) -> None:
+    config = SimulatorConfig(model="gemma-4-31B", gpu="H100-80GB", quant="fp8", speedup=50.0)
+    llm_config = simulator_llm_config(
+        "gemma-sim",
+        config,
+        deployment_config={"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}},
+    )
+    app = build_llm_deployment(llm_config, bind_kwargs=simulator_bind_kwargs())
+    serve.start(http_options={"host": "127.0.0.1", "port": SERVE_HTTP_PORT})
+    try:
+        handle = serve.run(app, name="simulator", route_prefix=None)
+        stream_handle = handle.options(stream=True)
+
+        # Non-streaming: one ChatCompletionResponse.
+        [response] = list(stream_handle.chat.remote(_request(max_tokens=8, ignore_eos=True)))
+        assert isinstance(response, ChatCompletionResponse)
+        assert response.usage.completion_tokens == 8
+        assert response.choices[0].finish_reason == "length"
+
+        # Streaming: LLMServer batches the engine's SSE strings into lists.
+        batches = list(
+            stream_handle.chat.remote(
+                _request(max_tokens=12, ignore_eos=True, stream=True,
+                         stream_options={"include_usage": True})
+            )
+        )  # fmt: skip
+        lines = [line for batch in batches for line in batch]
+        assert lines[-1] == "data: [DONE]\n\n"
+        chunks = [json.loads(line[len("data: ") :]) for line in lines[:-1]]
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert chunks[-1]["usage"]["completion_tokens"] == 12
+
+        # Metrics and routing stats are reachable from the deployment.
+        [text] = handle.collective_rpc.remote(method="prometheus_metrics").result()
+        assert 'vllm:generation_tokens_total{engine="0",model_name="gemma-sim"} 20.0' in text
+        handle.check_health.remote().result()
+    finally:
+        serve.shutdown()
