@@ -1,0 +1,132 @@
+"""The gateway through the official Anthropic SDK: messages, streaming, tools, images and
+errors in Anthropic's format, routed exactly like OpenAI requests."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import anthropic
+import jsonschema
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def client(gateway_server: Any) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gateway_server.url, api_key="unused", max_retries=0)
+
+
+def test_message(client: anthropic.Anthropic) -> None:
+    raw = client.messages.with_raw_response.create(
+        model="gemma-4",
+        max_tokens=16,
+        system="be brief",
+        messages=[{"role": "user", "content": "hello"}],
+    )
+    message = raw.parse()
+    assert raw.headers["x-gemma-fleet-pool"] == "e2b"
+    assert message.role == "assistant"
+    assert message.content[0].type == "text" and message.content[0].text
+    assert message.stop_reason in {"end_turn", "max_tokens"}
+    assert 0 < message.usage.output_tokens <= 16
+
+
+def test_stream(client: anthropic.Anthropic) -> None:
+    with client.messages.stream(
+        model="dense", max_tokens=12, messages=[{"role": "user", "content": "count"}]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text and final.content[0].text == text
+    assert final.usage.output_tokens > 0
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
+    "required": ["city", "unit"],
+}
+TOOLS = [{"name": "forecast", "description": "weather", "input_schema": SCHEMA}]
+
+
+def test_tool_use_round_trip(client: anthropic.Anthropic) -> None:
+    first = client.messages.create(
+        model="gemma-4",
+        max_tokens=64,
+        tools=TOOLS,
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "weather in Oslo?"}],
+    )
+    assert first.stop_reason == "tool_use"
+    use = next(b for b in first.content if b.type == "tool_use")
+    assert use.name == "forecast"
+    jsonschema.validate(use.input, SCHEMA)
+    final = client.messages.create(
+        model="gemma-4",
+        max_tokens=16,
+        tools=TOOLS,
+        messages=[
+            {"role": "user", "content": "weather in Oslo?"},
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": use.id, "content": "12 degrees"}
+                ],
+            },
+        ],
+    )
+    assert final.content and final.content[0].type == "text"
+
+
+def test_streamed_tool_use(client: anthropic.Anthropic) -> None:
+    with client.messages.stream(
+        model="moe",
+        max_tokens=64,
+        tools=TOOLS,
+        tool_choice={"type": "tool", "name": "forecast"},
+        messages=[{"role": "user", "content": "weather?"}],
+    ) as stream:
+        final = stream.get_final_message()
+    use = next(b for b in final.content if b.type == "tool_use")
+    jsonschema.validate(use.input, SCHEMA)
+
+
+def test_image(client: anthropic.Anthropic) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 48), "green").save(buf, format="PNG")
+    image = {
+        "type": "image",
+        "source": {
+            "type": "base64",
+            "media_type": "image/png",
+            "data": base64.b64encode(buf.getvalue()).decode(),
+        },
+    }
+    out = client.messages.create(
+        model="gemma-4",
+        max_tokens=8,
+        messages=[{"role": "user", "content": [image, {"type": "text", "text": "what?"}]}],
+    )
+    assert out.content
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(
+            model="dense", max_tokens=8, messages=[{"role": "user", "content": [image]}]
+        )
+    assert err.value.body["error"]["type"] == "invalid_request_error"
+    assert "does not take image" in err.value.body["error"]["message"]
+
+
+def test_errors_use_anthropics_format(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as err:
+        client.messages.create(
+            model="claude-9", max_tokens=8, messages=[{"role": "user", "content": "x"}]
+        )
+    assert err.value.body["type"] == "error"
+    with pytest.raises(anthropic.BadRequestError) as bad:
+        client.messages.create(
+            model="gemma-4", max_tokens=0, messages=[{"role": "user", "content": "x"}]
+        )
+    assert "max_tokens" in bad.value.body["error"]["message"]

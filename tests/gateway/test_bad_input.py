@@ -1,0 +1,123 @@
+"""Bad input gets a clear 4xx naming the problem: never a 5xx, a traceback or a hang."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+CHAT = "/v1/chat/completions"
+OK_MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def chat_body(**fields: Any) -> dict[str, Any]:
+    return {"model": "gemma-4", "messages": OK_MESSAGES, "max_tokens": 4, **fields}
+
+
+def expect(r: httpx.Response, status: int, *words: str) -> None:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    for word in words:
+        assert word in error["message"], error
+    assert error["type"]
+
+
+def test_malformed_json(gateway_server: Any) -> None:
+    r = gateway_server.post(CHAT, content=b'{"model": "gemma-4", "messages": [',
+                            headers={"content-type": "application/json"})  # fmt: skip
+    expect(r, 400, "malformed JSON", "line 1")
+
+
+def test_invalid_utf8(gateway_server: Any) -> None:
+    r = gateway_server.post(CHAT, content=b'{"model": "\xff\xfe"}',
+                            headers={"content-type": "application/json"})  # fmt: skip
+    expect(r, 400, "UTF-8")
+
+
+def test_deep_nesting(gateway_server: Any) -> None:
+    r = gateway_server.post(CHAT, content=b"[" * 100_000 + b"]" * 100_000,
+                            headers={"content-type": "application/json"})  # fmt: skip
+    expect(r, 400, "nested too deeply")
+
+
+def test_json_that_is_not_an_object(gateway_server: Any) -> None:
+    expect(gateway_server.post(CHAT, json=[1, 2]), 400, "JSON object")
+
+
+def test_wrong_content_type(gateway_server: Any) -> None:
+    r = gateway_server.post(CHAT, content=json.dumps(chat_body()),
+                            headers={"content-type": "text/plain"})  # fmt: skip
+    expect(r, 415, "application/json", "text/plain")
+
+
+def test_oversize_body(gateway_server: Any) -> None:
+    big = chat_body(messages=[{"role": "user", "content": "x" * (3 * 2**20)}])
+    expect(gateway_server.post(CHAT, json=big), 413, "exceeds")
+
+
+@pytest.mark.parametrize(
+    ("fields", "status", "words"),
+    [
+        ({"frobnicate": True}, 400, ["Unrecognized request argument", "frobnicate"]),
+        ({"messages": []}, 400, ["messages"]),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, 400, ["messages"]),
+        ({"max_tokens": -3}, 400, ["max_tokens"]),
+        ({"max_tokens": 10**9}, 400, ["holds", "tokens"]),
+        ({"n": 3}, 400, ["n"]),
+        ({"model": "gpt-5"}, 404, ["gpt-5", "does not exist"]),
+        ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, 400, ["name"]),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters":
+                    {"type": "array"}}}]}, 400, ["type object"]),
+        ({"response_format": {"type": "xml"}}, 400, ["response_format"]),
+    ],
+)  # fmt: skip
+def test_invalid_fields(gateway_server: Any, fields: dict, status: int, words: list[str]) -> None:
+    expect(gateway_server.post(CHAT, json=chat_body(**fields)), status, *words)
+
+
+def test_context_too_long_for_every_pool(gateway_server: Any) -> None:
+    body = chat_body(messages=[{"role": "user", "content": "word " * 200_000}], max_tokens=100)
+    expect(gateway_server.post(CHAT, json=body), 400, "cannot serve this request", "tokens")
+
+
+@pytest.mark.parametrize(
+    ("part", "words"),
+    [
+        ({"type": "image_url", "image_url": {"url": "data:image/png;base64,!!!!"}}, ["base64"]),
+        ({"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}},
+         ["not a decodable image"]),
+        ({"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}, ["http(s)"]),
+        ({"type": "input_audio", "input_audio": {"data": "aGVsbG8=", "format": "wav"}},
+         ["not decodable wav"]),
+        ({"type": "input_audio", "input_audio": {"data": "aGk=", "format": "aiff"}}, ["format"]),
+        ({"type": "hologram"}, ["messages"]),
+    ],
+)  # fmt: skip
+def test_undecodable_media(gateway_server: Any, part: dict, words: list[str]) -> None:
+    body = chat_body(messages=[{"role": "user", "content": [part]}])
+    expect(gateway_server.post(CHAT, json=body), 400, *words)
+
+
+def test_unsupported_modality_for_the_named_model(gateway_server: Any) -> None:
+    part = {"type": "video_url", "video_url": {"url": "https://example.invalid/v.mp4"}}
+    body = chat_body(model="dense", messages=[{"role": "user", "content": [part]}])
+    expect(gateway_server.post(CHAT, json=body), 400, "does not take video")
+
+
+def test_completions_bad_input(gateway_server: Any) -> None:
+    expect(gateway_server.post("/v1/completions", json={"model": "gemma-4"}), 400, "prompt")
+
+
+def test_security_headers(gateway_server: Any) -> None:
+    r = gateway_server.post(CHAT, json={"model": "x"})
+    assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_error_names_the_field_as_the_client_wrote_it(gateway_server: Any) -> None:
+    part = {"type": "input_audio", "input_audio": {"data": "aGk=", "format": "aiff"}}
+    body = chat_body(messages=[{"role": "user", "content": [{"type": "text", "text": "x"}, part]}])
+    r = gateway_server.post(CHAT, json=body)
+    expect(r, 400, "messages[0].content[1].input_audio.format")
+    assert r.json()["error"]["param"] == "messages[0].content[1].input_audio.format"

@@ -1,0 +1,199 @@
+"""The gateway through the official OpenAI SDK: chat, streaming, tools, JSON schema, media,
+model listing, and the pool each request was routed to."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import httpx
+import jsonschema
+import numpy as np
+import openai
+import pytest
+import soundfile
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def client(gateway_server: Any) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway_server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def user(content: Any) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": content}]
+
+
+def png_url() -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 48), "blue").save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def wav_b64(seconds: float) -> str:
+    buf = io.BytesIO()
+    samples = np.sin(np.linspace(0, 440 * seconds, int(16_000 * seconds))).astype(np.float32)
+    soundfile.write(buf, samples, 16_000, format="WAV")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_models_lists_pools_and_aliases(client: openai.OpenAI) -> None:
+    ids = {m.id for m in client.models.list()}
+    assert {"e2b", "e4b", "moe", "dense", "gemma-4"} <= ids
+
+
+def test_chat_routes_to_the_smallest_capable_pool(gateway_server: Any) -> None:
+    r = gateway_server.post(
+        "/v1/chat/completions", json={"model": "gemma-4", "messages": user("hi"), "max_tokens": 8}
+    )
+    assert r.status_code == 200
+    assert r.headers["x-gemma-fleet-pool"] == "e2b"
+    assert r.headers["x-gemma-fleet-route"] == "smallest capable model"
+    assert r.json()["choices"][0]["message"]["content"]
+
+
+def test_chat_with_the_sdk(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(model="gemma-4", messages=user("hello"), max_tokens=12)
+    assert out.choices[0].message.content
+    assert out.usage is not None and 0 < out.usage.completion_tokens <= 12
+
+
+def test_streaming_with_the_sdk(client: openai.OpenAI) -> None:
+    stream = client.chat.completions.create(
+        model="dense", messages=user("count"), max_tokens=16, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+    assert chunks[-1].usage is not None
+
+
+def test_long_context_goes_to_a_256k_pool(client: openai.OpenAI) -> None:
+    prompt = "word " * 60_000  # ~100K tokens by the conservative estimate: past e2b's 32K
+    raw = client.chat.completions.with_raw_response.create(
+        model="gemma-4", messages=user(prompt), max_tokens=4
+    )
+    assert raw.headers["x-gemma-fleet-pool"] == "e4b"
+
+
+def test_tool_call(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
+        "required": ["city", "days"],
+    }
+    tools = [{"type": "function", "function": {"name": "forecast", "parameters": schema}}]
+    out = client.chat.completions.create(
+        model="gemma-4", messages=user("weather?"), tools=tools, tool_choice="required"
+    )
+    calls = out.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "forecast"
+    jsonschema.validate(json.loads(calls[0].function.arguments), schema)
+    # the round trip: the tool's result goes back and an answer comes out
+    follow = client.chat.completions.create(
+        model="gemma-4",
+        messages=[
+            *user("weather?"),
+            {"role": "assistant", "tool_calls": [calls[0].model_dump()]},
+            {"role": "tool", "tool_call_id": calls[0].id, "content": '{"temp": 21}'},
+        ],
+        tools=tools,
+        max_tokens=16,
+    )
+    assert follow.choices[0].message.content
+
+
+def test_json_schema_output(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "tags": {"type": "array",
+                       "items": {"type": "string"}}},
+        "required": ["name", "tags"],
+        "additionalProperties": False,
+    }  # fmt: skip
+    out = client.chat.completions.create(
+        model="moe",
+        messages=user("extract"),
+        response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    )
+    jsonschema.validate(json.loads(out.choices[0].message.content or ""), schema)
+
+
+def test_image_goes_to_a_vision_pool(client: openai.OpenAI) -> None:
+    content = [{"type": "text", "text": "what?"}, {"type": "image_url",
+               "image_url": {"url": png_url()}}]  # fmt: skip
+    raw = client.chat.completions.with_raw_response.create(
+        model="gemma-4", messages=user(content), max_tokens=4
+    )
+    assert raw.headers["x-gemma-fleet-pool"] == "e2b"
+
+
+def test_image_to_a_text_only_pool_is_refused(client: openai.OpenAI) -> None:
+    content = [{"type": "image_url", "image_url": {"url": png_url()}}]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="dense", messages=user(content), max_tokens=4)
+    assert "does not take image" in err.value.message
+
+
+def test_audio_goes_to_a_small_model(client: openai.OpenAI) -> None:
+    content = [{"type": "input_audio", "input_audio": {"data": wav_b64(1.5), "format": "wav"}}]
+    raw = client.chat.completions.with_raw_response.create(
+        model="gemma-4", messages=user(content), max_tokens=4
+    )
+    assert raw.headers["x-gemma-fleet-pool"] in {"e2b", "e4b"}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="gemma-4-31B", messages=user(content), max_tokens=4)
+    assert "does not take audio" in err.value.message
+    assert "e2b" in err.value.message
+
+
+def test_completions_with_the_sdk(client: openai.OpenAI) -> None:
+    out = client.completions.create(model="gemma-4", prompt="Once upon", max_tokens=5)
+    assert out.choices[0].text
+
+
+def test_ready(gateway_server: Any) -> None:
+    assert httpx.get(gateway_server.url + "/ready").status_code == 200
+
+
+def test_metrics_count_what_happened(gateway_server: Any, client: openai.OpenAI) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(gateway_server.url + "/metrics").text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    def value(samples: dict, name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    before = scrape()
+    client.chat.completions.create(model="gemma-4", messages=user("a"), max_tokens=3)
+    list(client.chat.completions.create(model="e4b", messages=user("b"), max_tokens=3, stream=True))
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=user("c"), max_tokens=3)
+    after = scrape()
+
+    ok = {"endpoint": "chat", "status": "200"}
+    assert (
+        value(after, "gemma_fleet_gateway_requests_total", model="gemma-4", pool="e2b", **ok)
+        == value(before, "gemma_fleet_gateway_requests_total", model="gemma-4", pool="e2b", **ok)
+        + 1
+    )
+    assert (
+        value(after, "gemma_fleet_gateway_rejections_total", endpoint="chat", status="404")
+        == value(before, "gemma_fleet_gateway_rejections_total", endpoint="chat", status="404") + 1
+    )
+    assert (
+        value(after, "gemma_fleet_gateway_time_to_first_token_seconds_count", pool="e4b")
+        == value(before, "gemma_fleet_gateway_time_to_first_token_seconds_count", pool="e4b") + 1
+    )
+    assert value(after, "gemma_fleet_gateway_in_flight_requests", pool="e2b") == 0
+    assert not any("nope" in str(key) for key in after)  # client strings never become labels

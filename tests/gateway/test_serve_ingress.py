@@ -1,0 +1,100 @@
+"""The gateway inside Ray Serve in front of simulated pools on a real local Ray cluster:
+the deployment shape the fleet uses, driven by the OpenAI SDK over HTTP."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.slow
+
+GCS_PORT, HTTP_PORT = 6740, 8740
+
+
+@pytest.fixture(scope="module")
+def serve_url() -> Iterator[str]:
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    import ray
+    from ray import serve
+    from ray.serve.llm import build_llm_deployment
+
+    from gemma_fleet.deployments.engines.simulator.config import SimulatorConfig
+    from gemma_fleet.deployments.engines.simulator.engine import (
+        simulator_bind_kwargs,
+        simulator_llm_config,
+    )
+    from gemma_fleet.gateway.deployment import build_gateway_app
+    from gemma_fleet.gateway.service import GatewaySettings
+
+    from .conftest import pool_info
+
+    configs = {
+        "small": SimulatorConfig(model="gemma-4-E2B", gpu="L4", max_model_len=8192, speedup=200),
+        "big": SimulatorConfig(
+            model="gemma-4-31B", gpu="H100-80GB", max_model_len=32_768, text_only=True, speedup=200
+        ),
+    }
+    ray.init(
+        num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir="/tmp/ray-gw"
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
+    pools = {
+        name: build_llm_deployment(
+            simulator_llm_config(name, cfg),
+            bind_kwargs=simulator_bind_kwargs(),
+            name_prefix="pool-",
+        )
+        for name, cfg in configs.items()
+    }
+    settings = GatewaySettings(
+        pools=[pool_info(n, c) for n, c in configs.items()], aliases={"gemma-4": list(configs)}
+    )
+    serve.run(build_gateway_app(settings, pools), name="fleet", route_prefix="/")
+    yield f"http://127.0.0.1:{HTTP_PORT}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def test_chat_and_stream_through_ray_serve(serve_url: str) -> None:
+    client = openai.OpenAI(base_url=serve_url + "/v1", api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="gemma-4", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+    )
+    assert raw.headers["x-gemma-fleet-pool"] == "small"
+    assert raw.parse().choices[0].message.content
+    chunks = list(
+        client.chat.completions.create(
+            model="big", messages=[{"role": "user", "content": "go"}], max_tokens=8, stream=True
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_refusals_through_ray_serve(serve_url: str) -> None:
+    r = httpx.post(
+        serve_url + "/v1/chat/completions",
+        json={
+            "model": "big",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_audio", "input_audio": {"data": "aGk=", "format": "wav"}}
+                    ],
+                }
+            ],
+        },
+        timeout=30,
+    )
+    assert r.status_code == 400
+    assert httpx.get(serve_url + "/ready", timeout=10).status_code == 200
+
+
+def test_models(serve_url: str) -> None:
+    client: Any = openai.OpenAI(base_url=serve_url + "/v1", api_key="unused")
+    assert {m.id for m in client.models.list()} >= {"small", "big", "gemma-4"}
