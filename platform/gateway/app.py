@@ -70,7 +70,7 @@ def parse(model: type[M], body: dict[str, Any]) -> M:
 def respond(answer: Answer) -> Response:
     headers = {**SECURITY_HEADERS, **answer.headers}
     if isinstance(answer, JsonAnswer):
-        return JSONResponse(answer.body, headers=headers)
+        return Response(answer.reply.raw, media_type="application/json", headers=headers)
     return StreamingResponse(answer.events, media_type="text/event-stream", headers=headers)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 Method = Literal["chat", "completions"]
@@ -15,9 +16,15 @@ Method = Literal["chat", "completions"]
 
 @dataclass(frozen=True)
 class JsonReply:
-    """A whole (non-streamed) response body."""
+    """A whole (non-streamed) response body, kept as the bytes it arrived in: the gateway
+    passes it on unparsed unless it has to translate it."""
 
-    body: dict[str, Any]
+    raw: bytes
+
+    @cached_property
+    def body(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.raw)
+        return parsed
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ def normalise(item: Any) -> list[Reply]:
     error = getattr(item, "error", None)
     if error is not None and hasattr(error, "code"):
         return [EngineError(int(error.code), str(error.message), str(error.type))]
-    return [JsonReply(item.model_dump(mode="json"))]
+    return [JsonReply(item.model_dump_json().encode())]
 
 
 def engine_request(method: Method, payload: dict[str, Any]) -> Any:
@@ -97,42 +104,53 @@ class HttpPool:
 
 
 class HttpPoolClient:
-    """Calls pools over HTTP. Streams are passed on event by event (re-assembled on blank
-    lines), so a client sees each token when the server sends it."""
+    """Calls pools over HTTP (aiohttp: its C parser keeps the gateway's CPU per request low).
+    Whole replies pass through as bytes; streams event by event, re-assembled on blank lines,
+    so a client sees each token when the server sends it."""
 
     def __init__(self, pools: Mapping[str, HttpPool], *, timeout_s: float = 600.0) -> None:
-        import httpx
-
         self._pools = dict(pools)
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
-            limits=httpx.Limits(max_connections=1024, max_keepalive_connections=256),
-            trust_env=False,
-        )
+        self._timeout_s = timeout_s
+        self._session: Any = None  # created on first use, inside the serving event loop
+
+    def _client(self) -> Any:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout_s, sock_connect=5),
+                connector=aiohttp.TCPConnector(limit=1024),
+                trust_env=False,
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def call(
         self, pool: str, method: Method, payload: dict[str, Any]
     ) -> AsyncIterator[Reply]:
-        import httpx
+        import aiohttp
 
         target = self._pools[pool]
         path = "/v1/chat/completions" if method == "chat" else "/v1/completions"
-        body = {**payload, "model": target.served_model}
+        body = json.dumps({**payload, "model": target.served_model}).encode()
         started = False
         try:
-            async with self._client.stream("POST", target.url + path, json=body) as response:
-                if response.status_code != 200:
-                    yield _http_error(response.status_code, await response.aread())
+            async with self._client().post(
+                target.url + path, data=body, headers={"content-type": "application/json"}
+            ) as response:
+                if response.status != 200:
+                    yield _http_error(response.status, await response.read())
                     return
-                if not body.get("stream"):
+                if not payload.get("stream"):
                     started = True
-                    yield JsonReply(json.loads(await response.aread()))
+                    yield JsonReply(await response.read())
                     return
                 event: list[str] = []
-                async for line in response.aiter_lines():
+                async for raw_line in response.content:
+                    line = raw_line.decode().rstrip("\r\n")
                     if line:
                         event.append(line)
                     elif event:
@@ -141,7 +159,7 @@ class HttpPoolClient:
                         event = []
                 if event:
                     yield SseReply("\n".join(event) + "\n\n")
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             if started:
                 raise
             raise PoolUnavailable(f"pool {pool}: {type(exc).__name__}") from exc

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,8 +104,12 @@ class GatewaySettings(BaseModel):
 
 @dataclass
 class JsonAnswer:
-    body: dict[str, Any]
+    reply: JsonReply
     headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.reply.body
 
 
 @dataclass
@@ -237,7 +240,7 @@ class Gateway:
             raise ApiError(first.status, first.message)
         if isinstance(first, JsonReply):
             await _close(replies)
-            return JsonAnswer(first.body, headers)
+            return JsonAnswer(first, headers)
         return StreamAnswer(self._stream(pool, first, replies), headers)
 
     async def _first_reply(
@@ -278,7 +281,7 @@ class Gateway:
                 elif isinstance(pending, EngineError):
                     yield ApiError(pending.status, pending.message).sse_event()
                 elif isinstance(pending, JsonReply):
-                    yield f"data: {json.dumps(pending.body)}\n\n"
+                    yield f"data: {pending.raw.decode()}\n\n"
                 pending = await anext(replies, None)
         except Exception as exc:
             yield ApiError(503, f"pool {pool} failed mid-stream: {type(exc).__name__}").sse_event()
