@@ -175,10 +175,9 @@ class Gateway:
         # Only a request some pool can serve is worth fetching media for.
         await self._inline_remote_media(request)
         payload = request.model_dump(exclude_none=True, by_alias=True)
-        payload["model"] = decision.pool
         if request.output_limit is None:
             payload["max_tokens"] = needs.max_output_tokens
-        return await self._dispatch(decision, "chat", payload, request.stream)
+        return await self._dispatch(decision, needs, request.model, "chat", payload)
 
     async def completions(self, request: CompletionRequest) -> Answer:
         needs = RequestNeeds(
@@ -187,9 +186,8 @@ class Gateway:
         )
         decision = self._route(needs, request.model)
         payload = request.model_dump(exclude_none=True)
-        payload["model"] = decision.pool
         payload["max_tokens"] = needs.max_output_tokens
-        return await self._dispatch(decision, "completions", payload, request.stream)
+        return await self._dispatch(decision, needs, request.model, "completions", payload)
 
     async def _inline_remote_media(self, request: ChatCompletionRequest) -> None:
         """Fetch http(s) media under the SSRF policy and pass it on as data: URLs, so no
@@ -230,31 +228,48 @@ class Gateway:
             ) from exc
 
     async def _dispatch(
-        self, decision: RouteDecision, method: Method, payload: dict[str, Any], stream: bool
+        self,
+        decision: RouteDecision,
+        needs: RequestNeeds,
+        requested: str,
+        method: Method,
+        payload: dict[str, Any],
     ) -> Answer:
-        pool = decision.pool
-        headers = {POOL_HEADER: pool, REASON_HEADER: decision.reason}
-        replies, first = await self._first_reply(pool, method, payload)
-        if isinstance(first, EngineError):
-            await _close(replies)
-            raise ApiError(first.status, first.message)
-        if isinstance(first, JsonReply):
-            await _close(replies)
-            return JsonAnswer(first, headers)
-        return StreamAnswer(self._stream(pool, first, replies), headers)
+        """Send to the routed pool. A pool that cannot be reached twice in a row is marked
+        down and the request is routed again: another capable pool serves it, or, when none
+        is left, the client gets 503 with Retry-After."""
+        for _ in range(len(self.state.pools)):
+            pool = decision.pool
+            payload["model"] = pool
+            headers = {POOL_HEADER: pool, REASON_HEADER: decision.reason}
+            try:
+                replies, first = await self._first_reply(pool, method, payload)
+            except PoolUnavailable:
+                self.state.mark_down(pool)
+                decision = self._route(needs, requested)
+                continue
+            if isinstance(first, EngineError):
+                await _close(replies)
+                raise ApiError(first.status, first.message)
+            if isinstance(first, JsonReply):
+                await _close(replies)
+                return JsonAnswer(first, headers)
+            return StreamAnswer(self._stream(pool, first, replies), headers)
+        raise ApiError(503, "no capable pool could be reached; try again shortly", retry_after_s=5)
 
     async def _first_reply(
         self, pool: str, method: Method, payload: dict[str, Any]
     ) -> tuple[AsyncIterator[Reply], Reply]:
+        """The call's replies and the first of them; a call that fails before its first reply
+        is tried once more (Ray Serve sends the retry to a live replica)."""
         for attempt in (1, 2):
             replies = self._tracked(pool, self._client.call(pool, method, payload))
             try:
                 return replies, await anext(replies)
-            except PoolUnavailable as exc:
+            except PoolUnavailable:
                 await _close(replies)
                 if attempt == 2:
-                    self.state.mark_down(pool)
-                    raise ApiError(503, f"{exc}; try again shortly", retry_after_s=5) from exc
+                    raise
             except StopAsyncIteration as exc:
                 raise ApiError(502, f"pool {pool} closed the response without a reply") from exc
         raise AssertionError("unreachable")

@@ -78,3 +78,34 @@ def test_unreachable_pool_is_a_503(gateway_server: Any) -> None:
 
     with pytest.raises(PoolUnavailable):
         asyncio.run(call())
+
+
+@pytest.fixture(scope="module")
+def front_with_dead_pool(gateway_server: Any) -> Iterator[Any]:
+    async def http_pools() -> tuple[Any, Callable[[], Awaitable[None]]]:
+        pools = {n: HttpPool(gateway_server.url, n) for n in POOLS}
+        pools["e2b"] = HttpPool("http://127.0.0.1:9", "e2b")  # nothing listens on port 9
+        client = HttpPoolClient(pools)
+        return client, client.aclose
+
+    with serve_gateway(fleet_settings(), http_pools) as running:
+        yield running
+
+
+def test_unreachable_pool_is_routed_around(front_with_dead_pool: Any) -> None:
+    client = openai.OpenAI(base_url=front_with_dead_pool.url + "/v1", api_key="x", max_retries=0)
+    for _ in range(3):  # the first discovers e2b is down, the next ones skip it
+        raw = client.chat.completions.with_raw_response.create(
+            model="gemma-4", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+        assert raw.headers["x-gemma-fleet-pool"] == "e4b"
+
+
+def test_unreachable_named_pool_is_a_503_with_retry_after(front_with_dead_pool: Any) -> None:
+    r = front_with_dead_pool.post(
+        "/v1/chat/completions",
+        json={"model": "e2b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+    )
+    assert r.status_code == 503
+    assert int(r.headers["retry-after"]) > 0
+    assert "down" in r.json()["error"]["message"]
