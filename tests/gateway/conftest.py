@@ -38,6 +38,8 @@ POOLS = {
     "moe": SimulatorConfig(
         model="gemma-4-26B-A4B", gpu="H100-80GB", max_model_len=262_144, speedup=SPEEDUP
     ),
+    # real time (speedup 1): long enough to hang up in the middle of a stream
+    "slow": SimulatorConfig(model="gemma-4-E2B", gpu="L4", max_model_len=8192, speedup=1.0),
     "dense": SimulatorConfig(
         model="gemma-4-31B", gpu="H100-80GB", tp=2, max_model_len=32_768, text_only=True,
         speedup=SPEEDUP,
@@ -64,6 +66,7 @@ def pool_info(name: str, config: SimulatorConfig) -> PoolInfo:
 class RunningGateway:
     url: str
     gateway: Gateway
+    client: Any  # the pool client, for tests that look at the engines behind it
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.post(self.url + path, timeout=30, **kwargs)
@@ -93,7 +96,7 @@ def serve_gateway(
         server = uvicorn.Server(
             uvicorn.Config(create_app(gateway), host="127.0.0.1", port=port, log_level="warning")
         )
-        holder.update(server=server, gateway=gateway)
+        holder.update(server=server, gateway=gateway, client=client)
         ready.set()
         await server.serve()
         await close()
@@ -110,7 +113,7 @@ def serve_gateway(
         except httpx.TransportError:
             time.sleep(0.1)
     try:
-        yield RunningGateway(url=url, gateway=holder["gateway"])
+        yield RunningGateway(url=url, gateway=holder["gateway"], client=holder["client"])
     finally:
         holder["server"].should_exit = True
         thread.join(30)
@@ -131,7 +134,7 @@ async def simulated_pools() -> tuple[Any, Callable[[], Awaitable[None]]]:
 def fleet_settings(**overrides: Any) -> GatewaySettings:
     return GatewaySettings(
         pools=[pool_info(n, c) for n, c in POOLS.items()],
-        aliases={"gemma-4": list(POOLS)},
+        aliases={"gemma-4": [p for p in POOLS if p != "slow"]},
         max_body_bytes=2 * 2**20,
         **overrides,
     )

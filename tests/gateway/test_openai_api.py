@@ -197,3 +197,29 @@ def test_metrics_count_what_happened(gateway_server: Any, client: openai.OpenAI)
     )
     assert value(after, "gemma_fleet_gateway_in_flight_requests", pool="e2b") == 0
     assert not any("nope" in str(key) for key in after)  # client strings never become labels
+
+
+def test_client_disconnect_cancels_the_engine_work(gateway_server: Any) -> None:
+    import time
+
+    engine = gateway_server.client._engines["slow"]
+    body = {
+        "model": "slow",
+        "stream": True,
+        "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "a long story"}],
+    }
+    with httpx.stream(
+        "POST", gateway_server.url + "/v1/chat/completions", json=body, timeout=30
+    ) as r:
+        lines = r.iter_lines()
+        events = [next(lines) for _ in range(6)]  # tokens are flowing...
+        assert any(e.startswith("data: ") for e in events)
+        assert engine.core.stats()["num_requests_running"] == 1
+    # ...and the client hung up: the engine must drop the request and free its KV
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and engine.core.stats()["num_requests_running"]:
+        time.sleep(0.05)
+    stats = engine.core.stats()
+    assert stats["num_requests_running"] == 0 and stats["kv_cache_usage_perc"] == 0
+    assert gateway_server.gateway.state.pools["slow"].in_flight == 0
