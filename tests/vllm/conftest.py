@@ -1,0 +1,129 @@
+"""Fixtures for the real-vLLM tests: tiny checkpoints, a private Ray cluster, env for vLLM CPU.
+
+The Ray head runs as `ray start --head --block` in its own process group on this suite's ports
+(GCS 6720, workers 21000-21999, temp dir /tmp/ray-vllm), so tearing it down means signalling
+that one group: no `ray stop`, nothing else on the machine is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gemma_fleet.deployments.checkpoints import ensure_tiny_checkpoint
+
+# What vLLM's CPU build and Ray need here; set for this process and passed to Ray workers.
+VLLM_CPU_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+}
+# Ray 2.60 turns on token auth whenever ~/.ray/auth_token exists (any local `ray.init()`
+# writes one); a private loopback cluster opts out explicitly, head and driver alike.
+RAY_HEAD_ENV = {"RAY_AUTH_MODE": "disabled"}
+RAY_GCS_PORT = 6720
+SERVE_HTTP_PORT = 8720
+RAY_TEMP_DIR = "/tmp/ray-vllm"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vllm_cpu_env() -> dict[str, str]:
+    """The environment vLLM's CPU build runs with; also set in this process."""
+    os.environ.update(VLLM_CPU_ENV)
+    return dict(VLLM_CPU_ENV)
+
+
+@pytest.fixture(scope="session")
+def serve_http_port() -> int:
+    return SERVE_HTTP_PORT
+
+
+@pytest.fixture(scope="session")
+def checkpoint_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Checkpoints are built once per session (or reused from $GEMMA_FLEET_CHECKPOINTS)."""
+    env = os.environ.get("GEMMA_FLEET_CHECKPOINTS")
+    return Path(env) if env else tmp_path_factory.mktemp("checkpoints")
+
+
+@pytest.fixture(scope="session")
+def multimodal_checkpoint(checkpoint_root: Path) -> Path:
+    return ensure_tiny_checkpoint("multimodal", checkpoint_root)
+
+
+def _ray_executable() -> str:
+    candidate = Path(sys.executable).with_name("ray")
+    found = str(candidate) if candidate.exists() else shutil.which("ray")
+    if found is None:
+        raise RuntimeError("the `ray` command is not installed next to this Python")
+    return found
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A single-node Ray cluster of our own; yields its address and removes it afterwards.
+
+    8 logical CPUs on a 2-core box: the LLM replica (1 CPU + its 1-CPU engine bundle) and the
+    OpenAI ingress replicas would not all schedule on 2.
+    """
+    import ray
+
+    os.environ.update(RAY_HEAD_ENV)
+    if ray.is_initialized():
+        # Something earlier in this process auto-started or joined another Ray (for example
+        # `ray.get_runtime_context()` does); this suite must talk to its own cluster.
+        ray.shutdown()
+    log = Path(RAY_TEMP_DIR) / "gemma-fleet-head.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    head = subprocess.Popen(
+        [
+            _ray_executable(),
+            "start",
+            "--head",
+            "--block",
+            f"--port={RAY_GCS_PORT}",
+            "--min-worker-port=21000",
+            "--max-worker-port=21999",
+            f"--temp-dir={RAY_TEMP_DIR}",
+            "--num-cpus=8",
+            "--include-dashboard=false",
+            "--node-ip-address=127.0.0.1",
+            "--disable-usage-stats",
+        ],
+        env={**os.environ, **VLLM_CPU_ENV, **RAY_HEAD_ENV},
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: the teardown signals only that
+    )
+    address = f"127.0.0.1:{RAY_GCS_PORT}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if head.poll() is not None:
+                raise RuntimeError(f"ray head exited ({head.returncode}); see {log}")
+            try:
+                ray.init(address=address, runtime_env={"env_vars": VLLM_CPU_ENV})
+                break
+            except (ConnectionError, RuntimeError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+        yield address
+    finally:
+        ray.shutdown()
+        if head.poll() is None:
+            os.killpg(head.pid, signal.SIGTERM)
+            try:
+                head.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(head.pid, signal.SIGKILL)
+                head.wait(timeout=30)
