@@ -1,0 +1,1 @@
+"""The local fleet: a Ray cluster mirroring the node pools, with every pool deployed."""

@@ -1,0 +1,145 @@
+"""A local Ray cluster whose nodes mirror the fleet's GPU node pools.
+
+Every node is a real raylet declaring logical GPUs and the custom resource
+`gpu_pool_<node pool>` (one unit per GPU), exactly what a KubeRay worker group declares, so
+placement (STRICT_PACK groups, pool pinning) is decided by Ray as it would be on GPUs.
+
+Nodes are started with `ray.cluster_utils.Cluster` rather than `ray start` subprocesses: it
+runs several raylets on one machine, keeps a handle on every process it started, and its
+shutdown kills exactly those (plus a reaper that kills them if this process dies), so nothing
+needs `ray stop` or a search by process name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
+from gemma_fleet.deployments.pools import FleetSpec, NodePool, nodes_needed
+
+log = logging.getLogger(__name__)
+
+# Logical CPUs a GPU node declares per GPU: an engine worker per GPU plus the replica actor.
+CPUS_PER_GPU = 2
+NODE_POOL_LABEL = "gemma-fleet/node-pool"
+
+
+def node_counts(fleet: FleetSpec, overrides: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Nodes to start per node pool: enough for every pool's starting replicas (TP groups
+    whole), at least `min_nodes`; `overrides` asks for more, up to `max_nodes`."""
+    overrides = dict(overrides or {})
+    counts = {}
+    for node_pool in fleet.node_pools:
+        groups = [
+            p.tp
+            for p in fleet.model_pools
+            if p.node_pool == node_pool.name
+            for _ in range(p.replicas.start)
+        ]
+        count = max(node_pool.min_nodes, nodes_needed(groups, node_pool.gpus_per_node))
+        want = overrides.pop(node_pool.name, count)
+        if not count <= want <= node_pool.max_nodes:
+            raise ValueError(
+                f"node pool {node_pool.name!r}: {want} nodes requested; it needs at least "
+                f"{count} and allows at most {node_pool.max_nodes}"
+            )
+        counts[node_pool.name] = want
+    if overrides:
+        raise ValueError(f"unknown node pools: {', '.join(overrides)}")
+    return counts
+
+
+@dataclass
+class LocalCluster:
+    """A running local cluster; `shutdown()` stops every process it started."""
+
+    settings: LocalFleetSettings
+    cluster: Any  # ray.cluster_utils.Cluster (untyped)
+    nodes: dict[str, list[str]] = field(default_factory=dict)  # node pool -> Ray node ids
+
+    @property
+    def address(self) -> str:
+        return str(self.cluster.address)
+
+    @property
+    def session_dir(self) -> str:
+        return str(self.cluster.head_node.get_session_dir_path())
+
+    def pids(self) -> list[int]:
+        """Process ids of the Ray services this cluster started (raylets, GCS, agents)."""
+        out = []
+        for node in self.cluster.list_all_nodes():
+            for infos in node.all_processes.values():
+                out += [info.process.pid for info in infos]
+        return out
+
+    def shutdown(self) -> None:
+        """Stop every node: workers first, then the head (raylets take their workers along)."""
+        self.cluster.shutdown()
+
+
+def start_local_cluster(
+    fleet: FleetSpec, settings: LocalFleetSettings, counts: Mapping[str, int]
+) -> LocalCluster:
+    """Start a head node (no GPUs: controller, proxy, ingress) and `counts[pool]` nodes per
+    node pool; returns once every node has registered with the GCS."""
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Cluster writes the address file "ray_current_cluster" into Ray's default temp folder
+    # (/tmp/ray), where another cluster's `ray.init(address="auto")` would read it: keep it in
+    # our own folder.
+    os.environ["RAY_TMPDIR"] = str(settings.temp_dir)
+    (settings.temp_dir / "ray").mkdir(parents=True, exist_ok=True)
+    total = 1 + sum(counts.values())
+    common: dict[str, Any] = {
+        "object_store_memory": settings.object_store_bytes,
+        "dashboard_agent_listen_port": None,  # random: several agents share this machine
+    }
+    low, high = settings.worker_ports(0, total)
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            **common,
+            "gcs_server_port": settings.gcs_port,
+            "temp_dir": str(settings.temp_dir),
+            "include_dashboard": False,
+            "num_cpus": settings.head_cpus,
+            "num_gpus": 0,
+            "min_worker_port": low,
+            "max_worker_port": high,
+            "labels": {NODE_POOL_LABEL: "head"},
+        },
+    )
+    local = LocalCluster(settings=settings, cluster=cluster)
+    try:
+        index = 1
+        for node_pool in fleet.node_pools:
+            for _ in range(counts[node_pool.name]):
+                node = cluster.add_node(**common, **_node_args(node_pool, settings, index, total))
+                local.nodes.setdefault(node_pool.name, []).append(node.node_id)
+                index += 1
+        cluster.wait_for_nodes()
+    except BaseException:
+        local.shutdown()
+        raise
+    return local
+
+
+def _node_args(
+    node_pool: NodePool, settings: LocalFleetSettings, index: int, total: int
+) -> dict[str, Any]:
+    low, high = settings.worker_ports(index, total)
+    gpus = node_pool.gpus_per_node
+    return {
+        "num_cpus": CPUS_PER_GPU * gpus + 2,
+        "num_gpus": gpus,
+        "resources": {node_pool.resource: gpus},
+        "labels": {NODE_POOL_LABEL: node_pool.name},
+        "min_worker_port": low,
+        "max_worker_port": high,
+    }

@@ -1,0 +1,179 @@
+"""Run a fleet locally: start the cluster, deploy every pool behind one OpenAI-compatible
+HTTP front, wait until replicas are up, and take it all down again on exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gemma_fleet.deployments.fleet.cluster import LocalCluster, node_counts, start_local_cluster
+from gemma_fleet.deployments.fleet.progress import FleetProgress, wait_until_ready
+from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
+from gemma_fleet.deployments.pools import EngineKind, FleetSpec, default_fleet_path, load_fleet
+
+log = logging.getLogger(__name__)
+
+# Which tiny checkpoint imitates which size (deployments/checkpoints), for vLLM on CPU hosts.
+TINY_VARIANT = {
+    "gemma-4-31B": "text",
+    "gemma-4-26B-A4B": "moe",
+    "gemma-4-E2B": "kv-shared",
+    "gemma-4-E4B": "multimodal",
+}
+# What vLLM's CPU build needs in every engine process (docs/vllm-cpu.md); the nodes this
+# process starts inherit it.
+CPU_VLLM_ENV = {
+    "VLLM_HOST_IP": "127.0.0.1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+@dataclass(frozen=True)
+class RunningFleet:
+    """A fleet that is up: where to send requests and what runs it."""
+
+    fleet: FleetSpec
+    cluster: LocalCluster
+    base_url: str  # OpenAI base URL, e.g. http://127.0.0.1:8000/v1
+    progress: FleetProgress
+
+    @property
+    def models(self) -> list[str]:
+        return [p.name for p in self.fleet.model_pools]
+
+
+def gpu_host() -> bool:
+    """Whether this machine has an NVIDIA GPU for real vLLM (the driver's device node)."""
+    return Path("/dev/nvidiactl").exists()
+
+
+def with_engine(fleet: FleetSpec, engine: EngineKind | None) -> FleetSpec:
+    """The fleet with every pool served by `engine` (None: as the file says)."""
+    if engine is None:
+        return fleet
+    pools = [p.model_copy(update={"engine": engine}) for p in fleet.model_pools]
+    return fleet.model_copy(update={"model_pools": pools})
+
+
+def tiny_checkpoints(fleet: FleetSpec) -> dict[str, str]:
+    """Tiny random-weight checkpoints for vLLM pools that name none (CPU hosts), built once
+    and cached by the checkpoint builder."""
+    from gemma_fleet.deployments.checkpoints.build import ensure_tiny_checkpoint
+
+    return {
+        p.name: str(ensure_tiny_checkpoint(TINY_VARIANT[p.model]))
+        for p in fleet.model_pools
+        if p.engine is EngineKind.VLLM and p.checkpoint is None
+    }
+
+
+@contextmanager
+def run_fleet(
+    fleet: FleetSpec | Path | str | None = None,
+    *,
+    engine: EngineKind | None = None,
+    settings: LocalFleetSettings | None = None,
+    nodes: Mapping[str, int] | None = None,
+    on_progress: Callable[[FleetProgress], None] | None = None,
+) -> Iterator[RunningFleet]:
+    """Start `fleet` (a FleetSpec, a fleet file, or a shipped fleet's name; default: the
+    default fleet) on a local cluster and yield it once every pool's replicas run.
+
+    `engine` overrides every pool's engine kind; `nodes` asks for more nodes in some node pools
+    than the starting replicas need. On exit (or a failed start), Serve is shut down and every
+    node this call started is stopped.
+    """
+    import ray
+    from ray import serve
+
+    from gemma_fleet.deployments.pools.serve_app import FLEET_APP_NAME
+    from gemma_fleet.gateway.fleet import build_fleet_app
+
+    settings = settings or LocalFleetSettings()
+    spec = fleet if isinstance(fleet, FleetSpec) else load_fleet(fleet or default_fleet_path())
+    spec = with_engine(spec, engine)
+    cpu_host = not gpu_host()
+    uses_vllm = any(p.engine is EngineKind.VLLM for p in spec.model_pools)
+    checkpoints = tiny_checkpoints(spec) if uses_vllm and cpu_host else {}
+    if uses_vllm and cpu_host:
+        for key, value in CPU_VLLM_ENV.items():
+            os.environ.setdefault(key, value)
+    counts = node_counts(spec, nodes)
+    old_tmpdir = os.environ.get("RAY_TMPDIR")
+    with _keep_signal_handlers():
+        cluster = start_local_cluster(spec, settings, counts)
+    try:
+        with _keep_signal_handlers():
+            ray.init(address=cluster.address, namespace="gemma-fleet", log_to_driver=False)
+        serve.start(
+            # One proxy on the head: nodes share this machine, so a proxy per node (Serve's
+            # default) would bind the same port several times.
+            proxy_location="HeadOnly",
+            http_options={"host": settings.http_host, "port": settings.http_port},
+        )
+        app = build_fleet_app(spec, checkpoints=checkpoints, cpu_host=cpu_host)
+        # Submit without waiting (serve.run waits for RUNNING): wait_until_ready polls and
+        # reports every pool's replicas while they start.
+        serve.run_many(
+            [serve.RunTarget(target=app, name=FLEET_APP_NAME, route_prefix="/")],
+            wait_for_ingress_deployment_creation=False,
+            wait_for_applications_running=False,
+        )
+        progress = wait_until_ready(
+            spec, FLEET_APP_NAME, timeout_s=settings.ready_timeout_s, on_progress=on_progress
+        )
+        yield RunningFleet(
+            fleet=spec,
+            cluster=cluster,
+            base_url=f"http://{settings.http_host}:{settings.http_port}/v1",
+            progress=progress,
+        )
+    finally:
+        _stop(cluster)
+        if old_tmpdir is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old_tmpdir
+
+
+@contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """Ray takes over SIGTERM twice: the head node's Python handler drains and exits the
+    process, and ray.init's C-level handler aborts it; either would skip our orderly shutdown
+    (and the caller's own handling). Put the caller's SIGINT/SIGTERM handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def _stop(cluster: LocalCluster) -> None:
+    """Serve first (replicas drain and release their placement groups), then the driver's
+    connection, then the nodes; each step runs even when an earlier one failed."""
+    import ray
+    from ray import serve
+
+    try:
+        if ray.is_initialized():
+            serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
+    except Exception:  # a failed step must not leave the nodes running
+        log.exception("serve shutdown failed; stopping the nodes anyway")
+    finally:
+        try:
+            ray.shutdown()
+        finally:
+            cluster.shutdown()

@@ -1,0 +1,35 @@
+"""Where the local fleet's Ray cluster and HTTP front listen: one place for every port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class LocalFleetSettings:
+    """Ports and paths of a local fleet. Nothing uses Ray's defaults: 6379 (GCS) is Redis's
+    port, and the dashboard is off (the state the tests and CLI read comes from the GCS)."""
+
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    gcs_port: int = 6790
+    min_worker_port: int = 23000
+    max_worker_port: int = 23999
+    temp_dir: Path = Path("/tmp/gemma-fleet-ray")
+    head_cpus: int = 4  # controller, proxy and ingress; logical, so over-declaring is harmless
+    object_store_bytes: int = 200 * 1024 * 1024
+    ready_timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.min_worker_port < self.max_worker_port < 65536:
+            raise ValueError("worker ports must be an increasing range within 1-65535")
+
+    def worker_ports(self, index: int, nodes: int) -> tuple[int, int]:
+        """Node `index`'s share of the worker port range: nodes on one machine must not hand
+        the same port to two workers."""
+        span = (self.max_worker_port - self.min_worker_port + 1) // nodes
+        if span < 16:
+            raise ValueError(f"worker port range too small for {nodes} nodes")
+        low = self.min_worker_port + index * span
+        return low, low + span - 1

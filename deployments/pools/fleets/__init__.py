@@ -1,0 +1,1 @@
+"""Fleet files that ship with the package (data only)."""

@@ -1,0 +1,133 @@
+"""Typed shape of a fleet file: GPU node pools and the model pools placed on them.
+
+Every model is strict about unknown keys, so a typo (`max_replica`, `tp_size`) fails at load
+with the field's path instead of being silently ignored. Checks that need the catalog, the VRAM
+profile or several pools at once live in `validate.py`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gemma_fleet.vram import DEFAULT_MAX_MODEL_LEN, KvDtype
+
+# A model pool's name is its Ray Serve deployment name and its served model id, so it keeps to
+# characters both accept and that survive URLs and metric labels.
+PoolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+# A node pool's name becomes a Ray resource (gpu_pool_<name>) and a KubeRay worker-group name,
+# so it follows Kubernetes' DNS-label rule.
+NodePoolName = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EngineKind(StrEnum):
+    SIMULATOR = "simulator"
+    VLLM = "vllm"
+
+
+class NodePool(Strict):
+    """A group of identical GPU nodes (a KubeRay worker group, a cloud node pool)."""
+
+    name: NodePoolName
+    gpu: str = Field(description="catalog GPU name, e.g. H100-80GB")
+    gpus_per_node: int = Field(ge=1, le=16)
+    min_nodes: int = Field(0, ge=0)
+    max_nodes: int = Field(ge=1)
+    cost_per_gpu_hour: float = Field(ge=0, description="what one GPU-hour costs, any currency")
+    spot: bool = False
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> NodePool:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes {self.min_nodes} exceeds max_nodes {self.max_nodes}")
+        return self
+
+    @property
+    def resource(self) -> str:
+        """The custom Ray resource every node of this pool declares, one unit per GPU."""
+        return f"gpu_pool_{self.name}"
+
+
+class Replicas(Strict):
+    """Replica bounds of a model pool; `initial` is what starts before any scaling decision."""
+
+    min: int = Field(1, ge=0)
+    max: int = Field(1, ge=1)
+    initial: int | None = Field(None, ge=0, description="defaults to min")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Replicas:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} exceeds max {self.max}")
+        if self.initial is not None and not self.min <= self.initial <= self.max:
+            raise ValueError(f"initial {self.initial} must lie within [{self.min}, {self.max}]")
+        return self
+
+    @property
+    def start(self) -> int:
+        return self.min if self.initial is None else self.initial
+
+
+class SimulatorOptions(Strict):
+    """Options only the simulator engine reads."""
+
+    speedup: float = Field(1.0, gt=0, description="simulated seconds per wall-clock second")
+    seed: int = 0
+
+
+class ModelPool(Strict):
+    """Replicas of one Gemma 4 configuration on one node pool, served under one model id."""
+
+    name: PoolName
+    model: str = Field(description="catalog model name, e.g. gemma-4-31B")
+    quant: str = "bf16"
+    max_model_len: int = Field(DEFAULT_MAX_MODEL_LEN, ge=1)
+    kv_dtype: KvDtype = KvDtype.BF16
+    tp: int = Field(1, ge=1)
+    node_pool: str
+    replicas: Replicas = Replicas()
+    engine: EngineKind = EngineKind.SIMULATOR
+    text_only: bool = False
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_num_seqs: int = Field(256, ge=1)
+    max_num_batched_tokens: int = Field(8192, ge=1)
+    enable_prefix_caching: bool = True
+    checkpoint: str | None = Field(
+        None, description="vLLM: local path or Hugging Face id; default: the catalog's hf_id"
+    )
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM engine arguments passed through unchanged"
+    )
+    simulator: SimulatorOptions = SimulatorOptions()
+
+
+class FleetSpec(Strict):
+    """A whole fleet file. Lists (not mappings) keep pool order and let duplicate names be
+    reported: YAML silently keeps the last of two equal mapping keys."""
+
+    node_pools: list[NodePool] = Field(min_length=1)
+    model_pools: list[ModelPool] = Field(min_length=1)
+    aliases: dict[PoolName, list[str]] = Field(
+        default_factory=dict,
+        description="served model ids that let the gateway choose among the listed pools",
+    )
+
+    def node_pool(self, name: str) -> NodePool:
+        """The node pool called `name` (KeyError when there is none)."""
+        for pool in self.node_pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+    def model_pool(self, name: str) -> ModelPool:
+        """The model pool called `name` (KeyError when there is none)."""
+        for pool in self.model_pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)

@@ -1,0 +1,157 @@
+"""`gemma-fleet up`: run a fleet on this machine until Ctrl-C.
+
+Starts a local Ray cluster whose nodes mirror the fleet's GPU node pools, deploys every model
+pool, shows replicas coming up, prints where to send requests, and on SIGINT/SIGTERM shuts Serve
+down and stops every node it started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from gemma_fleet.cli.errors import CliError
+from gemma_fleet.deployments.fleet.progress import FleetProgress, FleetStartError
+from gemma_fleet.deployments.fleet.run import RunningFleet, run_fleet
+from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
+from gemma_fleet.deployments.pools import EngineKind, FleetError, default_fleet_path, load_fleet
+
+
+class _Stop(Exception):
+    """SIGTERM while starting: unwinds like Ctrl-C so the fleet is taken down."""
+
+
+def progress_table(progress: FleetProgress) -> Table:
+    """One row per pool: Serve's status and replicas running of those starting."""
+    table = Table(title=f"gemma-fleet: {progress.app_status} ({progress.elapsed_s:.0f} s)")
+    for column in ("pool", "status", "running", "replica states", "message"):
+        table.add_column(column)
+    for pool in progress.pools:
+        states = ", ".join(f"{k.lower()} {v}" for k, v in sorted(pool.replica_states.items()))
+        table.add_row(
+            pool.name, pool.status, f"{pool.running}/{pool.target}", states, pool.message[:60]
+        )
+    return table
+
+
+def _summary(console: Console, running: RunningFleet) -> None:
+    fleet = running.fleet
+    table = Table(title="Model pools")
+    for column in ("model id", "model", "quant", "tp", "GPU", "context", "engine"):
+        table.add_column(column)
+    for pool in fleet.model_pools:
+        gpu = fleet.node_pool(pool.node_pool).gpu
+        table.add_row(
+            pool.name,
+            pool.model,
+            pool.quant,
+            str(pool.tp),
+            f"{gpu} ({pool.node_pool})",
+            f"{pool.max_model_len:,}",
+            pool.engine.value,
+        )
+    console.print(table)
+    first = running.models[0]
+    console.print(f"OpenAI-compatible API: [bold]{running.base_url}[/bold]  (models: /v1/models)")
+    console.print(
+        f"  curl {running.base_url}/chat/completions -H 'Content-Type: application/json' "
+        f'-d \'{{"model": "{first}", "messages": [{{"role": "user", "content": "Hi"}}]}}\''
+    )
+    console.print("Ctrl-C stops the fleet.")
+
+
+def up_command(
+    fleet: Path | None = typer.Option(
+        None, "--fleet", "-f", help="fleet file (YAML); default: the shipped default fleet"
+    ),
+    engine: EngineKind | None = typer.Option(
+        None, "--engine", help="serve every pool with this engine instead of the file's choice"
+    ),
+    port: int = typer.Option(8000, "--port", help="HTTP port of the OpenAI-compatible API"),
+    ray_port: int = typer.Option(6790, "--ray-port", help="port of the local Ray cluster's GCS"),
+    worker_ports: str = typer.Option(
+        "23000-23999", "--worker-ports", help="port range Ray workers bind, LOW-HIGH"
+    ),
+    ray_temp_dir: Path = typer.Option(
+        Path("/tmp/gemma-fleet-ray"), "--ray-temp-dir", help="Ray's session and log folder"
+    ),
+    ready_file: Path | None = typer.Option(
+        None,
+        "--ready-file",
+        help="write {base_url, models, pid} as JSON here once the fleet is up (for scripts)",
+    ),
+    timeout: float = typer.Option(600, "--timeout", help="seconds to wait for replicas"),
+) -> None:
+    """Run a fleet locally (GPU simulator by default) until Ctrl-C or SIGTERM."""
+    console = Console()
+    try:
+        spec = load_fleet(fleet or default_fleet_path())
+    except FleetError as exc:
+        raise CliError(str(exc)) from exc
+    try:
+        low, high = (int(p) for p in worker_ports.split("-"))
+        settings = LocalFleetSettings(
+            http_port=port,
+            gcs_port=ray_port,
+            min_worker_port=low,
+            max_worker_port=high,
+            temp_dir=ray_temp_dir,
+            ready_timeout_s=timeout,
+        )
+    except ValueError as exc:
+        raise CliError(
+            f"--worker-ports {worker_ports!r}: expected LOW-HIGH, e.g. 23000-23999"
+        ) from exc
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # Before the fleet is up, unwind out of start-up (run_fleet's exit takes it down);
+        # once it is up, wake the main loop. A second signal while stopping is ignored so the
+        # shutdown is never cut short.
+        if stop.is_set():
+            return
+        stop.set()
+        if not ready.is_set():
+            raise _Stop
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with (
+            Live(console=console, transient=True) as live,
+            run_fleet(
+                spec,
+                engine=engine,
+                settings=settings,
+                on_progress=lambda p: live.update(progress_table(p)),
+            ) as running,
+        ):
+            live.stop()
+            ready.set()
+            _summary(console, running)
+            if ready_file is not None:
+                payload = {"base_url": running.base_url, "models": running.models}
+                ready_file.write_text(json.dumps({**payload, "pid": os.getpid()}))
+            while not stop.wait(0.5):
+                pass
+            console.print("stopping the fleet ...")
+    except _Stop:
+        console.print("stopped before the fleet was up")
+    except FleetStartError as exc:
+        console.print(f"[red]the fleet did not start[/red]\n{exc}")
+        raise typer.Exit(1) from exc
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if ready_file is not None:
+            ready_file.unlink(missing_ok=True)
+    console.print("fleet stopped")

@@ -1,0 +1,80 @@
+"""`gemma-fleet up` as a user runs it: a separate process that starts a fleet, announces it,
+serves requests, and on SIGTERM stops Serve and every node it started, exiting 0."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+FLEET = {
+    "node_pools": [
+        {"name": "l4", "gpu": "L4", "gpus_per_node": 1, "max_nodes": 1, "cost_per_gpu_hour": 0.85}
+    ],
+    "model_pools": [
+        {
+            "name": "edge",
+            "model": "gemma-4-E2B",
+            "node_pool": "l4",
+            "simulator": {"speedup": 10},
+        }
+    ],
+}
+# The command is registered in gemma_fleet.cli.main by the lead; typer.run drives the same
+# function with the same options meanwhile.
+RUN_UP = "import typer; from gemma_fleet.cli.up import up_command; typer.run(up_command)"
+
+
+def test_up_serves_until_sigterm_then_stops_everything(
+    tmp_path: Path,
+    alive: Callable[[int], bool],
+    process_tree: Callable[[list[int]], dict[int, str]],
+) -> None:
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(yaml.safe_dump(FLEET))
+    ready = tmp_path / "ready.json"
+    args = [
+        "--fleet", str(fleet_file), "--port", "8731", "--ray-port", "6731",
+        "--worker-ports", "22500-22999", "--ray-temp-dir", "/tmp/ray-fleet",
+        "--ready-file", str(ready), "--timeout", "300",
+    ]  # fmt: skip
+    log = (tmp_path / "up.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_UP, *args], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 360
+        while not ready.exists():
+            assert proc.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "fleet not ready in time"
+            time.sleep(1)
+        info = json.loads(ready.read_text())
+        assert info["models"] == ["edge"] and info["pid"] == proc.pid
+        client = openai.OpenAI(base_url=info["base_url"], api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(
+            model="edge", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+        )
+        assert reply.choices[0].message.content
+
+        running = process_tree([proc.pid])
+        assert any(cmd.startswith("ray::ServeReplica") for cmd in running.values())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = (tmp_path / "up.log").read_text()
+    assert "http://127.0.0.1:8731/v1" in output and "fleet stopped" in output
+    assert not ready.exists()
+    assert [pid for pid in running if alive(pid)] == []

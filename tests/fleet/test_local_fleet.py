@@ -1,0 +1,236 @@
+"""The default fleet on a real local Ray cluster (logical GPUs, real Ray Serve, simulator
+engines): every model answers through the official OpenAI SDK, the 31B TP=2 replica's GPUs sit
+on one node of its pool, and shutting down leaves none of the cluster's processes behind."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from gemma_fleet.deployments.fleet.run import RunningFleet, run_fleet
+from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = LocalFleetSettings(
+    http_port=8730,
+    gcs_port=6730,
+    min_worker_port=22000,
+    max_worker_port=22499,
+    temp_dir=Path("/tmp/ray-fleet"),
+    ready_timeout_s=400,
+)
+
+
+class Fleet:
+    """The running fleet plus a way to stop it from inside a test."""
+
+    def __init__(self) -> None:
+        self.stack = contextlib.ExitStack()
+        # Two H100 nodes of 4 GPUs where the starting replicas need one: either node could
+        # take the 31B's two GPUs, so a split group would be Ray's choice, not a necessity.
+        self.running: RunningFleet = self.stack.enter_context(
+            run_fleet(settings=SETTINGS, nodes={"h100": 2})
+        )
+        self.pids = self.running.cluster.pids()
+
+    def stop(self) -> None:
+        self.stack.close()
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[Fleet]:
+    handle = Fleet()
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture(scope="module")
+def client(fleet: Fleet) -> openai.OpenAI:
+    return openai.OpenAI(base_url=fleet.running.base_url, api_key="unused", max_retries=0)
+
+
+def test_models_endpoint_lists_every_pool(fleet: Fleet, client: openai.OpenAI) -> None:
+    served = sorted(m.id for m in client.models.list())
+    pools = ["gemma-4-e2b", "gemma-4-e4b", "gemma-4-26b-a4b", "gemma-4-31b"]
+    assert served == sorted([*pools, "gemma-4"])  # every pool, and the fleet's alias
+
+
+@pytest.mark.parametrize("model", ["gemma-4-e2b", "gemma-4-e4b", "gemma-4-26b-a4b", "gemma-4-31b"])
+def test_each_model_answers_a_chat_request(client: openai.OpenAI, model: str) -> None:
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "Name three colours."}],
+        max_tokens=12,
+    )
+    assert reply.model == model
+    assert reply.choices[0].message.content
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens > 0 and 0 < reply.usage.completion_tokens <= 12
+
+
+def test_unknown_model_is_refused(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(
+            model="gemma-4-7b", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        )
+
+
+def _replica_groups(pool: str) -> list[dict[str, Any]]:
+    import ray
+
+    return [
+        pg
+        for pg in ray.util.placement_group_table().values()
+        if pool in pg.get("name", "") and pg.get("state") == "CREATED"
+    ]
+
+
+def _pool_of(node_id: str, fleet: Fleet) -> str | None:
+    for name, ids in fleet.running.cluster.nodes.items():
+        if node_id in ids:
+            return name
+    return None
+
+
+def test_31b_tensor_parallel_group_holds_two_gpus_on_one_h100_node(fleet: Fleet) -> None:
+    groups = _replica_groups("gemma-4-31b")
+    assert len(groups) == 1
+    pg = groups[0]
+    assert pg["strategy"] == "STRICT_PACK"
+    bundles = list(pg["bundles"].values())
+    assert [b.get("GPU") for b in bundles] == [1.0, 1.0]
+    assert all(b.get("gpu_pool_h100") == 1.0 for b in bundles)
+    nodes = set(pg["bundles_to_node_id"].values())
+    assert len(nodes) == 1
+    assert _pool_of(nodes.pop(), fleet) == "h100"
+    # More than one node could have taken the group: two H100 nodes with 4 GPUs each.
+    assert len(fleet.running.cluster.nodes["h100"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("pool", "node_pool"),
+    [("gemma-4-e2b", "l4"), ("gemma-4-e4b", "l4"), ("gemma-4-26b-a4b", "h100")],
+)
+def test_each_replica_runs_on_its_node_pool(fleet: Fleet, pool: str, node_pool: str) -> None:
+    (pg,) = _replica_groups(pool)
+    assert {_pool_of(n, fleet) for n in pg["bundles_to_node_id"].values()} == {node_pool}
+
+
+# The gateway in front of the local fleet, as teams use it: the same SDK calls the gateway's
+# own tests make in-process, here through Ray Serve to the simulated pools.
+
+
+def _raw_chat(client: openai.OpenAI, **kwargs: Any) -> Any:
+    return client.chat.completions.with_raw_response.create(**kwargs)
+
+
+def test_alias_routes_by_need_through_the_fleet(client: openai.OpenAI) -> None:
+    import base64
+    import io
+
+    import numpy as np
+    import soundfile
+
+    small = _raw_chat(
+        client, model="gemma-4", max_tokens=4, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert small.headers["x-gemma-fleet-pool"] == "gemma-4-e2b"
+    long = _raw_chat(
+        client,
+        model="gemma-4",
+        max_tokens=4,
+        messages=[{"role": "user", "content": "word " * 30_000}],
+    )
+    assert long.headers["x-gemma-fleet-pool"] == "gemma-4-26b-a4b"  # past the small pools' 32K
+    buf = io.BytesIO()
+    soundfile.write(buf, np.zeros(16_000, dtype=np.float32), 16_000, format="WAV")
+    audio = {
+        "type": "input_audio",
+        "input_audio": {"data": base64.b64encode(buf.getvalue()).decode(), "format": "wav"},
+    }
+    heard = _raw_chat(
+        client, model="gemma-4", max_tokens=4, messages=[{"role": "user", "content": [audio]}]
+    )
+    assert heard.headers["x-gemma-fleet-pool"] in {"gemma-4-e2b", "gemma-4-e4b"}
+    with pytest.raises(openai.BadRequestError, match="does not take audio"):
+        client.chat.completions.create(
+            model="gemma-4-31b", max_tokens=4, messages=[{"role": "user", "content": [audio]}]
+        )
+
+
+def test_tools_and_json_schema_through_the_fleet(client: openai.OpenAI) -> None:
+    import json
+
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+    tools = [{"type": "function", "function": {"name": "search", "parameters": schema}}]
+    call = client.chat.completions.create(
+        model="gemma-4-31b",
+        tools=tools,
+        tool_choice="required",
+        messages=[{"role": "user", "content": "find it"}],
+    )
+    args = call.choices[0].message.tool_calls[0].function.arguments  # type: ignore[index]
+    jsonschema.validate(json.loads(args), schema)
+    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    out = client.chat.completions.create(
+        model="gemma-4-26b-a4b",
+        response_format=fmt,
+        messages=[{"role": "user", "content": "extract"}],
+    )
+    jsonschema.validate(json.loads(out.choices[0].message.content or ""), schema)
+
+
+def test_streaming_and_anthropic_through_the_fleet(fleet: Fleet, client: openai.OpenAI) -> None:
+    import anthropic
+
+    chunks = list(
+        client.chat.completions.create(
+            model="gemma-4-e4b",
+            max_tokens=8,
+            stream=True,
+            messages=[{"role": "user", "content": "go"}],
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    claude_style = anthropic.Anthropic(
+        base_url=fleet.running.base_url.removesuffix("/v1"), api_key="unused", max_retries=0
+    )
+    message = claude_style.messages.create(
+        model="gemma-4", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert message.content[0].type == "text"
+
+
+def test_bad_input_through_the_fleet(fleet: Fleet) -> None:
+    import httpx
+
+    r = httpx.post(
+        fleet.running.base_url + "/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
+
+
+def test_shutdown_leaves_no_ray_processes(
+    fleet: Fleet,
+    alive: Callable[[int], bool],
+    process_tree: Callable[[list[int]], dict[int, str]],
+) -> None:
+    before = process_tree(fleet.pids)
+    # What the cluster runs: nodes and GCS, and under the raylets every replica's worker.
+    replicas = [cmd for cmd in before.values() if cmd.startswith("ray::ServeReplica")]
+    assert len(replicas) >= 5  # four pools and the OpenAI ingress
+    fleet.stop()
+    assert [pid for pid in before if alive(pid)] == []

@@ -1,0 +1,62 @@
+"""What each pool becomes for Ray Serve LLM, before anything is deployed: the engine's
+configuration, the replica's placement group and the replica bounds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gemma_fleet.deployments.pools import load_fleet, replica_placement
+from gemma_fleet.deployments.pools.serve_app import (
+    deployment_config,
+    simulator_pool_config,
+    vllm_pool_config,
+)
+
+FLEET = load_fleet("default")
+BIG = next(p for p in FLEET.model_pools if p.model == "gemma-4-31B")
+H100 = FLEET.node_pool(BIG.node_pool)
+
+
+def test_simulated_pool_imitates_its_gpu_and_asks_for_its_gpus() -> None:
+    config, bind_kwargs = simulator_pool_config(BIG, H100)
+    assert config.model_id == BIG.name
+    simulated = config.experimental_configs["gemma_fleet_simulator"]
+    assert (simulated["model"], simulated["gpu"], simulated["tp"]) == (
+        "gemma-4-31B",
+        "H100-80GB",
+        2,
+    )
+    assert simulated["speedup"] == BIG.simulator.speedup
+    assert config.placement_group_config == replica_placement(BIG, H100).as_llm_config()
+    assert "engine_cls" in bind_kwargs
+
+
+def test_replica_bounds_come_from_the_pool() -> None:
+    scaling = deployment_config(BIG)["autoscaling_config"]
+    assert (scaling["min_replicas"], scaling["max_replicas"], scaling["initial_replicas"]) == (
+        BIG.replicas.min,
+        BIG.replicas.max,
+        BIG.replicas.start,
+    )
+
+
+def test_vllm_pool_on_gpus_runs_tensor_parallel_over_its_bundles() -> None:
+    pool = BIG.model_copy(update={"engine_args": {"enable_chunked_prefill": True}})
+    config = vllm_pool_config(pool, H100, checkpoint="google/gemma-4-31B-it", cpu_host=False)
+    assert config.engine_kwargs["tensor_parallel_size"] == 2
+    assert config.engine_kwargs["enable_chunked_prefill"] is True  # passed through
+    assert config.engine_kwargs["tool_call_parser"] == "gemma4"
+    bundles = config.placement_group_config["bundles"]
+    assert [b["GPU"] for b in bundles] == [1.0, 1.0]
+    assert config.placement_group_config["strategy"] == "STRICT_PACK"
+
+
+def test_vllm_pool_on_a_cpu_host_runs_one_rank_pinned_to_its_pool(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "tiny"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text('{"text_config": {"max_position_embeddings": 4096}}')
+    config = vllm_pool_config(BIG, H100, checkpoint=str(checkpoint), cpu_host=True)
+    assert config.engine_kwargs["tensor_parallel_size"] == 1
+    assert config.engine_kwargs["max_model_len"] == 4096  # capped to the checkpoint's context
+    (bundle,) = config.placement_group_config["bundles"]
+    assert "GPU" not in bundle and bundle["gpu_pool_h100"] == 1.0
