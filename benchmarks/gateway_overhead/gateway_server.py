@@ -17,9 +17,16 @@ if __name__ == "__main__":
     args = parser.parse_args()
     catalog = load_catalog()
     settings = GatewaySettings(
-        pools=[PoolInfo(name="e2b", model="gemma-4-E2B", max_model_len=32_768,
-                        modalities=catalog.model("gemma-4-E2B").modalities, capacity=1024,
-                        size_rank=1.0)],  # fmt: skip
+        pools=[
+            PoolInfo(
+                name="e2b",
+                model="gemma-4-E2B",
+                max_model_len=32_768,
+                modalities=catalog.model("gemma-4-E2B").modalities,
+                capacity=1024,
+                size_rank=1.0,
+            )
+        ],
         aliases={"gemma-4": ["e2b"]},
     )
     client = HttpPoolClient({"e2b": HttpPool(args.backend, "mock")})

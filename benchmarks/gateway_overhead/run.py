@@ -14,6 +14,7 @@ Reproduce (peers live in their own venv so they never touch the project's):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -68,10 +69,8 @@ def cpu_seconds(pid: int) -> float:
     proc = psutil.Process(pid)
     total = sum(proc.cpu_times()[:2])
     for child in proc.children(recursive=True):
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             total += sum(child.cpu_times()[:2])
-        except psutil.NoSuchProcess:
-            pass
     return total
 
 
@@ -114,20 +113,63 @@ def main() -> None:
         f"      model: openai/mock\n      api_base: {backend_url}/v1\n      api_key: unused\n"
     )
     procs = {
-        "backend": start([sys.executable, str(HERE / "mock_backend.py"), "--port", str(BACKEND),
-                          "--delay-ms", str(args.delay_ms)], logs / "backend.log"),
-        "gemma-fleet gateway": start([sys.executable, str(HERE / "gateway_server.py"), "--port",
-                                      str(GATEWAY), "--backend", backend_url], logs / "gw.log"),
-        "vllm-router": start([str(PEERS / "vllm-router"), "--host", "127.0.0.1", "--port",
-                              str(VLLM_ROUTER), "--worker-urls", backend_url,
-                              "--policy", "round_robin", "--log-level", "warning"],
-                             logs / "vllm-router.log"),
-        "litellm proxy": start([str(PEERS / "litellm"), "--config", str(litellm_cfg), "--host",
-                                "127.0.0.1", "--port", str(LITELLM), "--num_workers", "1"],
-                               logs / "litellm.log",
-                               env={"LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                                    "LITELLM_MASTER_KEY": "sk-bench",
-                                    "LITELLM_LOG": "ERROR"}),
+        "backend": start(
+            [
+                sys.executable,
+                str(HERE / "mock_backend.py"),
+                "--port",
+                str(BACKEND),
+                "--delay-ms",
+                str(args.delay_ms),
+            ],
+            logs / "backend.log",
+        ),
+        "gemma-fleet gateway": start(
+            [
+                sys.executable,
+                str(HERE / "gateway_server.py"),
+                "--port",
+                str(GATEWAY),
+                "--backend",
+                backend_url,
+            ],
+            logs / "gw.log",
+        ),
+        "vllm-router": start(
+            [
+                str(PEERS / "vllm-router"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(VLLM_ROUTER),
+                "--worker-urls",
+                backend_url,
+                "--policy",
+                "round_robin",
+                "--log-level",
+                "warning",
+            ],
+            logs / "vllm-router.log",
+        ),
+        "litellm proxy": start(
+            [
+                str(PEERS / "litellm"),
+                "--config",
+                str(litellm_cfg),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(LITELLM),
+                "--num_workers",
+                "1",
+            ],
+            logs / "litellm.log",
+            env={
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+                "LITELLM_MASTER_KEY": "sk-bench",
+                "LITELLM_LOG": "ERROR",
+            },
+        ),
     }
     targets = [
         ("backend direct", backend_url, "mock", None),
@@ -149,10 +191,18 @@ def main() -> None:
             if proc is None:
                 base_p50, base_p99 = p50, p99
             cpu = getattr(measure, "cpu_ms", None) if pid else None
-            results.append(Result(name, args.requests, round(p50, 3), round(p99, 3),
-                                  round(statistics.fmean(lat), 3), round(p50 - base_p50, 3),
-                                  round(p99 - base_p99, 3),
-                                  None if cpu is None else round(cpu, 3)))
+            results.append(
+                Result(
+                    name,
+                    args.requests,
+                    round(p50, 3),
+                    round(p99, 3),
+                    round(statistics.fmean(lat), 3),
+                    round(p50 - base_p50, 3),
+                    round(p99 - base_p99, 3),
+                    None if cpu is None else round(cpu, 3),
+                )
+            )
             print(results[-1], flush=True)
     finally:
         for proc in procs.values():
@@ -173,9 +223,13 @@ def main() -> None:
     (args.out / "results.json").write_text(
         json.dumps({"environment": env, "results": [asdict(r) for r in results]}, indent=2)
     )
+
+    def cpu(r: Result) -> str:
+        return "-" if r.cpu_ms_per_request is None else f"{r.cpu_ms_per_request:.2f}"
+
     rows = "\n".join(
         f"| {r.target} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.added_p50_ms:+.2f} | "
-        f"{r.added_p99_ms:+.2f} | {'-' if r.cpu_ms_per_request is None else f'{r.cpu_ms_per_request:.2f}'} |"
+        f"{r.added_p99_ms:+.2f} | {cpu(r)} |"
         for r in results
     )
     (args.out / "results.md").write_text(

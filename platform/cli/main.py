@@ -11,8 +11,10 @@ try:  # typer >= 0.20 vendors click; its usage errors are not the `click` packag
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import UsageError  # type: ignore[assignment]
 
+from gemma_fleet.cli.checkpoints import checkpoints_app
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.profile import profile_command
+from gemma_fleet.cli.up import up_command
 
 app = typer.Typer(
     name="gemma-fleet",
@@ -22,6 +24,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("profile")(profile_command)
+app.command("up")(up_command)
+app.add_typer(checkpoints_app, name="checkpoints")
 
 
 @app.callback()
