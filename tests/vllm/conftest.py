@@ -8,15 +8,11 @@ that one group: no `ray stop`, nothing else on the machine is touched.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ray_head import private_ray_head
 
 from gemma_fleet.deployments.checkpoints import ensure_tiny_checkpoint
 
@@ -60,14 +56,6 @@ def multimodal_checkpoint(checkpoint_root: Path) -> Path:
     return ensure_tiny_checkpoint("multimodal", checkpoint_root)
 
 
-def _ray_executable() -> str:
-    candidate = Path(sys.executable).with_name("ray")
-    found = str(candidate) if candidate.exists() else shutil.which("ray")
-    if found is None:
-        raise RuntimeError("the `ray` command is not installed next to this Python")
-    return found
-
-
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[str]:
     """A single-node Ray cluster of our own; yields its address and removes it afterwards.
@@ -75,55 +63,11 @@ def ray_cluster() -> Iterator[str]:
     8 logical CPUs on a 2-core box: the LLM replica (1 CPU + its 1-CPU engine bundle) and the
     OpenAI ingress replicas would not all schedule on 2.
     """
-    import ray
-
-    os.environ.update(RAY_HEAD_ENV)
-    if ray.is_initialized():
-        # Something earlier in this process auto-started or joined another Ray (for example
-        # `ray.get_runtime_context()` does); this suite must talk to its own cluster.
-        ray.shutdown()
-    log = Path(RAY_TEMP_DIR) / "gemma-fleet-head.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    head = subprocess.Popen(
-        [
-            _ray_executable(),
-            "start",
-            "--head",
-            "--block",
-            f"--port={RAY_GCS_PORT}",
-            "--min-worker-port=21000",
-            "--max-worker-port=21999",
-            f"--temp-dir={RAY_TEMP_DIR}",
-            "--num-cpus=8",
-            "--include-dashboard=false",
-            "--node-ip-address=127.0.0.1",
-            "--disable-usage-stats",
-        ],
-        env={**os.environ, **VLLM_CPU_ENV, **RAY_HEAD_ENV},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: the teardown signals only that
-    )
-    address = f"127.0.0.1:{RAY_GCS_PORT}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if head.poll() is not None:
-                raise RuntimeError(f"ray head exited ({head.returncode}); see {log}")
-            try:
-                ray.init(address=address, runtime_env={"env_vars": VLLM_CPU_ENV})
-                break
-            except (ConnectionError, RuntimeError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
+    with private_ray_head(
+        gcs_port=RAY_GCS_PORT,
+        worker_ports=(21000, 21999),
+        temp_dir=RAY_TEMP_DIR,
+        num_cpus=8,
+        env={**VLLM_CPU_ENV, **RAY_HEAD_ENV},
+    ) as address:
         yield address
-    finally:
-        ray.shutdown()
-        if head.poll() is None:
-            os.killpg(head.pid, signal.SIGTERM)
-            try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(head.pid, signal.SIGKILL)
-                head.wait(timeout=30)
