@@ -166,10 +166,13 @@ class ChatCompletionRequest(Strict):
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-    # vLLM's documented sampling extensions, passed through to the engine
+    # vLLM's documented sampling extensions, passed through to the engine (load tests use
+    # ignore_eos and min_tokens to fix output lengths)
     top_k: int | None = None
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)
+    ignore_eos: bool | None = None
+    min_tokens: int | None = Field(None, ge=0)
     chat_template_kwargs: dict[str, Any] | None = None
 
     @property
@@ -199,3 +202,5 @@ class CompletionRequest(Strict):
     top_k: int | None = None
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)
+    ignore_eos: bool | None = None
+    min_tokens: int | None = Field(None, ge=0)

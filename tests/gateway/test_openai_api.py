@@ -223,3 +223,13 @@ def test_client_disconnect_cancels_the_engine_work(gateway_server: Any) -> None:
     stats = engine.core.stats()
     assert stats["num_requests_running"] == 0 and stats["kv_cache_usage_perc"] == 0
     assert gateway_server.gateway.state.pools["slow"].in_flight == 0
+
+
+def test_vllm_length_controls_pass_through(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(
+        model="e2b",
+        messages=user("x"),
+        max_tokens=9,
+        extra_body={"ignore_eos": True, "min_tokens": 9},
+    )
+    assert out.usage is not None and out.usage.completion_tokens == 9
