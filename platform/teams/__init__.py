@@ -1,0 +1,1 @@
+"""Teams: keys, limits, budgets and usage, kept in Redis."""

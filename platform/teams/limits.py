@@ -1,0 +1,164 @@
+"""Admission against a team's limits, atomically in Redis.
+
+One Lua script checks every limit of a request and, only if all hold, takes from all of them:
+concurrent requests, requests per minute, tokens per minute and the token budget of the period.
+Redis runs a script without interleaving, so under any number of concurrent requests a limit of K
+admits exactly K. Tokens are reserved from the request's estimate at admission and reconciled
+with the actual count at completion (also when a stream is cut, by releasing with what was used).
+
+Windows are fixed (the current minute, the current day or month), which keeps each limit one
+counter and makes "exactly K" hold at every instant.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Period = Literal["day", "month"]
+
+_ADMIT = """
+-- KEYS: concurrency, requests/min, tokens/min, budget
+-- ARGV: max_concurrent, rpm, tpm, budget, tokens, minute_ttl_s, budget_ttl_s, lease_ttl_s
+local limits = {tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
+local costs = {1, 1, tonumber(ARGV[5]), tonumber(ARGV[5])}
+local names = {"concurrent_requests", "requests_per_minute", "tokens_per_minute", "token_budget"}
+for i = 1, 4 do
+  if limits[i] >= 0 then
+    local used = tonumber(redis.call("GET", KEYS[i]) or "0")
+    if used + costs[i] > limits[i] then
+      return {0, names[i], used, limits[i]}
+    end
+  end
+end
+local ttls = {tonumber(ARGV[8]), tonumber(ARGV[6]), tonumber(ARGV[6]), tonumber(ARGV[7])}
+for i = 1, 4 do
+  redis.call("INCRBY", KEYS[i], costs[i])
+  redis.call("EXPIRE", KEYS[i], ttls[i])
+end
+return {1, "", 0, 0}
+"""
+
+_RELEASE = """
+-- KEYS: concurrency, tokens/min, budget; ARGV: token correction (actual - reserved)
+local left = redis.call("DECR", KEYS[1])
+if left < 0 then redis.call("SET", KEYS[1], 0) end
+local delta = tonumber(ARGV[1])
+if delta ~= 0 then
+  for i = 2, 3 do
+    if redis.call("EXISTS", KEYS[i]) == 1 then redis.call("INCRBY", KEYS[i], delta) end
+  end
+end
+return 1
+"""
+
+UNLIMITED = -1
+
+
+class TeamLimits(BaseModel):
+    """A team's limits; -1 means unlimited. Stored with the team record."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_concurrent_requests: int = Field(UNLIMITED, ge=UNLIMITED)
+    requests_per_minute: int = Field(UNLIMITED, ge=UNLIMITED)
+    tokens_per_minute: int = Field(UNLIMITED, ge=UNLIMITED)
+    token_budget: int = Field(UNLIMITED, ge=UNLIMITED)
+    budget_period: Period = "month"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An admitted request: release it exactly once, with the tokens it really used."""
+
+    team: str
+    reserved_tokens: int
+    keys: tuple[str, str, str, str]
+
+
+@dataclass
+class LimitExceeded(Exception):
+    """The request would break `limit`; answer 429 with Retry-After `retry_after_s`."""
+
+    limit: str
+    used: int
+    allowed: int
+    retry_after_s: int
+
+    def __str__(self) -> str:
+        return f"{self.limit} limit reached ({self.used} of {self.allowed})"
+
+
+def _period_key(period: Period, now: float) -> tuple[str, int]:
+    """The budget window's label and the seconds until it ends (UTC)."""
+    t = time.gmtime(now)
+    if period == "day":
+        end = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86_400
+        return time.strftime("%Y-%m-%d", t), max(1, int(end - now))
+    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    end = calendar.timegm((year, month, 1, 0, 0, 0))
+    return time.strftime("%Y-%m", t), max(1, int(end - now))
+
+
+class Limiter:
+    """Admits and releases requests against team limits in one Redis (any `redis.asyncio`
+    client: standalone, TLS, with a password)."""
+
+    LEASE_TTL_S = 3600  # a crashed gateway's concurrency slots expire instead of leaking
+
+    def __init__(self, redis: Any, prefix: str = "gf") -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self._admit = redis.register_script(_ADMIT)
+        self._release = redis.register_script(_RELEASE)
+
+    def _keys(self, team: str, limits: TeamLimits, now: float) -> tuple[str, str, str, str]:
+        minute = int(now // 60)
+        period, _ = _period_key(limits.budget_period, now)
+        base = f"{self._prefix}:team:{team}"
+        return (f"{base}:inflight", f"{base}:rpm:{minute}", f"{base}:tpm:{minute}",
+                f"{base}:budget:{period}")  # fmt: skip
+
+    async def admit(
+        self, team: str, limits: TeamLimits, tokens: int, now: float | None = None
+    ) -> Admission:
+        """Reserve one request and `tokens` estimated tokens, or raise LimitExceeded."""
+        now = time.time() if now is None else now
+        keys = self._keys(team, limits, now)
+        _, budget_left_s = _period_key(limits.budget_period, now)
+        minute_left_s = 60 - int(now % 60)
+        ok, name, used, allowed = await self._admit(
+            keys=list(keys),
+            args=[
+                limits.max_concurrent_requests,
+                limits.requests_per_minute,
+                limits.tokens_per_minute,
+                limits.token_budget,
+                tokens,
+                120,
+                budget_left_s + 3600,
+                self.LEASE_TTL_S,
+            ],
+        )
+        if int(ok) != 1:
+            limit = name.decode() if isinstance(name, bytes) else str(name)
+            retry = {"requests_per_minute": minute_left_s, "tokens_per_minute": minute_left_s,
+                     "token_budget": budget_left_s}.get(limit, 1)  # fmt: skip
+            raise LimitExceeded(limit, int(used), int(allowed), retry)
+        return Admission(team=team, reserved_tokens=tokens, keys=keys)
+
+    async def release(self, admission: Admission, used_tokens: int) -> None:
+        """Free the concurrency slot and correct the token counters from the estimate to
+        what was actually used."""
+        inflight, _, tpm, budget = admission.keys
+        await self._release(
+            keys=[inflight, tpm, budget], args=[used_tokens - admission.reserved_tokens]
+        )
+
+    async def budget_used(self, team: str, limits: TeamLimits, now: float | None = None) -> int:
+        key = self._keys(team, limits, time.time() if now is None else now)[3]
+        return int(await self._redis.get(key) or 0)

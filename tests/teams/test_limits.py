@@ -1,0 +1,121 @@
+"""Limits hold exactly under concurrency, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from gemma_fleet.teams.limits import Admission, Limiter, LimitExceeded, TeamLimits
+from gemma_fleet.teams.redis_client import connect
+
+NOW = 1_795_800_000.0  # a fixed instant: every call below lands in the same minute
+
+
+def run(redis_url: str, body: Callable[[Limiter, Any], Awaitable[Any]]) -> Any:
+    async def main() -> Any:
+        client = connect(redis_url, max_connections=16)  # fewer than the 200 callers
+        try:
+            await client.flushdb()
+            return await body(Limiter(client), client)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(main())
+
+
+async def _admit_many(limiter: Limiter, limits: TeamLimits, n: int, tokens: int = 10) -> list[Any]:
+    async def one() -> Admission | LimitExceeded:
+        try:
+            return await limiter.admit("team-a", limits, tokens, now=NOW)
+        except LimitExceeded as exc:
+            return exc
+
+    return await asyncio.gather(*(one() for _ in range(n)))
+
+
+@pytest.mark.parametrize(
+    ("limits", "name"),
+    [
+        (TeamLimits(requests_per_minute=50), "requests_per_minute"),
+        (TeamLimits(max_concurrent_requests=50), "concurrent_requests"),
+        (TeamLimits(tokens_per_minute=500), "tokens_per_minute"),
+        (TeamLimits(token_budget=500), "token_budget"),
+    ],
+)
+def test_200_concurrent_requests_against_a_limit_of_50_admit_exactly_50(
+    redis_url: str, limits: TeamLimits, name: str
+) -> None:
+    async def body(limiter: Limiter, _: Any) -> list[Any]:
+        return await _admit_many(limiter, limits, 200)  # 10 tokens each: 500 = 50 requests
+
+    results = run(redis_url, body)
+    admitted = [r for r in results if isinstance(r, Admission)]
+    refused = [r for r in results if isinstance(r, LimitExceeded)]
+    assert len(admitted) == 50 and len(refused) == 150
+    assert {r.limit for r in refused} == {name}
+    assert all(r.retry_after_s >= 1 for r in refused)
+
+
+def test_release_frees_a_concurrency_slot(redis_url: str) -> None:
+    limits = TeamLimits(max_concurrent_requests=1)
+
+    async def body(limiter: Limiter, _: Any) -> None:
+        first = await limiter.admit("t", limits, 5, now=NOW)
+        with pytest.raises(LimitExceeded, match="concurrent_requests"):
+            await limiter.admit("t", limits, 5, now=NOW)
+        await limiter.release(first, used_tokens=5)
+        await limiter.admit("t", limits, 5, now=NOW)
+
+    run(redis_url, body)
+
+
+def test_budget_is_reconciled_with_actual_usage(redis_url: str) -> None:
+    limits = TeamLimits(token_budget=1000, budget_period="day")
+
+    async def body(limiter: Limiter, _: Any) -> tuple[int, int]:
+        a = await limiter.admit("t", limits, 800, now=NOW)  # estimate
+        reserved = await limiter.budget_used("t", limits, now=NOW)
+        await limiter.release(a, used_tokens=120)  # a cut stream used less
+        return reserved, await limiter.budget_used("t", limits, now=NOW)
+
+    reserved, settled = run(redis_url, body)
+    assert (reserved, settled) == (800, 120)
+
+
+def test_refusal_takes_nothing(redis_url: str) -> None:
+    limits = TeamLimits(requests_per_minute=100, token_budget=50)
+
+    async def body(limiter: Limiter, client: Any) -> list[Any]:
+        with pytest.raises(LimitExceeded, match="token_budget"):
+            await limiter.admit("t", limits, 60, now=NOW)
+        return [await client.get(k) for k in limiter._keys("t", limits, NOW)]
+
+    assert run(redis_url, body) == [None, None, None, None]
+
+
+def test_teams_do_not_share_limits(redis_url: str) -> None:
+    limits = TeamLimits(requests_per_minute=1)
+
+    async def body(limiter: Limiter, _: Any) -> None:
+        await limiter.admit("team-a", limits, 1, now=NOW)
+        await limiter.admit("team-b", limits, 1, now=NOW)
+        with pytest.raises(LimitExceeded):
+            await limiter.admit("team-a", limits, 1, now=NOW)
+
+    run(redis_url, body)
+
+
+def test_next_minute_is_a_new_window(redis_url: str) -> None:
+    limits = TeamLimits(requests_per_minute=1)
+
+    async def body(limiter: Limiter, _: Any) -> None:
+        await limiter.admit("t", limits, 1, now=NOW)
+        with pytest.raises(LimitExceeded) as err:
+            await limiter.admit("t", limits, 1, now=NOW + 1)
+        assert 1 <= err.value.retry_after_s <= 60
+        await limiter.admit("t", limits, 1, now=NOW + 60)
+
+    run(redis_url, body)
