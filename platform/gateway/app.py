@@ -91,7 +91,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         try:
             model, answer = await handle(await read_json(request, limit))
         except ApiError as exc:
-            metrics.refused(endpoint, "", exc.status)
+            metrics.refused(endpoint, exc.status)
             raise
         pool, reason = answer.headers[POOL_HEADER], answer.headers[REASON_HEADER]
         if isinstance(answer, StreamAnswer):

@@ -57,9 +57,10 @@ class GatewayMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def refused(self, endpoint: str, model: str, status: int) -> None:
+    def refused(self, endpoint: str, status: int) -> None:
+        # No model label: a refused request may name anything, and labels must stay bounded.
         self.rejections.labels(endpoint, str(status)).inc()
-        self.requests.labels(endpoint, model, "", str(status)).inc()
+        self.requests.labels(endpoint, "", "", str(status)).inc()
 
     def answered(self, endpoint: str, model: str, pool: str, reason: str, started: float) -> None:
         self.route_decisions.labels(pool, reason).inc()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from gemma_fleet.catalog import ModelSpec, QuantFormat, TextArch
 
 BF16_BYTES = 2
+_BF16 = QuantFormat(name="bf16", bits_per_weight=16, quantizes_embeddings=True, label="bfloat16")
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,8 @@ def weight_terms(
 
 def text_params(model: ModelSpec, vocab_size: int) -> int:
     """All decoder parameters including embeddings and PLE tables (no encoders)."""
-    bf16 = _BF16
-    return sum(t.params for t in weight_terms(model, bf16, vocab_size, text_only=True))
+    # Parameter counts do not depend on the format; any one lists the terms.
+    return sum(t.params for t in weight_terms(model, _BF16, vocab_size, text_only=True))
 
 
 def decode_read_bytes(model: ModelSpec, quant: QuantFormat, vocab_size: int, tp: int) -> int:
@@ -178,6 +179,3 @@ def decode_read_bytes(model: ModelSpec, quant: QuantFormat, vocab_size: int, tp:
         read += active_expert_params(text) * quant.bytes_per_weight
     read += terms["embeddings"].bytes  # the LM head is the tied embedding matrix
     return round(read / tp) + terms["norms"].bytes
-
-
-_BF16 = QuantFormat(name="bf16", bits_per_weight=16, quantizes_embeddings=True, label="bfloat16")
