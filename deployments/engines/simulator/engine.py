@@ -24,7 +24,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig, LLMConfig
@@ -239,32 +239,19 @@ class SimulatorEngine(LLMEngine):
                 ],
             )
             yield _sse(first)
-            completion, cached = 0, 0
-            async for event in events:
-                completion, cached = event.index + 1, event.num_cached_tokens
-                delta = self._chat_delta(plan, event.index)
-                choice = ChatCompletionResponseStreamChoice(
-                    index=0, delta=delta, finish_reason=finish if event.finished else None
-                )
-                chunk = ChatCompletionStreamResponse(
-                    id=response_id,
-                    object="chat.completion.chunk",
-                    created=created,
-                    model=self.model_id,
-                    choices=[choice],
-                )
-                yield _sse(chunk)
-            if include_usage:
-                usage_chunk = ChatCompletionStreamResponse(
-                    id=response_id,
-                    object="chat.completion.chunk",
-                    created=created,
-                    model=self.model_id,
-                    choices=[],
-                    usage=self._usage(len(prompt), completion, cached),
-                )
-                yield _sse_usage(usage_chunk)
-            yield "data: [DONE]\n\n"
+            async for sse in self._stream_tokens(
+                events,
+                len(prompt),
+                include_usage,
+                ChatCompletionStreamResponse,
+                {"id": response_id, "object": "chat.completion.chunk", "created": created},
+                lambda event: ChatCompletionResponseStreamChoice(
+                    index=0,
+                    delta=self._chat_delta(plan, event.index),
+                    finish_reason=finish if event.finished else None,
+                ),
+            ):
+                yield sse
             return
         cached = 0
         async for event in events:
@@ -362,6 +349,26 @@ class SimulatorEngine(LLMEngine):
         )
         return ids, self._plan(request, ids, spec)
 
+    async def _stream_tokens(
+        self,
+        events: AsyncIterator[Any],
+        prompt_tokens: int,
+        include_usage: bool,
+        chunk_type: Any,
+        fields: dict[str, Any],
+        choice_for: Callable[[Any], Any],
+    ) -> AsyncIterator[str]:
+        """One server-sent chunk per token event, then the usage chunk if asked, then [DONE].
+        `usage` stays unset on token chunks: they serialise with exclude_unset, as vLLM's do."""
+        completion, cached = 0, 0
+        async for event in events:
+            completion, cached = event.index + 1, event.num_cached_tokens
+            yield _sse(chunk_type(**fields, model=self.model_id, choices=[choice_for(event)]))
+        if include_usage:
+            usage = self._usage(prompt_tokens, completion, cached)
+            yield _sse_usage(chunk_type(**fields, model=self.model_id, choices=[], usage=usage))
+        yield "data: [DONE]\n\n"
+
     async def completions(  # type: ignore[override]
         self,
         request: CompletionRequest,
@@ -379,33 +386,19 @@ class SimulatorEngine(LLMEngine):
         )
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            completion, cached = 0, 0
-            async for event in events:
-                completion, cached = event.index + 1, event.num_cached_tokens
-                choice = CompletionResponseStreamChoice(
+            async for sse in self._stream_tokens(
+                events,
+                len(prompt),
+                include_usage,
+                CompletionStreamResponse,
+                {"id": response_id, "object": "text_completion", "created": created},
+                lambda event: CompletionResponseStreamChoice(
                     index=0,
                     text=plan.pieces[event.index],
                     finish_reason=plan.finish_reason if event.finished else None,
-                )
-                chunk = CompletionStreamResponse(
-                    id=response_id,
-                    object="text_completion",
-                    created=created,
-                    model=self.model_id,
-                    choices=[choice],
-                )
-                yield _sse(chunk)
-            if include_usage:
-                usage_chunk = CompletionStreamResponse(
-                    id=response_id,
-                    object="text_completion",
-                    created=created,
-                    model=self.model_id,
-                    choices=[],
-                    usage=self._usage(len(prompt), completion, cached),
-                )
-                yield _sse_usage(usage_chunk)
-            yield "data: [DONE]\n\n"
+                ),
+            ):
+                yield sse
             return
         cached = 0
         async for event in events:
