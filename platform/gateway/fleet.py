@@ -10,7 +10,7 @@ from typing import Any
 from ray.serve.deployment import Application
 
 from gemma_fleet.catalog import Catalog, Modality, load_catalog
-from gemma_fleet.deployments.pools.load import load_fleet
+from gemma_fleet.deployments.pools.load import load_fleet, parse_fleet
 from gemma_fleet.deployments.pools.schema import FleetSpec
 from gemma_fleet.deployments.pools.serve_app import build_pool_deployments
 from gemma_fleet.gateway.deployment import build_gateway_app
@@ -50,6 +50,10 @@ def build_fleet_app(
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Ray Serve config entry point (`import_path: gemma_fleet.gateway.fleet:build_app`,
-    `args: {fleet: <path or shipped fleet name>}`), as a RayService's serveConfigV2 uses."""
+    """Ray Serve config entry point (`import_path: gemma_fleet.gateway.fleet:build_app`), as a
+    RayService's serveConfigV2 uses: `args: {fleet_spec: {...}}` carries the fleet inline (what
+    the Helm chart renders from its values); `args: {fleet: <path or shipped name>}` names a
+    file. Either is fully validated before anything deploys."""
+    if "fleet_spec" in args:
+        return build_fleet_app(parse_fleet(args["fleet_spec"], source="serveConfigV2 fleet_spec"))
     return build_fleet_app(load_fleet(Path(str(args.get("fleet", "default")))))
