@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,6 +121,19 @@ class StreamAnswer:
 Answer = JsonAnswer | StreamAnswer
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as far as serving goes: the models their team may use (None: any) and
+    the team's quota admission, awaited once a request is known to be servable (so a request
+    that is refused for its content never spends quota). Admission raises ApiError (429)."""
+
+    allowed_models: frozenset[str] | None = None
+    admit: Callable[[RequestNeeds], Awaitable[None]] | None = None
+
+
+ANYONE = Caller()
+
+
 class Gateway:
     def __init__(
         self,
@@ -166,28 +179,34 @@ class Gateway:
     def ready(self) -> bool:
         return any(v.healthy for v in self.state.views())
 
-    async def chat(self, request: ChatCompletionRequest) -> Answer:
+    async def chat(self, request: ChatCompletionRequest, caller: Caller = ANYONE) -> Answer:
         try:
             needs = classify_chat(request, self._facts).needs
         except InvalidMedia as exc:
             raise ApiError(400, str(exc), param="messages") from exc
-        decision = self._route(needs, request.model)
+        decision = self._route(needs, request.model, caller)
+        if caller.admit is not None:
+            await caller.admit(needs)
         # Only a request some pool can serve is worth fetching media for.
         await self._inline_remote_media(request)
         payload = request.model_dump(exclude_none=True, by_alias=True)
         if request.output_limit is None:
             payload["max_tokens"] = needs.max_output_tokens
-        return await self._dispatch(decision, needs, request.model, "chat", payload)
+        _ask_for_usage(payload)
+        return await self._dispatch(decision, needs, request.model, caller, "chat", payload)
 
-    async def completions(self, request: CompletionRequest) -> Answer:
+    async def completions(self, request: CompletionRequest, caller: Caller = ANYONE) -> Answer:
         needs = RequestNeeds(
             prompt_tokens=estimate_tokens(request.prompt) + 1,
             max_output_tokens=request.max_tokens or 16,  # OpenAI's default for completions
         )
-        decision = self._route(needs, request.model)
+        decision = self._route(needs, request.model, caller)
+        if caller.admit is not None:
+            await caller.admit(needs)
         payload = request.model_dump(exclude_none=True)
         payload["max_tokens"] = needs.max_output_tokens
-        return await self._dispatch(decision, needs, request.model, "completions", payload)
+        _ask_for_usage(payload)
+        return await self._dispatch(decision, needs, request.model, caller, "completions", payload)
 
     async def _inline_remote_media(self, request: ChatCompletionRequest) -> None:
         """Fetch http(s) media under the SSRF policy and pass it on as data: URLs, so no
@@ -219,9 +238,15 @@ class Gateway:
         except (MediaFetchError, InvalidMedia) as exc:
             raise ApiError(400, str(exc), param="messages") from exc
 
-    def _route(self, needs: RequestNeeds, requested: str) -> RouteDecision:
+    def _route(self, needs: RequestNeeds, requested: str, caller: Caller) -> RouteDecision:
         try:
-            return route(needs, requested, self.state.views(), aliases=self.settings.aliases)
+            return route(
+                needs,
+                requested,
+                self.state.views(),
+                aliases=self.settings.aliases,
+                allowed_models=caller.allowed_models,
+            )
         except RoutingError as exc:
             raise ApiError(
                 exc.status, exc.message, param="model", retry_after_s=exc.retry_after_s
@@ -232,6 +257,7 @@ class Gateway:
         decision: RouteDecision,
         needs: RequestNeeds,
         requested: str,
+        caller: Caller,
         method: Method,
         payload: dict[str, Any],
     ) -> Answer:
@@ -246,7 +272,7 @@ class Gateway:
                 replies, first = await self._first_reply(pool, method, payload)
             except PoolUnavailable:
                 self.state.mark_down(pool)
-                decision = self._route(needs, requested)
+                decision = self._route(needs, requested, caller)
                 continue
             if isinstance(first, EngineError):
                 await _close(replies)
@@ -304,6 +330,13 @@ class Gateway:
             await _close(replies)
         if not done:
             yield DONE
+
+
+def _ask_for_usage(payload: dict[str, Any]) -> None:
+    """Streams always end with the engine's usage chunk: it is how a team's budget learns what
+    the stream really cost. The HTTP layer drops it again for clients that did not ask."""
+    if payload.get("stream"):
+        payload["stream_options"] = {**payload.get("stream_options", {}), "include_usage": True}
 
 
 async def _close(replies: AsyncIterator[Reply]) -> None:
