@@ -1,6 +1,10 @@
 """How the gateway talks to pools. Every pool is a Ray Serve LLM `LLMServer` deployment,
 whichever engine is behind it, so one client serves both kinds. Replies are normalised here,
 so the gateway's core never touches vLLM's protocol types.
+
+Every client sends the caller's trace context on (W3C traceparent): as an HTTP header, or as
+the `RawRequestInfo` headers LLMServer hands to its engine, where the simulator opens its
+engine.generate span under it and vLLM's serving layer reads it for its own tracing.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal, Protocol
+
+from gemma_fleet.telemetry import inject_headers
 
 Method = Literal["chat", "completions"]
 
@@ -69,6 +75,17 @@ def normalise(item: Any) -> list[Reply]:
     return [JsonReply(item.model_dump_json().encode())]
 
 
+def raw_request_info() -> Any:
+    """What LLMServer passes to its engine besides the request: the trace context as request
+    headers (vLLM reads `traceparent` from there). None when there is no trace to carry."""
+    headers = inject_headers()
+    if not headers:
+        return None
+    from ray.llm._internal.serve.core.protocol import RawRequestInfo
+
+    return RawRequestInfo(headers=headers)
+
+
 def engine_request(method: Method, payload: dict[str, Any]) -> Any:
     """The engine-side request object (vLLM's protocol model, as Ray Serve LLM passes it)."""
     from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
@@ -89,9 +106,15 @@ class EnginePoolClient:
         self, pool: str, method: Method, payload: dict[str, Any]
     ) -> AsyncIterator[Reply]:
         request = engine_request(method, payload)
-        async for item in getattr(self._engines[pool], method)(request, None):
-            for reply in normalise(item):
-                yield reply
+        items = getattr(self._engines[pool], method)(request, raw_request_info())
+        try:
+            async for item in items:
+                for reply in normalise(item):
+                    yield reply
+        finally:
+            # A caller that stops reading (one JSON reply, a client gone mid-stream) ends the
+            # engine's generation now, not whenever the generator is garbage-collected.
+            await items.aclose()
 
 
 @dataclass(frozen=True)
@@ -138,8 +161,9 @@ class HttpPoolClient:
         body = json.dumps({**payload, "model": target.served_model}).encode()
         started = False
         try:
+            headers = {"content-type": "application/json", **inject_headers()}
             async with self._client().post(
-                target.url + path, data=body, headers={"content-type": "application/json"}
+                target.url + path, data=body, headers=headers
             ) as response:
                 if response.status != 200:
                     yield _http_error(response.status, await response.read())
@@ -190,13 +214,20 @@ class ServePoolClient:
 
         request = engine_request(method, payload)
         handle = self._handles[pool]
-        started = False
+        response = getattr(handle, method).remote(request, raw_request_info())
+        started = finished = False
         try:
-            async for item in getattr(handle, method).remote(request, None):
+            async for item in response:
                 started = True
                 for reply in normalise(item):
                     yield reply
+            finished = True
         except (RayActorError, BackPressureError, DeploymentUnavailableError) as exc:
             if started:
                 raise
             raise PoolUnavailable(f"pool {pool}: {type(exc).__name__}") from exc
+        finally:
+            if not finished:
+                # The client hung up (or we stopped reading): the replica stops generating
+                # and frees the sequence's KV blocks instead of finishing for nobody.
+                response.cancel()

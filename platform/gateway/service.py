@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gemma_fleet.catalog import Modality
 from gemma_fleet.catalog.schema import Family
 from gemma_fleet.gateway.classify import (
+    Classification,
     InvalidMedia,
     check_image_data_url,
     classify_chat,
@@ -52,6 +53,16 @@ from gemma_fleet.gateway.pool_client import (
 )
 from gemma_fleet.gateway.pool_state import PoolState
 from gemma_fleet.routing import PoolView, RequestNeeds, RouteDecision, RoutingError, route
+from gemma_fleet.telemetry import (
+    Span,
+    current,
+    end_span,
+    end_with,
+    mark_failed,
+    names,
+    span,
+    start_span,
+)
 
 POOL_HEADER = "x-gemma-fleet-pool"
 REASON_HEADER = "x-gemma-fleet-route"
@@ -128,7 +139,7 @@ class Caller:
     that is refused for its content never spends quota). Admission raises ApiError (429)."""
 
     allowed_models: frozenset[str] | None = None
-    admit: Callable[[RequestNeeds], Awaitable[None]] | None = None
+    admit: Callable[[Classification], Awaitable[None]] | None = None
 
 
 ANYONE = Caller()
@@ -181,12 +192,14 @@ class Gateway:
 
     async def chat(self, request: ChatCompletionRequest, caller: Caller = ANYONE) -> Answer:
         try:
-            needs = classify_chat(request, self._facts).needs
+            classified = classify_chat(request, self._facts)
         except InvalidMedia as exc:
             raise ApiError(400, str(exc), param="messages") from exc
+        needs = classified.needs
         decision = self._route(needs, request.model, caller)
         if caller.admit is not None:
-            await caller.admit(needs)
+            with span(names.QUOTA):
+                await caller.admit(classified)
         # Only a request some pool can serve is worth fetching media for.
         await self._inline_remote_media(request)
         payload = request.model_dump(exclude_none=True, by_alias=True)
@@ -202,7 +215,8 @@ class Gateway:
         )
         decision = self._route(needs, request.model, caller)
         if caller.admit is not None:
-            await caller.admit(needs)
+            with span(names.QUOTA):
+                await caller.admit(Classification(needs, images=0, audio_seconds=0.0, videos=0))
         payload = request.model_dump(exclude_none=True)
         payload["max_tokens"] = needs.max_output_tokens
         _ask_for_usage(payload)
@@ -222,6 +236,10 @@ class Gateway:
         remote = [t for t in targets if t[1].startswith(("http://", "https://"))]
         if not remote:
             return
+        with span(names.MEDIA_FETCH, attributes={names.MEDIA_ITEMS: len(remote)}):
+            await self._fetch_media(remote)
+
+    async def _fetch_media(self, remote: list[tuple[ImagePart | VideoPart, str, str]]) -> None:
         try:
             fetched = await asyncio.gather(
                 *(
@@ -239,18 +257,32 @@ class Gateway:
             raise ApiError(400, str(exc), param="messages") from exc
 
     def _route(self, needs: RequestNeeds, requested: str, caller: Caller) -> RouteDecision:
-        try:
-            return route(
-                needs,
-                requested,
-                self.state.views(),
-                aliases=self.settings.aliases,
-                allowed_models=caller.allowed_models,
-            )
-        except RoutingError as exc:
-            raise ApiError(
-                exc.status, exc.message, param="model", retry_after_s=exc.retry_after_s
-            ) from exc
+        with span(names.ROUTE) as traced:
+            if traced.is_recording():  # skip building attributes nobody records
+                traced.set_attributes(
+                    {
+                        names.REQUEST_MODEL: requested,
+                        names.PROMPT_TOKENS_ESTIMATE: needs.prompt_tokens,
+                        names.MAX_OUTPUT_TOKENS: needs.max_output_tokens,
+                    }
+                )
+            try:
+                decision = route(
+                    needs,
+                    requested,
+                    self.state.views(),
+                    aliases=self.settings.aliases,
+                    allowed_models=caller.allowed_models,
+                )
+            except RoutingError as exc:
+                raise ApiError(
+                    exc.status, exc.message, param="model", retry_after_s=exc.retry_after_s
+                ) from exc
+            if traced.is_recording():
+                traced.set_attributes(
+                    {names.POOL: decision.pool, names.ROUTE_REASON: decision.reason}
+                )
+            return decision
 
     async def _dispatch(
         self,
@@ -263,35 +295,57 @@ class Gateway:
     ) -> Answer:
         """Send to the routed pool. A pool that cannot be reached twice in a row is marked
         down and the request is routed again: another capable pool serves it, or, when none
-        is left, the client gets 503 with Retry-After."""
-        for _ in range(len(self.state.pools)):
-            pool = decision.pool
-            payload["model"] = pool
-            headers = {POOL_HEADER: pool, REASON_HEADER: decision.reason}
-            try:
-                replies, first = await self._first_reply(pool, method, payload)
-            except PoolUnavailable:
-                self.state.mark_down(pool)
-                decision = self._route(needs, requested, caller)
-                continue
-            if isinstance(first, EngineError):
-                await _close(replies)
-                raise ApiError(first.status, first.message)
-            if isinstance(first, JsonReply):
-                await _close(replies)
-                return JsonAnswer(first, headers)
-            return StreamAnswer(self._stream(pool, first, replies), headers)
-        raise ApiError(503, "no capable pool could be reached; try again shortly", retry_after_s=5)
+        is left, the client gets 503 with Retry-After.
+
+        The gateway.dispatch span is current while the pool is called (the pool clients send
+        it on as the engine's parent) and ends with the reply, or with the stream."""
+        stream = bool(payload.get("stream"))
+        traced = start_span(names.DISPATCH, attributes={names.STREAM: stream})
+        attempts = 0
+        try:
+            with current(traced):
+                for _ in range(len(self.state.pools)):
+                    pool = decision.pool
+                    payload["model"] = pool
+                    headers = {POOL_HEADER: pool, REASON_HEADER: decision.reason}
+                    traced.set_attribute(names.POOL, pool)
+                    try:
+                        replies, first, used = await self._first_reply(pool, method, payload)
+                    except PoolUnavailable:
+                        attempts += 2
+                        traced.set_attribute(names.DISPATCH_ATTEMPTS, attempts)
+                        traced.add_event("pool_unavailable", {names.POOL: pool})
+                        self.state.mark_down(pool)
+                        decision = self._route(needs, requested, caller)
+                        continue
+                    attempts += used
+                    traced.set_attribute(names.DISPATCH_ATTEMPTS, attempts)
+                    if isinstance(first, EngineError):
+                        await _close(replies)
+                        raise ApiError(first.status, first.message)
+                    if isinstance(first, JsonReply):
+                        await _close(replies)
+                        end_span(traced)
+                        return JsonAnswer(first, headers)
+                    events = self._stream(pool, first, replies, traced)
+                    return StreamAnswer(end_with(traced, events), headers)
+            raise ApiError(
+                503, "no capable pool could be reached; try again shortly", retry_after_s=5
+            )
+        except BaseException as exc:
+            end_span(traced, exc)
+            raise
 
     async def _first_reply(
         self, pool: str, method: Method, payload: dict[str, Any]
-    ) -> tuple[AsyncIterator[Reply], Reply]:
-        """The call's replies and the first of them; a call that fails before its first reply
-        is tried once more (Ray Serve sends the retry to a live replica)."""
+    ) -> tuple[AsyncIterator[Reply], Reply, int]:
+        """The call's replies, the first of them and how many calls it took; a call that fails
+        before its first reply is tried once more (Ray Serve sends the retry to a live
+        replica)."""
         for attempt in (1, 2):
             replies = self._tracked(pool, self._client.call(pool, method, payload))
             try:
-                return replies, await anext(replies)
+                return replies, await anext(replies), attempt
             except PoolUnavailable:
                 await _close(replies)
                 if attempt == 2:
@@ -310,7 +364,7 @@ class Gateway:
                 await _close(replies)
 
     async def _stream(
-        self, pool: str, first: Reply, replies: AsyncIterator[Reply]
+        self, pool: str, first: Reply, replies: AsyncIterator[Reply], traced: Span
     ) -> AsyncIterator[str]:
         done = False
         try:
@@ -320,11 +374,14 @@ class Gateway:
                     done = done or pending.text.rstrip().endswith("data: [DONE]")
                     yield pending.text
                 elif isinstance(pending, EngineError):
+                    mark_failed(traced, f"engine error {pending.status}: {pending.message}")
                     yield ApiError(pending.status, pending.message).sse_event()
                 elif isinstance(pending, JsonReply):
                     yield f"data: {pending.raw.decode()}\n\n"
                 pending = await anext(replies, None)
         except Exception as exc:
+            # The client gets an error event, not an exception: the span must say so itself.
+            mark_failed(traced, f"pool {pool} failed mid-stream: {type(exc).__name__}", exc)
             yield ApiError(503, f"pool {pool} failed mid-stream: {type(exc).__name__}").sse_event()
         finally:
             await _close(replies)

@@ -13,6 +13,10 @@ engine): streaming yields "data: {json}\\n\\n" strings in OpenAI chunk format, t
 when stream_options.include_usage, then "data: [DONE]\\n\\n"; non-streaming yields one
 ChatCompletionResponse / CompletionResponse; errors yield one ErrorResponse.
 
+Tracing: each chat/completions call is one `engine.generate` span whose parent is the trace
+context in `raw_request_info.headers` (W3C traceparent, sent by the gateway's pool clients);
+`start()` turns tracing on when the replica's OTEL_* environment asks for it.
+
 Metrics: `routing_stats()` carries a snapshot (running, waiting, KV usage); the full Prometheus
 text is returned by `collective_rpc("prometheus_metrics")`, reachable through the deployment
 handle as `handle.collective_rpc.remote(method="prometheus_metrics")` (a one-element list).
@@ -25,6 +29,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig, LLMConfig
@@ -74,6 +79,16 @@ from gemma_fleet.deployments.engines.simulator.prompt import (
     render_chat,
     resolve_max_tokens,
 )
+from gemma_fleet.telemetry import (
+    Span,
+    SpanKind,
+    configure_tracing,
+    end_with,
+    extract_context,
+    mark_failed,
+    names,
+    start_span,
+)
 
 PROMETHEUS_METRICS_RPC = "prometheus_metrics"
 
@@ -114,6 +129,7 @@ class SimulatorEngine(LLMEngine):
         self._sleeping = False
 
     async def start(self) -> None:
+        configure_tracing("gemma-fleet-engine")
         await self.core.start()
 
     def routing_stats(self) -> dict[str, Any]:
@@ -203,15 +219,57 @@ class SimulatorEngine(LLMEngine):
             prompt_tokens_details=PromptTokenUsageInfo(cached_tokens=cached),
         )
 
+    def _generate_span(
+        self,
+        operation: str,
+        request: ChatCompletionRequest | CompletionRequest,
+        raw_request_info: RawRequestInfo | None,
+    ) -> Span:
+        """The engine.generate span of one call, under the caller's propagated context."""
+        headers = raw_request_info.headers if raw_request_info is not None else None
+        traced = start_span(
+            names.ENGINE_GENERATE, kind=SpanKind.SERVER, parent=extract_context(headers)
+        )
+        if traced.is_recording():
+            traced.set_attributes(
+                {
+                    names.POOL: self.model_id,
+                    names.OPERATION: operation,
+                    names.REQUEST_MODEL: request.model or self.model_id,
+                    names.RESPONSE_MODEL: self.config.model,
+                    names.STREAM: bool(request.stream),
+                }
+            )
+        return traced
+
+    @staticmethod
+    def _record_plan(traced: Span, prompt: list[int], plan: AnswerPlan, finish: str) -> None:
+        if traced.is_recording():
+            traced.set_attributes(
+                {
+                    names.INPUT_TOKENS: len(prompt),
+                    names.FINISH_REASONS: [finish],
+                }
+            )
+
     # ---- chat ------------------------------------------------------------------------------
     async def chat(  # type: ignore[override]
         self,
         request: ChatCompletionRequest,
         raw_request_info: RawRequestInfo | None = None,
     ) -> AsyncGenerator[str | ChatCompletionResponse | ErrorResponse, None]:
+        traced = self._generate_span("chat", request, raw_request_info)
+        async with aclosing(end_with(traced, self._chat(request, traced))) as items:
+            async for item in items:
+                yield item
+
+    async def _chat(
+        self, request: ChatCompletionRequest, traced: Span
+    ) -> AsyncIterator[str | ChatCompletionResponse | ErrorResponse]:
         try:
             prompt, plan = self._prepare_chat(request)
         except RequestError as exc:
+            mark_failed(traced, str(exc))
             yield _error(str(exc), param=exc.param)
             return
         response_id = f"chatcmpl-{request.request_id}"
@@ -220,6 +278,7 @@ class SimulatorEngine(LLMEngine):
         finish = plan.finish_reason
         if finish == "tool_calls" and named:
             finish = "stop"  # OpenAI: a named tool choice finishes with "stop"
+        self._record_plan(traced, prompt, plan, finish)
         events = self.core.generate(
             self._engine_id(request.request_id), prompt, plan.token_ids, plan.finish_reason
         )
@@ -240,6 +299,7 @@ class SimulatorEngine(LLMEngine):
             )
             yield _sse(first)
             async for sse in self._stream_tokens(
+                traced,
                 events,
                 len(prompt),
                 include_usage,
@@ -269,6 +329,7 @@ class SimulatorEngine(LLMEngine):
             )
         else:
             message = ChatMessage(role="assistant", content=plan.text)
+        traced.set_attribute(names.OUTPUT_TOKENS, len(plan.pieces))
         yield ChatCompletionResponse(
             id=response_id,
             created=created,
@@ -351,6 +412,7 @@ class SimulatorEngine(LLMEngine):
 
     async def _stream_tokens(
         self,
+        traced: Span,
         events: AsyncIterator[Any],
         prompt_tokens: int,
         include_usage: bool,
@@ -361,9 +423,12 @@ class SimulatorEngine(LLMEngine):
         """One server-sent chunk per token event, then the usage chunk if asked, then [DONE].
         `usage` stays unset on token chunks: they serialise with exclude_unset, as vLLM's do."""
         completion, cached = 0, 0
-        async for event in events:
-            completion, cached = event.index + 1, event.num_cached_tokens
-            yield _sse(chunk_type(**fields, model=self.model_id, choices=[choice_for(event)]))
+        try:
+            async for event in events:
+                completion, cached = event.index + 1, event.num_cached_tokens
+                yield _sse(chunk_type(**fields, model=self.model_id, choices=[choice_for(event)]))
+        finally:  # also when the caller hangs up: the span says how far the stream got
+            traced.set_attribute(names.OUTPUT_TOKENS, completion)
         if include_usage:
             usage = self._usage(prompt_tokens, completion, cached)
             yield _sse_usage(chunk_type(**fields, model=self.model_id, choices=[], usage=usage))
@@ -374,11 +439,21 @@ class SimulatorEngine(LLMEngine):
         request: CompletionRequest,
         raw_request_info: RawRequestInfo | None = None,
     ) -> AsyncGenerator[str | CompletionResponse | ErrorResponse, None]:
+        traced = self._generate_span("text_completion", request, raw_request_info)
+        async with aclosing(end_with(traced, self._completions(request, traced))) as items:
+            async for item in items:
+                yield item
+
+    async def _completions(
+        self, request: CompletionRequest, traced: Span
+    ) -> AsyncIterator[str | CompletionResponse | ErrorResponse]:
         try:
             prompt, plan = self._prepare_completion(request)
         except RequestError as exc:
+            mark_failed(traced, str(exc))
             yield _error(str(exc), param=exc.param)
             return
+        self._record_plan(traced, prompt, plan, plan.finish_reason)
         response_id = f"cmpl-{request.request_id}"
         created = int(time.time())
         events = self.core.generate(
@@ -387,6 +462,7 @@ class SimulatorEngine(LLMEngine):
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             async for sse in self._stream_tokens(
+                traced,
                 events,
                 len(prompt),
                 include_usage,
@@ -403,6 +479,7 @@ class SimulatorEngine(LLMEngine):
         cached = 0
         async for event in events:
             cached = event.num_cached_tokens
+        traced.set_attribute(names.OUTPUT_TOKENS, len(plan.pieces))
         yield CompletionResponse(
             id=response_id,
             created=created,

@@ -1,0 +1,147 @@
+"""The Grafana dashboard the Helm chart ships: well-formed, and every metric and label its
+queries use is one the gateway and the engines really render, so renaming a metric (or a
+label) without updating the dashboard fails here instead of leaving an empty panel."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gemma_fleet.telemetry.dashboards import DASHBOARD
+
+from .simulated_fleet import serve
+
+METRIC = re.compile(r"((?:gemma_fleet_|vllm:|ray_vllm_)[A-Za-z0-9_:]*)(\{[^}]*\})?")
+MATCHER_LABEL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
+BY_LABELS = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+LABEL_VALUES = re.compile(r"label_values\(\s*([^,\s]+)\s*,\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)")
+
+
+def _dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return loaded
+
+
+def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    panels = []
+    for panel in dashboard["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))  # collapsed rows hold theirs
+    return panels
+
+
+def _ray_name(vllm_name: str) -> str:
+    """The name Prometheus sees for a vLLM metric exported through Ray's metrics agent (Ray
+    Serve LLM): vLLM's Ray wrapper turns every character outside [A-Za-z0-9_] into "_"
+    (vllm/v1/metrics/ray_wrappers.py) and Ray prefixes "ray_"."""
+    return "ray_" + re.sub(r"[^a-zA-Z0-9_]", "_", vllm_name)
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, set[str]]:
+    """Every sample name the gateway and a simulated engine render after real traffic (an
+    answer, a stream, a refusal), with the label names each carries."""
+    chat = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+    served = serve(
+        [
+            {**chat, "model": "small"},
+            {**chat, "model": "big", "stream": True},
+            {**chat, "model": "no-such-model"},
+        ]
+    )
+    assert [r.status_code for r in served.responses] == [200, 200, 404]
+    labels: dict[str, set[str]] = defaultdict(set)
+    for text in (served.gateway_metrics, *served.engine_metrics.values()):
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                labels[sample.name] |= set(sample.labels)
+    for name in [n for n in labels if n.startswith("vllm:")]:
+        labels[_ray_name(name)] = labels[name]
+    return dict(labels)
+
+
+def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target, with each engine-metrics naming chosen in
+    turn and the other variables as Grafana would substitute them."""
+    [naming] = [v for v in dashboard["templating"]["list"] if v["name"] == "vllm_metrics"]
+    prefixes = [option["value"] for option in naming["options"]]
+    assert sorted(prefixes) == ["ray_vllm_", "vllm:"]
+    out = []
+    for panel in _panels(dashboard):
+        for target in panel.get("targets", []):
+            for prefix in prefixes:
+                expr = target["expr"].replace("${vllm_metrics}", prefix)
+                expr = expr.replace("$__rate_interval", "5m")
+                expr = re.sub(r"\$\{?[a-z_]+\}?", ".*", expr)
+                out.append((f"panel {panel['title']!r} {target['refId']}", expr))
+    return out
+
+
+def test_dashboard_is_well_formed() -> None:
+    dashboard = _dashboard()
+    panels = _panels(dashboard)
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    assert all(p.get("title", "").strip() for p in panels), "every panel needs a title"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert {"team", "model", "pool"} <= set(variables)
+    for panel in panels:
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert [t["refId"] for t in panel["targets"]] == sorted(
+            {t["refId"] for t in panel["targets"]}
+        )
+
+
+def _problems(dashboard: dict[str, Any], rendered: dict[str, set[str]]) -> list[str]:
+    """What in `dashboard`'s queries does not exist in `rendered`."""
+    problems = []
+    for where, expr in _queries(dashboard):
+        used: set[str] = set()
+        for name, selector in METRIC.findall(expr):
+            if name not in rendered:
+                problems.append(f"{where}: no metric {name}")
+                continue
+            used |= rendered[name]
+            for label in MATCHER_LABEL.findall(selector):
+                if label not in rendered[name]:
+                    problems.append(f"{where}: {name} has no label {label}")
+        for group in BY_LABELS.findall(expr):
+            for label in (x.strip() for x in group.split(",") if x.strip()):
+                if label not in used:
+                    problems.append(f"{where}: grouped by {label}, which no queried metric has")
+    return problems
+
+
+def test_every_queried_metric_and_label_is_rendered(rendered: dict[str, set[str]]) -> None:
+    problems = _problems(_dashboard(), rendered)
+    assert not problems, "\n".join(problems)
+
+
+def test_a_renamed_metric_or_label_is_caught(rendered: dict[str, set[str]]) -> None:
+    text = DASHBOARD.read_text()
+    assert "gemma_fleet_gateway_time_to_first_token_seconds_bucket" in text
+    renamed = json.loads(text.replace("time_to_first_token_seconds_bucket", "ttft_bucket"))
+    found = _problems(renamed, rendered)
+    assert any("no metric gemma_fleet_gateway_ttft_bucket" in p for p in found)
+    assert any("no metric vllm:ttft_bucket" in p for p in found)
+    assert any("no metric ray_vllm_ttft_bucket" in p for p in found)
+    relabelled = json.loads(text.replace("model_name=~", "served_model=~"))
+    assert any("has no label served_model" in p for p in _problems(relabelled, rendered))
+
+
+def test_template_variables_read_rendered_labels(rendered: dict[str, set[str]]) -> None:
+    for variable in _dashboard()["templating"]["list"]:
+        if variable["type"] != "query":
+            continue
+        [(name, label)] = LABEL_VALUES.findall(variable["query"]["query"])
+        assert label in rendered.get(name, set()), f"${variable['name']}: {name} has no {label}"
