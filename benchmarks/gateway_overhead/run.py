@@ -32,7 +32,10 @@ import psutil
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 PEERS = REPO / "benchmarks" / ".venv-peers" / "bin"
-BACKEND, GATEWAY, VLLM_ROUTER, LITELLM = 18100, 18101, 18102, 18103
+BACKEND, GATEWAY, VLLM_ROUTER, LITELLM, GATEWAY_AUTH, REDIS = (
+    18100, 18101, 18102, 18103, 18104, 18105
+)  # fmt: skip
+BENCH_KEY = "bench-" + "k" * 40  # the gateway-with-auth's team key; LiteLLM's master key too
 
 
 @dataclass
@@ -77,7 +80,8 @@ def cpu_seconds(pid: int) -> float:
 def measure(url: str, model: str, requests: int, warmup: int, pid: int | None) -> list[float]:
     body = {"model": model, "messages": [{"role": "user", "content": "Say ok"}], "max_tokens": 8}
     latencies = []
-    with httpx.Client(base_url=url, timeout=30, headers={"authorization": "Bearer sk-bench"}) as c:
+    headers = {"authorization": f"Bearer {BENCH_KEY}"}
+    with httpx.Client(base_url=url, timeout=30, headers=headers) as c:
         for i in range(warmup + requests):
             if i == warmup and pid is not None:
                 cpu_before = cpu_seconds(pid)
@@ -135,6 +139,37 @@ def main() -> None:
             ],
             logs / "gw.log",
         ),
+        "redis": start(
+            [
+                "redis-server",
+                "--port",
+                str(REDIS),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(logs),
+            ],
+            logs / "redis.log",
+        ),
+        "gemma-fleet gateway, auth + quotas": start(
+            [
+                sys.executable,
+                str(HERE / "gateway_server.py"),
+                "--port",
+                str(GATEWAY_AUTH),
+                "--backend",
+                backend_url,
+                "--redis-url",
+                f"redis://127.0.0.1:{REDIS}/0",
+                "--key",
+                BENCH_KEY,
+            ],
+            logs / "gw-auth.log",
+        ),
         "vllm-router": start(
             [
                 str(PEERS / "vllm-router"),
@@ -166,7 +201,7 @@ def main() -> None:
             logs / "litellm.log",
             env={
                 "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                "LITELLM_MASTER_KEY": "sk-bench",
+                "LITELLM_MASTER_KEY": BENCH_KEY,
                 "LITELLM_LOG": "ERROR",
             },
         ),
@@ -174,6 +209,12 @@ def main() -> None:
     targets = [
         ("backend direct", backend_url, "mock", None),
         ("gemma-fleet gateway", f"http://127.0.0.1:{GATEWAY}", "gemma-4", "gemma-fleet gateway"),
+        (
+            "gemma-fleet gateway, auth + quotas",
+            f"http://127.0.0.1:{GATEWAY_AUTH}",
+            "gemma-4",
+            "gemma-fleet gateway, auth + quotas",
+        ),
         ("vllm-router", f"http://127.0.0.1:{VLLM_ROUTER}", "mock", "vllm-router"),
         ("litellm proxy", f"http://127.0.0.1:{LITELLM}", "gemma-4", "litellm proxy"),
     ]
@@ -181,6 +222,7 @@ def main() -> None:
     try:
         wait_ready(backend_url + "/v1/models")
         wait_ready(f"http://127.0.0.1:{GATEWAY}/health")
+        wait_ready(f"http://127.0.0.1:{GATEWAY_AUTH}/health")
         wait_ready(f"http://127.0.0.1:{VLLM_ROUTER}/health")
         wait_ready(f"http://127.0.0.1:{LITELLM}/health/liveliness")
         base_p50 = base_p99 = 0.0

@@ -9,12 +9,13 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemma_fleet.deployments.fleet.cluster import LocalCluster, node_counts, start_local_cluster
 from gemma_fleet.deployments.fleet.progress import FleetProgress, wait_until_ready
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
+from gemma_fleet.deployments.fleet.team_store import LocalTeams, local_team_store
 from gemma_fleet.deployments.pools import EngineKind, FleetSpec, default_fleet_path, load_fleet
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,12 @@ class RunningFleet:
     cluster: LocalCluster
     base_url: str  # OpenAI base URL, e.g. http://127.0.0.1:8000/v1
     progress: FleetProgress
+    teams: LocalTeams = field(default_factory=LocalTeams)
+
+    @property
+    def api_key(self) -> str:
+        """The local team's key (any string when auth is off)."""
+        return self.teams.api_key or "no-key-needed"
 
     @property
     def models(self) -> list[str]:
@@ -91,12 +98,6 @@ def run_fleet(
     than the starting replicas need. On exit (or a failed start), Serve is shut down and every
     node this call started is stopped.
     """
-    import ray
-    from ray import serve
-
-    from gemma_fleet.deployments.pools.serve_app import FLEET_APP_NAME
-    from gemma_fleet.gateway.fleet import build_fleet_app
-
     settings = settings or LocalFleetSettings()
     spec = fleet if isinstance(fleet, FleetSpec) else load_fleet(fleet or default_fleet_path())
     spec = with_engine(spec, engine)
@@ -108,6 +109,35 @@ def run_fleet(
             os.environ.setdefault(key, value)
     counts = node_counts(spec, nodes)
     old_tmpdir = os.environ.get("RAY_TMPDIR")
+    # The store starts first and stops last: the nodes inherit its environment, and replicas
+    # still draining at shutdown can settle their accounting.
+    try:
+        with local_team_store(settings.state_dir, auth=settings.auth) as teams:
+            yield from _run_on_cluster(
+                spec, settings, counts, cpu_host, checkpoints, teams, on_progress
+            )
+    finally:
+        if old_tmpdir is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = old_tmpdir
+
+
+def _run_on_cluster(
+    spec: FleetSpec,
+    settings: LocalFleetSettings,
+    counts: Mapping[str, int],
+    cpu_host: bool,
+    checkpoints: Mapping[str, str],
+    teams: LocalTeams,
+    on_progress: Callable[[FleetProgress], None] | None,
+) -> Iterator[RunningFleet]:
+    import ray
+    from ray import serve
+
+    from gemma_fleet.deployments.pools.serve_app import FLEET_APP_NAME
+    from gemma_fleet.gateway.fleet import build_fleet_app
+
     with _keep_signal_handlers():
         cluster = start_local_cluster(spec, settings, counts)
     try:
@@ -123,7 +153,15 @@ def run_fleet(
         # Submit without waiting (serve.run waits for RUNNING): wait_until_ready polls and
         # reports every pool's replicas while they start.
         serve.run_many(
-            [serve.RunTarget(target=app, name=FLEET_APP_NAME, route_prefix="/")],
+            # External scaler: `gemma-fleet autoscale --actuator ray` may set replica counts.
+            [
+                serve.RunTarget(
+                    target=app,
+                    name=FLEET_APP_NAME,
+                    route_prefix="/",
+                    external_scaler_enabled=True,
+                )
+            ],
             wait_for_ingress_deployment_creation=False,
             wait_for_applications_running=False,
         )
@@ -135,13 +173,10 @@ def run_fleet(
             cluster=cluster,
             base_url=f"http://{settings.http_host}:{settings.http_port}/v1",
             progress=progress,
+            teams=teams,
         )
     finally:
         _stop(cluster)
-        if old_tmpdir is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = old_tmpdir
 
 
 @contextmanager

@@ -20,6 +20,9 @@ class LocalFleetSettings:
     head_cpus: int = 4  # controller, proxy and ingress; logical, so over-declaring is harmless
     object_store_bytes: int = 200 * 1024 * 1024
     ready_timeout_s: float = 600.0
+    # Team keys, the admin key and the embedded Redis's data; auth off: an open API.
+    state_dir: Path = Path.home() / ".gemma-fleet"
+    auth: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.min_worker_port < self.max_worker_port < 65536:

@@ -43,7 +43,7 @@ def progress_table(progress: FleetProgress) -> Table:
     return table
 
 
-def _summary(console: Console, running: RunningFleet) -> None:
+def _summary(console: Console, running: RunningFleet, state_dir: Path) -> None:
     fleet = running.fleet
     table = Table(title="Model pools")
     for column in ("model id", "model", "quant", "tp", "GPU", "context", "engine"):
@@ -62,8 +62,15 @@ def _summary(console: Console, running: RunningFleet) -> None:
     console.print(table)
     first = running.models[0]
     console.print(f"OpenAI-compatible API: [bold]{running.base_url}[/bold]  (models: /v1/models)")
+    auth = ""
+    if running.teams.api_key is not None:
+        console.print(f"Key of team 'local': [bold]{running.teams.api_key}[/bold]")
+        console.print(
+            f"Admin key (teams, keys, usage: gemma-fleet teams --help): {state_dir / 'admin-key'}"
+        )
+        auth = f"-H 'Authorization: Bearer {running.teams.api_key}' "
     console.print(
-        f"  curl {running.base_url}/chat/completions -H 'Content-Type: application/json' "
+        f"  curl {running.base_url}/chat/completions {auth}-H 'Content-Type: application/json' "
         f'-d \'{{"model": "{first}", "messages": [{{"role": "user", "content": "Hi"}}]}}\''
     )
     console.print("Ctrl-C stops the fleet.")
@@ -90,6 +97,14 @@ def up_command(
         help="write {base_url, models, pid} as JSON here once the fleet is up (for scripts)",
     ),
     timeout: float = typer.Option(600, "--timeout", help="seconds to wait for replicas"),
+    state_dir: Path = typer.Option(
+        Path.home() / ".gemma-fleet",
+        "--state-dir",
+        help="team store data, the admin key and the local team's key (kept between runs)",
+    ),
+    auth: bool = typer.Option(
+        True, "--auth/--no-auth", help="require team keys (--no-auth: an open API, no quotas)"
+    ),
 ) -> None:
     """Run a fleet locally (GPU simulator by default) until Ctrl-C or SIGTERM."""
     console = Console()
@@ -106,6 +121,8 @@ def up_command(
             max_worker_port=high,
             temp_dir=ray_temp_dir,
             ready_timeout_s=timeout,
+            state_dir=state_dir,
+            auth=auth,
         )
     except ValueError as exc:
         raise CliError(
@@ -137,9 +154,16 @@ def up_command(
         ):
             live.stop()
             ready.set()
-            _summary(console, running)
+            _summary(console, running, state_dir)
             if ready_file is not None:
-                payload = {"base_url": running.base_url, "models": running.models}
+                # Holds the local keys: owner-only, like the state folder they come from.
+                payload = {
+                    "base_url": running.base_url,
+                    "models": running.models,
+                    "api_key": running.teams.api_key,
+                    "admin_key": running.teams.admin_key,
+                }
+                ready_file.touch(mode=0o600)
                 ready_file.write_text(json.dumps({**payload, "pid": os.getpid()}))
             while not stop.wait(0.5):
                 pass

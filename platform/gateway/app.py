@@ -1,70 +1,52 @@
-"""The gateway's HTTP surface (FastAPI). Bodies are read and parsed here, under a size limit,
-so every malformed request gets a 4xx that names the problem before anything is routed."""
+"""The gateway's HTTP surface (FastAPI): every API call is authenticated, its body read and
+parsed under a size limit (so every malformed request gets a 4xx naming the problem before
+anything is routed), served, then settled with the team's store and counted in the metrics
+however it ends."""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
 
+from gemma_fleet.gateway.accounting import StreamTally, Usage, usage_of
+from gemma_fleet.gateway.admin import admin_router
 from gemma_fleet.gateway.anthropic import to_chat_request, to_message, to_message_stream
 from gemma_fleet.gateway.anthropic_models import MessagesRequest
-from gemma_fleet.gateway.errors import ApiError, validation_error
+from gemma_fleet.gateway.auth import Admitted, TeamGate, success_headers
+from gemma_fleet.gateway.bodies import parse, read_json
+from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
 from gemma_fleet.gateway.service import (
     POOL_HEADER,
     REASON_HEADER,
     Answer,
+    Caller,
     Gateway,
     JsonAnswer,
     StreamAnswer,
 )
-
-M = TypeVar("M", bound=BaseModel)
+from gemma_fleet.teams.usage import UsageDelta
+from gemma_fleet.telemetry import SpanKind, current, end_span, end_with, names, span, start_span
 
 SECURITY_HEADERS = {"x-content-type-options": "nosniff", "cache-control": "no-store"}
 
-
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
-    """The request body as a JSON object: 415 for another content type, 413 above `limit`
-    bytes (checked while reading, so a lying Content-Length does not help), 400 otherwise."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise ApiError(415, f"Content-Type must be application/json, got {content_type!r}")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body of {int(declared):,} bytes exceeds {limit:,}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body exceeds {limit:,} bytes")
-        chunks.append(chunk)
-    try:
-        body = json.loads(b"".join(chunks))
-    except UnicodeDecodeError as exc:
-        raise ApiError(400, f"request body is not UTF-8: {exc.reason}") from exc
-    except json.JSONDecodeError as exc:
-        raise ApiError(
-            400, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from exc
-    except RecursionError as exc:
-        raise ApiError(400, "JSON nested too deeply") from exc
-    if not isinstance(body, dict):
-        raise ApiError(400, f"request body must be a JSON object, not {type(body).__name__}")
-    return body
+# A handler parses the body, serves it for `Caller`, and says which model was asked for and
+# whether the client wants the usage chunk of a stream.
+Handler = Callable[[dict[str, Any], Caller], Awaitable[tuple[str, bool, Answer]]]
 
 
-def parse(model: type[M], body: dict[str, Any]) -> M:
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc, body) from exc
+def rejection_reason(exc: ApiError) -> str:
+    """A bounded label for why a request was refused."""
+    if exc.status == 429:
+        return "budget" if exc.code == "insufficient_quota" else "rate_limit"
+    return {401: "auth", 403: "forbidden", 404: "not_found", 503: "unavailable"}.get(
+        exc.status, "bad_request" if exc.status < 500 else "engine"
+    )
 
 
 def respond(answer: Answer) -> Response:
@@ -74,32 +56,112 @@ def respond(answer: Answer) -> Response:
     return StreamingResponse(answer.events, media_type="text/event-stream", headers=headers)
 
 
-def create_app(gateway: Gateway) -> FastAPI:
-    """The OpenAI-compatible HTTP app over `gateway`."""
+def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
+    """The OpenAI- and Anthropic-compatible HTTP app over `gateway`; `gate` (None: open, no
+    team keys) authenticates callers and holds them to their team's limits."""
     app = FastAPI(title="Gemma Fleet gateway", docs_url=None, redoc_url=None)
+    gate = gate or TeamGate(None)
     limit = gateway.settings.max_body_bytes
     metrics = gateway.metrics
+    pool_models = {p.name: p.model for p in gateway.settings.pools}
+    settling: set[asyncio.Task[None]] = set()
 
-    async def observed(
+    async def settle(admitted: list[Admitted], pool: str | None, usage: Usage | None) -> None:
+        """Release the admission and meter the usage (nothing used: a refused request)."""
+        if gate.access is None or not admitted:
+            return
+        entry = admitted[0]
+        delta = UsageDelta(requests=0)
+        if usage is not None:
+            delta = UsageDelta(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                images=entry.classified.images,
+                audio_seconds=entry.classified.audio_seconds,
+            )
+        model = pool_models.get(pool or "", "")
+        await gate.access.settle(entry.ticket, model, delta)
+        metrics.store_pending.set(gate.access.pending)
+
+    def settle_later(admitted: list[Admitted], pool: str | None, usage: Usage | None) -> None:
+        """Settle from a stream's end, which may be a cancelled task (the client left): the
+        accounting runs as its own task so the cancellation cannot cut it short."""
+        task = asyncio.get_running_loop().create_task(settle(admitted, pool, usage))
+        settling.add(task)
+        task.add_done_callback(settling.discard)
+
+    async def metered(
+        events: AsyncIterator[str],
         endpoint: str,
-        request: Request,
-        handle: Callable[[dict[str, Any]], Awaitable[tuple[str, Answer]]],
-    ) -> Answer:
-        """Run one API call, counting it whichever way it ends. Only model names the gateway
-        serves become label values: a client cannot grow the metric set."""
-        started = time.perf_counter()
+        team: str,
+        model: str,
+        pool: str,
+        reason: str,
+        started: float,
+        tally: StreamTally,
+        admitted: list[Admitted],
+    ) -> AsyncIterator[str]:
+        """Pass a stream through: time to first token, time per output token, end to end,
+        tokens, and the team's settlement when it ends for whatever reason."""
+        first_at: float | None = None
         try:
-            model, answer = await handle(await read_json(request, limit))
-        except ApiError as exc:
-            metrics.refused(endpoint, exc.status)
+            async for event in events:
+                if first_at is None:
+                    first_at = time.perf_counter()
+                    metrics.first_token(pool, started)
+                out = tally.see(event)
+                if out:
+                    yield out
+        finally:
+            prompt = admitted[0].classified.needs.prompt_tokens if admitted else 0
+            usage = tally.usage(prompt)
+            metrics.answered(endpoint, team, model, pool, reason, started)
+            metrics.served_tokens(team, pool_models.get(pool, ""), *_counts(usage))
+            if first_at is not None:
+                metrics.per_output_token(pool, first_at, usage.completion_tokens)
+            settle_later(admitted, pool, usage)
+
+    async def observed(endpoint: str, request: Request, handle: Handler) -> Answer:
+        """Run one API call: authenticate, parse, serve, settle, count."""
+        started = time.perf_counter()
+        root = start_span(
+            names.REQUEST, kind=SpanKind.SERVER, attributes={names.HTTP_ROUTE: request.url.path}
+        )
+        admitted: list[Admitted] = []
+        team = ""
+        try:
+            with current(root):
+                with span(names.AUTH):
+                    identity = await gate.identify(request)
+                team = identity.team.name if identity is not None else ""
+                root.set_attribute(names.TEAM, team)
+                raw = await read_json(request, limit)
+                caller = gate.caller(identity, admitted)
+                model, wants_usage, answer = await handle(raw, caller)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                settle_later(admitted, None, None)
+            else:
+                await settle(admitted, None, None)
+            end_span(root, exc)
+            if isinstance(exc, ApiError):
+                metrics.refused(endpoint, team, exc.status, rejection_reason(exc))
             raise
+        root.set_attribute(names.REQUEST_MODEL, model)
+        answer.headers.update(success_headers(admitted))
         pool, reason = answer.headers[POOL_HEADER], answer.headers[REASON_HEADER]
         if isinstance(answer, StreamAnswer):
-            answer.events = metrics.timed_stream(
-                answer.events, endpoint, model, pool, reason, started
+            tally = StreamTally(client_wants_usage=wants_usage)
+            events = metered(
+                answer.events, endpoint, team, model, pool, reason, started, tally, admitted
             )
-        else:
-            metrics.answered(endpoint, model, pool, reason, started)
+            answer.events = end_with(root, events)
+            return answer
+        usage = usage_of(answer.body) or Usage(0, 0)
+        metrics.answered(endpoint, team, model, pool, reason, started)
+        metrics.served_tokens(team, pool_models.get(pool, ""), *_counts(usage))
+        await settle(admitted, pool, usage)
+        end_span(root)
         return answer
 
     @app.exception_handler(ApiError)
@@ -107,13 +169,15 @@ def create_app(gateway: Gateway) -> FastAPI:
         headers = {**SECURITY_HEADERS, **exc.headers()}
         return JSONResponse(exc.openai_body(), status_code=exc.status, headers=headers)
 
-    async def _chat(raw: dict[str, Any]) -> tuple[str, Answer]:
+    async def _chat(raw: dict[str, Any], caller: Caller) -> tuple[str, bool, Answer]:
         body = parse(ChatCompletionRequest, raw)
-        return body.model, await gateway.chat(body)
+        wants = body.stream_options is not None and body.stream_options.include_usage
+        return body.model, wants, await gateway.chat(body, caller)
 
-    async def _completions(raw: dict[str, Any]) -> tuple[str, Answer]:
+    async def _completions(raw: dict[str, Any], caller: Caller) -> tuple[str, bool, Answer]:
         body = parse(CompletionRequest, raw)
-        return body.model, await gateway.completions(body)
+        wants = body.stream_options is not None and body.stream_options.include_usage
+        return body.model, wants, await gateway.completions(body, caller)
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
@@ -128,10 +192,11 @@ def create_app(gateway: Gateway) -> FastAPI:
         # Anthropic clients expect Anthropic's error shape, so errors are answered here.
         parsed: list[MessagesRequest] = []
 
-        async def _messages(raw: dict[str, Any]) -> tuple[str, Answer]:
+        async def _messages(raw: dict[str, Any], caller: Caller) -> tuple[str, bool, Answer]:
             body = parse(MessagesRequest, raw)
             parsed.append(body)
-            return body.model, await gateway.chat(to_chat_request(body))
+            # The Anthropic stream's closing message_delta carries the usage.
+            return body.model, True, await gateway.chat(to_chat_request(body), caller)
 
         try:
             answer = await observed("messages", request, _messages)
@@ -147,6 +212,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             media_type="text/event-stream",
             headers=headers,
         )
+
+    app.include_router(admin_router(gate))
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
@@ -167,3 +234,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         raise ApiError(503, "no pool has a healthy replica", retry_after_s=5)
 
     return app
+
+
+def _counts(usage: Usage) -> tuple[int, int]:
+    return usage.prompt_tokens, usage.completion_tokens

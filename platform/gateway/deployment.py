@@ -4,6 +4,7 @@ constructor (`__serve_build_asgi_app__`), so it closes over this replica's gatew
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,14 +14,21 @@ from ray.serve.deployment import Application
 
 from gemma_fleet.catalog import load_catalog
 from gemma_fleet.gateway.app import create_app
+from gemma_fleet.gateway.auth import open_gate
 from gemma_fleet.gateway.pool_client import ServePoolClient
 from gemma_fleet.gateway.service import Gateway, GatewaySettings
+from gemma_fleet.teams.settings import TeamsSettings
+from gemma_fleet.telemetry import configure_tracing
 
 
 @serve.deployment(name="gateway", max_ongoing_requests=2048)
 @serve.ingress()
 class GatewayDeployment:
     def __init__(self, settings: dict[str, Any], pools: Mapping[str, Any]) -> None:
+        # Secrets (REDIS_URL, the admin key) come from this replica's environment - the pod's,
+        # in a cluster - never through Ray's serialised arguments.
+        configure_tracing("gemma-fleet-gateway")
+        self._gate = open_gate(TeamsSettings.from_env(os.environ))
         self._gateway = Gateway(
             GatewaySettings.model_validate(settings),
             ServePoolClient(pools),
@@ -28,7 +36,7 @@ class GatewayDeployment:
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self._gateway)
+        return create_app(self._gateway, self._gate)
 
 
 def build_gateway_app(

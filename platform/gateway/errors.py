@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -43,12 +43,14 @@ class ApiError(Exception):
     param: str | None = None
     code: str | None = None
     retry_after_s: int | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.message
 
     def headers(self) -> dict[str, str]:
-        return {} if self.retry_after_s is None else {"retry-after": str(self.retry_after_s)}
+        retry = {} if self.retry_after_s is None else {"retry-after": str(self.retry_after_s)}
+        return {**self.extra_headers, **retry}
 
     def openai_body(self) -> dict[str, Any]:
         return {

@@ -4,21 +4,31 @@ so several gateways or tests in one process do not collide)."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # Seconds; LLM requests span milliseconds (TTFT) to minutes (long generations).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+# Seconds per output token: from a fast small model (a few ms) to a loaded 31B (hundreds of ms).
+TPOT_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1)
 
 
 class GatewayMetrics:
+    """Label values stay bounded: models and pools are the ones the gateway serves, teams the
+    ones an administrator created (an unauthenticated request has team "")."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "gemma_fleet_gateway_requests",
-            "Requests answered, by endpoint, requested model, pool and HTTP status",
-            ["endpoint", "model", "pool", "status"],
+            "Requests answered, by endpoint, team, requested model, pool and HTTP status",
+            ["endpoint", "team", "model", "pool", "status"],
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "gemma_fleet_gateway_tokens",
+            "Tokens served, by team, catalog model and kind (prompt or completion)",
+            ["team", "model", "kind"],
             registry=self.registry,
         )
         self.route_decisions = Counter(
@@ -29,8 +39,8 @@ class GatewayMetrics:
         )
         self.rejections = Counter(
             "gemma_fleet_gateway_rejections",
-            "Requests refused before reaching a pool, by endpoint and HTTP status",
-            ["endpoint", "status"],
+            "Requests refused before reaching a pool, by endpoint, team, HTTP status and reason",
+            ["endpoint", "team", "status", "reason"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -47,42 +57,47 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.tpot = Histogram(
+            "gemma_fleet_gateway_time_per_output_token_seconds",
+            "Streaming: time between first and last event per further output token, by pool",
+            ["pool"],
+            buckets=TPOT_BUCKETS,
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "gemma_fleet_gateway_in_flight_requests",
             "Requests being served, by pool",
             ["pool"],
             registry=self.registry,
         )
+        self.store_pending = Gauge(
+            "gemma_fleet_gateway_store_pending_writes",
+            "Accounting writes buffered while the team store (Redis) is unreachable",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def refused(self, endpoint: str, status: int) -> None:
+    def refused(self, endpoint: str, team: str, status: int, reason: str) -> None:
         # No model label: a refused request may name anything, and labels must stay bounded.
-        self.rejections.labels(endpoint, str(status)).inc()
-        self.requests.labels(endpoint, "", "", str(status)).inc()
+        self.rejections.labels(endpoint, team, str(status), reason).inc()
+        self.requests.labels(endpoint, team, "", "", str(status)).inc()
 
-    def answered(self, endpoint: str, model: str, pool: str, reason: str, started: float) -> None:
+    def answered(
+        self, endpoint: str, team: str, model: str, pool: str, reason: str, started: float
+    ) -> None:
         self.route_decisions.labels(pool, reason).inc()
-        self.requests.labels(endpoint, model, pool, "200").inc()
+        self.requests.labels(endpoint, team, model, pool, "200").inc()
         self.latency.labels(endpoint, pool).observe(time.perf_counter() - started)
 
-    async def timed_stream(
-        self,
-        events: AsyncIterator[str],
-        endpoint: str,
-        model: str,
-        pool: str,
-        reason: str,
-        started: float,
-    ) -> AsyncIterator[str]:
-        """Pass a stream through, observing time to first event and to the end."""
-        first = True
-        try:
-            async for event in events:
-                if first:
-                    self.ttft.labels(pool).observe(time.perf_counter() - started)
-                    first = False
-                yield event
-        finally:
-            self.answered(endpoint, model, pool, reason, started)
+    def served_tokens(self, team: str, model: str, prompt: int, completion: int) -> None:
+        self.tokens.labels(team, model, "prompt").inc(prompt)
+        self.tokens.labels(team, model, "completion").inc(completion)
+
+    def first_token(self, pool: str, started: float) -> None:
+        self.ttft.labels(pool).observe(time.perf_counter() - started)
+
+    def per_output_token(self, pool: str, first_at: float, tokens: int) -> None:
+        if tokens > 1:
+            self.tpot.labels(pool).observe((time.perf_counter() - first_at) / (tokens - 1))

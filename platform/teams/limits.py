@@ -24,15 +24,15 @@ Period = Literal["day", "month"]
 _ADMIT = """
 -- KEYS: concurrency, requests/min, tokens/min, budget
 -- ARGV: max_concurrent, rpm, tpm, budget, tokens, minute_ttl_s, budget_ttl_s, lease_ttl_s
+-- Returns {admitted, refused limit, its use, its limit, requests this minute, tokens this minute}.
 local limits = {tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
 local costs = {1, 1, tonumber(ARGV[5]), tonumber(ARGV[5])}
 local names = {"concurrent_requests", "requests_per_minute", "tokens_per_minute", "token_budget"}
+local used = {}
+for i = 1, 4 do used[i] = tonumber(redis.call("GET", KEYS[i]) or "0") end
 for i = 1, 4 do
-  if limits[i] >= 0 then
-    local used = tonumber(redis.call("GET", KEYS[i]) or "0")
-    if used + costs[i] > limits[i] then
-      return {0, names[i], used, limits[i]}
-    end
+  if limits[i] >= 0 and used[i] + costs[i] > limits[i] then
+    return {0, names[i], used[i], limits[i], used[2], used[3]}
   end
 end
 local ttls = {tonumber(ARGV[8]), tonumber(ARGV[6]), tonumber(ARGV[6]), tonumber(ARGV[7])}
@@ -40,7 +40,7 @@ for i = 1, 4 do
   redis.call("INCRBY", KEYS[i], costs[i])
   redis.call("EXPIRE", KEYS[i], ttls[i])
 end
-return {1, "", 0, 0}
+return {1, "", 0, 0, used[2] + 1, used[3] + costs[3]}
 """
 
 _RELEASE = """
@@ -72,12 +72,24 @@ class TeamLimits(BaseModel):
 
 
 @dataclass(frozen=True)
+class MinuteWindow:
+    """Where a team stands in the current minute, for OpenAI-style x-ratelimit-* headers."""
+
+    requests_used: int
+    requests_limit: int
+    tokens_used: int
+    tokens_limit: int
+    reset_s: int
+
+
+@dataclass(frozen=True)
 class Admission:
     """An admitted request: release it exactly once, with the tokens it really used."""
 
     team: str
     reserved_tokens: int
     keys: tuple[str, str, str, str]
+    window: MinuteWindow | None = None
 
 
 @dataclass
@@ -88,6 +100,7 @@ class LimitExceeded(Exception):
     used: int
     allowed: int
     retry_after_s: int
+    window: MinuteWindow | None = None
 
     def __str__(self) -> str:
         return f"{self.limit} limit reached ({self.used} of {self.allowed})"
@@ -131,7 +144,7 @@ class Limiter:
         keys = self._keys(team, limits, now)
         _, budget_left_s = _period_key(limits.budget_period, now)
         minute_left_s = 60 - int(now % 60)
-        ok, name, used, allowed = await self._admit(
+        ok, name, used, allowed, rpm_used, tpm_used = await self._admit(
             keys=list(keys),
             args=[
                 limits.max_concurrent_requests,
@@ -144,12 +157,19 @@ class Limiter:
                 self.LEASE_TTL_S,
             ],
         )
+        window = MinuteWindow(
+            requests_used=int(rpm_used),
+            requests_limit=limits.requests_per_minute,
+            tokens_used=int(tpm_used),
+            tokens_limit=limits.tokens_per_minute,
+            reset_s=minute_left_s,
+        )
         if int(ok) != 1:
             limit = name.decode() if isinstance(name, bytes) else str(name)
             retry = {"requests_per_minute": minute_left_s, "tokens_per_minute": minute_left_s,
                      "token_budget": budget_left_s}.get(limit, 1)  # fmt: skip
-            raise LimitExceeded(limit, int(used), int(allowed), retry)
-        return Admission(team=team, reserved_tokens=tokens, keys=keys)
+            raise LimitExceeded(limit, int(used), int(allowed), retry, window)
+        return Admission(team=team, reserved_tokens=tokens, keys=keys, window=window)
 
     async def release(self, admission: Admission, used_tokens: int) -> None:
         """Free the concurrency slot and correct the token counters from the estimate to

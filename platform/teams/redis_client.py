@@ -1,17 +1,25 @@
 """The Redis client every team operation uses: one URL (redis:// or rediss:// for TLS, password
-in the URL), and a pool that makes callers wait, boundedly, for a free connection instead of
-failing under a burst of requests."""
+in the URL, or unix:// for a local socket), and a pool that makes callers wait, boundedly, for a
+free connection instead of failing under a burst of requests."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-def connect(url: str, *, max_connections: int = 64, timeout_s: float = 2.0) -> Any:
-    """A `redis.asyncio.Redis` for `url`; a call waits up to `timeout_s` for a connection."""
+def connect(url: str, *, max_connections: int = 128, timeout_s: float = 2.0) -> Any:
+    """A `redis.asyncio.Redis` for `url`; connecting, waiting for a pooled connection and each
+    reply are all bounded by `timeout_s`. A failed command is retried once at once (a dropped
+    connection after a Redis restart), never with backoff: callers bound the whole call."""
     import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
 
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 1))

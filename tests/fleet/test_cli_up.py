@@ -46,7 +46,7 @@ def test_up_serves_until_sigterm_then_stops_everything(
     args = [
         "--fleet", str(fleet_file), "--port", "8731", "--ray-port", "6731",
         "--worker-ports", "22500-22999", "--ray-temp-dir", "/tmp/ray-fleet",
-        "--ready-file", str(ready), "--timeout", "300",
+        "--ready-file", str(ready), "--timeout", "300", "--state-dir", str(tmp_path / "state"),
     ]  # fmt: skip
     log = (tmp_path / "up.log").open("w")
     proc = subprocess.Popen(
@@ -60,7 +60,8 @@ def test_up_serves_until_sigterm_then_stops_everything(
             time.sleep(1)
         info = json.loads(ready.read_text())
         assert info["models"] == ["edge"] and info["pid"] == proc.pid
-        client = openai.OpenAI(base_url=info["base_url"], api_key="unused", max_retries=0)
+        assert ready.stat().st_mode & 0o077 == 0  # it holds the keys: owner-only
+        client = openai.OpenAI(base_url=info["base_url"], api_key=info["api_key"], max_retries=0)
         reply = client.chat.completions.create(
             model="edge", messages=[{"role": "user", "content": "hi"}], max_tokens=8
         )

@@ -5,6 +5,7 @@ on one node of its pool, and shutting down leaves none of the cluster's processe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,13 @@ SETTINGS = LocalFleetSettings(
 class Fleet:
     """The running fleet plus a way to stop it from inside a test."""
 
-    def __init__(self) -> None:
+    def __init__(self, state_dir: Path) -> None:
         self.stack = contextlib.ExitStack()
         # Two H100 nodes of 4 GPUs where the starting replicas need one: either node could
         # take the 31B's two GPUs, so a split group would be Ray's choice, not a necessity.
+        settings = dataclasses.replace(SETTINGS, state_dir=state_dir)
         self.running: RunningFleet = self.stack.enter_context(
-            run_fleet(settings=SETTINGS, nodes={"h100": 2})
+            run_fleet(settings=settings, nodes={"h100": 2})
         )
         self.pids = self.running.cluster.pids()
 
@@ -44,8 +46,8 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[Fleet]:
-    handle = Fleet()
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    handle = Fleet(tmp_path_factory.mktemp("fleet-state"))
     try:
         yield handle
     finally:
@@ -54,7 +56,9 @@ def fleet() -> Iterator[Fleet]:
 
 @pytest.fixture(scope="module")
 def client(fleet: Fleet) -> openai.OpenAI:
-    return openai.OpenAI(base_url=fleet.running.base_url, api_key="unused", max_retries=0)
+    return openai.OpenAI(
+        base_url=fleet.running.base_url, api_key=fleet.running.api_key, max_retries=0
+    )
 
 
 def test_models_endpoint_lists_every_pool(fleet: Fleet, client: openai.OpenAI) -> None:
@@ -203,7 +207,9 @@ def test_streaming_and_anthropic_through_the_fleet(fleet: Fleet, client: openai.
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     claude_style = anthropic.Anthropic(
-        base_url=fleet.running.base_url.removesuffix("/v1"), api_key="unused", max_retries=0
+        base_url=fleet.running.base_url.removesuffix("/v1"),
+        api_key=fleet.running.api_key,
+        max_retries=0,
     )
     message = claude_style.messages.create(
         model="gemma-4", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
@@ -217,10 +223,39 @@ def test_bad_input_through_the_fleet(fleet: Fleet) -> None:
     r = httpx.post(
         fleet.running.base_url + "/chat/completions",
         content=b"{not json",
-        headers={"content-type": "application/json"},
+        headers={
+            "content-type": "application/json",
+            "authorization": f"Bearer {fleet.running.api_key}",
+        },
         timeout=30,
     )
     assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
+
+
+def test_the_local_fleet_requires_keys_and_meters_usage(
+    fleet: Fleet, client: openai.OpenAI
+) -> None:
+    """The replicas found the embedded team store through the environment, as pods do."""
+    import httpx
+
+    anonymous = openai.OpenAI(base_url=fleet.running.base_url, api_key="x" * 40, max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        anonymous.chat.completions.create(
+            model="gemma-4-e2b", max_tokens=4, messages=[{"role": "user", "content": "hi"}]
+        )
+    answer = client.chat.completions.create(
+        model="gemma-4-e2b", max_tokens=4, messages=[{"role": "user", "content": "count me"}]
+    )
+    assert answer.usage is not None
+    usage = httpx.get(
+        fleet.running.base_url.removesuffix("/v1") + "/admin/usage?team=local",
+        headers={"authorization": f"Bearer {fleet.running.teams.admin_key}"},
+        timeout=30,
+    )
+    assert usage.status_code == 200
+    rows = {r["model"]: r for r in usage.json()["data"]}
+    assert rows["gemma-4-E2B"]["requests"] >= 1
+    assert rows["gemma-4-E2B"]["completion_tokens"] >= answer.usage.completion_tokens
 
 
 def test_shutdown_leaves_no_ray_processes(

@@ -32,9 +32,10 @@ def test_vllm_engine_serves_a_tiny_checkpoint_on_cpu(tmp_path: Path) -> None:
         max_worker_port=22499,
         temp_dir=Path("/tmp/ray-fleet"),
         ready_timeout_s=400,
+        state_dir=tmp_path / "state",
     )
     with run_fleet(parse_fleet(FLEET), engine=EngineKind.VLLM, settings=settings) as fleet:
-        client = openai.OpenAI(base_url=fleet.base_url, api_key="unused", max_retries=0)
+        client = openai.OpenAI(base_url=fleet.base_url, api_key=fleet.api_key, max_retries=0)
         assert [m.id for m in client.models.list()] == ["edge"]
         reply = client.chat.completions.create(
             model="edge",

@@ -8,10 +8,9 @@ from typing import Any
 
 import openai
 import pytest
+from gateway_harness import POOLS, fleet_settings, serve_gateway
 
 from gemma_fleet.gateway.pool_client import HttpPool, HttpPoolClient
-
-from .conftest import POOLS, fleet_settings, serve_gateway
 
 
 @pytest.fixture(scope="module")

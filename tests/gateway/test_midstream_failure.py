@@ -11,10 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
+from gateway_harness import POOLS, fleet_settings, serve_gateway
 
 from gemma_fleet.gateway.pool_client import HttpPool, HttpPoolClient
-
-from .conftest import POOLS, fleet_settings, serve_gateway
 
 CHUNK = {
     "id": "c1",

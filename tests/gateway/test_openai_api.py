@@ -181,15 +181,22 @@ def test_metrics_count_what_happened(gateway_server: Any, client: openai.OpenAI)
         client.chat.completions.create(model="nope", messages=user("c"), max_tokens=3)
     after = scrape()
 
-    ok = {"endpoint": "chat", "status": "200"}
+    # No team: this gateway runs open (no team keys), so the team label is empty.
+    ok = {"endpoint": "chat", "status": "200", "team": ""}
     assert (
         value(after, "gemma_fleet_gateway_requests_total", model="gemma-4", pool="e2b", **ok)
         == value(before, "gemma_fleet_gateway_requests_total", model="gemma-4", pool="e2b", **ok)
         + 1
     )
+    refused = {"endpoint": "chat", "status": "404", "team": "", "reason": "not_found"}
     assert (
-        value(after, "gemma_fleet_gateway_rejections_total", endpoint="chat", status="404")
-        == value(before, "gemma_fleet_gateway_rejections_total", endpoint="chat", status="404") + 1
+        value(after, "gemma_fleet_gateway_rejections_total", **refused)
+        == value(before, "gemma_fleet_gateway_rejections_total", **refused) + 1
+    )
+    completion = {"team": "", "kind": "completion"}
+    assert (
+        value(after, "gemma_fleet_gateway_tokens_total", model="gemma-4-E2B", **completion)
+        == value(before, "gemma_fleet_gateway_tokens_total", model="gemma-4-E2B", **completion) + 3
     )
     assert (
         value(after, "gemma_fleet_gateway_time_to_first_token_seconds_count", pool="e4b")

@@ -20,6 +20,7 @@ GCS_PORT, HTTP_PORT = 6740, 8740
 def serve_url() -> Iterator[str]:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     import ray
+    from gateway_harness import pool_info
     from ray import serve
     from ray.serve.llm import build_llm_deployment
 
@@ -30,8 +31,6 @@ def serve_url() -> Iterator[str]:
     )
     from gemma_fleet.gateway.deployment import build_gateway_app
     from gemma_fleet.gateway.service import GatewaySettings
-
-    from .conftest import pool_info
 
     configs = {
         "small": SimulatorConfig(model="gemma-4-E2B", gpu="L4", max_model_len=8192, speedup=200),

@@ -1,55 +1,42 @@
-"""A real redis-server (Debian's, installed by ./dev) on a free loopback port, per module."""
+"""A real redis-server per module (tests/redis_server.py), and a gateway with team keys
+required in front of simulated pools, using it."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
+from typing import Any
 
+import httpx
 import pytest
+from gateway_harness import RunningGateway, fleet_settings, serve_gateway, simulated_pools
+from redis_server import RedisServer
 
+from gemma_fleet.gateway.auth import open_gate
+from gemma_fleet.teams.settings import TeamsSettings
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+ADMIN = "admin-" + "x" * 40
 
 
 @pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("redis-server is not installed: run ./dev setup")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture(scope="module")
+def gateway(redis_server: RedisServer) -> Iterator[RunningGateway]:
+    settings = TeamsSettings(auth_required=True, redis_url=redis_server.url, admin_key=ADMIN)
+    with serve_gateway(fleet_settings(), simulated_pools, lambda: open_gate(settings)) as running:
+        yield running
+
+
+def admin(gw: RunningGateway, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    return httpx.request(method, gw.url + path, headers=headers, timeout=30, **kwargs)

@@ -1,0 +1,60 @@
+"""What an answer cost, read from the answer itself: the engine's `usage` (JSON bodies and the
+final chunk of a stream, which the gateway always asks for). A stream cut before that chunk is
+charged its estimated prompt plus one token per content event it delivered."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def usage_of(body: dict[str, Any]) -> Usage | None:
+    usage = body.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+class StreamTally:
+    """Watches a stream's server-sent events on their way to the client."""
+
+    def __init__(self, client_wants_usage: bool) -> None:
+        self._keep_usage = client_wants_usage
+        self.reported: Usage | None = None
+        self.content_events = 0
+
+    def see(self, chunk: str) -> str:
+        """`chunk` as the client should get it: without the usage-only event unless asked."""
+        if '"usage"' not in chunk or '"usage":null' in chunk.replace(" ", ""):
+            self.content_events += chunk.count("data: {")
+            return chunk
+        kept = []
+        for event in chunk.split("\n\n"):
+            if not event.strip():
+                continue
+            if event.startswith("data: {") and '"usage"' in event:
+                try:
+                    body = json.loads(event[len("data: ") :])
+                except ValueError:
+                    body = {}
+                found = usage_of(body)
+                if found is not None:
+                    self.reported = found
+                    if not body.get("choices") and not self._keep_usage:
+                        continue
+            if event.startswith("data: {"):
+                self.content_events += 1
+            kept.append(event + "\n\n")
+        return "".join(kept)
+
+    def usage(self, prompt_estimate: int) -> Usage:
+        if self.reported is not None:
+            return self.reported
+        return Usage(prompt_estimate, self.content_events)

@@ -1,0 +1,151 @@
+"""The admin API (`/admin/...`, admin credential only) and a team's own usage (`/v1/usage`,
+team key: its own team, never another's).
+
+Team and key administration: create, read, update and delete teams; issue keys (the secret is
+in the answer, once), list and revoke them; read usage per team x model x day.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from datetime import date, timedelta
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
+
+from gemma_fleet.gateway.auth import TeamGate
+from gemma_fleet.gateway.bodies import parse, read_json
+from gemma_fleet.gateway.errors import ApiError
+from gemma_fleet.teams.access import STORE_DOWN
+from gemma_fleet.teams.records import KeyRequest, TeamSpec, TeamUpdate, utcnow
+from gemma_fleet.teams.store import NotFound, TeamExists
+
+T = TypeVar("T")
+BODY_LIMIT = 1 << 20  # admin bodies are small records
+DEFAULT_USAGE_DAYS = 7
+
+
+async def _store(call: Awaitable[T]) -> T:
+    """A store call, its failures as HTTP answers."""
+    try:
+        return await call
+    except NotFound as exc:
+        raise ApiError(404, str(exc)) from exc
+    except TeamExists as exc:
+        raise ApiError(409, str(exc)) from exc
+    except STORE_DOWN as exc:
+        raise ApiError(503, "the team store (Redis) is unavailable", retry_after_s=5) from exc
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from exc
+
+
+def _json(data: BaseModel | Sequence[BaseModel], status: int = 200) -> JSONResponse:
+    if isinstance(data, BaseModel):
+        content: Any = data.model_dump(mode="json")
+    else:
+        content = {"object": "list", "data": [d.model_dump(mode="json") for d in data]}
+    return JSONResponse(content, status_code=status, headers={"cache-control": "no-store"})
+
+
+def _day(request: Request, name: str, default: date) -> date:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        return date.fromisoformat(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"{name} must be a date like 2026-11-28, got {raw!r}") from exc
+
+
+def _period(request: Request) -> tuple[date, date]:
+    today = utcnow().date()
+    end = _day(request, "end", today)
+    return _day(request, "start", end - timedelta(days=DEFAULT_USAGE_DAYS - 1)), end
+
+
+def admin_router(gate: TeamGate) -> APIRouter:
+    router = APIRouter()
+
+    def store_of(request: Request) -> Any:
+        gate.require_admin(request)
+        assert gate.access is not None  # require_admin refuses when there is no store
+        return gate.access.store
+
+    @router.post("/admin/teams")
+    async def create_team(request: Request) -> Response:
+        store = store_of(request)
+        spec = parse(TeamSpec, await read_json(request, BODY_LIMIT))
+        return _json(await _store(store.create_team(spec)), 201)
+
+    @router.get("/admin/teams")
+    async def list_teams(request: Request) -> Response:
+        return _json(await _store(store_of(request).teams()))
+
+    @router.get("/admin/teams/{name}")
+    async def show_team(request: Request, name: str) -> Response:
+        return _json(await _store(store_of(request).team(name)))
+
+    @router.patch("/admin/teams/{name}")
+    async def update_team(request: Request, name: str) -> Response:
+        store = store_of(request)
+        update = parse(TeamUpdate, await read_json(request, BODY_LIMIT))
+        return _json(await _store(store.update_team(name, update)))
+
+    @router.delete("/admin/teams/{name}")
+    async def delete_team(request: Request, name: str) -> Response:
+        await _store(store_of(request).delete_team(name))
+        return Response(status_code=204)
+
+    @router.post("/admin/teams/{name}/keys")
+    async def issue_key(request: Request, name: str) -> Response:
+        store = store_of(request)
+        ask = parse(KeyRequest, await read_json(request, BODY_LIMIT))
+        if ask.expires_at is not None and ask.expires_at <= utcnow():
+            raise ApiError(400, "expires_at must be in the future", param="expires_at")
+        return _json(await _store(store.issue_key(name, ask)), 201)
+
+    @router.get("/admin/teams/{name}/keys")
+    async def list_keys(request: Request, name: str) -> Response:
+        store = store_of(request)
+        await _store(store.team(name))
+        return _json(await _store(store.keys(name)))
+
+    @router.delete("/admin/keys/{key_id}")
+    async def revoke_key(request: Request, key_id: str) -> Response:
+        return _json(await _store(store_of(request).revoke_key(key_id)))
+
+    @router.get("/admin/usage")
+    async def usage(request: Request) -> Response:
+        gate.require_admin(request)
+        assert gate.access is not None
+        start, end = _period(request)
+        rows = await _store(
+            gate.access.meter.rows(
+                start,
+                end,
+                team=request.query_params.get("team"),
+                model=request.query_params.get("model"),
+            )
+        )
+        return _json(rows)
+
+    @router.get("/v1/usage")
+    async def own_usage(request: Request) -> Response:
+        """A team's own usage. Naming another team is refused, not silently narrowed."""
+        identity = await gate.identify(request)
+        if identity is None or gate.access is None:
+            raise ApiError(404, "usage is metered only when team keys are required")
+        asked = request.query_params.get("team")
+        if asked is not None and asked != identity.team.name:
+            raise ApiError(403, "a team key can read only its own team's usage", param="team")
+        start, end = _period(request)
+        rows = await _store(
+            gate.access.meter.rows(
+                start, end, team=identity.team.name, model=request.query_params.get("model")
+            )
+        )
+        return _json(rows)
+
+    return router

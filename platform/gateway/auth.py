@@ -1,0 +1,164 @@
+"""Who is calling, and may they: the HTTP side of the team layer.
+
+Clients present a team key as `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key: <key>`
+(Anthropic SDKs); administrators present GEMMA_FLEET_ADMIN_KEY the same way on `/admin/...`.
+Store errors become HTTP answers here: 401 for a bad key, 429 with Retry-After and OpenAI's
+x-ratelimit-* headers for a limit, 503 with Retry-After when Redis is down (fail-closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from gemma_fleet.gateway.classify import Classification
+from gemma_fleet.gateway.errors import ApiError
+from gemma_fleet.gateway.service import Caller
+from gemma_fleet.teams.access import StoreUnavailable, TeamAccess, Ticket, Unauthenticated
+from gemma_fleet.teams.bootstrap import apply_bootstrap, read_bootstrap
+from gemma_fleet.teams.limits import UNLIMITED, LimitExceeded, MinuteWindow
+from gemma_fleet.teams.redis_client import connect
+from gemma_fleet.teams.settings import TeamsSettings
+from gemma_fleet.teams.store import Identity, TeamStore
+
+# OpenAI's `code` for each kind of refusal, so SDK users can branch on it.
+_LIMIT_CODES = {
+    "token_budget": "insufficient_quota",
+    "concurrent_requests": "concurrency_limit_exceeded",
+}
+
+
+def presented_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        return value.strip() if scheme.lower() == "bearer" else None
+    return request.headers.get("x-api-key")
+
+
+def ratelimit_headers(window: MinuteWindow | None) -> dict[str, str]:
+    """OpenAI-style headers for the limits the team has (none for unlimited ones)."""
+    if window is None:
+        return {}
+    headers = {}
+    for kind, used, limit in (
+        ("requests", window.requests_used, window.requests_limit),
+        ("tokens", window.tokens_used, window.tokens_limit),
+    ):
+        if limit != UNLIMITED:
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used))
+            headers[f"x-ratelimit-reset-{kind}"] = f"{window.reset_s}s"
+    return headers
+
+
+def limit_error(exc: LimitExceeded) -> ApiError:
+    return ApiError(
+        429,
+        f"team {exc.limit.replace('_', ' ')} limit reached ({exc.used:,} of {exc.allowed:,}); "
+        f"retry after {exc.retry_after_s} s",
+        code=_LIMIT_CODES.get(exc.limit, "rate_limit_exceeded"),
+        retry_after_s=exc.retry_after_s,
+        extra_headers=ratelimit_headers(exc.window),
+    )
+
+
+def store_error(exc: StoreUnavailable) -> ApiError:
+    return ApiError(503, str(exc), code="store_unavailable", retry_after_s=exc.retry_after_s)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request the team's limits let in, with what the gateway estimated it needs."""
+
+    ticket: Ticket
+    classified: Classification
+
+
+class TeamGate:
+    """Authentication and admission for the API routes; `access` None means auth is off."""
+
+    def __init__(self, access: TeamAccess | None, admin_key: str | None = None) -> None:
+        self.access = access
+        self._admin_key = admin_key
+
+    async def identify(self, request: Request) -> Identity | None:
+        if self.access is None:
+            return None
+        try:
+            return await self.access.authenticate(presented_key(request))
+        except Unauthenticated as exc:
+            raise ApiError(401, str(exc), code="invalid_api_key") from exc
+        except StoreUnavailable as exc:
+            raise store_error(exc) from exc
+
+    def caller(self, identity: Identity | None, admitted: list[Admitted]) -> Caller:
+        """The Caller the gateway serves: the team's allow-list, and an admission that puts
+        its ticket in `admitted` (so the request can be settled however it ends)."""
+        if identity is None or self.access is None:
+            return Caller()
+        access = self.access
+
+        async def admit(classified: Classification) -> None:
+            try:
+                ticket = await access.admit(identity, classified.needs.total_tokens)
+                admitted.append(Admitted(ticket, classified))
+            except LimitExceeded as exc:
+                raise limit_error(exc) from exc
+            except StoreUnavailable as exc:
+                raise store_error(exc) from exc
+
+        return Caller(allowed_models=identity.team.allowed(), admit=admit)
+
+    def require_admin(self, request: Request) -> None:
+        """401 unless the request carries the admin credential (compared in constant time)."""
+        if self._admin_key is None:
+            raise ApiError(404, "the admin API is off: set GEMMA_FLEET_ADMIN_KEY to enable it")
+        if self.access is None:
+            raise ApiError(503, "the admin API needs the team store (REDIS_URL)")
+        presented = presented_key(request) or ""
+        if not hmac.compare_digest(presented.encode(), self._admin_key.encode()):
+            raise ApiError(401, "admin routes need the admin credential", code="invalid_api_key")
+
+
+def success_headers(admitted: list[Admitted]) -> Mapping[str, str]:
+    if not admitted or admitted[0].ticket.admission is None:
+        return {}
+    return ratelimit_headers(admitted[0].ticket.admission.window)
+
+
+class GateError(RuntimeError):
+    """The team layer cannot start as configured; the message says what to set."""
+
+
+def open_gate(settings: TeamsSettings) -> TeamGate:
+    """The gate a gateway process serves with: connected to REDIS_URL, bootstrap file applied.
+    Called once at start (not on an event loop: the bootstrap runs on a loop of its own)."""
+    if not settings.store_needed:
+        return TeamGate(None)
+    if settings.redis_url is None:
+        raise GateError(
+            "team keys are required (GEMMA_FLEET_AUTH=required) but REDIS_URL is not set; "
+            "point it at Redis, or set GEMMA_FLEET_AUTH=disabled for an open endpoint"
+        )
+    url = settings.redis_url.get_secret_value()
+    if settings.bootstrap_file is not None:
+        bootstrap = read_bootstrap(settings.bootstrap_file)
+
+        async def apply() -> None:
+            redis = connect(url, max_connections=2, timeout_s=5.0)
+            try:
+                await apply_bootstrap(TeamStore(redis), bootstrap)
+            finally:
+                await redis.aclose()
+
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, apply()).result()
+    access = TeamAccess(connect(url, timeout_s=settings.timeout_s), settings)
+    admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+    return TeamGate(access, admin_key)

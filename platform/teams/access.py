@@ -1,0 +1,170 @@
+"""The team layer as the gateway uses it: who is calling, may they start this request, and
+what did it cost. Every store call is bounded by a timeout; what happens when Redis does not
+answer is the configured RedisDownPolicy.
+
+Accounting after a request (releasing its concurrency slot, correcting its token reservation,
+metering its usage) is never lost to a store outage: a write that fails is kept in memory and
+retried, in order, once a second until Redis answers (buffer-and-flush). What is buffered is
+lost only if this gateway process dies before Redis comes back; `pending` says how much that is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gemma_fleet.teams.keys import key_digest, key_id, looks_like_key
+from gemma_fleet.teams.limits import Admission, Limiter
+from gemma_fleet.teams.settings import RedisDownPolicy, TeamsSettings
+from gemma_fleet.teams.store import Identity, TeamStore
+from gemma_fleet.teams.usage import UsageDelta, UsageMeter
+
+log = logging.getLogger(__name__)
+
+# What "the store did not answer" looks like from redis-py and asyncio.
+STORE_DOWN = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+
+
+class Unauthenticated(Exception):
+    """No key, a malformed key, or a key that is unknown, revoked or expired."""
+
+
+class StoreUnavailable(Exception):
+    """Redis did not answer within the timeout and the policy does not allow serving."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("the team store (Redis) is unavailable; try again shortly")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """An admitted request. `admission` is None when the store was down and the policy let the
+    request in without limits."""
+
+    identity: Identity
+    admission: Admission | None
+
+
+class TeamAccess:
+    MAX_PENDING = 200_000  # bounded memory while Redis is away (~100 bytes each)
+
+    def __init__(self, redis: Any, settings: TeamsSettings, prefix: str = "gf") -> None:
+        self.settings = settings
+        self.redis = redis
+        self.store = TeamStore(redis, prefix)
+        self.limiter = Limiter(redis, prefix)
+        self.meter = UsageMeter(redis, prefix)
+        self._seen: dict[str, tuple[Identity, float]] = {}
+        self._pending: deque[Callable[[], Awaitable[None]]] = deque()
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        """Accounting writes waiting for Redis."""
+        return len(self._pending)
+
+    async def _bounded(self, call: Awaitable[Any]) -> Any:
+        async with asyncio.timeout(self.settings.timeout_s):
+            return await call
+
+    async def authenticate(self, key: str | None) -> Identity:
+        if not key or not looks_like_key(key):
+            raise Unauthenticated("missing or malformed API key")
+        digest = key_digest(key)
+        try:
+            identity: Identity | None = await self._bounded(self.store.authenticate(key))
+        except STORE_DOWN as exc:
+            cached = self._seen.get(digest)
+            policy = self.settings.redis_down
+            if policy is RedisDownPolicy.SERVE_CACHED_KEYS and cached is not None:
+                identity, seen_at = cached
+                if time.monotonic() - seen_at < self.settings.cached_key_ttl_s:
+                    return identity
+            raise StoreUnavailable(self.settings.retry_after_s) from exc
+        if identity is None:
+            self._seen.pop(digest, None)
+            raise Unauthenticated(
+                f"API key {key_id(key)} is not valid (unknown, revoked or expired)"
+            )
+        if self.settings.redis_down is RedisDownPolicy.SERVE_CACHED_KEYS:
+            self._seen[digest] = (identity, time.monotonic())
+        return identity
+
+    async def admit(self, identity: Identity, tokens: int) -> Ticket:
+        """Reserve one request and `tokens` against the team's limits (LimitExceeded if not)."""
+        try:
+            admission = await self._bounded(
+                self.limiter.admit(identity.team.name, identity.team.limits, tokens)
+            )
+        except STORE_DOWN as exc:
+            if self.settings.redis_down is RedisDownPolicy.SERVE_CACHED_KEYS:
+                return Ticket(identity, None)
+            raise StoreUnavailable(self.settings.retry_after_s) from exc
+        return Ticket(identity, admission)
+
+    async def settle(self, ticket: Ticket, model: str, usage: UsageDelta) -> None:
+        """Release the request and meter what it used. Never raises: a write Redis cannot take
+        now waits in the buffer."""
+        day = datetime.now(UTC).date()
+        team = ticket.identity.team.name
+        writes: list[Callable[[], Awaitable[None]]] = []
+        if ticket.admission is not None:
+            admission, used = ticket.admission, usage.prompt_tokens + usage.completion_tokens
+            writes.append(lambda: self.limiter.release(admission, used))
+        if usage.requests:  # a refused request frees its reservation and meters nothing
+            writes.append(lambda: self.meter.record(team, model, day, usage))
+        for write in writes:
+            if self._pending:  # keep order behind what is already waiting
+                self._buffer(write)
+                continue
+            try:
+                await self._bounded(write())
+            except STORE_DOWN:
+                self._buffer(write)
+            except Exception:  # a bug must not break the answer the client is reading
+                log.exception("accounting write for team %s failed", team)
+
+    def _buffer(self, write: Callable[[], Awaitable[None]]) -> None:
+        if len(self._pending) >= self.MAX_PENDING:
+            log.error("usage buffer full (%d writes): dropping the oldest", self.MAX_PENDING)
+            self._pending.popleft()
+        self._pending.append(write)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def flush(self) -> int:
+        """Write what is buffered, in order, until Redis refuses; returns what is left."""
+        while self._pending:
+            try:
+                await self._bounded(self._pending[0]())
+            except STORE_DOWN:
+                break
+            self._pending.popleft()
+        return len(self._pending)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            if not await self.flush():
+                break
+            await asyncio.sleep(1.0)  # nothing signals Redis's return: poll it
+        log.info("team store reachable again: buffered accounting written")
+
+    async def close(self) -> None:
+        """Try once more to write what is buffered, then close the connection pool."""
+        if self._pending:
+            left = await self.flush()
+            if left:
+                log.error("%d accounting writes could not reach Redis and are lost", left)
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self.redis.aclose()

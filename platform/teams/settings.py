@@ -1,0 +1,88 @@
+"""How the gateway's team layer is configured: one typed model, read from the environment once
+at start (the same variables locally, in Ray Serve replicas and in the Helm chart's pods).
+
+| variable | meaning |
+| --- | --- |
+| `GEMMA_FLEET_AUTH` | `required` (default): every API call needs a team key; `disabled`: open |
+| `REDIS_URL` | the store: `redis://host:port/db`, `rediss://` for TLS, `unix:///path.sock` |
+| `REDIS_PASSWORD` | used when the URL carries no password (a Kubernetes Secret) |
+| `GEMMA_FLEET_ADMIN_KEY` | the admin credential for `/admin/...`; unset: the admin API is off |
+| `GEMMA_FLEET_BOOTSTRAP_TEAMS` | a YAML file of teams and keys applied at start |
+| `GEMMA_FLEET_REDIS_DOWN` | `fail-closed` (default) or `serve-cached-keys` (see docs/teams.md) |
+| `GEMMA_FLEET_REDIS_TIMEOUT_S` | bound on every store call, queueing included (default 2 s) |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+
+class RedisDownPolicy(StrEnum):
+    # Nothing is served without the store: no key can be checked, no limit enforced.
+    FAIL_CLOSED = "fail-closed"
+    # Keys that authenticated within `cached_key_ttl_s` keep working, without limits; usage is
+    # buffered and written when the store is back.
+    SERVE_CACHED_KEYS = "serve-cached-keys"
+
+
+class TeamsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    auth_required: bool = True
+    redis_url: SecretStr | None = None
+    admin_key: SecretStr | None = None
+    bootstrap_file: Path | None = None
+    redis_down: RedisDownPolicy = RedisDownPolicy.FAIL_CLOSED
+    # Generous for a loopback round trip, but a burst queues for pooled connections and the
+    # event loop inside this bound; a dead Redis is still answered 503 within it.
+    timeout_s: float = Field(2.0, gt=0, le=30)
+    cached_key_ttl_s: float = Field(300, gt=0)
+    retry_after_s: int = Field(5, ge=1, description="what a 503 tells clients while Redis is down")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TeamsSettings:
+        """Settings from environment variables; a bad value raises ValueError naming it."""
+        auth = env.get("GEMMA_FLEET_AUTH", "required").strip().lower()
+        if auth not in ("required", "disabled"):
+            raise ValueError(f"GEMMA_FLEET_AUTH must be 'required' or 'disabled', got {auth!r}")
+        url = env.get("REDIS_URL") or None
+        if url and env.get("REDIS_PASSWORD"):
+            url = with_password(url, env["REDIS_PASSWORD"])
+        admin_key = env.get("GEMMA_FLEET_ADMIN_KEY") or None
+        if admin_key is not None and len(admin_key) < 24:
+            raise ValueError("GEMMA_FLEET_ADMIN_KEY must be at least 24 characters")
+        try:
+            return cls(
+                auth_required=auth == "required",
+                redis_url=url,
+                admin_key=admin_key,
+                bootstrap_file=env.get("GEMMA_FLEET_BOOTSTRAP_TEAMS") or None,
+                redis_down=env.get("GEMMA_FLEET_REDIS_DOWN", RedisDownPolicy.FAIL_CLOSED),
+                timeout_s=env.get("GEMMA_FLEET_REDIS_TIMEOUT_S", 2.0),
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"team settings: {first['loc'][0]}: {first['msg']}") from None
+
+    @property
+    def store_needed(self) -> bool:
+        return self.auth_required or self.admin_key is not None
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` with `password` filled in, unless the URL already has one."""
+    parts = urlsplit(url)
+    if parts.password or parts.scheme == "unix":
+        return url
+    user = quote(parts.username or "", safe="")
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+    netloc = f"{user}:{quote(password, safe='')}@{host}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,293 @@
+"""Team keys, limits, budgets and usage through the gateway's HTTP API, as clients and
+administrators see them: real redis-server, real SDKs, simulated pools in-process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+from gateway_harness import RunningGateway
+from redis_server import RedisServer
+
+from gemma_fleet.teams.limits import Limiter, TeamLimits
+from gemma_fleet.teams.redis_client import connect
+
+from .conftest import ADMIN, admin
+
+TINY_PNG = (
+    "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8"
+    "z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+def new_team(gw: RunningGateway, name: str, **spec: Any) -> str:
+    """Create a team (replacing one of that name) and return a fresh key for it."""
+    admin(gw, "DELETE", f"/admin/teams/{name}")
+    created = admin(gw, "POST", "/admin/teams", json={"name": name, **spec})
+    assert created.status_code == 201, created.text
+    issued = admin(gw, "POST", f"/admin/teams/{name}/keys", json={"name": "test"})
+    assert issued.status_code == 201, issued.text
+    return str(issued.json()["key"])
+
+
+def client(gw: RunningGateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+
+
+def chat(gw: RunningGateway, key: str, model: str = "e2b", **kwargs: Any) -> Any:
+    messages = [{"role": "user", "content": "hello"}]
+    return client(gw, key).chat.completions.create(
+        model=model, messages=messages, max_tokens=kwargs.pop("max_tokens", 8), **kwargs
+    )
+
+
+def budget_used(gw: RunningGateway, team: str) -> int:
+    """The team's spent monthly budget, read straight from Redis (a client of our own: the
+    gateway's belongs to the server's event loop)."""
+    assert gw.gate is not None and gw.gate.access is not None
+    url = gw.gate.access.settings.redis_url
+    assert url is not None
+
+    async def read() -> int:
+        redis = connect(url.get_secret_value())
+        try:
+            return await Limiter(redis).budget_used(team, TeamLimits(budget_period="month"))
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(read())
+
+
+def test_no_key_or_a_bad_key_gets_401_naming_the_problem(gateway: RunningGateway) -> None:
+    no_key = httpx.post(gateway.url + "/v1/chat/completions", json={}, timeout=10)
+    assert no_key.status_code == 401
+    assert "API key" in no_key.json()["error"]["message"]
+    with pytest.raises(openai.AuthenticationError, match="not valid"):
+        chat(gateway, "gfk_aaaaaaaaaaaa_" + "b" * 43)
+
+
+def test_a_team_key_is_served_with_rate_limit_headers(gateway: RunningGateway) -> None:
+    key = new_team(gateway, "alpha", limits={"requests_per_minute": 1000})
+    raw = client(gateway, key).chat.completions.with_raw_response.create(
+        model="gemma-4", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert raw.http_response.status_code == 200
+    assert raw.headers["x-ratelimit-limit-requests"] == "1000"
+    assert int(raw.headers["x-ratelimit-remaining-requests"]) < 1000
+    assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
+    assert "x-ratelimit-limit-tokens" not in raw.headers  # the team has no token limit
+
+
+def test_a_revoked_key_is_refused_on_the_very_next_request(gateway: RunningGateway) -> None:
+    key = new_team(gateway, "revokes")
+    assert chat(gateway, key).choices
+    key_id = key.split("_")[1]
+    assert admin(gateway, "DELETE", f"/admin/keys/{key_id}").status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        chat(gateway, key)
+
+
+def test_an_expired_key_is_refused(gateway: RunningGateway) -> None:
+    new_team(gateway, "expires")
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).isoformat()
+    issued = admin(gateway, "POST", "/admin/teams/expires/keys", json={"expires_at": soon})
+    key = issued.json()["key"]
+    assert chat(gateway, key).choices
+    time.sleep(1.2)
+    with pytest.raises(openai.AuthenticationError):
+        chat(gateway, key)
+
+
+def test_a_team_cannot_use_models_it_is_not_allowed(gateway: RunningGateway) -> None:
+    key = new_team(gateway, "only-e2b", allowed_models=["e2b"])
+    assert chat(gateway, key, model="e2b").choices
+    with pytest.raises(openai.PermissionDeniedError, match="may not use 'e4b'"):
+        chat(gateway, key, model="e4b")
+    # The alias still works, and routes only to what the team may use.
+    answer = client(gateway, key).chat.completions.with_raw_response.create(
+        model="gemma-4", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert answer.headers["x-gemma-fleet-pool"] == "e2b"
+
+
+def test_a_team_key_cannot_read_another_team_or_call_admin_routes(gateway: RunningGateway) -> None:
+    key_a = new_team(gateway, "team-a")
+    key_b = new_team(gateway, "team-b")
+    chat(gateway, key_b)
+    as_a = {"authorization": f"Bearer {key_a}"}
+    other = httpx.get(gateway.url + "/v1/usage?team=team-b", headers=as_a, timeout=10)
+    assert other.status_code == 403
+    own = httpx.get(gateway.url + "/v1/usage", headers=as_a, timeout=10)
+    assert own.status_code == 200 and {r["team"] for r in own.json()["data"]} <= {"team-a"}
+    for method, path in [
+        ("GET", "/admin/teams"),
+        ("GET", "/admin/teams/team-b"),
+        ("GET", "/admin/usage?team=team-b"),
+        ("POST", "/admin/teams/team-b/keys"),
+        ("DELETE", "/admin/teams/team-b"),
+    ]:
+        answer = httpx.request(method, gateway.url + path, headers=as_a, json={}, timeout=10)
+        assert answer.status_code == 401, (method, path)
+    assert admin(gateway, "GET", "/admin/teams/team-b").status_code == 200
+    # The admin credential is not a team key either.
+    with pytest.raises(openai.AuthenticationError):
+        chat(gateway, ADMIN)
+
+
+def test_200_concurrent_requests_against_50_per_minute_admit_exactly_50(
+    gateway: RunningGateway,
+) -> None:
+    key = new_team(gateway, "burst", limits={"requests_per_minute": 50})
+    if time.time() % 60 > 50:  # keep the burst inside one minute window
+        time.sleep(61 - time.time() % 60)
+
+    async def burst() -> list[httpx.Response]:
+        body = {"model": "e2b", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+        headers = {"authorization": f"Bearer {key}"}
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60, limits=limits) as http:
+            return await asyncio.gather(
+                *(http.post("/v1/chat/completions", json=body, headers=headers) for _ in range(200))
+            )
+
+    answers = asyncio.run(burst())
+    statuses = [a.status_code for a in answers]
+    assert statuses.count(200) == 50 and statuses.count(429) == 150
+    refused = next(a for a in answers if a.status_code == 429)
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_a_spent_budget_is_refused_with_insufficient_quota(gateway: RunningGateway) -> None:
+    key = new_team(gateway, "small-budget", limits={"token_budget": 100, "budget_period": "day"})
+    with pytest.raises(openai.RateLimitError) as refused:
+        chat(gateway, key, max_tokens=500)  # the reservation alone exceeds the budget
+    assert refused.value.code == "insufficient_quota"
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    assert chat(gateway, key, max_tokens=8).choices  # a smaller request still fits
+
+
+def test_the_budget_is_charged_what_was_used_not_what_was_reserved(
+    gateway: RunningGateway,
+) -> None:
+    key = new_team(gateway, "reconcile", limits={"token_budget": 1_000_000})
+    answer = chat(gateway, key, max_tokens=400)
+    assert answer.usage is not None
+    assert budget_used(gateway, "reconcile") == answer.usage.total_tokens
+    assert answer.usage.total_tokens < 400  # so the 400-token reservation was given back
+
+
+def test_a_cut_stream_is_charged_what_it_delivered_and_frees_its_slot(
+    gateway: RunningGateway,
+) -> None:
+    key = new_team(
+        gateway, "cuts", limits={"token_budget": 1_000_000, "max_concurrent_requests": 1}
+    )
+    stream = client(gateway, key).chat.completions.create(
+        model="slow",
+        messages=[{"role": "user", "content": "tell me a long story"}],
+        max_tokens=3000,
+        stream=True,
+    )
+    seen = 0
+    for chunk in stream:
+        seen += bool(chunk.choices and chunk.choices[0].delta.content)
+        if seen == 3:
+            break
+    stream.close()
+    deadline = time.monotonic() + 10
+    charged = 0
+    while time.monotonic() < deadline:
+        charged = budget_used(gateway, "cuts")
+        if charged < 3000:  # the reservation was reconciled
+            break
+        time.sleep(0.1)
+    assert 3 <= charged < 200, charged
+    # The one concurrency slot is free again: the next request is admitted.
+    assert chat(gateway, key).choices
+
+
+def test_usage_is_metered_per_team_model_and_day(gateway: RunningGateway) -> None:
+    key = new_team(gateway, "metered")
+    plain = chat(gateway, key, model="e2b")
+    image = client(gateway, key).chat.completions.create(
+        model="e4b",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this"},
+                    {"type": "image_url", "image_url": {"url": TINY_PNG}},
+                ],
+            }
+        ],
+        max_tokens=4,
+    )
+    streamed = list(
+        client(gateway, key).chat.completions.create(
+            model="e2b", messages=[{"role": "user", "content": "s"}], max_tokens=5, stream=True
+        )
+    )
+    assert all(c.usage is None for c in streamed)  # not asked for, so not passed on
+    rows = admin(gateway, "GET", "/admin/usage?team=metered").json()["data"]
+    by_model = {r["model"]: r for r in rows}
+    e2b, e4b = by_model["gemma-4-E2B"], by_model["gemma-4-E4B"]
+    assert e2b["requests"] == 2 and e4b["requests"] == 1
+    assert e4b["images"] == 1
+    assert plain.usage and image.usage
+    assert e4b["prompt_tokens"] == image.usage.prompt_tokens
+    assert e2b["completion_tokens"] == plain.usage.completion_tokens + 5
+    assert rows[0]["day"] == datetime.now(UTC).date().isoformat()
+
+
+def test_anthropic_clients_authenticate_with_x_api_key(gateway: RunningGateway) -> None:
+    key = new_team(gateway, "claude-code")
+    sdk = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+    message = sdk.messages.create(
+        model="e2b", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert message.usage.output_tokens > 0
+    bad = anthropic.Anthropic(base_url=gateway.url, api_key="nope" * 10, max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError):
+        bad.messages.create(model="e2b", max_tokens=8, messages=[{"role": "user", "content": "x"}])
+
+
+def test_admin_api_manages_teams_and_never_shows_a_secret_twice(
+    gateway: RunningGateway, redis_server: RedisServer
+) -> None:
+    key = new_team(gateway, "managed", priority=3)
+    duplicate = admin(gateway, "POST", "/admin/teams", json={"name": "managed"})
+    assert duplicate.status_code == 409
+    bad = admin(gateway, "POST", "/admin/teams", json={"name": "Bad Name!"})
+    assert bad.status_code == 400 and "name" in bad.json()["error"]["message"]
+    unknown_field = admin(gateway, "PATCH", "/admin/teams/managed", json={"rpm": 5})
+    assert unknown_field.status_code == 400 and "rpm" in unknown_field.json()["error"]["message"]
+    patched = admin(
+        gateway, "PATCH", "/admin/teams/managed", json={"limits": {"requests_per_minute": 7}}
+    )
+    assert patched.json()["limits"]["requests_per_minute"] == 7
+    assert patched.json()["priority"] == 3
+    listed = admin(gateway, "GET", "/admin/teams/managed/keys").json()["data"]
+    assert len(listed) == 1 and "key" not in listed[0]
+    assert key.startswith(f"gfk_{listed[0]['id']}_")
+    assert admin(gateway, "GET", "/admin/teams/nobody").status_code == 404
+    # At rest there is only the hash: no Redis key or value contains the secret.
+    import redis as sync_redis
+
+    r = sync_redis.Redis.from_url(redis_server.url)
+    secret = key.split("_", 2)[2].encode()
+    for name in r.scan_iter(count=1000):
+        assert secret not in name
+        if r.type(name) == b"string":
+            assert secret not in (r.get(name) or b"")
+    # Deleting the team revokes its keys.
+    assert admin(gateway, "DELETE", "/admin/teams/managed").status_code == 204
+    with pytest.raises(openai.AuthenticationError):
+        chat(gateway, key)
