@@ -38,15 +38,14 @@ class PoolDeployment:
 
 
 def deployment_config(pool: ModelPool) -> dict[str, Any]:
-    """Ray Serve options of a pool's deployment: its replica bounds. The placement group
-    is not here; Ray Serve LLM derives it from `placement_group_config`."""
-    replicas = pool.replicas
+    """Ray Serve options of a pool's deployment: its starting replica count. The count is
+    fixed, not Ray Serve's autoscaling: replicas are the GPU bill, and our autoscaler (which
+    knows VRAM, node pools and cost) sets them within the pool's min/max through Serve's
+    external-scaler API. The placement group is not here; Ray Serve LLM derives it from
+    `placement_group_config`."""
     return {
-        "autoscaling_config": {
-            "min_replicas": replicas.min,
-            "max_replicas": replicas.max,
-            "initial_replicas": replicas.start,
-        },
+        # An explicit count also drops Ray Serve LLM's default autoscaling_config.
+        "num_replicas": pool.replicas.start,
         # Inside a pool, requests sharing a prompt prefix go to the replica that has it cached,
         # unless that replica is much busier than the others (Ray Serve LLM's router).
         "request_router_config": {"request_router_class": PREFIX_AWARE_ROUTER},

@@ -31,13 +31,10 @@ def test_simulated_pool_imitates_its_gpu_and_asks_for_its_gpus() -> None:
     assert "engine_cls" in bind_kwargs
 
 
-def test_replica_bounds_come_from_the_pool() -> None:
-    scaling = deployment_config(BIG)["autoscaling_config"]
-    assert (scaling["min_replicas"], scaling["max_replicas"], scaling["initial_replicas"]) == (
-        BIG.replicas.min,
-        BIG.replicas.max,
-        BIG.replicas.start,
-    )
+def test_a_pool_starts_its_replicas_and_leaves_scaling_to_our_autoscaler() -> None:
+    config = deployment_config(BIG)
+    assert config["num_replicas"] == BIG.replicas.start
+    assert "autoscaling_config" not in config  # Ray Serve's own autoscaler stays off
 
 
 def test_vllm_pool_on_gpus_runs_tensor_parallel_over_its_bundles() -> None:

@@ -1,0 +1,170 @@
+"""Turn the planner's replica counts into calm changes: up fast, down slowly, never below a
+pool's minimum, never removing capacity that running requests still use.
+
+Per pool, every step's recommendation is remembered for the longer of the two delays, and
+(as Kubernetes' HorizontalPodAutoscaler does with its stabilization windows):
+
+- scale up to the LOWEST recommendation of the last `scale_up_delay_s` (0: this step's);
+- scale down to the HIGHEST recommendation of the last `scale_down_delay_s`, once the pool has
+  been watched that long, at most `max_scale_down_per_step` replicas at a time, not within
+  `min_replica_lifetime_s` of the pool's last scale-up (and of the controller's start, since
+  the ages of replicas it found are unknown), only on a complete metrics reading, and only
+  while the pool's running requests fit on the replicas that remain
+  (`drain_fill` x `max_num_seqs` each);
+- at most `max_changes_per_step` replicas change in the whole fleet per step; additions go
+  first, largest shortfall first, because missing capacity breaks SLOs and spare does not.
+
+Noise around a replica boundary cannot oscillate: one high reading scales up, and scaling
+back needs every reading of the down window to agree.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from gemma_fleet.autoscaler.settings import ControllerSettings
+from gemma_fleet.deployments.pools import ModelPool
+
+
+@dataclass(frozen=True)
+class PoolDecision:
+    """What the controller does to one pool this step, and why (for logs and dry runs)."""
+
+    pool: str
+    current: int
+    recommended: int
+    target: int
+    reason: str
+
+    @property
+    def changed(self) -> bool:
+        return self.target != self.current
+
+
+@dataclass
+class _History:
+    since: float
+    last_scale_up: float
+    recommendations: deque[tuple[float, int]] = field(default_factory=deque)
+
+
+class Hysteresis:
+    """Remembers recommendations per pool and decides each step's targets."""
+
+    def __init__(self, settings: ControllerSettings, pools: Mapping[str, ModelPool]) -> None:
+        self.settings = settings
+        self.pools = dict(pools)
+        self._history: dict[str, _History] = {}
+
+    def clamp(self, pool: str, replicas: int) -> int:
+        """`replicas` within the pool's [min, max] from the fleet file."""
+        bounds = self.pools[pool].replicas
+        return max(bounds.min, min(bounds.max, replicas))
+
+    def decide(
+        self,
+        now: float,
+        current: Mapping[str, int],
+        recommended: Mapping[str, int],
+        running: Mapping[str, float],
+        *,
+        complete: bool,
+    ) -> list[PoolDecision]:
+        """Targets for every pool. `current` is what the actuator reports now, `recommended`
+        the plan's replicas, `running` requests per pool (a missing pool blocks its
+        scale-down), `complete` whether the metrics reading covered every source."""
+        s = self.settings
+        keep = max(s.scale_up_delay_s, s.scale_down_delay_s)
+        wanted: dict[str, tuple[int, int, int, str]] = {}  # pool -> (have, rec, proposal, why)
+        for name in self.pools:
+            have = current.get(name, 0)
+            rec = self.clamp(name, recommended.get(name, 0))
+            hist = self._history.get(name)
+            if hist is None:
+                hist = self._history[name] = _History(since=now, last_scale_up=now)
+            hist.recommendations.append((now, rec))
+            while hist.recommendations and hist.recommendations[0][0] < now - keep:
+                hist.recommendations.popleft()
+            wanted[name] = (
+                have,
+                rec,
+                *self._propose(name, now, have, rec, hist, running, complete),
+            )
+        return self._budget(wanted)
+
+    def _propose(
+        self,
+        name: str,
+        now: float,
+        have: int,
+        rec: int,
+        hist: _History,
+        running: Mapping[str, float],
+        complete: bool,
+    ) -> tuple[int, str]:
+        s = self.settings
+        bounds = self.pools[name].replicas
+        if have < bounds.min:
+            return bounds.min, f"below the pool minimum {bounds.min}"
+        if have > bounds.max:
+            return bounds.max, f"above the pool maximum {bounds.max}"
+        watched = now - hist.since
+        up_window = [r for t, r in hist.recommendations if t >= now - s.scale_up_delay_s]
+        up = min(up_window)
+        if up > have:
+            if watched < s.scale_up_delay_s:
+                return have, f"plan wants {up}; held {watched:.0f} of {s.scale_up_delay_s:.0f} s"
+            held = f" for {s.scale_up_delay_s:.0f} s" if s.scale_up_delay_s else ""
+            return up, f"plan wants {up}{held}"
+        down_window = [r for t, r in hist.recommendations if t >= now - s.scale_down_delay_s]
+        down = max(down_window)
+        if down >= have:
+            return (
+                have,
+                "steady" if rec == have else f"plan wants {rec}; waiting for a lower window",
+            )
+        if watched < s.scale_down_delay_s:
+            return have, (
+                f"plan wants {down}; watched {watched:.0f} of {s.scale_down_delay_s:.0f} s"
+            )
+        age = now - hist.last_scale_up
+        if age < s.min_replica_lifetime_s:
+            return have, (
+                f"plan wants {down}; newest replicas {age:.0f} s old "
+                f"(< {s.min_replica_lifetime_s:.0f} s)"
+            )
+        if not complete:
+            return have, f"plan wants {down}; metrics incomplete, no scale-down"
+        busy = running.get(name)
+        if busy is None:
+            return have, f"plan wants {down}; running requests unknown, no scale-down"
+        per_replica = self.pools[name].max_num_seqs * s.drain_fill
+        target = max(down, have - s.max_scale_down_per_step)
+        while target < have and busy > target * per_replica:
+            target += 1
+        if target == have:
+            return have, f"plan wants {down}; {busy:.0f} running requests need {have} replicas"
+        return target, f"plan wants {down} for {s.scale_down_delay_s:.0f} s"
+
+    def _budget(self, wanted: Mapping[str, tuple[int, int, int, str]]) -> list[PoolDecision]:
+        """Spend the per-step change budget: additions first, largest first."""
+        budget = self.settings.max_changes_per_step
+        order = sorted(wanted, key=lambda p: -(wanted[p][2] - wanted[p][0]))
+        decided: dict[str, PoolDecision] = {}
+        for name in order:
+            have, rec, proposal, reason = wanted[name]
+            change = proposal - have
+            allowed = max(-budget, min(budget, change))
+            if allowed != change:
+                reason += f"; limited to {allowed:+d} by max_changes_per_step"
+            budget -= abs(allowed)
+            decided[name] = PoolDecision(name, have, rec, have + allowed, reason)
+        return [decided[p] for p in self.pools]
+
+    def applied(self, now: float, decisions: list[PoolDecision]) -> None:
+        """Record that `decisions` were applied at `now` (scale-ups restart the lifetime)."""
+        for decision in decisions:
+            if decision.target > decision.current:
+                self._history[decision.pool].last_scale_up = now

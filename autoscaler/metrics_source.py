@@ -1,0 +1,283 @@
+"""Demand per model and running requests per pool, scraped from Prometheus text endpoints.
+
+Two kinds of endpoint are understood, and a URL may carry either or both:
+
+- the gateway's /metrics: `gemma_fleet_gateway_requests_total{...,pool,status}` (requests
+  answered per pool; `pool` is the fleet file's model pool, which the fleet maps to a catalog
+  model; other labels are summed over), `gemma_fleet_gateway_tokens_total{model,kind}` (tokens
+  per catalog model, kind prompt or completion) and
+  `gemma_fleet_gateway_in_flight_requests{pool}`;
+- an engine's vLLM metrics (`model_name` is the pool, the served model id):
+  `vllm:request_success_total`, `vllm:prompt_tokens_total`, `vllm:generation_tokens_total`,
+  `vllm:num_requests_running`, `vllm:num_requests_waiting`.
+
+Counters become rates between two scrapes of the same URL, as Prometheus' rate() does: a value
+lower than the last one is a counter reset (the process restarted) and counts from zero. When
+any gateway series is present, request rates come from the gateway (it sees every request,
+including ones an engine refused); engine success counters are the fallback. Mean prompt and
+output lengths come from engine counters (tokens per finished request), else from the
+gateway's token counters (per successful request), else the settings' assumed lengths.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from gemma_fleet.autoscaler.plan import ModelDemand
+from gemma_fleet.deployments.pools import FleetSpec
+
+log = logging.getLogger(__name__)
+
+GATEWAY_REQUESTS = "gemma_fleet_gateway_requests_total"
+GATEWAY_TOKENS = "gemma_fleet_gateway_tokens_total"
+GATEWAY_IN_FLIGHT = "gemma_fleet_gateway_in_flight_requests"
+VLLM_SUCCESS = "vllm:request_success_total"
+VLLM_PROMPT_TOKENS = "vllm:prompt_tokens_total"
+VLLM_GENERATION_TOKENS = "vllm:generation_tokens_total"
+VLLM_RUNNING = "vllm:num_requests_running"
+VLLM_WAITING = "vllm:num_requests_waiting"
+COUNTERS = (
+    GATEWAY_REQUESTS,
+    GATEWAY_TOKENS,
+    VLLM_SUCCESS,
+    VLLM_PROMPT_TOKENS,
+    VLLM_GENERATION_TOKENS,
+)
+GAUGES = (GATEWAY_IN_FLIGHT, VLLM_RUNNING, VLLM_WAITING)
+
+# One time series: sample name and its labels, sorted, so it can key a dict.
+SeriesKey = tuple[str, tuple[tuple[str, str], ...]]
+Fetch = Callable[[str], str]
+
+
+class MetricsError(RuntimeError):
+    """A metrics endpoint could not be read or parsed."""
+
+
+def parse_samples(text: str) -> dict[SeriesKey, float]:
+    """The samples this module reads from Prometheus text; other families are skipped."""
+    # Imported here: the `gemma-fleet` command loads this module for every sub-command.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {*COUNTERS, *GAUGES}
+    out: dict[SeriesKey, float] = {}
+    try:
+        families = list(text_string_to_metric_families(text))
+    except ValueError as exc:
+        raise MetricsError(f"not Prometheus text: {exc}") from exc
+    for family in families:
+        for sample in family.samples:
+            if sample.name in wanted:
+                out[(sample.name, tuple(sorted(sample.labels.items())))] = float(sample.value)
+    return out
+
+
+def http_fetch(timeout_s: float = 5.0) -> Fetch:
+    """A fetch function that GETs a URL and returns its body (MetricsError on failure)."""
+
+    def fetch(url: str) -> str:
+        import httpx
+
+        try:
+            response = httpx.get(url, timeout=timeout_s)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise MetricsError(f"{url}: {exc}") from exc
+        return response.text
+
+    return fetch
+
+
+@dataclass(frozen=True)
+class PoolTraffic:
+    """What one scrape round measured for one model pool; None: no source reported it."""
+
+    requests_per_s: float | None = None
+    ok_per_s: float | None = None  # gateway: answered with status 200
+    completed_per_s: float | None = None  # engine-side finished requests
+    prompt_tokens_per_s: float | None = None
+    output_tokens_per_s: float | None = None
+    running: float | None = None  # requests in the pool now (engine running + waiting)
+
+
+@dataclass(frozen=True)
+class DemandReading:
+    """One scrape round turned into rates.
+
+    `complete` is False when some URL failed or had no earlier scrape to difference against:
+    demand may then be under-counted, which is safe for adding capacity but not for removing it.
+    """
+
+    at: float
+    pools: Mapping[str, PoolTraffic]
+    demand: Mapping[str, ModelDemand]
+    complete: bool
+    errors: tuple[str, ...] = ()
+    unknown_pools: tuple[str, ...] = ()
+
+    def running(self) -> dict[str, float]:
+        """Running requests per pool, for the pools some source reported."""
+        return {p: t.running for p, t in self.pools.items() if t.running is not None}
+
+
+@dataclass
+class _Scrape:
+    at: float
+    samples: dict[SeriesKey, float]
+
+
+@dataclass
+class MetricsSource:
+    """Scrapes `urls` each `read()` and returns demand since the previous read."""
+
+    urls: Sequence[str]
+    fleet: FleetSpec
+    assumed_prompt_tokens: float = 1000.0
+    assumed_output_tokens: float = 250.0
+    fetch: Fetch = field(default_factory=http_fetch)
+    clock: Callable[[], float] = time.monotonic
+    _last: dict[str, _Scrape] = field(default_factory=dict)
+    _known_lengths: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            raise ValueError("at least one metrics URL is needed")
+
+    def read(self) -> DemandReading | None:
+        """Scrape every URL; None while no URL has two scrapes to compute rates from."""
+        now = self.clock()
+        errors: list[str] = []
+        rates: dict[SeriesKey, float] = defaultdict(float)
+        gauges: dict[SeriesKey, float] = defaultdict(float)
+        differenced = 0
+        for url in self.urls:
+            try:
+                samples = parse_samples(self.fetch(url))
+            except MetricsError as exc:
+                errors.append(str(exc))
+                continue
+            for key, value in samples.items():
+                if key[0] in GAUGES:
+                    gauges[key] += value
+            previous = self._last.get(url)
+            self._last[url] = _Scrape(now, samples)
+            if previous is None or now <= previous.at:
+                errors.append(f"{url}: first scrape, no rate yet")
+                continue
+            differenced += 1
+            dt = now - previous.at
+            for key, value in samples.items():
+                if key[0] not in COUNTERS:
+                    continue
+                before = previous.samples.get(key, 0.0)
+                # A drop is a restart: the counter began again at zero since the last scrape.
+                increase = value - before if value >= before else value
+                rates[key] += increase / dt
+        for message in errors:
+            log.warning("metrics: %s", message)
+        if differenced == 0:
+            return None
+        pools, unknown = self._pools(rates, gauges)
+        return DemandReading(
+            at=now,
+            pools=pools,
+            demand=self._demand(pools, rates),
+            complete=not errors,
+            errors=tuple(errors),
+            unknown_pools=tuple(sorted(unknown)),
+        )
+
+    def _pools(
+        self, rates: Mapping[SeriesKey, float], gauges: Mapping[SeriesKey, float]
+    ) -> tuple[dict[str, PoolTraffic], set[str]]:
+        known = {p.name for p in self.fleet.model_pools}
+        unknown: set[str] = set()
+
+        def by_pool(values: Mapping[SeriesKey, float], name: str, label: str) -> dict[str, float]:
+            out: dict[str, float] = defaultdict(float)
+            for (sample, labels), value in values.items():
+                pool = dict(labels).get(label, "")
+                if sample != name or not pool:
+                    continue  # refused requests carry no pool: nothing served them
+                if pool not in known:
+                    unknown.add(pool)
+                    continue
+                out[pool] += value
+            return out
+
+        gateway = by_pool(rates, GATEWAY_REQUESTS, "pool")
+        ok_rates = {k: v for k, v in rates.items() if dict(k[1]).get("status") == "200"}
+        ok = by_pool(ok_rates, GATEWAY_REQUESTS, "pool")
+        gateway_seen = any(k[0] == GATEWAY_REQUESTS for k in rates)
+        success = by_pool(rates, VLLM_SUCCESS, "model_name")
+        prompt = by_pool(rates, VLLM_PROMPT_TOKENS, "model_name")
+        output = by_pool(rates, VLLM_GENERATION_TOKENS, "model_name")
+        engine_seen = any(k[0] == VLLM_SUCCESS for k in rates)
+        in_flight = by_pool(gauges, GATEWAY_IN_FLIGHT, "pool")
+        running = by_pool(gauges, VLLM_RUNNING, "model_name")
+        waiting = by_pool(gauges, VLLM_WAITING, "model_name")
+        in_flight_seen = any(k[0] == GATEWAY_IN_FLIGHT for k in gauges)
+        running_seen = any(k[0] == VLLM_RUNNING for k in gauges)
+        out = {}
+        for pool in known:
+            if gateway_seen:
+                requests: float | None = gateway.get(pool, 0.0)
+            elif engine_seen:
+                requests = success.get(pool, 0.0)
+            else:
+                requests = None
+            # The gateway counts requests on their way to an engine; the engine counts those it
+            # holds. Either alone under-reports, so the larger is the safer drain reading.
+            readings = []
+            if in_flight_seen:
+                readings.append(in_flight.get(pool, 0.0))
+            if running_seen:
+                readings.append(running.get(pool, 0.0) + waiting.get(pool, 0.0))
+            out[pool] = PoolTraffic(
+                requests_per_s=requests,
+                ok_per_s=ok.get(pool, 0.0) if gateway_seen else None,
+                completed_per_s=success.get(pool, 0.0) if engine_seen else None,
+                prompt_tokens_per_s=prompt.get(pool, 0.0) if engine_seen else None,
+                output_tokens_per_s=output.get(pool, 0.0) if engine_seen else None,
+                running=max(readings) if readings else None,
+            )
+        return out, unknown
+
+    def _demand(
+        self, pools: Mapping[str, PoolTraffic], rates: Mapping[SeriesKey, float]
+    ) -> dict[str, ModelDemand]:
+        """Per catalog model: summed request rate of its pools, and mean lengths (engine
+        counters, else gateway token counters; the last measured value, else the assumed one,
+        when nothing finished in the window)."""
+        grouped: dict[str, list[PoolTraffic]] = defaultdict(list)
+        for pool in self.fleet.model_pools:
+            grouped[pool.model].append(pools[pool.name])
+        gateway_tokens: dict[tuple[str, str], float] = defaultdict(float)
+        for (sample, labels), value in rates.items():
+            if sample == GATEWAY_TOKENS:
+                tags = dict(labels)
+                gateway_tokens[(tags.get("model", ""), tags.get("kind", ""))] += value
+        out = {}
+        for model, traffic in grouped.items():
+            requests = sum(t.requests_per_s or 0.0 for t in traffic)
+            done = sum(t.completed_per_s or 0.0 for t in traffic)
+            ok = sum(t.ok_per_s or 0.0 for t in traffic)
+            prompt_rate = gateway_tokens.get((model, "prompt"))
+            if done > 0:
+                prompt = sum(t.prompt_tokens_per_s or 0.0 for t in traffic) / done
+                output = sum(t.output_tokens_per_s or 0.0 for t in traffic) / done
+                self._known_lengths[model] = (prompt, output)
+            elif ok > 0 and prompt_rate is not None:
+                output_rate = gateway_tokens.get((model, "completion"), 0.0)
+                self._known_lengths[model] = (prompt_rate / ok, output_rate / ok)
+            prompt, output = self._known_lengths.get(
+                model, (self.assumed_prompt_tokens, self.assumed_output_tokens)
+            )
+            out[model] = ModelDemand(
+                requests_per_s=requests, mean_prompt_tokens=prompt, mean_output_tokens=output
+            )
+        return out

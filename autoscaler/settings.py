@@ -1,0 +1,114 @@
+"""The controller's knobs, as one typed model with defaults, loadable from a YAML file.
+
+Every duration is in seconds. The defaults aim at GPU fleets, where a replica takes minutes to
+load weights and costs dollars per hour: react to growth within about one interval, give
+capacity back only after demand has stayed low for several minutes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class SmoothingSettings(BaseModel):
+    """Demand smoothing and forecast (autoscaler/forecast.py): Holt's linear method with
+    time-based half-lives, so irregular scrape intervals weigh samples correctly."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level_half_life_s: float = Field(
+        30.0, gt=0, description="a sample's weight in the level halves after this long"
+    )
+    trend_half_life_s: float = Field(
+        120.0, gt=0, description="a slope estimate's weight halves after this long"
+    )
+    horizon_s: float = Field(
+        120.0,
+        ge=0,
+        description="how far ahead to forecast: about the time a new replica needs to serve",
+    )
+
+
+class ControllerSettings(BaseModel):
+    """How often the controller reconciles and how cautiously it changes the fleet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    interval_s: float = Field(30.0, gt=0, description="seconds between reconcile steps")
+    scale_up_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="a larger plan must hold this long before replicas are added "
+        "(the lowest recommendation over the window is used)",
+    )
+    scale_down_delay_s: float = Field(
+        300.0,
+        ge=0,
+        description="a smaller plan must hold this long before replicas are removed "
+        "(the highest recommendation over the window is used)",
+    )
+    min_replica_lifetime_s: float = Field(
+        600.0, ge=0, description="no scale-down of a pool within this long of its last scale-up"
+    )
+    max_changes_per_step: int = Field(
+        4, ge=1, description="replicas added plus removed across the fleet in one step"
+    )
+    max_scale_down_per_step: int = Field(
+        1, ge=1, description="replicas one pool may lose in one step"
+    )
+    headroom: float = Field(
+        0.1,
+        ge=0,
+        le=2,
+        description="plan for this fraction more requests per second than forecast",
+    )
+    drain_fill: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="scale a pool down only while its running requests fit on the remaining "
+        "replicas at this fraction of their max_num_seqs",
+    )
+    assumed_prompt_tokens: float = Field(
+        1000.0, gt=0, description="mean prompt length when no engine metrics say otherwise"
+    )
+    assumed_output_tokens: float = Field(
+        250.0, gt=0, description="mean output length when no engine metrics say otherwise"
+    )
+    smoothing: SmoothingSettings = SmoothingSettings()
+
+    @model_validator(mode="after")
+    def _scale_down_fits_step(self) -> ControllerSettings:
+        if self.max_scale_down_per_step > self.max_changes_per_step:
+            raise ValueError(
+                f"max_scale_down_per_step {self.max_scale_down_per_step} exceeds "
+                f"max_changes_per_step {self.max_changes_per_step}"
+            )
+        return self
+
+
+class SettingsError(ValueError):
+    """A settings file could not be read or does not match ControllerSettings."""
+
+
+def load_settings(path: Path) -> ControllerSettings:
+    """Read `path` (YAML mapping) into ControllerSettings; SettingsError names the problem."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"settings file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SettingsError(f"settings file {path} must hold a mapping of settings")
+    try:
+        return ControllerSettings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise SettingsError(f"settings file {path}: {where}: {first['msg']}") from exc

@@ -1,0 +1,168 @@
+"""`gemma-fleet autoscale`: run the autoscaler's reconcile loop against a fleet.
+
+Reads demand from Prometheus endpoints (the gateway's /metrics, optionally engines'), plans
+replicas per model pool, and applies them with hysteresis to Ray Serve (`--actuator ray`), a
+KubeRay RayService (`--actuator kubernetes`) or nothing (`--actuator none`: an in-memory fleet,
+to watch what it would do). `--dry-run` prints each step's plan and diff and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Mapping
+from enum import StrEnum
+from pathlib import Path
+from urllib.parse import urlparse
+
+import typer
+
+from gemma_fleet.autoscaler.actuators import Actuator, ActuatorError, FleetState, InMemoryActuator
+from gemma_fleet.autoscaler.controller import Controller, StepReport, nodes_for
+from gemma_fleet.autoscaler.plan import ModelDemand, Plan, Slo
+from gemma_fleet.autoscaler.settings import ControllerSettings, SettingsError, load_settings
+from gemma_fleet.cli.errors import CliError
+from gemma_fleet.deployments.pools import FleetError, FleetSpec, load_fleet
+
+log = logging.getLogger("gemma_fleet.autoscaler")
+
+# `--once` has no earlier scrape to difference against: it scrapes, waits this long (or the
+# interval, if shorter), scrapes again and plans on the rate in between.
+ONCE_WINDOW_S = 10.0
+
+
+class ActuatorKind(StrEnum):
+    RAY = "ray"
+    KUBERNETES = "kubernetes"
+    NONE = "none"
+
+
+def make_planner(fleet: FleetSpec) -> Callable[[Mapping[str, ModelDemand]], Plan]:
+    """The exact planner (autoscaler/planner.py) bound to `fleet`, with the default SLO.
+
+    The controller has already added its headroom to the demand it passes, so the planner is
+    asked for no more on top (headroom 1.0)."""
+    from gemma_fleet.autoscaler.capacity import CapacityModel, default_cache_path
+    from gemma_fleet.autoscaler.planner import plan_fleet
+
+    # Simulated capacities are cached on disk: a restart does not re-simulate every pool.
+    capacity = CapacityModel(cache_path=default_cache_path())
+
+    def plan(demand: Mapping[str, ModelDemand]) -> Plan:
+        return plan_fleet(fleet, demand, Slo(), capacity, headroom=1.0).plan
+
+    return plan
+
+
+def _check_urls(urls: list[str]) -> None:
+    if not urls:
+        raise CliError("give at least one --metrics-url (the gateway's /metrics)")
+    for url in urls:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise CliError(f"--metrics-url {url!r}: expected an http(s) URL")
+
+
+def _actuator(
+    kind: ActuatorKind,
+    fleet: FleetSpec,
+    namespace: str | None,
+    rayservice: str | None,
+    ray_address: str,
+) -> Actuator:
+    if kind is ActuatorKind.KUBERNETES:
+        if not namespace or not rayservice:
+            raise CliError("--actuator kubernetes needs --namespace and --rayservice")
+        from gemma_fleet.autoscaler.actuators.kubernetes import KubernetesActuator
+
+        return KubernetesActuator(fleet, namespace, rayservice)
+    if kind is ActuatorKind.RAY:
+        import ray
+
+        from gemma_fleet.autoscaler.actuators.ray_serve import RayServeActuator
+
+        try:
+            ray.init(address=ray_address, namespace="gemma-fleet", log_to_driver=False)
+        except (ConnectionError, RuntimeError) as exc:
+            raise CliError(f"cannot reach the Ray cluster at {ray_address}: {exc}") from exc
+        return RayServeActuator(fleet)
+    replicas = {p.name: p.replicas.start for p in fleet.model_pools}
+    return InMemoryActuator(FleetState(replicas=replicas, nodes=nodes_for(fleet, replicas)))
+
+
+def _print_step(report: StepReport, verbose: bool) -> None:
+    if verbose:
+        print(report.render(), flush=True)
+        print(flush=True)
+        return
+    diff = report.diff()
+    state = "applied" if report.applied else "no change" if not diff else "pending"
+    print(f"step: {state}: " + ("; ".join(diff) if diff else "fleet matches plan"), flush=True)
+
+
+def autoscale_command(
+    fleet: Path = typer.Option(..., "--fleet", "-f", help="fleet file (YAML)"),
+    metrics_url: list[str] = typer.Option(
+        [], "--metrics-url", help="Prometheus endpoint to scrape (repeatable)"
+    ),
+    actuator: ActuatorKind = typer.Option(
+        ActuatorKind.NONE, "--actuator", help="where decisions go: ray, kubernetes or none"
+    ),
+    namespace: str | None = typer.Option(None, "--namespace", help="RayService namespace"),
+    rayservice: str | None = typer.Option(None, "--rayservice", help="RayService name"),
+    ray_address: str = typer.Option(
+        "127.0.0.1:6790", "--ray-address", help="GCS address of the Ray cluster (--actuator ray)"
+    ),
+    interval: float | None = typer.Option(
+        None, "--interval", help="seconds between steps (overrides the settings file)"
+    ),
+    settings_file: Path | None = typer.Option(
+        None, "--settings", help="controller settings (YAML; docs/autoscaler.md)"
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print plan and diff; change nothing"),
+    once: bool = typer.Option(False, "--once", help="one step, then exit"),
+) -> None:
+    """Keep the fleet's replicas and nodes matched to demand, calmly."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape is noise
+    try:
+        spec = load_fleet(fleet)
+    except FleetError as exc:
+        raise CliError(str(exc)) from exc
+    try:
+        settings = load_settings(settings_file) if settings_file else ControllerSettings()
+    except SettingsError as exc:
+        raise CliError(str(exc)) from exc
+    if interval is not None:
+        if interval <= 0:
+            raise CliError(f"--interval {interval}: must be positive")
+        settings = settings.model_copy(update={"interval_s": interval})
+    _check_urls(metrics_url)
+    if actuator is ActuatorKind.KUBERNETES and not (namespace and rayservice):
+        raise CliError("--actuator kubernetes needs --namespace and --rayservice")
+    planner = make_planner(spec)
+    from gemma_fleet.autoscaler.metrics_source import MetricsSource  # httpx: only when run
+
+    source = MetricsSource(
+        metrics_url,
+        spec,
+        assumed_prompt_tokens=settings.assumed_prompt_tokens,
+        assumed_output_tokens=settings.assumed_output_tokens,
+    )
+    try:
+        target = _actuator(actuator, spec, namespace, rayservice, ray_address)
+        target.observe()  # fail fast on a misconfigured target instead of logging each step
+        controller = Controller(spec, planner, source, target, settings, dry_run=dry_run)
+        if once:
+            source.read()
+            time.sleep(min(ONCE_WINDOW_S, settings.interval_s))
+            _print_step(controller.step(), verbose=True)
+            return
+        controller.run(on_step=lambda r: _print_step(r, verbose=dry_run))
+    except ActuatorError as exc:
+        raise CliError(str(exc)) from exc
+    except KeyboardInterrupt:
+        print("autoscaler stopped", file=sys.stderr)

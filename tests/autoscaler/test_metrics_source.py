@@ -1,0 +1,196 @@
+"""MetricsSource against real Prometheus endpoints: the gateway's GatewayMetrics and the
+simulator's vLLM-named SimulatorMetrics, each served over HTTP by prometheus_client's own
+exporter on a loopback port, scraped through a simulated clock so rates are exact."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, start_http_server
+
+from gemma_fleet.autoscaler.metrics_source import MetricsSource
+from gemma_fleet.deployments.engines.simulator.metrics import SimulatorMetrics
+from gemma_fleet.deployments.pools import FleetSpec, default_fleet_path, load_fleet
+from gemma_fleet.gateway.metrics import GatewayMetrics
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def labelled(metric: Any, **values: str) -> Any:
+    """`metric.labels(...)` by name, blank for labels not given (the gateway's label set
+    grows, e.g. `team`; the autoscaler sums over labels it does not read)."""
+    return metric.labels(**{name: values.get(name, "") for name in metric._labelnames})
+
+
+@pytest.fixture
+def serve_registry() -> Iterator[Any]:
+    servers = []
+
+    def serve(registry: CollectorRegistry) -> str:
+        server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+        servers.append((server, thread))
+        return f"http://127.0.0.1:{server.server_port}/metrics"
+
+    yield serve
+    for server, thread in servers:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture
+def fleet() -> FleetSpec:
+    return load_fleet(default_fleet_path())
+
+
+def test_gateway_counters_become_request_rates_per_catalog_model(
+    serve_registry: Any, fleet: FleetSpec
+) -> None:
+    gateway = GatewayMetrics()
+    url = serve_registry(gateway.registry)
+    clock = Clock()
+    source = MetricsSource([url], fleet, clock=clock)
+    requests = gateway.requests
+    labelled(requests, endpoint="chat", model="gemma-4", pool="gemma-4-e2b", status="200").inc(50)
+    assert source.read() is None  # one scrape: no rate yet
+
+    clock.t += 30
+    # Through the alias and directly: both count for the pool that served them.
+    labelled(requests, endpoint="chat", model="gemma-4", pool="gemma-4-e2b", status="200").inc(45)
+    labelled(requests, endpoint="chat", model="gemma-4-e2b", pool="gemma-4-e2b", status="200").inc(
+        15
+    )
+    labelled(requests, endpoint="chat", model="gemma-4-31b", pool="gemma-4-31b", status="200").inc(
+        6
+    )
+    labelled(requests, endpoint="chat", model="gemma-4-31b", pool="gemma-4-31b", status="503").inc(
+        3
+    )
+    # Refused before reaching a pool: no pool label, no demand on any pool.
+    labelled(requests, endpoint="chat", model="", pool="", status="429").inc(300)
+    gateway.in_flight.labels("gemma-4-31b").set(7)
+    reading = source.read()
+    assert reading is not None and reading.complete
+    assert reading.demand["gemma-4-E2B"].requests_per_s == pytest.approx(60 / 30)
+    assert reading.demand["gemma-4-31B"].requests_per_s == pytest.approx(9 / 30)
+    assert reading.demand["gemma-4-E4B"].requests_per_s == 0.0
+    assert reading.running()["gemma-4-31b"] == 7
+    # No token counts anywhere: the assumed lengths stand in.
+    assert reading.demand["gemma-4-31B"].mean_prompt_tokens == source.assumed_prompt_tokens
+
+
+def test_engine_counters_give_mean_lengths_and_running_requests(
+    serve_registry: Any, fleet: FleetSpec
+) -> None:
+    engines = [SimulatorMetrics("gemma-4-26b-a4b", 131072, i) for i in range(2)]
+    urls = [serve_registry(e.registry) for e in engines]
+    clock = Clock()
+    source = MetricsSource(urls, fleet, clock=clock)
+    assert source.read() is None
+    clock.t += 20
+    for engine, finished in zip(engines, (10, 30), strict=True):
+        engine.success["stop"].inc(finished)
+        engine.prompt_tokens.inc(finished * 2000)
+        engine.generation_tokens.inc(finished * 100)
+        engine.running.set(finished // 10)
+        engine.waiting.set(1)
+    reading = source.read()
+    assert reading is not None
+    demand = reading.demand["gemma-4-26B-A4B"]
+    assert demand.requests_per_s == pytest.approx(40 / 20)  # no gateway: engine completions
+    assert demand.mean_prompt_tokens == pytest.approx(2000)
+    assert demand.mean_output_tokens == pytest.approx(100)
+    assert reading.running()["gemma-4-26b-a4b"] == 1 + 1 + 3 + 1  # running + waiting, both
+    # A quiet window keeps the last measured lengths rather than reverting to assumptions.
+    clock.t += 20
+    quiet = source.read()
+    assert quiet is not None
+    assert quiet.demand["gemma-4-26B-A4B"].requests_per_s == 0.0
+    assert quiet.demand["gemma-4-26B-A4B"].mean_prompt_tokens == pytest.approx(2000)
+
+
+def test_gateway_token_counters_give_lengths_without_engine_metrics(
+    serve_registry: Any, fleet: FleetSpec
+) -> None:
+    gateway = GatewayMetrics()
+    if not hasattr(gateway, "tokens"):
+        pytest.skip("this gateway exports no token counter")
+    source = MetricsSource([serve_registry(gateway.registry)], fleet, clock=(clock := Clock()))
+    source.read()
+    clock.t += 10
+    labelled(gateway.requests, endpoint="chat", pool="gemma-4-e4b", status="200").inc(4)
+    labelled(gateway.tokens, model="gemma-4-E4B", kind="prompt").inc(4 * 300)
+    labelled(gateway.tokens, model="gemma-4-E4B", kind="completion").inc(4 * 50)
+    reading = source.read()
+    assert reading is not None
+    assert reading.demand["gemma-4-E4B"].mean_prompt_tokens == pytest.approx(300)
+    assert reading.demand["gemma-4-E4B"].mean_output_tokens == pytest.approx(50)
+
+
+def test_a_restarted_gateway_counts_from_zero_not_negative(fleet: FleetSpec) -> None:
+    texts = iter(
+        [
+            'gemma_fleet_gateway_requests_total{pool="gemma-4-e2b",status="200"} 900\n',
+            'gemma_fleet_gateway_requests_total{pool="gemma-4-e2b",status="200"} 12\n',
+        ]
+    )
+    clock = Clock()
+    source = MetricsSource(["http://gw/metrics"], fleet, fetch=lambda url: next(texts), clock=clock)
+    source.read()
+    clock.t += 12
+    reading = source.read()
+    assert reading is not None
+    assert reading.demand["gemma-4-E2B"].requests_per_s == pytest.approx(1.0)
+
+
+def test_unreachable_endpoint_marks_the_reading_incomplete(
+    serve_registry: Any, fleet: FleetSpec
+) -> None:
+    gateway = GatewayMetrics()
+    good = serve_registry(gateway.registry)
+    dead = "http://127.0.0.1:9/metrics"  # discard port: nothing listens
+    clock = Clock()
+    source = MetricsSource([good, dead], fleet, clock=clock)
+    source.read()
+    clock.t += 30
+    labelled(gateway.requests, endpoint="chat", pool="gemma-4-e2b", status="200").inc(30)
+    reading = source.read()
+    assert reading is not None
+    assert not reading.complete
+    assert any("127.0.0.1:9" in e for e in reading.errors)
+    assert reading.demand["gemma-4-E2B"].requests_per_s == pytest.approx(1.0)
+
+
+def test_pools_not_in_the_fleet_are_reported_not_counted(fleet: FleetSpec) -> None:
+    texts = iter(
+        [
+            'gemma_fleet_gateway_requests_total{pool="old-pool",status="200"} 0\n',
+            'gemma_fleet_gateway_requests_total{pool="old-pool",status="200"} 50\n',
+        ]
+    )
+    clock = Clock()
+    source = MetricsSource(["http://gw/metrics"], fleet, fetch=lambda url: next(texts), clock=clock)
+    source.read()
+    clock.t += 10
+    reading = source.read()
+    assert reading is not None
+    assert reading.unknown_pools == ("old-pool",)
+    assert sum(d.requests_per_s for d in reading.demand.values()) == 0.0
+
+
+def test_garbage_is_an_error_not_a_crash(fleet: FleetSpec) -> None:
+    clock = Clock()
+    source = MetricsSource(
+        ["http://gw/metrics"], fleet, fetch=lambda url: "{not prometheus", clock=clock
+    )
+    assert source.read() is None
+    clock.t += 10
+    assert source.read() is None
