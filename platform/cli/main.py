@@ -11,9 +11,12 @@ try:  # typer >= 0.20 vendors click; its usage errors are not the `click` packag
 except ImportError:  # pragma: no cover - older typer uses click itself
     from click.exceptions import UsageError  # type: ignore[assignment]
 
+from gemma_fleet.cli.autoscale import autoscale_command
 from gemma_fleet.cli.checkpoints import checkpoints_app
 from gemma_fleet.cli.errors import CliError
+from gemma_fleet.cli.plan import plan_command
 from gemma_fleet.cli.profile import profile_command
+from gemma_fleet.cli.teams import keys_app, teams_app, usage_command
 from gemma_fleet.cli.up import up_command
 
 app = typer.Typer(
@@ -23,9 +26,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command("plan")(plan_command)
 app.command("profile")(profile_command)
 app.command("up")(up_command)
+app.command("autoscale")(autoscale_command)
 app.add_typer(checkpoints_app, name="checkpoints")
+app.add_typer(teams_app, name="teams")
+app.add_typer(keys_app, name="keys")
+app.command("usage")(usage_command)
 
 
 @app.callback()

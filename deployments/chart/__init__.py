@@ -1,0 +1,1 @@
+"""What the Helm chart carries from the Python side (the VRAM fit table it checks pools with)."""

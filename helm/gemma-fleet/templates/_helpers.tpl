@@ -1,0 +1,210 @@
+{{/* Names, labels and shared pod fragments. */}}
+
+{{- define "gemma-fleet.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The release's base name. Kept to 40 characters: KubeRay derives the RayCluster's name (base plus a
+random suffix) and its Services' names from it, and each must stay a 63-character DNS label.
+*/}}
+{{- define "gemma-fleet.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "gemma-fleet.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "gemma-fleet.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "gemma-fleet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "gemma-fleet.labels" -}}
+helm.sh/chart: {{ include "gemma-fleet.chart" . }}
+{{ include "gemma-fleet.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: gemma-fleet
+{{- end }}
+
+{{/* Object names. */}}
+{{- define "gemma-fleet.rayservice" -}}{{ include "gemma-fleet.fullname" . }}{{- end }}
+{{- define "gemma-fleet.serveService" -}}{{ include "gemma-fleet.fullname" . }}-serve-svc{{- end }}
+{{- define "gemma-fleet.redisName" -}}{{ include "gemma-fleet.fullname" . }}-redis{{- end }}
+{{- define "gemma-fleet.autoscalerName" -}}{{ include "gemma-fleet.fullname" . }}-autoscaler{{- end }}
+
+{{- define "gemma-fleet.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Secret names and keys: the user's existingSecret, else the chart's own. */}}
+{{- define "gemma-fleet.adminSecretName" -}}
+{{- default (printf "%s-admin" (include "gemma-fleet.fullname" .)) .Values.admin.existingSecret }}
+{{- end }}
+{{- define "gemma-fleet.adminSecretKey" -}}
+{{- if .Values.admin.existingSecret }}{{ .Values.admin.existingSecretKey }}{{ else }}admin-key{{ end }}
+{{- end }}
+{{- define "gemma-fleet.teamsSecretName" -}}
+{{- default (printf "%s-teams" (include "gemma-fleet.fullname" .)) .Values.teams.existingSecret }}
+{{- end }}
+{{- define "gemma-fleet.teamsSecretKey" -}}
+{{- if .Values.teams.existingSecret }}{{ .Values.teams.existingSecretKey }}{{ else }}teams.yaml{{ end }}
+{{- end }}
+{{- define "gemma-fleet.teamsEnabled" -}}
+{{- if or .Values.teams.existingSecret .Values.teams.bootstrap }}true{{ end }}
+{{- end }}
+
+{{/* Redis: where the gateway finds it, and which Secret (if any) holds its password. */}}
+{{- define "gemma-fleet.redisUrl" -}}
+{{- if .Values.redis.enabled }}
+{{- printf "redis://%s.%s.svc:6379/0" (include "gemma-fleet.redisName" .) .Release.Namespace }}
+{{- else }}
+{{- .Values.redis.external.url }}
+{{- end }}
+{{- end }}
+{{- define "gemma-fleet.redisPasswordSecretName" -}}
+{{- if .Values.redis.enabled }}
+{{- default (include "gemma-fleet.redisName" .) .Values.redis.auth.existingSecret }}
+{{- else }}
+{{- .Values.redis.external.existingSecret }}
+{{- end }}
+{{- end }}
+{{- define "gemma-fleet.redisPasswordSecretKey" -}}
+{{- if .Values.redis.enabled }}
+{{- if .Values.redis.auth.existingSecret }}{{ .Values.redis.auth.existingSecretKey }}{{ else }}redis-password{{ end }}
+{{- else }}
+{{- .Values.redis.external.existingSecretKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+A Secret value that stays the same across upgrades: the live Secret's value when `lookup` can
+see it (helm install/upgrade against a cluster), else a new random one. `helm template` and
+`--dry-run=client` have no cluster, so they always show a fresh random value.
+Call with (list $ secretName key length).
+*/}}
+{{- define "gemma-fleet.stableRandom" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- $key := index . 2 }}
+{{- $len := index . 3 }}
+{{- $existing := lookup "v1" "Secret" $root.Release.Namespace $name }}
+{{- if and $existing (hasKey (default dict $existing.data) $key) }}
+{{- index $existing.data $key | b64dec }}
+{{- else }}
+{{- randAlphaNum $len }}
+{{- end }}
+{{- end }}
+
+{{/*
+Environment every Ray pod gets: Ray Serve tuning, the gateway's team settings (secrets only by
+secretKeyRef) and OpenTelemetry. Ray's worker processes inherit the raylet's environment, so
+the gateway replicas and engines see these wherever they are placed.
+*/}}
+{{- define "gemma-fleet.rayEnv" -}}
+- name: RAY_SERVE_THROUGHPUT_OPTIMIZED
+  value: "1"
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+- name: HF_HOME
+  value: /models/huggingface
+- name: XDG_CACHE_HOME
+  value: /home/ray/.cache
+- name: REDIS_URL
+  value: {{ include "gemma-fleet.redisUrl" . | quote }}
+{{- if include "gemma-fleet.redisPasswordSecretName" . }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gemma-fleet.redisPasswordSecretName" . }}
+      key: {{ include "gemma-fleet.redisPasswordSecretKey" . }}
+{{- end }}
+- name: GEMMA_FLEET_ADMIN_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gemma-fleet.adminSecretName" . }}
+      key: {{ include "gemma-fleet.adminSecretKey" . }}
+{{- if include "gemma-fleet.teamsEnabled" . }}
+- name: GEMMA_FLEET_BOOTSTRAP_TEAMS
+  value: /etc/gemma-fleet/teams/teams.yaml
+{{- end }}
+- name: GEMMA_FLEET_REDIS_DOWN
+  value: {{ .Values.gateway.redisDown | quote }}
+{{- if .Values.huggingface.existingSecret }}
+- name: HF_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.huggingface.existingSecret }}
+      key: {{ .Values.huggingface.existingSecretKey }}
+{{- end }}
+{{- with .Values.observability.otlp.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ $.Values.observability.otlp.serviceName | quote }}
+{{- end }}
+{{- range $name, $value := .Values.ray.extraEnv }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Writable paths under a read-only root filesystem, plus the teams file. */}}
+{{- define "gemma-fleet.rayVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: home-cache
+  mountPath: /home/ray/.cache
+- name: dshm
+  mountPath: /dev/shm
+- name: model-cache
+  mountPath: /models
+{{- if include "gemma-fleet.teamsEnabled" . }}
+- name: teams
+  mountPath: /etc/gemma-fleet/teams
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{/* Call with (list $ shmSize). */}}
+{{- define "gemma-fleet.rayVolumes" -}}
+{{- $root := index . 0 }}
+{{- $shm := index . 1 }}
+- name: tmp
+  emptyDir: {}
+- name: home-cache
+  emptyDir: {}
+- name: dshm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ $shm }}
+{{- if $root.Values.ray.modelCache.existingClaim }}
+- name: model-cache
+  persistentVolumeClaim:
+    claimName: {{ $root.Values.ray.modelCache.existingClaim }}
+{{- else }}
+- name: model-cache
+  emptyDir:
+    sizeLimit: {{ $root.Values.ray.modelCache.sizeLimit }}
+{{- end }}
+{{- if include "gemma-fleet.teamsEnabled" $root }}
+- name: teams
+  secret:
+    secretName: {{ include "gemma-fleet.teamsSecretName" $root }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "gemma-fleet.teamsSecretKey" $root }}
+        path: teams.yaml
+{{- end }}
+{{- end }}

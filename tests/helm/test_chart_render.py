@@ -1,0 +1,596 @@
+"""Every example values file (and the defaults) lints, renders, and renders objects a cluster
+would accept: core objects against Kubernetes 1.31's schemas (strict), the RayService and its
+RayCluster against KubeRay's CRD schemas, serveConfigV2 against Ray Serve 2.60's config schema.
+Then the properties that matter are asserted on the parsed objects. Offline: `helm template`
+only; no API server exists here, so nothing is applied."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from chart_support import (
+    CHART,
+    EXAMPLES,
+    KUBERAY_SCHEMAS,
+    KUBERNETES_VERSION,
+    NAMESPACE,
+    RELEASE,
+    HelmBinaries,
+    Render,
+    Rendered,
+    run_tool,
+)
+
+from gemma_fleet.deployments.pools.load import parse_fleet
+
+DEFAULTS = CHART / "values.yaml"
+CASES = [DEFAULTS, *EXAMPLES]
+# Custom resources only their own schemas know; kubernetes-validate has no schema for them.
+CRD_GROUPS = ("ray.io/", "monitoring.coreos.com/")
+
+
+def _values(path: Path) -> dict[str, Any]:
+    merged: dict[str, Any] = yaml.safe_load(DEFAULTS.read_text())
+    if path != DEFAULTS:
+        _merge(merged, yaml.safe_load(path.read_text()))
+    return merged
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> None:
+    """Helm's values merge: maps key by key, everything else replaced."""
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _strict(schema: Any) -> Any:
+    """A copy of a JSON schema that refuses unknown properties wherever it lists properties and
+    says nothing about others, the way `kubectl --validate=strict` treats a CRD."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "properties" in node and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return schema
+
+
+@pytest.fixture(scope="module")
+def schemas() -> dict[str, Any]:
+    """Validators built once: checking a 600 kB CRD schema per call is the slow part."""
+
+    def load(name: str, cls: Any) -> Any:
+        schema = _strict(json.loads((KUBERAY_SCHEMAS / name).read_text()))
+        cls.check_schema(schema)
+        return cls(schema)
+
+    return {
+        "RayService": load("rayservice_v1.json", jsonschema.Draft7Validator),
+        "RayCluster": load("raycluster_v1.json", jsonschema.Draft7Validator),
+        "serve": load("serve_config_ray2.60.0.json", jsonschema.Draft202012Validator),
+    }
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda p: p.stem)
+def case(request: pytest.FixtureRequest, render: Render) -> tuple[dict[str, Any], Rendered]:
+    path: Path = request.param
+    out = render(path)
+    assert out.returncode == 0, out.stderr
+    return _values(path), out
+
+
+def _rayservice(out: Rendered) -> dict[str, Any]:
+    return out.one("RayService")
+
+
+def _serve_config(out: Rendered) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(_rayservice(out)["spec"]["serveConfigV2"])
+    return config
+
+
+def _ray_pod_templates(out: Rendered) -> list[dict[str, Any]]:
+    cluster = _rayservice(out)["spec"]["rayClusterConfig"]
+    return [cluster["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]
+
+
+def _pod_specs(out: Rendered) -> list[dict[str, Any]]:
+    specs = [t["spec"] for t in _ray_pod_templates(out)]
+    for obj in out.objects:
+        if obj["kind"] in ("Deployment", "StatefulSet"):
+            specs.append(obj["spec"]["template"]["spec"])
+        elif obj["kind"] == "Pod":
+            specs.append(obj["spec"])
+    return specs
+
+
+def _env(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_helm_lint_strict_passes(path: Path, helm_lint: Any) -> None:
+    out = helm_lint(path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "0 chart(s) failed" in out.stdout
+
+
+def test_example_fleets_are_valid_fleet_files() -> None:
+    """`fleet:` is exactly a FleetSpec: the package's own loader (VRAM fit included) takes it."""
+    for path in CASES:
+        fleet = parse_fleet(_values(path)["fleet"], source=str(path))
+        assert all(p.engine == "vllm" for p in fleet.model_pools), path
+
+
+def test_core_objects_pass_strict_kubernetes_validation(
+    case: tuple[dict[str, Any], Rendered],
+) -> None:
+    _, out = case
+    checked = 0
+    for obj in out.objects:
+        if obj["apiVersion"].startswith(CRD_GROUPS):
+            continue
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        checked += 1
+    # Objects KubeRay builds from the RayService: its serve Service and every pod template.
+    service = {"apiVersion": "v1", "kind": "Service", **_rayservice(out)["spec"]["serveService"]}
+    kubernetes_validate.validate(service, KUBERNETES_VERSION, strict=True)
+    for template in _ray_pod_templates(out):
+        pod_template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": "ray"},
+            "template": template,
+        }
+        kubernetes_validate.validate(pod_template, KUBERNETES_VERSION, strict=True)
+    assert checked >= 8
+
+
+def test_rayservice_and_raycluster_match_kuberay_schemas(
+    case: tuple[dict[str, Any], Rendered], schemas: dict[str, Any]
+) -> None:
+    _, out = case
+    service = _rayservice(out)
+    schemas["RayService"].validate(service)
+    cluster = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": service["metadata"]["name"]},
+        "spec": service["spec"]["rayClusterConfig"],
+    }
+    schemas["RayCluster"].validate(cluster)
+
+
+def test_serve_config_matches_ray_serve_schema_and_carries_the_fleet(
+    case: tuple[dict[str, Any], Rendered], schemas: dict[str, Any]
+) -> None:
+    values, out = case
+    config = _serve_config(out)
+    schemas["serve"].validate(config)
+    (app,) = config["applications"]
+    assert app["import_path"] == "gemma_fleet.gateway.fleet:build_app"
+    assert app["route_prefix"] == "/"
+    assert app["args"]["fleet_spec"] == values["fleet"]
+    parse_fleet(app["args"]["fleet_spec"], source="serveConfigV2")
+    (gateway,) = [d for d in app["deployments"] if d["name"] == "gateway"]
+    assert gateway["num_replicas"] == values["gateway"]["replicas"]
+    assert config["http_options"]["port"] == 8000
+
+
+def test_worker_groups_come_from_the_node_pools(case: tuple[dict[str, Any], Rendered]) -> None:
+    values, out = case
+    cluster = _rayservice(out)["spec"]["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    groups = {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    assert list(groups) == [p["name"] for p in values["fleet"]["node_pools"]]
+    for pool in values["fleet"]["node_pools"]:
+        group = groups[pool["name"]]
+        gpus = pool["gpus_per_node"]
+        assert (group["minReplicas"], group["maxReplicas"]) == (
+            pool.get("min_nodes", 0),
+            pool["max_nodes"],
+        )
+        params = group["rayStartParams"]
+        assert params["num-gpus"] == str(gpus)
+        # KubeRay passes the value to `ray start --resources=...` verbatim: a quoted JSON text.
+        raw = params["resources"]
+        assert raw.startswith('"') and raw.endswith('"')
+        assert json.loads(raw[1:-1].replace('\\"', '"')) == {f"gpu_pool_{pool['name']}": gpus}
+        spec = group["template"]["spec"]
+        (container,) = spec["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == str(gpus)
+        assert container["resources"]["requests"]["nvidia.com/gpu"] == str(gpus)
+        k8s = (values.get("nodePools") or {}).get(pool["name"]) or {}
+        assert spec.get("nodeSelector") == k8s.get("nodeSelector")
+        assert spec.get("tolerations") == k8s.get("tolerations")
+        labels = group["template"]["metadata"]["labels"]
+        assert labels["gemma-fleet/node-pool"] == pool["name"]
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0"
+    (head_container,) = head["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in head_container["resources"].get("limits", {})
+
+
+def test_ray_pods_get_settings_and_secrets_only_by_reference(
+    case: tuple[dict[str, Any], Rendered],
+) -> None:
+    values, out = case
+    for template in _ray_pod_templates(out):
+        (container,) = template["spec"]["containers"]
+        env = _env(container)
+        assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"]["value"] == "1"
+        assert env["GEMMA_FLEET_REDIS_DOWN"]["value"] == values["gateway"]["redisDown"]
+        assert env["REDIS_URL"]["value"].startswith(("redis://", "rediss://"))
+        for secret_var in ("GEMMA_FLEET_ADMIN_KEY", "REDIS_PASSWORD"):
+            assert "value" not in env[secret_var]
+            assert env[secret_var]["valueFrom"]["secretKeyRef"]["name"]
+        otlp = values["observability"]["otlp"]["endpoint"]
+        assert env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") == (otlp or None)
+        teams = bool(values["teams"]["existingSecret"] or values["teams"]["bootstrap"])
+        assert ("GEMMA_FLEET_BOOTSTRAP_TEAMS" in env) == teams
+        if teams:
+            mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+            path = env["GEMMA_FLEET_BOOTSTRAP_TEAMS"]["value"]
+            assert mounts[str(Path(path).parent)]["readOnly"] is True
+            volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+            assert "secret" in volumes[mounts[str(Path(path).parent)]["name"]]
+
+
+def test_no_secret_value_appears_outside_secrets(case: tuple[dict[str, Any], Rendered]) -> None:
+    _, out = case
+    secrets: list[str] = []
+    for obj in out.all("Secret"):
+        secrets += [base64.b64decode(v).decode() for v in (obj.get("data") or {}).values()]
+        for text in (obj.get("stringData") or {}).values():
+            for team in yaml.safe_load(text).get("teams", []):
+                secrets += team.get("keys", [])
+    others = yaml.safe_dump([o for o in out.objects if o["kind"] != "Secret"])
+    for value in secrets:
+        assert len(value) >= 24
+        assert value not in others
+
+
+def test_autoscaler_has_only_the_rights_it_uses(case: tuple[dict[str, Any], Rendered]) -> None:
+    values, out = case
+    assert values["autoscaler"]["enabled"]
+    (role,) = out.all("Role")
+    assert role["rules"] == [
+        {
+            "apiGroups": ["ray.io"],
+            "resources": ["rayservices"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    assert not out.all("ClusterRole") and not out.all("ClusterRoleBinding")
+    (binding,) = out.all("RoleBinding")
+    (account,) = out.all("ServiceAccount")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
+    ]
+    assert account["automountServiceAccountToken"] is False
+    (deployment,) = out.all("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is True
+    # Every other pod runs without an API token.
+    for spec in _pod_specs(out):
+        if spec is not pod:
+            assert spec.get("automountServiceAccountToken") is False
+
+
+def test_autoscaler_command_follows_the_cli_contract(
+    case: tuple[dict[str, Any], Rendered],
+) -> None:
+    values, out = case
+    (deployment,) = out.all("Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    cmd = container["command"]
+    serve = _rayservice(out)["spec"]["serveService"]["metadata"]["name"]
+    assert cmd[:2] == ["gemma-fleet", "autoscale"]
+    args = dict(zip(cmd[2::2], cmd[3::2], strict=False))
+    assert args["--fleet"] == "/etc/gemma-fleet/fleet.yaml"
+    assert args["--actuator"] == "kubernetes"
+    assert args["--namespace"] == NAMESPACE
+    assert args["--rayservice"] == _rayservice(out)["metadata"]["name"]
+    assert args["--metrics-url"] == f"http://{serve}.{NAMESPACE}.svc:8000/metrics"
+    assert float(args["--interval"]) == values["autoscaler"]["interval"]
+    assert ("--dry-run" in cmd) == values["autoscaler"]["dryRun"]
+    (config,) = [c for c in out.all("ConfigMap") if "fleet.yaml" in c["data"]]
+    assert yaml.safe_load(config["data"]["fleet.yaml"]) == values["fleet"]
+    settings = values["autoscaler"]["settings"]
+    assert ("--settings" in cmd) == bool(settings)
+    if settings:
+        assert args["--settings"] == "/etc/gemma-fleet/autoscaler-settings.yaml"
+        assert yaml.safe_load(config["data"]["autoscaler-settings.yaml"]) == settings
+
+
+def test_autoscaler_settings_are_a_valid_settings_file(
+    case: tuple[dict[str, Any], Rendered], tmp_path: Path
+) -> None:
+    """What the chart mounts is what `gemma-fleet autoscale --settings` loads."""
+    settings_module = pytest.importorskip("gemma_fleet.autoscaler.settings")
+    _, out = case
+    (config,) = [c for c in out.all("ConfigMap") if "fleet.yaml" in c["data"]]
+    text = config["data"].get("autoscaler-settings.yaml")
+    if text is None:
+        pytest.skip("this values file sets no autoscaler settings")
+    path = tmp_path / "autoscaler-settings.yaml"
+    path.write_text(text)
+    settings_module.load_settings(path)
+
+
+def test_pods_run_non_root_with_read_only_root_filesystems(
+    case: tuple[dict[str, Any], Rendered],
+) -> None:
+    _, out = case
+    specs = _pod_specs(out)
+    assert len(specs) >= 4
+    for spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        for container in spec["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["readOnlyRootFilesystem"] is True
+            assert ctx["capabilities"]["drop"] == ["ALL"]
+            assert container["resources"]["limits"]["memory"]
+            # Writable scratch space exists where the processes need it.
+            mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            assert "/tmp" in mounts, container["name"]
+
+
+def test_redis_is_persistent_password_protected_and_reachable_only_from_ray(
+    case: tuple[dict[str, Any], Rendered],
+) -> None:
+    values, out = case
+    if not values["redis"]["enabled"]:
+        assert not out.all("StatefulSet")
+        env = _env(_ray_pod_templates(out)[0]["spec"]["containers"][0])
+        assert env["REDIS_URL"]["value"] == values["redis"]["external"]["url"]
+        ref = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {
+            "name": values["redis"]["external"]["existingSecret"],
+            "key": values["redis"]["external"]["existingSecretKey"],
+        }
+        return
+    (sts,) = out.all("StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    script = " ".join(container["args"])
+    assert "--appendonly yes" in script and '--requirepass "$REDIS_PASSWORD"' in script
+    password_ref = _env(container)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    ray_ref = _env(_ray_pod_templates(out)[0]["spec"]["containers"][0])["REDIS_PASSWORD"]
+    assert ray_ref["valueFrom"]["secretKeyRef"] == password_ref
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "data"
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    services = [
+        s
+        for s in out.all("Service")
+        if s["spec"]["selector"].get("app.kubernetes.io/component") == "redis"
+    ]
+    pod_labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert services and all(s["spec"]["selector"].items() <= pod_labels.items() for s in services)
+    (policy,) = [p for p in out.all("NetworkPolicy") if p["metadata"]["name"].endswith("-redis")]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    (peer,) = rule["from"]
+    assert peer["podSelector"]["matchExpressions"] == [
+        {
+            "key": "app.kubernetes.io/component",
+            "operator": "In",
+            "values": ["ray-head", "ray-worker"],
+        }
+    ]
+
+
+def test_serve_port_is_open_only_to_the_namespace_and_listed_peers(
+    case: tuple[dict[str, Any], Rendered],
+) -> None:
+    values, out = case
+    (policy,) = [p for p in out.all("NetworkPolicy") if p["metadata"]["name"].endswith("-ray")]
+    for rule in policy["spec"]["ingress"]:
+        if "ports" not in rule:  # Ray pods of this release, among themselves
+            (peer,) = rule["from"]
+            assert peer["podSelector"]["matchLabels"]["app.kubernetes.io/instance"] == RELEASE
+            continue
+        ports = {p["port"] for p in rule["ports"]}
+        peers = rule["from"]
+        if ports == {8000}:
+            assert peers == [{"podSelector": {}}, *values["networkPolicy"]["serveFrom"]]
+    (autoscaler_policy,) = [
+        p for p in out.all("NetworkPolicy") if p["metadata"]["name"].endswith("-autoscaler")
+    ]
+    assert "ingress" not in autoscaler_policy["spec"]
+
+
+def test_disruption_budgets_select_each_node_pools_workers(
+    case: tuple[dict[str, Any], Rendered],
+) -> None:
+    values, out = case
+    budgets = {b["metadata"]["name"]: b for b in out.all("PodDisruptionBudget")}
+    groups = _rayservice(out)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    for group in groups:
+        labels = group["template"]["metadata"]["labels"]
+        selecting = [
+            b
+            for b in budgets.values()
+            if b["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert len(selecting) == 1, group["groupName"]
+        assert selecting[0]["spec"]["maxUnavailable"] == 1
+    protect = values["podDisruptionBudget"]["protectHead"]
+    assert any(b["spec"].get("maxUnavailable") == 0 for b in budgets.values()) == protect
+
+
+def test_ingress_fronts_the_serve_service(case: tuple[dict[str, Any], Rendered]) -> None:
+    values, out = case
+    ingress_values = values["gateway"]["ingress"]
+    if not ingress_values["enabled"]:
+        assert not out.all("Ingress")
+        return
+    (ingress,) = out.all("Ingress")
+    serve = _rayservice(out)["spec"]["serveService"]
+    (rule,) = ingress["spec"]["rules"]
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": serve["metadata"]["name"], "port": {"name": "serve"}}
+    assert serve["spec"]["ports"][0]["name"] == "serve"
+    assert ingress["spec"]["tls"] == ingress_values["tls"]
+
+
+def test_monitoring_and_dashboard(case: tuple[dict[str, Any], Rendered]) -> None:
+    values, out = case
+    obs = values["observability"]
+    monitors = out.all("ServiceMonitor")
+    assert bool(monitors) == obs["serviceMonitor"]["enabled"]
+    if monitors:
+        serve = _rayservice(out)["spec"]["serveService"]["metadata"]["labels"]
+        (monitor,) = monitors
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= serve.items()
+        assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert bool(out.all("PodMonitor")) == obs["podMonitor"]["enabled"]
+    (dashboard,) = [c for c in out.all("ConfigMap") if "gemma-fleet.json" in c["data"]]
+    assert json.loads(dashboard["data"]["gemma-fleet.json"])["panels"]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_helm_test_pod_checks_health_and_models(case: tuple[dict[str, Any], Rendered]) -> None:
+    values, out = case
+    (pod,) = out.all("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    (container,) = pod["spec"]["containers"]
+    script = container["args"][0]
+    assert '"/health"' in script and '"/v1/models"' in script
+    env = _env(container)
+    serve = _rayservice(out)["spec"]["serveService"]["metadata"]["name"]
+    assert env["GATEWAY_URL"]["value"] == f"http://{serve}.{NAMESPACE}.svc:8000"
+    expected = [p["name"] for p in values["fleet"]["model_pools"]]
+    assert json.loads(env["EXPECTED_MODELS"]["value"]) == expected
+    compile(script, "helm-test", "exec")
+
+
+def test_the_validators_used_above_reject_unknown_fields(
+    case: tuple[dict[str, Any], Rendered], schemas: dict[str, Any]
+) -> None:
+    """The strict checks are not vacuous: one misspelt field fails each of them."""
+    _, out = case
+    deployment = copy.deepcopy(out.all("Deployment")[0])
+    deployment["spec"]["template"]["spec"]["containers"][0]["resource"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+    service = copy.deepcopy(_rayservice(out))
+    service["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["maxReplica"] = 3
+    with pytest.raises(jsonschema.ValidationError):
+        schemas["RayService"].validate(service)
+    config = _serve_config(out)
+    config["applications"][0]["deployments"][0]["num_replica"] = 2
+    with pytest.raises(jsonschema.ValidationError):
+        schemas["serve"].validate(config)
+
+
+def test_autoscaler_actuator_reads_the_rendered_rayservice(
+    case: tuple[dict[str, Any], Rendered], schemas: dict[str, Any]
+) -> None:
+    """The Kubernetes actuator finds the application, every pool's replicas and every node
+    pool's worker group where the chart put them, sees nothing to change at the start, and
+    its patch for a scale-up still satisfies the KubeRay and Ray Serve schemas."""
+    actuator = pytest.importorskip("gemma_fleet.autoscaler.actuators.kubernetes")
+    from gemma_fleet.autoscaler.actuators import FleetState
+
+    values, out = case
+    fleet = parse_fleet(values["fleet"])
+    service = _rayservice(out)
+    state = actuator.observed_state(service, fleet, "gemma-fleet")
+    assert state.replicas == {p.name: p.replicas.start for p in fleet.model_pools}
+    assert state.nodes == {n.name: n.min_nodes for n in fleet.node_pools}
+    assert actuator.patch_body(service, fleet, state, "gemma-fleet") is None
+    pool = fleet.model_pools[0]
+    grown = FleetState(
+        replicas={**state.replicas, pool.name: pool.replicas.max},
+        nodes={n: count + 1 for n, count in state.nodes.items()},
+    )
+    patch = actuator.patch_body(service, fleet, grown, "gemma-fleet")
+    assert patch is not None
+    patched = copy.deepcopy(service)
+    patched["spec"]["serveConfigV2"] = patch["spec"]["serveConfigV2"]
+    patched["spec"]["rayClusterConfig"]["workerGroupSpecs"] = patch["spec"]["rayClusterConfig"][
+        "workerGroupSpecs"
+    ]
+    schemas["RayService"].validate(patched)
+    schemas["serve"].validate(_serve_config_of(patched))
+
+
+def _serve_config_of(service: dict[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(service["spec"]["serveConfigV2"])
+    return config
+
+
+def test_autoscaler_off_leaves_pools_to_ray_serve(render: Render) -> None:
+    out = render(values={"autoscaler": {"enabled": False}})
+    assert not out.all("Deployment") and not out.all("Role") and not out.all("ServiceAccount")
+    names = [d["name"] for d in _serve_config(out)["applications"][0]["deployments"]]
+    assert names == ["gateway"]
+
+
+def test_install_dry_run_prints_how_to_get_a_key_and_call_the_api(
+    helm_bins: HelmBinaries,
+) -> None:
+    """`helm install --dry-run=client` (no cluster) renders NOTES.txt for the user."""
+    example = CHART / "examples" / "mixed-l4-h100.yaml"
+    cmd = [str(helm_bins.helm), "install", RELEASE, str(CHART), "-n", NAMESPACE]
+    out = run_tool([*cmd, "--dry-run=client", "-f", str(example)])
+    assert out.returncode == 0, out.stderr
+    notes = out.stdout.split("NOTES:", 1)[1]
+    assert f"kubectl -n {NAMESPACE} get secret gemma-admin -o jsonpath='{{.data.admin-key}}'" in (
+        notes
+    )
+    assert '"$GEMMA_URL/admin/teams"' in notes and "/admin/teams/search/keys" in notes
+    assert "export GEMMA_URL=https://gemma.example.com" in notes
+    assert 'gemma-fleet keys create --team search --url "$GEMMA_URL"' in notes
+    assert '"$GEMMA_URL/v1/chat/completions" -H "Authorization: Bearer $GEMMA_API_KEY"' in notes
+
+
+def test_bootstrap_team_keys_live_only_in_the_teams_secret(render: Render) -> None:
+    key = "k" * 40
+    team = {"name": "search", "allowed_models": ["gemma-4-e4b"], "keys": [key]}
+    out = render(values={"teams": {"bootstrap": [team]}})
+    (secret,) = [s for s in out.all("Secret") if "teams.yaml" in s.get("stringData", {})]
+    assert yaml.safe_load(secret["stringData"]["teams.yaml"]) == {"teams": [team]}
+    others = yaml.safe_dump([o for o in out.objects if o is not secret])
+    assert key not in others
+    env = _env(_ray_pod_templates(out)[0]["spec"]["containers"][0])
+    assert env["GEMMA_FLEET_BOOTSTRAP_TEAMS"]["value"] == "/etc/gemma-fleet/teams/teams.yaml"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_fleet_with_every_field_explicit_renders(
+    path: Path, render: Render, schemas: dict[str, Any]
+) -> None:
+    """`gemma-fleet plan --values-out` writes `fleet:` as a full FleetSpec dump (every field,
+    nulls and defaults included); the values schema and the checks must take that shape."""
+    dumped = parse_fleet(_values(path)["fleet"]).model_dump(mode="json")
+    assert dumped["model_pools"][0]["checkpoint"] is None  # the shape really is the full dump
+    out = render(path, values={"fleet": dumped})
+    assert out.returncode == 0, out.stderr
+    config = _serve_config(out)
+    schemas["serve"].validate(config)
+    assert config["applications"][0]["args"]["fleet_spec"] == dumped
