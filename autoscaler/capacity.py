@@ -37,6 +37,7 @@ from gemma_fleet.deployments.engines.simulator.kv_pool import KvPool
 from gemma_fleet.deployments.engines.simulator.roofline import STEP_OVERHEAD_S, Roofline
 from gemma_fleet.deployments.engines.simulator.scheduler import Scheduler, SimRequest
 from gemma_fleet.deployments.pools.schema import ModelPool, NodePool
+from gemma_fleet.deployments.pools.serve_app import simulator_config as served_config
 from gemma_fleet.vram import ProfileError
 
 # Bump when the way capacity is computed changes: it is part of every cache key.
@@ -282,21 +283,11 @@ def _limit(ttft_misses: int, tpot_misses: int) -> str:
 
 
 def simulator_config(pool: ModelPool, node_pool: NodePool) -> SimulatorConfig:
-    """The simulator configuration of one replica of `pool` on `node_pool`'s GPU."""
-    return SimulatorConfig(
-        model=pool.model,
-        gpu=node_pool.gpu,
-        quant=pool.quant,
-        tp=pool.tp,
-        max_model_len=pool.max_model_len,
-        kv_dtype=pool.kv_dtype,
-        text_only=pool.text_only,
-        gpu_memory_utilization=pool.gpu_memory_utilization,
-        max_num_seqs=pool.max_num_seqs,
-        max_num_batched_tokens=pool.max_num_batched_tokens,
-        enable_prefix_caching=pool.enable_prefix_caching,
-        clock="virtual",
-    )
+    """The simulator configuration of one replica of `pool` on `node_pool`'s GPU, on a virtual
+    clock (capacity runs as fast as the CPU allows); a served pool's speedup and seed do not
+    change what a replica can sustain."""
+    served = served_config(pool, node_pool)
+    return served.model_copy(update={"clock": "virtual", "speedup": 1.0, "seed": 0})
 
 
 def simulate_capacity(

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
     from ray.serve.deployment import Application
 
+    from gemma_fleet.deployments.engines.simulator import SimulatorConfig
+
 # Name of the Ray Serve application that holds the fleet.
 FLEET_APP_NAME = "gemma-fleet"
 PREFIX_AWARE_ROUTER = "gemma_fleet.deployments.pools.request_router.PrefixAwareRouter"
@@ -52,16 +54,12 @@ def deployment_config(pool: ModelPool) -> dict[str, Any]:
     }
 
 
-def simulator_pool_config(pool: ModelPool, node_pool: NodePool) -> tuple[LLMConfig, dict[str, Any]]:
-    """LLMConfig and bind kwargs of a simulated pool: the simulator imitates the pool's real
-    configuration on the node pool's GPU, placed exactly as the real engine would be."""
-    from gemma_fleet.deployments.engines.simulator import (
-        SimulatorConfig,
-        simulator_bind_kwargs,
-        simulator_llm_config,
-    )
+def simulator_config(pool: ModelPool, node_pool: NodePool) -> SimulatorConfig:
+    """The simulator configuration of one replica of `pool` on `node_pool`'s GPU: the pool's
+    real configuration, which the simulator imitates (served here, planned by the autoscaler)."""
+    from gemma_fleet.deployments.engines.simulator import SimulatorConfig
 
-    config = SimulatorConfig(
+    return SimulatorConfig(
         model=pool.model,
         gpu=node_pool.gpu,
         quant=pool.quant,
@@ -76,9 +74,19 @@ def simulator_pool_config(pool: ModelPool, node_pool: NodePool) -> tuple[LLMConf
         speedup=pool.simulator.speedup,
         seed=pool.simulator.seed,
     )
+
+
+def simulator_pool_config(pool: ModelPool, node_pool: NodePool) -> tuple[LLMConfig, dict[str, Any]]:
+    """LLMConfig and bind kwargs of a simulated pool, placed exactly as the real engine would
+    be."""
+    from gemma_fleet.deployments.engines.simulator import (
+        simulator_bind_kwargs,
+        simulator_llm_config,
+    )
+
     llm_config = simulator_llm_config(
         pool.name,
-        config,
+        simulator_config(pool, node_pool),
         placement_group_config=replica_placement(pool, node_pool).as_llm_config(),
         deployment_config=deployment_config(pool),
     )
