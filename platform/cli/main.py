@@ -14,6 +14,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 from gemma_fleet.cli.autoscale import autoscale_command
 from gemma_fleet.cli.checkpoints import checkpoints_app
 from gemma_fleet.cli.errors import CliError
+from gemma_fleet.cli.loadtest import loadtest_command
 from gemma_fleet.cli.plan import plan_command
 from gemma_fleet.cli.profile import profile_command
 from gemma_fleet.cli.teams import keys_app, teams_app, usage_command
@@ -34,6 +35,7 @@ app.add_typer(checkpoints_app, name="checkpoints")
 app.add_typer(teams_app, name="teams")
 app.add_typer(keys_app, name="keys")
 app.command("usage")(usage_command)
+app.command("loadtest")(loadtest_command)
 
 
 @app.callback()

@@ -1,0 +1,119 @@
+"""`gemma-fleet loadtest`: run a workload mix against an endpoint under a load shape, headless,
+and write the SLO report (report.md with PNG plots, report.json)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from gemma_fleet.cli.errors import CliError
+from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
+from gemma_fleet.loadtest.markdown import percent
+from gemma_fleet.loadtest.provision import ProvisionError
+from gemma_fleet.loadtest.runner import LoadTestError, LoadTestPlan, local_fleet_host, run_loadtest
+from gemma_fleet.loadtest.shapes import SHAPES, ShapeSpec, parse_duration
+from gemma_fleet.loadtest.workload import WorkloadFileError, load_workload
+
+
+def loadtest_command(
+    workload: Path = typer.Option(
+        ..., "--workload", "-w", help="workload file (YAML), e.g. loadtest/workloads/mix.yaml"
+    ),
+    host: str | None = typer.Option(
+        None, "--host", help="the gateway's URL, e.g. http://127.0.0.1:8000 (or use --local)"
+    ),
+    shape: str = typer.Option("constant", "--shape", help="constant, step, spike or diurnal"),
+    duration: str = typer.Option("5m", "--duration", help="how long, e.g. 90s, 10m, 1h"),
+    users: int = typer.Option(10, "--users", help="peak virtual users"),
+    spawn_rate: float = typer.Option(5.0, "--spawn-rate", help="users started per second"),
+    out: Path | None = typer.Option(
+        None, "--out", help="report folder; default loadtest-report/<UTC time>"
+    ),
+    admin_key: str | None = typer.Option(
+        None,
+        "--admin-key",
+        envvar="GEMMA_FLEET_ADMIN_KEY",
+        help="create the workload's teams and keys through the admin API",
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="GEMMA_FLEET_API_KEY",
+        help="without --admin-key: the key every team's users send",
+    ),
+    request_timeout: float = typer.Option(300, "--request-timeout", help="seconds per request"),
+    local: bool = typer.Option(
+        False, "--local", help="start the local fleet first and tear it down afterwards"
+    ),
+    fleet: Path | None = typer.Option(
+        None, "--fleet", "-f", help="with --local: the fleet file (default: the default fleet)"
+    ),
+    port: int = typer.Option(8000, "--port", help="with --local: the API's HTTP port"),
+    ray_port: int = typer.Option(6790, "--ray-port", help="with --local: the Ray GCS port"),
+    strict: bool = typer.Option(
+        False, "--strict", help="exit 1 when an SLO is missed or a request failed unexpectedly"
+    ),
+) -> None:
+    """Load-test an endpoint with Locust and report whether the SLOs hold."""
+    console = Console()
+    if (host is None) == (not local):
+        raise CliError("give either --host URL or --local")
+    if shape not in SHAPES:
+        raise CliError(f"--shape {shape!r}: one of {', '.join(SHAPES)}")
+    try:
+        spec = ShapeSpec(
+            kind=shape,
+            duration_s=parse_duration(duration),
+            users=users,
+            spawn_rate=spawn_rate,
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "--" + str(first["loc"][0]).replace("_", "-")
+        raise CliError(f"{name}: {first['msg']}") from exc
+    except ValueError as exc:
+        raise CliError(f"--duration: {exc}") from exc
+    try:
+        load_workload(workload)
+    except WorkloadFileError as exc:
+        raise CliError(str(exc)) from exc
+    out = out or Path("loadtest-report") / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    with ExitStack() as stack:
+        if local:
+            console.print("starting the local fleet ...")
+            root, local_admin = stack.enter_context(
+                local_fleet_host(fleet, LocalFleetSettings(http_port=port, gcs_port=ray_port))
+            )
+            host, admin_key = root, admin_key or local_admin
+        assert host is not None
+        plan = LoadTestPlan(
+            host=host,
+            workload_path=workload,
+            shape=spec,
+            out_dir=out,
+            admin_key=admin_key,
+            api_key=api_key,
+            request_timeout_s=request_timeout,
+        )
+        console.print(f"{spec.kind} load, up to {users} users for {spec.duration_s:.0f} s ...")
+        try:
+            result = run_loadtest(plan)
+        except (LoadTestError, ProvisionError) as exc:
+            raise CliError(str(exc)) from exc
+    r = result.report
+    t = r.totals
+    console.print(
+        f"[bold]{r.verdict}[/bold]: {t.requests} requests, SLO attainment "
+        f"{percent(t.slo_attainment)} (target {percent(r.slo_target)}), goodput "
+        f"{t.goodput_rps:.2f} req/s, {t.rate_limited} 429s, {t.errors} other errors"
+    )
+    if r.gateway is not None and not r.gateway.all_match:
+        console.print(f"[yellow]{r.gateway.mismatches} figure(s) differ from /metrics[/yellow]")
+    console.print(f"report: {result.report_md}")
+    if strict and (r.verdict != "SLOs hold" or t.errors):
+        raise typer.Exit(1)

@@ -1,0 +1,140 @@
+"""The gateway's own Prometheus counters for a run: scraped before and after, subtracted, and
+set beside what the load test's client saw. A difference means one side miscounts.
+
+Counters read (platform/gateway/metrics.py): `gemma_fleet_gateway_requests_total{endpoint,
+team,model,pool,status}`, `gemma_fleet_gateway_rejections_total{endpoint,team,status,reason}`,
+`gemma_fleet_gateway_tokens_total{team,model,kind}`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import BaseModel, ConfigDict
+
+from gemma_fleet.loadtest.records import QUOTA, STOPPED, RequestRecord
+
+REQUESTS = "gemma_fleet_gateway_requests_total"
+REJECTIONS = "gemma_fleet_gateway_rejections_total"
+TOKENS = "gemma_fleet_gateway_tokens_total"
+
+Labels = tuple[tuple[str, str], ...]
+Sample = tuple[str, Labels]
+
+
+def parse_counters(text: str) -> dict[Sample, float]:
+    """Every `*_total` sample of an exposition, keyed by name and sorted labels."""
+    values: dict[Sample, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return values
+
+
+def scrape(root_url: str, timeout_s: float = 10.0) -> dict[Sample, float]:
+    """The counters at `{root_url}/metrics` now (root: the gateway's URL without /v1)."""
+    response = httpx.get(root_url.rstrip("/") + "/metrics", timeout=timeout_s)
+    response.raise_for_status()
+    return parse_counters(response.text)
+
+
+def delta(before: dict[Sample, float], after: dict[Sample, float]) -> dict[Sample, float]:
+    """What the counters grew by between two scrapes (series that did not grow are left out)."""
+    grown = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    return {k: v for k, v in grown.items() if v}
+
+
+class CounterRow(BaseModel):
+    """One figure of the report beside the gateway's count of the same thing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    what: str
+    labels: dict[str, str]
+    report: float
+    gateway: float
+
+    @property
+    def matches(self) -> bool:
+        return self.report == self.gateway
+
+
+class GatewayComparison(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: list[CounterRow]
+    mismatches: int
+
+    @property
+    def all_match(self) -> bool:
+        return self.mismatches == 0
+
+
+def _sum(
+    grown: dict[Sample, float], name: str, keys: tuple[str, ...], **only: str
+) -> Counter[tuple[str, ...]]:
+    """`name`'s growth summed by `keys`, over the chat endpoint's series matching `only`."""
+    out: Counter[tuple[str, ...]] = Counter()
+    for (metric, labels), value in grown.items():
+        as_dict = dict(labels)
+        if metric != name or as_dict.get("endpoint", "chat") != "chat":
+            continue
+        if all(as_dict.get(k) == v for k, v in only.items()):
+            out[tuple(as_dict.get(k, "") for k in keys)] += int(value)
+    return out
+
+
+def client_counts(
+    records: Iterable[RequestRecord],
+) -> tuple[Counter[tuple[str, ...]], Counter[tuple[str, ...]], Counter[tuple[str, ...]]]:
+    """From the client's records: answers by (team, pool, status), 429 refusals by (team,
+    reason), tokens by (team, kind). Requests that never got a status (network errors, a
+    request the test's end cut short) are left out: the gateway may or may not have seen them."""
+    answers: Counter[tuple[str, ...]] = Counter()
+    refusals: Counter[tuple[str, ...]] = Counter()
+    tokens: Counter[tuple[str, ...]] = Counter()
+    for r in records:
+        if r.status == 0 or r.error == STOPPED:
+            continue
+        answers[(r.team, r.pool, str(r.status))] += 1
+        if r.status == 429:
+            refusals[(r.team, "budget" if r.error == QUOTA else "rate_limit")] += 1
+        tokens[(r.team, "prompt")] += r.prompt_tokens
+        tokens[(r.team, "completion")] += r.completion_tokens
+    return answers, refusals, tokens
+
+
+def compare(records: list[RequestRecord], grown: dict[Sample, float]) -> GatewayComparison:
+    """Set the client's counts beside the gateway's for the chat endpoint."""
+    answers, refusals, tokens = client_counts(records)
+    rows: list[CounterRow] = []
+    answer_keys, refusal_keys, token_keys = (
+        ("team", "pool", "status"),
+        ("team", "reason"),
+        ("team", "kind"),
+    )
+    sides = (
+        ("requests", answer_keys, answers, _sum(grown, REQUESTS, answer_keys)),
+        (
+            "429 refusals",
+            refusal_keys,
+            refusals,
+            _sum(grown, REJECTIONS, refusal_keys, status="429"),
+        ),
+        ("tokens", token_keys, tokens, _sum(grown, TOKENS, token_keys)),
+    )
+    for what, keys, client, gateway in sides:
+        for key in sorted(set(client) | set(gateway)):
+            rows.append(
+                CounterRow(
+                    what=what,
+                    labels=dict(zip(keys, key, strict=True)),
+                    report=float(client.get(key, 0)),
+                    gateway=float(gateway.get(key, 0)),
+                )
+            )
+    return GatewayComparison(rows=rows, mismatches=sum(not r.matches for r in rows))

@@ -1,0 +1,195 @@
+"""Run a load test end to end: teams and keys, the gateway's counters before, Locust headless in
+its own process (gevent must not patch this one, which may also be driving a local fleet), the
+counters after, then the report (JSON, Markdown, PNG plots)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from gemma_fleet.deployments.fleet.progress import FleetProgress
+from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
+from gemma_fleet.loadtest import gateway_counters
+from gemma_fleet.loadtest.markdown import render_markdown
+from gemma_fleet.loadtest.plots import write_plots
+from gemma_fleet.loadtest.provision import provisioned_teams
+from gemma_fleet.loadtest.records import read_records
+from gemma_fleet.loadtest.report import LoadTestReport, build_report
+from gemma_fleet.loadtest.settings import DEFAULT_KEY_ENV, LocustSettings
+from gemma_fleet.loadtest.shapes import ShapeSpec
+from gemma_fleet.loadtest.workload import load_workload
+
+log = logging.getLogger(__name__)
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+@dataclass(frozen=True)
+class LoadTestPlan:
+    """What to run: where, which workload, which shape, where the report goes, which keys."""
+
+    host: str  # the gateway's root URL (with or without /v1)
+    workload_path: Path
+    shape: ShapeSpec
+    out_dir: Path
+    admin_key: str | None = None  # create the teams and keys through the admin API
+    api_key: str | None = None  # else: one key for every team (overrides GEMMA_FLEET_API_KEY)
+    request_timeout_s: float = 300.0
+    # Users finish the request (or tool loop) they are in when the test ends or ramps down:
+    # cutting them off would leave requests the gateway counted and the report did not.
+    stop_timeout_s: float = 120.0
+    env: dict[str, str] = field(default_factory=dict)  # more environment for Locust
+
+    @property
+    def root_url(self) -> str:
+        host = self.host.rstrip("/")
+        return host[: -len("/v1")] if host.endswith("/v1") else host
+
+
+@dataclass(frozen=True)
+class LoadTestResult:
+    report: LoadTestReport
+    report_json: Path
+    report_md: Path
+    plots: list[Path]
+    records: Path
+    locust_log: Path
+
+
+class LoadTestError(RuntimeError):
+    """The run could not happen (bad workload, unreachable host, Locust failed to start)."""
+
+
+def _check_up(root_url: str) -> None:
+    """One health check: a load test against a gateway that is not up is a mistake to name,
+    not something to wait out."""
+    try:
+        status = httpx.get(root_url + "/health", timeout=10).status_code
+    except httpx.HTTPError as exc:
+        message = f"{root_url}/health does not answer ({exc}): is the gateway up?"
+        raise LoadTestError(message) from None
+    if status != 200:
+        raise LoadTestError(f"{root_url}/health answers HTTP {status}: is this the gateway?")
+
+
+def _scrape(root_url: str) -> dict[gateway_counters.Sample, float] | None:
+    try:
+        return gateway_counters.scrape(root_url)
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("cannot read %s/metrics: %s", root_url, exc)
+        return None
+
+
+def run_locust(plan: LoadTestPlan, settings: LocustSettings, log_path: Path) -> int:
+    """Locust headless, in a child process, until the shape ends; returns its exit status."""
+    env = {**os.environ, **plan.env, **settings.to_env()}
+    if plan.api_key:
+        env[DEFAULT_KEY_ENV] = plan.api_key
+    args = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--host", plan.root_url, "--stop-timeout", f"{math.ceil(plan.stop_timeout_s)}s",
+        "--exit-code-on-error", "0", "--only-summary",
+        "--csv", str(plan.out_dir / "locust"), "--html", str(plan.out_dir / "locust.html"),
+    ]  # fmt: skip
+    limit = plan.shape.duration_s + plan.stop_timeout_s + 120
+    with log_path.open("w") as out:
+        child = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            return child.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            child.wait(30)
+            raise LoadTestError(f"Locust ran past {limit:.0f} s; see {log_path}") from None
+        except BaseException:
+            child.terminate()  # Ctrl-C: stop the load, then let the caller tear down
+            child.wait(30)
+            raise
+
+
+def run_loadtest(plan: LoadTestPlan) -> LoadTestResult:
+    """Run `plan` against a gateway that is up, and write the report into `plan.out_dir`."""
+    try:
+        workload = load_workload(plan.workload_path)
+    except ValueError as exc:
+        raise LoadTestError(str(exc)) from exc
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    records = plan.out_dir / "requests.jsonl"
+    records.unlink(missing_ok=True)
+    locust_log = plan.out_dir / "locust.log"
+    _check_up(plan.root_url)
+    with ExitStack() as stack:
+        keys: dict[str, str] = {}
+        if plan.admin_key:
+            keys = stack.enter_context(provisioned_teams(plan.root_url, plan.admin_key, workload))
+        settings = LocustSettings(
+            workload_path=plan.workload_path.resolve(),
+            shape=plan.shape,
+            records=records,
+            keys=keys,
+            timeout_s=plan.request_timeout_s,
+        )
+        before = _scrape(plan.root_url)
+        started = time.time()
+        status = run_locust(plan, settings, locust_log)
+        ended = time.time()
+        time.sleep(1.0)  # a stream's counters are settled just after its last byte
+        after = _scrape(plan.root_url)
+    if status != 0:
+        tail = locust_log.read_text()[-2000:]
+        raise LoadTestError(f"Locust exited with status {status}:\n{tail}")
+    got = list(read_records(records))
+    comparison = None
+    note = ""
+    if before is not None and after is not None:
+        comparison = gateway_counters.compare(got, gateway_counters.delta(before, after))
+        note = "Counters are the growth of /metrics between the start and the end of the run."
+    else:
+        note = f"{plan.root_url}/metrics could not be read: no cross-check."
+    report = build_report(
+        got,
+        workload=workload,
+        workload_file=str(plan.workload_path),
+        host=plan.root_url,
+        shape=plan.shape,
+        started=started,
+        ended=min(ended, started + plan.shape.duration_s) if got else ended,
+        gateway=comparison,
+        gateway_note=note,
+    )
+    return write_report(report, plan.out_dir, records, locust_log)
+
+
+def write_report(
+    report: LoadTestReport, out_dir: Path, records: Path, locust_log: Path
+) -> LoadTestResult:
+    """report.json, the plots and report.md into `out_dir`."""
+    report_json = out_dir / "report.json"
+    report_json.write_text(report.model_dump_json(indent=2))
+    plots = write_plots(report, out_dir)
+    report_md = out_dir / "report.md"
+    report_md.write_text(render_markdown(report, [p.name for p in plots]))
+    return LoadTestResult(report, report_json, report_md, plots, records, locust_log)
+
+
+@contextmanager
+def local_fleet_host(
+    fleet: Path | str | None,
+    settings: LocalFleetSettings | None = None,
+    on_progress: Callable[[FleetProgress], None] | None = None,
+) -> Iterator[tuple[str, str | None]]:
+    """Start the local fleet (simulated engines unless the fleet file says otherwise) and yield
+    its root URL and admin key; tear it down afterwards."""
+    from gemma_fleet.deployments.fleet.run import run_fleet
+
+    with run_fleet(fleet, settings=settings, on_progress=on_progress) as running:
+        yield running.base_url.removesuffix("/v1"), running.teams.admin_key

@@ -1,0 +1,35 @@
+"""`gemma-fleet loadtest` refuses bad input with one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gemma_fleet.cli.main import main
+
+CI_WORKLOAD = str(Path(__file__).with_name("workload-ci.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--workload", CI_WORKLOAD], "either --host URL or --local"),
+        (["--workload", CI_WORKLOAD, "--host", "http://x", "--local"], "either --host"),
+        (["--workload", CI_WORKLOAD, "--host", "http://x", "--shape", "wave"], "--shape 'wave'"),
+        (["--workload", CI_WORKLOAD, "--host", "http://x", "--duration", "soon"], "duration"),
+        (["--workload", CI_WORKLOAD, "--host", "http://x", "--users", "0"], "--users"),
+        (["--workload", "absent.yaml", "--host", "http://x"], "absent.yaml: cannot read"),
+        # nothing listens on port 9: said plainly, after the inputs were checked
+        (["--workload", CI_WORKLOAD, "--host", "http://127.0.0.1:9"], "does not answer"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["loadtest", *args, "--out", str(tmp_path)])
+    assert done.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gemma-fleet: error:") and "\n" not in err
+    assert says in err
