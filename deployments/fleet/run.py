@@ -142,6 +142,10 @@ def _run_on_cluster(
         cluster = start_local_cluster(spec, settings, counts)
     try:
         with _keep_signal_handlers():
+            if ray.is_initialized():
+                # This process was connected to another cluster (an earlier fleet, a test's
+                # Ray): the fleet's driver must talk to the cluster it just started.
+                ray.shutdown()
             ray.init(address=cluster.address, namespace="gemma-fleet", log_to_driver=False)
         serve.start(
             # One proxy on the head: nodes share this machine, so a proxy per node (Serve's

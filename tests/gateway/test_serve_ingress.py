@@ -39,24 +39,32 @@ def serve_url() -> Iterator[str]:
         ),
     }
     ray.init(
-        num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir="/tmp/ray-gw"
+        num_cpus=4,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        _temp_dir="/tmp/ray-gw",
+        # This suite is about the Serve ingress, not teams (tests/teams): an open endpoint.
+        runtime_env={"env_vars": {"GEMMA_FLEET_AUTH": "disabled"}},
     )
-    serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
-    pools = {
-        name: build_llm_deployment(
-            simulator_llm_config(name, cfg),
-            bind_kwargs=simulator_bind_kwargs(),
-            name_prefix="pool-",
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
+        pools = {
+            name: build_llm_deployment(
+                simulator_llm_config(name, cfg),
+                bind_kwargs=simulator_bind_kwargs(),
+                name_prefix="pool-",
+            )
+            for name, cfg in configs.items()
+        }
+        settings = GatewaySettings(
+            pools=[pool_info(n, c) for n, c in configs.items()],
+            aliases={"gemma-4": list(configs)},
         )
-        for name, cfg in configs.items()
-    }
-    settings = GatewaySettings(
-        pools=[pool_info(n, c) for n, c in configs.items()], aliases={"gemma-4": list(configs)}
-    )
-    serve.run(build_gateway_app(settings, pools), name="fleet", route_prefix="/")
-    yield f"http://127.0.0.1:{HTTP_PORT}"
-    serve.shutdown()
-    ray.shutdown()
+        serve.run(build_gateway_app(settings, pools), name="fleet", route_prefix="/")
+        yield f"http://127.0.0.1:{HTTP_PORT}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
 
 
 def test_chat_and_stream_through_ray_serve(serve_url: str) -> None:
