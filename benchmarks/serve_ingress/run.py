@@ -137,7 +137,7 @@ def main() -> None:
                     **os.environ,
                     "RAY_USAGE_STATS_ENABLED": "0",
                     "RAY_AUTH_MODE": "disabled",
-                    # Ray Serve's ingress cost is measured here; team auth is in ../gateway_overhead.
+                    # Ingress cost is measured here; team auth is in ../gateway_overhead.
                     "GEMMA_FLEET_AUTH": "disabled",
                     **env,
                 },
