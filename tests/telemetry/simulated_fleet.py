@@ -8,16 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from gateway_harness import CATALOG, pool_info
 
-from gemma_fleet.catalog import load_catalog
 from gemma_fleet.deployments.engines.simulator.config import SimulatorConfig
 from gemma_fleet.deployments.engines.simulator.engine import SimulatorEngine, simulator_llm_config
 from gemma_fleet.gateway.app import create_app
 from gemma_fleet.gateway.pool_client import EnginePoolClient
-from gemma_fleet.gateway.service import Gateway, GatewaySettings, PoolInfo
-from gemma_fleet.vram import text_params
-
-CATALOG = load_catalog()
+from gemma_fleet.gateway.service import Gateway, GatewaySettings
 
 POOLS = {
     "small": SimulatorConfig(model="gemma-4-E2B", gpu="L4", max_model_len=8192, speedup=500),
@@ -25,21 +22,6 @@ POOLS = {
         model="gemma-4-31B", gpu="H100-80GB", max_model_len=32_768, text_only=True, speedup=500
     ),
 }
-
-
-def pool_info(name: str, config: SimulatorConfig) -> PoolInfo:
-    spec = CATALOG.model(config.model)
-    modalities = ["text"] if config.text_only else [m.value for m in spec.modalities]
-    return PoolInfo.model_validate(
-        {
-            "name": name,
-            "model": config.model,
-            "max_model_len": config.max_model_len,
-            "modalities": modalities,
-            "capacity": config.max_num_seqs,
-            "size_rank": text_params(spec, CATALOG.family.vocab_size),
-        }
-    )
 
 
 def settings(pools: dict[str, SimulatorConfig] = POOLS) -> GatewaySettings:
