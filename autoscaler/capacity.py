@@ -32,9 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gemma_fleet.autoscaler.plan import ModelDemand, Slo
 from gemma_fleet.deployments.engines.simulator.config import SimulatorConfig
-from gemma_fleet.deployments.engines.simulator.core import profile_for
+from gemma_fleet.deployments.engines.simulator.core import profile_for, roofline_for
 from gemma_fleet.deployments.engines.simulator.kv_pool import KvPool
-from gemma_fleet.deployments.engines.simulator.roofline import STEP_OVERHEAD_S, Roofline
 from gemma_fleet.deployments.engines.simulator.scheduler import Scheduler, SimRequest
 from gemma_fleet.deployments.pools.schema import ModelPool, NodePool
 from gemma_fleet.deployments.pools.serve_app import simulator_config as served_config
@@ -171,15 +170,7 @@ class _Replica:
             raise ProfileError(prof.reason)
         self.config = config
         self.profile = prof
-        overhead = STEP_OVERHEAD_S if config.step_overhead_s is None else config.step_overhead_s
-        self.roofline = Roofline.for_names(
-            config.model,
-            config.gpu,
-            config.quant,
-            tp=config.tp,
-            kv_dtype=config.kv_dtype,
-            step_overhead_s=overhead,
-        )
+        self.roofline = roofline_for(config)
 
     def run(
         self,

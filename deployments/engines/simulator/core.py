@@ -43,6 +43,19 @@ class TokenEvent:
         return self.time - self.arrival_time
 
 
+def roofline_for(config: SimulatorConfig) -> Roofline:
+    """The step-time model of a simulated replica."""
+    overhead = STEP_OVERHEAD_S if config.step_overhead_s is None else config.step_overhead_s
+    return Roofline.for_names(
+        config.model,
+        config.gpu,
+        config.quant,
+        tp=config.tp,
+        kv_dtype=config.kv_dtype,
+        step_overhead_s=overhead,
+    )
+
+
 def profile_for(config: SimulatorConfig) -> VramProfile:
     """The VRAM profile a simulated replica sizes its KV cache from."""
     runtime = RuntimeAssumptions(
@@ -77,15 +90,7 @@ class SimulatorCore:
         self.pool = KvPool.from_profile(
             self.profile, enable_prefix_caching=config.enable_prefix_caching
         )
-        overhead = STEP_OVERHEAD_S if config.step_overhead_s is None else config.step_overhead_s
-        self.roofline = Roofline.for_names(
-            config.model,
-            config.gpu,
-            config.quant,
-            tp=config.tp,
-            kv_dtype=config.kv_dtype,
-            step_overhead_s=overhead,
-        )
+        self.roofline = roofline_for(config)
         self.scheduler = Scheduler(
             self.pool,
             max_num_seqs=config.max_num_seqs,
