@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ class TeamAccess:
         self.store = TeamStore(redis, prefix)
         self.limiter = Limiter(redis, prefix)
         self.meter = UsageMeter(redis, prefix)
+        self._prefix = prefix
         self._seen: dict[str, tuple[Identity, float]] = {}
         self._pending: deque[Callable[[], Awaitable[None]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
@@ -117,12 +119,15 @@ class TeamAccess:
         now waits in the buffer."""
         day = datetime.now(UTC).date()
         team = ticket.identity.team.name
+        # Both writes carry this request's once-key: a write Redis applied but could not
+        # acknowledge (killed mid-reply) is retried from the buffer and must not count twice.
+        once = f"{self._prefix}:once:{uuid.uuid4().hex}"
         writes: list[Callable[[], Awaitable[None]]] = []
         if ticket.admission is not None:
             admission, used = ticket.admission, usage.prompt_tokens + usage.completion_tokens
-            writes.append(lambda: self.limiter.release(admission, used))
+            writes.append(lambda: self.limiter.release(admission, used, once))
         if usage.requests:  # a refused request frees its reservation and meters nothing
-            writes.append(lambda: self.meter.record(team, model, day, usage))
+            writes.append(lambda: self.meter.record(team, model, day, usage, once))
         for write in writes:
             if self._pending:  # keep order behind what is already waiting
                 self._buffer(write)

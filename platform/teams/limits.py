@@ -44,7 +44,12 @@ return {1, "", 0, 0, used[2] + 1, used[3] + costs[3]}
 """
 
 _RELEASE = """
--- KEYS: concurrency, tokens/min, budget; ARGV: token correction (actual - reserved)
+-- KEYS: concurrency, tokens/min, budget[, once]; ARGV: token correction (actual - reserved),
+-- seconds the once-key is kept. A release already applied under the same once-key is a no-op.
+if KEYS[4] then
+  if redis.call("HSETNX", KEYS[4], "release", 1) == 0 then return 0 end
+  redis.call("EXPIRE", KEYS[4], ARGV[2])
+end
 local left = redis.call("DECR", KEYS[1])
 if left < 0 then redis.call("SET", KEYS[1], 0) end
 local delta = tonumber(ARGV[1])
@@ -57,6 +62,9 @@ return 1
 """
 
 UNLIMITED = -1
+# How long an accounting write's once-key is kept: a write retried later than this after Redis
+# applied it would count twice (a gateway replays its buffer within seconds of Redis's return).
+ONCE_TTL_S = 3600
 
 
 class TeamLimits(BaseModel):
@@ -171,13 +179,15 @@ class Limiter:
             raise LimitExceeded(limit, int(used), int(allowed), retry, window)
         return Admission(team=team, reserved_tokens=tokens, keys=keys, window=window)
 
-    async def release(self, admission: Admission, used_tokens: int) -> None:
+    async def release(
+        self, admission: Admission, used_tokens: int, once_key: str | None = None
+    ) -> None:
         """Free the concurrency slot and correct the token counters from the estimate to
-        what was actually used."""
+        what was actually used. With `once_key`, sending the same release again (a retry after
+        a reply lost to a Redis restart) changes nothing."""
         inflight, _, tpm, budget = admission.keys
-        await self._release(
-            keys=[inflight, tpm, budget], args=[used_tokens - admission.reserved_tokens]
-        )
+        keys = [inflight, tpm, budget, *([once_key] if once_key else [])]
+        await self._release(keys=keys, args=[used_tokens - admission.reserved_tokens, ONCE_TTL_S])
 
     async def budget_used(self, team: str, limits: TeamLimits, now: float | None = None) -> int:
         key = self._keys(team, limits, time.time() if now is None else now)[3]

@@ -15,9 +15,13 @@ def connect(url: str, *, max_connections: int = 128, timeout_s: float = 2.0) -> 
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
+    # The retry goes on the pool: redis-py applies a client's `retry` only to connections it
+    # makes itself, so with an explicit pool every connection that died in a Redis restart
+    # would fail its next command instead of reconnecting.
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
+        retry=Retry(NoBackoff(), 1),
         timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,

@@ -1,8 +1,8 @@
 """Usage metering: per team x model x UTC day, in one Redis hash per day.
 
 `gf:usage:<YYYY-MM-DD>` holds fields `<team>|<model>|<counter>`; a day's report is one HGETALL.
-Increments of one request go in one MULTI, so a report never shows a request's tokens without
-the request itself.
+Increments of one request go in one script, so a report never shows a request's tokens without
+the request itself, and a write retried after a lost reply is not counted twice.
 """
 
 from __future__ import annotations
@@ -11,9 +11,28 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+from gemma_fleet.teams.limits import ONCE_TTL_S
 from gemma_fleet.teams.records import UsageRow
 
 COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "images", "audio_seconds")
+
+# One request's increments in one script: all or none, and at most once per once-key.
+_RECORD = """
+-- KEYS: day hash[, once]; ARGV: retention s, once-key s, then (field, "i"|"f", value)...
+if KEYS[2] then
+  if redis.call("HSETNX", KEYS[2], "usage", 1) == 0 then return 0 end
+  redis.call("EXPIRE", KEYS[2], ARGV[2])
+end
+for i = 3, #ARGV, 3 do
+  if ARGV[i + 1] == "f" then
+    redis.call("HINCRBYFLOAT", KEYS[1], ARGV[i], ARGV[i + 2])
+  else
+    redis.call("HINCRBY", KEYS[1], ARGV[i], ARGV[i + 2])
+  end
+end
+redis.call("EXPIRE", KEYS[1], ARGV[1])
+return 1
+"""
 
 
 @dataclass(frozen=True)
@@ -33,24 +52,24 @@ class UsageMeter:
     def __init__(self, redis: Any, prefix: str = "gf") -> None:
         self._redis = redis
         self._p = prefix
+        self._record = redis.register_script(_RECORD)
 
     def _day_key(self, day: date) -> str:
         return f"{self._p}:usage:{day.isoformat()}"
 
-    async def record(self, team: str, model: str, day: date, delta: UsageDelta) -> None:
-        key = self._day_key(day)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for counter in COUNTERS:
-                value = getattr(delta, counter)
-                if not value:
-                    continue
-                field = f"{team}|{model}|{counter}"
-                if isinstance(value, float):
-                    pipe.hincrbyfloat(key, field, value)
-                else:
-                    pipe.hincrby(key, field, value)
-            pipe.expire(key, self.RETENTION_DAYS * 86_400)
-            await pipe.execute()
+    async def record(
+        self, team: str, model: str, day: date, delta: UsageDelta, once_key: str | None = None
+    ) -> None:
+        """Add one request's usage to the day's counters. With `once_key`, sending the same
+        write again (a retry after a reply lost to a Redis restart) changes nothing."""
+        args: list[str | int | float] = [self.RETENTION_DAYS * 86_400, ONCE_TTL_S]
+        for counter in COUNTERS:
+            value = getattr(delta, counter)
+            if value:
+                kind = "f" if isinstance(value, float) else "i"
+                args += [f"{team}|{model}|{counter}", kind, value]
+        keys = [self._day_key(day), *([once_key] if once_key else [])]
+        await self._record(keys=keys, args=args)
 
     async def rows(
         self, start: date, end: date, team: str | None = None, model: str | None = None

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import date
 from typing import Any
 
 import pytest
 
 from gemma_fleet.teams.limits import Admission, Limiter, LimitExceeded, TeamLimits
+from gemma_fleet.teams.records import UsageRow
 from gemma_fleet.teams.redis_client import connect
+from gemma_fleet.teams.usage import UsageDelta, UsageMeter
 
 NOW = 1_795_800_000.0  # a fixed instant: every call below lands in the same minute
 
@@ -119,3 +122,41 @@ def test_next_minute_is_a_new_window(redis_url: str) -> None:
         await limiter.admit("t", limits, 1, now=NOW + 60)
 
     run(redis_url, body)
+
+
+def test_a_release_sent_twice_under_one_once_key_counts_once(redis_url: str) -> None:
+    # A retry after a reply lost to a Redis restart sends the same release again.
+    async def scenario() -> tuple[int, int]:
+        redis = connect(redis_url)
+        limiter = Limiter(redis, prefix="once")
+        limits = TeamLimits(max_concurrent_requests=5, token_budget=1_000)
+        first = await limiter.admit("t", limits, tokens=100)
+        await limiter.admit("t", limits, tokens=100)
+        for _ in range(3):
+            await limiter.release(first, used_tokens=10, once_key="once:once:req-1")
+        inflight = int(await redis.get(first.keys[0]))
+        budget = await limiter.budget_used("t", limits)
+        await redis.aclose()
+        return inflight, budget
+
+    inflight, budget = asyncio.run(scenario())
+    assert inflight == 1  # two admitted, one released (once)
+    assert budget == 110  # 100 reserved + 10 used, corrected once
+
+
+def test_usage_sent_twice_under_one_once_key_is_metered_once(redis_url: str) -> None:
+    async def scenario() -> list[UsageRow]:
+        redis = connect(redis_url)
+        meter = UsageMeter(redis, prefix="once")
+        day = date(2026, 12, 1)
+        used = UsageDelta(prompt_tokens=7, completion_tokens=3, audio_seconds=1.5)
+        for _ in range(3):
+            await meter.record("t", "gemma-4-E2B", day, used, once_key="once:once:req-2")
+        await meter.record("t", "gemma-4-E2B", day, used)  # another request: counts
+        rows = await meter.rows(day, day)
+        await redis.aclose()
+        return rows
+
+    [row] = asyncio.run(scenario())
+    assert (row.requests, row.prompt_tokens, row.completion_tokens) == (2, 14, 6)
+    assert row.audio_seconds == 3.0
