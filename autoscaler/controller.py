@@ -1,7 +1,8 @@
 """The autoscaler's reconcile loop: observe, decide, act - level-triggered and idempotent.
 
 Each step reads demand from metrics, smooths and forecasts it per model (forecast.py), adds
-headroom, asks the planner for replicas per model pool, passes them through hysteresis
+headroom, asks the planner for replicas per model pool (telling an incumbent-aware planner,
+incumbent.py, what runs now), passes them through hysteresis
 (hysteresis.py), derives the nodes each node pool then needs, compares that desired state with
 what the actuator observes, and applies only the difference. Nothing is remembered about what
 was written earlier: a step always starts from the observed state, so a missed step, a manual
@@ -14,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from gemma_fleet.autoscaler.actuators import Actuator, FleetState
 from gemma_fleet.autoscaler.forecast import HoltForecaster
@@ -29,6 +30,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Planner = Callable[[Mapping[str, ModelDemand]], Plan]
+
+
+@runtime_checkable
+class IncumbentAwarePlanner(Protocol):
+    """A planner that is told the replicas running now (incumbent.IncumbentPlanner), so it
+    can keep a layout near the optimum instead of re-laying out the fleet."""
+
+    def plan_from(self, demand: Mapping[str, ModelDemand], current: Mapping[str, int]) -> Plan:
+        """The plan for `demand` given `current` replicas per model pool."""
+        ...
 
 
 class DemandSource(Protocol):
@@ -78,6 +89,8 @@ class StepReport:
         if self.plan is not None:
             state = "feasible" if self.plan.feasible else "INFEASIBLE"
             lines.append(f"plan: {state}, {self.plan.cost_per_hour:.2f} per hour")
+            if self.plan.note:
+                lines.append(f"  {self.plan.note}")
             lines += [f"  shortfall {m}: {why}" for m, why in sorted(self.plan.shortfall.items())]
         for decision in self.decisions:
             lines.append(
@@ -111,7 +124,7 @@ class Controller:
     def __init__(
         self,
         fleet: FleetSpec,
-        planner: Planner,
+        planner: Planner | IncumbentAwarePlanner,
         source: DemandSource,
         actuator: Actuator,
         settings: ControllerSettings | None = None,
@@ -169,7 +182,10 @@ class Controller:
                 now, observed, observed, note="waiting for a second scrape to compute rates"
             )
         demand = self.forecast(reading)
-        plan = self.planner(demand)
+        if isinstance(self.planner, IncumbentAwarePlanner):
+            plan = self.planner.plan_from(demand, observed.replicas)
+        else:
+            plan = self.planner(demand)
         if not plan.feasible:
             log.warning("plan infeasible: %s", "; ".join(plan.shortfall.values()))
         decisions = self.hysteresis.decide(

@@ -11,6 +11,13 @@ Per pool, every step's recommendation is remembered for the longer of the two de
   the ages of replicas it found are unknown), only on a complete metrics reading, and only
   while the pool's running requests fit on the replicas that remain
   (`drain_fill` x `max_num_seqs` each);
+- the drain check is judged per model when the plan empties a pool: the pool may go to 0 while
+  requests still run on it if its model has another home - a pool the plan keeps that has had
+  replicas for at least `replica_start_s` (loaded, so the gateway can send new requests there)
+  and whose room holds the model's running requests. Ray Serve lets the leaving replicas finish
+  their own requests. Without another home the per-pool check rules: a model's last pool never
+  leaves while it serves. (Judged per pool only, a pool that serves always has running
+  requests, so a model the planner moved to another GPU type could never leave the old one.)
 - at most `max_changes_per_step` replicas change in the whole fleet per step; additions go
   first, largest shortfall first, because missing capacity breaks SLOs and spare does not.
 
@@ -48,6 +55,9 @@ class _History:
     since: float
     last_scale_up: float
     recommendations: deque[tuple[float, int]] = field(default_factory=deque)
+    # Since when the pool has had at least one replica (None: it has none now). Replicas found
+    # at the controller's start count from then: their age is unknown.
+    nonempty_since: float | None = None
 
 
 class Hysteresis:
@@ -77,22 +87,57 @@ class Hysteresis:
         scale-down), `complete` whether the metrics reading covered every source."""
         s = self.settings
         keep = max(s.scale_up_delay_s, s.scale_down_delay_s)
-        wanted: dict[str, tuple[int, int, int, str]] = {}  # pool -> (have, rec, proposal, why)
+        recs: dict[str, int] = {}
         for name in self.pools:
             have = current.get(name, 0)
-            rec = self.clamp(name, recommended.get(name, 0))
+            rec = recs[name] = self.clamp(name, recommended.get(name, 0))
             hist = self._history.get(name)
             if hist is None:
                 hist = self._history[name] = _History(since=now, last_scale_up=now)
             hist.recommendations.append((now, rec))
             while hist.recommendations and hist.recommendations[0][0] < now - keep:
                 hist.recommendations.popleft()
+            if have <= 0:
+                hist.nonempty_since = None
+            elif hist.nonempty_since is None:
+                hist.nonempty_since = now
+        wanted: dict[str, tuple[int, int, int, str]] = {}  # pool -> (have, rec, proposal, why)
+        for name in self.pools:
+            have, rec = current.get(name, 0), recs[name]
+            homes = self._other_homes(name, now, current, recs, running)
             wanted[name] = (
                 have,
                 rec,
-                *self._propose(name, now, have, rec, hist, running, complete),
+                *self._propose(name, now, have, rec, self._history[name], running, complete, homes),
             )
         return self._budget(wanted)
+
+    def _other_homes(
+        self,
+        name: str,
+        now: float,
+        current: Mapping[str, int],
+        recs: Mapping[str, int],
+        running: Mapping[str, float],
+    ) -> dict[str, int]:
+        """Other pools of `name`'s model that can take its traffic if it goes (with their
+        replicas now): the plan keeps them, they have had replicas for `replica_start_s`
+        (loaded), and their running requests are known."""
+        model = self.pools[name].model
+        out = {}
+        for other, pool in self.pools.items():
+            if other == name or pool.model != model:
+                continue
+            since = self._history[other].nonempty_since
+            if (
+                recs[other] > 0
+                and current.get(other, 0) > 0
+                and since is not None
+                and now - since >= self.settings.replica_start_s
+                and other in running
+            ):
+                out[other] = current[other]
+        return out
 
     def _propose(
         self,
@@ -103,6 +148,7 @@ class Hysteresis:
         hist: _History,
         running: Mapping[str, float],
         complete: bool,
+        homes: Mapping[str, int],
     ) -> tuple[int, str]:
         s = self.settings
         bounds = self.pools[name].replicas
@@ -142,6 +188,16 @@ class Hysteresis:
             return have, f"plan wants {down}; running requests unknown, no scale-down"
         per_replica = self.pools[name].max_num_seqs * s.drain_fill
         target = max(down, have - s.max_scale_down_per_step)
+        if target == 0 and homes:
+            # Per model: the leaving replicas finish their own requests (Ray Serve drains
+            # them); new ones go to the homes, so the model's running requests must fit there.
+            room = sum(n * self.pools[h].max_num_seqs * s.drain_fill for h, n in homes.items())
+            model_busy = busy + sum(running[h] for h in homes)
+            if model_busy <= room:
+                return 0, (
+                    f"plan wants 0 for {s.scale_down_delay_s:.0f} s; "
+                    f"{self.pools[name].model} keeps serving on {', '.join(homes)}"
+                )
         while target < have and busy > target * per_replica:
             target += 1
         if target == have:

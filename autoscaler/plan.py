@@ -36,7 +36,8 @@ class Plan:
     """Replicas per model pool and nodes per node pool, with why.
 
     `feasible` is False when demand cannot be met within the pools' limits; `shortfall` then
-    says, per model, what is missing in words a person can act on.
+    says, per model, what is missing in words a person can act on. `note` says why a plan
+    other than the optimum was chosen (the incumbent rule keeps a running layout).
     """
 
     replicas: Mapping[str, int]
@@ -46,3 +47,5 @@ class Plan:
     shortfall: Mapping[str, str] = field(default_factory=dict)
     binding: tuple[str, ...] = ()
     cost_per_model: Mapping[str, float] = field(default_factory=dict)
+    # How this plan was chosen when not simply the optimum (autoscaler/incumbent.py).
+    note: str = ""

@@ -322,10 +322,15 @@ def _program(problem: Problem, *, unmet: bool = False, relax_limits: bool = Fals
 _OPTIONS = {"disp": False, "mip_rel_gap": 0.0, "time_limit": 60.0}
 
 
-def _solve(program: _Program, objectives: Sequence[np.ndarray]) -> np.ndarray | None:
+def _solve(
+    program: _Program,
+    objectives: Sequence[np.ndarray],
+    extra: Sequence[LinearConstraint] = (),
+) -> np.ndarray | None:
     """Lexicographic: minimise each objective in turn, holding the earlier ones at their
-    optimum (plus a hair of tolerance). None when the program is infeasible."""
-    constraints = program.constraints()
+    optimum (plus a hair of tolerance), under the program's rows and `extra`. None when the
+    program is infeasible."""
+    constraints = [*program.constraints(), *extra]
     bounds = program.bounds()
     integrality = program.integrality()
     x: np.ndarray | None = None
@@ -391,6 +396,31 @@ def solve(problem: Problem) -> PlanOutcome:
         fix = repairs.get(model)
         shortfall[model] = f"{text}: {fix}" if fix else text
     return _outcome(problem, best, xb, shortfall, started)
+
+
+def solve_most_capacity(problem: Problem, cost_cap: float) -> PlanOutcome | None:
+    """Among the plans that meet demand at a cost of at most `cost_cap` per hour, the one with
+    the most capacity (each model's capacity as a share of its need, summed), then the
+    cheapest, then the fewest GPUs; None when no plan meets demand within the cap.
+
+    The incumbent-aware planner (incumbent.py) gives capacity back with it: once the saving
+    left is within its tolerance, spare capacity is worth more than the last few percent
+    (it absorbs noise that would otherwise flip the layout back)."""
+    started = time.perf_counter()
+    if _structural_shortfall(problem):
+        return None
+    program = _program(problem)
+    capacity = np.zeros(program.size)
+    for p, cand in enumerate(problem.candidates):
+        need = problem.need.get(cand.model, 0.0)
+        if need > MIN_DEMAND:
+            capacity[p] = -cand.capacity_rps / need
+    cost = program.cost_vector()
+    cap = LinearConstraint(cost.reshape(1, -1), -np.inf, cost_cap)
+    x = _solve(program, [capacity, cost, program.gpu_vector()], [cap])
+    if x is None:
+        return None
+    return _outcome(problem, program, x, {}, started)
 
 
 def _structural_shortfall(problem: Problem) -> dict[str, str]:
@@ -692,6 +722,30 @@ def build_problem(
     )
 
 
+def problem_for(
+    fleet: FleetSpec,
+    demand: Mapping[str, ModelDemand],
+    slo: Slo | Mapping[str, Slo],
+    capacity_model: CapacityModel,
+    *,
+    headroom: float = 1.2,
+    on_demand_fraction: float = 0.0,
+) -> Problem:
+    """The planning instance for `fleet` and `demand`, capacities simulated or cached for each
+    model's current mix (never inside the solver)."""
+    caps: dict[str, Capacity] = {}
+    for pool in fleet.model_pools:
+        if pool.model not in demand:
+            continue
+        model_slo = slo if isinstance(slo, Slo) else slo.get(pool.model, Slo())
+        caps[pool.name] = capacity_model.capacity(
+            pool, fleet.node_pool(pool.node_pool), demand[pool.model], model_slo
+        )
+    return build_problem(
+        fleet, demand, caps, headroom=headroom, on_demand_fraction=on_demand_fraction
+    )
+
+
 def plan_fleet(
     fleet: FleetSpec,
     demand: Mapping[str, ModelDemand],
@@ -703,15 +757,13 @@ def plan_fleet(
 ) -> PlanOutcome:
     """Plan `fleet` for `demand`: capacities first (simulated or cached, never inside the
     solver), then the exact program."""
-    caps: dict[str, Capacity] = {}
-    for pool in fleet.model_pools:
-        if pool.model not in demand:
-            continue
-        model_slo = slo if isinstance(slo, Slo) else slo.get(pool.model, Slo())
-        caps[pool.name] = capacity_model.capacity(
-            pool, fleet.node_pool(pool.node_pool), demand[pool.model], model_slo
+    return solve(
+        problem_for(
+            fleet,
+            demand,
+            slo,
+            capacity_model,
+            headroom=headroom,
+            on_demand_fraction=on_demand_fraction,
         )
-    problem = build_problem(
-        fleet, demand, caps, headroom=headroom, on_demand_fraction=on_demand_fraction
     )
-    return solve(problem)

@@ -72,6 +72,19 @@ class ControllerSettings(BaseModel):
         description="scale a pool down only while its running requests fit on the remaining "
         "replicas at this fraction of their max_num_seqs",
     )
+    replica_start_s: float = Field(
+        120.0,
+        ge=0,
+        description="how long a new replica takes to load and serve: a pool the plan empties "
+        "may go while it still serves only once another pool of its model has had replicas "
+        "this long",
+    )
+    incumbent_tolerance: float | None = Field(
+        0.05,
+        ge=0,
+        description="keep the running layout while it meets demand at most this fraction above "
+        "the optimum's cost (autoscaler/incumbent.py); null: always apply the optimum",
+    )
     assumed_prompt_tokens: float = Field(
         1000.0, gt=0, description="mean prompt length when no engine metrics say otherwise"
     )

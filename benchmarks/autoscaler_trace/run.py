@@ -24,16 +24,16 @@ import random
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemma_fleet.autoscaler.actuators import FleetState, InMemoryActuator
 from gemma_fleet.autoscaler.capacity import Capacity, CapacityModel, simulator_config
 from gemma_fleet.autoscaler.controller import Controller, nodes_for
-from gemma_fleet.autoscaler.hysteresis import Hysteresis, PoolDecision
+from gemma_fleet.autoscaler.incumbent import IncumbentPlanner
 from gemma_fleet.autoscaler.metrics_source import DemandReading, PoolTraffic
 from gemma_fleet.autoscaler.plan import ModelDemand, Plan, Slo
-from gemma_fleet.autoscaler.planner import build_problem, solve
+from gemma_fleet.autoscaler.planner import Problem, build_problem, solve
 from gemma_fleet.autoscaler.settings import ControllerSettings
 from gemma_fleet.deployments.engines.simulator.config import SimulatorConfig
 from gemma_fleet.deployments.engines.simulator.core import profile_for
@@ -50,20 +50,22 @@ TRACE_INTERVAL_S = 300.0  # the trace's resolution: one rate per model per 5 min
 STEP_S = 30.0  # every policy decides this often (our controller's default interval_s)
 # A replica asked for at t serves from t + this (weights loading); it is paid from t.
 REPLICA_START_S = 120.0
-# The prototype incumbent-aware planner keeps a layout while it costs at most this much more
-# than the optimum (see IncumbentPlanner).
-INCUMBENT_TOLERANCE = 0.05
 OURS = "ours (as shipped)"
 # Policies drawn in the capacity-vs-demand plot (all of them would be unreadable).
+# Ablations of the shipped controller (ControllerSettings changed as named).
+NO_INCUMBENT = "ours, incumbent planner off"
+LOOSE_TOLERANCE = "ours, incumbent_tolerance 0.10"
+SHORT_WINDOW = "ours, down window 120 s, lifetime 300 s"
+PLAN_ONLY = "ours, forecast + plan only"
 PLOTTED_CAPACITY = (
     "per-interval optimum",
     "static peak",
     OURS,
-    "ours + drain fix + incumbent planner",
+    NO_INCUMBENT,
     "Ray Serve (tuned target)",
 )
 # Policies whose attainment estimate is checked against the simulator.
-VALIDATED = (OURS, "ours + drain fix + incumbent planner", "Ray Serve (tuned target)")
+VALIDATED = (OURS, "Ray Serve (tuned target)")
 
 
 # ---- the workload and the trace -----------------------------------------------------------
@@ -205,95 +207,6 @@ def fleet_cost(fleet: FleetSpec, replicas: Mapping[str, int]) -> float:
         n * fleet.node_pool(name).gpus_per_node * fleet.node_pool(name).cost_per_gpu_hour
         for name, n in nodes_for(fleet, replicas).items()
     )
-
-
-class IncumbentPlanner:
-    """A PROTOTYPE, not part of the autoscaler: the exact planner made aware of the replicas
-    already running, so that near-equal layouts do not alternate (see README, "Why the shipped
-    controller misses").
-
-    Each call: the unconstrained optimum (cost C*); if the running replicas already meet the
-    need and cost at most (1 + tolerance) x C*, keep them; otherwise the cheapest plan that
-    only adds to them (when scaling up) or only removes from them (when they meet the need),
-    if that costs at most (1 + tolerance) x C*; otherwise the optimum (a re-layout that saves
-    more than the tolerance)."""
-
-    def __init__(
-        self,
-        fleet: FleetSpec,
-        caps: Mapping[str, Capacity],
-        current: Callable[[], Mapping[str, int]],
-        tolerance: float,
-    ) -> None:
-        self.fleet = fleet
-        self.caps = caps
-        self.current = current
-        self.tolerance = tolerance
-
-    def __call__(self, demand: Mapping[str, ModelDemand]) -> Plan:
-        problem = build_problem(self.fleet, demand, self.caps, headroom=1.0)
-        best = solve(problem).plan
-        have = dict(self.current())
-        limit = best.cost_per_hour * (1 + self.tolerance) + 1e-9
-        meets = all(
-            sum(have.get(c.pool, 0) * c.capacity_rps for c in problem.candidates if c.model == m)
-            >= need - 1e-9
-            for m, need in problem.need.items()
-        )
-        if meets and fleet_cost(self.fleet, have) <= limit:
-            return Plan(
-                replicas=have,
-                nodes=nodes_for(self.fleet, have),
-                cost_per_hour=fleet_cost(self.fleet, have),
-            )
-        bounded = []
-        for c in problem.candidates:
-            now = have.get(c.pool, 0)
-            if meets:  # only remove
-                bounded.append(
-                    replace(c, max_replicas=max(c.min_replicas, min(c.max_replicas, now)))
-                )
-            else:  # only add
-                bounded.append(
-                    replace(c, min_replicas=max(c.min_replicas, min(c.max_replicas, now)))
-                )
-        near = solve(replace(problem, candidates=tuple(bounded))).plan
-        if near.feasible and near.cost_per_hour <= limit:
-            return near
-        return best
-
-
-class ModelDrainHysteresis(Hysteresis):
-    """A PROTOTYPE of a fix to hysteresis.py, not part of the autoscaler: the shipped drain
-    check keeps a pool while `running > target x max_num_seqs x drain_fill`, which for a target
-    of 0 means "while the pool has any request in flight" - never, for a pool that serves
-    traffic, so a model can never leave a node pool. Here a pool the plan empties counts as
-    drained when the plan keeps its model on another pool that has replicas now: the gateway
-    sends new requests there and Ray Serve lets the draining replica finish its own."""
-
-    def decide(
-        self,
-        now: float,
-        current: Mapping[str, int],
-        recommended: Mapping[str, int],
-        running: Mapping[str, float],
-        *,
-        complete: bool,
-    ) -> list[PoolDecision]:
-        adjusted = dict(running)
-        for name, pool in self.pools.items():
-            if recommended.get(name, 0) > 0 or name not in adjusted:
-                continue
-            elsewhere = any(
-                other.model == pool.model
-                and other_name != name
-                and recommended.get(other_name, 0) > 0
-                and current.get(other_name, 0) > 0
-                for other_name, other in self.pools.items()
-            )
-            if elsewhere:
-                adjusted[name] = 0.0
-        return super().decide(now, current, recommended, adjusted, complete=complete)
 
 
 def restrict(fleet: FleetSpec, node_pool: str) -> FleetSpec:
@@ -440,34 +353,29 @@ def controller_timeline(
     name: str = OURS,
     seed: int = 1,
     start_s: float = REPLICA_START_S,
-    incumbent_tolerance: float | None = None,
-    model_drain: bool = False,
 ) -> Timeline:
     """Our controller, stepped every STEP_S on a simulated clock against an in-memory fleet
-    that starts as the optimum of the first interval (a warm fleet, not a cold start)."""
+    that starts as the optimum of the first interval (a warm fleet, not a cold start). The
+    planner is the exact one, told the running replicas (autoscaler/incumbent.py) with the
+    settings' `incumbent_tolerance`, as `gemma-fleet autoscale` binds it."""
     clock = [0.0]
     first = planner(fleet, caps, 1.0 + settings.headroom)(trace.demand_at(0))
     start = {p.name: first.replicas.get(p.name, 0) for p in fleet.model_pools}
     actuator = InMemoryActuator(FleetState(replicas=start, nodes=nodes_for(fleet, start)))
     source = TraceDemand(trace, fleet, caps, actuator, lambda: clock[0], seed)
+
     # The controller adds its own headroom, so the planner it calls adds none (as the CLI).
-    plan: Callable[[Mapping[str, ModelDemand]], Plan] = planner(fleet, caps, 1.0)
-    if incumbent_tolerance is not None:
-        plan = IncumbentPlanner(
-            fleet, caps, lambda: actuator.observe().replicas, incumbent_tolerance
-        )
+    def problem(demand: Mapping[str, ModelDemand]) -> Problem:
+        return build_problem(fleet, demand, caps, headroom=1.0)
+
     controller = Controller(
         fleet,
-        plan,
+        IncumbentPlanner(problem, settings.incumbent_tolerance),
         source,
         actuator,
         settings.model_copy(update={"interval_s": STEP_S}),
         clock=lambda: clock[0],
     )
-    if model_drain:
-        controller.hysteresis = ModelDrainHysteresis(
-            controller.settings, {p.name: p for p in fleet.model_pools}
-        )
     warm = Warmup(start, start_s)
     timeline = Timeline(name, fleet)
     for k in range(steps(trace)):
@@ -1046,8 +954,10 @@ def policies(
     caps: Mapping[str, Capacity],
     settings: ControllerSettings,
     say: Callable[[str], None],
+    *,
+    tried: bool = False,
 ) -> list[Timeline]:
-    """Every policy's timeline over the trace."""
+    """Every policy's timeline over the trace (`tried`: also the settings tried)."""
     headroom = 1.0 + settings.headroom
     out: list[Timeline] = []
     say("per-interval optimum")
@@ -1079,53 +989,69 @@ def policies(
     out.append(
         noted(
             controller_timeline(fleet, trace, caps, settings),
-            "as shipped: default ControllerSettings, 30 s steps, observed demand = Poisson counts",
+            "as shipped: default ControllerSettings (per-model drain check, incumbent-aware "
+            f"planner, tolerance {settings.incumbent_tolerance}), 30 s steps, observed demand "
+            "= Poisson counts",
         )
     )
-    say("our controller + model-level drain check (prototype fix)")
-    out.append(
-        noted(
-            controller_timeline(
-                fleet, trace, caps, settings, name="ours + drain fix", model_drain=True
-            ),
-            "ModelDrainHysteresis: an emptied pool may go while its model has replicas elsewhere",
+    if tried:
+        say("our controller, incumbent_tolerance 0.10 (a setting tried)")
+        out.append(
+            noted(
+                controller_timeline(
+                    fleet,
+                    trace,
+                    caps,
+                    settings.model_copy(update={"incumbent_tolerance": 0.10}),
+                    name=LOOSE_TOLERANCE,
+                ),
+                "as shipped but a 10% incumbent tolerance",
+            )
         )
-    )
-    say("our controller + drain fix + incumbent-aware planner (prototypes)")
+        say("our controller, shorter scale-down window and replica lifetime (settings tried)")
+        out.append(
+            noted(
+                controller_timeline(
+                    fleet,
+                    trace,
+                    caps,
+                    settings.model_copy(
+                        update={"scale_down_delay_s": 120.0, "min_replica_lifetime_s": 300.0}
+                    ),
+                    name=SHORT_WINDOW,
+                ),
+                "as shipped but scale_down_delay_s 120, min_replica_lifetime_s 300 (not the "
+                "default: under noise on a replica boundary it oscillates, test_controller.py)",
+            )
+        )
+    say("our controller, incumbent-aware planning off (ablation)")
     out.append(
         noted(
             controller_timeline(
                 fleet,
                 trace,
                 caps,
-                settings,
-                name="ours + drain fix + incumbent planner",
-                model_drain=True,
-                incumbent_tolerance=INCUMBENT_TOLERANCE,
+                settings.model_copy(update={"incumbent_tolerance": None}),
+                name=NO_INCUMBENT,
             ),
-            f"plus IncumbentPlanner, tolerance {INCUMBENT_TOLERANCE:g}",
+            "incumbent_tolerance null: the bare optimum every step, hysteresis as shipped",
         )
     )
-    say("our controller without hysteresis (for the decomposition)")
-    calm_off = settings.model_copy(
+    say("our controller, forecast + plan only (ablation, to split the gap)")
+    plan_only = settings.model_copy(
         update={
             "scale_down_delay_s": 0.0,
             "min_replica_lifetime_s": 0.0,
             "max_changes_per_step": 1000,
             "max_scale_down_per_step": 1000,
+            "incumbent_tolerance": None,
         }
     )
     out.append(
         noted(
-            controller_timeline(
-                fleet,
-                trace,
-                caps,
-                calm_off,
-                name="ours, hysteresis off + drain fix",
-                model_drain=True,
-            ),
-            "no down window, no replica lifetime, no change budget: forecast + plan only",
+            controller_timeline(fleet, trace, caps, plan_only, name=PLAN_ONLY),
+            "no down window, no replica lifetime, no change budget, bare optimum: forecast + "
+            "plan + the drain check only",
         )
     )
     pools = ray_pools(fleet, trace, caps)
@@ -1182,6 +1108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="simulate every capacity afresh")
     parser.add_argument("--hours", type=float, default=24.0, help="trace length (24 by default)")
     parser.add_argument("--no-validate", action="store_true", help="skip the simulator checks")
+    parser.add_argument(
+        "--tried",
+        action="store_true",
+        help="also run the settings tried and not shipped (incumbent_tolerance 0.10; a "
+        "120 s down window with a 300 s replica lifetime)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
 
@@ -1195,7 +1127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, cap in caps.items():
         say(f"capacity {name}: {cap.requests_per_s:.3f} req/s ({cap.limit}) {cap.reason}")
     settings = ControllerSettings()
-    timelines = policies(fleet, trace, caps, settings, say)
+    timelines = policies(fleet, trace, caps, settings, say, tried=args.tried)
     pools = ray_pools(fleet, trace, caps)
     say("evaluating")
     outcomes = [evaluate(t, trace, caps) for t in timelines]

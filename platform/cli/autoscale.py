@@ -11,19 +11,23 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import typer
 
 from gemma_fleet.autoscaler.actuators import Actuator, ActuatorError, FleetState, InMemoryActuator
 from gemma_fleet.autoscaler.controller import Controller, StepReport, nodes_for
-from gemma_fleet.autoscaler.plan import ModelDemand, Plan, Slo
+from gemma_fleet.autoscaler.plan import ModelDemand, Slo
 from gemma_fleet.autoscaler.settings import ControllerSettings, SettingsError, load_settings
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.deployments.pools import FleetError, FleetSpec, load_fleet
+
+if TYPE_CHECKING:
+    from gemma_fleet.autoscaler.incumbent import IncumbentPlanner
 
 log = logging.getLogger("gemma_fleet.autoscaler")
 
@@ -38,21 +42,24 @@ class ActuatorKind(StrEnum):
     NONE = "none"
 
 
-def make_planner(fleet: FleetSpec) -> Callable[[Mapping[str, ModelDemand]], Plan]:
-    """The exact planner (autoscaler/planner.py) bound to `fleet`, with the default SLO.
+def make_planner(fleet: FleetSpec, settings: ControllerSettings) -> IncumbentPlanner:
+    """The exact planner (autoscaler/planner.py) bound to `fleet`, with the default SLO, told
+    the running replicas so it keeps a layout within `settings.incumbent_tolerance` of the
+    optimum (autoscaler/incumbent.py).
 
     The controller has already added its headroom to the demand it passes, so the planner is
     asked for no more on top (headroom 1.0)."""
     from gemma_fleet.autoscaler.capacity import CapacityModel, default_cache_path
-    from gemma_fleet.autoscaler.planner import plan_fleet
+    from gemma_fleet.autoscaler.incumbent import IncumbentPlanner
+    from gemma_fleet.autoscaler.planner import Problem, problem_for
 
     # Simulated capacities are cached on disk: a restart does not re-simulate every pool.
     capacity = CapacityModel(cache_path=default_cache_path())
 
-    def plan(demand: Mapping[str, ModelDemand]) -> Plan:
-        return plan_fleet(fleet, demand, Slo(), capacity, headroom=1.0).plan
+    def problem(demand: Mapping[str, ModelDemand]) -> Problem:
+        return problem_for(fleet, demand, Slo(), capacity, headroom=1.0)
 
-    return plan
+    return IncumbentPlanner(problem, settings.incumbent_tolerance)
 
 
 def _check_urls(urls: list[str]) -> None:
@@ -143,7 +150,7 @@ def autoscale_command(
     _check_urls(metrics_url)
     if actuator is ActuatorKind.KUBERNETES and not (namespace and rayservice):
         raise CliError("--actuator kubernetes needs --namespace and --rayservice")
-    planner = make_planner(spec)
+    planner = make_planner(spec, settings)
     from gemma_fleet.autoscaler.metrics_source import MetricsSource  # httpx: only when run
 
     source = MetricsSource(

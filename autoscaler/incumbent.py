@@ -1,0 +1,176 @@
+"""Incumbent-aware planning: the exact planner told which replicas run now, so that a layout
+close to the optimum is kept instead of being swapped for a marginally cheaper one.
+
+Why: the cheapest layout of a heterogeneous fleet changes at many demand levels (the cheapest
+packing of TP groups into 2- and 4-GPU nodes of several GPU types does), so on a day's trace
+the per-interval optimum re-lays out the fleet every few minutes. A re-layout is not free: new
+replicas are paid while they load, and the old pools stay until the hysteresis lets them go
+(scale-down window, replica lifetime), so following every twitch of the optimum keeps two
+layouts up side by side. On the trace evaluation (benchmarks/autoscaler_trace/) the
+controller fed the bare optimum cost +71% over the per-interval optimum; fed this planner,
+much less (see its README).
+
+The rule, each step, with C* the optimum's cost per hour and `tolerance` t:
+
+1. the running replicas (clamped to each pool's [min, max]) meet every model's need and cost at
+   most (1 + t) x C*: keep them;
+2. else, when they fall short, the cheapest plan that only ADDS to them; when they meet the
+   need at too high a cost, the plan that only REMOVES from them and keeps the most capacity
+   (relative to each model's need) at a cost of at most (1 + t) x C* - if there is one. The
+   removal gives back what the tolerance says is worth saving and no more: choosing the
+   cheapest subset instead would flip between two near-equal layouts (the one with less
+   spare capacity is pushed out again by the next noisy reading above its capacity);
+3. else the optimum: a re-layout that saves more than the tolerance.
+
+A plan therefore never costs more than (1 + t) x C*, never drops below a pool's minimum, and
+changes the layout only when the saving is worth it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+
+from gemma_fleet.autoscaler.plan import ModelDemand, Plan
+from gemma_fleet.autoscaler.planner import MIN_DEMAND, Problem, solve, solve_most_capacity
+from gemma_fleet.deployments.pools import nodes_needed
+
+# Slack on cost and capacity comparisons (floating point of the solver's answers).
+_EPS = 1e-9
+
+
+def clamp_replicas(problem: Problem, current: Mapping[str, int]) -> dict[str, int]:
+    """`current` per candidate pool within its [min_replicas, max_replicas]; a pool whose TP
+    group does not fit one node of its node pool holds none."""
+    out = {}
+    for cand in problem.candidates:
+        if cand.tp > problem.node_pool(cand.node_pool).gpus_per_node:
+            out[cand.pool] = 0
+            continue
+        out[cand.pool] = max(cand.min_replicas, min(cand.max_replicas, current.get(cand.pool, 0)))
+    return out
+
+
+def layout_nodes(problem: Problem, replicas: Mapping[str, int]) -> dict[str, int] | None:
+    """Nodes per node pool that `replicas` need (TP groups whole on one node, at least
+    min_nodes); None when some node pool would exceed its max_nodes."""
+    out = {}
+    for pool in problem.node_pools:
+        groups = [
+            c.tp
+            for c in problem.candidates
+            if c.node_pool == pool.name
+            for _ in range(replicas.get(c.pool, 0))
+        ]
+        need = max(pool.min_nodes, nodes_needed(groups, pool.gpus_per_node))
+        if need > pool.max_nodes:
+            return None
+        out[pool.name] = need
+    return out
+
+
+def layout_cost(problem: Problem, nodes: Mapping[str, int]) -> float:
+    """GPU cost per hour of `nodes`."""
+    return sum(nodes[p.name] * p.cost_per_node_hour for p in problem.node_pools)
+
+
+def meets_need(problem: Problem, replicas: Mapping[str, int]) -> bool:
+    """Whether `replicas` give every model its need (and the on-demand share, if asked)."""
+    for model, need in problem.need.items():
+        if need <= MIN_DEMAND:
+            continue
+        mine = [c for c in problem.candidates if c.model == model]
+        if sum(c.capacity_rps * replicas.get(c.pool, 0) for c in mine) < need - _EPS:
+            return False
+        if problem.on_demand_fraction > 0:
+            steady = sum(
+                c.capacity_rps * replicas.get(c.pool, 0)
+                for c in mine
+                if not problem.node_pool(c.node_pool).spot
+            )
+            if steady < problem.on_demand_fraction * need - _EPS:
+                return False
+    return True
+
+
+def plan_near(problem: Problem, current: Mapping[str, int], tolerance: float) -> Plan:
+    """The plan for `problem` given the running replicas `current` (the module's rule);
+    `Plan.note` says which branch chose it."""
+    best = solve(problem).plan
+    if not best.feasible:
+        # Demand exceeds the limits: the plan serving the most of it, whatever runs now.
+        return best
+    limit = best.cost_per_hour * (1.0 + tolerance) + _EPS
+    have = clamp_replicas(problem, current)
+    meets = meets_need(problem, have)
+    nodes = layout_nodes(problem, have)
+    if meets and nodes is not None:
+        cost = layout_cost(problem, nodes)
+        if cost <= limit:
+            return Plan(
+                replicas=have,
+                nodes=nodes,
+                cost_per_hour=cost,
+                note=_note("kept the running layout", cost, best.cost_per_hour, tolerance),
+            )
+    bounded = []
+    for cand in problem.candidates:
+        now = have[cand.pool]
+        if meets:  # too dear: only remove
+            bounded.append(replace(cand, max_replicas=now))
+        else:  # short: only add
+            bounded.append(replace(cand, min_replicas=now))
+    narrowed = replace(problem, candidates=tuple(bounded))
+    if meets:
+        outcome = solve_most_capacity(narrowed, limit)
+        if outcome is not None:
+            near = outcome.plan
+            what = "removed from the running layout"
+            return replace(
+                near, note=_note(what, near.cost_per_hour, best.cost_per_hour, tolerance)
+            )
+    else:
+        near = solve(narrowed).plan
+        if near.feasible and near.cost_per_hour <= limit:
+            what = "added to the running layout"
+            return replace(
+                near, note=_note(what, near.cost_per_hour, best.cost_per_hour, tolerance)
+            )
+    return replace(
+        best,
+        note=f"re-laid out: keeping the running layout would cost more than "
+        f"{100 * tolerance:g}% over the optimum {best.cost_per_hour:.2f}/h",
+    )
+
+
+def _note(what: str, cost: float, optimum: float, tolerance: float) -> str:
+    over = 100 * (cost / optimum - 1) if optimum > 0 else 0.0
+    return (
+        f"{what}: {cost:.2f}/h, {over:+.1f}% vs the optimum {optimum:.2f}/h "
+        f"(tolerance {100 * tolerance:g}%)"
+    )
+
+
+class IncumbentPlanner:
+    """The exact planner bound to a problem builder, for the controller: called with demand
+    alone it gives the optimum; `plan_from(demand, current)` applies the incumbent rule (or,
+    with `tolerance` None, gives the optimum too)."""
+
+    def __init__(
+        self,
+        problem_for: Callable[[Mapping[str, ModelDemand]], Problem],
+        tolerance: float | None,
+    ) -> None:
+        self.problem_for = problem_for
+        self.tolerance = tolerance
+
+    def __call__(self, demand: Mapping[str, ModelDemand]) -> Plan:
+        """The optimum for `demand`, regardless of what runs."""
+        return solve(self.problem_for(demand)).plan
+
+    def plan_from(self, demand: Mapping[str, ModelDemand], current: Mapping[str, int]) -> Plan:
+        """The plan for `demand` given the replicas running now."""
+        problem = self.problem_for(demand)
+        if self.tolerance is None:
+            return solve(problem).plan
+        return plan_near(problem, current, self.tolerance)
