@@ -112,7 +112,9 @@ def run_fleet(
     # The store starts first and stops last: the nodes inherit its environment, and replicas
     # still draining at shutdown can settle their accounting.
     try:
-        with local_team_store(settings.state_dir, auth=settings.auth) as teams:
+        with local_team_store(
+            settings.state_dir, auth=settings.auth, redis_url=settings.redis_url
+        ) as teams:
             yield from _run_on_cluster(
                 spec, settings, counts, cpu_host, checkpoints, teams, on_progress
             )

@@ -23,6 +23,8 @@ class LocalFleetSettings:
     # Team keys, the admin key and the embedded Redis's data; auth off: an open API.
     state_dir: Path = Path.home() / ".gemma-fleet"
     auth: bool = True
+    # A Redis to use instead of the embedded one (redis://host:port/db); None: embedded.
+    redis_url: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.min_worker_port < self.max_worker_port < 65536:

@@ -56,8 +56,13 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 
 @contextmanager
-def local_team_store(state_dir: Path, *, auth: bool = True) -> Iterator[LocalTeams]:
-    """Run the store for the duration of the block (auth off: nothing runs, the API is open)."""
+def local_team_store(
+    state_dir: Path, *, auth: bool = True, redis_url: str | None = None
+) -> Iterator[LocalTeams]:
+    """Run the store for the duration of the block (auth off: nothing runs, the API is open).
+
+    `redis_url` names a Redis someone else runs (a fault test kills and restarts one under
+    load); the embedded one is not started then."""
     if not auth:
         with _environment({"GEMMA_FLEET_AUTH": "disabled"}):
             yield LocalTeams()
@@ -68,8 +73,8 @@ def local_team_store(state_dir: Path, *, auth: bool = True) -> Iterator[LocalTea
     bootstrap = state_dir / "bootstrap-teams.yaml"
     bootstrap.touch(mode=0o600)
     bootstrap.write_text(yaml.safe_dump({"teams": [{"name": LOCAL_TEAM, "keys": [api_key]}]}))
-    redis = EmbeddedRedis(state_dir / "redis")
-    url = redis.start()
+    redis = EmbeddedRedis(state_dir / "redis") if redis_url is None else None
+    url = redis.start() if redis is not None else str(redis_url)
     env = {
         "GEMMA_FLEET_AUTH": "required",
         "REDIS_URL": url,
@@ -80,4 +85,5 @@ def local_team_store(state_dir: Path, *, auth: bool = True) -> Iterator[LocalTea
         with _environment(env):
             yield LocalTeams(api_key=api_key, admin_key=admin_key, redis_url=url)
     finally:
-        redis.stop()
+        if redis is not None:
+            redis.stop()

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 
 # Name of the Ray Serve application that holds the fleet.
 FLEET_APP_NAME = "gemma-fleet"
+HEALTH_CHECK_PERIOD_S = 2
+# Ongoing requests by which a replica may exceed the least busy one and still be preferred for
+# its cached prefix (Ray's default: no limit). Small: an engine batches, so a few extra queued
+# requests cost little of the prefill saved, while a stalled replica holding a hot prefix must
+# not collect every request that shares it (request_router.py, tests/faults).
+IMBALANCE_THRESHOLD = 4
 PREFIX_AWARE_ROUTER = "gemma_fleet.deployments.pools.request_router.PrefixAwareRouter"
 
 
@@ -50,7 +56,15 @@ def deployment_config(pool: ModelPool) -> dict[str, Any]:
         "num_replicas": pool.replicas.start,
         # Inside a pool, requests sharing a prompt prefix go to the replica that has it cached,
         # unless that replica is much busier than the others (Ray Serve LLM's router).
-        "request_router_config": {"request_router_class": PREFIX_AWARE_ROUTER},
+        "request_router_config": {
+            "request_router_class": PREFIX_AWARE_ROUTER,
+            "request_router_kwargs": {"imbalanced_threshold": IMBALANCE_THRESHOLD},
+        },
+        # A dead replica is noticed at its next health check: every 2 s rather than Ray Serve
+        # LLM's 10, so the pool starts a replacement (and the gateway, which reads the live
+        # replica counts, routes around a pool with none) within seconds. The check is cheap
+        # (the engine's liveness); its timeout stays Ray Serve LLM's 10 s.
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
     }
 
 

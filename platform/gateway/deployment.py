@@ -5,7 +5,7 @@ constructor (`__serve_build_asgi_app__`), so it closes over this replica's gatew
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI
@@ -29,14 +29,39 @@ class GatewayDeployment:
         # in a cluster - never through Ray's serialised arguments.
         configure_tracing("gemma-fleet-gateway")
         self._gate = open_gate(TeamsSettings.from_env(os.environ))
+        gateway_settings = GatewaySettings.model_validate(settings)
         self._gateway = Gateway(
-            GatewaySettings.model_validate(settings),
+            gateway_settings,
             ServePoolClient(pools),
             load_catalog().family,
+            live_replicas=running_replicas(
+                serve.get_replica_context().app_name, [p.name for p in gateway_settings.pools]
+            ),
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._gateway, self._gate)
+
+
+def running_replicas(app_name: str, pools: list[str]) -> Callable[[], dict[str, int | None]]:
+    """A reader of each pool's RUNNING replicas, as the Serve controller counts them (each
+    pool is a deployment of the gateway's application, named after the pool; None: the
+    controller does not know the deployment). Blocking: the gateway runs it off its loop."""
+
+    def read() -> dict[str, int | None]:
+        app = serve.status().applications.get(app_name)
+        deployments = app.deployments if app is not None else {}
+        counts: dict[str, int | None] = {}
+        for pool in pools:
+            found = deployments.get(pool)
+            if found is None:
+                counts[pool] = None
+                continue
+            # ReplicaState is a str enum: its RUNNING member equals the plain string.
+            counts[pool] = sum(n for s, n in found.replica_states.items() if s == "RUNNING")
+        return counts
+
+    return read
 
 
 def build_gateway_app(

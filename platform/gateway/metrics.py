@@ -70,6 +70,30 @@ class GatewayMetrics:
             ["pool"],
             registry=self.registry,
         )
+        self.pool_retries = Counter(
+            "gemma_fleet_gateway_pool_retries",
+            "Calls to a pool tried again because it failed before its first reply, by pool",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.pool_outages = Counter(
+            "gemma_fleet_gateway_pool_outages",
+            "Times a pool was seen with no running replica (and routed around), by pool",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.streams_cut = Counter(
+            "gemma_fleet_gateway_streams_cut",
+            "Streams ended with an error event because their pool failed mid-stream, by pool",
+            ["pool"],
+            registry=self.registry,
+        )
+        self.live_replicas = Gauge(
+            "gemma_fleet_gateway_pool_live_replicas",
+            "Running replicas of each pool as the gateway last read them (-1: unknown)",
+            ["pool"],
+            registry=self.registry,
+        )
         self.store_pending = Gauge(
             "gemma_fleet_gateway_store_pending_writes",
             "Accounting writes buffered while the team store (Redis) is unreachable",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-from collections.abc import AsyncIterator, Awaitable, Callable
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,8 @@ from gemma_fleet.telemetry import (
     start_span,
 )
 
+log = logging.getLogger(__name__)
+
 POOL_HEADER = "x-gemma-fleet-pool"
 REASON_HEADER = "x-gemma-fleet-route"
 DONE = "data: [DONE]\n\n"
@@ -110,6 +113,9 @@ class GatewaySettings(BaseModel):
     pools: list[PoolInfo] = Field(min_length=1)
     aliases: dict[str, list[str]] = Field(default_factory=dict)
     max_body_bytes: int = Field(25 * 2**20, ge=1024, description="413 above this")
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="408 when a request body takes longer to arrive"
+    )
     media: MediaSettings = MediaSettings()
 
 
@@ -144,6 +150,10 @@ class Caller:
 
 ANYONE = Caller()
 
+# Reads each pool's running replicas from the cluster (blocking; run off the event loop).
+ReplicaCounts = Callable[[], Mapping[str, int | None]]
+WATCH_INTERVAL_S = 1.5
+
 
 class Gateway:
     def __init__(
@@ -153,8 +163,13 @@ class Gateway:
         facts: Family,
         *,
         resolve: Resolver = system_resolver,
+        live_replicas: ReplicaCounts | None = None,
+        watch_interval_s: float = WATCH_INTERVAL_S,
     ) -> None:
         self.settings = settings
+        self._live_replicas = live_replicas
+        self._watch_interval_s = watch_interval_s
+        self._watcher: asyncio.Task[None] | None = None
         self._client = client
         self._facts = facts
         self._fetch_policy = settings.media.policy()
@@ -185,6 +200,8 @@ class Gateway:
         """Prometheus exposition, with in-flight counts read from the pool state now."""
         for name, pool in self.state.pools.items():
             self.metrics.in_flight.labels(name).set(pool.in_flight)
+            live = pool.live_replicas
+            self.metrics.live_replicas.labels(name).set(-1 if live is None else live)
         return self.metrics.render()
 
     def ready(self) -> bool:
@@ -221,6 +238,29 @@ class Gateway:
         payload["max_tokens"] = needs.max_output_tokens
         _ask_for_usage(payload)
         return await self._dispatch(decision, needs, request.model, caller, "completions", payload)
+
+    def _ensure_watcher(self) -> None:
+        """Start the pool-health watcher on the serving event loop, once (lazily: the loop
+        that serves requests is the one whose tasks it may cancel)."""
+        if self._live_replicas is not None and self._watcher is None:
+            self._watcher = asyncio.create_task(self.watch_pools())
+
+    async def watch_pools(self) -> None:
+        """Level-triggered pool health: every interval, read each pool's running replicas
+        (off the event loop: it is a call to the cluster) and mark pools with none down until
+        one runs again. Without this a request sent to a pool whose replicas all died, or
+        that was scaled to zero, waits in Ray Serve's queue until a replica appears."""
+        assert self._live_replicas is not None
+        while True:
+            try:
+                counts = await asyncio.to_thread(self._live_replicas)
+            except Exception:  # the cluster did not answer: keep what we knew
+                log.warning("reading the pools' replica counts failed", exc_info=True)
+            else:
+                for pool in self.state.set_live_replicas(counts):
+                    log.warning("pool %s has no running replica: routed around", pool)
+                    self.metrics.pool_outages.labels(pool).inc()
+            await asyncio.sleep(self._watch_interval_s)
 
     async def _inline_remote_media(self, request: ChatCompletionRequest) -> None:
         """Fetch http(s) media under the SSRF policy and pass it on as data: URLs, so no
@@ -299,6 +339,7 @@ class Gateway:
 
         The gateway.dispatch span is current while the pool is called (the pool clients send
         it on as the engine's parent) and ends with the reply, or with the stream."""
+        self._ensure_watcher()
         stream = bool(payload.get("stream"))
         traced = start_span(names.DISPATCH, attributes={names.STREAM: stream})
         attempts = 0
@@ -345,11 +386,23 @@ class Gateway:
         for attempt in (1, 2):
             replies = self._tracked(pool, self._client.call(pool, method, payload))
             try:
-                return replies, await anext(replies), attempt
+                with self.state.awaiting_first_reply(pool):
+                    return replies, await anext(replies), attempt
             except PoolUnavailable:
                 await _close(replies)
-                if attempt == 2:
+                if attempt == 2 or self.state.live_replicas(pool) == 0:
                     raise
+                self.metrics.pool_retries.labels(pool).inc()
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not self.state.cut_by_outage(task):
+                    raise  # the client left
+                # The pool lost its last replica while this request waited for one: route
+                # it again (another pool, or 503) rather than wait for a restart.
+                assert task is not None
+                task.uncancel()
+                await _close(replies)
+                raise PoolUnavailable(f"pool {pool} has no running replica") from None
             except StopAsyncIteration as exc:
                 raise ApiError(502, f"pool {pool} closed the response without a reply") from exc
         raise AssertionError("unreachable")
@@ -382,6 +435,7 @@ class Gateway:
         except Exception as exc:
             # The client gets an error event, not an exception: the span must say so itself.
             mark_failed(traced, f"pool {pool} failed mid-stream: {type(exc).__name__}", exc)
+            self.metrics.streams_cut.labels(pool).inc()
             yield ApiError(503, f"pool {pool} failed mid-stream: {type(exc).__name__}").sse_event()
         finally:
             await _close(replies)
