@@ -139,9 +139,9 @@ async def simulated_pools() -> tuple[Any, Callable[[], Awaitable[None]]]:
 
 
 def fleet_settings(**overrides: Any) -> GatewaySettings:
-    return GatewaySettings(
-        pools=[pool_info(n, c) for n, c in POOLS.items()],
-        aliases={"gemma-4": [p for p in POOLS if p != "slow"]},
-        max_body_bytes=2 * 2**20,
-        **overrides,
-    )
+    defaults: dict[str, Any] = {
+        "pools": [pool_info(n, c) for n, c in POOLS.items()],
+        "aliases": {"gemma-4": [p for p in POOLS if p != "slow"]},
+        "max_body_bytes": 2 * 2**20,
+    }
+    return GatewaySettings(**{**defaults, **overrides})

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from gemma_fleet.gateway.auth import TeamGate
-from gemma_fleet.gateway.bodies import parse, read_json
+from gemma_fleet.gateway.bodies import DEFAULT_BODY_TIMEOUT_S, parse, read_json
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.teams.access import STORE_DOWN
 from gemma_fleet.teams.records import KeyRequest, TeamSpec, TeamUpdate, utcnow
@@ -59,24 +59,40 @@ def _day(request: Request, name: str, default: date) -> date:
         raise ApiError(400, f"{name} must be a date like 2026-11-28, got {raw!r}") from exc
 
 
+USAGE_QUERY = frozenset({"start", "end", "team", "model"})
+
+
 def _period(request: Request) -> tuple[date, date]:
+    """The usage report's days; a query parameter the report does not take is refused, as an
+    unknown body field is (a misspelt `tem=` must not silently widen the report)."""
+    unknown = sorted(set(request.query_params) - USAGE_QUERY)
+    if unknown:
+        raise ApiError(
+            400, f"Unrecognized query parameter: {unknown[0]!r}", param=unknown[0] or None
+        )
     today = utcnow().date()
     end = _day(request, "end", today)
-    return _day(request, "start", end - timedelta(days=DEFAULT_USAGE_DAYS - 1)), end
+    # An end in the first days of year 1 has no week before it (found by fuzzing: a 500).
+    back = min(DEFAULT_USAGE_DAYS - 1, end.toordinal() - date.min.toordinal())
+    return _day(request, "start", end - timedelta(days=back)), end
 
 
-def admin_router(gate: TeamGate) -> APIRouter:
+def admin_router(gate: TeamGate, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> APIRouter:
+    """The admin routes and `/v1/usage`; bodies must arrive within `body_timeout_s`."""
     router = APIRouter()
+
+    async def body(request: Request) -> dict[str, Any]:
+        return await read_json(request, BODY_LIMIT, body_timeout_s)
 
     def store_of(request: Request) -> Any:
         gate.require_admin(request)
         assert gate.access is not None  # require_admin refuses when there is no store
         return gate.access.store
 
-    @router.post("/admin/teams")
+    @router.post("/admin/teams", status_code=201)
     async def create_team(request: Request) -> Response:
         store = store_of(request)
-        spec = parse(TeamSpec, await read_json(request, BODY_LIMIT))
+        spec = parse(TeamSpec, await body(request))
         return _json(await _store(store.create_team(spec)), 201)
 
     @router.get("/admin/teams")
@@ -90,18 +106,18 @@ def admin_router(gate: TeamGate) -> APIRouter:
     @router.patch("/admin/teams/{name}")
     async def update_team(request: Request, name: str) -> Response:
         store = store_of(request)
-        update = parse(TeamUpdate, await read_json(request, BODY_LIMIT))
+        update = parse(TeamUpdate, await body(request))
         return _json(await _store(store.update_team(name, update)))
 
-    @router.delete("/admin/teams/{name}")
+    @router.delete("/admin/teams/{name}", status_code=204)
     async def delete_team(request: Request, name: str) -> Response:
         await _store(store_of(request).delete_team(name))
         return Response(status_code=204)
 
-    @router.post("/admin/teams/{name}/keys")
+    @router.post("/admin/teams/{name}/keys", status_code=201)
     async def issue_key(request: Request, name: str) -> Response:
         store = store_of(request)
-        ask = parse(KeyRequest, await read_json(request, BODY_LIMIT))
+        ask = parse(KeyRequest, await body(request))
         if ask.expires_at is not None and ask.expires_at <= utcnow():
             raise ApiError(400, "expires_at must be in the future", param="expires_at")
         return _json(await _store(store.issue_key(name, ask)), 201)

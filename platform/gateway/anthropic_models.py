@@ -79,11 +79,12 @@ class MessagesRequest(Strict):
     max_tokens: int = Field(ge=1)
     messages: list[Message] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
-    stop_sequences: list[str] | None = None
+    # The engines take 4 stop sequences at most (vLLM's VLLM_MAX_STOP_STRINGS).
+    stop_sequences: list[str] | None = Field(None, max_length=4)
     stream: bool = False
     temperature: float | None = Field(None, ge=0, le=1)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1, le=2**31 - 1)
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
     metadata: dict[str, Any] | None = None

@@ -12,6 +12,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gemma_fleet.gateway.accounting import StreamTally, Usage, usage_of
 from gemma_fleet.gateway.admin import admin_router
@@ -21,6 +24,7 @@ from gemma_fleet.gateway.auth import Admitted, TeamGate, success_headers
 from gemma_fleet.gateway.bodies import parse, read_json
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
+from gemma_fleet.gateway.openapi import gateway_openapi
 from gemma_fleet.gateway.service import (
     POOL_HEADER,
     REASON_HEADER,
@@ -33,7 +37,39 @@ from gemma_fleet.gateway.service import (
 from gemma_fleet.teams.usage import UsageDelta
 from gemma_fleet.telemetry import SpanKind, current, end_span, end_with, names, span, start_span
 
-SECURITY_HEADERS = {"x-content-type-options": "nosniff", "cache-control": "no-store"}
+# On every answer, errors included: the API serves JSON and event streams to programs, never
+# pages to browsers, so nothing may be sniffed, framed, cached, or load anything.
+SECURITY_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "cache-control": "no-store",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
+}
+
+
+class SecurityHeaders:
+    """ASGI middleware: SECURITY_HEADERS on every response, including those routes and
+    Starlette build themselves (404, 405, 204). Plain ASGI, not BaseHTTPMiddleware, so streams
+    pass through untouched and a client's disconnect still cancels its request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
 
 # A handler parses the body, serves it for `Caller`, and says which model was asked for and
 # whether the client wants the usage chunk of a stream.
@@ -60,8 +96,11 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     """The OpenAI- and Anthropic-compatible HTTP app over `gateway`; `gate` (None: open, no
     team keys) authenticates callers and holds them to their team's limits."""
     app = FastAPI(title="Gemma Fleet gateway", docs_url=None, redoc_url=None)
+    app.openapi = gateway_openapi(app)  # type: ignore[method-assign]
+    app.add_middleware(SecurityHeaders)
     gate = gate or TeamGate(None)
     limit = gateway.settings.max_body_bytes
+    read_timeout = gateway.settings.body_timeout_s
     metrics = gateway.metrics
     pool_models = {p.name: p.model for p in gateway.settings.pools}
     settling: set[asyncio.Task[None]] = set()
@@ -135,7 +174,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
                     identity = await gate.identify(request)
                 team = identity.team.name if identity is not None else ""
                 root.set_attribute(names.TEAM, team)
-                raw = await read_json(request, limit)
+                raw = await read_json(request, limit, read_timeout)
                 caller = gate.caller(identity, admitted)
                 model, wants_usage, answer = await handle(raw, caller)
         except BaseException as exc:
@@ -168,6 +207,21 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         headers = {**SECURITY_HEADERS, **exc.headers()}
         return JSONResponse(exc.openai_body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        # Starlette's own refusals (no such route, method not allowed) in OpenAI's shape.
+        if exc.status_code < 400:
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        error = ApiError(exc.status_code, str(exc.detail), extra_headers=dict(exc.headers or {}))
+        return await _api_error(request, error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # A bug, not bad input: the client gets a JSON 500 without a traceback (the server's
+        # log has it); Starlette sends this from outside the middleware, hence the headers.
+        error = ApiError(500, f"internal error ({type(exc).__name__})")
+        return JSONResponse(error.openai_body(), status_code=500, headers=SECURITY_HEADERS)
 
     async def _chat(raw: dict[str, Any], caller: Caller) -> tuple[str, bool, Answer]:
         body = parse(ChatCompletionRequest, raw)
@@ -213,13 +267,17 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
             headers=headers,
         )
 
-    app.include_router(admin_router(gate))
+    app.include_router(admin_router(gate, read_timeout))
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
         return JSONResponse(gateway.models(), headers=SECURITY_HEADERS)
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def prometheus() -> Response:
         return Response(gateway.metrics_text(), media_type="text/plain; version=0.0.4")
 

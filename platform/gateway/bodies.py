@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
@@ -13,24 +14,38 @@ from gemma_fleet.gateway.errors import ApiError, validation_error
 
 M = TypeVar("M", bound=BaseModel)
 
+# A client that trickles its body (slowloris) would hold a connection and its buffer for as long
+# as it likes: the whole body must arrive within a time limit, or it gets 408.
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
-async def read_json(request: Request, limit: int) -> dict[str, Any]:
+
+async def read_json(
+    request: Request, limit: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+) -> dict[str, Any]:
     """The request body as a JSON object: 415 for another content type, 413 above `limit`
-    bytes (checked while reading, so a lying Content-Length does not help), 400 otherwise."""
+    bytes (checked while reading, so a lying Content-Length does not help), 408 when it has
+    not all arrived within `timeout_s`, 400 otherwise."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, f"Content-Type must be application/json, got {content_type!r}")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {int(declared):,} bytes exceeds {limit:,}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body exceeds {limit:,} bytes")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+    size = 0
     try:
-        body = json.loads(b"".join(chunks))
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"request body exceeds {limit:,} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise ApiError(
+            408, f"request body not received within {timeout_s:g} s ({size:,} bytes arrived)"
+        ) from exc
+    try:
+        body = json.loads(b"".join(chunks), parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"request body is not UTF-8: {exc.reason}") from exc
     except json.JSONDecodeError as exc:
@@ -39,9 +54,17 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         ) from exc
     except RecursionError as exc:
         raise ApiError(400, "JSON nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer literal over Python's 4,300-digit limit
+        raise ApiError(400, f"JSON value out of range: {exc}") from exc
     if not isinstance(body, dict):
         raise ApiError(400, f"request body must be a JSON object, not {type(body).__name__}")
     return body
+
+
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity, which JSON does not have: refuse them here rather
+    # than pass a NaN on to an engine.
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def parse(model: type[M], body: dict[str, Any]) -> M:

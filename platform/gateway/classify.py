@@ -15,6 +15,7 @@ import binascii
 import io
 import json
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,12 @@ TURN_OVERHEAD_TOKENS = 4  # <|turn>role\n ... <turn|>\n
 PROMPT_OVERHEAD_TOKENS = 4  # <bos> and the generation prompt
 IMAGE_BOUNDARY_TOKENS = 2  # <|image> ... <image|> around the soft tokens
 DEFAULT_MAX_OUTPUT_TOKENS = 1024  # routed and sent to the engine when the client sets none
+# Largest image accepted (Pillow's own decompression-bomb threshold, ~89 MP): far above any
+# camera, and the vision encoder resizes to its soft-token budget anyway.
+MAX_IMAGE_PIXELS = 89_478_485
+# Longest audio clip accepted: 20 times what Gemma 4 listens to (30 s, 750 tokens); longer
+# clips are either mistakes or attempts to make an engine resample hours of samples.
+MAX_AUDIO_SECONDS = 600
 
 TokenCounter = Callable[[str], int]
 
@@ -75,7 +82,15 @@ def audio_seconds(audio: InputAudio) -> float:
         raise InvalidMedia(f"input_audio is not decodable {audio.format} audio: {exc}") from exc
     if info.samplerate <= 0 or info.frames < 0:
         raise InvalidMedia("input_audio has no samples")
-    return float(info.frames) / float(info.samplerate)
+    seconds = float(info.frames) / float(info.samplerate)
+    if seconds > MAX_AUDIO_SECONDS:
+        # A few bytes at a 1 Hz sample rate declare days of audio, which an engine would
+        # resample to 16 kHz in memory (and the team would be metered for).
+        raise InvalidMedia(
+            f"input_audio lasts {seconds:,.0f} s ({info.samplerate} Hz); "
+            f"at most {MAX_AUDIO_SECONDS} s per clip"
+        )
+    return seconds
 
 
 def check_image_data_url(url: str) -> None:
@@ -88,13 +103,23 @@ def check_image_data_url(url: str) -> None:
     if not header.startswith("data:image/") or ";base64" not in header:
         raise InvalidMedia("image data URL must look like data:image/<type>;base64,<data>")
     raw = _decode_base64(payload, "image data URL")
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(raw)) as image:
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as image:
+                width, height = image.size
+                image.verify()
+    except Image.DecompressionBombError as exc:
+        raise InvalidMedia(f"image data URL declares too many pixels: {exc}") from exc
+    except Exception as exc:
+        # Pillow's decoders answer hostile bytes with many exception types (OSError,
+        # SyntaxError, ValueError, struct.error, EOFError...): all mean "not an image".
         raise InvalidMedia(f"image data URL is not a decodable image: {exc}") from exc
+    if width * height > MAX_IMAGE_PIXELS:
+        # A few bytes can declare an image an engine would need gigabytes to decode.
+        raise InvalidMedia(f"image of {width}x{height} pixels exceeds {MAX_IMAGE_PIXELS:,} pixels")
 
 
 def classify_chat(

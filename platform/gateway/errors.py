@@ -14,6 +14,9 @@ _OPENAI_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
@@ -26,6 +29,7 @@ _ANTHROPIC_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     413: "request_too_large",
     429: "rate_limit_error",
     503: "overloaded_error",
@@ -107,6 +111,8 @@ def validation_error(exc: ValidationError, body: Any = None) -> ApiError:
         message = f"Unrecognized request argument supplied: {where}"
     elif first["type"] == "missing":
         message = f"Missing required parameter: {where}"
+    elif not where:  # a rule across fields: its message names them
+        message = f"Invalid request: {str(first['msg']).removeprefix('Value error, ')}"
     else:
         message = f"Invalid value for {where}: {first['msg']}"
     return ApiError(400, message, param=where or None)

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # OpenAI's rule for function names; Gemma's tool-call syntax parses the same characters.
 FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# The engines keep seeds in 64 bits; vLLM refuses anything wider (a 2**64 seed reached the
+# engine and came back a 500: tests/reliability/test_hostile_inputs.py).
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+# OpenAI takes up to 4 stop sequences, and so does vLLM (VLLM_MAX_STOP_STRINGS).
+Stop = str | Annotated[list[str], Field(max_length=4)]
+# vLLM: top_k -1 or 0 disables it, else at least 1.
+TopK = Annotated[int, Field(ge=-1, le=2**31 - 1)]
 
 
 class Strict(BaseModel):
@@ -155,8 +162,8 @@ class ChatCompletionRequest(Strict):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=1)  # one choice per request: the engines' batching is per sequence
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Stop | None = None
+    seed: Seed | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logprobs: bool | None = None
@@ -168,7 +175,7 @@ class ChatCompletionRequest(Strict):
     response_format: ResponseFormat | None = None
     # vLLM's documented sampling extensions, passed through to the engine (load tests use
     # ignore_eos and min_tokens to fix output lengths)
-    top_k: int | None = None
+    top_k: TopK | None = None
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)
     ignore_eos: bool | None = None
@@ -180,27 +187,64 @@ class ChatCompletionRequest(Strict):
         """The client's output token limit (the newer field wins)."""
         return self.max_completion_tokens or self.max_tokens
 
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        """Rules across fields that OpenAI and the engines enforce: refused here with a 400
+        naming the field, not by an engine after routing (which answered 500)."""
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs set to true")
+        _check_stream_options(self.stream, self.stream_options)
+        _check_min_tokens(self.min_tokens, self.output_limit)
+        if self.tools is not None and not self.tools:
+            raise ValueError("tools must not be an empty list: leave it out instead")
+        if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tools:
+            name = self.tool_choice.function.name
+            if all(t.function.name != name for t in self.tools):
+                raise ValueError(f"tool_choice names {name!r}, which is not among the tools")
+        format_ = self.response_format
+        if format_ is not None and format_.type == "json_schema" and format_.json_schema is None:
+            raise ValueError("response_format of type json_schema needs json_schema")
+        return self
+
 
 class CompletionRequest(Strict):
     """OpenAI's legacy completions: one text prompt in, its continuation out."""
 
     model: str = Field(min_length=1)
-    prompt: str
+    prompt: str = Field(min_length=1)  # engines refuse an empty prompt (was a 500: the fuzzer)
     max_tokens: int | None = Field(None, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     n: int = Field(1, ge=1, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Stop | None = None
+    seed: Seed | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool | None = None
     user: str | None = None
-    top_k: int | None = None
+    top_k: TopK | None = None
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)
     ignore_eos: bool | None = None
     min_tokens: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompletionRequest:
+        _check_stream_options(self.stream, self.stream_options)
+        _check_min_tokens(self.min_tokens, self.max_tokens)
+        return self
+
+
+def _check_stream_options(stream: bool, options: StreamOptions | None) -> None:
+    if options is not None and not stream:
+        raise ValueError("stream_options needs stream set to true")
+
+
+def _check_min_tokens(min_tokens: int | None, limit: int | None) -> None:
+    if min_tokens is not None and limit is not None and min_tokens > limit:
+        raise ValueError(f"min_tokens ({min_tokens}) exceeds the output limit ({limit})")
