@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from gemma_fleet.gateway.auth import TeamGate
-from gemma_fleet.gateway.bodies import DEFAULT_BODY_TIMEOUT_S, parse, read_json
+from gemma_fleet.gateway.bodies import parse, read_json
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.teams.access import STORE_DOWN
 from gemma_fleet.teams.records import KeyRequest, TeamSpec, TeamUpdate, utcnow
@@ -77,7 +77,7 @@ def _period(request: Request) -> tuple[date, date]:
     return _day(request, "start", end - timedelta(days=back)), end
 
 
-def admin_router(gate: TeamGate, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> APIRouter:
+def admin_router(gate: TeamGate, body_timeout_s: float) -> APIRouter:
     """The admin routes and `/v1/usage`; bodies must arrive within `body_timeout_s`."""
     router = APIRouter()
 

@@ -14,17 +14,12 @@ from gemma_fleet.gateway.errors import ApiError, validation_error
 
 M = TypeVar("M", bound=BaseModel)
 
-# A client that trickles its body (slowloris) would hold a connection and its buffer for as long
-# as it likes: the whole body must arrive within a time limit, or it gets 408.
-DEFAULT_BODY_TIMEOUT_S = 30.0
 
-
-async def read_json(
-    request: Request, limit: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S
-) -> dict[str, Any]:
+async def read_json(request: Request, limit: int, timeout_s: float) -> dict[str, Any]:
     """The request body as a JSON object: 415 for another content type, 413 above `limit`
     bytes (checked while reading, so a lying Content-Length does not help), 408 when it has
-    not all arrived within `timeout_s`, 400 otherwise."""
+    not all arrived within `timeout_s` (a client trickling its body must not hold a connection
+    for as long as it likes), 400 otherwise."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, f"Content-Type must be application/json, got {content_type!r}")
