@@ -1,12 +1,13 @@
 """The autoscaler's reconcile loop: observe, decide, act - level-triggered and idempotent.
 
 Each step reads demand from metrics, smooths and forecasts it per model (forecast.py), adds
-headroom, asks the planner for replicas per model pool (telling an incumbent-aware planner,
-incumbent.py, what runs now), passes them through hysteresis
-(hysteresis.py), derives the nodes each node pool then needs, compares that desired state with
-what the actuator observes, and applies only the difference. Nothing is remembered about what
-was written earlier: a step always starts from the observed state, so a missed step, a manual
-edit or a restart of the controller is corrected on the next one.
+headroom, stabilises it (stabilise.py: up at once, down only after the scale-down window), asks
+the planner for replicas per model pool (telling an incumbent-aware planner, incumbent.py, what
+runs now), passes them through the per-pool safety rules (hysteresis.py), derives the nodes
+each node pool then needs, compares that desired state with what the actuator observes, and
+applies only the difference. Nothing is remembered about what was written earlier: a step
+always starts from the observed state, so a missed step, a manual edit or a restart of the
+controller is corrected on the next one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gemma_fleet.autoscaler.forecast import HoltForecaster
 from gemma_fleet.autoscaler.hysteresis import Hysteresis, PoolDecision
 from gemma_fleet.autoscaler.plan import ModelDemand, Plan
 from gemma_fleet.autoscaler.settings import ControllerSettings
+from gemma_fleet.autoscaler.stabilise import DemandStabiliser
 from gemma_fleet.deployments.pools import FleetSpec, nodes_needed
 
 if TYPE_CHECKING:
@@ -57,7 +59,9 @@ class StepReport:
     at: float
     observed: FleetState
     desired: FleetState
+    # What was planned for (stabilised) and this step's own forecast, both with headroom.
     demand: Mapping[str, ModelDemand] = field(default_factory=dict)
+    forecast: Mapping[str, ModelDemand] = field(default_factory=dict)
     plan: Plan | None = None
     decisions: tuple[PoolDecision, ...] = ()
     applied: bool = False
@@ -82,9 +86,11 @@ class StepReport:
         if self.note:
             lines.append(self.note)
         for model, d in sorted(self.demand.items()):
+            now = self.forecast.get(model, d).requests_per_s
             lines.append(
-                f"demand {model}: {d.requests_per_s:.2f} req/s (forecast + headroom), "
-                f"{d.mean_prompt_tokens:.0f} prompt / {d.mean_output_tokens:.0f} output tokens"
+                f"demand {model}: planned {d.requests_per_s:.2f} req/s (forecast + headroom "
+                f"{now:.2f} now), {d.mean_prompt_tokens:.0f} prompt / "
+                f"{d.mean_output_tokens:.0f} output tokens"
             )
         if self.plan is not None:
             state = "feasible" if self.plan.feasible else "INFEASIBLE"
@@ -140,6 +146,9 @@ class Controller:
         self.dry_run = dry_run
         self.clock = clock
         self.hysteresis = Hysteresis(self.settings, {p.name: p for p in fleet.model_pools})
+        self.stabiliser = DemandStabiliser(
+            self.settings.scale_up_delay_s, self.settings.scale_down_delay_s
+        )
         self._forecasters: dict[tuple[str, str], HoltForecaster] = {}
 
     def forecast(self, reading: DemandReading) -> dict[str, ModelDemand]:
@@ -155,6 +164,14 @@ class Controller:
                 mean_output_tokens=output,
             )
         return out
+
+    def stabilise(self, at: float, forecast: Mapping[str, ModelDemand]) -> dict[str, ModelDemand]:
+        """The demand to plan for: each model's rate through the stabiliser (stabilise.py),
+        its lengths as forecast."""
+        return {
+            model: replace(d, requests_per_s=self.stabiliser.planned(model, at, d.requests_per_s))
+            for model, d in forecast.items()
+        }
 
     def _series(self, model: str, what: str, t: float, value: float) -> float:
         sm = self.settings.smoothing
@@ -181,7 +198,8 @@ class Controller:
             return StepReport(
                 now, observed, observed, note="waiting for a second scrape to compute rates"
             )
-        demand = self.forecast(reading)
+        forecast = self.forecast(reading)
+        demand = self.stabilise(reading.at, forecast)
         if isinstance(self.planner, IncumbentAwarePlanner):
             plan = self.planner.plan_from(demand, observed.replicas)
         else:
@@ -203,6 +221,7 @@ class Controller:
             observed=observed,
             desired=desired,
             demand=demand,
+            forecast=forecast,
             plan=plan,
             decisions=tuple(decisions),
             note="; ".join(reading.errors),

@@ -41,17 +41,18 @@ class ControllerSettings(BaseModel):
     scale_up_delay_s: float = Field(
         0.0,
         ge=0,
-        description="a larger plan must hold this long before replicas are added "
-        "(the lowest recommendation over the window is used)",
+        description="a model's forecast must stay above the planned rate this long before "
+        "the plan grows (the lowest forecast over the window is planned; autoscaler/stabilise.py)",
     )
     scale_down_delay_s: float = Field(
         300.0,
         ge=0,
-        description="a smaller plan must hold this long before replicas are removed "
-        "(the highest recommendation over the window is used)",
+        description="a model's forecast must stay below the planned rate this long before the "
+        "plan shrinks (the highest forecast over the window is planned); also how long a pool "
+        "is watched before its first scale-down",
     )
     min_replica_lifetime_s: float = Field(
-        600.0, ge=0, description="no scale-down of a pool within this long of its last scale-up"
+        300.0, ge=0, description="no scale-down of a pool within this long of its last scale-up"
     )
     max_changes_per_step: int = Field(
         4, ge=1, description="replicas added plus removed across the fleet in one step"

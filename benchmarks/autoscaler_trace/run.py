@@ -55,7 +55,7 @@ OURS = "ours (as shipped)"
 # Ablations of the shipped controller (ControllerSettings changed as named).
 NO_INCUMBENT = "ours, incumbent planner off"
 LOOSE_TOLERANCE = "ours, incumbent_tolerance 0.10"
-SHORT_WINDOW = "ours, down window 120 s, lifetime 300 s"
+SMOOTHER = "ours, level half-life 60 s"
 PLAN_ONLY = "ours, forecast + plan only"
 PLOTTED_CAPACITY = (
     "per-interval optimum",
@@ -294,6 +294,23 @@ def static_peak(
     return oracle_timeline("static peak", fleet, trace, lambda i: peak)
 
 
+def poisson(rng: random.Random, mean: float) -> int:
+    """A Poisson draw: how many of a step's requests a counter sees."""
+    if mean > 500:  # normal approximation: exact sampling is slow for large means
+        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
+    limit, k, p = math.exp(-mean), 0, rng.random()
+    while p > limit:
+        k += 1
+        p *= rng.random()
+    return k
+
+
+def observed_rate(rng: random.Random, trace: Trace, model: str, t: float) -> float:
+    """The rate a metric sees over the step ending at `t`: Poisson counts over STEP_S."""
+    window = max(0.0, t - STEP_S)
+    return poisson(rng, trace.rate(model, window) * STEP_S) / STEP_S
+
+
 class TraceDemand:
     """The controller's DemandSource: the trace's requests counted over the last step, with
     Poisson noise (what a gateway's counters would show), the true mean lengths, and running
@@ -315,22 +332,12 @@ class TraceDemand:
         self.clock = clock
         self.rng = random.Random(seed)
 
-    def _poisson(self, mean: float) -> int:
-        if mean > 500:  # normal approximation: exact sampling is slow for large means
-            return max(0, round(self.rng.gauss(mean, math.sqrt(mean))))
-        limit, k, p = math.exp(-mean), 0, self.rng.random()
-        while p > limit:
-            k += 1
-            p *= self.rng.random()
-        return k
-
     def read(self) -> DemandReading:
         now = self.clock()
-        window = max(0.0, now - STEP_S)
         demand = {}
         for model in self.trace.rates:
-            count = self._poisson(self.trace.rate(model, window) * STEP_S)
-            demand[model] = ModelDemand(count / STEP_S, *self.trace.mixes[model])
+            rate = observed_rate(self.rng, self.trace, model, now)
+            demand[model] = ModelDemand(rate, *self.trace.mixes[model])
         replicas = self.actuator.observe().replicas
         pools = {}
         for model, d in demand.items():
@@ -456,11 +463,15 @@ def ray_serve_timeline(
     config: RayServeConfig,
     *,
     start_s: float = REPLICA_START_S,
+    seed: int = 1,
 ) -> Timeline:
     """Ray Serve's default policy per deployment (one pool per model, `pools`): desired =
     ceil(ongoing requests / target_ongoing_requests), applied after the delay has held
     (autoscaling_policy._apply_delay_logic), within [min_replicas, the pool's replicas.max].
-    Ongoing requests = load x mean latency at that load (Little's law), mean over the step."""
+    Ongoing requests = load x mean latency at that load (Little's law), mean over the step; the
+    load is the step's Poisson count, as our controller sees it (Ray Serve averages sampled
+    ongoing requests over look_back_period_s, 30 s, which is as noisy)."""
+    rng = random.Random(seed)
     start: dict[str, int] = {}
     for p in fleet.model_pools:
         if p.name in pools.values():
@@ -476,11 +487,10 @@ def ray_serve_timeline(
     timeline = Timeline(name, fleet)
     for k in range(steps(trace)):
         t = k * STEP_S
-        window = max(0.0, t - STEP_S)
         serving = warm.serving(t)
         for model, pool in pools.items():
             cap = caps[pool].requests_per_s
-            load = trace.rate(model, window)
+            load = observed_rate(rng, trace, model, t)
             ready = max(1, serving.get(pool, 0))
             u = load / (ready * cap)
             ongoing = load * curves[pool].at(u)
@@ -989,7 +999,8 @@ def policies(
     out.append(
         noted(
             controller_timeline(fleet, trace, caps, settings),
-            "as shipped: default ControllerSettings (per-model drain check, incumbent-aware "
+            "as shipped: default ControllerSettings (demand stabilised per model, make before "
+            "break, per-model drain check, incumbent-aware "
             f"planner, tolerance {settings.incumbent_tolerance}), 30 s steps, observed demand "
             "= Poisson counts",
         )
@@ -1008,7 +1019,7 @@ def policies(
                 "as shipped but a 10% incumbent tolerance",
             )
         )
-        say("our controller, shorter scale-down window and replica lifetime (settings tried)")
+        say("our controller, level half-life 60 s (a setting tried)")
         out.append(
             noted(
                 controller_timeline(
@@ -1016,12 +1027,16 @@ def policies(
                     trace,
                     caps,
                     settings.model_copy(
-                        update={"scale_down_delay_s": 120.0, "min_replica_lifetime_s": 300.0}
+                        update={
+                            "smoothing": settings.smoothing.model_copy(
+                                update={"level_half_life_s": 60.0}
+                            )
+                        }
                     ),
-                    name=SHORT_WINDOW,
+                    name=SMOOTHER,
                 ),
-                "as shipped but scale_down_delay_s 120, min_replica_lifetime_s 300 (not the "
-                "default: under noise on a replica boundary it oscillates, test_controller.py)",
+                "as shipped but smoothing.level_half_life_s 60 (not the default: under noise "
+                "on a replica boundary it reverses 6-10 times in 4 h, test_controller.py)",
             )
         )
     say("our controller, incumbent-aware planning off (ablation)")
@@ -1111,8 +1126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tried",
         action="store_true",
-        help="also run the settings tried and not shipped (incumbent_tolerance 0.10; a "
-        "120 s down window with a 300 s replica lifetime)",
+        help="also run the settings tried and not shipped (incumbent_tolerance 0.10; a 60 s "
+        "level half-life)",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()

@@ -188,6 +188,28 @@ def test_the_old_pool_waits_until_the_new_one_has_loaded() -> None:
     assert 300 <= gone - up <= 300 + INTERVAL
 
 
+def test_a_partial_move_keeps_the_old_replicas_until_the_new_ones_have_loaded() -> None:
+    # The plan moves part of the model (H100 2 -> 1, L4 0 -> 3). The H100 pool does not go to
+    # 0, so no "other home" check applies: make before break holds its replica until the L4
+    # replicas have loaded, or the model would be short for the loading time.
+    settings = CALM.model_copy(
+        update={"scale_down_delay_s": 0, "min_replica_lifetime_s": 0, "replica_start_s": 300}
+    )
+    loop = Loop(fixed({"e4b-l4": 3, "e4b-h100": 1}), settings, {"e4b-l4": 0, "e4b-h100": 2})
+    loop.run(900)
+    up = next(t for t, n in loop.series("e4b-l4") if n == 3)
+    down = next(t for t, n in loop.series("e4b-h100") if n == 1)
+    assert 300 <= down - up <= 300 + INTERVAL
+    held = next(
+        d.reason
+        for r in loop.reports
+        if r.at == up + INTERVAL
+        for d in r.decisions
+        if d.pool == "e4b-h100"
+    )
+    assert "e4b-l4 of the same model still loading" in held
+
+
 def test_a_models_last_pool_keeps_draining_rules() -> None:
     # The plan empties the model's only pool while requests still run there: no other home,
     # so the per-pool drain check holds it until the requests finish.
@@ -245,9 +267,9 @@ def test_noisy_load_on_a_layout_boundary_does_not_flip_the_layout() -> None:
     loop.source.running = {"e4b-l4": 20.0, "e4b-h100": 20.0}
     loop.run(2 * 3600)
     bare = [
-        int(solve(exact_problem(r.demand)).plan.replicas["e4b-h100"])
+        int(solve(exact_problem(r.forecast)).plan.replicas["e4b-h100"])
         for r in loop.reports
-        if r.demand
+        if r.forecast
     ]
     assert reversals(bare) >= 6, "the bare optimum must flicker for the test to mean anything"
     for pool in ("e4b-l4", "e4b-h100"):
