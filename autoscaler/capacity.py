@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gemma_fleet.autoscaler.plan import ModelDemand, Slo
+from gemma_fleet.config_file import load_model
 from gemma_fleet.deployments.engines.simulator.config import SimulatorConfig
 from gemma_fleet.deployments.engines.simulator.core import profile_for, roofline_for
 from gemma_fleet.deployments.engines.simulator.kv_pool import KvPool
@@ -469,21 +469,7 @@ class ProfileFileError(ValueError):
 
 def load_profiles(path: Path | str) -> ProfileFile:
     """Read and validate a measured-profile YAML file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ProfileFileError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ProfileFileError(f"{path}: not valid YAML: {exc}") from exc
-    try:
-        return ProfileFile.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "top level"
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise ProfileFileError(f"{path}: {where}: {msg}{more}") from None
+    return load_model(path, ProfileFile, ProfileFileError, "profile file")
 
 
 # ---- the cache the planner asks ------------------------------------------------------------

@@ -28,12 +28,12 @@ hour is 0 for that hour.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gemma_fleet.autoscaler.plan import ModelDemand, Slo
+from gemma_fleet.config_file import load_model
 
 
 class _Strict(BaseModel):
@@ -122,36 +122,11 @@ class InputFileError(ValueError):
     """A demand or trace file cannot be used; the message names the file and the field."""
 
 
-M = TypeVar("M", bound=BaseModel)
-
-
-def _load(path: Path | str, model: type[M], kind: str) -> M:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise InputFileError(f"{path}: cannot read {kind}: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise InputFileError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputFileError(f"{path}: a {kind} must be a mapping (see docs/autoscaler.md)")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "top level"
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key (not a {kind} field)"
-        more = f" (and {len(exc.errors()) - 1} more problems)" if len(exc.errors()) > 1 else ""
-        raise InputFileError(f"{path}: {where}: {msg}{more}") from None
-
-
 def load_demand(path: Path | str) -> DemandFile:
     """Read and validate a demand file."""
-    return _load(path, DemandFile, "demand file")
+    return load_model(path, DemandFile, InputFileError, "demand file")
 
 
 def load_trace(path: Path | str) -> TraceFile:
     """Read and validate a trace file."""
-    return _load(path, TraceFile, "trace file")
+    return load_model(path, TraceFile, InputFileError, "trace file")

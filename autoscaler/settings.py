@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gemma_fleet.config_file import load_model
 
 
 class SmoothingSettings(BaseModel):
@@ -110,19 +111,4 @@ class SettingsError(ValueError):
 
 def load_settings(path: Path) -> ControllerSettings:
     """Read `path` (YAML mapping) into ControllerSettings; SettingsError names the problem."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise SettingsError(f"cannot read settings file {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"settings file {path} is not valid YAML: {exc}") from exc
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"settings file {path} must hold a mapping of settings")
-    try:
-        return ControllerSettings.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise SettingsError(f"settings file {path}: {where}: {first['msg']}") from exc
+    return load_model(path, ControllerSettings, SettingsError, "settings file")

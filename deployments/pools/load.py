@@ -10,10 +10,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from gemma_fleet.catalog import Catalog, load_catalog
+from gemma_fleet.config_file import read_yaml
 from gemma_fleet.deployments.pools.schema import FleetSpec
 from gemma_fleet.deployments.pools.validate import fleet_errors
 
@@ -38,12 +38,7 @@ def load_fleet(path: Path | str, catalog: Catalog | None = None) -> FleetSpec:
     path = Path(path)
     if not path.exists() and path.suffix == "" and str(path) in shipped_fleets():
         path = shipped_fleets()[str(path)]
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise FleetError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise FleetError(f"{path}: not valid YAML: {exc}") from exc
+    data = read_yaml(path, FleetError, "fleet file", mapping=False)
     return parse_fleet(data, source=str(path), catalog=catalog)
 
 

@@ -7,7 +7,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from gemma_fleet.catalog.schema import (
@@ -18,6 +17,7 @@ from gemma_fleet.catalog.schema import (
     PublishedSizes,
     QuantFormat,
 )
+from gemma_fleet.config_file import read_yaml
 
 
 class CatalogError(ValueError):
@@ -59,16 +59,6 @@ def _unknown(kind: str, name: str, known: dict[str, Any]) -> str:
     return f"unknown {kind} {name!r}; known: {', '.join(known)}"
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise CatalogError(f"{path.name}: cannot read: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CatalogError(f"{path.name}: top level must be a mapping")
-    return data
-
-
 def _field_path(err: ValidationError) -> str:
     first = err.errors()[0]
     where = ".".join(str(p) for p in first["loc"])
@@ -77,9 +67,9 @@ def _field_path(err: ValidationError) -> str:
 
 def load_catalog_from(directory: Path) -> Catalog:
     """Load gemma4.yaml, gpus.yaml and quantization.yaml from `directory`."""
-    gemma = _read_yaml(directory / "gemma4.yaml")
-    gpus = _read_yaml(directory / "gpus.yaml")
-    quants = _read_yaml(directory / "quantization.yaml")
+    gemma = read_yaml(directory / "gemma4.yaml", CatalogError, "catalog file")
+    gpus = read_yaml(directory / "gpus.yaml", CatalogError, "catalog file")
+    quants = read_yaml(directory / "quantization.yaml", CatalogError, "catalog file")
     try:
         return Catalog(
             family=gemma.get("family"),

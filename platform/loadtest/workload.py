@@ -21,9 +21,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gemma_fleet.config_file import load_model
 from gemma_fleet.teams.limits import TeamLimits
 
 # Team names become Redis key parts and metric labels on the gateway: a DNS label.
@@ -230,17 +230,10 @@ class WorkloadFileError(ValueError):
 
 def load_workload(path: Path) -> WorkloadFile:
     """Read and validate a workload file."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise WorkloadFileError(f"{path}: cannot read the workload file ({exc.strerror})") from exc
-    except yaml.YAMLError as exc:
-        raise WorkloadFileError(f"{path}: not valid YAML ({exc})") from exc
-    try:
-        return WorkloadFile.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        where = re.sub(r"\.(short_chat|multi_turn|long_context|vision|audio|tool_calling|"
-                       r"json_extraction)\b", "", where)  # fmt: skip
-        raise WorkloadFileError(f"{path}: {where}: {first['msg']}") from exc
+    return load_model(path, WorkloadFile, WorkloadFileError, "workload file", where=_where)
+
+
+def _where(loc: str) -> str:
+    # pydantic names the tagged-union member (workloads.0.short_chat.weight); the file has none.
+    return re.sub(r"\.(short_chat|multi_turn|long_context|vision|audio|tool_calling|"
+                  r"json_extraction)\b", "", loc)  # fmt: skip

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 
+from gemma_fleet.config_file import load_model
 from gemma_fleet.teams.keys import looks_like_key
 from gemma_fleet.teams.records import Strict, TeamSpec
 from gemma_fleet.teams.store import TeamStore
@@ -30,17 +30,7 @@ class BootstrapError(ValueError):
 
 def read_bootstrap(path: Path) -> BootstrapFile:
     """Parse and check a bootstrap file; errors name the file and the field, never a key."""
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-        parsed = BootstrapFile.model_validate(data)
-    except OSError as exc:
-        raise BootstrapError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise BootstrapError(f"{path}: not valid YAML: {exc}") from None
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise BootstrapError(f"{path}: {where}: {first['msg']}") from None
+    parsed = load_model(path, BootstrapFile, BootstrapError, "bootstrap file")
     for team in parsed.teams:
         for i, key in enumerate(team.keys):
             if not looks_like_key(key.get_secret_value()):
