@@ -24,6 +24,12 @@ The rule, each step, with C* the optimum's cost per hour and `tolerance` t:
 
 A plan therefore never costs more than (1 + t) x C*, never drops below a pool's minimum, and
 changes the layout only when the saving is worth it.
+
+The bounded programs of rule 2 can take HiGHS far longer than the optimum on large fleets (up
+to ~10x at 600 nodes: benchmarks/planner/README.md), so each gets
+`NARROWED_TIME_LIMIT_S`; cut short, the best plan found is used (it meets the need within the
+cost bound by construction, it may just not be the cheapest or the fullest), and with none
+found the step takes the optimum (rule 3), which a later step can again trim.
 """
 
 from __future__ import annotations
@@ -32,11 +38,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from gemma_fleet.autoscaler.plan import ModelDemand, Plan
-from gemma_fleet.autoscaler.planner import MIN_DEMAND, Problem, solve, solve_most_capacity
+from gemma_fleet.autoscaler.planner import (
+    MIN_DEMAND,
+    Problem,
+    solve,
+    solve_most_capacity,
+    solve_within,
+)
 from gemma_fleet.deployments.pools import nodes_needed
 
 # Slack on cost and capacity comparisons (floating point of the solver's answers).
 _EPS = 1e-9
+# Seconds each bounded program of rule 2 may take: a reconcile step (30 s by default) must not
+# wait on the last percent of a layout it only keeps or trims.
+NARROWED_TIME_LIMIT_S = 1.0
 
 
 def clamp_replicas(problem: Problem, current: Mapping[str, int]) -> dict[str, int]:
@@ -93,7 +108,12 @@ def meets_need(problem: Problem, replicas: Mapping[str, int]) -> bool:
     return True
 
 
-def plan_near(problem: Problem, current: Mapping[str, int], tolerance: float) -> Plan:
+def plan_near(
+    problem: Problem,
+    current: Mapping[str, int],
+    tolerance: float,
+    time_limit_s: float = NARROWED_TIME_LIMIT_S,
+) -> Plan:
     """The plan for `problem` given the running replicas `current` (the module's rule);
     `Plan.note` says which branch chose it."""
     best = solve(problem).plan
@@ -121,21 +141,17 @@ def plan_near(problem: Problem, current: Mapping[str, int], tolerance: float) ->
         else:  # short: only add
             bounded.append(replace(cand, min_replicas=now))
     narrowed = replace(problem, candidates=tuple(bounded))
-    if meets:
-        outcome = solve_most_capacity(narrowed, limit)
-        if outcome is not None:
-            near = outcome.plan
-            what = "removed from the running layout"
-            return replace(
-                near, note=_note(what, near.cost_per_hour, best.cost_per_hour, tolerance)
-            )
+    if meets:  # the cost cap is a row of this program
+        outcome = solve_most_capacity(narrowed, limit, time_limit_s)
+        what = "removed from the running layout"
     else:
-        near = solve(narrowed).plan
-        if near.feasible and near.cost_per_hour <= limit:
-            what = "added to the running layout"
-            return replace(
-                near, note=_note(what, near.cost_per_hour, best.cost_per_hour, tolerance)
-            )
+        outcome = solve_within(narrowed, time_limit_s)
+        what = "added to the running layout"
+        if outcome is not None and outcome.plan.cost_per_hour > limit:
+            outcome = None
+    if outcome is not None:
+        near = outcome.plan
+        return replace(near, note=_note(what, near.cost_per_hour, best.cost_per_hour, tolerance))
     return replace(
         best,
         note=f"re-laid out: keeping the running layout would cost more than "

@@ -16,7 +16,8 @@ is the optimum of the model below, not a heuristic's guess:
 - optionally a fraction of each model's need must come from non-spot node pools.
 
 A second solve keeps the optimal cost and uses the fewest GPUs for replicas, so equal-cost plans
-are broken the same way every time (the controller must not flap between twins). Several small
+are broken the same way every time (the controller must not flap between twins); on very large
+fleets it has SECONDARY_TIME_LIMIT_S and may then keep the best tie-break found. Several small
 replicas sharing one GPU are not modelled: a replica holds whole GPUs.
 
 When demand cannot be met, the planner still returns the plan that serves the largest fraction of
@@ -320,27 +321,46 @@ def _program(problem: Problem, *, unmet: bool = False, relax_limits: bool = Fals
 
 
 _OPTIONS = {"disp": False, "mip_rel_gap": 0.0, "time_limit": 60.0}
+# Seconds a secondary solve may take: a tie-break stage (every objective after the first) or the
+# repair suggestions for demand that cannot be met. The plan's own objective is always solved
+# to proven optimality; HiGHS took longer over the fewest-GPUs tie-break than over the cost
+# itself on large fleets (at 600 nodes 0.45 s against 0.31 s, benchmarks/planner/). A tie-break
+# cut short keeps the best point found, which still has the optimal first objective; cut-short
+# repairs name limits that suffice, not necessarily the cheapest ones.
+SECONDARY_TIME_LIMIT_S = 0.1
 
 
 def _solve(
     program: _Program,
     objectives: Sequence[np.ndarray],
     extra: Sequence[LinearConstraint] = (),
+    time_limit_s: float | None = None,
 ) -> np.ndarray | None:
     """Lexicographic: minimise each objective in turn, holding the earlier ones at their
     optimum (plus a hair of tolerance), under the program's rows and `extra`. None when the
-    program is infeasible."""
+    program is infeasible, or when `time_limit_s` (for all stages together) ran out before a
+    first feasible point; a stage cut short (by it, or a tie-break by SECONDARY_TIME_LIMIT_S)
+    keeps the best point it found."""
     constraints = [*program.constraints(), *extra]
     bounds = program.bounds()
     integrality = program.integrality()
+    deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
     x: np.ndarray | None = None
-    for c in objectives:
+    for stage, c in enumerate(objectives):
+        options = dict(_OPTIONS)
+        if stage > 0:
+            options["time_limit"] = SECONDARY_TIME_LIMIT_S
+        if deadline is not None:
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                return x
+            options["time_limit"] = min(float(options["time_limit"]), left)
         result = milp(
             c,
             integrality=integrality,
             bounds=bounds,
             constraints=constraints,
-            options=_OPTIONS,
+            options=options,
         )
         if result.x is None:
             if x is not None:  # a later stage lost feasibility to tolerances: keep the earlier
@@ -365,6 +385,26 @@ def solve(problem: Problem) -> PlanOutcome:
     x = None if structural else _solve(program, [program.cost_vector(), program.gpu_vector()])
     if x is not None:
         return _outcome(problem, program, x, {}, started)
+    return _best_effort(problem, structural, started)
+
+
+def solve_within(problem: Problem, time_limit_s: float) -> PlanOutcome | None:
+    """A plan meeting `problem`'s demand found within `time_limit_s`: the cheapest when the
+    solver proves it in time, else the best found; None when none was found in time or none
+    exists. For the incumbent-aware planner, whose bounded programs may take far longer than
+    the optimum (it falls back to the optimum)."""
+    started = time.perf_counter()
+    if _structural_shortfall(problem):
+        return None
+    program = _program(problem)
+    x = _solve(program, [program.cost_vector(), program.gpu_vector()], time_limit_s=time_limit_s)
+    if x is None:
+        return None
+    return _outcome(problem, program, x, {}, started)
+
+
+def _best_effort(problem: Problem, structural: dict[str, str], started: float) -> PlanOutcome:
+    """The plan serving the most of a demand that cannot be met, with the shortfall named."""
     best = _program(problem, unmet=True)
     # Most of the need served, then least cost (no GPU tie-break: a plan short of demand uses
     # every replica it pays for, and the extra solve is the slowest of all on large fleets).
@@ -398,10 +438,13 @@ def solve(problem: Problem) -> PlanOutcome:
     return _outcome(problem, best, xb, shortfall, started)
 
 
-def solve_most_capacity(problem: Problem, cost_cap: float) -> PlanOutcome | None:
+def solve_most_capacity(
+    problem: Problem, cost_cap: float, time_limit_s: float | None = None
+) -> PlanOutcome | None:
     """Among the plans that meet demand at a cost of at most `cost_cap` per hour, the one with
     the most capacity (each model's capacity as a share of its need, summed), then the
-    cheapest, then the fewest GPUs; None when no plan meets demand within the cap.
+    cheapest, then the fewest GPUs; None when no plan meets demand within the cap (or none
+    was found within `time_limit_s`; cut short, the best found).
 
     The incumbent-aware planner (incumbent.py) gives capacity back with it: once the saving
     left is within its tolerance, spare capacity is worth more than the last few percent
@@ -417,7 +460,7 @@ def solve_most_capacity(problem: Problem, cost_cap: float) -> PlanOutcome | None
             capacity[p] = -cand.capacity_rps / need
     cost = program.cost_vector()
     cap = LinearConstraint(cost.reshape(1, -1), -np.inf, cost_cap)
-    x = _solve(program, [capacity, cost, program.gpu_vector()], [cap])
+    x = _solve(program, [capacity, cost, program.gpu_vector()], [cap], time_limit_s)
     if x is None:
         return None
     return _outcome(problem, program, x, {}, started)
@@ -495,7 +538,7 @@ def _repairs(problem: Problem) -> dict[str, str]:
     program = _program(problem, relax_limits=True)
     # Cost only: breaking ties towards fewer raised limits (a second objective, lexicographic
     # or weighted) made this solve ~10x slower on large fleets, and these are suggestions.
-    x = _solve(program, [program.cost_vector()])
+    x = _solve(program, [program.cost_vector()], time_limit_s=SECONDARY_TIME_LIMIT_S)
     if x is None:
         return {}
     node_fix: dict[str, str] = {}

@@ -94,6 +94,18 @@ def test_removal_keeps_the_layout_with_more_spare_capacity_within_the_tolerance(
     }
 
 
+def test_a_bounded_program_out_of_time_falls_back_to_the_optimum() -> None:
+    # The add-only and remove-only programs get a time budget (large fleets can take HiGHS
+    # seconds); with none left they give no plan and the step takes the optimum, which still
+    # meets the need and is within the tolerance by definition.
+    short = plan_near(problem(4.0), {"m-dear": 3}, tolerance=0.05, time_limit_s=0.0)
+    assert dict(short.replicas) == {"m-cheap": 4, "m-dear": 0}
+    assert "re-laid out" in short.note
+    dear = plan_near(problem(2.0), {"m-cheap": 5}, tolerance=0.05, time_limit_s=0.0)
+    assert dict(dear.replicas) == {"m-cheap": 2, "m-dear": 0}
+    assert "re-laid out" in dear.note
+
+
 def test_never_below_the_pool_minimum() -> None:
     # "dear" must keep 1 replica; it was set to 0 by hand. The kept plan restores the minimum.
     plan = plan_near(problem(2.0, min_dear=1), {"m-cheap": 1, "m-dear": 0}, tolerance=0.5)
