@@ -10,10 +10,11 @@ at once. Down, per pool:
   controller's start is unknown), nor within `min_replica_lifetime_s` of the pool's last
   scale-up (and of the controller's start, since the ages of replicas it found are unknown);
 - only on a complete metrics reading, at most `max_scale_down_per_step` replicas at a time;
-- make before break: not while another pool of the same model added replicas less than
-  `replica_start_s` ago. When the plan moves a model from one GPU type to another, the old
-  replicas serve until the new ones have loaded; removing them at once left the model short
-  for the loading time (on the trace evaluation, SLO attainment fell below 99%);
+- make before break: not while another pool of the same model grows this step or added
+  replicas less than `replica_start_s` ago. When the plan moves a model from one GPU type to
+  another, the old replicas serve until the new ones have loaded; removing them at once left
+  the model short for the loading time (on the trace evaluation, SLO attainment fell below
+  99%);
 - only while the pool's running requests fit on the replicas that remain (`drain_fill` x
   `max_num_seqs` each). When the plan empties a pool this is judged per model: the pool may go
   to 0 while requests still run on it if its model has another home - a pool the plan keeps

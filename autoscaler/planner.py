@@ -380,19 +380,17 @@ def solve(problem: Problem) -> PlanOutcome:
     """The cheapest plan for `problem`, or, when none meets demand, the one serving most of it
     with the shortfall explained."""
     started = time.perf_counter()
-    structural = _structural_shortfall(problem)
-    program = _program(problem)
-    x = None if structural else _solve(program, [program.cost_vector(), program.gpu_vector()])
-    if x is not None:
-        return _outcome(problem, program, x, {}, started)
-    return _best_effort(problem, structural, started)
+    found = solve_within(problem, None)
+    if found is not None:
+        return found
+    return _best_effort(problem, _structural_shortfall(problem), started)
 
 
-def solve_within(problem: Problem, time_limit_s: float) -> PlanOutcome | None:
-    """A plan meeting `problem`'s demand found within `time_limit_s`: the cheapest when the
-    solver proves it in time, else the best found; None when none was found in time or none
-    exists. For the incumbent-aware planner, whose bounded programs may take far longer than
-    the optimum (it falls back to the optimum)."""
+def solve_within(problem: Problem, time_limit_s: float | None) -> PlanOutcome | None:
+    """A plan meeting `problem`'s demand found within `time_limit_s` (None: no limit): the
+    cheapest when the solver proves it in time, else the best found; None when none was found
+    in time or none exists. With a limit, for the incumbent-aware planner, whose bounded
+    programs may take far longer than the optimum (it falls back to the optimum)."""
     started = time.perf_counter()
     if _structural_shortfall(problem):
         return None
