@@ -147,7 +147,9 @@ class Controller:
         self.clock = clock
         self.hysteresis = Hysteresis(self.settings, {p.name: p for p in fleet.model_pools})
         self.stabiliser = DemandStabiliser(
-            self.settings.scale_up_delay_s, self.settings.scale_down_delay_s
+            self.settings.scale_up_delay_s,
+            self.settings.scale_down_delay_s,
+            self.settings.scale_down_band,
         )
         self._forecasters: dict[tuple[str, str], HoltForecaster] = {}
 

@@ -21,7 +21,7 @@ class SmoothingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     level_half_life_s: float = Field(
-        30.0, gt=0, description="a sample's weight in the level halves after this long"
+        60.0, gt=0, description="a sample's weight in the level halves after this long"
     )
     trend_half_life_s: float = Field(
         120.0, gt=0, description="a slope estimate's weight halves after this long"
@@ -51,6 +51,14 @@ class ControllerSettings(BaseModel):
         description="a model's forecast must stay below the planned rate this long before the "
         "plan shrinks (the highest forecast over the window is planned); also how long a pool "
         "is watched before its first scale-down",
+    )
+    scale_down_band: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="a fall in the plan lands this fraction above the down window's highest "
+        "forecast, and passes only when that is below the planned rate, so the next noisy "
+        "reading does not raise the plan straight back",
     )
     min_replica_lifetime_s: float = Field(
         300.0, ge=0, description="no scale-down of a pool within this long of its last scale-up"

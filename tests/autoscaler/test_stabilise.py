@@ -61,3 +61,23 @@ def test_models_are_stabilised_apart() -> None:
     stab.planned("b", 0.0, 1.0)
     assert stab.planned("a", 30.0, 1.0) == 10.0
     assert stab.planned("b", 30.0, 3.0) == 3.0
+
+
+def test_a_fall_lands_the_band_above_the_windows_highest_forecast() -> None:
+    series = [8.0] * 3 + [2.0] * 12
+    planned = feed(DemandStabiliser(0, 300, scale_down_band=0.25), series)
+    assert planned[:13] == [8.0] * 13
+    assert planned[13:] == [2.5, 2.5]
+
+
+def test_a_window_inside_the_band_does_not_lower_the_plan() -> None:
+    # 4.0 * 1.25 = 5.0 is not below the planned 5.0: the plan holds however long it lasts.
+    planned = feed(DemandStabiliser(0, 300, scale_down_band=0.25), [5.0] + [4.0] * 30)
+    assert set(planned) == {5.0}
+
+
+def test_the_band_never_delays_a_rise() -> None:
+    # After falling to 2.5 (2.0 plus the band), a forecast of 2.6 is planned at once.
+    series = [8.0] * 3 + [2.0] * 11 + [2.6]
+    planned = feed(DemandStabiliser(0, 300, scale_down_band=0.25), series)
+    assert planned[-2:] == [2.5, 2.6]
