@@ -53,7 +53,7 @@ class ControllerSettings(BaseModel):
         "is watched before its first scale-down",
     )
     scale_down_band: float = Field(
-        0.05,
+        0.10,
         ge=0,
         le=1,
         description="a fall in the plan lands this fraction above the down window's highest "

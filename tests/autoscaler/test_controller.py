@@ -171,7 +171,7 @@ def test_noisy_steady_load_on_a_replica_boundary_does_not_oscillate(seed: int) -
     # (about +-8%) throws the raw recommendation between 3 and 4 all the time. Several noise
     # seeds, because a 5-minute window right on the boundary holds only low readings now and
     # then; without the scale-down band, 4 of these 8 seeds reversed 2-4 times in 4 h at a 30 s
-    # level half-life, and all 8 reversed 6-12 times at 60 s.
+    # level half-life, and all 8 reversed 6-10 times at 60 s.
     settings = ControllerSettings(interval_s=INTERVAL, headroom=0.1)
     loop = Loop(steady({"gemma-4-E2B": 5.45}), settings, seed=seed)
     loop.run(4 * 3600)
