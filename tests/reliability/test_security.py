@@ -152,17 +152,14 @@ def _slow_post(port: int, key: str, pause_s: float, give_up_s: float) -> tuple[b
             try:
                 first = s.recv(65536)
             except TimeoutError:
-                pass
-            else:
-                after = time.monotonic() - started
-                return _rest_of_answer(s, first, give_up_s), after
-            try:
-                s.sendall(b" ")
-            except OSError:  # the server closed after answering
-                s.settimeout(give_up_s)
-                first = s.recv(65536)
-                after = time.monotonic() - started
-                return _rest_of_answer(s, first, give_up_s), after
+                try:
+                    s.sendall(b" ")
+                    continue
+                except OSError:  # the server closed after answering
+                    s.settimeout(give_up_s)
+                    first = s.recv(65536)
+            after = time.monotonic() - started
+            return _rest_of_answer(s, first, give_up_s), after
     return b"", time.monotonic() - started
 
 
