@@ -20,16 +20,20 @@ The rule, each step, with C* the optimum's cost per hour and `tolerance` t:
    removal gives back what the tolerance says is worth saving and no more: choosing the
    cheapest subset instead would flip between two near-equal layouts (the one with less
    spare capacity is pushed out again by the next noisy reading above its capacity);
-3. else the optimum: a re-layout that saves more than the tolerance.
+3. else a re-layout: of the plans costing at most (1 + t) x C*, the one that adds the least
+   GPU cost to the running replicas (then the cheapest). It may add and remove at once; the
+   optimum itself is one such plan, so there always is one. Jumping to the optimum instead
+   replaced whole pools that a plan within the tolerance could keep; on the trace it cost
+   more (replicas loading beside the ones they replace) and moved more replicas.
 
 A plan therefore never costs more than (1 + t) x C*, never drops below a pool's minimum, and
 changes the layout only when the saving is worth it.
 
-The bounded programs of rule 2 can take HiGHS far longer than the optimum on large fleets (up
-to ~10x at 600 nodes: benchmarks/planner/README.md), so each gets
+The bounded programs of rules 2 and 3 can take HiGHS far longer than the optimum on large
+fleets (up to ~10x at 600 nodes: benchmarks/planner/README.md), so each gets
 `NARROWED_TIME_LIMIT_S`; cut short, the best plan found is used (it meets the need within the
-cost bound by construction, it may just not be the cheapest or the fullest), and with none
-found the step takes the optimum (rule 3), which a later step can again trim.
+cost bound by construction, it may just not be the cheapest, the fullest or the nearest), and
+with none found the step takes the optimum, which a later step can again trim.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from gemma_fleet.autoscaler.planner import (
     MIN_DEMAND,
     Problem,
     solve,
+    solve_fewest_added,
     solve_most_capacity,
     solve_within,
 )
@@ -149,13 +154,17 @@ def plan_near(
         what = "added to the running layout"
         if outcome is not None and outcome.plan.cost_per_hour > limit:
             outcome = None
+    if outcome is None:
+        # Rule 3: of the layouts within the tolerance, the one adding least to what runs.
+        outcome = solve_fewest_added(problem, have, limit, time_limit_s)
+        what = "re-laid out, adding least to the running layout"
     if outcome is not None:
         near = outcome.plan
         return replace(near, note=_note(what, near.cost_per_hour, best.cost_per_hour, tolerance))
     return replace(
         best,
-        note=f"re-laid out: keeping the running layout would cost more than "
-        f"{100 * tolerance:g}% over the optimum {best.cost_per_hour:.2f}/h",
+        note=f"re-laid out to the optimum {best.cost_per_hour:.2f}/h: no layout nearer the "
+        f"running one was found within {time_limit_s:g} s",
     )
 
 

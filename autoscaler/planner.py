@@ -13,7 +13,10 @@ is the optimum of the model below, not a heuristic's guess:
   sum_p capacity_p x r_p >= demand_m x headroom for every model m (capacity per replica at the
   SLO, from `capacity.py`), sum_k y_(g,k) <= n_g, and for every TP size t on g, replicas of that
   size <= sum_k (groups of size t in pattern k) x y_(g,k);
-- optionally a fraction of each model's need must come from non-spot node pools.
+- optionally a fraction of each model's need must come from non-spot node pools;
+- for the incumbent-aware planner, a_p >= r_p - running_p, integer >= 0: the replicas pool p
+  adds to those running now, so a re-layout can prefer the plan that adds least
+  (`solve_fewest_added`).
 
 A second solve keeps the optimal cost and uses the fewest GPUs for replicas, so equal-cost plans
 are broken the same way every time (the controller must not flap between twins); on very large
@@ -180,6 +183,9 @@ class _Program:
     n_upper: list[float]
     patterns: list[tuple[int, dict[int, int]]]  # (node pool index, pattern)
     unmet: list[str] = field(default_factory=list)  # models with an unmet-demand variable
+    # Replicas running now per pool: when set, a_p >= r_p - running_p counts the replicas
+    # each pool would add (the change-aware programs of the incumbent planner).
+    running: Mapping[str, int] | None = None
 
     @property
     def nr(self) -> int:
@@ -195,9 +201,20 @@ class _Program:
     def index_u(self, k: int) -> int:
         return self.nr + self.ng + len(self.patterns) + k
 
+    def index_a(self, p: int) -> int:
+        return self.nr + self.ng + len(self.patterns) + len(self.unmet) + p
+
     @property
     def size(self) -> int:
-        return self.nr + self.ng + len(self.patterns) + len(self.unmet)
+        added = self.nr if self.running is not None else 0
+        return self.nr + self.ng + len(self.patterns) + len(self.unmet) + added
+
+    def added_vector(self) -> np.ndarray:
+        """GPU cost per hour of the replicas the plan adds to the running ones."""
+        c = np.zeros(self.size)
+        for p, cand in enumerate(self.problem.candidates):
+            c[self.index_a(p)] = cand.tp * self.problem.node_pool(cand.node_pool).cost_per_gpu_hour
+        return c
 
     def cost_vector(self) -> np.ndarray:
         c = np.zeros(self.size)
@@ -229,6 +246,9 @@ class _Program:
             ub[self.index_y(k)] = self.n_upper[g]
         for k, model in enumerate(self.unmet):
             ub[self.index_u(k)] = prob.need[model]
+        if self.running is not None:
+            for p in range(self.nr):
+                ub[self.index_a(p)] = self.r_upper[p]
         return Bounds(lb, ub)
 
     def integrality(self) -> np.ndarray:
@@ -284,12 +304,23 @@ class _Program:
                     if pg == g:
                         row[self.index_y(k)] = -pattern.get(size, 0)
                 add(row, -np.inf, 0.0)
+        if self.running is not None:
+            for p, cand in enumerate(prob.candidates):
+                row = np.zeros(self.size)
+                row[p], row[self.index_a(p)] = 1.0, -1.0
+                add(row, -np.inf, float(self.running.get(cand.pool, 0)))
         if not rows:
             return []
         return [LinearConstraint(np.vstack(rows), np.array(lo), np.array(hi))]
 
 
-def _program(problem: Problem, *, unmet: bool = False, relax_limits: bool = False) -> _Program:
+def _program(
+    problem: Problem,
+    *,
+    unmet: bool = False,
+    relax_limits: bool = False,
+    running: Mapping[str, int] | None = None,
+) -> _Program:
     node_index = {pool.name: g for g, pool in enumerate(problem.node_pools)}
     r_upper: list[float] = []
     for cand in problem.candidates:
@@ -317,7 +348,7 @@ def _program(problem: Problem, *, unmet: bool = False, relax_limits: bool = Fals
         sizes = [c.tp for c in problem.candidates if node_index[c.node_pool] == g]
         patterns += [(g, pat) for pat in packing_patterns(pool.gpus_per_node, sizes)]
     models = [m for m, need in problem.need.items() if need > MIN_DEMAND] if unmet else []
-    return _Program(problem, r_upper, n_upper, patterns, models)
+    return _Program(problem, r_upper, n_upper, patterns, models, running)
 
 
 _OPTIONS = {"disp": False, "mip_rel_gap": 0.0, "time_limit": 60.0}
@@ -459,6 +490,32 @@ def solve_most_capacity(
     cost = program.cost_vector()
     cap = LinearConstraint(cost.reshape(1, -1), -np.inf, cost_cap)
     x = _solve(program, [capacity, cost, program.gpu_vector()], [cap], time_limit_s)
+    if x is None:
+        return None
+    return _outcome(problem, program, x, {}, started)
+
+
+def solve_fewest_added(
+    problem: Problem,
+    running: Mapping[str, int],
+    cost_cap: float,
+    time_limit_s: float | None = None,
+) -> PlanOutcome | None:
+    """Among the plans that meet demand at a cost of at most `cost_cap` per hour, the one that
+    adds the least GPU cost to the replicas `running` now (per pool), then the cheapest, then
+    the fewest GPUs; None when no plan meets demand within the cap (or none was found within
+    `time_limit_s`; cut short, the best found).
+
+    The incumbent-aware planner (incumbent.py) re-lays out with it: every replica added is paid
+    while it loads and keeps the one it replaces up meanwhile, so of the layouts the tolerance
+    allows, the one reusing most of what runs is the cheapest to reach."""
+    started = time.perf_counter()
+    if _structural_shortfall(problem):
+        return None
+    program = _program(problem, running=running)
+    cost = program.cost_vector()
+    cap = LinearConstraint(cost.reshape(1, -1), -np.inf, cost_cap)
+    x = _solve(program, [program.added_vector(), cost, program.gpu_vector()], [cap], time_limit_s)
     if x is None:
         return None
     return _outcome(problem, program, x, {}, started)

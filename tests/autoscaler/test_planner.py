@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
+from collections.abc import Iterator, Mapping
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,6 +23,7 @@ from gemma_fleet.autoscaler.planner import (
     packing_patterns,
     plan_fleet,
     solve,
+    solve_fewest_added,
 )
 from gemma_fleet.deployments.engines.simulator.roofline import Roofline
 from gemma_fleet.deployments.pools.schema import FleetSpec
@@ -52,10 +54,10 @@ def packs(groups: list[int], nodes: int, gpus_per_node: int) -> bool:
     return place(0)
 
 
-def brute_force(problem: Problem) -> float | None:
-    """Least cost over every replica and node count within bounds; None if none is feasible."""
+def feasible_plans(problem: Problem) -> Iterator[tuple[dict[str, int], float]]:
+    """Every replica count within bounds that meets demand and fits the node pools, with the
+    cost of the fewest nodes that hold it."""
     cands = problem.candidates
-    best: float | None = None
     ranges = [range(c.min_replicas, c.max_replicas + 1) for c in cands]
     for replicas in itertools.product(*ranges):
         ok = True
@@ -88,9 +90,25 @@ def brute_force(problem: Problem) -> float | None:
                 ok = False
                 break
             cost += nodes * pool.cost_per_node_hour
-        if ok and (best is None or cost < best - 1e-9):
-            best = cost
-    return best
+        if ok:
+            yield {c.pool: r for c, r in zip(cands, replicas, strict=True)}, cost
+
+
+def brute_force(problem: Problem) -> float | None:
+    """Least cost over every replica and node count within bounds; None if none is feasible."""
+    return min((cost for _, cost in feasible_plans(problem)), default=None)
+
+
+def added_gpu_cost(
+    problem: Problem, replicas: Mapping[str, int], running: Mapping[str, int]
+) -> float:
+    """GPU cost per hour of the replicas `replicas` has beyond `running`."""
+    return sum(
+        max(0, replicas[c.pool] - running.get(c.pool, 0))
+        * c.tp
+        * problem.node_pool(c.node_pool).cost_per_gpu_hour
+        for c in problem.candidates
+    )
 
 
 def check_plan_valid(problem: Problem, replicas: dict[str, int], nodes: dict[str, int]) -> None:
@@ -300,6 +318,63 @@ def test_generated_instances_match_brute_force(problem: Problem) -> None:
         check_plan_valid(problem, dict(out.plan.replicas), dict(out.plan.nodes))
     else:
         assert out.plan.shortfall
+
+
+@st.composite
+def relayouts(draw: st.DrawFn) -> tuple[Problem, dict[str, int], float]:
+    """A feasible problem whose models can run on either of two node pools a few percent apart
+    in price, the replicas running now, and a cost cap of the optimum plus a tolerance: the
+    instances where adding least and costing least disagree."""
+    pools = tuple(
+        NodePoolSpec(
+            f"n{g}",
+            draw(st.sampled_from([1, 2, 4])),
+            0,
+            6,
+            draw(st.sampled_from([1.0, 1.04, 1.1, 1.3])),
+        )
+        for g in range(2)
+    )
+    cands = []
+    models = ["a", "b"][: draw(st.integers(1, 2))]
+    for model in models:
+        for pool in pools:
+            tp = draw(st.sampled_from([1, 2])) if pool.gpus_per_node >= 2 else 1
+            cap = draw(st.sampled_from([1.0, 2.0, 3.0]))
+            cands.append(Candidate(f"{model}-{pool.name}", model, pool.name, tp, 0, 3, cap))
+    need = {m: draw(st.sampled_from([1.0, 2.5, 4.0, 6.0])) for m in models}
+    problem = Problem(pools, tuple(cands), need)
+    running = {c.pool: draw(st.integers(0, 3)) for c in cands}
+    tolerance = draw(st.sampled_from([0.0, 0.05, 0.1, 0.3]))
+    return problem, running, tolerance
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(relayouts())
+def test_fewest_added_matches_brute_force(case: tuple[Problem, dict[str, int], float]) -> None:
+    # The incumbent planner's re-layout: within a cost cap, the plan adding the least GPU cost
+    # to what runs, then the cheapest.
+    problem, running, tolerance = case
+    optimum = brute_force(problem)
+    assert optimum is not None
+    cap = optimum * (1 + tolerance) + 1e-9
+    least_added, least_cost = min(
+        (added_gpu_cost(problem, r, running), cost)
+        for r, cost in feasible_plans(problem)
+        if cost <= cap
+    )
+    out = solve_fewest_added(problem, running, cap)
+    assert out is not None
+    got = dict(out.plan.replicas)
+    assert math.isclose(added_gpu_cost(problem, got, running), least_added, abs_tol=1e-9)
+    assert math.isclose(out.plan.cost_per_hour, least_cost, abs_tol=1e-9)
+    check_plan_valid(problem, got, dict(out.plan.nodes))
+
+
+def test_fewest_added_is_none_when_the_cap_is_below_every_plan() -> None:
+    problem = Problem((node("g", 1, 1.0, 4),), (cand("p", "m", "g", 1, 1.0),), {"m": 2.0})
+    assert solve_fewest_added(problem, {"p": 0}, 1.5) is None
+    assert dict(solve_fewest_added(problem, {"p": 0}, 2.0).plan.replicas) == {"p": 2}
 
 
 # ---- from a fleet, with simulated capacity -------------------------------------------------
