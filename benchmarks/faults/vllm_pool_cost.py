@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from gemma_fleet.deployments.fleet.processes import tree_rss_bytes
 from gemma_fleet.deployments.fleet.run import run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.pools import EngineKind, parse_fleet
@@ -28,22 +29,6 @@ FLEET = {
     ],
     "model_pools": [{"name": "edge", "model": "gemma-4-E2B", "node_pool": "l4", "engine": "vllm"}],
 }
-
-
-def tree_rss_bytes(pid: int) -> int:
-    """Resident memory of `pid` and all its descendants (Linux /proc)."""
-    total, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            rss = next(x for x in status.splitlines() if x.startswith("VmRSS"))
-            total += int(rss.split()[1]) * 1024
-            for task in Path(f"/proc/{current}/task").iterdir():
-                stack += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, StopIteration):
-            continue
-    return total
 
 
 def main() -> None:

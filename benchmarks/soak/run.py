@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from gemma_fleet.deployments.fleet.processes import process_tree, rss_bytes
 from gemma_fleet.deployments.fleet.run import run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.loadtest.gateway_counters import REQUESTS, Sample, delta, scrape
@@ -184,38 +185,6 @@ async def limited_load(root: str, key: str, run: Run, rate: float) -> None:
 # -- memory -------------------------------------------------------------------------------------
 
 
-def _processes(roots: list[int]) -> dict[int, str]:
-    """`roots` and all their descendants (Linux /proc), with their command lines' first word."""
-    parents: dict[int, int] = {}
-    names: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-        names[int(entry.name)] = cmd
-    found = set(roots)
-    while True:
-        grown = {p for p, pp in parents.items() if pp in found} - found
-        if not grown:
-            return {p: names.get(p, "?") for p in found if p in names}
-        found |= grown
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def _label(cmd: str) -> str:
     """A process's role: Ray actors name themselves `ray::<Actor>[.<method running now>]`."""
     if cmd.startswith("ray::"):
@@ -234,8 +203,8 @@ def sample_memory(roots: list[int], at: float) -> MemorySample:
     return MemorySample(
         at=at,
         rss_mb={
-            f"{_label(cmd)} (pid {pid})": round(_rss_mb(pid), 1)
-            for pid, cmd in _processes(roots).items()
+            f"{_label(cmd)} (pid {pid})": round(rss_bytes(pid) / 2**20, 1)
+            for pid, cmd in process_tree(roots).items()
         },
     )
 

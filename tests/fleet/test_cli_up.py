@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import openai
 import pytest
 import yaml
+
+from gemma_fleet.deployments.fleet.processes import alive, process_tree
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +38,6 @@ RUN_UP = "import typer; from gemma_fleet.cli.up import up_command; typer.run(up_
 
 def test_up_serves_until_sigterm_then_stops_everything(
     tmp_path: Path,
-    alive: Callable[[int], bool],
-    process_tree: Callable[[list[int]], dict[int, str]],
 ) -> None:
     fleet_file = tmp_path / "fleet.yaml"
     fleet_file.write_text(yaml.safe_dump(FLEET))

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
+from gemma_fleet.deployments.fleet.processes import alive, process_tree
 from gemma_fleet.deployments.fleet.run import RunningFleet, run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 
@@ -260,8 +261,6 @@ def test_the_local_fleet_requires_keys_and_meters_usage(
 
 def test_shutdown_leaves_no_ray_processes(
     fleet: Fleet,
-    alive: Callable[[int], bool],
-    process_tree: Callable[[list[int]], dict[int, str]],
 ) -> None:
     before = process_tree(fleet.pids)
     # What the cluster runs: nodes and GCS, and under the raylets every replica's worker.
