@@ -24,7 +24,11 @@ class SmoothingSettings(BaseModel):
         60.0, gt=0, description="a sample's weight in the level halves after this long"
     )
     trend_half_life_s: float = Field(
-        120.0, gt=0, description="a slope estimate's weight halves after this long"
+        480.0,
+        gt=0,
+        description="a slope estimate's weight halves after this long: long enough that the "
+        "slope follows the day's ramps, not the noise of 30 s request counts, which the "
+        "horizon would multiply",
     )
     horizon_s: float = Field(
         120.0,

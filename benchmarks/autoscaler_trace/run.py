@@ -58,6 +58,7 @@ LOOSE_TOLERANCE = "ours, incumbent_tolerance 0.10"
 NARROW_BAND = "ours, scale_down_band 0.05"
 NO_BAND = "ours, scale_down_band 0"
 QUICKER_LEVEL = "ours, level half-life 30 s"
+QUICKER_TREND = "ours, trend half-life 120 s"
 PLAN_ONLY = "ours, forecast + plan only"
 PLOTTED_CAPACITY = (
     "per-interval optimum",
@@ -973,6 +974,7 @@ def ray_pools(fleet: FleetSpec, trace: Trace, caps: Mapping[str, Capacity]) -> d
 def tried_settings(settings: ControllerSettings) -> list[tuple[str, ControllerSettings, str]]:
     """The settings tried and not shipped (`--tried`): name, settings, what differs."""
     level_30 = settings.smoothing.model_copy(update={"level_half_life_s": 30.0})
+    trend_120 = settings.smoothing.model_copy(update={"trend_half_life_s": 120.0})
     return [
         (
             LOOSE_TOLERANCE,
@@ -997,6 +999,11 @@ def tried_settings(settings: ControllerSettings) -> list[tuple[str, ControllerSe
             settings.model_copy(update={"smoothing": level_30}),
             "as shipped but smoothing.level_half_life_s 30 (the default before the "
             "scale-down band)",
+        ),
+        (
+            QUICKER_TREND,
+            settings.model_copy(update={"smoothing": trend_120}),
+            "as shipped but smoothing.trend_half_life_s 120 (the default before 2026-12-01)",
         ),
     ]
 
