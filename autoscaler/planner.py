@@ -487,12 +487,7 @@ def solve_most_capacity(
         need = problem.need.get(cand.model, 0.0)
         if need > MIN_DEMAND:
             capacity[p] = -cand.capacity_rps / need
-    cost = program.cost_vector()
-    cap = LinearConstraint(cost.reshape(1, -1), -np.inf, cost_cap)
-    x = _solve(program, [capacity, cost, program.gpu_vector()], [cap], time_limit_s)
-    if x is None:
-        return None
-    return _outcome(problem, program, x, {}, started)
+    return _least_within_cap(program, capacity, cost_cap, time_limit_s, started)
 
 
 def solve_fewest_added(
@@ -513,12 +508,24 @@ def solve_fewest_added(
     if _structural_shortfall(problem):
         return None
     program = _program(problem, running=running)
+    return _least_within_cap(program, program.added_vector(), cost_cap, time_limit_s, started)
+
+
+def _least_within_cap(
+    program: _Program,
+    objective: np.ndarray,
+    cost_cap: float,
+    time_limit_s: float | None,
+    started: float,
+) -> PlanOutcome | None:
+    """The plan minimising `objective`, then cost, then GPUs, among those meeting demand at a
+    cost of at most `cost_cap` per hour; None when there is none (or none found in time)."""
     cost = program.cost_vector()
     cap = LinearConstraint(cost.reshape(1, -1), -np.inf, cost_cap)
-    x = _solve(program, [program.added_vector(), cost, program.gpu_vector()], [cap], time_limit_s)
+    x = _solve(program, [objective, cost, program.gpu_vector()], [cap], time_limit_s)
     if x is None:
         return None
-    return _outcome(problem, program, x, {}, started)
+    return _outcome(program.problem, program, x, {}, started)
 
 
 def _structural_shortfall(problem: Problem) -> dict[str, str]:
