@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TypeVar
 
@@ -192,13 +192,22 @@ def _attached(span_: Span) -> Iterator[None]:
         otel_context.detach(token)
 
 
-async def end_with(span_: Span, events: AsyncIterator[T]) -> AsyncGenerator[T, None]:
+async def end_with(
+    span_: Span, events: AsyncIterator[T], last: Callable[[T], bool] | None = None
+) -> AsyncGenerator[T, None]:
     """Pass a stream through and end `span_` when it ends, or when its consumer closes it.
     An exception from the stream marks the span; a consumer closing early does not (a caller
-    that needed one reply closes the rest as a matter of course)."""
+    that needed one reply closes the rest as a matter of course).
+
+    With `last`, the span ends just before the event `last` accepts is passed on. Why: the
+    stream itself only ends when its consumer asks for one more event, which a remote caller
+    (a Ray Serve replica's caller) may do after it has the final event and has closed its own
+    span, so the child span would outlast its parent."""
     error: BaseException | None = None
     try:
         async for event in events:
+            if last is not None and last(event):
+                end_span(span_)
             yield event
     except GeneratorExit:
         raise

@@ -93,6 +93,12 @@ from gemma_fleet.telemetry import (
 PROMETHEUS_METRICS_RPC = "prometheus_metrics"
 
 
+def _final(item: object) -> bool:
+    """Whether `item` is the last of a call's answers: a non-streaming answer or an error is
+    the only one, and a stream ends with [DONE]."""
+    return not isinstance(item, str) or item == "data: [DONE]\n\n"
+
+
 def _error(message: str, code: int = 400, param: str | None = None) -> ErrorResponse:
     kind = "BadRequestError" if code < 500 else "InternalServerError"
     return ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=code))
@@ -259,7 +265,7 @@ class SimulatorEngine(LLMEngine):
         raw_request_info: RawRequestInfo | None = None,
     ) -> AsyncGenerator[str | ChatCompletionResponse | ErrorResponse, None]:
         traced = self._generate_span("chat", request, raw_request_info)
-        async with aclosing(end_with(traced, self._chat(request, traced))) as items:
+        async with aclosing(end_with(traced, self._chat(request, traced), _final)) as items:
             async for item in items:
                 yield item
 
@@ -440,7 +446,7 @@ class SimulatorEngine(LLMEngine):
         raw_request_info: RawRequestInfo | None = None,
     ) -> AsyncGenerator[str | CompletionResponse | ErrorResponse, None]:
         traced = self._generate_span("text_completion", request, raw_request_info)
-        async with aclosing(end_with(traced, self._completions(request, traced))) as items:
+        async with aclosing(end_with(traced, self._completions(request, traced), _final)) as items:
             async for item in items:
                 yield item
 
