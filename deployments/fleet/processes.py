@@ -37,12 +37,15 @@ def process_tree(roots: list[int]) -> dict[int, str]:
             raw = (entry / "cmdline").read_bytes()
         except OSError:  # it exited while we looked
             continue
+        state, ppid = _after_name(stat)[:2]
+        if state == "Z":  # exited, waiting to be reaped
+            continue
         pid = int(entry.name)
-        parents[pid] = int(_after_name(stat)[1])
+        parents[pid] = int(ppid)
         commands[pid] = raw.replace(b"\0", b" ").decode(errors="replace").strip()
-    found = {pid for pid in roots if alive(pid)}
+    found = {pid for pid in roots if pid in parents}
     while True:
-        children = {pid for pid, ppid in parents.items() if ppid in found and alive(pid)}
+        children = {pid for pid, ppid in parents.items() if ppid in found}
         if children <= found:
             break
         found |= children
