@@ -15,15 +15,17 @@ at once. Down, per pool:
   another, the old replicas serve until the new ones have loaded; removing them at once left
   the model short for the loading time (on the trace evaluation, SLO attainment fell below
   99%);
-- only while the pool's running requests fit on the replicas that remain (`drain_fill` x
-  `max_num_seqs` each). When the plan empties a pool this is judged per model: the pool may go
-  to 0 while requests still run on it if its model has another home - a pool the plan keeps
-  that has had replicas for at least `replica_start_s` (loaded, so the gateway can send new
-  requests there) and whose room holds the model's running requests. Ray Serve lets the
-  leaving replicas finish their own requests. Without another home the per-pool check rules: a
-  model's last pool never leaves while it serves. (Judged per pool only, a pool that serves
-  always has running requests, so a model the planner moved to another GPU type could never
-  leave the old one.)
+- only while running requests fit on the replicas that remain (`drain_fill` x `max_num_seqs`
+  each). When the model has another home - a pool the plan keeps that has had replicas for at
+  least `replica_start_s` (loaded, so the gateway can send new requests there) - this is
+  judged per model: the model's running requests must fit on this pool's remaining replicas
+  plus the homes', and the pool may shrink, to 0 too, while requests still run on it. Ray
+  Serve lets the leaving replicas finish their own requests. Without another home it is
+  judged per pool: a model's last pool never leaves while it serves. (Judged per pool only, a
+  pool that serves always has running requests, so a model the planner moved to another GPU
+  type could never leave the old one; and a pool on its way out, one replica per step, was
+  held at 2 replicas whenever its requests did not fit on 1, though the homes had room: on
+  the trace, E2B kept an extra L4 replica for over 4 hours of the day that way.)
 
 At most `max_changes_per_step` replicas change in the whole fleet per step; additions go first,
 largest shortfall first, because missing capacity breaks SLOs and spare does not.
@@ -184,19 +186,23 @@ class Hysteresis:
             return have, f"plan wants {rec}; running requests unknown, no scale-down"
         per_replica = self.pools[name].max_num_seqs * s.drain_fill
         target = max(rec, have - s.max_scale_down_per_step)
-        if target == 0 and homes:
-            # Per model: the leaving replicas finish their own requests (Ray Serve drains
-            # them); new ones go to the homes, so the model's running requests must fit there.
-            room = sum(n * self.pools[h].max_num_seqs * s.drain_fill for h, n in homes.items())
-            model_busy = busy + sum(running[h] for h in homes)
-            if model_busy <= room:
-                return 0, (
-                    f"plan wants 0; {self.pools[name].model} keeps serving on {', '.join(homes)}"
-                )
-        while target < have and busy > target * per_replica:
+        # With another home, per model: the leaving replicas finish their own requests (Ray
+        # Serve drains them) and new ones spread over what remains of this pool and the
+        # homes, so the model's running requests must fit there. Without, per pool.
+        room = sum(n * self.pools[h].max_num_seqs * s.drain_fill for h, n in homes.items())
+        must_fit = busy + sum(running[h] for h in homes)
+        while target < have and must_fit > room + target * per_replica:
             target += 1
+        model = self.pools[name].model
         if target == have:
+            if homes:
+                return have, (
+                    f"plan wants {rec}; {must_fit:.0f} running requests of {model} need "
+                    f"{have} replicas here besides {', '.join(homes)}"
+                )
             return have, f"plan wants {rec}; {busy:.0f} running requests need {have} replicas"
+        if target == 0 and homes:
+            return 0, f"plan wants 0; {model} keeps serving on {', '.join(homes)}"
         return target, f"plan wants {rec}"
 
     def _loading_siblings(

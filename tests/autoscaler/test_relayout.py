@@ -210,6 +210,33 @@ def test_a_partial_move_keeps_the_old_replicas_until_the_new_ones_have_loaded() 
     assert "e4b-l4 of the same model still loading" in held
 
 
+def test_a_pool_on_its_way_out_counts_the_homes_room_at_every_step() -> None:
+    # The plan moves the model off its 3 H100 replicas onto L4, already loaded, one replica per
+    # step. The H100 pool runs more requests than 2 of its replicas hold: judged per pool it
+    # would stay at 3 for good. Judged per model it goes, one at a time, while the model's
+    # running requests fit on what is left of it plus the L4 pool.
+    settings = CALM.model_copy(update={"scale_down_delay_s": 60, "min_replica_lifetime_s": 0})
+    seqs = FLEET.model_pool("e4b-h100").max_num_seqs
+    assert FLEET.model_pool("e4b-l4").max_num_seqs == seqs
+    start = {"e4b-l4": 6, "e4b-h100": 3}
+    loop = Loop(fixed({"e4b-l4": 6, "e4b-h100": 0}), settings, start)
+    loop.source.running = {"e4b-l4": 10.0, "e4b-h100": 2 * seqs + 50}
+    loop.run(600)
+    h100 = loop.series("e4b-h100")
+    assert [n for _, n in h100 if n < 3][:3] == [2, 1, 0]
+    assert h100[-1][1] == 0
+
+    # The same move while the L4 pool is busy too: the model's requests (L4 5 x seqs + 10, H100
+    # 2 x seqs + 50) fit with H100 at 2 replicas but not at 1, so it stops at 2 and says why.
+    loop = Loop(fixed({"e4b-l4": 6, "e4b-h100": 0}), settings, start)
+    loop.source.running = {"e4b-l4": 5 * seqs + 10, "e4b-h100": 2 * seqs + 50}
+    loop.run(600)
+    assert loop.actuator.state.replicas["e4b-h100"] == 2
+    assert "running requests of gemma-4-E4B need 2 replicas here besides e4b-l4" in loop.reason(
+        "e4b-h100"
+    )
+
+
 def test_a_models_last_pool_keeps_draining_rules() -> None:
     # The plan empties the model's only pool while requests still run there: no other home,
     # so the per-pool drain check holds it until the requests finish.
