@@ -70,7 +70,9 @@ def test_no_policy_that_meets_its_load_pays_less_than_the_optimum(bench: ModuleT
     pools |= {"gemma-4-26B-A4B": "26b-h100", "gemma-4-31B": "31b-h100"}
     curve = bench.LatencyCurve((0.1, 1.0), (3.0, 6.0))
     timelines = [
-        bench.controller_timeline(fleet, trace, capacity, ControllerSettings()),
+        bench.controller_timeline(
+            fleet, trace, capacity, dict.fromkeys(CAPACITY, curve), ControllerSettings()
+        ),
         bench.static_peak(fleet, trace, capacity, 1.1),
         bench.ray_serve_timeline(
             "ray",
