@@ -21,7 +21,11 @@ class SmoothingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     level_half_life_s: float = Field(
-        60.0, gt=0, description="a sample's weight in the level halves after this long"
+        120.0,
+        gt=0,
+        description="a sample's weight in the level halves after this long: the scale-down "
+        "window keeps the highest forecast of its span, so the level's noise is paid for; a "
+        "rise still shows at once through the trend and the horizon",
     )
     trend_half_life_s: float = Field(
         480.0,
