@@ -13,7 +13,7 @@ costs:
   the other figures are priced, make the day one program that HiGHS did not close in 5
   minutes, so this one is compared with the per-interval optimum priced the same way.
 
-    ./dev run python benchmarks/autoscaler_trace/bounds.py      # ~10 s, writes bounds.md
+    ./dev run python benchmarks/autoscaler_trace/bounds.py      # ~15 s, writes bounds.md
 """
 
 from __future__ import annotations
@@ -41,11 +41,13 @@ from gemma_fleet.deployments.pools import FleetSpec, load_fleet
 HEADROOM = 1.1  # as the per-interval optimum in run.py
 
 
-def paid_early(fleet: FleetSpec, plans: list[Mapping[str, int]], trace: Trace) -> float:
+def day_cost(
+    fleet: FleetSpec, plans: list[Mapping[str, int]], trace: Trace, loading_s: float
+) -> float:
     """The day's cost of `plans` (one per interval) when every replica an interval adds is
-    paid from REPLICA_START_S before the interval starts."""
+    paid from `loading_s` before the interval starts (0: replicas serve at once)."""
     step_h = STEP_S / 3600
-    loading = int(REPLICA_START_S / STEP_S)
+    loading = int(loading_s / STEP_S)
     steps = int(trace.interval_s / STEP_S)
     total = 0.0
     for i, now in enumerate(plans):
@@ -77,12 +79,11 @@ def gpu_priced_day(
     rows = lil_matrix((intervals * (1 + 2 * n), size))
     low: list[float] = []
     for i in range(intervals):
-        rows_at = len(low)
         for p, pool in enumerate(pools):
             per_step = pool.tp * fleet.node_pool(pool.node_pool).cost_per_gpu_hour * STEP_S / 3600
             cost[s(i, p)], cost[y(i, p)] = (steps - late) * per_step, late * per_step
             upper[s(i, p)] = upper[y(i, p)] = pool.replicas.max
-            rows[rows_at, s(i, p)] = caps[pool.name].requests_per_s
+            rows[len(low), s(i, p)] = caps[pool.name].requests_per_s  # the demand row
         low.append(HEADROOM * trace.rates[model][i])
         for p in range(n):
             rows[len(low), y(i, p)], rows[len(low), s(i, p)] = 1, -1
@@ -108,9 +109,8 @@ def main() -> int:
     caps = capacities(fleet, trace, CapacityModel(cache_path=HERE / "capacity_cache.json"))
     plan = planner(fleet, caps, HEADROOM)
     plans = [dict(plan(trace.demand_at(i)).replicas) for i in range(trace.intervals)]
-    optimum = paid_early(fleet, plans, trace)
-    steps = int(trace.interval_s / STEP_S)
-    at_once = sum(fleet_cost(fleet, p) * steps * STEP_S / 3600 for p in plans)
+    at_once = day_cost(fleet, plans, trace, 0.0)
+    optimum = day_cost(fleet, plans, trace, REPLICA_START_S)
     free = sum(gpu_priced_day(fleet, trace, caps, m, loading=False) for m in trace.rates)
     paid = sum(gpu_priced_day(fleet, trace, caps, m, loading=True) for m in trace.rates)
     lines = [
