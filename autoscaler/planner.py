@@ -41,6 +41,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from gemma_fleet.autoscaler.capacity import Capacity, CapacityModel
 from gemma_fleet.autoscaler.plan import ModelDemand, Plan, Slo
+from gemma_fleet.deployments.pools import pack_tp_groups
 from gemma_fleet.deployments.pools.schema import FleetSpec
 
 # Demand below this (req/s) counts as none: the model's pools stay at their minimum.
@@ -411,10 +412,12 @@ def solve(problem: Problem) -> PlanOutcome:
     """The cheapest plan for `problem`, or, when none meets demand, the one serving most of it
     with the shortfall explained."""
     started = time.perf_counter()
-    found = solve_within(problem, None)
-    if found is not None:
-        return found
-    return _best_effort(problem, _structural_shortfall(problem), started)
+    structural = _structural_shortfall(problem)
+    if not structural:
+        found = _cheapest(problem, None, started)
+        if found is not None:
+            return found
+    return _best_effort(problem, structural, started)
 
 
 def solve_within(problem: Problem, time_limit_s: float | None) -> PlanOutcome | None:
@@ -425,6 +428,11 @@ def solve_within(problem: Problem, time_limit_s: float | None) -> PlanOutcome | 
     started = time.perf_counter()
     if _structural_shortfall(problem):
         return None
+    return _cheapest(problem, time_limit_s, started)
+
+
+def _cheapest(problem: Problem, time_limit_s: float | None, started: float) -> PlanOutcome | None:
+    """`solve_within` once the demand is known to be structurally servable."""
     program = _program(problem)
     x = _solve(program, [program.cost_vector(), program.gpu_vector()], time_limit_s=time_limit_s)
     if x is None:
@@ -635,14 +643,10 @@ def _repairs(problem: Problem) -> dict[str, str]:
 def _layout(groups: list[int], nodes: int, gpus_per_node: int) -> str:
     """The replicas' TP groups on the planned nodes (first-fit decreasing; the program proved
     a packing exists), identical nodes counted: "2 x [2+1+1], 1 x [2]"."""
-    free = [gpus_per_node] * nodes
-    held: list[list[int]] = [[] for _ in range(nodes)]
-    for size in sorted(groups, reverse=True):
-        for i, room in enumerate(free):
-            if room >= size:
-                free[i] -= size
-                held[i].append(size)
-                break
+    # Only the minimums-as-asked plan of `_best_effort` can hold a group larger than a node; it
+    # is named in the shortfall, and has no place to show here.
+    held = pack_tp_groups([g for g in groups if g <= gpus_per_node], gpus_per_node)
+    held += [[] for _ in range(nodes - len(held))]
     counts: dict[str, int] = {}
     for node in held:
         key = "[" + "+".join(str(s) for s in node) + "]"

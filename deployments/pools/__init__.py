@@ -10,6 +10,7 @@ from gemma_fleet.deployments.pools.load import (
 from gemma_fleet.deployments.pools.placement import (
     ReplicaPlacement,
     nodes_needed,
+    pack_tp_groups,
     replica_placement,
 )
 from gemma_fleet.deployments.pools.schema import (
@@ -35,6 +36,7 @@ __all__ = [
     "fleet_errors",
     "load_fleet",
     "nodes_needed",
+    "pack_tp_groups",
     "parse_fleet",
     "pool_profile",
     "replica_placement",

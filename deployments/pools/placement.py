@@ -8,6 +8,8 @@ NVLink, never span nodes; Ray keeps the group pending rather than splitting it.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,18 +47,36 @@ def replica_placement(
     return ReplicaPlacement(bundles=[dict(bundle) for _ in range(pool.tp)], strategy=STRICT_PACK)
 
 
-def nodes_needed(tp_groups: list[int], gpus_per_node: int) -> int:
-    """Fewest nodes of `gpus_per_node` GPUs that hold every TP group whole (first-fit
-    decreasing; exact for the few group sizes a fleet has). Raises ValueError when a group is
-    larger than a node."""
+def pack_tp_groups(tp_groups: Iterable[int], gpus_per_node: int) -> list[list[int]]:
+    """The TP groups of each node, first-fit decreasing (exact for the few group sizes a
+    fleet has: 1, 2, 4, 8). Raises ValueError when a group is larger than a node.
+
+    Groups of one size are placed together, as many per node as its room takes, so a fleet of
+    hundreds of nodes packs in a few passes over the nodes; the result is first fit's, one
+    group at a time."""
+    counts = Counter(tp_groups)
+    held: list[list[int]] = []
     free: list[int] = []
-    for size in sorted(tp_groups, reverse=True):
+    for size in sorted(counts, reverse=True):
         if size > gpus_per_node:
             raise ValueError(f"a tp={size} replica cannot fit a {gpus_per_node}-GPU node")
+        left = counts[size]
         for i, room in enumerate(free):
-            if room >= size:
-                free[i] -= size
+            if not left:
                 break
-        else:
-            free.append(gpus_per_node - size)
-    return len(free)
+            fit = min(left, room // size)
+            held[i] += [size] * fit
+            free[i] -= fit * size
+            left -= fit
+        while left:
+            fit = min(left, gpus_per_node // size)
+            held.append([size] * fit)
+            free.append(gpus_per_node - fit * size)
+            left -= fit
+    return held
+
+
+def nodes_needed(tp_groups: Iterable[int], gpus_per_node: int) -> int:
+    """Fewest nodes of `gpus_per_node` GPUs that hold every TP group whole (see
+    `pack_tp_groups`). Raises ValueError when a group is larger than a node."""
+    return len(pack_tp_groups(tp_groups, gpus_per_node))

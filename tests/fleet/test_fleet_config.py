@@ -18,6 +18,7 @@ from gemma_fleet.deployments.pools import (
     default_fleet_path,
     load_fleet,
     nodes_needed,
+    pack_tp_groups,
     parse_fleet,
     pool_profile,
     replica_placement,
@@ -214,6 +215,28 @@ def test_node_packing_never_splits_a_group_and_never_wastes_a_node(
     assert need >= -(-sum(groups) // per_node)  # at least the GPU count demands
     # Power-of-two groups dividing the node size pack perfectly: no extra node.
     assert need == -(-sum(groups) // per_node)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([1, 2, 3, 4, 6, 8]), max_size=40), st.sampled_from([6, 8]))
+def test_node_packing_is_first_fit_decreasing_one_group_at_a_time(
+    groups: list[int], per_node: int
+) -> None:
+    # pack_tp_groups places a size's groups in bulk (large fleets have thousands of groups);
+    # the layout must be the one placing them one by one gives, on any sizes, even ones that
+    # do not divide the node.
+    groups = [g for g in groups if g <= per_node]
+    free: list[int] = []
+    held: list[list[int]] = []
+    for size in sorted(groups, reverse=True):
+        i = next((i for i, room in enumerate(free) if room >= size), len(free))
+        if i == len(free):
+            free.append(per_node)
+            held.append([])
+        free[i] -= size
+        held[i].append(size)
+    assert pack_tp_groups(groups, per_node) == held
+    assert nodes_needed(groups, per_node) == len(held)
 
 
 @settings(max_examples=100, deadline=None)
