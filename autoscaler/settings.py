@@ -21,11 +21,12 @@ class SmoothingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     level_half_life_s: float = Field(
-        120.0,
+        240.0,
         gt=0,
         description="a sample's weight in the level halves after this long: the scale-down "
         "window keeps the highest forecast of its span, so the level's noise is paid for; a "
-        "rise still shows at once through the trend and the horizon",
+        "ramp still shows early through the trend and the horizon, a sudden jump more slowly "
+        "(a doubling: half of it after 150 s, 90% after 360 s), so lower it for bursty load",
     )
     trend_half_life_s: float = Field(
         480.0,

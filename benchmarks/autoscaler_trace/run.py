@@ -57,7 +57,7 @@ NO_INCUMBENT = "ours, incumbent planner off"
 LOOSE_TOLERANCE = "ours, incumbent_tolerance 0.10"
 NARROW_BAND = "ours, scale_down_band 0.05"
 NO_BAND = "ours, scale_down_band 0"
-QUICKER_LEVEL = "ours, level half-life 60 s"
+QUICKER_LEVEL = "ours, level half-life 120 s"
 QUICKER_TREND = "ours, trend half-life 120 s"
 PLAN_ONLY = "ours, forecast + plan only"
 PLOTTED_CAPACITY = (
@@ -997,7 +997,7 @@ def ray_pools(fleet: FleetSpec, trace: Trace, caps: Mapping[str, Capacity]) -> d
 
 def tried_settings(settings: ControllerSettings) -> list[tuple[str, ControllerSettings, str]]:
     """The settings tried and not shipped (`--tried`): name, settings, what differs."""
-    level_60 = settings.smoothing.model_copy(update={"level_half_life_s": 60.0})
+    level_120 = settings.smoothing.model_copy(update={"level_half_life_s": 120.0})
     trend_120 = settings.smoothing.model_copy(update={"trend_half_life_s": 120.0})
     return [
         (
@@ -1020,8 +1020,9 @@ def tried_settings(settings: ControllerSettings) -> list[tuple[str, ControllerSe
         ),
         (
             QUICKER_LEVEL,
-            settings.model_copy(update={"smoothing": level_60}),
-            "as shipped but smoothing.level_half_life_s 60 (the default before 2026-12-02)",
+            settings.model_copy(update={"smoothing": level_120}),
+            "as shipped but smoothing.level_half_life_s 120 (the default before this run; 60 "
+            "before that)",
         ),
         (
             QUICKER_TREND,
@@ -1169,7 +1170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tried",
         action="store_true",
         help="also run the settings tried and not shipped (incumbent_tolerance 0.10; "
-        "scale_down_band 0.05 and 0; a 60 s level half-life; a 120 s trend half-life)",
+        "scale_down_band 0.05 and 0; a 120 s level half-life; a 120 s trend half-life)",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
