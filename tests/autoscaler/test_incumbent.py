@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from gemma_fleet.autoscaler import incumbent
 from gemma_fleet.autoscaler.incumbent import (
     IncumbentPlanner,
     layout_cost,
@@ -111,6 +112,23 @@ def test_a_bounded_program_out_of_time_falls_back_to_the_optimum() -> None:
     dear = plan_near(problem(2.0), {"m-cheap": 5}, tolerance=0.05, time_limit_s=0.0)
     assert dict(dear.replicas) == {"m-cheap": 2, "m-dear": 0}
     assert "re-laid out" in dear.note
+
+
+def test_the_optimum_using_the_whole_call_budget_still_leaves_the_floor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On a slow box the optimum alone may use the call's budget: rules 2 and 3 still get
+    # MIN_NARROWED_TIME_S, so the step keeps close to what runs instead of re-laying out to
+    # the optimum every time.
+    monkeypatch.setattr(incumbent, "CALL_TIME_LIMIT_S", 0.0)
+    plan = plan_near(problem(4.0), {"m-dear": 3}, tolerance=0.05)
+    assert dict(plan.replicas) == {"m-cheap": 1, "m-dear": 3}
+    assert "added to the running layout" in plan.note
+    # With no floor either, nothing is left for them and the step takes the optimum.
+    monkeypatch.setattr(incumbent, "MIN_NARROWED_TIME_S", 0.0)
+    bare = plan_near(problem(4.0), {"m-dear": 3}, tolerance=0.05)
+    assert dict(bare.replicas) == {"m-cheap": 4, "m-dear": 0}
+    assert "no layout nearer the running one was found" in bare.note
 
 
 def test_never_below_the_pool_minimum() -> None:
