@@ -54,12 +54,22 @@ OURS = "ours (as shipped)"
 # Policies drawn in the capacity-vs-demand plot (all of them would be unreadable).
 # Ablations of the shipped controller (ControllerSettings changed as named).
 NO_INCUMBENT = "ours, incumbent planner off"
-LOOSE_TOLERANCE = "ours, incumbent_tolerance 0.10"
+LOOSE_TOLERANCE = "ours, incumbent_tolerance 0.05"
 NARROW_BAND = "ours, scale_down_band 0.05"
 NO_BAND = "ours, scale_down_band 0"
 QUICKER_LEVEL = "ours, level half-life 120 s"
 QUICKER_TREND = "ours, trend half-life 120 s"
+# Diagnostics (--tried): the controller fed the trace's true rates instead of noisy counts.
+TRUE_RATES = "ours, fed the true rates"
+TRUE_RATES_NO_RULES = "ours, fed the true rates, hysteresis off"
 PLAN_ONLY = "ours, forecast + plan only"
+# The settings that turn off the down window, the replica lifetime and the change budget.
+NO_HYSTERESIS = {
+    "scale_down_delay_s": 0.0,
+    "min_replica_lifetime_s": 0.0,
+    "max_changes_per_step": 1000,
+    "max_scale_down_per_step": 1000,
+}
 PLOTTED_CAPACITY = (
     "per-interval optimum",
     "static peak",
@@ -333,6 +343,7 @@ class TraceDemand:
         actuator: InMemoryActuator,
         clock: Callable[[], float],
         seed: int,
+        noise: bool = True,
     ) -> None:
         self.trace = trace
         self.fleet = fleet
@@ -341,12 +352,16 @@ class TraceDemand:
         self.actuator = actuator
         self.clock = clock
         self.rng = random.Random(seed)
+        self.noise = noise
 
     def read(self) -> DemandReading:
         now = self.clock()
         demand = {}
         for model in self.trace.rates:
-            rate = observed_rate(self.rng, self.trace, model, now)
+            if self.noise:
+                rate = observed_rate(self.rng, self.trace, model, now)
+            else:
+                rate = self.trace.rate(model, max(0.0, now - STEP_S))
             demand[model] = ModelDemand(rate, *self.trace.mixes[model])
         replicas = self.actuator.observe().replicas
         pools = {}
@@ -373,6 +388,7 @@ def controller_timeline(
     name: str = OURS,
     seed: int = 1,
     start_s: float = REPLICA_START_S,
+    noise: bool = True,
 ) -> Timeline:
     """Our controller, stepped every STEP_S on a simulated clock against an in-memory fleet
     that starts as the optimum of the first interval (a warm fleet, not a cold start). The
@@ -382,7 +398,7 @@ def controller_timeline(
     first = planner(fleet, caps, 1.0 + settings.headroom)(trace.demand_at(0))
     start = {p.name: first.replicas.get(p.name, 0) for p in fleet.model_pools}
     actuator = InMemoryActuator(FleetState(replicas=start, nodes=nodes_for(fleet, start)))
-    source = TraceDemand(trace, fleet, caps, curves, actuator, lambda: clock[0], seed)
+    source = TraceDemand(trace, fleet, caps, curves, actuator, lambda: clock[0], seed, noise)
 
     # The controller adds its own headroom, so the planner it calls adds none (as the CLI).
     def problem(demand: Mapping[str, ModelDemand]) -> Problem:
@@ -1002,8 +1018,8 @@ def tried_settings(settings: ControllerSettings) -> list[tuple[str, ControllerSe
     return [
         (
             LOOSE_TOLERANCE,
-            settings.model_copy(update={"incumbent_tolerance": 0.10}),
-            "as shipped but a 10% incumbent tolerance",
+            settings.model_copy(update={"incumbent_tolerance": 0.05}),
+            "as shipped but a 5% incumbent tolerance (the default before 2026-12-02)",
         ),
         (
             NARROW_BAND,
@@ -1087,6 +1103,31 @@ def policies(
             out.append(
                 noted(controller_timeline(fleet, trace, caps, curves, changed, name=name), note)
             )
+        # How much of the gap is not knowing the present: the same controller reading the
+        # trace's true rate of the last step (no counting noise), with its rules as shipped
+        # and with every rule that guards against noise off.
+        rules_off = settings.model_copy(
+            update={
+                **NO_HYSTERESIS,
+                "scale_down_band": 0.0,
+                "smoothing": settings.smoothing.model_copy(update={"level_half_life_s": 30.0}),
+            }
+        )
+        for name, changed, note in (
+            (TRUE_RATES, settings, "as shipped, reading the true rates (a diagnostic)"),
+            (
+                TRUE_RATES_NO_RULES,
+                rules_off,
+                "reading the true rates, no down window or band, no replica lifetime, no "
+                "change budget, 30 s level half-life; incumbent planner and make before break "
+                "as shipped (a diagnostic)",
+            ),
+        ):
+            say(f"{name} (a diagnostic)")
+            timeline = controller_timeline(
+                fleet, trace, caps, curves, changed, name=name, noise=False
+            )
+            out.append(noted(timeline, note))
     say("our controller, incumbent-aware planning off (ablation)")
     out.append(
         noted(
@@ -1102,15 +1143,7 @@ def policies(
         )
     )
     say("our controller, forecast + plan only (ablation, to split the gap)")
-    plan_only = settings.model_copy(
-        update={
-            "scale_down_delay_s": 0.0,
-            "min_replica_lifetime_s": 0.0,
-            "max_changes_per_step": 1000,
-            "max_scale_down_per_step": 1000,
-            "incumbent_tolerance": None,
-        }
-    )
+    plan_only = settings.model_copy(update={**NO_HYSTERESIS, "incumbent_tolerance": None})
     out.append(
         noted(
             controller_timeline(fleet, trace, caps, curves, plan_only, name=PLAN_ONLY),
@@ -1169,8 +1202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--tried",
         action="store_true",
-        help="also run the settings tried and not shipped (incumbent_tolerance 0.10; "
-        "scale_down_band 0.05 and 0; a 120 s level half-life; a 120 s trend half-life)",
+        help="also run the settings tried and not shipped (incumbent_tolerance 0.05; "
+        "scale_down_band 0.05 and 0; a 120 s level half-life; a 120 s trend half-life) and "
+        "the controller fed the true rates, with its rules as shipped and off (diagnostics)",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()

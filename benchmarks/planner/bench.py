@@ -26,6 +26,7 @@ from gemma_fleet.autoscaler.capacity import CapacityModel, SimulationSettings
 from gemma_fleet.autoscaler.incumbent import CALL_TIME_LIMIT_S, plan_near
 from gemma_fleet.autoscaler.plan import ModelDemand, Slo
 from gemma_fleet.autoscaler.planner import build_problem, solve, solve_fewest_added
+from gemma_fleet.autoscaler.settings import ControllerSettings
 from gemma_fleet.catalog import load_catalog
 from gemma_fleet.deployments.engines.simulator.config import SimulatorConfig
 from gemma_fleet.deployments.engines.simulator.core import profile_for
@@ -44,8 +45,8 @@ MIX = {  # mean prompt / output tokens
 BASE_RPS = {"gemma-4-E2B": 20.0, "gemma-4-E4B": 10.0, "gemma-4-26B-A4B": 6.0, "gemma-4-31B": 4.0}
 SCALES = [0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096]
 REPEATS = 5
-# The controller's default (ControllerSettings.incumbent_tolerance).
-INCUMBENT_TOLERANCE = 0.05
+# The controller's default.
+INCUMBENT_TOLERANCE = ControllerSettings().incumbent_tolerance or 0.0
 
 
 def pick(model: str, gpu: str) -> tuple[str, int] | None:
