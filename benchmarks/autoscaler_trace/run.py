@@ -1056,8 +1056,10 @@ def policies(
     say: Callable[[str], None],
     *,
     tried: bool = False,
+    seed: int = 1,
 ) -> list[Timeline]:
-    """Every policy's timeline over the trace (`tried`: also the settings tried)."""
+    """Every policy's timeline over the trace (`tried`: also the settings tried; `seed`: of
+    the Poisson counts the reactive policies read)."""
     headroom = 1.0 + settings.headroom
     out: list[Timeline] = []
     say("per-interval optimum")
@@ -1087,10 +1089,16 @@ def policies(
         )
     say("latency curves of every pool (running requests for ours, ongoing for Ray Serve's)")
     curves = latency_curves(fleet, trace, caps)
+
+    def ours(changed: ControllerSettings, name: str = OURS, noise: bool = True) -> Timeline:
+        return controller_timeline(
+            fleet, trace, caps, curves, changed, name=name, seed=seed, noise=noise
+        )
+
     say("our controller (as shipped)")
     out.append(
         noted(
-            controller_timeline(fleet, trace, caps, curves, settings),
+            ours(settings),
             "as shipped: default ControllerSettings (demand stabilised per model, make before "
             "break, per-model drain check, incumbent-aware "
             f"planner, tolerance {settings.incumbent_tolerance}), 30 s steps, observed demand "
@@ -1100,9 +1108,7 @@ def policies(
     if tried:
         for name, changed, note in tried_settings(settings):
             say(f"{name} (a setting tried)")
-            out.append(
-                noted(controller_timeline(fleet, trace, caps, curves, changed, name=name), note)
-            )
+            out.append(noted(ours(changed, name), note))
         # How much of the gap is not knowing the present: the same controller reading the
         # trace's true rate of the last step (no counting noise), with its rules as shipped
         # and with every rule that guards against noise off.
@@ -1124,21 +1130,11 @@ def policies(
             ),
         ):
             say(f"{name} (a diagnostic)")
-            timeline = controller_timeline(
-                fleet, trace, caps, curves, changed, name=name, noise=False
-            )
-            out.append(noted(timeline, note))
+            out.append(noted(ours(changed, name, noise=False), note))
     say("our controller, incumbent-aware planning off (ablation)")
     out.append(
         noted(
-            controller_timeline(
-                fleet,
-                trace,
-                caps,
-                curves,
-                settings.model_copy(update={"incumbent_tolerance": None}),
-                name=NO_INCUMBENT,
-            ),
+            ours(settings.model_copy(update={"incumbent_tolerance": None}), NO_INCUMBENT),
             "incumbent_tolerance null: the bare optimum every step, hysteresis as shipped",
         )
     )
@@ -1146,7 +1142,7 @@ def policies(
     plan_only = settings.model_copy(update={**NO_HYSTERESIS, "incumbent_tolerance": None})
     out.append(
         noted(
-            controller_timeline(fleet, trace, caps, curves, plan_only, name=PLAN_ONLY),
+            ours(plan_only, PLAN_ONLY),
             "no down window, no replica lifetime, no change budget, bare optimum: forecast + "
             "plan + the drain check only",
         )
@@ -1162,6 +1158,7 @@ def policies(
                 pools,
                 curves,
                 RayServeConfig(),
+                seed=seed,
             ),
             "AutoscalingConfig defaults: target_ongoing_requests 2, upscale_delay_s 30, "
             "downscale_delay_s 600",
@@ -1183,6 +1180,7 @@ def policies(
                 pools,
                 curves,
                 RayServeConfig(target_ongoing_requests=tuned),
+                seed=seed,
             ),
             "target_ongoing_requests per pool = its concurrency at 1/1.1 of SLO capacity: "
             + ", ".join(f"{p} {v:.1f}" for p, v in tuned.items()),
@@ -1199,6 +1197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-cache", action="store_true", help="simulate every capacity afresh")
     parser.add_argument("--hours", type=float, default=24.0, help="trace length (24 by default)")
     parser.add_argument("--no-validate", action="store_true", help="skip the simulator checks")
+    parser.add_argument(
+        "--noise-seed",
+        type=int,
+        default=1,
+        help="seed of the Poisson request counts ours and Ray Serve's policy read (1: the "
+        "committed run; the README's seeds 2 and 3 are this option)",
+    )
     parser.add_argument(
         "--tried",
         action="store_true",
@@ -1219,7 +1224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, cap in caps.items():
         say(f"capacity {name}: {cap.requests_per_s:.3f} req/s ({cap.limit}) {cap.reason}")
     settings = ControllerSettings()
-    timelines = policies(fleet, trace, caps, settings, say, tried=args.tried)
+    timelines = policies(fleet, trace, caps, settings, say, tried=args.tried, seed=args.noise_seed)
     pools = ray_pools(fleet, trace, caps)
     say("evaluating")
     outcomes = [evaluate(t, trace, caps) for t in timelines]
@@ -1240,6 +1245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "step_s": STEP_S,
         "trace_interval_s": trace.interval_s,
         "replica_start_s": REPLICA_START_S,
+        "noise_seed": args.noise_seed,
         "controller_settings": settings.model_dump(),
         "workloads": [w.__dict__ for w in WORKLOADS],
         "bursts": [b.__dict__ for b in BURSTS],
