@@ -51,7 +51,6 @@ STEP_S = 30.0  # every policy decides this often (our controller's default inter
 # A replica asked for at t serves from t + this (weights loading); it is paid from t.
 REPLICA_START_S = 120.0
 OURS = "ours (as shipped)"
-# Policies drawn in the capacity-vs-demand plot (all of them would be unreadable).
 # Ablations of the shipped controller (ControllerSettings changed as named).
 NO_INCUMBENT = "ours, incumbent planner off"
 LOOSE_TOLERANCE = "ours, incumbent_tolerance 0.05"
@@ -70,6 +69,7 @@ NO_HYSTERESIS = {
     "max_changes_per_step": 1000,
     "max_scale_down_per_step": 1000,
 }
+# Policies drawn in the capacity-vs-demand plot (all of them would be unreadable).
 PLOTTED_CAPACITY = (
     "per-interval optimum",
     "static peak",
@@ -318,10 +318,14 @@ def poisson(rng: random.Random, mean: float) -> int:
     return k
 
 
+def step_rate(trace: Trace, model: str, t: float) -> float:
+    """The trace's true rate over the step ending at `t`."""
+    return trace.rate(model, max(0.0, t - STEP_S))
+
+
 def observed_rate(rng: random.Random, trace: Trace, model: str, t: float) -> float:
     """The rate a metric sees over the step ending at `t`: Poisson counts over STEP_S."""
-    window = max(0.0, t - STEP_S)
-    return poisson(rng, trace.rate(model, window) * STEP_S) / STEP_S
+    return poisson(rng, step_rate(trace, model, t) * STEP_S) / STEP_S
 
 
 class TraceDemand:
@@ -361,7 +365,7 @@ class TraceDemand:
             if self.noise:
                 rate = observed_rate(self.rng, self.trace, model, now)
             else:
-                rate = self.trace.rate(model, max(0.0, now - STEP_S))
+                rate = step_rate(self.trace, model, now)
             demand[model] = ModelDemand(rate, *self.trace.mixes[model])
         replicas = self.actuator.observe().replicas
         pools = {}
