@@ -6,6 +6,11 @@ step where a policy serves all of its load within the capacity estimate, it pays
 the exact per-interval optimum without headroom pays, since that optimum is the cheapest fleet
 holding that load. A broken planner, a cost or capacity mix-up between policies, or replicas
 counted as serving before they load would break it.
+
+The loading-time bounds (bounds.py) are checked on a 2-hour span with the 31B batch job: the
+clairvoyant program without loading is the per-interval optimum, and with loading its lower
+bound, its exact day and its rolling-horizon schedule come in that order, the schedule meeting
+every interval's demand.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -125,3 +131,58 @@ def test_attainment_counts_the_load_beyond_serving_capacity_as_missed(bench: Mod
     outcome = bench.evaluate(timeline, trace, caps())
     assert outcome.slo_attainment == pytest.approx(1.67 / 3.34)
     assert outcome.cost == pytest.approx(4 * 3.90 * 600 / 3600)
+
+
+@pytest.fixture(scope="module")
+def bounds(bench: ModuleType) -> ModuleType:
+    """bounds.py, which imports run.py by its plain name as the benchmark folder runs it."""
+    folder = str(ROOT / "benchmarks" / "autoscaler_trace")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module("bounds")
+    finally:
+        sys.path.remove(folder)
+
+
+@pytest.fixture(scope="module")
+def night(bench: ModuleType) -> tuple[Any, Any, dict[str, Capacity]]:
+    """Fleet, trace and capacities for 01:00-03:00: flat night demand, then the 31B batch job
+    (x3 at 02:00), so layouts change."""
+    fleet = load_fleet(ROOT / "benchmarks" / "autoscaler_trace" / "fleet.yaml")
+    trace = bench.make_trace(hours=3)
+    span = {m: list(r[12:36]) for m, r in trace.rates.items()}
+    return fleet, bench.Trace(trace.interval_s, span, trace.mixes), caps()
+
+
+def test_the_clairvoyant_program_without_loading_is_the_per_interval_optimum(
+    bench: ModuleType, bounds: ModuleType, night: tuple[Any, Any, dict[str, Capacity]]
+) -> None:
+    fleet, trace, capacity = night
+    plan = bench.planner(fleet, capacity, bounds.HEADROOM)
+    plans = [dict(plan(trace.demand_at(i)).replicas) for i in range(trace.intervals)]
+    free = bounds.Clairvoyant(fleet, trace, capacity, loading=False)
+    solved = free.solve(0, trace.intervals)
+    assert solved.cost == pytest.approx(bounds.day_cost(fleet, plans, trace, 0.0))
+
+
+def test_loading_bounds_bracket_the_clairvoyant_day_and_the_schedule_meets_demand(
+    bench: ModuleType, bounds: ModuleType, night: tuple[Any, Any, dict[str, Capacity]]
+) -> None:
+    fleet, trace, capacity = night
+    clairvoyant = bounds.Clairvoyant(fleet, trace, capacity)
+    day = clairvoyant.solve(0, trace.intervals)
+    lower = clairvoyant.lower_bound(6)
+    schedule = clairvoyant.rolling(6, 3)
+    upper = bounds.day_cost(fleet, schedule, trace, bench.REPLICA_START_S)
+    at_once = bounds.Clairvoyant(fleet, trace, capacity, loading=False).solve(0, trace.intervals)
+    # The program prices its own schedule as the benchmark prices any policy.
+    assert day.cost == pytest.approx(bounds.day_cost(fleet, day.plans, trace, 120.0))
+    assert at_once.cost < lower - 1e-6  # the batch job's new replicas are paid while they load
+    assert lower <= day.cost + 1e-6 <= upper + 2e-6
+    assert len(schedule) == trace.intervals
+    for i, replicas in enumerate(schedule):
+        for model, rates in trace.rates.items():
+            served = sum(
+                n * CAPACITY[p] for p, n in replicas.items() if pool_model(fleet, p) == model
+            )
+            assert served >= bounds.HEADROOM * rates[i] - 1e-9, (i, model)
