@@ -243,8 +243,9 @@ def main() -> int:
         "| --- | ---: | ---: | ---: |",
         f"| whole nodes: the optimum's plans, added replicas paid early | {at_once:,.1f} | "
         f"{followed:,.1f} | {premium(followed, at_once)} |",
-        f"| whole nodes: clairvoyant optimum, between a lower bound ({LOWER_BLOCK * 5 // 60} h "
-        f"blocks) and a schedule (rolling horizon) | {at_once:,.1f} | {lower:,.1f} - "
+        "| whole nodes: clairvoyant optimum, between a lower bound "
+        f"({LOWER_BLOCK * trace.interval_s / 3600:g} h blocks) and a schedule (rolling "
+        f"horizon) | {at_once:,.1f} | {lower:,.1f} - "
         f"{upper:,.1f} | {premium(lower, at_once)} to {premium(upper, at_once)} |",
         f"| GPUs one by one: clairvoyant optimum, exact | {free:,.1f} | {paid:,.1f} | "
         f"{premium(paid, free)} |",
