@@ -150,6 +150,7 @@ class Controller:
             self.settings.scale_up_delay_s,
             self.settings.scale_down_delay_s,
             self.settings.scale_down_band,
+            self.settings.scale_down_band_spreads,
         )
         self._forecasters: dict[tuple[str, str], HoltForecaster] = {}
 

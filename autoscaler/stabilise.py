@@ -7,7 +7,7 @@ controller does the same, but per model and on demand rather than per pool on re
 - a rise passes once every forecast of the last `scale_up_delay_s` is above the planned rate
   (the planned rate becomes the LOWEST of them; with the default 0, this step's forecast);
 - a fall passes once every forecast of the last `scale_down_delay_s` is below it by more than
-  the band, `scale_down_band` (the planned rate becomes the HIGHEST of them, plus the band);
+  the band (the planned rate becomes the HIGHEST of them, plus the band);
 - otherwise the planned rate stays.
 
 Why per model and on demand: a model served by several pools (L4 and H100, say) is one
@@ -25,12 +25,36 @@ a 30 s level half-life, 6-10 at 60 s). Landing the band above the window's highe
 leaves room for that next reading: 0 reversals on all of them, and fewer replica moves on the
 trace (benchmarks/autoscaler_trace/README.md). A rise still passes at the first forecast above
 the planned rate, so the band never delays capacity.
+
+Why the band follows the noise: a fixed band is paid on every fall, noisy or not. On a slow
+fall the plan trails the forecast by the band for as long as demand takes to fall that far
+(the trace's 31B falls about 11% an hour in the evening: a 10% band is most of an hour of
+that fall, on an H100 node), and on smooth demand there is no noisy reading to leave room
+for. So, with
+`band_spreads` k, the band is k times the relative spread of the model's forecasts around
+their straight-line trend over the last `SPREAD_WINDOW_S`, between `MIN_BAND` and
+`scale_down_band`. Measured, not modelled: the spread takes in whatever makes the forecasts
+wander (Poisson counts, interval-to-interval swings of the traffic itself, scrape jitter), which
+a model of counting noise alone misses. On the trace with its interval wobble the band stays
+near its cap; on the same day without the wobble, fed the true rates, it sits at its floor
+most of the time (benchmarks/autoscaler_trace/README.md).
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+# Seconds of forecasts the band's spread is measured over: several of the minutes-long swings
+# real traffic has, short enough to follow the day's changes in how noisy a model is.
+SPREAD_WINDOW_S = 1800.0
+# Fewer forecasts than this say nothing about spread: the band is then `scale_down_band`.
+MIN_SPREAD_SAMPLES = 6
+# The band never goes below this: a series smooth for half an hour may turn noisy, and the
+# first noisy reading should not find the plan right on its window's highest forecast.
+MIN_BAND = 0.01
 
 
 @dataclass
@@ -43,11 +67,17 @@ class DemandStabiliser:
     """Planned request rate per model from its forecasts (the module's rule)."""
 
     def __init__(
-        self, scale_up_delay_s: float, scale_down_delay_s: float, scale_down_band: float = 0.0
+        self,
+        scale_up_delay_s: float,
+        scale_down_delay_s: float,
+        scale_down_band: float = 0.0,
+        band_spreads: float | None = None,
     ) -> None:
+        """`scale_down_band` is the band, or with `band_spreads` its cap (the module's rule)."""
         self.scale_up_delay_s = scale_up_delay_s
         self.scale_down_delay_s = scale_down_delay_s
         self.scale_down_band = scale_down_band
+        self.band_spreads = band_spreads
         self._series: dict[str, _Series] = {}
 
     def planned(self, model: str, at: float, forecast: float) -> float:
@@ -58,12 +88,42 @@ class DemandStabiliser:
             series = self._series[model] = _Series(planned=forecast)
         series.forecasts.append((at, forecast))
         keep = max(self.scale_up_delay_s, self.scale_down_delay_s)
+        if self.band_spreads is not None:
+            keep = max(keep, SPREAD_WINDOW_S)
         while series.forecasts and series.forecasts[0][0] < at - keep:
             series.forecasts.popleft()
         up = min(f for t, f in series.forecasts if t >= at - self.scale_up_delay_s)
         down = max(f for t, f in series.forecasts if t >= at - self.scale_down_delay_s)
         if up > series.planned:
             series.planned = up
-        elif down * (1.0 + self.scale_down_band) < series.planned:
-            series.planned = down * (1.0 + self.scale_down_band)
+        else:
+            band = self.band(model)
+            if down * (1.0 + band) < series.planned:
+                series.planned = down * (1.0 + band)
         return series.planned
+
+    def band(self, model: str) -> float:
+        """The scale-down band `model`'s next fall would land with (the module's rule)."""
+        series = self._series.get(model)
+        if self.band_spreads is None or series is None:
+            return self.scale_down_band
+        spread = relative_spread(series.forecasts)
+        if spread is None:
+            return self.scale_down_band
+        return min(self.scale_down_band, max(MIN_BAND, self.band_spreads * spread))
+
+
+def relative_spread(points: Sequence[tuple[float, float]]) -> float | None:
+    """Standard deviation of `points` (time, value) around their least-squares line, over their
+    mean value; None with fewer than MIN_SPREAD_SAMPLES points or a mean of 0."""
+    n = len(points)
+    if n < MIN_SPREAD_SAMPLES:
+        return None
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    if mean_v <= 0:
+        return None
+    sxx = sum((t - mean_t) ** 2 for t, _ in points)
+    slope = sum((t - mean_t) * (v - mean_v) for t, v in points) / sxx if sxx > 0 else 0.0
+    squares = sum((v - mean_v - slope * (t - mean_t)) ** 2 for t, v in points)
+    return math.sqrt(squares / (n - 2)) / mean_v

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import random
 
-from gemma_fleet.autoscaler.stabilise import DemandStabiliser
+import pytest
+
+from gemma_fleet.autoscaler.stabilise import (
+    MIN_BAND,
+    MIN_SPREAD_SAMPLES,
+    DemandStabiliser,
+    relative_spread,
+)
 
 M = "gemma-4-E2B"
 
@@ -81,3 +88,50 @@ def test_the_band_never_delays_a_rise() -> None:
     series = [8.0] * 3 + [2.0] * 11 + [2.6]
     planned = feed(DemandStabiliser(0, 300, scale_down_band=0.25), series)
     assert planned[-2:] == [2.5, 2.6]
+
+
+def spread_fed(sigma: float, seed: int = 3, n: int = 80) -> DemandStabiliser:
+    """A stabiliser measuring its band (4 spreads, capped at 10%) fed `n` forecasts around 50
+    with relative log-normal noise `sigma`."""
+    rng = random.Random(seed)
+    stab = DemandStabiliser(0, 300, scale_down_band=0.10, band_spreads=4.0)
+    feed(stab, [50.0 * rng.lognormvariate(0, sigma) for _ in range(n)])
+    return stab
+
+
+def test_the_band_follows_the_measured_noise_between_the_floor_and_the_cap() -> None:
+    bands = {sigma: spread_fed(sigma).band(M) for sigma in (0.0, 0.005, 0.01, 0.02, 0.1)}
+    assert bands[0.0] == MIN_BAND  # no noise: the floor, not the 10% a fixed band holds
+    assert bands[0.1] == 0.10  # 4 x 10% noise is past the cap
+    # In between, about 4 times the noise, growing with it.
+    for sigma in (0.005, 0.01, 0.02):
+        assert 3.0 * sigma < bands[sigma] < 5.0 * sigma, (sigma, bands[sigma])
+    assert bands[0.005] < bands[0.01] < bands[0.02]
+
+
+def test_the_band_is_the_cap_until_there_is_enough_to_measure() -> None:
+    stab = spread_fed(0.0, n=MIN_SPREAD_SAMPLES - 1)
+    assert stab.band(M) == 0.10
+    stab.planned(M, 30.0 * MIN_SPREAD_SAMPLES, 50.0)
+    assert stab.band(M) == MIN_BAND
+
+
+def test_a_steady_trend_is_not_noise() -> None:
+    # A straight fall has no spread around its own line: the band stays at the floor, and the
+    # plan lands 1% above the window's highest forecast (a fixed 10% band: 10% above).
+    series = [100.0 - 0.05 * k for k in range(400)]
+    measured = feed(DemandStabiliser(0, 300, scale_down_band=0.10, band_spreads=4.0), series)
+    fixed = feed(DemandStabiliser(0, 300, scale_down_band=0.10), series)
+    window_high = series[-11]  # the highest forecast of the last 300 s
+    assert measured[-1] == pytest.approx(window_high * (1 + MIN_BAND))
+    assert fixed[-1] == pytest.approx(window_high * 1.10)
+
+
+def test_relative_spread_is_the_scatter_around_the_line() -> None:
+    line = [(30.0 * k, 10.0 + 0.1 * k) for k in range(20)]
+    assert relative_spread(line) == pytest.approx(0.0, abs=1e-12)
+    zigzag = [(t, v + (0.5 if k % 2 else -0.5)) for k, (t, v) in enumerate(line)]
+    spread = relative_spread(zigzag)
+    assert spread is not None and 0.5 / 11.0 < spread < 0.6 / 10.0
+    assert relative_spread(line[: MIN_SPREAD_SAMPLES - 1]) is None
+    assert relative_spread([(30.0 * k, 0.0) for k in range(10)]) is None
