@@ -11,12 +11,23 @@ Two kinds of endpoint are understood, and a URL may carry either or both:
   `vllm:request_success_total`, `vllm:prompt_tokens_total`, `vllm:generation_tokens_total`,
   `vllm:num_requests_running`, `vllm:num_requests_waiting`.
 
-Counters become rates between two scrapes of the same URL, as Prometheus' rate() does: a value
-lower than the last one is a counter reset (the process restarted) and counts from zero. When
-any gateway series is present, request rates come from the gateway (it sees every request,
+Counters become rates between two scrapes of the same process, as Prometheus' rate() does: a
+value lower than the last one is a counter reset (the process restarted) and counts from zero.
+When any gateway series is present, request rates come from the gateway (it sees every request,
 including ones an engine refused); engine success counters are the fallback. Mean prompt and
 output lengths come from engine counters (tokens per finished request), else from the
 gateway's token counters (per successful request), else the settings' assumed lengths.
+
+Several processes may answer one URL: the gateway's replicas behind the serve Service, one per
+scrape, each counting only what it served. The gateway names the replica each exposition comes
+from (`gemma_fleet_gateway_replica_info{gateway_replica}`) and how many run
+(`gemma_fleet_gateway_replicas`; a replica that has not read it yet says -1, and the last count
+told stands). Each replica's counters are differenced against its own last
+scrape, and the URL's rate is the sum of the latest rates of as many replicas as run, the ones
+heard from last: a replaced replica drops out once its successor has answered, and one not
+heard from for `replica_stale_s` is dropped in any case. Until rates from as many replicas as
+run are in, the reading is incomplete: demand may be under-counted, so it may add capacity but
+not remove it. A URL without these series (an engine, an older gateway) is one process.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ VLLM_PROMPT_TOKENS = "vllm:prompt_tokens_total"
 VLLM_GENERATION_TOKENS = "vllm:generation_tokens_total"
 VLLM_RUNNING = "vllm:num_requests_running"
 VLLM_WAITING = "vllm:num_requests_waiting"
+GATEWAY_REPLICA_INFO = "gemma_fleet_gateway_replica_info"
+GATEWAY_REPLICAS = "gemma_fleet_gateway_replicas"
 COUNTERS = (
     GATEWAY_REQUESTS,
     GATEWAY_TOKENS,
@@ -63,7 +76,7 @@ def parse_samples(text: str) -> dict[SeriesKey, float]:
     # Imported here: the `gemma-fleet` command loads this module for every sub-command.
     from prometheus_client.parser import text_string_to_metric_families
 
-    wanted = {*COUNTERS, *GAUGES}
+    wanted = {*COUNTERS, *GAUGES, GATEWAY_REPLICA_INFO, GATEWAY_REPLICAS}
     out: dict[SeriesKey, float] = {}
     try:
         families = list(text_string_to_metric_families(text))
@@ -131,6 +144,40 @@ class _Scrape:
 
 
 @dataclass
+class _Process:
+    """What one process behind a URL last showed: its last scrape, and the counter rates
+    between its last two scrapes (None until it has been scraped twice)."""
+
+    last: _Scrape
+    rates: dict[SeriesKey, float] | None = None
+
+
+def _process_of(samples: Mapping[SeriesKey, float]) -> tuple[str, int | None]:
+    """(which process answered, how many processes answer the URL: None when the scrape does
+    not say or its process does not know yet) from one scrape."""
+    process, count = "", None
+    for (name, labels), value in samples.items():
+        if name == GATEWAY_REPLICA_INFO:
+            process = dict(labels).get("gateway_replica", "")
+        elif name == GATEWAY_REPLICAS and value >= 1:
+            count = int(value)
+    return process, count
+
+
+def _rates(previous: _Scrape, now: _Scrape) -> dict[SeriesKey, float]:
+    """Counter increase per second from `previous` to `now` (a drop is a restart)."""
+    dt = now.at - previous.at
+    out = {}
+    for key, value in now.samples.items():
+        if key[0] not in COUNTERS:
+            continue
+        before = previous.samples.get(key, 0.0)
+        # A drop is a restart: the counter began again at zero since the last scrape.
+        out[key] = (value - before if value >= before else value) / dt
+    return out
+
+
+@dataclass
 class MetricsSource:
     """Scrapes `urls` each `read()` and returns demand since the previous read."""
 
@@ -140,7 +187,9 @@ class MetricsSource:
     assumed_output_tokens: float = 250.0
     fetch: Fetch = field(default_factory=http_fetch)
     clock: Callable[[], float] = time.monotonic
-    _last: dict[str, _Scrape] = field(default_factory=dict)
+    replica_stale_s: float = 300.0
+    _processes: dict[str, dict[str, _Process]] = field(default_factory=dict)
+    _running: dict[str, int] = field(default_factory=dict)  # processes per URL, last told
     _known_lengths: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -160,23 +209,27 @@ class MetricsSource:
             except MetricsError as exc:
                 errors.append(str(exc))
                 continue
-            for key, value in samples.items():
-                if key[0] in GAUGES:
-                    gauges[key] += value
-            previous = self._last.get(url)
-            self._last[url] = _Scrape(now, samples)
-            if previous is None or now <= previous.at:
+            _, told = _process_of(samples)
+            running = self._running[url] = told or self._running.get(url, 1)
+            # The `running` processes heard from last: a replaced replica drops out as soon
+            # as its successor has answered, instead of being counted beside it.
+            current = self._observe(url, now, samples)[:running]
+            with_rates = [p for p in current if p.rates is not None]
+            for process in current:
+                for key, value in process.last.samples.items():
+                    if key[0] in GAUGES:
+                        gauges[key] += value
+            if not with_rates:
                 errors.append(f"{url}: first scrape, no rate yet")
                 continue
             differenced += 1
-            dt = now - previous.at
-            for key, value in samples.items():
-                if key[0] not in COUNTERS:
-                    continue
-                before = previous.samples.get(key, 0.0)
-                # A drop is a restart: the counter began again at zero since the last scrape.
-                increase = value - before if value >= before else value
-                rates[key] += increase / dt
+            for process in with_rates:
+                for key, value in (process.rates or {}).items():
+                    rates[key] += value
+            if len(with_rates) < running:
+                errors.append(
+                    f"{url}: rates from {len(with_rates)} of {running} gateway replicas so far"
+                )
         for message in errors:
             log.warning("metrics: %s", message)
         if differenced == 0:
@@ -190,6 +243,21 @@ class MetricsSource:
             errors=tuple(errors),
             unknown_pools=tuple(sorted(unknown)),
         )
+
+    def _observe(self, url: str, now: float, samples: dict[SeriesKey, float]) -> list[_Process]:
+        """Record a scrape of `url` against the process that answered it; return the
+        processes behind `url` heard from within `replica_stale_s`, the latest first."""
+        processes = self._processes.setdefault(url, {})
+        name, _ = _process_of(samples)
+        scrape = _Scrape(now, samples)
+        seen = processes.get(name)
+        if seen is None:
+            processes[name] = _Process(scrape)
+        elif now > seen.last.at:
+            processes[name] = _Process(scrape, _rates(seen.last, scrape))
+        for gone in [n for n, p in processes.items() if now - p.last.at > self.replica_stale_s]:
+            del processes[gone]
+        return sorted(processes.values(), key=lambda p: p.last.at, reverse=True)
 
     def _pools(
         self, rates: Mapping[SeriesKey, float], gauges: Mapping[SeriesKey, float]

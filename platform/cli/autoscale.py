@@ -158,6 +158,9 @@ def autoscale_command(
         spec,
         assumed_prompt_tokens=settings.assumed_prompt_tokens,
         assumed_output_tokens=settings.assumed_output_tokens,
+        # Gateway replicas behind one URL are each reached by chance: ten missed scrapes in a
+        # row (1 in 1,000 with two replicas) before one is taken for gone.
+        replica_stale_s=max(300.0, 10 * settings.interval_s),
     )
     try:
         target = _actuator(actuator, spec, namespace, rayservice, ray_address)

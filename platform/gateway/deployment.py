@@ -30,35 +30,37 @@ class GatewayDeployment:
         configure_tracing("gemma-fleet-gateway")
         self._gate = open_gate(TeamsSettings.from_env(os.environ))
         gateway_settings = GatewaySettings.model_validate(settings)
+        context = serve.get_replica_context()
+        deployments = [p.name for p in gateway_settings.pools] + [context.deployment]
         self._gateway = Gateway(
             gateway_settings,
             ServePoolClient(pools),
             load_catalog().family,
-            live_replicas=running_replicas(
-                serve.get_replica_context().app_name, [p.name for p in gateway_settings.pools]
-            ),
+            live_replicas=running_replicas(context.app_name, deployments),
+            own_deployment=context.deployment,
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_app(self._gateway, self._gate)
 
 
-def running_replicas(app_name: str, pools: list[str]) -> Callable[[], dict[str, int | None]]:
-    """A reader of each pool's RUNNING replicas, as the Serve controller counts them (each
-    pool is a deployment of the gateway's application, named after the pool; None: the
-    controller does not know the deployment). Blocking: the gateway runs it off its loop."""
+def running_replicas(app_name: str, deployments: list[str]) -> Callable[[], dict[str, int | None]]:
+    """A reader of the RUNNING replicas of `deployments` of the gateway's application (each
+    pool is one, named after the pool; so is the gateway), as the Serve controller counts them
+    (None: the controller does not know the deployment). Blocking: the gateway runs it off its
+    loop."""
 
     def read() -> dict[str, int | None]:
         app = serve.status().applications.get(app_name)
-        deployments = app.deployments if app is not None else {}
+        known = app.deployments if app is not None else {}
         counts: dict[str, int | None] = {}
-        for pool in pools:
-            found = deployments.get(pool)
+        for name in deployments:
+            found = known.get(name)
             if found is None:
-                counts[pool] = None
+                counts[name] = None
                 continue
             # ReplicaState is a str enum: its RUNNING member equals the plain string.
-            counts[pool] = sum(n for s, n in found.replica_states.items() if s == "RUNNING")
+            counts[name] = sum(n for s, n in found.replica_states.items() if s == "RUNNING")
         return counts
 
     return read

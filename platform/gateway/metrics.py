@@ -1,9 +1,17 @@
 """The gateway's Prometheus metrics, in a registry of its own (never the process-global one,
-so several gateways or tests in one process do not collide)."""
+so several gateways or tests in one process do not collide).
+
+Each gateway replica counts only what it served. Behind a load-balanced URL (the serve Service
+in a cluster) each scrape reaches one replica, so every exposition names the replica it comes
+from (`gemma_fleet_gateway_replica_info`) and, inside Ray Serve, how many gateway replicas run
+(`gemma_fleet_gateway_replicas`): a reader can then difference each replica's counters against
+that replica's own last scrape and know when it has heard from all of them
+(autoscaler/metrics_source.py)."""
 
 from __future__ import annotations
 
 import time
+import uuid
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -19,6 +27,21 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # New per process: a restarted replica is a new replica whose counters start at 0.
+        self.replica_id = uuid.uuid4().hex[:12]
+        Gauge(
+            "gemma_fleet_gateway_replica_info",
+            "Always 1: the gateway replica every sample of this exposition comes from",
+            ["gateway_replica"],
+            registry=self.registry,
+        ).labels(self.replica_id).set(1)
+        self.gateway_replicas = Gauge(
+            "gemma_fleet_gateway_replicas",
+            "Running replicas of the gateway deployment as this replica last read them "
+            "(-1: unknown; 1 outside Ray Serve)",
+            registry=self.registry,
+        )
+        self.gateway_replicas.set(1)
         self.requests = Counter(
             "gemma_fleet_gateway_requests",
             "Requests answered, by endpoint, team, requested model, pool and HTTP status",

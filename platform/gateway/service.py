@@ -150,7 +150,8 @@ class Caller:
 
 ANYONE = Caller()
 
-# Reads each pool's running replicas from the cluster (blocking; run off the event loop).
+# Reads running replicas per deployment of the application from the cluster (blocking; run
+# off the event loop): each pool's, and the gateway's own under `own_deployment`.
 ReplicaCounts = Callable[[], Mapping[str, int | None]]
 WATCH_INTERVAL_S = 1.5
 
@@ -164,16 +165,20 @@ class Gateway:
         *,
         resolve: Resolver = system_resolver,
         live_replicas: ReplicaCounts | None = None,
+        own_deployment: str | None = None,
         watch_interval_s: float = WATCH_INTERVAL_S,
     ) -> None:
         self.settings = settings
         self._live_replicas = live_replicas
+        self._own_deployment = own_deployment
         self._watch_interval_s = watch_interval_s
         self._watcher: asyncio.Task[None] | None = None
         self._client = client
         self._facts = facts
         self._fetch_policy = settings.media.policy()
         self.metrics = GatewayMetrics()
+        if live_replicas is not None and own_deployment is not None:
+            self.metrics.gateway_replicas.set(-1)  # unknown until the watcher has read it
         self._resolve = resolve
         self.state = PoolState()
         for info in settings.pools:
@@ -198,6 +203,8 @@ class Gateway:
 
     def metrics_text(self) -> bytes:
         """Prometheus exposition, with in-flight counts read from the pool state now."""
+        # A replica scraped before it served anything must still learn how many run.
+        self._ensure_watcher()
         for name, pool in self.state.pools.items():
             self.metrics.in_flight.labels(name).set(pool.in_flight)
             live = pool.live_replicas
@@ -257,6 +264,9 @@ class Gateway:
             except Exception:  # the cluster did not answer: keep what we knew
                 log.warning("reading the pools' replica counts failed", exc_info=True)
             else:
+                if self._own_deployment is not None:
+                    own = counts.get(self._own_deployment)
+                    self.metrics.gateway_replicas.set(-1 if own is None else own)
                 for pool in self.state.set_live_replicas(counts):
                     log.warning("pool %s has no running replica: routed around", pool)
                     self.metrics.pool_outages.labels(pool).inc()

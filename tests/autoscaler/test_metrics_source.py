@@ -194,3 +194,92 @@ def test_garbage_is_an_error_not_a_crash(fleet: FleetSpec) -> None:
     assert source.read() is None
     clock.t += 10
     assert source.read() is None
+
+
+class BalancedGateway:
+    """Gateway replicas behind one URL, as the serve Service puts them: each scrape is
+    answered by the replica `order` names next, with that replica's own counters only."""
+
+    def __init__(self, replicas: int) -> None:
+        self.replicas = [GatewayMetrics() for _ in range(replicas)]
+        for replica in self.replicas:
+            replica.gateway_replicas.set(replicas)
+        self.order: list[int] = []
+
+    def serve(self, replica: int, requests: float) -> None:
+        counter = labelled(self.replicas[replica].requests, pool="gemma-4-e2b", status="200")
+        counter.inc(requests)
+
+    def fetch(self, url: str) -> str:
+        return self.replicas[self.order.pop(0)].render().decode()
+
+
+def test_replicas_behind_one_url_are_each_differenced_and_summed(fleet: FleetSpec) -> None:
+    gateway = BalancedGateway(2)
+    # Replica 1 has not read the Serve controller yet: the count replica 0 gave stands.
+    gateway.replicas[1].gateway_replicas.set(-1)
+    # The balancer's picks over eight scrapes: replica 1 answers twice only at the 5th.
+    gateway.order = [0, 0, 1, 0, 1, 1, 0, 0]
+    clock = Clock()
+    source = MetricsSource(["http://gw/metrics"], fleet, fetch=gateway.fetch, clock=clock)
+    seen = []
+    for _ in range(8):
+        reading = source.read()
+        seen.append(None if reading is None else reading)
+        clock.t += 30
+        gateway.serve(0, 3 * 30)  # 3 req/s through replica 0
+        gateway.serve(1, 5 * 30)  # 5 req/s through replica 1
+    assert seen[0] is None  # one scrape of one replica: nothing to difference
+    partial = seen[1]
+    assert partial is not None and not partial.complete
+    assert "rates from 1 of 2 gateway replicas" in partial.errors[0]
+    assert partial.demand["gemma-4-E2B"].requests_per_s == pytest.approx(3.0)
+    for reading in seen[4:]:  # both replicas differenced against themselves
+        assert reading is not None and reading.complete
+        assert reading.demand["gemma-4-E2B"].requests_per_s == pytest.approx(8.0)
+
+
+def test_a_replaced_gateway_replica_is_not_counted_beside_its_successor(
+    fleet: FleetSpec,
+) -> None:
+    gateway = BalancedGateway(1)
+    gateway.order = [0, 0]
+    clock = Clock()
+    source = MetricsSource(["http://gw/metrics"], fleet, fetch=gateway.fetch, clock=clock)
+    source.read()
+    clock.t += 30
+    gateway.serve(0, 4 * 30)
+    before = source.read()
+    assert before is not None and before.demand["gemma-4-E2B"].requests_per_s == 4.0
+    successor = BalancedGateway(1)  # a new process: new identity, counters from zero
+    gateway.replicas.append(successor.replicas[0])
+    gateway.order = [1, 1]
+    clock.t += 30
+    assert source.read() is None  # the successor has no rate yet; the old one is not used
+    clock.t += 30
+    gateway.serve(1, 2 * 30)
+    after = source.read()
+    assert after is not None and after.complete
+    assert after.demand["gemma-4-E2B"].requests_per_s == pytest.approx(2.0)
+
+
+def test_a_replica_not_heard_from_for_long_is_dropped(fleet: FleetSpec) -> None:
+    gateway = BalancedGateway(2)
+    gateway.order = [0, 1, 0, 1] + [0] * 12
+    clock = Clock()
+    source = MetricsSource(
+        ["http://gw/metrics"], fleet, fetch=gateway.fetch, clock=clock, replica_stale_s=300
+    )
+    readings = []
+    for _ in range(16):
+        readings.append(source.read())
+        clock.t += 30
+        gateway.serve(0, 3 * 30)
+        gateway.serve(1, 5 * 30)
+    # Replica 1 was last heard from at the 4th scrape (t=190): its rate counts until 300 s
+    # have passed, then the reading is incomplete and only replica 0's rate is left.
+    fresh, stale = readings[6], readings[15]
+    assert fresh is not None and fresh.complete
+    assert fresh.demand["gemma-4-E2B"].requests_per_s == pytest.approx(8.0)
+    assert stale is not None and not stale.complete
+    assert stale.demand["gemma-4-E2B"].requests_per_s == pytest.approx(3.0)

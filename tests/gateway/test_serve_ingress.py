@@ -4,6 +4,7 @@ the deployment shape the fleet uses, driven by the OpenAI SDK over HTTP."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 GCS_PORT, HTTP_PORT = 6740, 8740
+GATEWAY_REPLICAS = 2
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +62,10 @@ def serve_url() -> Iterator[str]:
             pools=[pool_info(n, c) for n, c in configs.items()],
             aliases={"gemma-4": list(configs)},
         )
-        serve.run(build_gateway_app(settings, pools), name="fleet", route_prefix="/")
+        # Two gateway replicas, as the Helm chart runs: each scrape of /metrics through the
+        # proxy reaches one of them.
+        app = build_gateway_app(settings, pools, num_replicas=GATEWAY_REPLICAS)
+        serve.run(app, name="fleet", route_prefix="/")
         yield f"http://127.0.0.1:{HTTP_PORT}"
     finally:
         serve.shutdown()
@@ -105,3 +110,22 @@ def test_refusals_through_ray_serve(serve_url: str) -> None:
 def test_models(serve_url: str) -> None:
     client: Any = openai.OpenAI(base_url=serve_url + "/v1", api_key="unused")
     assert {m.id for m in client.models.list()} >= {"small", "big", "gemma-4"}
+
+
+def test_each_gateway_replica_names_itself_and_counts_its_siblings(serve_url: str) -> None:
+    """What the autoscaler needs to read demand through a load-balanced URL
+    (autoscaler/metrics_source.py): every exposition names its replica, and says how many
+    gateway replicas the Serve controller runs - also on a replica that has served nothing."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    told: dict[str, float] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = httpx.get(serve_url + "/metrics", timeout=10).text
+        samples = {s.name: s for f in text_string_to_metric_families(text) for s in f.samples}
+        replica = samples["gemma_fleet_gateway_replica_info"].labels["gateway_replica"]
+        told[replica] = samples["gemma_fleet_gateway_replicas"].value
+        if len(told) == GATEWAY_REPLICAS and set(told.values()) == {GATEWAY_REPLICAS}:
+            break
+        time.sleep(0.2)
+    assert told == dict.fromkeys(told, GATEWAY_REPLICAS) and len(told) == GATEWAY_REPLICAS
