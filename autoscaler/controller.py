@@ -242,17 +242,21 @@ class Controller:
         *,
         steps: int | None = None,
         on_step: Callable[[StepReport], None] | None = None,
+        on_failure: Callable[[Exception], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         """Step every `interval_s` (from step start to step start), `steps` times or forever.
-        A failing step is logged and retried on the next interval: level-triggered."""
+        A failing step is logged, passed to `on_failure` and retried on the next interval:
+        level-triggered."""
         done = 0
         while steps is None or done < steps:
             started = self.clock()
             try:
                 report = self.step()
-            except Exception:  # one bad step (API hiccup) must not stop the controller
+            except Exception as exc:  # one bad step (API hiccup) must not stop the controller
                 log.exception("reconcile step failed; retrying next interval")
+                if on_failure is not None:
+                    on_failure(exc)
             else:
                 if on_step is not None:
                     on_step(report)

@@ -28,6 +28,7 @@ from gemma_fleet.deployments.pools import FleetError, FleetSpec, load_fleet
 
 if TYPE_CHECKING:
     from gemma_fleet.autoscaler.incumbent import IncumbentPlanner
+    from gemma_fleet.autoscaler.status import ControllerStatus
 
 log = logging.getLogger("gemma_fleet.autoscaler")
 
@@ -98,6 +99,25 @@ def _actuator(
     return InMemoryActuator(FleetState(replicas=replicas, nodes=nodes_for(fleet, replicas)))
 
 
+def _serve_status(
+    fleet: FleetSpec, settings: ControllerSettings, dry_run: bool, port: int | None
+) -> ControllerStatus | None:
+    """The autoscaler's own metrics and liveness on `port` (None: not served)."""
+    if port is None:
+        return None
+    from gemma_fleet.autoscaler.status import ControllerStatus, serve_status, stale_after
+
+    status = ControllerStatus(
+        fleet, stale_after_s=stale_after(settings.interval_s), dry_run=dry_run
+    )
+    try:
+        serve_status(status, port)
+    except OSError as exc:
+        raise CliError(f"--status-port {port}: cannot listen: {exc.strerror or exc}") from exc
+    log.info("status on port %d: /metrics, /healthz", port)
+    return status
+
+
 def _print_step(report: StepReport, verbose: bool) -> None:
     if verbose:
         print(report.render(), flush=True)
@@ -129,6 +149,11 @@ def autoscale_command(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="print plan and diff; change nothing"),
     once: bool = typer.Option(False, "--once", help="one step, then exit"),
+    status_port: int | None = typer.Option(
+        None,
+        "--status-port",
+        help="serve the autoscaler's own /metrics and /healthz on this port (docs/autoscaler.md)",
+    ),
 ) -> None:
     """Keep the fleet's replicas and nodes matched to demand, calmly."""
     logging.basicConfig(
@@ -148,6 +173,8 @@ def autoscale_command(
             raise CliError(f"--interval {interval}: must be positive")
         settings = settings.model_copy(update={"interval_s": interval})
     _check_urls(metrics_url)
+    if status_port is not None and not 0 < status_port < 65536:
+        raise CliError(f"--status-port {status_port}: expected a port in 1-65535")
     if actuator is ActuatorKind.KUBERNETES and not (namespace and rayservice):
         raise CliError("--actuator kubernetes needs --namespace and --rayservice")
     planner = make_planner(spec, settings)
@@ -171,7 +198,17 @@ def autoscale_command(
             time.sleep(min(ONCE_WINDOW_S, settings.interval_s))
             _print_step(controller.step(), verbose=True)
             return
-        controller.run(on_step=lambda r: _print_step(r, verbose=dry_run))
+        status = _serve_status(spec, settings, dry_run, status_port)
+
+        def on_step(report: StepReport) -> None:
+            _print_step(report, verbose=dry_run)
+            if status is not None:
+                status.record(report)
+
+        controller.run(
+            on_step=on_step,
+            on_failure=(lambda _: status.record_failure()) if status is not None else None,
+        )
     except ActuatorError as exc:
         raise CliError(str(exc)) from exc
     except KeyboardInterrupt:

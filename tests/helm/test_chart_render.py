@@ -314,6 +314,13 @@ def test_autoscaler_command_follows_the_cli_contract(
     assert args["--metrics-url"] == f"http://{serve}.{NAMESPACE}.svc:8000/metrics"
     assert float(args["--interval"]) == values["autoscaler"]["interval"]
     assert ("--dry-run" in cmd) == values["autoscaler"]["dryRun"]
+    # Its own status: the port the CLI serves is the one named `metrics`, probed for liveness.
+    status_port = values["autoscaler"]["statusPort"]
+    assert int(args["--status-port"]) == status_port
+    assert container["ports"] == [
+        {"name": "metrics", "containerPort": status_port, "protocol": "TCP"}
+    ]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     (config,) = [c for c in out.all("ConfigMap") if "fleet.yaml" in c["data"]]
     assert yaml.safe_load(config["data"]["fleet.yaml"]) == values["fleet"]
     settings = values["autoscaler"]["settings"]
@@ -420,7 +427,11 @@ def test_serve_port_is_open_only_to_the_namespace_and_listed_peers(
     (autoscaler_policy,) = [
         p for p in out.all("NetworkPolicy") if p["metadata"]["name"].endswith("-autoscaler")
     ]
-    assert "ingress" not in autoscaler_policy["spec"]
+    # The autoscaler serves only its status, and only to those who may scrape metrics.
+    metrics_from = values["networkPolicy"]["metricsFrom"]
+    status_port = {"port": values["autoscaler"]["statusPort"], "protocol": "TCP"}
+    expected = [{"from": metrics_from, "ports": [status_port]}] if metrics_from else None
+    assert autoscaler_policy["spec"].get("ingress") == expected
 
 
 def test_disruption_budgets_select_each_node_pools_workers(
@@ -468,6 +479,22 @@ def test_monitoring_and_dashboard(case: tuple[dict[str, Any], Rendered]) -> None
         assert monitor["spec"]["selector"]["matchLabels"].items() <= serve.items()
         assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert bool(out.all("PodMonitor")) == obs["podMonitor"]["enabled"]
+    for pod_monitor in out.all("PodMonitor"):
+        # It scrapes the autoscaler's status too: its selector matches the autoscaler's pod,
+        # which has the port it names.
+        (deployment,) = out.all("Deployment")
+        pod = deployment["spec"]["template"]
+        selector = pod_monitor["spec"]["selector"]
+        labels = pod["metadata"]["labels"]
+        assert selector["matchLabels"].items() <= labels.items()
+        assert all(
+            labels.get(e["key"]) in e["values"]
+            for e in selector["matchExpressions"]
+            if e["operator"] == "In"
+        )
+        (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+        (container,) = pod["spec"]["containers"]
+        assert endpoint["port"] in [p["name"] for p in container["ports"]]
     (dashboard,) = [c for c in out.all("ConfigMap") if "gemma-fleet.json" in c["data"]]
     assert json.loads(dashboard["data"]["gemma-fleet.json"])["panels"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"

@@ -1,6 +1,7 @@
 """The Grafana dashboard the Helm chart ships: well-formed, and every metric and label its
-queries use is one the gateway and the engines really render, so renaming a metric (or a
-label) without updating the dashboard fails here instead of leaving an empty panel."""
+queries use is one the gateway, the engines and the autoscaler really render, so renaming a
+metric (or a label) without updating the dashboard fails here instead of leaving an empty
+panel."""
 
 from __future__ import annotations
 
@@ -56,13 +57,42 @@ def rendered() -> dict[str, set[str]]:
     )
     assert [r.status_code for r in served.responses] == [200, 200, 404]
     labels: dict[str, set[str]] = defaultdict(set)
-    for text in (served.gateway_metrics, *served.engine_metrics.values()):
+    for text in (served.gateway_metrics, *served.engine_metrics.values(), _autoscaler_metrics()):
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 labels[sample.name] |= set(sample.labels)
     for name in [n for n in labels if n.startswith("vllm:")]:
         labels[_ray_name(name)] = labels[name]
     return dict(labels)
+
+
+def _autoscaler_metrics() -> str:
+    """What the autoscaler's --status-port renders after a step that changed the fleet."""
+    from prometheus_client import generate_latest
+
+    from gemma_fleet.autoscaler.actuators import FleetState
+    from gemma_fleet.autoscaler.controller import StepReport
+    from gemma_fleet.autoscaler.plan import ModelDemand, Plan
+    from gemma_fleet.autoscaler.status import ControllerStatus
+    from gemma_fleet.deployments.pools import default_fleet_path, load_fleet
+
+    fleet = load_fleet(default_fleet_path())
+    now = {p.name: 1 for p in fleet.model_pools}
+    wanted = {**now, fleet.model_pools[0].name: 2}
+    status = ControllerStatus(fleet, stale_after_s=900)
+    demand = {fleet.model_pools[0].model: ModelDemand(3.0, 1000, 250)}
+    status.record(
+        StepReport(
+            at=0.0,
+            observed=FleetState(now),
+            desired=FleetState(wanted),
+            demand=demand,
+            forecast=demand,
+            plan=Plan(wanted, {}, 10.0),
+            applied=True,
+        )
+    )
+    return generate_latest(status.registry).decode()
 
 
 def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:

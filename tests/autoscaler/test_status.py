@@ -1,0 +1,294 @@
+"""The autoscaler's own /metrics and /healthz (autoscaler/status.py), read over real HTTP the
+way Prometheus and a kubelet liveness probe read them, and `gemma-fleet autoscale
+--status-port` serving them from the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gemma_fleet.autoscaler.actuators import FleetState, InMemoryActuator
+from gemma_fleet.autoscaler.controller import Controller, StepReport
+from gemma_fleet.autoscaler.metrics_source import MetricsError
+from gemma_fleet.autoscaler.plan import ModelDemand, Plan
+from gemma_fleet.autoscaler.settings import ControllerSettings
+from gemma_fleet.autoscaler.status import PREFIX, ControllerStatus, serve_status
+from gemma_fleet.deployments.pools import default_fleet_path, load_fleet
+from gemma_fleet.gateway.metrics import GatewayMetrics
+
+FLEET = load_fleet(default_fleet_path())
+START = {p.name: p.replicas.start for p in FLEET.model_pools}
+# The default fleet: L4 nodes of 2 GPUs at 0.85 per GPU-hour, H100 nodes of 4 at 3.90.
+L4_NODE, H100_NODE = 2 * 0.85, 4 * 3.90
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[ControllerStatus, Clock, str]]:
+    clock = Clock()
+    status = ControllerStatus(FLEET, stale_after_s=900, clock=clock, wall_clock=lambda: 1.7e9)
+    server = serve_status(status, 0, host="127.0.0.1")
+    try:
+        yield status, clock, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def samples(base: str) -> Samples:
+    """Every sample of GET /metrics, keyed by name and sorted labels."""
+    reply = httpx.get(f"{base}/metrics", timeout=10)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(reply.text)
+        for s in family.samples
+    }
+
+
+def sample(found: Samples, name: str, **labels: str) -> float:
+    return found[(PREFIX + name, tuple(sorted(labels.items())))]
+
+
+def report(
+    observed: dict[str, int],
+    desired: dict[str, int],
+    *,
+    applied: bool,
+    nodes_now: dict[str, int] | None = None,
+    nodes_wanted: dict[str, int] | None = None,
+) -> StepReport:
+    """A step's report; both node counts default to one node per node pool."""
+    one_each = {"l4": 1, "h100": 1}
+    return StepReport(
+        at=0.0,
+        observed=FleetState(replicas=observed, nodes=nodes_now or one_each),
+        desired=FleetState(replicas=desired, nodes=nodes_wanted or one_each),
+        demand={"gemma-4-E2B": ModelDemand(9.0, 1000, 200)},
+        forecast={"gemma-4-E2B": ModelDemand(8.0, 1000, 200)},
+        plan=Plan(replicas=desired, nodes={}, cost_per_hour=17.3),
+        applied=applied,
+    )
+
+
+def test_metrics_say_what_the_fleet_costs_and_what_the_autoscaler_wants(
+    served: tuple[ControllerStatus, Clock, str],
+) -> None:
+    status, _, base = served
+    status.record(StepReport(0.0, FleetState(START), FleetState(START), note="waiting"))
+    status.record(report(START, START, applied=False))
+    more = {**START, "gemma-4-e2b": 3}
+    status.record(report(START, more, applied=True, nodes_wanted={"l4": 2, "h100": 1}))
+    found = samples(base)
+    assert sample(found, "steps_total", result="waiting") == 1
+    assert sample(found, "steps_total", result="applied") == 1
+    assert sample(found, "steps_total", result="unchanged") == 1
+    assert sample(found, "steps_total", result="failed") == 0
+    assert sample(found, "replicas", pool="gemma-4-e2b", state="observed") == 1
+    assert sample(found, "replicas", pool="gemma-4-e2b", state="desired") == 3
+    assert sample(found, "replica_changes_total", pool="gemma-4-e2b", direction="up") == 2
+    assert sample(found, "nodes", node_pool="l4", state="observed") == 1
+    assert sample(found, "nodes", node_pool="l4", state="desired") == 2
+    # Cost of the nodes, per GPU-hour times GPUs: one L4 node and one H100 node run now, and
+    # the change applied wants a second L4 node.
+    assert sample(found, "cost_per_hour", state="observed") == pytest.approx(L4_NODE + H100_NODE)
+    assert sample(found, "cost_per_hour", state="desired") == pytest.approx(2 * L4_NODE + H100_NODE)
+    assert sample(found, "plan_cost_per_hour") == pytest.approx(17.3)
+    assert sample(found, "plan_feasible") == 1
+    assert sample(found, "demand_requests_per_second", model="gemma-4-E2B", kind="planned") == 9
+    assert sample(found, "demand_requests_per_second", model="gemma-4-E2B", kind="forecast") == 8
+    assert sample(found, "last_step_timestamp_seconds") == 1.7e9
+    assert sample(found, "dry_run") == 0
+
+
+def test_a_wanted_change_in_dry_run_is_counted_as_such(
+    served: tuple[ControllerStatus, Clock, str],
+) -> None:
+    status, _, base = served
+    status.record(report(START, {**START, "gemma-4-31b": 2}, applied=False))
+    found = samples(base)
+    assert sample(found, "steps_total", result="dry_run") == 1
+    assert not any(name.endswith("replica_changes_total") for name, _ in found)
+
+
+def test_an_infeasible_plan_shows(served: tuple[ControllerStatus, Clock, str]) -> None:
+    status, _, base = served
+    infeasible = Plan(START, {}, 5.0, feasible=False, shortfall={"gemma-4-31B": "no room"})
+    status.record(replace(report(START, START, applied=False), plan=infeasible))
+    assert sample(samples(base), "plan_feasible") == 0
+
+
+def test_healthz_fails_once_steps_stop_finishing(
+    served: tuple[ControllerStatus, Clock, str],
+) -> None:
+    status, clock, base = served
+    reply = httpx.get(f"{base}/healthz")
+    assert (reply.status_code, reply.text.split(":")[0]) == (200, "starting")
+    clock.t += 600  # a first step simulating capacities is slow, not hung
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    status.record_failure()  # a failed step is a finished one: the loop is alive
+    clock.t += 899
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    clock.t += 2
+    reply = httpx.get(f"{base}/healthz")
+    assert reply.status_code == 503
+    assert reply.text == "stale: the last step finished 901 s ago (limit 900 s)"
+    status.record(report(START, START, applied=False))
+    assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_an_unknown_path_is_named(served: tuple[ControllerStatus, Clock, str]) -> None:
+    _, _, base = served
+    reply = httpx.get(f"{base}/metric")
+    assert reply.status_code == 404
+    assert "'/metric'" in reply.text and "/metrics" in reply.text
+
+
+class FailingSource:
+    """Demand that cannot be read (the gateway is down)."""
+
+    def read(self) -> None:
+        raise MetricsError("http://gateway/metrics: connection refused")
+
+
+def test_the_controller_loop_reports_failed_steps_and_keeps_going() -> None:
+    status = ControllerStatus(FLEET, stale_after_s=900)
+    actuator = InMemoryActuator(FleetState(replicas=dict(START)))
+    controller = Controller(
+        FLEET,
+        lambda demand: Plan(dict(START), {}, 1.0),
+        FailingSource(),
+        actuator,
+        ControllerSettings(interval_s=1),
+    )
+    seen: list[Exception] = []
+
+    def failed(exc: Exception) -> None:
+        seen.append(exc)
+        status.record_failure()
+
+    controller.run(steps=3, on_step=status.record, on_failure=failed, sleep=lambda _: None)
+    assert [type(e) for e in seen] == [MetricsError] * 3
+    failed_steps = {"result": "failed"}
+    assert status.registry.get_sample_value(PREFIX + "steps_total", failed_steps) == 3
+    assert status.health()[0]
+
+
+# --- the real CLI -----------------------------------------------------------------------------
+
+EXE = shutil.which("gemma-fleet", path=str(Path(sys.executable).parent))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def gateway_metrics() -> Iterator[str]:
+    """A /metrics endpoint rendering the real gateway's metrics (no traffic yet)."""
+    metrics = GatewayMetrics()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = metrics.render()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_autoscale_serves_its_status_while_it_runs(gateway_metrics: str, tmp_path: Path) -> None:
+    assert EXE is not None, "gemma-fleet is not installed next to this interpreter"
+    port = free_port()
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    args = ["autoscale", "--fleet", str(default_fleet_path()), "--metrics-url", gateway_metrics]
+    # A long interval: the first step only scrapes (rates need two scrapes), so nothing is
+    # planned and nothing simulated; the status must still say the loop is alive.
+    args += ["--interval", "300", "--status-port", str(port)]
+    proc = subprocess.Popen(
+        [EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        found: Samples = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                found = samples(base)
+            except httpx.TransportError:
+                found = {}
+            if found.get((PREFIX + "steps_total", (("result", "waiting"),))):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[1]
+        assert sample(found, "steps_total", result="waiting") == 1
+        assert sample(found, "replicas", pool="gemma-4-31b", state="observed") == 1
+        health = httpx.get(f"{base}/healthz")
+        assert health.status_code == 200 and health.text.startswith("ok: 1 step finished")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"status on port {port}" in err and "autoscaler stopped" in err
+
+
+def test_a_status_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    assert EXE is not None
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--metrics-url", "http://127.0.0.1:9/metrics", "--status-port"]
+        done = subprocess.run(
+            [EXE, "autoscale", "--fleet", str(default_fleet_path()), *args, str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)},
+        )
+    assert done.returncode == 2
+    assert f"--status-port {port}: cannot listen" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_the_cost_figures_above_are_the_default_fleets() -> None:
+    nodes = [(n.name, n.gpus_per_node, n.cost_per_gpu_hour) for n in FLEET.node_pools]
+    assert nodes == [("l4", 2, 0.85), ("h100", 4, 3.9)]
