@@ -22,12 +22,12 @@ Several processes may answer one URL: the gateway's replicas behind the serve Se
 scrape, each counting only what it served. The gateway names the replica each exposition comes
 from (`gemma_fleet_gateway_replica_info{gateway_replica}`) and how many run
 (`gemma_fleet_gateway_replicas`; a replica that has not read it yet says -1, and the last count
-told stands). Each replica's counters are differenced against its own last
-scrape, and the URL's rate is the sum of the latest rates of as many replicas as run, the ones
-heard from last: a replaced replica drops out once its successor has answered, and one not
-heard from for `replica_stale_s` is dropped in any case. Until rates from as many replicas as
-run are in, the reading is incomplete: demand may be under-counted, so it may add capacity but
-not remove it. A URL without these series (an engine, an older gateway) is one process.
+told stands). Each replica's counters are differenced against its own last scrape, and the URL's
+rate is the sum of the latest rates of as many replicas as run, the ones heard from last: a
+replaced replica drops out once its successor has answered, and one not heard from for
+`replica_stale_s` is dropped in any case. Until rates from as many replicas as run are in, the
+reading is incomplete: demand may be under-counted, so it may add capacity but not remove it. A
+URL without these series (an engine, an older gateway) is one process.
 """
 
 from __future__ import annotations
