@@ -209,11 +209,11 @@ class MetricsSource:
             except MetricsError as exc:
                 errors.append(str(exc))
                 continue
-            _, told = _process_of(samples)
+            answered, told = _process_of(samples)
             running = self._running[url] = told or self._running.get(url, 1)
             # The `running` processes heard from last: a replaced replica drops out as soon
             # as its successor has answered, instead of being counted beside it.
-            current = self._observe(url, now, samples)[:running]
+            current = self._observe(url, answered, _Scrape(now, samples))[:running]
             with_rates = [p for p in current if p.rates is not None]
             for process in current:
                 for key, value in process.last.samples.items():
@@ -244,12 +244,11 @@ class MetricsSource:
             unknown_pools=tuple(sorted(unknown)),
         )
 
-    def _observe(self, url: str, now: float, samples: dict[SeriesKey, float]) -> list[_Process]:
-        """Record a scrape of `url` against the process that answered it; return the
+    def _observe(self, url: str, name: str, scrape: _Scrape) -> list[_Process]:
+        """Record `scrape` of `url` against the process `name` that answered it; return the
         processes behind `url` heard from within `replica_stale_s`, the latest first."""
         processes = self._processes.setdefault(url, {})
-        name, _ = _process_of(samples)
-        scrape = _Scrape(now, samples)
+        now = scrape.at
         seen = processes.get(name)
         if seen is None:
             processes[name] = _Process(scrape)

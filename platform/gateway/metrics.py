@@ -28,13 +28,13 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         # New per process: a restarted replica is a new replica whose counters start at 0.
-        self.replica_id = uuid.uuid4().hex[:12]
+        replica_id = uuid.uuid4().hex[:12]
         Gauge(
             "gemma_fleet_gateway_replica_info",
             "Always 1: the gateway replica every sample of this exposition comes from",
             ["gateway_replica"],
             registry=self.registry,
-        ).labels(self.replica_id).set(1)
+        ).labels(replica_id).set(1)
         self.gateway_replicas = Gauge(
             "gemma_fleet_gateway_replicas",
             "Running replicas of the gateway deployment as this replica last read them "
