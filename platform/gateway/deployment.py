@@ -15,6 +15,7 @@ from ray.serve.deployment import Application
 from gemma_fleet.catalog import load_catalog
 from gemma_fleet.gateway.app import create_app
 from gemma_fleet.gateway.auth import open_gate
+from gemma_fleet.gateway.metrics import GatewayMetrics
 from gemma_fleet.gateway.pool_client import ServePoolClient
 from gemma_fleet.gateway.service import Gateway, GatewaySettings
 from gemma_fleet.teams.settings import TeamsSettings
@@ -38,6 +39,8 @@ class GatewayDeployment:
             load_catalog().family,
             live_replicas=running_replicas(context.app_name, deployments),
             own_deployment=context.deployment,
+            # Prometheus reads the replicas through Ray's metrics port (gateway/metrics.py).
+            metrics=GatewayMetrics(mirror_to_ray=True),
         )
 
     def __serve_build_asgi_app__(self) -> FastAPI:

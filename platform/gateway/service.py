@@ -167,6 +167,7 @@ class Gateway:
         live_replicas: ReplicaCounts | None = None,
         own_deployment: str | None = None,
         watch_interval_s: float = WATCH_INTERVAL_S,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.settings = settings
         self._live_replicas = live_replicas
@@ -176,7 +177,7 @@ class Gateway:
         self._client = client
         self._facts = facts
         self._fetch_policy = settings.media.policy()
-        self.metrics = GatewayMetrics()
+        self.metrics = metrics or GatewayMetrics()
         if live_replicas is not None and own_deployment is not None:
             self.metrics.gateway_replicas.set(-1)  # unknown until the watcher has read it
         self._resolve = resolve
@@ -205,11 +206,16 @@ class Gateway:
         """Prometheus exposition, with in-flight counts read from the pool state now."""
         # A replica scraped before it served anything must still learn how many run.
         self._ensure_watcher()
+        self._set_pool_gauges()
+        return self.metrics.render()
+
+    def _set_pool_gauges(self) -> None:
+        # On each scrape of /metrics, and on each watch: Ray's mirror of the metrics is
+        # exported on Ray's schedule, not when someone reads /metrics.
         for name, pool in self.state.pools.items():
             self.metrics.in_flight.labels(name).set(pool.in_flight)
             live = pool.live_replicas
             self.metrics.live_replicas.labels(name).set(-1 if live is None else live)
-        return self.metrics.render()
 
     def ready(self) -> bool:
         return any(v.healthy for v in self.state.views())
@@ -270,6 +276,7 @@ class Gateway:
                 for pool in self.state.set_live_replicas(counts):
                     log.warning("pool %s has no running replica: routed around", pool)
                     self.metrics.pool_outages.labels(pool).inc()
+            self._set_pool_gauges()
             await asyncio.sleep(self._watch_interval_s)
 
     async def _inline_remote_media(self, request: ChatCompletionRequest) -> None:

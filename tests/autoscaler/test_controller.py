@@ -93,7 +93,7 @@ def counter_labels(metric: Any, values: dict[str, str], **more: str) -> Any:
     """`metric.labels(...)` by label name, blank for names this test does not set: the gateway
     may add labels (it added `team`) without changing what the autoscaler reads."""
     wanted = {**values, **more}
-    return metric.labels(**{name: wanted.get(name, "") for name in metric._labelnames})
+    return metric.labels(**{name: wanted.get(name, "") for name in metric.label_names})
 
 
 def capacity_planner(

@@ -27,7 +27,7 @@ class Clock:
 def labelled(metric: Any, **values: str) -> Any:
     """`metric.labels(...)` by name, blank for labels not given (the gateway's label set
     grows, e.g. `team`; the autoscaler sums over labels it does not read)."""
-    return metric.labels(**{name: values.get(name, "") for name in metric._labelnames})
+    return metric.labels(**{name: values.get(name, "") for name in metric.label_names})
 
 
 @pytest.fixture

@@ -80,7 +80,10 @@ def test_a_pool_without_replicas_is_routed_around_and_used_again_once_back() -> 
         pools.live["e2b"] = 2
         await asyncio.sleep(0.2)
         assert (await ask(gateway, "gemma-4")).headers["x-gemma-fleet-pool"] == "e2b"
-        assert gateway.metrics.pool_outages.labels("e2b")._value.get() == 1
+        outages = gateway.metrics.registry.get_sample_value(
+            "gemma_fleet_gateway_pool_outages_total", {"pool": "e2b"}
+        )
+        assert outages == 1
 
     asyncio.run(scenario())
 

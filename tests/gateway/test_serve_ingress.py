@@ -14,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-GCS_PORT, HTTP_PORT = 6740, 8740
+GCS_PORT, HTTP_PORT, RAY_METRICS_PORT = 6740, 8740, 8741
 GATEWAY_REPLICAS = 2
 
 
@@ -45,6 +45,10 @@ def serve_url() -> Iterator[str]:
         include_dashboard=False,
         _node_ip_address="127.0.0.1",
         _temp_dir="/tmp/ray-gw",
+        # Ray's metrics port, which the chart's PodMonitor scrapes on every Ray pod; its agent
+        # exports every second here (10 s by default) so the test waits less.
+        _metrics_export_port=RAY_METRICS_PORT,
+        _system_config={"metrics_report_interval_ms": 1000},
         # This suite is about the Serve ingress, not teams (tests/teams): an open endpoint.
         runtime_env={"env_vars": {"GEMMA_FLEET_AUTH": "disabled"}},
     )
@@ -129,3 +133,69 @@ def test_each_gateway_replica_names_itself_and_counts_its_siblings(serve_url: st
             break
         time.sleep(0.2)
     assert told == dict.fromkeys(told, GATEWAY_REPLICAS) and len(told) == GATEWAY_REPLICAS
+
+
+# Labels Ray's agent adds to every series: which process, node and session. Sums are over them.
+RAY_LABELS = {"Component", "NodeAddress", "SessionName", "Version", "WorkerId"}
+
+
+def _gateway_samples(text: str, prefix: str) -> dict[str, dict[tuple[str, frozenset], float]]:
+    """{gateway replica: {(name without prefix, labels): value}} for the gateway's counters
+    and histograms in an exposition (`_created` and `_sum` left out: one is a timestamp, the
+    other a float sum whose rounding may differ)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    info = [s for s in samples if s.name == "gemma_fleet_gateway_replica_info"]
+    out: dict[str, dict[tuple[str, frozenset], float]] = {}
+    for sample in samples:
+        if not sample.name.startswith(prefix + "gemma_fleet_gateway_") or not sample.name.endswith(
+            ("_total", "_bucket", "_count")
+        ):
+            continue
+        labels = {
+            k: v
+            for k, v in sample.labels.items()
+            if k not in RAY_LABELS and not k.startswith("otel_scope")
+        }
+        # /metrics names its replica once, in the info series; Ray's copy labels each series.
+        replica = labels.pop("gateway_replica", None) or info[0].labels["gateway_replica"]
+        key = (sample.name.removeprefix(prefix), frozenset(labels.items()))
+        out.setdefault(replica, {})[key] = sample.value
+    return out
+
+
+def test_prometheus_reads_each_gateway_replica_once_from_rays_metrics_port(
+    serve_url: str,
+) -> None:
+    """What the chart's PodMonitor scrapes: Ray's metrics port. Each gateway replica's counters
+    and histograms are there once, labelled with the replica, and equal what that replica's
+    own /metrics says - so Prometheus's sums over replicas are right, which a scrape of
+    /metrics through the serve Service (one replica per scrape) cannot be."""
+    client = openai.OpenAI(base_url=serve_url + "/v1", api_key="unused", max_retries=0)
+    for n in range(12):
+        client.chat.completions.create(
+            model="gemma-4", messages=[{"role": "user", "content": f"hi {n}"}], max_tokens=4
+        )
+    own: dict[str, dict[tuple[str, frozenset], float]] = {}
+    exported: dict[str, dict[tuple[str, frozenset], float]] = {}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        own.update(_gateway_samples(httpx.get(serve_url + "/metrics", timeout=10).text, ""))
+        ray_text = httpx.get(f"http://127.0.0.1:{RAY_METRICS_PORT}/metrics", timeout=10).text
+        exported = _gateway_samples(ray_text, "ray_")
+        if len(own) == GATEWAY_REPLICAS and exported == own:
+            break
+        time.sleep(0.5)
+    assert set(own) == set(exported) and len(own) == GATEWAY_REPLICAS
+    assert exported == own
+    served = sum(
+        value
+        for counts in exported.values()
+        for (name, labels), value in counts.items()
+        if name == "gemma_fleet_gateway_requests_total" and ("model", "gemma-4") in labels
+    )
+    assert served >= 12
+    gauges = [line for line in ray_text.splitlines() if line.startswith("ray_gemma_fleet")]
+    in_flight = [g for g in gauges if g.startswith("ray_gemma_fleet_gateway_in_flight_requests{")]
+    assert len(in_flight) == GATEWAY_REPLICAS * 2  # per replica, per pool

@@ -415,6 +415,7 @@ def test_serve_port_is_open_only_to_the_namespace_and_listed_peers(
 ) -> None:
     values, out = case
     (policy,) = [p for p in out.all("NetworkPolicy") if p["metadata"]["name"].endswith("-ray")]
+    metrics_rules = []
     for rule in policy["spec"]["ingress"]:
         if "ports" not in rule:  # Ray pods of this release, among themselves
             (peer,) = rule["from"]
@@ -424,11 +425,17 @@ def test_serve_port_is_open_only_to_the_namespace_and_listed_peers(
         peers = rule["from"]
         if ports == {8000}:
             assert peers == [{"podSelector": {}}, *values["networkPolicy"]["serveFrom"]]
+        if 8080 in ports:
+            metrics_rules.append(rule)
+    # Ray's metrics port (the gateway's metrics included) only to those who may scrape; the
+    # serve port is not a metrics port any more (no ServiceMonitor scrapes it).
+    metrics_from = values["networkPolicy"]["metricsFrom"]
+    expected_rules = [{"from": metrics_from, "ports": [{"port": 8080, "protocol": "TCP"}]}]
+    assert metrics_rules == (expected_rules if metrics_from else [])
     (autoscaler_policy,) = [
         p for p in out.all("NetworkPolicy") if p["metadata"]["name"].endswith("-autoscaler")
     ]
     # The autoscaler serves only its status, and only to those who may scrape metrics.
-    metrics_from = values["networkPolicy"]["metricsFrom"]
     status_port = {"port": values["autoscaler"]["statusPort"], "protocol": "TCP"}
     expected = [{"from": metrics_from, "ports": [status_port]}] if metrics_from else None
     assert autoscaler_policy["spec"].get("ingress") == expected
@@ -471,30 +478,33 @@ def test_ingress_fronts_the_serve_service(case: tuple[dict[str, Any], Rendered])
 def test_monitoring_and_dashboard(case: tuple[dict[str, Any], Rendered]) -> None:
     values, out = case
     obs = values["observability"]
-    monitors = out.all("ServiceMonitor")
-    assert bool(monitors) == obs["serviceMonitor"]["enabled"]
-    if monitors:
-        serve = _rayservice(out)["spec"]["serveService"]["metadata"]["labels"]
-        (monitor,) = monitors
-        assert monitor["spec"]["selector"]["matchLabels"].items() <= serve.items()
-        assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    # No ServiceMonitor on the serve Service: each scrape of the gateway's /metrics there
+    # reaches one gateway replica, so Prometheus would mix the replicas' counters. The gateway
+    # reaches Prometheus through Ray's metrics port (tests/gateway/test_serve_ingress.py).
+    assert not out.all("ServiceMonitor")
     assert bool(out.all("PodMonitor")) == obs["podMonitor"]["enabled"]
     for pod_monitor in out.all("PodMonitor"):
-        # It scrapes the autoscaler's status too: its selector matches the autoscaler's pod,
-        # which has the port it names.
+        # Every Ray pod (where the gateway's, the engines' and Ray's metrics are) and the
+        # autoscaler's (its status): the selector matches each pod, which has the port named.
         (deployment,) = out.all("Deployment")
-        pod = deployment["spec"]["template"]
+        cluster = _rayservice(out)["spec"]["rayClusterConfig"]
+        pods = [
+            deployment["spec"]["template"],
+            cluster["headGroupSpec"]["template"],
+            *[g["template"] for g in cluster["workerGroupSpecs"]],
+        ]
         selector = pod_monitor["spec"]["selector"]
-        labels = pod["metadata"]["labels"]
-        assert selector["matchLabels"].items() <= labels.items()
-        assert all(
-            labels.get(e["key"]) in e["values"]
-            for e in selector["matchExpressions"]
-            if e["operator"] == "In"
-        )
         (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
-        (container,) = pod["spec"]["containers"]
-        assert endpoint["port"] in [p["name"] for p in container["ports"]]
+        for pod in pods:
+            labels = pod["metadata"]["labels"]
+            assert selector["matchLabels"].items() <= labels.items()
+            assert all(
+                labels.get(e["key"]) in e["values"]
+                for e in selector["matchExpressions"]
+                if e["operator"] == "In"
+            )
+            named = [p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])]
+            assert endpoint["port"] in named
     (dashboard,) = [c for c in out.all("ConfigMap") if "gemma-fleet.json" in c["data"]]
     assert json.loads(dashboard["data"]["gemma-fleet.json"])["panels"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"

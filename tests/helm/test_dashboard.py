@@ -24,4 +24,4 @@ def test_chart_copy_is_a_dashboard_on_gateway_metrics() -> None:
     dashboard = json.loads(COPY.read_text())
     assert dashboard["panels"]
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
-    assert any("gemma_fleet_gateway_" in e for e in exprs)
+    assert any("${gateway_metrics}requests_total" in e for e in exprs)

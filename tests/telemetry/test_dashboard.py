@@ -5,6 +5,7 @@ panel."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import defaultdict
@@ -13,11 +14,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gemma_fleet.gateway.metrics import REPLICA_LABEL, UNMIRRORED
 from gemma_fleet.telemetry.dashboards import DASHBOARD
 
 from .simulated_fleet import serve
 
-METRIC = re.compile(r"((?:gemma_fleet_|vllm:|ray_vllm_)[A-Za-z0-9_:]*)(\{[^}]*\})?")
+METRIC = re.compile(
+    r"((?:gemma_fleet_|ray_gemma_fleet_|vllm:|ray_vllm_)[A-Za-z0-9_:]*)(\{[^}]*\})?"
+)
 MATCHER_LABEL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
 BY_LABELS = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 LABEL_VALUES = re.compile(r"label_values\(\s*([^,\s]+)\s*,\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)")
@@ -63,6 +67,11 @@ def rendered() -> dict[str, set[str]]:
                 labels[sample.name] |= set(sample.labels)
     for name in [n for n in labels if n.startswith("vllm:")]:
         labels[_ray_name(name)] = labels[name]
+    # The gateway's mirror in Ray's metrics: the same series prefixed "ray_", each labelled
+    # with its replica (tests/gateway/test_serve_ingress.py checks this on Ray's real port).
+    for name in [n for n in labels if n.startswith("gemma_fleet_gateway_")]:
+        if not name.endswith("_created") and not name.startswith(UNMIRRORED):
+            labels["ray_" + name] = labels[name] | {REPLICA_LABEL}
     return dict(labels)
 
 
@@ -95,19 +104,38 @@ def _autoscaler_metrics() -> str:
     return generate_latest(status.registry).decode()
 
 
+NAMINGS = {
+    "vllm_metrics": ["ray_vllm_", "vllm:"],
+    "gateway_metrics": ["gemma_fleet_gateway_", "ray_gemma_fleet_gateway_"],
+}
+
+
+def _namings(dashboard: dict[str, Any]) -> list[dict[str, str]]:
+    """Every choice of the metric-naming variables (engines', gateway's), one per entry."""
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    choices = []
+    for name, expected in NAMINGS.items():
+        values = [option["value"] for option in variables[name]["options"]]
+        assert sorted(values) == expected, name
+        choices.append([(name, value) for value in values])
+    return [dict(pick) for pick in itertools.product(*choices)]
+
+
+def _substitute(expr: str, naming: dict[str, str]) -> str:
+    """`expr` as Grafana would send it with `naming` chosen, any other variable a wildcard."""
+    for name, value in naming.items():
+        expr = expr.replace("${" + name + "}", value)
+    expr = expr.replace("$__rate_interval", "5m")
+    return re.sub(r"\$\{?[a-z_]+\}?", ".*", expr)
+
+
 def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """(where, PromQL) for every panel target, with each engine-metrics naming chosen in
-    turn and the other variables as Grafana would substitute them."""
-    [naming] = [v for v in dashboard["templating"]["list"] if v["name"] == "vllm_metrics"]
-    prefixes = [option["value"] for option in naming["options"]]
-    assert sorted(prefixes) == ["ray_vllm_", "vllm:"]
+    """(where, PromQL) for every panel target under every metric naming."""
     out = []
     for panel in _panels(dashboard):
         for target in panel.get("targets", []):
-            for prefix in prefixes:
-                expr = target["expr"].replace("${vllm_metrics}", prefix)
-                expr = expr.replace("$__rate_interval", "5m")
-                expr = re.sub(r"\$\{?[a-z_]+\}?", ".*", expr)
+            for naming in _namings(dashboard):
+                expr = _substitute(target["expr"], naming)
                 out.append((f"panel {panel['title']!r} {target['refId']}", expr))
     return out
 
@@ -159,10 +187,11 @@ def test_every_queried_metric_and_label_is_rendered(rendered: dict[str, set[str]
 
 def test_a_renamed_metric_or_label_is_caught(rendered: dict[str, set[str]]) -> None:
     text = DASHBOARD.read_text()
-    assert "gemma_fleet_gateway_time_to_first_token_seconds_bucket" in text
+    assert "${gateway_metrics}time_to_first_token_seconds_bucket" in text
     renamed = json.loads(text.replace("time_to_first_token_seconds_bucket", "ttft_bucket"))
     found = _problems(renamed, rendered)
     assert any("no metric gemma_fleet_gateway_ttft_bucket" in p for p in found)
+    assert any("no metric ray_gemma_fleet_gateway_ttft_bucket" in p for p in found)
     assert any("no metric vllm:ttft_bucket" in p for p in found)
     assert any("no metric ray_vllm_ttft_bucket" in p for p in found)
     relabelled = json.loads(text.replace("model_name=~", "served_model=~"))
@@ -170,8 +199,16 @@ def test_a_renamed_metric_or_label_is_caught(rendered: dict[str, set[str]]) -> N
 
 
 def test_template_variables_read_rendered_labels(rendered: dict[str, set[str]]) -> None:
-    for variable in _dashboard()["templating"]["list"]:
+    dashboard = _dashboard()
+    variables = dashboard["templating"]["list"]
+    for variable in variables:
         if variable["type"] != "query":
             continue
-        [(name, label)] = LABEL_VALUES.findall(variable["query"]["query"])
-        assert label in rendered.get(name, set()), f"${variable['name']}: {name} has no {label}"
+        # Grafana resolves a variable only from those listed before it.
+        earlier = {v["name"] for v in variables[: variables.index(variable)]}
+        used = set(re.findall(r"\$\{(\w+)\}", variable["query"]["query"]))
+        assert used <= earlier, f"${variable['name']} uses {used - earlier} before they exist"
+        for naming in _namings(dashboard):
+            query = _substitute(variable["query"]["query"], naming)
+            [(name, label)] = LABEL_VALUES.findall(query)
+            assert label in rendered.get(name, set()), f"${variable['name']}: {name} has no {label}"
