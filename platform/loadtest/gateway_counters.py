@@ -3,13 +3,18 @@ set beside what the load test's client saw. A difference means one side miscount
 
 Counters read (platform/gateway/metrics.py): `gemma_fleet_gateway_requests_total{endpoint,
 team,model,pool,status}`, `gemma_fleet_gateway_rejections_total{endpoint,team,status,reason}`,
-`gemma_fleet_gateway_tokens_total{team,model,kind}`.
+`gemma_fleet_gateway_tokens_total{team,model,kind}`. Each gateway replica counts only what it
+served, and a scrape through a load-balanced URL reaches one of them: every exposition names its
+replica (`gemma_fleet_gateway_replica_info`) and says how many run
+(`gemma_fleet_gateway_replicas`), so a reading is summed over all of them.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,6 +25,8 @@ from gemma_fleet.loadtest.records import QUOTA, STOPPED, RequestRecord
 REQUESTS = "gemma_fleet_gateway_requests_total"
 REJECTIONS = "gemma_fleet_gateway_rejections_total"
 TOKENS = "gemma_fleet_gateway_tokens_total"
+REPLICA_INFO = "gemma_fleet_gateway_replica_info"
+REPLICA_COUNT = "gemma_fleet_gateway_replicas"
 
 Labels = tuple[tuple[str, str], ...]
 Sample = tuple[str, Labels]
@@ -27,19 +34,61 @@ Sample = tuple[str, Labels]
 
 def parse_counters(text: str) -> dict[Sample, float]:
     """Every `*_total` sample of an exposition, keyed by name and sorted labels."""
+    return _parse(text)[0]
+
+
+def _parse(text: str) -> tuple[dict[Sample, float], str, int]:
+    """(counters, the replica that rendered `text`, how many replicas it says run: 1 when it
+    does not say, below 1 when it does not know yet)."""
     values: dict[Sample, float] = {}
+    replica, running = "", 1
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name.endswith("_total"):
                 values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return values
+            elif sample.name == REPLICA_INFO:
+                replica = sample.labels.get("gateway_replica", "")
+            elif sample.name == REPLICA_COUNT:
+                running = int(sample.value)
+    return values, replica, running
 
 
-def scrape(root_url: str, timeout_s: float = 10.0) -> dict[Sample, float]:
-    """The counters at `{root_url}/metrics` now (root: the gateway's URL without /v1)."""
-    response = httpx.get(root_url.rstrip("/") + "/metrics", timeout=timeout_s)
-    response.raise_for_status()
-    return parse_counters(response.text)
+@dataclass(frozen=True)
+class Reading:
+    """The gateway's counters summed over the replicas `heard` of the `running` ones."""
+
+    counters: dict[Sample, float]
+    heard: int
+    running: int
+
+    @property
+    def complete(self) -> bool:
+        return self.heard >= self.running
+
+
+def scrape(
+    root_url: str, timeout_s: float = 10.0, *, settle_s: float = 30.0, pause_s: float = 0.1
+) -> Reading:
+    """The counters at `{root_url}/metrics` now (root: the gateway's URL without /v1), summed
+    over every gateway replica: scraped again until each running replica has answered once,
+    or `settle_s` has passed (then the reading says how many it missed)."""
+    answers: dict[str, dict[Sample, float]] = {}
+    running = 0  # not known yet
+    deadline = time.monotonic() + settle_s
+    while True:
+        response = httpx.get(root_url.rstrip("/") + "/metrics", timeout=timeout_s)
+        response.raise_for_status()
+        counters, replica, told = _parse(response.text)
+        answers[replica] = counters
+        running = max(running, told)
+        if (running >= 1 and len(answers) >= running) or time.monotonic() >= deadline:
+            break
+        time.sleep(pause_s)
+    running = max(running, len(answers))
+    summed: Counter[Sample] = Counter()
+    for counters in answers.values():
+        summed.update(counters)
+    return Reading(dict(summed), heard=len(answers), running=running)
 
 
 def delta(before: dict[Sample, float], after: dict[Sample, float]) -> dict[Sample, float]:

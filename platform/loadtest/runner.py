@@ -82,7 +82,7 @@ def _check_up(root_url: str) -> None:
         raise LoadTestError(f"{root_url}/health answers HTTP {status}: is this the gateway?")
 
 
-def _scrape(root_url: str) -> dict[gateway_counters.Sample, float] | None:
+def _scrape(root_url: str) -> gateway_counters.Reading | None:
     try:
         return gateway_counters.scrape(root_url)
     except (httpx.HTTPError, ValueError) as exc:
@@ -151,8 +151,17 @@ def run_loadtest(plan: LoadTestPlan) -> LoadTestResult:
     comparison = None
     note = ""
     if before is not None and after is not None:
-        comparison = gateway_counters.compare(got, gateway_counters.delta(before, after))
-        note = "Counters are the growth of /metrics between the start and the end of the run."
+        grown = gateway_counters.delta(before.counters, after.counters)
+        comparison = gateway_counters.compare(got, grown)
+        note = (
+            "Counters are the growth of /metrics between the start and the end of the run, "
+            f"summed over {after.heard} gateway replica(s)."
+        )
+        if not (before.complete and after.complete):
+            note += (
+                f" Only {min(before.heard, after.heard)} of {after.running} gateway replicas "
+                "answered /metrics in time: the gateway's figures miss the others' share."
+            )
     else:
         note = f"{plan.root_url}/metrics could not be read: no cross-check."
     report = build_report(

@@ -3,10 +3,15 @@ the exposition, so label names and formats are the real ones."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
 
 from gemma_fleet.gateway.metrics import GatewayMetrics
-from gemma_fleet.loadtest.gateway_counters import compare, delta, parse_counters
+from gemma_fleet.loadtest.gateway_counters import REQUESTS, compare, delta, parse_counters, scrape
 from gemma_fleet.loadtest.records import RequestRecord
 
 
@@ -48,3 +53,76 @@ def test_matching_counts_match_and_a_miscount_is_found() -> None:
 def test_requests_cut_short_by_the_test_are_left_out_of_the_comparison() -> None:
     records = [rec("a", "", 0, "stopped_by_load_test"), rec("a", "", 0, "connection")]
     assert compare(records, {}).rows == []
+
+
+class Balanced:
+    """Gateway replicas behind one real HTTP URL, as the serve Service puts them: each scrape
+    is answered by the replica `order` names next (the last one again once it runs out)."""
+
+    def __init__(self, replicas: int) -> None:
+        self.replicas = [GatewayMetrics() for _ in range(replicas)]
+        for replica in self.replicas:
+            replica.gateway_replicas.set(replicas)
+        self.order: list[int] = [0]
+        self.scrapes = 0
+
+    def next_exposition(self) -> bytes:
+        self.scrapes += 1
+        pick = self.order.pop(0) if len(self.order) > 1 else self.order[0]
+        return self.replicas[pick].render()
+
+
+@pytest.fixture
+def balanced() -> Iterator[tuple[Balanced, str]]:
+    gateway = Balanced(2)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = gateway.next_exposition()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield gateway, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def _answer(metrics: GatewayMetrics, team: str, times: int) -> None:
+    for _ in range(times):
+        metrics.answered("chat", team, "gemma-4", "p1", "requested", time.perf_counter())
+
+
+def test_a_reading_through_a_balancer_sums_every_replica(balanced: tuple[Balanced, str]) -> None:
+    gateway, url = balanced
+    _answer(gateway.replicas[0], "a", 3)
+    _answer(gateway.replicas[1], "a", 5)
+    # Replica 1 answers first, twice, before it has read how many replicas run.
+    gateway.replicas[1].gateway_replicas.set(-1)
+    gateway.order = [1, 1, 0]
+    reading = scrape(url, pause_s=0)
+    assert (reading.heard, reading.running, reading.complete) == (2, 2, True)
+    assert gateway.scrapes == 3
+    key = (REQUESTS, (("endpoint", "chat"), ("model", "gemma-4"), ("pool", "p1"),
+                      ("status", "200"), ("team", "a")))  # fmt: skip
+    assert reading.counters[key] == 8
+
+
+def test_a_replica_that_never_answers_makes_the_reading_say_so(
+    balanced: tuple[Balanced, str],
+) -> None:
+    gateway, url = balanced
+    _answer(gateway.replicas[0], "a", 3)
+    gateway.order = [0]  # the balancer never picks replica 1
+    started = time.monotonic()
+    reading = scrape(url, settle_s=0.5, pause_s=0.05)
+    assert time.monotonic() - started < 5
+    assert (reading.heard, reading.running, reading.complete) == (1, 2, False)
+    assert sum(v for (name, _), v in reading.counters.items() if name == REQUESTS) == 3
