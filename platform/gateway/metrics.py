@@ -17,12 +17,15 @@ Each gateway replica counts only what it served, and there are two readers:
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger(__name__)
 
 # Seconds; LLM requests span milliseconds (TTFT) to minutes (long generations).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -38,7 +41,9 @@ UNMIRRORED = (REPLICA_INFO, REPLICA_COUNT)
 
 
 class _Series:
-    """One labelled series, recorded in the registry and, when mirrored, in Ray."""
+    """One labelled series, recorded in the registry and, when mirrored, in Ray. The mirror
+    is a copy for Prometheus: if Ray refuses a record (its worker shutting down), the request
+    being served must not fail for it, so the series logs once and stops mirroring."""
 
     __slots__ = ("_local", "_ray", "_tags")
 
@@ -50,17 +55,24 @@ class _Series:
     def inc(self, amount: float = 1) -> None:
         self._local.inc(amount)
         if self._ray is not None and amount > 0:  # Ray's counters refuse 0
-            self._ray.inc(amount, tags=self._tags)
+            self._mirror("inc", amount)
 
     def set(self, value: float) -> None:
         self._local.set(value)
         if self._ray is not None:
-            self._ray.set(value, tags=self._tags)
+            self._mirror("set", value)
 
     def observe(self, value: float) -> None:
         self._local.observe(value)
         if self._ray is not None:
-            self._ray.observe(value, tags=self._tags)
+            self._mirror("observe", value)
+
+    def _mirror(self, method: str, value: float) -> None:
+        try:
+            getattr(self._ray, method)(value, tags=self._tags)
+        except Exception:
+            log.warning("Ray refused a metric record; not mirroring %s", self._tags, exc_info=True)
+            self._ray = None
 
 
 class _Metric:
@@ -75,6 +87,8 @@ class _Metric:
         self._labels = tuple(labels)
         # Label values are bounded (see GatewayMetrics), so is this.
         self._series: dict[tuple[str, ...], _Series] = {}
+        if not self._labels:  # the family is its only series
+            self._series[()] = _Series(local, ray, {})
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -93,10 +107,10 @@ class _Metric:
         return found
 
     def inc(self, amount: float = 1) -> None:
-        _Series(self._local, self._ray, {}).inc(amount)
+        self.labels().inc(amount)
 
     def set(self, value: float) -> None:
-        _Series(self._local, self._ray, {}).set(value)
+        self.labels().set(value)
 
 
 class GatewayMetrics:
