@@ -505,6 +505,15 @@ def test_monitoring_and_dashboard(case: tuple[dict[str, Any], Rendered]) -> None
             )
             named = [p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])]
             assert endpoint["port"] in named
+    # The alerts ship as the rule file, unchanged ({{ $labels }} left for Prometheus).
+    rules = out.all("PrometheusRule")
+    assert bool(rules) == obs["prometheusRule"]["enabled"]
+    for rule in rules:
+        shipped = yaml.safe_load(
+            (CHART / "files" / "alerts" / "gemma-fleet.rules.yaml").read_text()
+        )
+        assert rule["spec"] == shipped
+        assert rule["metadata"]["labels"].items() >= obs["prometheusRule"]["labels"].items()
     (dashboard,) = [c for c in out.all("ConfigMap") if "gemma-fleet.json" in c["data"]]
     assert json.loads(dashboard["data"]["gemma-fleet.json"])["panels"]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"

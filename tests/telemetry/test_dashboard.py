@@ -1,7 +1,8 @@
-"""The Grafana dashboard the Helm chart ships: well-formed, and every metric and label its
-queries use is one the gateway, the engines and the autoscaler really render, so renaming a
-metric (or a label) without updating the dashboard fails here instead of leaving an empty
-panel."""
+"""The Grafana dashboard and the alerting rules the Helm chart ships: well-formed, and every
+metric and label their queries use is one the gateway, the engines and the autoscaler really
+render, so renaming a metric (or a label) without updating them fails here instead of leaving
+an empty panel or an alert that can never fire. No Prometheus runs here: what an expression
+computes is not evaluated, only what it names."""
 
 from __future__ import annotations
 
@@ -9,15 +10,20 @@ import itertools
 import json
 import re
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gemma_fleet.gateway.metrics import REPLICA_LABEL, UNMIRRORED
 from gemma_fleet.telemetry.dashboards import DASHBOARD
 
 from .simulated_fleet import serve
+
+REPO = Path(__file__).resolve().parents[2]
+ALERT_RULES = REPO / "helm" / "gemma-fleet" / "files" / "alerts" / "gemma-fleet.rules.yaml"
 
 METRIC = re.compile(
     r"((?:gemma_fleet_|ray_gemma_fleet_|vllm:|ray_vllm_)[A-Za-z0-9_:]*)(\{[^}]*\})?"
@@ -162,8 +168,13 @@ def test_dashboard_is_well_formed() -> None:
 
 def _problems(dashboard: dict[str, Any], rendered: dict[str, set[str]]) -> list[str]:
     """What in `dashboard`'s queries does not exist in `rendered`."""
+    return _unrendered(_queries(dashboard), rendered)
+
+
+def _unrendered(queries: list[tuple[str, str]], rendered: dict[str, set[str]]) -> list[str]:
+    """What in `queries` ((where, PromQL) pairs) does not exist in `rendered`."""
     problems = []
-    for where, expr in _queries(dashboard):
+    for where, expr in queries:
         used: set[str] = set()
         for name, selector in METRIC.findall(expr):
             if name not in rendered:
@@ -212,3 +223,30 @@ def test_template_variables_read_rendered_labels(rendered: dict[str, set[str]]) 
             query = _substitute(variable["query"]["query"], naming)
             [(name, label)] = LABEL_VALUES.findall(query)
             assert label in rendered.get(name, set()), f"${variable['name']}: {name} has no {label}"
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    loaded = yaml.safe_load(ALERT_RULES.read_text())
+    return [rule for group in loaded["groups"] for rule in group["rules"]]
+
+
+def test_alert_rules_are_well_formed() -> None:
+    rules = _alert_rules()
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names)), "alert names must be unique"
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations"}, rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert "for" not in rule or re.fullmatch(r"[0-9]+[smh]", rule["for"]), rule["alert"]
+
+
+def test_every_alert_names_rendered_metrics_and_labels(rendered: dict[str, set[str]]) -> None:
+    queries = [(f"alert {r['alert']}", r["expr"]) for r in _alert_rules()]
+    problems = _unrendered(queries, rendered)
+    assert not problems, "\n".join(problems)
+    # The gateway's series are read where the chart's PodMonitor finds them: Ray's port.
+    gateway = [q for q in queries if "gemma_fleet_gateway_" in q[1]]
+    assert gateway and all("ray_gemma_fleet_gateway_" in expr for _, expr in gateway)
+    relabelled = [(w, e.replace("result=", "outcome=")) for w, e in queries]
+    assert any("has no label outcome" in p for p in _unrendered(relabelled, rendered))
