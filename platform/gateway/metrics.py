@@ -118,7 +118,7 @@ class GatewayMetrics:
     ones an administrator created (an unauthenticated request has team "").
 
     `mirror_to_ray` (inside a Ray Serve replica) also records every request metric in Ray's
-    metrics, at about 3.6 us a record (benchmarks/gateway_metrics)."""
+    metrics, at about 3 us a record (benchmarks/gateway_metrics)."""
 
     def __init__(self, *, mirror_to_ray: bool = False) -> None:
         self.registry = CollectorRegistry()
