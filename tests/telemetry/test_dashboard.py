@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
@@ -250,3 +251,19 @@ def test_every_alert_names_rendered_metrics_and_labels(rendered: dict[str, set[s
     assert gateway and all("ray_gemma_fleet_gateway_" in expr for _, expr in gateway)
     relabelled = [(w, e.replace("result=", "outcome=")) for w, e in queries]
     assert any("has no label outcome" in p for p in _unrendered(relabelled, rendered))
+
+
+def test_every_query_and_alert_is_valid_promql() -> None:
+    """Parsed and type-checked as PromQL (promql-parser, a port of Prometheus's parser): a
+    typo or a range where a vector belongs fails here, not in Grafana or in Prometheus's rule
+    loader."""
+    queries = _queries(_dashboard()) + [(f"alert {r['alert']}", r["expr"]) for r in _alert_rules()]
+    problems = []
+    for where, expr in queries:
+        try:
+            promql_parser.parse(expr)
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}: {expr}")
+    assert not problems, "\n".join(problems)
+    with pytest.raises(ValueError, match="expected type matrix"):
+        promql_parser.parse("sum(rate(ray_gemma_fleet_gateway_requests_total))")
