@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gemma_fleet.autoscaler.demand_file import SloSpec
+from gemma_fleet.autoscaler.plan import Slo
 from gemma_fleet.config_file import load_model
 
 
@@ -122,6 +124,19 @@ class ControllerSettings(BaseModel):
         250.0, gt=0, description="mean output length when no engine metrics say otherwise"
     )
     smoothing: SmoothingSettings = SmoothingSettings()
+    slo: SloSpec = Field(
+        SloSpec(),
+        description="latency every replica must hold at the load the plan gives it (p95 time "
+        "to first token and per output token): a pool's capacity is the rate one replica "
+        "sustains within it, so a tighter SLO plans more replicas",
+    )
+    model_slos: dict[str, SloSpec] = Field(
+        {}, description="per catalog model (e.g. gemma-4-E4B), in place of `slo`"
+    )
+
+    def slo_for(self, model: str) -> Slo:
+        """The SLO `model`'s pools are planned for."""
+        return self.model_slos.get(model, self.slo).to_slo()
 
     @model_validator(mode="after")
     def _scale_down_fits_step(self) -> ControllerSettings:

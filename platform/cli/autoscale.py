@@ -21,7 +21,7 @@ import typer
 
 from gemma_fleet.autoscaler.actuators import Actuator, ActuatorError, FleetState, InMemoryActuator
 from gemma_fleet.autoscaler.controller import Controller, StepReport, nodes_for
-from gemma_fleet.autoscaler.plan import ModelDemand, Slo
+from gemma_fleet.autoscaler.plan import ModelDemand
 from gemma_fleet.autoscaler.settings import ControllerSettings, SettingsError, load_settings
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.deployments.pools import FleetError, FleetSpec, load_fleet
@@ -44,7 +44,7 @@ class ActuatorKind(StrEnum):
 
 
 def make_planner(fleet: FleetSpec, settings: ControllerSettings) -> IncumbentPlanner:
-    """The exact planner (autoscaler/planner.py) bound to `fleet`, with the default SLO, told
+    """The exact planner (autoscaler/planner.py) bound to `fleet` and the settings' SLOs, told
     the running replicas so it keeps a layout within `settings.incumbent_tolerance` of the
     optimum (autoscaler/incumbent.py).
 
@@ -56,9 +56,10 @@ def make_planner(fleet: FleetSpec, settings: ControllerSettings) -> IncumbentPla
 
     # Simulated capacities are cached on disk: a restart does not re-simulate every pool.
     capacity = CapacityModel(cache_path=default_cache_path())
+    slos = {pool.model: settings.slo_for(pool.model) for pool in fleet.model_pools}
 
     def problem(demand: Mapping[str, ModelDemand]) -> Problem:
-        return problem_for(fleet, demand, Slo(), capacity, headroom=1.0)
+        return problem_for(fleet, demand, slos, capacity, headroom=1.0)
 
     return IncumbentPlanner(problem, settings.incumbent_tolerance)
 
@@ -168,6 +169,12 @@ def autoscale_command(
         settings = load_settings(settings_file) if settings_file else ControllerSettings()
     except SettingsError as exc:
         raise CliError(str(exc)) from exc
+    served = {p.model for p in spec.model_pools}
+    if unknown := sorted(set(settings.model_slos) - served):
+        raise CliError(
+            f"settings model_slos: {', '.join(unknown)} is not served by any pool of the fleet "
+            f"(it serves {', '.join(sorted(served))})"
+        )
     if interval is not None:
         if interval <= 0:
             raise CliError(f"--interval {interval}: must be positive")

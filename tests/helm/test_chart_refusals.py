@@ -100,6 +100,12 @@ def test_missing_admin_secret_is_refused(render: Render) -> None:
     assert "admin: missing admin secret: set admin.existingSecret" in err
 
 
+def test_an_slo_for_a_model_no_pool_serves_is_refused(render: Render) -> None:
+    settings = {"model_slos": {"gemma-4-E9B": {"ttft_p95_s": 1.0}}}
+    err = _refusal(render, {"autoscaler": {"enabled": True, "settings": settings}})
+    assert 'autoscaler.settings.model_slos.gemma-4-E9B: no model pool serves "gemma-4-E9B"' in err
+
+
 def test_external_redis_without_url_is_refused(render: Render) -> None:
     err = _refusal(render, {"redis": {"enabled": False}})
     assert "redis.external.url: required when redis.enabled is false" in err

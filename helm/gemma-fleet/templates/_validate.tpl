@@ -29,9 +29,11 @@ secrets. Every problem is reported at once, one line each, named by its values p
   {{- end }}
 {{- end }}
 {{- $poolNames := dict }}
+{{- $served := dict }}
 {{- $gpusUsed := dict }}
 {{- range $mp := $fleet.model_pools }}
   {{- $where := printf "fleet.model_pools[%s]" $mp.name }}
+  {{- $_ := set $served (toString $mp.model) true }}
   {{- if hasKey $poolNames $mp.name }}
     {{- $errors = append $errors (printf "%s.name: two model pools are called %q; names must be unique" $where $mp.name) }}
   {{- end }}
@@ -101,6 +103,13 @@ secrets. Every problem is reported at once, one line each, named by its values p
   {{- $have := mul (int $np.max_nodes) (int $np.gpus_per_node) }}
   {{- if gt (int $gpus) (int $have) }}
     {{- $errors = append $errors (printf "fleet.node_pools[%s].max_nodes: the starting replicas of its model pools need %d GPUs; %d nodes of %d GPUs hold %d" $name (int $gpus) (int $np.max_nodes) (int $np.gpus_per_node) (int $have)) }}
+  {{- end }}
+{{- end }}
+{{- if .Values.autoscaler.enabled }}
+  {{- range $model, $_ := (default dict (default dict .Values.autoscaler.settings).model_slos) }}
+    {{- if not (hasKey $served $model) }}
+      {{- $errors = append $errors (printf "autoscaler.settings.model_slos.%s: no model pool serves %q (served: %s)" $model $model (keys $served | sortAlpha | join ", ")) }}
+    {{- end }}
   {{- end }}
 {{- end }}
 {{- range $alias, $targets := (default dict $fleet.aliases) }}
