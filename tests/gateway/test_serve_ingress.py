@@ -196,6 +196,9 @@ def test_prometheus_reads_each_gateway_replica_once_from_rays_metrics_port(
         if name == "gemma_fleet_gateway_requests_total" and ("model", "gemma-4") in labels
     )
     assert served >= 12
-    gauges = [line for line in ray_text.splitlines() if line.startswith("ray_gemma_fleet")]
-    in_flight = [g for g in gauges if g.startswith("ray_gemma_fleet_gateway_in_flight_requests{")]
+    in_flight = [
+        line
+        for line in ray_text.splitlines()
+        if line.startswith("ray_gemma_fleet_gateway_in_flight_requests{")
+    ]
     assert len(in_flight) == GATEWAY_REPLICAS * 2  # per replica, per pool

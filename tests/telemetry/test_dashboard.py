@@ -138,10 +138,11 @@ def _substitute(expr: str, naming: dict[str, str]) -> str:
 
 def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     """(where, PromQL) for every panel target under every metric naming."""
+    namings = _namings(dashboard)
     out = []
     for panel in _panels(dashboard):
         for target in panel.get("targets", []):
-            for naming in _namings(dashboard):
+            for naming in namings:
                 expr = _substitute(target["expr"], naming)
                 out.append((f"panel {panel['title']!r} {target['refId']}", expr))
     return out
@@ -212,15 +213,16 @@ def test_a_renamed_metric_or_label_is_caught(rendered: dict[str, set[str]]) -> N
 
 def test_template_variables_read_rendered_labels(rendered: dict[str, set[str]]) -> None:
     dashboard = _dashboard()
+    namings = _namings(dashboard)
     variables = dashboard["templating"]["list"]
-    for variable in variables:
+    for position, variable in enumerate(variables):
         if variable["type"] != "query":
             continue
         # Grafana resolves a variable only from those listed before it.
-        earlier = {v["name"] for v in variables[: variables.index(variable)]}
+        earlier = {v["name"] for v in variables[:position]}
         used = set(re.findall(r"\$\{(\w+)\}", variable["query"]["query"]))
         assert used <= earlier, f"${variable['name']} uses {used - earlier} before they exist"
-        for naming in _namings(dashboard):
+        for naming in namings:
             query = _substitute(variable["query"]["query"], naming)
             [(name, label)] = LABEL_VALUES.findall(query)
             assert label in rendered.get(name, set()), f"${variable['name']}: {name} has no {label}"
@@ -229,6 +231,11 @@ def test_template_variables_read_rendered_labels(rendered: dict[str, set[str]]) 
 def _alert_rules() -> list[dict[str, Any]]:
     loaded = yaml.safe_load(ALERT_RULES.read_text())
     return [rule for group in loaded["groups"] for rule in group["rules"]]
+
+
+def _alert_queries() -> list[tuple[str, str]]:
+    """(where, PromQL) for every alert rule."""
+    return [(f"alert {r['alert']}", r["expr"]) for r in _alert_rules()]
 
 
 def test_alert_rules_are_well_formed() -> None:
@@ -243,7 +250,7 @@ def test_alert_rules_are_well_formed() -> None:
 
 
 def test_every_alert_names_rendered_metrics_and_labels(rendered: dict[str, set[str]]) -> None:
-    queries = [(f"alert {r['alert']}", r["expr"]) for r in _alert_rules()]
+    queries = _alert_queries()
     problems = _unrendered(queries, rendered)
     assert not problems, "\n".join(problems)
     # The gateway's series are read where the chart's PodMonitor finds them: Ray's port.
@@ -257,7 +264,7 @@ def test_every_query_and_alert_is_valid_promql() -> None:
     """Parsed and type-checked as PromQL (promql-parser, a port of Prometheus's parser): a
     typo or a range where a vector belongs fails here, not in Grafana or in Prometheus's rule
     loader."""
-    queries = _queries(_dashboard()) + [(f"alert {r['alert']}", r["expr"]) for r in _alert_rules()]
+    queries = _queries(_dashboard()) + _alert_queries()
     problems = []
     for where, expr in queries:
         try:
