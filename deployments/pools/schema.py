@@ -79,6 +79,19 @@ class SimulatorOptions(Strict):
 
     speedup: float = Field(1.0, gt=0, description="simulated seconds per wall-clock second")
     seed: int = 0
+    # Natural answer length in tokens, drawn per request (then capped by its max_tokens): shapes
+    # how long requests stay in flight, e.g. to resemble a team's traffic in a load test.
+    answer_tokens_min: int = Field(16, ge=1)
+    answer_tokens_max: int = Field(256, ge=1)
+
+    @model_validator(mode="after")
+    def _answer_range(self) -> SimulatorOptions:
+        if self.answer_tokens_min > self.answer_tokens_max:
+            raise ValueError(
+                f"answer_tokens_min {self.answer_tokens_min} exceeds "
+                f"answer_tokens_max {self.answer_tokens_max}"
+            )
+        return self
 
 
 class ModelPool(Strict):

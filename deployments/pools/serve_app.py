@@ -87,6 +87,8 @@ def simulator_config(pool: ModelPool, node_pool: NodePool) -> SimulatorConfig:
         enable_prefix_caching=pool.enable_prefix_caching,
         speedup=pool.simulator.speedup,
         seed=pool.simulator.seed,
+        answer_tokens_min=pool.simulator.answer_tokens_min,
+        answer_tokens_max=pool.simulator.answer_tokens_max,
     )
 
 

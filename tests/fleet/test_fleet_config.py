@@ -166,6 +166,13 @@ def test_replicas_out_of_order_are_refused() -> None:
     assert "model_pools[small].replicas" in msg and "min 3 exceeds max 2" in msg
 
 
+def test_simulated_answer_lengths_out_of_order_are_refused() -> None:
+    simulator = {"answer_tokens_min": 600, "answer_tokens_max": 400}
+    msg = refusal(fleet_with(small={"simulator": simulator}))
+    assert "model_pools[small].simulator" in msg
+    assert "answer_tokens_min 600 exceeds answer_tokens_max 400" in msg
+
+
 def test_starting_replicas_must_fit_max_nodes() -> None:
     msg = refusal(fleet_with(big={"replicas": {"min": 2, "max": 3, "initial": 3}}))
     assert "node_pools[h100].max_nodes" in msg and "need 3 nodes" in msg

@@ -31,6 +31,13 @@ def test_simulated_pool_imitates_its_gpu_and_asks_for_its_gpus() -> None:
     assert "engine_cls" in bind_kwargs
 
 
+def test_a_simulated_pool_draws_its_answer_lengths_from_the_fleet_file() -> None:
+    options = BIG.simulator.model_copy(update={"answer_tokens_min": 400, "answer_tokens_max": 600})
+    config, _ = simulator_pool_config(BIG.model_copy(update={"simulator": options}), H100)
+    simulated = config.experimental_configs["gemma_fleet_simulator"]
+    assert (simulated["answer_tokens_min"], simulated["answer_tokens_max"]) == (400, 600)
+
+
 def test_a_pool_starts_its_replicas_and_leaves_scaling_to_our_autoscaler() -> None:
     config = deployment_config(BIG)
     assert config["num_replicas"] == BIG.replicas.start
