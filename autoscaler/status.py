@@ -6,7 +6,9 @@ wants, the demand it plans for, and whether its steps succeed. `ControllerStatus
 from each step's report (controller.StepReport) in its own registry, and `serve_status` puts
 it on a small HTTP server beside the loop:
 
-- `GET /metrics`: Prometheus text, every series named `gemma_fleet_autoscaler_*`;
+- `GET /metrics`: Prometheus text, every series named `gemma_fleet_autoscaler_*`, among them
+  the latency objectives each pool is sized for (`..._slo_*_seconds`), so an alert compares
+  what users see at the gateway with them and the rule file keeps no copy of the settings;
 - `GET /healthz`: 200 while steps keep finishing, 503 once none has finished for
   `stale_after_s` (a hung API call or scrape), which a liveness probe turns into a restart.
   A failing step still finishes: restarting does not mend a broken API server, so failures
@@ -28,6 +30,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gemma_fleet.autoscaler.actuators import FleetState
 from gemma_fleet.autoscaler.controller import StepReport, nodes_for
+from gemma_fleet.autoscaler.plan import Slo
 from gemma_fleet.deployments.pools import FleetSpec
 
 PREFIX = "gemma_fleet_autoscaler_"
@@ -63,13 +66,16 @@ def fleet_cost_per_hour(fleet: FleetSpec, state: FleetState) -> float:
 
 
 class ControllerStatus:
-    """The autoscaler's own metrics and liveness, fed one step report at a time."""
+    """The autoscaler's own metrics and liveness, fed one step report at a time. `slos`:
+    the objectives the planner holds each catalog model to (settings.slo_for), published
+    per pool; models it does not name publish none."""
 
     def __init__(
         self,
         fleet: FleetSpec,
         *,
         stale_after_s: float,
+        slos: Mapping[str, Slo] | None = None,
         dry_run: bool = False,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -137,6 +143,7 @@ class ControllerStatus:
         )
         for result in StepResult:
             self.steps.labels(result)  # every outcome reads 0 before it first happens
+        self._publish_slos(slos or {})
 
     def record(self, report: StepReport) -> None:
         """Take in a finished step's report."""
@@ -181,6 +188,24 @@ class ControllerStatus:
             True,
             f"ok: {steps} step{'s' if steps > 1 else ''} finished, the last {age:.0f} s ago",
         )
+
+    def _publish_slos(self, slos: Mapping[str, Slo]) -> None:
+        ttft = Gauge(
+            PREFIX + "slo_ttft_p95_seconds",
+            "p95 time to first token each pool is sized to hold (settings slo / model_slos)",
+            ["pool", "model"],
+            registry=self.registry,
+        )
+        tpot = Gauge(
+            PREFIX + "slo_tpot_p95_seconds",
+            "p95 time per output token each pool is sized to hold (settings slo / model_slos)",
+            ["pool", "model"],
+            registry=self.registry,
+        )
+        for pool in self.fleet.model_pools:
+            if (slo := slos.get(pool.model)) is not None:
+                ttft.labels(pool.name, pool.model).set(slo.ttft_p95_s)
+                tpot.labels(pool.name, pool.model).set(slo.tpot_p95_s)
 
     def _set_state(self, state: str, fleet_state: FleetState) -> None:
         for pool, n in fleet_state.replicas.items():

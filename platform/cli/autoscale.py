@@ -109,7 +109,10 @@ def _serve_status(
     from gemma_fleet.autoscaler.status import ControllerStatus, serve_status, stale_after
 
     status = ControllerStatus(
-        fleet, stale_after_s=stale_after(settings.interval_s), dry_run=dry_run
+        fleet,
+        stale_after_s=stale_after(settings.interval_s),
+        slos={p.model: settings.slo_for(p.model) for p in fleet.model_pools},
+        dry_run=dry_run,
     )
     try:
         serve_status(status, port)

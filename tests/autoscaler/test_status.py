@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gemma_fleet.autoscaler.actuators import FleetState, InMemoryActuator
 from gemma_fleet.autoscaler.controller import Controller, StepReport
 from gemma_fleet.autoscaler.metrics_source import MetricsError
-from gemma_fleet.autoscaler.plan import ModelDemand, Plan
+from gemma_fleet.autoscaler.plan import ModelDemand, Plan, Slo
 from gemma_fleet.autoscaler.settings import ControllerSettings
 from gemma_fleet.autoscaler.status import PREFIX, ControllerStatus, serve_status
 from gemma_fleet.deployments.pools import default_fleet_path, load_fleet
@@ -124,6 +124,30 @@ def test_metrics_say_what_the_fleet_costs_and_what_the_autoscaler_wants(
     assert sample(found, "demand_requests_per_second", model="gemma-4-E2B", kind="forecast") == 8
     assert sample(found, "last_step_timestamp_seconds") == 1.7e9
     assert sample(found, "dry_run") == 0
+
+
+def test_each_pool_publishes_the_objectives_it_is_sized_for() -> None:
+    tight = Slo(ttft_p95_s=1.0, tpot_p95_s=0.05)
+    slos = {"gemma-4-E4B": tight, "gemma-4-31B": Slo()}  # the other two models: none given
+    status = ControllerStatus(FLEET, stale_after_s=900, slos=slos)
+    server = serve_status(status, 0, host="127.0.0.1")
+    try:
+        found = samples(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    published = {
+        (dict(labels)["pool"], name.removeprefix(PREFIX)): value
+        for (name, labels), value in found.items()
+        if name.startswith(PREFIX + "slo_")
+    }
+    assert published == {
+        ("gemma-4-e4b", "slo_ttft_p95_seconds"): 1.0,
+        ("gemma-4-e4b", "slo_tpot_p95_seconds"): 0.05,
+        ("gemma-4-31b", "slo_ttft_p95_seconds"): 2.0,
+        ("gemma-4-31b", "slo_tpot_p95_seconds"): 0.1,
+    }
+    assert sample(found, "slo_ttft_p95_seconds", pool="gemma-4-e4b", model="gemma-4-E4B") == 1.0
 
 
 def test_a_wanted_change_in_dry_run_is_counted_as_such(
@@ -239,10 +263,12 @@ def test_autoscale_serves_its_status_while_it_runs(gateway_metrics: str, tmp_pat
     assert EXE is not None, "gemma-fleet is not installed next to this interpreter"
     port = free_port()
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("model_slos:\n  gemma-4-E4B: {ttft_p95_s: 1.0, tpot_p95_s: 0.05}\n")
     args = ["autoscale", "--fleet", str(default_fleet_path()), "--metrics-url", gateway_metrics]
     # A long interval: the first step only scrapes (rates need two scrapes), so nothing is
     # planned and nothing simulated; the status must still say the loop is alive.
-    args += ["--interval", "300", "--status-port", str(port)]
+    args += ["--interval", "300", "--status-port", str(port), "--settings", str(settings)]
     proc = subprocess.Popen(
         [EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -261,6 +287,13 @@ def test_autoscale_serves_its_status_while_it_runs(gateway_metrics: str, tmp_pat
         assert proc.poll() is None, proc.communicate()[1]
         assert sample(found, "steps_total", result="waiting") == 1
         assert sample(found, "replicas", pool="gemma-4-31b", state="observed") == 1
+        # Objectives from the settings file: E4B's own, the default for the others.
+        e4b = {"pool": "gemma-4-e4b", "model": "gemma-4-E4B"}
+        e2b = {"pool": "gemma-4-e2b", "model": "gemma-4-E2B"}
+        assert sample(found, "slo_ttft_p95_seconds", **e4b) == 1.0
+        assert sample(found, "slo_tpot_p95_seconds", **e4b) == 0.05
+        assert sample(found, "slo_ttft_p95_seconds", **e2b) == 2.0
+        assert sample(found, "slo_tpot_p95_seconds", **e2b) == 0.1
         health = httpx.get(f"{base}/healthz")
         assert health.status_code == 200 and health.text.startswith("ok: 1 step finished")
     finally:
