@@ -1,4 +1,5 @@
-"""Tracing on in this test process, into the OTel SDK's in-memory exporter.
+"""Tracing on in this test process, into the OTel SDK's in-memory exporter, and the metric
+names the fleet's parts really render (rendered.py), for the dashboard and alert checks.
 
 The global TracerProvider can be set once per process, so it is set once for the session (or,
 when something installed an SDK provider first, the exporter joins that one) and each test
@@ -15,6 +16,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gemma_fleet.telemetry import configure_tracing
+
+from .rendered import rendered_metrics
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -41,3 +44,10 @@ def spans(_tracing_on: None) -> Iterator[InMemorySpanExporter]:
     _EXPORTER.clear()
     yield _EXPORTER
     _EXPORTER.clear()
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, set[str]]:
+    """Sample name -> label names the gateway, a simulated engine and the autoscaler render
+    (and their names through Ray's metrics agent)."""
+    return rendered_metrics()

@@ -1,27 +1,23 @@
 """The Grafana dashboard and the alerting rules the Helm chart ships: well-formed, and every
 metric and label their queries use is one the gateway, the engines and the autoscaler really
 render, so renaming a metric (or a label) without updating them fails here instead of leaving
-an empty panel or an alert that can never fire. No Prometheus runs here: what an expression
-computes is not evaluated, only what it names."""
+an empty panel or an alert that can never fire. Here only what an expression names is
+checked; what the alerts compute is evaluated by Prometheus's rule engine in
+test_alert_rules.py."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import re
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import promql_parser
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from gemma_fleet.gateway.metrics import REPLICA_LABEL, UNMIRRORED
 from gemma_fleet.telemetry.dashboards import DASHBOARD
-
-from .simulated_fleet import serve
 
 REPO = Path(__file__).resolve().parents[2]
 ALERT_RULES = REPO / "helm" / "gemma-fleet" / "files" / "alerts" / "gemma-fleet.rules.yaml"
@@ -45,70 +41,6 @@ def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
         panels.append(panel)
         panels.extend(panel.get("panels", []))  # collapsed rows hold theirs
     return panels
-
-
-def _ray_name(vllm_name: str) -> str:
-    """The name Prometheus sees for a vLLM metric exported through Ray's metrics agent (Ray
-    Serve LLM): vLLM's Ray wrapper turns every character outside [A-Za-z0-9_] into "_"
-    (vllm/v1/metrics/ray_wrappers.py) and Ray prefixes "ray_"."""
-    return "ray_" + re.sub(r"[^a-zA-Z0-9_]", "_", vllm_name)
-
-
-@pytest.fixture(scope="module")
-def rendered() -> dict[str, set[str]]:
-    """Every sample name the gateway and a simulated engine render after real traffic (an
-    answer, a stream, a refusal), with the label names each carries."""
-    chat = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
-    served = serve(
-        [
-            {**chat, "model": "small"},
-            {**chat, "model": "big", "stream": True},
-            {**chat, "model": "no-such-model"},
-        ]
-    )
-    assert [r.status_code for r in served.responses] == [200, 200, 404]
-    labels: dict[str, set[str]] = defaultdict(set)
-    for text in (served.gateway_metrics, *served.engine_metrics.values(), _autoscaler_metrics()):
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels[sample.name] |= set(sample.labels)
-    for name in [n for n in labels if n.startswith("vllm:")]:
-        labels[_ray_name(name)] = labels[name]
-    # The gateway's mirror in Ray's metrics: the same series prefixed "ray_", each labelled
-    # with its replica (tests/gateway/test_serve_ingress.py checks this on Ray's real port).
-    for name in [n for n in labels if n.startswith("gemma_fleet_gateway_")]:
-        if not name.endswith("_created") and not name.startswith(UNMIRRORED):
-            labels["ray_" + name] = labels[name] | {REPLICA_LABEL}
-    return dict(labels)
-
-
-def _autoscaler_metrics() -> str:
-    """What the autoscaler's --status-port renders after a step that changed the fleet."""
-    from prometheus_client import generate_latest
-
-    from gemma_fleet.autoscaler.actuators import FleetState
-    from gemma_fleet.autoscaler.controller import StepReport
-    from gemma_fleet.autoscaler.plan import ModelDemand, Plan
-    from gemma_fleet.autoscaler.status import ControllerStatus
-    from gemma_fleet.deployments.pools import default_fleet_path, load_fleet
-
-    fleet = load_fleet(default_fleet_path())
-    now = {p.name: 1 for p in fleet.model_pools}
-    wanted = {**now, fleet.model_pools[0].name: 2}
-    status = ControllerStatus(fleet, stale_after_s=900)
-    demand = {fleet.model_pools[0].model: ModelDemand(3.0, 1000, 250)}
-    status.record(
-        StepReport(
-            at=0.0,
-            observed=FleetState(now),
-            desired=FleetState(wanted),
-            demand=demand,
-            forecast=demand,
-            plan=Plan(wanted, {}, 10.0),
-            applied=True,
-        )
-    )
-    return generate_latest(status.registry).decode()
 
 
 NAMINGS = {
