@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import dashboard_queries as board
 import promql_parser
 import pytest
 import yaml
@@ -28,19 +29,6 @@ METRIC = re.compile(
 MATCHER_LABEL = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
 BY_LABELS = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
 LABEL_VALUES = re.compile(r"label_values\(\s*([^,\s]+)\s*,\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)")
-
-
-def _dashboard() -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
-    return loaded
-
-
-def _panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
-    panels = []
-    for panel in dashboard["panels"]:
-        panels.append(panel)
-        panels.extend(panel.get("panels", []))  # collapsed rows hold theirs
-    return panels
 
 
 NAMINGS = {
@@ -60,29 +48,21 @@ def _namings(dashboard: dict[str, Any]) -> list[dict[str, str]]:
     return [dict(pick) for pick in itertools.product(*choices)]
 
 
-def _substitute(expr: str, naming: dict[str, str]) -> str:
-    """`expr` as Grafana would send it with `naming` chosen, any other variable a wildcard."""
-    for name, value in naming.items():
-        expr = expr.replace("${" + name + "}", value)
-    expr = expr.replace("$__rate_interval", "5m")
-    return re.sub(r"\$\{?[a-z_]+\}?", ".*", expr)
-
-
 def _queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     """(where, PromQL) for every panel target under every metric naming."""
     namings = _namings(dashboard)
     out = []
-    for panel in _panels(dashboard):
+    for panel in board.panels(dashboard):
         for target in panel.get("targets", []):
             for naming in namings:
-                expr = _substitute(target["expr"], naming)
+                expr = board.substitute(target["expr"], naming)
                 out.append((f"panel {panel['title']!r} {target['refId']}", expr))
     return out
 
 
 def test_dashboard_is_well_formed() -> None:
-    dashboard = _dashboard()
-    panels = _panels(dashboard)
+    dashboard = board.dashboard()
+    panels = board.panels(dashboard)
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     assert all(p.get("title", "").strip() for p in panels), "every panel needs a title"
@@ -126,7 +106,7 @@ def _unrendered(queries: list[tuple[str, str]], rendered: dict[str, set[str]]) -
 
 
 def test_every_queried_metric_and_label_is_rendered(rendered: dict[str, set[str]]) -> None:
-    problems = _problems(_dashboard(), rendered)
+    problems = _problems(board.dashboard(), rendered)
     assert not problems, "\n".join(problems)
 
 
@@ -144,7 +124,7 @@ def test_a_renamed_metric_or_label_is_caught(rendered: dict[str, set[str]]) -> N
 
 
 def test_template_variables_read_rendered_labels(rendered: dict[str, set[str]]) -> None:
-    dashboard = _dashboard()
+    dashboard = board.dashboard()
     namings = _namings(dashboard)
     variables = dashboard["templating"]["list"]
     for position, variable in enumerate(variables):
@@ -155,7 +135,7 @@ def test_template_variables_read_rendered_labels(rendered: dict[str, set[str]]) 
         used = set(re.findall(r"\$\{(\w+)\}", variable["query"]["query"]))
         assert used <= earlier, f"${variable['name']} uses {used - earlier} before they exist"
         for naming in namings:
-            query = _substitute(variable["query"]["query"], naming)
+            query = board.substitute(variable["query"]["query"], naming)
             [(name, label)] = LABEL_VALUES.findall(query)
             assert label in rendered.get(name, set()), f"${variable['name']}: {name} has no {label}"
 
@@ -196,7 +176,7 @@ def test_every_query_and_alert_is_valid_promql() -> None:
     """Parsed and type-checked as PromQL (promql-parser, a port of Prometheus's parser): a
     typo or a range where a vector belongs fails here, not in Grafana or in Prometheus's rule
     loader."""
-    queries = _queries(_dashboard()) + _alert_queries()
+    queries = _queries(board.dashboard()) + _alert_queries()
     problems = []
     for where, expr in queries:
         try:
