@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,10 +31,12 @@ def private_ray_head(
     temp_dir: str,
     num_cpus: int,
     env: Mapping[str, str],
+    extra_args: Sequence[str] = (),
     start_timeout_s: float = 90,
 ) -> Iterator[str]:
-    """Start the head, connect this process as its driver (`env` also goes to the workers),
-    yield the address, and take it all down afterwards."""
+    """Start the head (`extra_args` appended to `ray start`), connect this process as its
+    driver (`env` also goes to the workers), yield the address, and take it all down
+    afterwards."""
     import ray
 
     os.environ.update(env)
@@ -58,6 +60,7 @@ def private_ray_head(
             "--include-dashboard=false",
             "--node-ip-address=127.0.0.1",
             "--disable-usage-stats",
+            *extra_args,
         ],
         env={**os.environ, **env},
         stdout=log.open("w"),

@@ -30,6 +30,9 @@ RAY_HEAD_ENV = {"RAY_AUTH_MODE": "disabled"}
 RAY_GCS_PORT = 6720
 SERVE_HTTP_PORT = 8720
 RAY_TEMP_DIR = "/tmp/ray-vllm"
+# Ray's metrics port (the chart's PodMonitor scrapes it on every Ray pod), where Ray Serve LLM
+# exports vLLM's metrics as ray_vllm_*; exported every second here (10 s by default).
+RAY_METRICS_PORT = 8721
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,6 +45,11 @@ def vllm_cpu_env() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def serve_http_port() -> int:
     return SERVE_HTTP_PORT
+
+
+@pytest.fixture(scope="session")
+def ray_metrics_port() -> int:
+    return RAY_METRICS_PORT
 
 
 @pytest.fixture(scope="session")
@@ -69,5 +77,9 @@ def ray_cluster() -> Iterator[str]:
         temp_dir=RAY_TEMP_DIR,
         num_cpus=8,
         env={**VLLM_CPU_ENV, **RAY_HEAD_ENV},
+        extra_args=[
+            f"--metrics-export-port={RAY_METRICS_PORT}",
+            '--system-config={"metrics_report_interval_ms": 1000}',
+        ],
     ) as address:
         yield address

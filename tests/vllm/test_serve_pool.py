@@ -311,3 +311,65 @@ def test_replica_runs_in_a_cpu_only_strict_pack_placement_group(client: Any) -> 
     assert [(list(g["bundles"].values()), g["strategy"]) for g in groups] == [
         ([{"CPU": 2.0}], "STRICT_PACK")
     ]
+
+
+# Engine panels that may stay empty here, and why.
+ENGINE_PANELS_MAY_BE_EMPTY = {"Preemptions": "no sequence is preempted at this load"}
+
+
+def test_a_real_prometheus_reads_the_dashboards_engine_panels(
+    client: Any, ray_metrics_port: int, tmp_path: Path
+) -> None:
+    """Prometheus 2.42 scrapes Ray's metrics port, where Ray Serve LLM exports this engine's
+    vLLM metrics (ray_vllm_*, the dashboard's default engine naming): every engine panel's
+    query answers with this engine's series, and the engine's TTFT p95 shows the chats sent."""
+    import httpx
+    from dashboard_queries import dashboard, panels, substitute
+    from prometheus_server import PrometheusServer
+
+    prometheus = PrometheusServer(tmp_path, targets={"ray": f"127.0.0.1:{ray_metrics_port}"})
+    naming = {"vllm_metrics": "ray_vllm_"}
+    first_tokens = "sum(ray_vllm_time_to_first_token_seconds_count)"
+
+    def counted() -> float:
+        found = prometheus.query(first_tokens)
+        return float(found[0]["value"][1]) if found else -1.0
+
+    def wait_for(condition: Any, what: str, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
+            time.sleep(0.5)
+
+    try:
+        prometheus.start()
+        # Two rounds: rate() needs a series' earlier sample.
+        for n in range(3):
+            _chat(client, [{"role": "user", "content": f"count to {n}"}], max_tokens=4)
+        wait_for(lambda: counted() >= 3, "the first chats scraped")
+        before = counted()
+        for n in range(3):
+            _chat(client, [{"role": "user", "content": f"name {n} colours"}], max_tokens=4)
+        wait_for(lambda: counted() >= before + 3, "the second chats scraped")
+        time.sleep(2)
+        problems = []
+        for panel in panels(dashboard()):
+            for target in panel.get("targets", []):
+                if "${vllm_metrics}" not in target["expr"]:
+                    continue
+                expr = substitute(target["expr"], naming, rate_interval="1m")
+                result = prometheus.query(expr)
+                if not result and panel["title"] not in ENGINE_PANELS_MAY_BE_EMPTY:
+                    problems.append(f"{panel['title']!r} {target['refId']}: no data: {expr}")
+                if result and {r["metric"].get("model_name") for r in result} != {MODEL}:
+                    problems.append(f"{panel['title']!r}: series not by this pool: {result}")
+        assert not problems, "\n".join(problems)
+        ttft = prometheus.query(
+            "histogram_quantile(0.95, sum by (le, model_name)"
+            " (rate(ray_vllm_time_to_first_token_seconds_bucket[1m])))"
+        )
+        assert 0 < float(ttft[0]["value"][1]) < float("inf"), ttft
+        exported = httpx.get(f"http://127.0.0.1:{ray_metrics_port}/metrics", timeout=10).text
+        assert "ray_vllm_kv_cache_usage_perc" in exported
+    finally:
+        prometheus.stop()
