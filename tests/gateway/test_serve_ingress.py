@@ -17,9 +17,6 @@ pytestmark = pytest.mark.slow
 
 GCS_PORT, HTTP_PORT, RAY_METRICS_PORT = 6740, 8740, 8741
 GATEWAY_REPLICAS = 2
-ALERT_RULES = (
-    Path(__file__).resolve().parents[2] / "helm/gemma-fleet/files/alerts/gemma-fleet.rules.yaml"
-)
 
 
 @pytest.fixture(scope="module")
@@ -305,8 +302,8 @@ def test_a_real_prometheus_draws_the_dashboard_and_evaluates_the_alerts(
     those series runs without error and shows the traffic sent; every template variable has
     values; every alert rule evaluates cleanly and none fires on this healthy fleet. (The
     engine panels read vLLM's series, which the simulated engines do not export to Ray.)"""
-    from dashboard_queries import dashboard, panels, substitute
-    from prometheus_server import PrometheusServer
+    from dashboard_queries import ALERT_RULES, alert_rules, dashboard, panels, substitute
+    from prometheus_server import PrometheusServer, wait_for
 
     status = _autoscaler_status()
     prometheus = PrometheusServer(
@@ -324,10 +321,10 @@ def test_a_real_prometheus_draws_the_dashboard_and_evaluates_the_alerts(
         # Two rounds: rates need a series' earlier sample, and a series Ray first exports
         # with this traffic in it has none.
         _round_of_traffic(serve_url)
-        _wait_for(lambda: bool(prometheus.query(requests)), "the first round scraped")
+        wait_for(lambda: bool(prometheus.query(requests)), "the first round scraped")
         before = float(prometheus.query(requests)[0]["value"][1])
         sent = _round_of_traffic(serve_url)
-        _wait_for(
+        wait_for(
             lambda: float(prometheus.query(requests)[0]["value"][1]) >= before + sent,
             "the second round scraped",
         )
@@ -370,9 +367,9 @@ def test_a_real_prometheus_draws_the_dashboard_and_evaluates_the_alerts(
             rules = prometheus.rules()
             return bool(rules) and all(r["health"] != "unknown" for r in rules)
 
-        _wait_for(evaluated, "every alert rule evaluated")
+        wait_for(evaluated, "every alert rule evaluated")
         rules = prometheus.rules()
-        assert len(rules) == 8
+        assert len(rules) == len(alert_rules())
         unhealthy = [
             (r["name"], r["health"], r.get("lastError")) for r in rules if r["health"] != "ok"
         ]
@@ -383,10 +380,3 @@ def test_a_real_prometheus_draws_the_dashboard_and_evaluates_the_alerts(
         prometheus.stop()
         status.shutdown()
         status.server_close()
-
-
-def _wait_for(condition: Any, what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout_s:.0f} s: {what}"
-        time.sleep(0.5)

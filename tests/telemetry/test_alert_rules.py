@@ -15,11 +15,10 @@ from typing import Any
 import promql_parser
 import pytest
 import yaml
+from dashboard_queries import ALERT_RULES, alert_rules
 
 from .rendered import TARGET_LABELS
 
-REPO = Path(__file__).resolve().parents[2]
-RULES = REPO / "helm" / "gemma-fleet" / "files" / "alerts" / "gemma-fleet.rules.yaml"
 UNIT_TESTS = Path(__file__).with_name("alerts") / "gemma-fleet.rules.test.yaml"
 
 
@@ -36,20 +35,15 @@ def run(promtool: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def rule_names() -> list[str]:
-    loaded = yaml.safe_load(RULES.read_text())
-    return [rule["alert"] for group in loaded["groups"] for rule in group["rules"]]
-
-
 def unit_tests() -> dict[str, Any]:
     loaded: dict[str, Any] = yaml.safe_load(UNIT_TESTS.read_text())
     return loaded
 
 
 def test_prometheus_loads_the_rule_file(promtool: Path) -> None:
-    done = run(promtool, "check", "rules", RULES)
+    done = run(promtool, "check", "rules", ALERT_RULES)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"SUCCESS: {len(rule_names())} rules found" in done.stdout
+    assert f"SUCCESS: {len(alert_rules())} rules found" in done.stdout
 
 
 def test_every_alert_fires_when_it_should_and_only_then(promtool: Path) -> None:
@@ -64,8 +58,9 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
     for case in unit_tests()["tests"]:
         for check in case["alert_rule_test"]:
             (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
-    assert set(rule_names()) == firing, "alerts without a case where they fire"
-    assert set(rule_names()) == quiet, "alerts without a case where they stay quiet"
+    names = {rule["alert"] for rule in alert_rules()}
+    assert names == firing, "alerts without a case where they fire"
+    assert names == quiet, "alerts without a case where they stay quiet"
 
 
 def test_unit_test_series_are_the_ones_really_exported(rendered: dict[str, set[str]]) -> None:
@@ -83,9 +78,9 @@ def test_unit_test_series_are_the_ones_really_exported(rendered: dict[str, set[s
 
 def test_a_broken_rule_fails_its_unit_test(promtool: Path, tmp_path: Path) -> None:
     """The unit tests can fail: a threshold typo (5% written 50%) is caught, naming the alert."""
-    text = RULES.read_text()
+    text = ALERT_RULES.read_text()
     assert text.count("> 0.05\n") == 1
-    broken = tmp_path / "helm" / "gemma-fleet" / "files" / "alerts" / RULES.name
+    broken = tmp_path / "helm" / "gemma-fleet" / "files" / "alerts" / ALERT_RULES.name
     broken.parent.mkdir(parents=True)
     broken.write_text(text.replace("> 0.05\n", "> 0.5\n"))
     tests = tmp_path / "tests" / "telemetry" / "alerts" / UNIT_TESTS.name

@@ -10,18 +10,13 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import dashboard_queries as board
 import promql_parser
 import pytest
-import yaml
 
 from gemma_fleet.telemetry.dashboards import DASHBOARD
-
-REPO = Path(__file__).resolve().parents[2]
-ALERT_RULES = REPO / "helm" / "gemma-fleet" / "files" / "alerts" / "gemma-fleet.rules.yaml"
 
 METRIC = re.compile(
     r"((?:gemma_fleet_|ray_gemma_fleet_|vllm:|ray_vllm_)[A-Za-z0-9_:]*)(\{[^}]*\})?"
@@ -140,18 +135,13 @@ def test_template_variables_read_rendered_labels(rendered: dict[str, set[str]]) 
             assert label in rendered.get(name, set()), f"${variable['name']}: {name} has no {label}"
 
 
-def _alert_rules() -> list[dict[str, Any]]:
-    loaded = yaml.safe_load(ALERT_RULES.read_text())
-    return [rule for group in loaded["groups"] for rule in group["rules"]]
-
-
 def _alert_queries() -> list[tuple[str, str]]:
     """(where, PromQL) for every alert rule."""
-    return [(f"alert {r['alert']}", r["expr"]) for r in _alert_rules()]
+    return [(f"alert {r['alert']}", r["expr"]) for r in board.alert_rules()]
 
 
 def test_alert_rules_are_well_formed() -> None:
-    rules = _alert_rules()
+    rules = board.alert_rules()
     names = [r["alert"] for r in rules]
     assert len(names) == len(set(names)), "alert names must be unique"
     for rule in rules:
