@@ -96,6 +96,11 @@ def start_local_cluster(
     # Direct ingress and gRPC between deployments: about a fifth less CPU per request and
     # a lower p50 than the default proxy (benchmarks/serve_ingress/results.md).
     os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
+    # With direct ingress, a stopping gateway replica keeps serving for this long so that an
+    # external load balancer can take it out first (Serve's default: 30 s). Nothing stands in
+    # front of a local fleet, so the default only held every Ctrl-C for 30 s and ended in
+    # "Controller failed to shut down". Requests in flight are still waited for.
+    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     # Cluster writes the address file "ray_current_cluster" into Ray's default temp folder
     # (/tmp/ray), where another cluster's `ray.init(address="auto")` would read it: keep it in
     # our own folder.

@@ -203,13 +203,18 @@ def _keep_signal_handlers() -> Iterator[None]:
 
 
 def _stop(cluster: LocalCluster) -> None:
-    """Serve first (replicas drain and release their placement groups), then the driver's
-    connection, then the nodes; each step runs even when an earlier one failed."""
+    """Serve first, then the driver's connection, then the nodes; each step runs even when an
+    earlier one failed. The application goes before the rest of Serve: deleting it drains the
+    gateway while Serve's proxy still carries the answers in flight, which `serve.shutdown`
+    alone cuts (it stops the proxy first)."""
     import ray
     from ray import serve
 
+    from gemma_fleet.deployments.pools.serve_app import FLEET_APP_NAME
+
     try:
         if ray.is_initialized():
+            serve.delete(FLEET_APP_NAME)
             serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
     except Exception:  # a failed step must not leave the nodes running
         log.exception("serve shutdown failed; stopping the nodes anyway")

@@ -1,5 +1,6 @@
 """`gemma-fleet up` as a user runs it: a separate process that starts a fleet, announces it,
-serves requests, and on SIGTERM stops Serve and every node it started, exiting 0."""
+serves requests, and on SIGTERM finishes the requests in flight, stops Serve and every node it
+started, and exits 0."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -34,6 +37,34 @@ FLEET = {
 # The command is registered in gemma_fleet.cli.main by the lead; typer.run drives the same
 # function with the same options meanwhile.
 RUN_UP = "import typer; from gemma_fleet.cli.up import up_command; typer.run(up_command)"
+# Tokens of the answer in flight at SIGTERM: a few seconds of streaming at speedup 10.
+LONG_ANSWER = 3000
+
+
+def _stream_long_answer(
+    client: openai.OpenAI, started: threading.Event, out: dict[str, Any]
+) -> None:
+    """Stream a LONG_ANSWER-token answer into `out` (finish reason, tokens, end time, error)."""
+    try:
+        chunks = client.chat.completions.create(
+            model="edge",
+            messages=[{"role": "user", "content": "a long one"}],
+            max_tokens=LONG_ANSWER,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"min_tokens": LONG_ANSWER},
+        )
+        for chunk in chunks:
+            started.set()
+            for choice in chunk.choices:
+                out["finish_reason"] = choice.finish_reason or out.get("finish_reason")
+            if chunk.usage is not None:
+                out["tokens"] = chunk.usage.completion_tokens
+    except Exception as exc:  # the assertion below shows it
+        out["error"] = repr(exc)
+    finally:
+        out["ended_at"] = time.monotonic()
+        started.set()
 
 
 def test_up_serves_until_sigterm_then_stops_everything(
@@ -68,8 +99,18 @@ def test_up_serves_until_sigterm_then_stops_everything(
 
         running = process_tree([proc.pid])
         assert any(cmd.startswith("ray::ServeReplica") for cmd in running.values())
+        started, streamed = threading.Event(), dict[str, Any]()
+        streaming = threading.Thread(target=_stream_long_answer, args=(client, started, streamed))
+        streaming.start()
+        assert started.wait(timeout=60)
+        signalled_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)
+        streaming.join(timeout=120)
         assert proc.wait(timeout=120) == 0
+        # The answer was in flight when the signal came, and it was finished, not cut.
+        assert "error" not in streamed, streamed
+        assert streamed["ended_at"] > signalled_at
+        assert streamed["tokens"] == LONG_ANSWER and streamed["finish_reason"] is not None
     finally:
         if proc.poll() is None:
             proc.kill()
