@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from gemma_fleet.deployments.fleet.team_store import LocalTeams, local_team_stor
 from gemma_fleet.deployments.pools import EngineKind, FleetSpec, default_fleet_path, load_fleet
 
 log = logging.getLogger(__name__)
+# Seconds past the longest drain that stopping waits for Serve to report the application gone.
+STOP_MARGIN_S = 30.0
 
 # Which tiny checkpoint imitates which size (deployments/checkpoints), for vLLM on CPU hosts.
 TINY_VARIANT = {
@@ -182,7 +185,7 @@ def _run_on_cluster(
             teams=teams,
         )
     finally:
-        _stop(cluster)
+        _stop(cluster, drain_s=spec.longest_drain_s)
 
 
 @contextmanager
@@ -202,11 +205,11 @@ def _keep_signal_handlers() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
-def _stop(cluster: LocalCluster) -> None:
+def _stop(cluster: LocalCluster, drain_s: float) -> None:
     """Serve first, then the driver's connection, then the nodes; each step runs even when an
     earlier one failed. The application goes before the rest of Serve: deleting it drains the
-    gateway while Serve's proxy still carries the answers in flight, which `serve.shutdown`
-    alone cuts (it stops the proxy first)."""
+    gateway (for up to `drain_s`) while Serve's proxy still carries the answers in flight,
+    which `serve.shutdown` alone cuts (it stops the proxy first)."""
     import ray
     from ray import serve
 
@@ -214,7 +217,14 @@ def _stop(cluster: LocalCluster) -> None:
 
     try:
         if ray.is_initialized():
-            serve.delete(FLEET_APP_NAME)
+            # Not serve.delete's own wait: it gives up after 60 s, mid-drain.
+            serve.delete(FLEET_APP_NAME, _blocking=False)
+            deadline = time.monotonic() + drain_s + STOP_MARGIN_S
+            while FLEET_APP_NAME in serve.status().applications:
+                if time.monotonic() > deadline:
+                    log.warning("the fleet application still stops after %.0f s", drain_s)
+                    break
+                time.sleep(0.5)
             serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
     except Exception:  # a failed step must not leave the nodes running
         log.exception("serve shutdown failed; stopping the nodes anyway")

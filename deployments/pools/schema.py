@@ -17,6 +17,10 @@ from gemma_fleet.vram import DEFAULT_MAX_MODEL_LEN, KvDtype
 # A model pool's name is its Ray Serve deployment name and its served model id, so it keeps to
 # characters both accept and that survive URLs and metric labels.
 PoolName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+# Seconds a replica being removed keeps answering what it has accepted: the official OpenAI and
+# Anthropic Python SDKs' default request timeout, so nothing a default client still waits for is
+# cut by a scale-down. A draining replica holds its GPUs until its last answer ends.
+DEFAULT_DRAIN_TIMEOUT_S = 600.0
 # A node pool's name becomes a Ray resource (gpu_pool_<name>) and a KubeRay worker-group name,
 # so it follows Kubernetes' DNS-label rule.
 NodePoolName = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")]
@@ -111,6 +115,11 @@ class ModelPool(Strict):
     max_num_seqs: int = Field(256, ge=1)
     max_num_batched_tokens: int = Field(8192, ge=1)
     enable_prefix_caching: bool = True
+    drain_timeout_s: float = Field(
+        DEFAULT_DRAIN_TIMEOUT_S,
+        gt=0,
+        description="seconds a replica being removed keeps answering the requests it has",
+    )
     checkpoint: str | None = Field(
         None, description="vLLM: local path or Hugging Face id; default: the catalog's hf_id"
     )
@@ -144,3 +153,9 @@ class FleetSpec(Strict):
             if pool.name == name:
                 return pool
         raise KeyError(name)
+
+    @property
+    def longest_drain_s(self) -> float:
+        """The longest `drain_timeout_s` of the model pools: how long a stopping gateway, which
+        carries answers from every pool, keeps answering."""
+        return max(p.drain_timeout_s for p in self.model_pools)

@@ -46,11 +46,11 @@ class PoolDeployment:
 
 
 def deployment_config(pool: ModelPool) -> dict[str, Any]:
-    """Ray Serve options of a pool's deployment: its starting replica count. The count is
-    fixed, not Ray Serve's autoscaling: replicas are the GPU bill, and our autoscaler (which
-    knows VRAM, node pools and cost) sets them within the pool's min/max through Serve's
-    external-scaler API. The placement group is not here; Ray Serve LLM derives it from
-    `placement_group_config`."""
+    """Ray Serve options of a pool's deployment: its starting replica count, router, health
+    check and drain time. The count is fixed, not Ray Serve's autoscaling: replicas are the GPU
+    bill, and our autoscaler (which knows VRAM, node pools and cost) sets them within the pool's
+    min/max through Serve's external-scaler API. The placement group is not here; Ray Serve LLM
+    derives it from `placement_group_config`."""
     return {
         # An explicit count also drops Ray Serve LLM's default autoscaling_config.
         "num_replicas": pool.replicas.start,
@@ -65,6 +65,9 @@ def deployment_config(pool: ModelPool) -> dict[str, Any]:
         # replica counts, routes around a pool with none) within seconds. The check is cheap
         # (the engine's liveness); its timeout stays Ray Serve LLM's 10 s.
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+        # A replica that scaling (or a shutdown) removes stops taking requests and answers the
+        # ones it has for up to this long; Serve's default, 20 s, cut longer answers mid-stream.
+        "graceful_shutdown_timeout_s": pool.drain_timeout_s,
     }
 
 

@@ -167,7 +167,10 @@ def up_command(
                 ready_file.write_text(json.dumps({**payload, "pid": os.getpid()}))
             while not stop.wait(0.5):
                 pass
-            console.print("stopping the fleet ...")
+            drain_s = spec.longest_drain_s
+            console.print(
+                f"stopping the fleet: requests in flight are answered first (up to {drain_s:g} s)"
+            )
     except _Stop:
         console.print("stopped before the fleet was up")
     except FleetStartError as exc:

@@ -46,7 +46,11 @@ def build_fleet_app(
 ) -> Application:
     """Every pool's LLMServer deployment behind the gateway, as one application."""
     pools = build_pool_deployments(fleet, checkpoints=checkpoints, cpu_host=cpu_host)
-    return build_gateway_app(gateway_settings(fleet), {p.pool.name: p.app for p in pools})
+    return build_gateway_app(
+        gateway_settings(fleet),
+        {p.pool.name: p.app for p in pools},
+        graceful_shutdown_timeout_s=fleet.longest_drain_s,
+    )
 
 
 def build_app(args: dict[str, Any]) -> Application:

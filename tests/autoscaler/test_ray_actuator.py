@@ -1,10 +1,14 @@
 """The Ray Serve actuator on a real private Ray cluster: one node pool of logical GPUs, one
 simulated gemma-4-E2B pool deployed as the fleet's Serve application with the external-scaler
 API switched on; the controller, through the actuator, scales it 1 -> 2 -> 1 and Ray Serve's own
-replica table shows it happen, without restarting the replica that was already serving."""
+replica table shows it happen, without restarting the replica that was already serving. A
+replica that a scale-down removes finishes the answer it is streaming, however long past Ray
+Serve's default 20 s drain it runs."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +27,7 @@ from gemma_fleet.deployments.fleet.cluster import start_local_cluster
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.pools import FleetSpec
 from gemma_fleet.deployments.pools.serve_app import FLEET_APP_NAME, simulator_pool_config
+from gemma_fleet.gateway.pool_client import ServePoolClient, SseReply
 
 pytestmark = pytest.mark.slow
 
@@ -46,12 +51,17 @@ FLEET = FleetSpec.model_validate(
                 "max_model_len": 8192,
                 "node_pool": "l4",
                 "replicas": {"min": 1, "max": 2, "initial": 1},
-                "simulator": {"speedup": 10},
+                # 2 simulated seconds per second: LONG_ANSWER streams for about half a minute.
+                "simulator": {"speedup": 2},
             }
         ],
     }
 )
 POOL = "gemma-4-e2b"
+# Tokens of the answer in flight while its replica is removed: longer than Ray Serve's default
+# drain (20 s) at the pool's speedup.
+LONG_ANSWER = 3000
+SERVE_DEFAULT_DRAIN_S = 20.0
 
 
 def externally_scaled_app() -> Any:
@@ -186,3 +196,47 @@ def test_controller_scales_a_pool_1_2_1_through_ray_serve(serve_fleet: None) -> 
     assert actuator.observe().replicas[POOL] == 1
     print(f"scale-down 2 -> 1: done after {down_s:.1f} s")
     assert not controller.step().applied  # converged: nothing more to do
+
+
+def test_a_removed_replica_finishes_its_answer_past_serves_default_drain(
+    serve_fleet: None,
+) -> None:
+    from ray import serve
+
+    actuator = RayServeActuator(FLEET)
+    wait_running(actuator, 1)
+    pools = ServePoolClient({POOL: serve.get_deployment_handle(POOL, FLEET_APP_NAME)})
+    payload = {
+        "model": POOL,
+        "messages": [{"role": "user", "content": "a long answer, please"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": LONG_ANSWER,
+        "min_tokens": LONG_ANSWER,
+    }
+
+    async def stream_across_the_scale_down() -> tuple[int | None, float]:
+        tokens, removed_at = None, None
+        async for reply in pools.call(POOL, "chat", payload):
+            assert isinstance(reply, SseReply), reply
+            if removed_at is None:
+                # The only replica is streaming: remove it (the pool goes to 0).
+                await asyncio.to_thread(actuator.apply, FleetState(replicas={POOL: 0}))
+                removed_at = time.monotonic()
+            for event in reply.text.split("\n\n"):
+                data = event.removeprefix("data: ").strip()
+                if data and data != "[DONE]" and (usage := json.loads(data).get("usage")):
+                    tokens = usage["completion_tokens"]
+        assert removed_at is not None, "no reply came"
+        return tokens, time.monotonic() - removed_at
+
+    try:
+        tokens, streamed_after_removal_s = asyncio.run(stream_across_the_scale_down())
+        print(f"streamed {streamed_after_removal_s:.1f} s after its replica was removed")
+        assert tokens == LONG_ANSWER  # the whole answer, not a cut stream
+        # Past Serve's default drain: with it, the replica would have been killed mid-answer.
+        assert streamed_after_removal_s > SERVE_DEFAULT_DRAIN_S
+        wait_running(actuator, 0, timeout_s=60)  # and the removal did happen
+    finally:
+        actuator.apply(FleetState(replicas={POOL: 1}))
+        wait_running(actuator, 1)

@@ -173,6 +173,11 @@ def test_simulated_answer_lengths_out_of_order_are_refused() -> None:
     assert "answer_tokens_min 600 exceeds answer_tokens_max 400" in msg
 
 
+def test_a_drain_time_of_zero_is_refused() -> None:
+    msg = refusal(fleet_with(small={"drain_timeout_s": 0}))
+    assert "model_pools[small].drain_timeout_s" in msg
+
+
 def test_starting_replicas_must_fit_max_nodes() -> None:
     msg = refusal(fleet_with(big={"replicas": {"min": 2, "max": 3, "initial": 3}}))
     assert "node_pools[h100].max_nodes" in msg and "need 3 nodes" in msg

@@ -44,6 +44,16 @@ def test_a_pool_starts_its_replicas_and_leaves_scaling_to_our_autoscaler() -> No
     assert "autoscaling_config" not in config  # Ray Serve's own autoscaler stays off
 
 
+def test_a_removed_replica_drains_for_its_pools_drain_time() -> None:
+    """Serve's own default (20 s) cut answers longer than that when a replica was removed."""
+    assert deployment_config(BIG)["graceful_shutdown_timeout_s"] == 600.0  # the SDKs' timeout
+    patient = BIG.model_copy(update={"drain_timeout_s": 1800.0})
+    assert deployment_config(patient)["graceful_shutdown_timeout_s"] == 1800.0
+    # The gateway carries every pool's answers: it drains as long as the longest pool.
+    pools = [patient if p is BIG else p for p in FLEET.model_pools]
+    assert FLEET.model_copy(update={"model_pools": pools}).longest_drain_s == 1800.0
+
+
 def test_vllm_pool_on_gpus_runs_tensor_parallel_over_its_bundles() -> None:
     pool = BIG.model_copy(update={"engine_args": {"enable_chunked_prefill": True}})
     config = vllm_pool_config(pool, H100, checkpoint="google/gemma-4-31B-it", cpu_host=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,21 @@ def test_serve_config_matches_ray_serve_schema_and_carries_the_fleet(
     (gateway,) = [d for d in app["deployments"] if d["name"] == "gateway"]
     assert gateway["num_replicas"] == values["gateway"]["replicas"]
     assert config["http_options"]["port"] == 8000
+
+
+def test_an_upgrade_keeps_the_old_cluster_for_the_pools_drain(
+    case: tuple[dict[str, Any], Rendered], render: Render
+) -> None:
+    """KubeRay deletes the old cluster 60 s after an upgrade moves traffic (its default), which
+    cut longer answers in flight; the chart keeps it for the pools' longest drain."""
+    values, out = case
+    delay = _rayservice(out)["spec"]["rayClusterDeletionDelaySeconds"]
+    assert delay == math.ceil(parse_fleet(values["fleet"]).longest_drain_s) == 600
+    fleet = copy.deepcopy(values["fleet"])
+    fleet["model_pools"][-1]["drain_timeout_s"] = 1800.5
+    longer = render(values={**values, "fleet": fleet})
+    assert longer.returncode == 0, longer.stderr
+    assert _rayservice(longer)["spec"]["rayClusterDeletionDelaySeconds"] == 1801
 
 
 def test_worker_groups_come_from_the_node_pools(case: tuple[dict[str, Any], Rendered]) -> None:
