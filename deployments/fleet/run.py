@@ -49,6 +49,8 @@ class RunningFleet:
     base_url: str  # OpenAI base URL, e.g. http://127.0.0.1:8000/v1
     progress: FleetProgress
     teams: LocalTeams = field(default_factory=LocalTeams)
+    # Set it (e.g. on a second Ctrl-C) to stop without waiting for the answers in flight.
+    cut_drain: threading.Event = field(default_factory=threading.Event)
 
     @property
     def api_key(self) -> str:
@@ -145,6 +147,7 @@ def _run_on_cluster(
 
     with _keep_signal_handlers():
         cluster = start_local_cluster(spec, settings, counts)
+    cut_drain = threading.Event()
     try:
         with _keep_signal_handlers():
             if ray.is_initialized():
@@ -183,9 +186,10 @@ def _run_on_cluster(
             base_url=f"http://{settings.http_host}:{settings.http_port}/v1",
             progress=progress,
             teams=teams,
+            cut_drain=cut_drain,
         )
     finally:
-        _stop(cluster, drain_s=spec.longest_drain_s)
+        _stop(cluster, spec.longest_drain_s, cut_drain)
 
 
 @contextmanager
@@ -205,11 +209,12 @@ def _keep_signal_handlers() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
-def _stop(cluster: LocalCluster, drain_s: float) -> None:
+def _stop(cluster: LocalCluster, drain_s: float, cut_drain: threading.Event) -> None:
     """Serve first, then the driver's connection, then the nodes; each step runs even when an
     earlier one failed. The application goes before the rest of Serve: deleting it drains the
-    gateway (for up to `drain_s`) while Serve's proxy still carries the answers in flight,
-    which `serve.shutdown` alone cuts (it stops the proxy first)."""
+    gateway (for up to `drain_s`, or until `cut_drain` is set) while Serve's proxy still
+    carries the answers in flight, which `serve.shutdown` alone cuts (it stops the proxy
+    first)."""
     import ray
     from ray import serve
 
@@ -224,7 +229,8 @@ def _stop(cluster: LocalCluster, drain_s: float) -> None:
                 if time.monotonic() > deadline:
                     log.warning("the fleet application still stops after %.0f s", drain_s)
                     break
-                time.sleep(0.5)
+                if cut_drain.wait(0.5):
+                    break
             serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
     except Exception:  # a failed step must not leave the nodes running
         log.exception("serve shutdown failed; stopping the nodes anyway")

@@ -131,11 +131,15 @@ def up_command(
     ready = threading.Event()
     stop = threading.Event()
 
+    fleets: list[RunningFleet] = []
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Before the fleet is up, unwind out of start-up (run_fleet's exit takes it down);
-        # once it is up, wake the main loop. A second signal while stopping is ignored so the
-        # shutdown is never cut short.
+        # once it is up, wake the main loop. A second signal while stopping stops without
+        # waiting for the answers in flight; the shutdown itself still runs to the end.
         if stop.is_set():
+            for running in fleets:
+                running.cut_drain.set()
             return
         stop.set()
         if not ready.is_set():
@@ -153,6 +157,7 @@ def up_command(
             ) as running,
         ):
             live.stop()
+            fleets.append(running)
             ready.set()
             _summary(console, running, state_dir)
             if ready_file is not None:
@@ -169,7 +174,8 @@ def up_command(
                 pass
             drain_s = spec.longest_drain_s
             console.print(
-                f"stopping the fleet: requests in flight are answered first (up to {drain_s:g} s)"
+                f"stopping the fleet: requests in flight are answered first (up to {drain_s:g} s;"
+                " Ctrl-C again stops without them)"
             )
     except _Stop:
         console.print("stopped before the fleet was up")

@@ -1,6 +1,6 @@
 """`gemma-fleet up` as a user runs it: a separate process that starts a fleet, announces it,
-serves requests, and on SIGTERM finishes the requests in flight, stops Serve and every node it
-started, and exits 0."""
+serves requests, and on SIGTERM finishes the requests in flight (a second SIGTERM stops
+without them), stops Serve and every node it started, and exits 0."""
 
 from __future__ import annotations
 
@@ -37,34 +37,41 @@ FLEET = {
 # The command is registered in gemma_fleet.cli.main by the lead; typer.run drives the same
 # function with the same options meanwhile.
 RUN_UP = "import typer; from gemma_fleet.cli.up import up_command; typer.run(up_command)"
-# Tokens of the answer in flight at SIGTERM: a few seconds of streaming at speedup 10.
-LONG_ANSWER = 3000
+# Tokens of the answers in flight at SIGTERM, at speedup 10: the short one streams a few
+# seconds, the long one over a minute (the second SIGTERM cuts it).
+SHORT_ANSWER, LONG_ANSWER = 3000, 30000
 
 
-def _stream_long_answer(
-    client: openai.OpenAI, started: threading.Event, out: dict[str, Any]
-) -> None:
-    """Stream a LONG_ANSWER-token answer into `out` (finish reason, tokens, end time, error)."""
-    try:
-        chunks = client.chat.completions.create(
-            model="edge",
-            messages=[{"role": "user", "content": "a long one"}],
-            max_tokens=LONG_ANSWER,
-            stream=True,
-            stream_options={"include_usage": True},
-            extra_body={"min_tokens": LONG_ANSWER},
-        )
-        for chunk in chunks:
+def _stream(client: openai.OpenAI, tokens: int, started: threading.Event) -> dict[str, Any]:
+    """Stream a `tokens`-token answer on a thread; the dict it returns gets the finish reason,
+    the tokens, the end time and any error. `started` is set at the first chunk."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            chunks = client.chat.completions.create(
+                model="edge",
+                messages=[{"role": "user", "content": f"{tokens} tokens, please"}],
+                max_tokens=tokens,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"min_tokens": tokens},
+            )
+            for chunk in chunks:
+                started.set()
+                for choice in chunk.choices:
+                    out["finish_reason"] = choice.finish_reason or out.get("finish_reason")
+                if chunk.usage is not None:
+                    out["tokens"] = chunk.usage.completion_tokens
+        except Exception as exc:  # the assertions show it
+            out["error"] = repr(exc)
+        finally:
+            out["ended_at"] = time.monotonic()
             started.set()
-            for choice in chunk.choices:
-                out["finish_reason"] = choice.finish_reason or out.get("finish_reason")
-            if chunk.usage is not None:
-                out["tokens"] = chunk.usage.completion_tokens
-    except Exception as exc:  # the assertion below shows it
-        out["error"] = repr(exc)
-    finally:
-        out["ended_at"] = time.monotonic()
-        started.set()
+
+    out["thread"] = threading.Thread(target=run)
+    out["thread"].start()
+    return out
 
 
 def test_up_serves_until_sigterm_then_stops_everything(
@@ -99,18 +106,23 @@ def test_up_serves_until_sigterm_then_stops_everything(
 
         running = process_tree([proc.pid])
         assert any(cmd.startswith("ray::ServeReplica") for cmd in running.values())
-        started, streamed = threading.Event(), dict[str, Any]()
-        streaming = threading.Thread(target=_stream_long_answer, args=(client, started, streamed))
-        streaming.start()
-        assert started.wait(timeout=60)
+        started = [threading.Event(), threading.Event()]
+        short = _stream(client, SHORT_ANSWER, started[0])
+        long = _stream(client, LONG_ANSWER, started[1])
+        assert all(s.wait(timeout=60) for s in started)
         signalled_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        streaming.join(timeout=120)
+        short["thread"].join(timeout=120)
+        # The short answer was in flight when the signal came, and it was finished, not cut.
+        assert "error" not in short, short
+        assert short["ended_at"] > signalled_at
+        assert short["tokens"] == SHORT_ANSWER and short["finish_reason"] is not None
+        # A second signal stops without waiting for the long one.
+        assert "ended_at" not in long and proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
-        # The answer was in flight when the signal came, and it was finished, not cut.
-        assert "error" not in streamed, streamed
-        assert streamed["ended_at"] > signalled_at
-        assert streamed["tokens"] == LONG_ANSWER and streamed["finish_reason"] is not None
+        long["thread"].join(timeout=60)
+        assert "error" in long and "tokens" not in long, long
     finally:
         if proc.poll() is None:
             proc.kill()
