@@ -128,10 +128,8 @@ def up_command(
         raise CliError(
             f"--worker-ports {worker_ports!r}: expected LOW-HIGH, e.g. 23000-23999"
         ) from exc
-    ready = threading.Event()
     stop = threading.Event()
-
-    fleets: list[RunningFleet] = []
+    fleets: list[RunningFleet] = []  # the fleet, once it is up
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # Before the fleet is up, unwind out of start-up (run_fleet's exit takes it down);
@@ -142,7 +140,7 @@ def up_command(
                 running.cut_drain.set()
             return
         stop.set()
-        if not ready.is_set():
+        if not fleets:
             raise _Stop
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -158,7 +156,6 @@ def up_command(
         ):
             live.stop()
             fleets.append(running)
-            ready.set()
             _summary(console, running, state_dir)
             if ready_file is not None:
                 # Holds the local keys: owner-only, like the state folder they come from.
@@ -172,10 +169,9 @@ def up_command(
                 ready_file.write_text(json.dumps({**payload, "pid": os.getpid()}))
             while not stop.wait(0.5):
                 pass
-            drain_s = spec.longest_drain_s
             console.print(
-                f"stopping the fleet: requests in flight are answered first (up to {drain_s:g} s;"
-                " Ctrl-C again stops without them)"
+                "stopping the fleet: requests in flight are answered first (up to "
+                f"{spec.longest_drain_s:g} s; Ctrl-C again stops without them)"
             )
     except _Stop:
         console.print("stopped before the fleet was up")

@@ -8,7 +8,6 @@ Serve's default 20 s drain it runs."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -27,6 +26,7 @@ from gemma_fleet.deployments.fleet.cluster import start_local_cluster
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.pools import FleetSpec
 from gemma_fleet.deployments.pools.serve_app import FLEET_APP_NAME, simulator_pool_config
+from gemma_fleet.gateway.accounting import StreamTally
 from gemma_fleet.gateway.pool_client import ServePoolClient, SseReply
 
 pytestmark = pytest.mark.slow
@@ -216,18 +216,16 @@ def test_a_removed_replica_finishes_its_answer_past_serves_default_drain(
     }
 
     async def stream_across_the_scale_down() -> tuple[int | None, float]:
-        tokens, removed_at = None, None
+        tally, removed_at = StreamTally(client_wants_usage=True), None
         async for reply in pools.call(POOL, "chat", payload):
             assert isinstance(reply, SseReply), reply
             if removed_at is None:
                 # The only replica is streaming: remove it (the pool goes to 0).
                 await asyncio.to_thread(actuator.apply, FleetState(replicas={POOL: 0}))
                 removed_at = time.monotonic()
-            for event in reply.text.split("\n\n"):
-                data = event.removeprefix("data: ").strip()
-                if data and data != "[DONE]" and (usage := json.loads(data).get("usage")):
-                    tokens = usage["completion_tokens"]
+            tally.see(reply.text)
         assert removed_at is not None, "no reply came"
+        tokens = tally.reported.completion_tokens if tally.reported is not None else None
         return tokens, time.monotonic() - removed_at
 
     try:
