@@ -102,6 +102,24 @@ def test_non_streaming_chat_answers_within_max_tokens() -> None:
     assert response.choices[0].message.content
 
 
+@pytest.mark.parametrize(
+    ("min_tokens", "max_tokens", "tokens", "finish"),
+    [(400, 400, 400, "length"), (400, 401, 400, "stop")],
+    ids=["min-equals-max", "room-to-stop"],
+)
+def test_min_tokens_hold_back_the_stop_as_vllm_does(
+    min_tokens: int, max_tokens: int, tokens: int, finish: str
+) -> None:
+    # Longer than any natural answer (config's answer_tokens_max): the text is min_tokens
+    # long, and it ends by "length" only when no room is left for the end-of-sequence token.
+    assert CONFIG.answer_tokens_max < min_tokens
+    [response] = _chat(_engine(), max_tokens=max_tokens, min_tokens=min_tokens)
+    assert (response.usage.completion_tokens, response.choices[0].finish_reason) == (
+        tokens,
+        finish,
+    )
+
+
 def test_streaming_chat_follows_openai_chunks_with_usage() -> None:
     out = _chat(_engine(), max_tokens=300, stream=True, stream_options={"include_usage": True})
     chunks = _chunks(out)

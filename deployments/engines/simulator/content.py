@@ -135,9 +135,11 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
     if spec.ignore_eos:
         n, reason = spec.max_tokens, "length"
     else:
-        n = max(natural, spec.min_tokens)
-        reason = "stop" if n <= spec.max_tokens else "length"
-        n = min(n, spec.max_tokens)
+        # As vLLM: the end-of-sequence token comes after the text and is held back until
+        # min_tokens are out; when the text reaches max_tokens there is no room left for it.
+        wanted = max(natural, spec.min_tokens)
+        n = min(wanted, spec.max_tokens)
+        reason = "stop" if wanted < spec.max_tokens else "length"
     pieces = text_pieces(rng, n)
     if spec.stop:
         text = "".join(pieces)
