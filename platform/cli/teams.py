@@ -163,7 +163,8 @@ def update_team(
     admin_key: str | None = ADMIN_KEY,
     as_json: bool = AS_JSON,
 ) -> None:
-    """Change a team: limits given replace the team's limits; others keep their defaults."""
+    """Change a team: only what is given changes (a limit not named keeps its value; -1 makes a
+    limit unlimited)."""
     body: dict[str, Any] = {}
     if models is not None:
         body["allowed_models"] = [m.strip() for m in models.split(",") if m.strip()]

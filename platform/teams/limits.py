@@ -79,6 +79,22 @@ class TeamLimits(BaseModel):
     budget_period: Period = "month"
 
 
+class TeamLimitsChange(BaseModel):
+    """A partial change to a team's limits: only the fields given change (same bounds as
+    TeamLimits; -1 makes a limit unlimited)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_concurrent_requests: int | None = Field(None, ge=UNLIMITED)
+    requests_per_minute: int | None = Field(None, ge=UNLIMITED)
+    tokens_per_minute: int | None = Field(None, ge=UNLIMITED)
+    token_budget: int | None = Field(None, ge=UNLIMITED)
+    budget_period: Period | None = None
+
+    def applied_to(self, limits: TeamLimits) -> TeamLimits:
+        return limits.model_copy(update=self.model_dump(exclude_none=True))
+
+
 @dataclass(frozen=True)
 class MinuteWindow:
     """Where a team stands in the current minute, for OpenAI-style x-ratelimit-* headers."""

@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from gemma_fleet.teams.limits import TeamLimits
+from gemma_fleet.teams.limits import TeamLimits, TeamLimitsChange
 
 # A team name is a Redis key part and a metric label value: keep it to a DNS label.
 TeamName = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
@@ -41,7 +41,9 @@ class TeamUpdate(Strict):
     """A partial change to a team: only the fields given change."""
 
     allowed_models: list[str] | None = None
-    limits: TeamLimits | None = None
+    limits: TeamLimitsChange | None = Field(
+        None, description="the limits to change; limits not named keep their value"
+    )
     priority: int | None = Field(None, ge=0, le=9)
 
 

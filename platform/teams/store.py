@@ -17,6 +17,7 @@ from typing import Any
 from redis.exceptions import WatchError
 
 from gemma_fleet.teams.keys import key_digest, key_id, new_key
+from gemma_fleet.teams.limits import TeamLimitsChange
 from gemma_fleet.teams.records import (
     IssuedKey,
     KeyRecord,
@@ -96,7 +97,9 @@ class TeamStore:
                     if raw is None:
                         raise NotFound(f"no team {name!r}")
                     current = TeamRecord.model_validate_json(raw)
-                    changes = update.model_dump(exclude_none=True)
+                    changes = update.model_dump(exclude_none=True, exclude={"limits"})
+                    if update.limits is not None:
+                        changes["limits"] = update.limits.applied_to(current.limits)
                     record = TeamRecord.model_validate(
                         {**current.model_dump(), **changes, "updated_at": utcnow()}
                     )
@@ -113,7 +116,9 @@ class TeamStore:
             return await self.create_team(spec)
         except TeamExists:
             update = TeamUpdate(
-                allowed_models=spec.allowed_models, limits=spec.limits, priority=spec.priority
+                allowed_models=spec.allowed_models,
+                limits=TeamLimitsChange(**spec.limits.model_dump()),
+                priority=spec.priority,
             )
             return await self.update_team(spec.name, update)
 

@@ -291,3 +291,27 @@ def test_admin_api_manages_teams_and_never_shows_a_secret_twice(
     assert admin(gateway, "DELETE", "/admin/teams/managed").status_code == 204
     with pytest.raises(openai.AuthenticationError):
         chat(gateway, key)
+
+
+def test_patching_one_limit_keeps_the_others(gateway: RunningGateway) -> None:
+    limits = {
+        "requests_per_minute": 600,
+        "tokens_per_minute": 200_000,
+        "max_concurrent_requests": 32,
+        "token_budget": 50_000_000,
+        "budget_period": "day",
+    }
+    new_team(gateway, "partial", limits=limits)
+    patched = admin(
+        gateway, "PATCH", "/admin/teams/partial", json={"limits": {"requests_per_minute": 1200}}
+    )
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["limits"] == {**limits, "requests_per_minute": 1200}
+    assert admin(gateway, "GET", "/admin/teams/partial").json()["limits"]["token_budget"] == (
+        50_000_000
+    )
+    # A partial change is validated as a whole one is.
+    bad = admin(gateway, "PATCH", "/admin/teams/partial", json={"limits": {"token_budget": -5}})
+    assert bad.status_code == 400 and "token_budget" in bad.json()["error"]["message"]
+    unknown = admin(gateway, "PATCH", "/admin/teams/partial", json={"limits": {"rpm": 5}})
+    assert unknown.status_code == 400 and "rpm" in unknown.json()["error"]["message"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from gateway_harness import RunningGateway
@@ -74,3 +76,23 @@ def test_an_unreachable_gateway_is_named(capsys: pytest.CaptureFixture[str]) -> 
         main(["teams", "list", "--url", "http://127.0.0.1:9", "--admin-key", ADMIN])
     assert exited.value.code == 2
     assert "cannot reach http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_cli_update_changes_only_the_limits_given(
+    gateway: RunningGateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli(capsys, gateway, "teams", "delete", "cli-partial")
+    code, _ = cli(
+        capsys, gateway, "teams", "create", "cli-partial", "--rpm", "600", "--tpm", "200000",
+        "--concurrent", "32", "--budget", "50000000", "--budget-period", "day",
+    )  # fmt: skip
+    assert code == 0
+    code, out = cli(capsys, gateway, "teams", "update", "cli-partial", "--rpm", "1200", "--json")
+    assert code == 0, out
+    assert json.loads(out)["limits"] == {
+        "requests_per_minute": 1200,
+        "tokens_per_minute": 200_000,
+        "max_concurrent_requests": 32,
+        "token_budget": 50_000_000,
+        "budget_period": "day",
+    }
