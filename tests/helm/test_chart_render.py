@@ -307,9 +307,11 @@ def test_autoscaler_has_only_the_rights_it_uses(case: tuple[dict[str, Any], Rend
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == account["metadata"]["name"]
     assert pod["automountServiceAccountToken"] is True
-    # Every other pod runs without an API token.
+    # Every other pod runs without an API token, except the Ray head: the Ray autoscaler that
+    # KubeRay adds to it needs one (test_chart_on_a_cluster.py).
+    head = _rayservice(out)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
     for spec in _pod_specs(out):
-        if spec is not pod:
+        if spec is not pod and spec is not head:
             assert spec.get("automountServiceAccountToken") is False
 
 
