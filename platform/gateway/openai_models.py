@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # OpenAI's rule for function names; Gemma's tool-call syntax parses the same characters.
 FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -86,12 +93,38 @@ class UserMessage(Strict):
 
 
 class AssistantMessage(Strict):
+    """An assistant turn as clients send it back: the SDKs return (and `model_dump()`) every
+    field of the message they received, so what this gateway answers must be accepted as it
+    came. `annotations` (citations of the content itself) are dropped; `audio` and the
+    deprecated `function_call` are refused unless null, since passing them on is impossible
+    and dropping them would change the conversation."""
+
     role: Literal["assistant"]
     content: str | list[TextPart] | None = None
     tool_calls: list[ToolCall] | None = None
     name: str | None = None
     refusal: str | None = None
-    reasoning_content: str | None = None
+    # vLLM reads the reasoning of earlier turns from `reasoning` (interleaved thinking);
+    # `reasoning_content`, its older name, is moved there.
+    reasoning: str | None = None
+    reasoning_content: str | None = Field(None, exclude=True)
+    annotations: list[dict[str, Any]] | None = Field(None, exclude=True)
+    audio: dict[str, Any] | None = Field(None, exclude=True)
+    function_call: dict[str, Any] | None = Field(None, exclude=True)
+
+    @field_validator("audio", "function_call")
+    @classmethod
+    def _only_null(cls, value: dict[str, Any] | None, info: ValidationInfo) -> None:
+        if value is not None:
+            hint = " (send tool_calls)" if info.field_name == "function_call" else ""
+            raise ValueError(f"{info.field_name} is not supported on an assistant message{hint}")
+        return None
+
+    @model_validator(mode="after")
+    def _reasoning(self) -> AssistantMessage:
+        if self.reasoning is None and self.reasoning_content is not None:
+            self.reasoning = self.reasoning_content
+        return self
 
 
 class ToolMessage(Strict):

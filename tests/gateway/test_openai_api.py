@@ -244,3 +244,51 @@ def test_vllm_length_controls_pass_through(client: openai.OpenAI) -> None:
         extra_body={"ignore_eos": True, "min_tokens": 9},
     )
     assert out.usage is not None and out.usage.completion_tokens == 9
+
+
+TOOL_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+FORECAST = [{"type": "function", "function": {"name": "forecast", "parameters": TOOL_SCHEMA}}]
+
+
+def test_the_returned_message_goes_back_as_it_came(client: openai.OpenAI) -> None:
+    # The tool loop of OpenAI's docs: append the message object the SDK returned (it carries
+    # annotations, audio, function_call and reasoning, null or not), then the tool's result.
+    first = client.chat.completions.create(
+        model="gemma-4", messages=user("weather?"), tools=FORECAST, tool_choice="required",
+        max_tokens=64,
+    )  # fmt: skip
+    message = first.choices[0].message
+    assert message.tool_calls
+    result = {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "12C"}
+    for sent in (message, message.model_dump(), message.model_dump(exclude_none=True)):
+        follow = client.chat.completions.create(
+            model="gemma-4", messages=[*user("weather?"), sent, result], tools=FORECAST,
+            max_tokens=8,
+        )  # fmt: skip
+        assert follow.choices[0].message.content
+    # with reasoning (a thinking model's turn): accepted, and sent on as vLLM reads it
+    thought = openai.types.chat.ChatCompletionMessage.model_validate(
+        {**message.model_dump(), "reasoning": "the user wants Oslo"}
+    )
+    follow = client.chat.completions.create(
+        model="gemma-4", messages=[*user("weather?"), thought, result], tools=FORECAST,
+        max_tokens=8,
+    )  # fmt: skip
+    assert follow.choices[0].message.content
+
+
+def test_assistant_message_fields_as_the_engine_reads_them() -> None:
+    from gemma_fleet.gateway.openai_models import ChatCompletionRequest
+
+    def sent(**fields: Any) -> dict[str, Any]:
+        body = {"model": "m", "messages": [{"role": "assistant", "content": "x", **fields}]}
+        dumped = ChatCompletionRequest.model_validate(body).model_dump(exclude_none=True)
+        return dumped["messages"][0]
+
+    assert sent(reasoning="r", annotations=[{"type": "url_citation"}], audio=None) == {
+        "role": "assistant", "content": "x", "reasoning": "r",
+    }  # fmt: skip
+    assert sent(reasoning_content="r") == {"role": "assistant", "content": "x", "reasoning": "r"}
+    for field in ("audio", "function_call"):
+        with pytest.raises(ValueError, match=f"{field} is not supported"):
+            sent(**{field: {"id": "a", "name": "f", "arguments": "{}"}})
