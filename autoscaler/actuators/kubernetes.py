@@ -1,29 +1,39 @@
 """Apply the controller's decisions to a KubeRay RayService with the official client.
 
-What is written (all in one JSON merge patch carrying the object's resourceVersion):
+Two objects are written, each with one JSON merge patch carrying its resourceVersion:
 
-- `spec.serveConfigV2` (a YAML string): in the application named FLEET_APP_NAME, each pool
-  deployment gets `num_replicas: N` and `autoscaling_config: null` - Ray Serve refuses a number
-  next to an autoscaling config, and two autoscalers on one deployment would fight. The whole
-  string is rewritten, so YAML comments in it do not survive the first change.
-- `spec.rayClusterConfig.workerGroupSpecs[]` of the group named after each node pool:
-  `minReplicas` = the nodes the plan needs, `maxReplicas` = the node pool's `max_nodes`, and
-  `replicas` raised to at least `minReplicas` - never lowered: KubeRay deletes pods when it
-  drops, at random unless in-tree autoscaling is on. With `enableInTreeAutoscaling: true`,
-  lowering `minReplicas` lets the Ray autoscaler remove nodes once they are idle, so no node
-  that still hosts a serving or draining replica goes away; with it off, idle nodes stay (and a
-  warning says so).
+- The RayService's `spec.serveConfigV2` (a YAML string): in the application named
+  FLEET_APP_NAME, each pool deployment gets `num_replicas: N` and `autoscaling_config: null` -
+  Ray Serve refuses a number next to an autoscaling config, and two autoscalers on one
+  deployment would fight. Serve's config cannot say `num_replicas: 0` (it must be positive), so
+  a pool at zero gets `autoscaling_config: {min_replicas: 0, initial_replicas: 0,
+  max_replicas: 1}` instead: no replica, and a request pinned to that pool starts one rather
+  than failing. The whole string is rewritten, so YAML comments in it do not survive the first
+  change.
+- The worker groups of the RayService's active RayCluster (`status.activeServiceStatus.
+  rayClusterName`), the group named after each node pool: `minReplicas` = the nodes the plan
+  needs, `maxReplicas` = the node pool's `max_nodes`, and `replicas` raised to at least
+  `minReplicas` - never lowered: KubeRay deletes pods when it drops, at random unless in-tree
+  autoscaling is on. With `enableInTreeAutoscaling: true`, lowering `minReplicas` lets the Ray
+  autoscaler remove nodes once they are idle, so no node that still hosts a serving or draining
+  replica goes away; with it off, idle nodes stay (and a warning says so). Not the RayService's
+  own worker groups: KubeRay leaves a running cluster alone when only their replica counts
+  change (it hashes the spec without them), so a floor written there would never land. A
+  cluster KubeRay creates later (an upgrade) starts from the RayService's groups, and the next
+  step writes the floors onto it.
 
-A merge patch replaces lists whole, so the patch carries the complete workerGroupSpecs list as
-read; the resourceVersion makes the API server refuse it (409 Conflict) if anything changed the
-object in between, and the actuator then reads again and rebuilds the patch.
+A merge patch replaces lists whole, so a RayCluster patch carries the complete workerGroupSpecs
+list as read; the resourceVersion makes the API server refuse it (409 Conflict) if anything (the
+Ray autoscaler, KubeRay) changed the object in between, and the actuator then reads again and
+rebuilds the patch.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
@@ -36,9 +46,15 @@ log = logging.getLogger(__name__)
 
 GROUP = "ray.io"
 VERSION = "v1"
-PLURAL = "rayservices"
+RAYSERVICES = "rayservices"
+RAYCLUSTERS = "rayclusters"
 FIELD_MANAGER = "gemma-fleet-autoscaler"
 MERGE_PATCH = "application/merge-patch+json"
+# Seconds one API call may take (connect, read): a hung API server fails the step, which is
+# retried on the next interval, instead of stalling the controller.
+REQUEST_TIMEOUT_S = 15.0
+# How a pool at zero replicas is written (Serve's config refuses num_replicas: 0).
+AT_ZERO = {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}
 
 
 def serve_config(obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,18 +92,47 @@ def _deployment_replicas(deployment: Mapping[str, Any] | None) -> int:
     return 1
 
 
-def _worker_groups(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
-    groups = obj.get("spec", {}).get("rayClusterConfig", {}).get("workerGroupSpecs") or []
+def _deployment_options(count: int) -> dict[str, Any]:
+    """The options that pin a deployment at `count` replicas in a serve config."""
+    if count == 0:
+        return {"autoscaling_config": dict(AT_ZERO)}
+    # An explicit null, not an absent key: Ray Serve merges a config's deployment options over
+    # the code's, so only null removes an autoscaling_config that the application's code sets
+    # (application_state.override_deployment_info, Ray 2.60).
+    return {"num_replicas": count, "autoscaling_config": None}
+
+
+def _worker_groups(cluster_spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The worker groups of a RayCluster spec (a RayCluster's `spec`, a RayService's
+    `spec.rayClusterConfig`)."""
+    groups = cluster_spec.get("workerGroupSpecs") or []
     return [g for g in groups if isinstance(g, dict)]
 
 
-def observed_state(obj: Mapping[str, Any], fleet: FleetSpec, app_name: str) -> FleetState:
-    """Replicas per pool from serveConfigV2 and nodes (minReplicas, the floor this actuator
-    owns) per node pool from the worker groups named after them."""
-    app = _application(serve_config(obj), app_name)
+def active_cluster_name(service: Mapping[str, Any]) -> str | None:
+    """The RayCluster that serves now, as the RayService's status names it (None before
+    KubeRay has made one)."""
+    name = service.get("status", {}).get("activeServiceStatus", {}).get("rayClusterName")
+    return name if isinstance(name, str) and name else None
+
+
+def observed_state(
+    service: Mapping[str, Any],
+    fleet: FleetSpec,
+    app_name: str,
+    cluster: Mapping[str, Any] | None = None,
+) -> FleetState:
+    """Replicas per pool from serveConfigV2, and nodes (minReplicas, the floor this actuator
+    owns) per node pool from the worker groups named after them: the active RayCluster's, or
+    the RayService's before there is one (what KubeRay will create it with)."""
+    app = _application(serve_config(service), app_name)
     deployments = {d.get("name"): d for d in app.get("deployments") or [] if isinstance(d, dict)}
     replicas = {p.name: _deployment_replicas(deployments.get(p.name)) for p in fleet.model_pools}
-    groups = {g.get("groupName"): g for g in _worker_groups(obj)}
+    if cluster is not None:
+        cluster_spec = cluster.get("spec", {})
+    else:
+        cluster_spec = service.get("spec", {}).get("rayClusterConfig", {})
+    groups = {g.get("groupName"): g for g in _worker_groups(cluster_spec)}
     nodes = {
         np.name: int(groups[np.name].get("minReplicas", 0))
         for np in fleet.node_pools
@@ -96,36 +141,46 @@ def observed_state(obj: Mapping[str, Any], fleet: FleetSpec, app_name: str) -> F
     return FleetState(replicas=replicas, nodes=nodes)
 
 
-def patch_body(
-    obj: Mapping[str, Any], fleet: FleetSpec, desired: FleetState, app_name: str
+def serve_patch(
+    service: Mapping[str, Any], replicas: Mapping[str, int], app_name: str
 ) -> dict[str, Any] | None:
-    """The JSON merge patch that makes `obj` match `desired`; None when it already does."""
-    config = serve_config(obj)
+    """The merge patch that gives the RayService's serve config `replicas`; None when it has
+    them already."""
+    config = serve_config(service)
     app = _application(config, app_name)
     deployments = app.setdefault("deployments", [])
-    serve_changed = False
-    for pool, count in desired.replicas.items():
+    changed = False
+    for pool, count in replicas.items():
         entry = next((d for d in deployments if d.get("name") == pool), None)
         if entry is None:
             entry = {"name": pool}
             deployments.append(entry)
-        if entry.get("num_replicas") != count or entry.get("autoscaling_config", "") is not None:
-            # An explicit null, not an absent key: Ray Serve merges a config's deployment
-            # options over the code's, so only null removes an autoscaling_config that the
-            # application's code sets (application_state.override_deployment_info, Ray 2.60).
-            entry["autoscaling_config"] = None
-            entry["num_replicas"] = count
-            serve_changed = True
+        wanted = _deployment_options(count)
+        current = {k: entry[k] for k in ("num_replicas", "autoscaling_config") if k in entry}
+        if current != wanted:
+            entry.pop("num_replicas", None)
+            entry.update(wanted)
+            changed = True
+    if not changed:
+        return None
+    return _with_version(service, {"serveConfigV2": yaml.safe_dump(config, sort_keys=False)})
 
-    cluster = obj.get("spec", {}).get("rayClusterConfig", {})
-    in_tree = bool(cluster.get("enableInTreeAutoscaling", False))
-    groups = copy.deepcopy(_worker_groups(obj))
-    groups_changed = False
-    for node_pool, count in desired.nodes.items():
+
+def nodes_patch(
+    cluster: Mapping[str, Any], fleet: FleetSpec, nodes: Mapping[str, int]
+) -> dict[str, Any] | None:
+    """The merge patch that gives the RayCluster's worker groups the node floors `nodes`;
+    None when it has them already."""
+    spec = cluster.get("spec", {})
+    in_tree = bool(spec.get("enableInTreeAutoscaling", False))
+    groups = copy.deepcopy(_worker_groups(spec))
+    changed = False
+    for node_pool, count in nodes.items():
         group = next((g for g in groups if g.get("groupName") == node_pool), None)
         if group is None:
+            name = cluster.get("metadata", {}).get("name")
             raise ActuatorError(
-                f"the RayService has no worker group named {node_pool!r} (one per node pool)"
+                f"RayCluster {name} has no worker group named {node_pool!r} (one per node pool)"
             )
         current = int(group.get("replicas", group.get("minReplicas", 0)))
         # `replicas` only ever goes up here. Lowering it makes KubeRay delete pods: chosen by
@@ -148,22 +203,18 @@ def patch_body(
         for key, value in wanted.items():
             if group.get(key) != value:
                 group[key] = value
-                groups_changed = True
+                changed = True
+    return _with_version(cluster, {"workerGroupSpecs": groups}) if changed else None
 
-    if not serve_changed and not groups_changed:
-        return None
-    spec: dict[str, Any] = {}
-    if serve_changed:
-        spec["serveConfigV2"] = yaml.safe_dump(config, sort_keys=False)
-    if groups_changed:
-        spec["rayClusterConfig"] = {"workerGroupSpecs": groups}
+
+def _with_version(obj: Mapping[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
     version = obj.get("metadata", {}).get("resourceVersion")
-    metadata = {"resourceVersion": version} if version else {}
-    return {"metadata": metadata, "spec": spec}
+    return {"metadata": {"resourceVersion": version} if version else {}, "spec": spec}
 
 
 class KubernetesActuator:
-    """Reads and patches one RayService (get + patch on rayservices.ray.io in `namespace`)."""
+    """Reads and patches one RayService and its active RayCluster (get + patch on
+    rayservices.ray.io and rayclusters.ray.io in `namespace`)."""
 
     manages_nodes = True
 
@@ -184,68 +235,123 @@ class KubernetesActuator:
         self.max_attempts = max_attempts
         self.api = api if api is not None else _default_api()
 
-    def _get(self) -> dict[str, Any]:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            obj = self.api.get_namespaced_custom_object(
-                GROUP, VERSION, self.namespace, PLURAL, self.name
-            )
-        except ApiException as exc:
-            raise self._error("get", exc) from exc
+    def _get(self, plural: str, name: str) -> dict[str, Any]:
+        obj = self._call(
+            "get",
+            plural,
+            name,
+            lambda: self.api.get_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, plural, name, _request_timeout=REQUEST_TIMEOUT_S
+            ),
+        )
         if not isinstance(obj, dict):
-            raise ActuatorError(f"unexpected answer reading RayService {self._where}")
+            raise ActuatorError(f"unexpected answer reading {_kind(plural)} {self._at(name)}")
         return obj
 
-    @property
-    def _where(self) -> str:
-        return f"{self.namespace}/{self.name}"
+    def _at(self, name: str) -> str:
+        return f"{self.namespace}/{name}"
 
-    def _error(self, verb: str, exc: Any) -> ActuatorError:
+    def _call(self, verb: str, plural: str, name: str, call: Callable[[], Any]) -> Any:
+        """`call`, with what can go wrong turned into ActuatorError (409 Conflict excepted:
+        the caller retries it)."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return call()
+        except ApiException as exc:
+            if exc.status == 409:
+                raise
+            raise self._error(verb, plural, name, exc) from exc
+        except (HTTPError, OSError) as exc:
+            raise ActuatorError(
+                f"cannot reach the Kubernetes API server to {verb} {_kind(plural)} "
+                f"{self._at(name)}: {exc}"
+            ) from exc
+
+    def _error(self, verb: str, plural: str, name: str, exc: Any) -> ActuatorError:
         status = getattr(exc, "status", None)
+        what = f"{_kind(plural)} {self._at(name)}"
         if status == 404:
-            return ActuatorError(f"RayService {self._where} not found")
+            return ActuatorError(f"{what} not found")
         if status in (401, 403):
             return ActuatorError(
-                f"not allowed to {verb} RayService {self._where}: the service account needs "
-                f"get and patch on rayservices.ray.io in namespace {self.namespace} "
+                f"not allowed to {verb} {what}: the service account needs get and patch on "
+                f"rayservices.ray.io and rayclusters.ray.io in namespace {self.namespace} "
                 "(docs/autoscaler.md, RBAC)"
             )
-        return ActuatorError(f"{verb} RayService {self._where} failed: HTTP {status} {exc}")
+        return ActuatorError(f"{verb} {what} failed: HTTP {status} {exc}")
+
+    def _active_cluster(self, service: Mapping[str, Any]) -> dict[str, Any] | None:
+        name = active_cluster_name(service)
+        return None if name is None else self._get(RAYCLUSTERS, name)
 
     def observe(self) -> FleetState:
-        """Replicas per pool and node floors per node pool, as the RayService states them."""
-        return observed_state(self._get(), self.fleet, self.app_name)
+        """Replicas per pool as the RayService states them; node floors per node pool as its
+        active RayCluster (else the RayService) states them."""
+        service = self._get(RAYSERVICES, self.name)
+        return observed_state(service, self.fleet, self.app_name, self._active_cluster(service))
 
     def apply(self, desired: FleetState) -> None:
-        """Patch the RayService to `desired`; on 409 Conflict read again and retry."""
+        """Patch the active RayCluster's node floors, then the RayService's replicas (nodes
+        first: room for new replicas is asked for sooner). On 409 Conflict read again and
+        retry."""
+        if desired.nodes:
+            cluster = active_cluster_name(self._get(RAYSERVICES, self.name))
+            if cluster is None:
+                log.info(
+                    "RayService %s has no active RayCluster yet: node floors wait for it",
+                    self._at(self.name),
+                )
+            else:
+                self._patch(
+                    RAYCLUSTERS, cluster, lambda obj: nodes_patch(obj, self.fleet, desired.nodes)
+                )
+        self._patch(
+            RAYSERVICES,
+            self.name,
+            lambda obj: serve_patch(obj, desired.replicas, self.app_name),
+        )
+
+    def _patch(
+        self, plural: str, name: str, build: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> None:
         from kubernetes.client.exceptions import ApiException
 
         for attempt in range(1, self.max_attempts + 1):
-            body = patch_body(self._get(), self.fleet, desired, self.app_name)
+            body = build(self._get(plural, name))
             if body is None:
                 return
+            send = functools.partial(
+                self.api.patch_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                self.namespace,
+                plural,
+                name,
+                body,
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )
             try:
-                self.api.patch_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    self.name,
-                    body,
-                    field_manager=FIELD_MANAGER,
-                    _content_type=MERGE_PATCH,
-                )
+                self._call("patch", plural, name, send)
                 return
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise self._error("patch", exc) from exc
+            except ApiException:  # only 409 Conflict comes through _call
                 log.info(
-                    "RayService %s changed meanwhile (attempt %d); re-reading", self._where, attempt
+                    "%s %s changed meanwhile (attempt %d); re-reading",
+                    _kind(plural),
+                    self._at(name),
+                    attempt,
                 )
         raise ActuatorError(
-            f"RayService {self._where} kept changing: {self.max_attempts} patches conflicted"
+            f"{_kind(plural)} {self._at(name)} kept changing: "
+            f"{self.max_attempts} patches conflicted"
         )
+
+
+def _kind(plural: str) -> str:
+    return {RAYSERVICES: "RayService", RAYCLUSTERS: "RayCluster"}.get(plural, plural)
 
 
 def _default_api() -> Any:

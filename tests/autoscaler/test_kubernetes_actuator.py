@@ -2,11 +2,11 @@
 
 No Kubernetes API server can run on this machine, so `FakeApiServer` STANDS IN FOR THE API
 SERVER: it sits below the real `kubernetes` client (an ApiClient whose `call_api` answers
-instead of the network), keeps one RayService, answers GET, applies JSON merge patches
-(RFC 7386) with resourceVersion checks (409 on a stale version, as the API server does), and
-records every request exactly as the client would have sent it. The patched objects are then
-checked against the KubeRay CRD schema and each serveConfigV2 against Ray 2.60's Serve config
-schema (helm/schemas/kuberay/).
+instead of the network), keeps a RayService and its active RayCluster, answers GET, applies
+JSON merge patches (RFC 7386) with resourceVersion checks (409 on a stale version, as the API
+server does), and records every request exactly as the client would have sent it. The patched
+objects are then checked against the KubeRay CRD schemas and each serveConfigV2 against Ray
+2.60's Serve config schema (helm/schemas/kuberay/).
 """
 
 from __future__ import annotations
@@ -27,7 +27,11 @@ from kubernetes import client
 from kubernetes.client import rest
 
 from gemma_fleet.autoscaler.actuators import ActuatorError, FleetState
-from gemma_fleet.autoscaler.actuators.kubernetes import KubernetesActuator, observed_state
+from gemma_fleet.autoscaler.actuators.kubernetes import (
+    REQUEST_TIMEOUT_S,
+    KubernetesActuator,
+    observed_state,
+)
 from gemma_fleet.autoscaler.controller import Controller
 from gemma_fleet.autoscaler.metrics_source import DemandReading, PoolTraffic
 from gemma_fleet.autoscaler.plan import ModelDemand, Plan
@@ -36,9 +40,11 @@ from gemma_fleet.deployments.pools import FleetSpec, default_fleet_path, load_fl
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "helm" / "schemas" / "kuberay"
 RAYSERVICE_SCHEMA = json.loads((SCHEMAS / "rayservice_v1.json").read_text())
+RAYCLUSTER_SCHEMA = json.loads((SCHEMAS / "raycluster_v1.json").read_text())
 SERVE_SCHEMA = json.loads((SCHEMAS / "serve_config_ray2.60.0.json").read_text())
-NS, NAME = "fleet", "demo-gemma-fleet"
+NS, NAME, CLUSTER = "fleet", "demo-gemma-fleet", "demo-gemma-fleet-x7k2p"
 PATH = f"/apis/ray.io/v1/namespaces/{NS}/rayservices/{NAME}"
+CLUSTER_PATH = f"/apis/ray.io/v1/namespaces/{NS}/rayclusters/{CLUSTER}"
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -61,46 +67,60 @@ class Request:
     query: dict[str, list[str]]
     headers: dict[str, str]
     body: Any
+    timeout: Any = None
 
 
 @dataclass
 class FakeApiServer:
     """Stands in for the Kubernetes API server (see module docstring)."""
 
-    obj: dict[str, Any]
+    objects: dict[str, dict[str, Any]]  # by API path
     requests: list[Request] = field(default_factory=list)
     status_for: Callable[[Request], int | None] = lambda r: None  # force an error status
     before_patch: Callable[[FakeApiServer], None] | None = None  # another writer, racing us
 
-    def bump(self) -> None:
-        meta = self.obj["metadata"]
+    @property
+    def obj(self) -> dict[str, Any]:
+        """The RayService."""
+        return self.objects[PATH]
+
+    @property
+    def cluster(self) -> dict[str, Any]:
+        """The active RayCluster."""
+        return self.objects[CLUSTER_PATH]
+
+    def bump(self, path: str = PATH) -> None:
+        meta = self.objects[path]["metadata"]
         meta["resourceVersion"] = str(int(meta["resourceVersion"]) + 1)
 
     def handle(
-        self, method: str, url: str, headers: dict[str, str], body: Any
+        self, method: str, url: str, headers: dict[str, str], body: Any, timeout: Any
     ) -> rest.RESTResponse:
         parsed = urlparse(url)
         request = Request(method, parsed.path, parse_qs(parsed.query), dict(headers), body)
+        request.timeout = timeout
         self.requests.append(request)
         forced = self.status_for(request)
         if forced is not None:
             return self._answer(forced, {"kind": "Status", "code": forced})
-        if parsed.path != PATH:
+        obj = self.objects.get(parsed.path)
+        if obj is None:
             return self._answer(404, {"kind": "Status", "code": 404})
         if method == "GET":
-            return self._answer(200, self.obj)
+            return self._answer(200, obj)
         if method == "PATCH":
             if self.before_patch is not None:
                 self.before_patch(self)
+                obj = self.objects[parsed.path]
             assert headers["Content-Type"] == "application/merge-patch+json"
             wanted = (body.get("metadata") or {}).get("resourceVersion")
-            if wanted is not None and wanted != self.obj["metadata"]["resourceVersion"]:
+            if wanted is not None and wanted != obj["metadata"]["resourceVersion"]:
                 return self._answer(409, {"kind": "Status", "code": 409, "reason": "Conflict"})
-            patched = merge_patch(self.obj, body)
-            patched["metadata"]["resourceVersion"] = self.obj["metadata"]["resourceVersion"]
-            self.obj = patched
-            self.bump()
-            return self._answer(200, self.obj)
+            patched = merge_patch(obj, body)
+            patched["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
+            self.objects[parsed.path] = patched
+            self.bump(parsed.path)
+            return self._answer(200, patched)
         return self._answer(405, {"kind": "Status", "code": 405})
 
     @staticmethod
@@ -132,7 +152,7 @@ class FakeServerApiClient(client.ApiClient):
         post_params: Any = None,
         _request_timeout: Any = None,
     ) -> rest.RESTResponse:
-        return self.server.handle(method, url, header_params or {}, body)
+        return self.server.handle(method, url, header_params or {}, body, _request_timeout)
 
 
 @pytest.fixture
@@ -146,7 +166,8 @@ def container(name: str) -> dict[str, Any]:
 
 def rayservice(fleet: FleetSpec, *, in_tree: bool = False) -> dict[str, Any]:
     """A RayService as the Helm chart would render it: one worker group per node pool, Serve
-    autoscaling bounds from the fleet file on every pool deployment."""
+    autoscaling bounds from the fleet file on every pool deployment; KubeRay has made its
+    cluster (CLUSTER, see `raycluster`)."""
     serve = {
         "applications": [
             {
@@ -193,7 +214,26 @@ def rayservice(fleet: FleetSpec, *, in_tree: bool = False) -> dict[str, Any]:
                 "workerGroupSpecs": groups,
             },
         },
+        "status": {"activeServiceStatus": {"rayClusterName": CLUSTER}},
     }
+
+
+def raycluster(service: dict[str, Any]) -> dict[str, Any]:
+    """The RayCluster KubeRay makes from a RayService: its rayClusterConfig as the spec."""
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": CLUSTER, "namespace": NS, "resourceVersion": "500"},
+        "spec": copy.deepcopy(service["spec"]["rayClusterConfig"]),
+    }
+
+
+def api_server(service: dict[str, Any], **kwargs: Any) -> FakeApiServer:
+    """The RayService and, when its status names one, its active RayCluster."""
+    objects = {PATH: service}
+    if service.get("status", {}).get("activeServiceStatus", {}).get("rayClusterName"):
+        objects[CLUSTER_PATH] = raycluster(service)
+    return FakeApiServer(objects, **kwargs)
 
 
 def actuator_for(server: FakeApiServer, fleet: FleetSpec) -> KubernetesActuator:
@@ -201,11 +241,13 @@ def actuator_for(server: FakeApiServer, fleet: FleetSpec) -> KubernetesActuator:
     return KubernetesActuator(fleet, NS, NAME, api=api)
 
 
-def assert_valid(obj: dict[str, Any]) -> dict[str, Any]:
-    """The object against the RayService CRD schema, its serveConfigV2 against Ray's; returns
+def assert_valid(server: FakeApiServer) -> dict[str, Any]:
+    """The objects against the KubeRay CRD schemas, the serveConfigV2 against Ray's; returns
     the parsed serve config."""
-    jsonschema.validate(obj, RAYSERVICE_SCHEMA)
-    config = yaml.safe_load(obj["spec"]["serveConfigV2"])
+    jsonschema.validate(server.obj, RAYSERVICE_SCHEMA)
+    if CLUSTER_PATH in server.objects:
+        jsonschema.validate(server.cluster, RAYCLUSTER_SCHEMA)
+    config = yaml.safe_load(server.obj["spec"]["serveConfigV2"])
     jsonschema.validate(config, SERVE_SCHEMA)
     return dict(config)
 
@@ -214,26 +256,33 @@ def deployments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {d["name"]: d for d in config["applications"][0]["deployments"]}
 
 
-def groups(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {g["groupName"]: g for g in obj["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+def groups(cluster: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A RayCluster's worker groups by name."""
+    return {g["groupName"]: g for g in cluster["spec"]["workerGroupSpecs"]}
 
 
-def test_fixture_rayservice_is_valid(fleet: FleetSpec) -> None:
-    # The starting object itself must pass the schemas, or later checks prove nothing.
-    assert_valid(rayservice(fleet))
+def test_fixture_objects_are_valid(fleet: FleetSpec) -> None:
+    # The starting objects themselves must pass the schemas, or later checks prove nothing.
+    assert_valid(api_server(rayservice(fleet)))
 
 
-def test_observe_reads_serve_replicas_and_worker_group_floors(fleet: FleetSpec) -> None:
-    server = FakeApiServer(rayservice(fleet))
+def test_observe_reads_serve_replicas_and_the_active_clusters_floors(fleet: FleetSpec) -> None:
+    server = api_server(rayservice(fleet))
+    groups(server.cluster)["h100"]["minReplicas"] = 2  # the cluster's floor, not the template's
     state = actuator_for(server, fleet).observe()
     assert state.replicas == {p.name: p.replicas.min for p in fleet.model_pools}
-    assert state.nodes == {np.name: np.min_nodes for np in fleet.node_pools}
-    (get,) = server.requests
-    assert (get.method, get.path) == ("GET", PATH)
+    assert state.nodes == {"l4": 1, "h100": 2}
+    assert [(r.method, r.path) for r in server.requests] == [
+        ("GET", PATH),
+        ("GET", CLUSTER_PATH),
+    ]
+    # Every call carries a timeout, so a hung API server fails the step instead of stalling it.
+    assert all(r.timeout == REQUEST_TIMEOUT_S for r in server.requests)
 
 
-def test_apply_sends_one_merge_patch_with_resource_version(fleet: FleetSpec) -> None:
-    server = FakeApiServer(rayservice(fleet))
+def test_apply_patches_the_cluster_floors_and_the_serve_config(fleet: FleetSpec) -> None:
+    server = api_server(rayservice(fleet))
+    template_groups = copy.deepcopy(server.obj["spec"]["rayClusterConfig"]["workerGroupSpecs"])
     desired = FleetState(
         replicas={"gemma-4-e2b": 3, "gemma-4-e4b": 1, "gemma-4-26b-a4b": 2, "gemma-4-31b": 1},
         nodes={"l4": 2, "h100": 1},
@@ -241,22 +290,27 @@ def test_apply_sends_one_merge_patch_with_resource_version(fleet: FleetSpec) -> 
     actuator_for(server, fleet).apply(desired)
 
     patches = [r for r in server.requests if r.method == "PATCH"]
-    assert len(patches) == 1
-    patch = patches[0]
-    assert patch.path == PATH
-    assert patch.headers["Content-Type"] == "application/merge-patch+json"
-    assert patch.query["fieldManager"] == ["gemma-fleet-autoscaler"]
-    assert patch.body["metadata"] == {"resourceVersion": "100"}
-    # Only what the autoscaler owns is in the patch.
-    assert set(patch.body["spec"]) == {"serveConfigV2", "rayClusterConfig"}
-    assert set(patch.body["spec"]["rayClusterConfig"]) == {"workerGroupSpecs"}
+    # Nodes first (room for new replicas is asked for sooner), then the replicas.
+    assert [p.path for p in patches] == [CLUSTER_PATH, PATH]
+    for patch in patches:
+        assert patch.headers["Content-Type"] == "application/merge-patch+json"
+        assert patch.query["fieldManager"] == ["gemma-fleet-autoscaler"]
+        assert patch.timeout == REQUEST_TIMEOUT_S
+    to_cluster, to_service = patches
+    assert to_cluster.body["metadata"] == {"resourceVersion": "500"}
+    assert set(to_cluster.body["spec"]) == {"workerGroupSpecs"}
+    assert to_service.body["metadata"] == {"resourceVersion": "100"}
+    # Only the serve config on the RayService: KubeRay would not pass its worker groups'
+    # replica counts on to the running cluster.
+    assert set(to_service.body["spec"]) == {"serveConfigV2"}
+    assert server.obj["spec"]["rayClusterConfig"]["workerGroupSpecs"] == template_groups
 
-    config = assert_valid(server.obj)
+    config = assert_valid(server)
     deps = deployments(config)
     assert {n: d["num_replicas"] for n, d in deps.items()} == desired.replicas
     # Explicitly null: that (not a missing key) overrides an autoscaling_config set in code.
     assert all(d["autoscaling_config"] is None for d in deps.values())
-    g = groups(server.obj)
+    g = groups(server.cluster)
     assert (g["l4"]["replicas"], g["l4"]["minReplicas"], g["l4"]["maxReplicas"]) == (2, 2, 4)
     assert (g["h100"]["replicas"], g["h100"]["minReplicas"], g["h100"]["maxReplicas"]) == (1, 1, 2)
     # The rest of each group survives the list replacement untouched.
@@ -266,45 +320,91 @@ def test_apply_sends_one_merge_patch_with_resource_version(fleet: FleetSpec) -> 
     assert actuator_for(server, fleet).observe() == desired
 
 
+def test_before_kubray_made_a_cluster_floors_wait_and_replicas_land(fleet: FleetSpec) -> None:
+    service = rayservice(fleet)
+    del service["status"]
+    server = api_server(service)
+    desired = FleetState(replicas={"gemma-4-e2b": 2}, nodes={"l4": 3})
+    actuator_for(server, fleet).apply(desired)
+    assert [r.path for r in server.requests if r.method == "PATCH"] == [PATH]
+    state = actuator_for(server, fleet).observe()
+    assert state.replicas["gemma-4-e2b"] == 2
+    # What KubeRay will create the cluster with.
+    assert state.nodes == {np.name: np.min_nodes for np in fleet.node_pools}
+    assert_valid(server)
+
+
+def test_a_pool_at_zero_is_written_as_serve_accepts_it(fleet: FleetSpec) -> None:
+    """Serve's config refuses num_replicas: 0; a pool going to zero gets autoscaling bounds
+    0..1 starting at 0 instead, which Ray Serve 2.60's own override step turns into no
+    replica, and reads back as 0. Back above zero it is a fixed count again."""
+    server = api_server(rayservice(fleet))
+    actuator = actuator_for(server, fleet)
+    zero = {p.name: (0 if p.name == "gemma-4-e4b" else 1) for p in fleet.model_pools}
+    actuator.apply(FleetState(replicas=zero))
+    config = assert_valid(server)
+    assert deployments(config)["gemma-4-e4b"] == {
+        "name": "gemma-4-e4b",
+        "autoscaling_config": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1},
+    }
+    assert actuator.observe().replicas == zero
+    applied = serve_applied(server.obj, fleet)
+    # With an autoscaling config Serve starts a changed deployment at its initial_replicas and
+    # leaves num_replicas aside (autoscaling_state.register, Ray 2.60).
+    assert applied["gemma-4-e4b"][1] == (0, 0, 1)
+    assert applied["gemma-4-e2b"] == (1, None)
+
+    back = {**zero, "gemma-4-e4b": 2}
+    actuator.apply(FleetState(replicas=back))
+    assert deployments(assert_valid(server))["gemma-4-e4b"] == {
+        "name": "gemma-4-e4b",
+        "autoscaling_config": None,
+        "num_replicas": 2,
+    }
+    assert serve_applied(server.obj, fleet)["gemma-4-e4b"] == (2, None)
+    assert actuator.observe().replicas == back
+
+
 def test_applying_the_observed_state_sends_no_patch(fleet: FleetSpec) -> None:
-    server = FakeApiServer(rayservice(fleet))
+    server = api_server(rayservice(fleet))
     actuator = actuator_for(server, fleet)
     desired = FleetState(
         replicas={p.name: 2 for p in fleet.model_pools}, nodes={"l4": 2, "h100": 2}
     )
     actuator.apply(desired)
-    version = server.obj["metadata"]["resourceVersion"]
+    versions = [o["metadata"]["resourceVersion"] for o in server.objects.values()]
     actuator.apply(desired)
-    assert [r.method for r in server.requests].count("PATCH") == 1
-    assert server.obj["metadata"]["resourceVersion"] == version
+    assert [r.method for r in server.requests].count("PATCH") == 2
+    assert [o["metadata"]["resourceVersion"] for o in server.objects.values()] == versions
 
 
 def test_conflict_rereads_and_reapplies_keeping_the_other_writers_change(
     fleet: FleetSpec,
 ) -> None:
-    server = FakeApiServer(rayservice(fleet))
+    server = api_server(rayservice(fleet, in_tree=True))
     raced = []
 
-    def other_writer(s: FakeApiServer) -> None:
-        # Someone (a person with kubectl, the chart's upgrade) edits the object between our
-        # read and our patch, once.
+    def ray_autoscaler(s: FakeApiServer) -> None:
+        # The Ray autoscaler scales the cluster between our read and our patch, once.
         if not raced:
-            groups(s.obj)["h100"]["idleTimeoutSeconds"] = 120
-            s.bump()
+            groups(s.cluster)["h100"]["replicas"] = 2
+            groups(s.cluster)["h100"]["scaleStrategy"] = {"workersToDelete": ["w-1"]}
+            s.bump(CLUSTER_PATH)
             raced.append(True)
 
-    server.before_patch = other_writer
+    server.before_patch = ray_autoscaler
     desired = FleetState(replicas={"gemma-4-e2b": 2}, nodes={"l4": 1, "h100": 2})
     actuator_for(server, fleet).apply(desired)
 
-    methods = [r.method for r in server.requests]
-    assert methods == ["GET", "PATCH", "GET", "PATCH"]
-    assert server.requests[1].body["metadata"]["resourceVersion"] == "100"
-    assert server.requests[3].body["metadata"]["resourceVersion"] == "101"
-    assert_valid(server.obj)
-    g = groups(server.obj)
-    assert g["h100"]["idleTimeoutSeconds"] == 120  # their edit was not overwritten
-    assert g["h100"]["minReplicas"] == 2  # and ours landed
+    cluster_calls = [r for r in server.requests if r.path == CLUSTER_PATH]
+    assert [r.method for r in cluster_calls] == ["GET", "PATCH", "GET", "PATCH"]
+    assert cluster_calls[1].body["metadata"]["resourceVersion"] == "500"
+    assert cluster_calls[3].body["metadata"]["resourceVersion"] == "501"
+    assert_valid(server)
+    g = groups(server.cluster)
+    # Their edit was not overwritten, and ours landed.
+    assert g["h100"]["scaleStrategy"] == {"workersToDelete": ["w-1"]}
+    assert (g["h100"]["minReplicas"], g["h100"]["replicas"]) == (2, 2)
     assert (
         deployments(yaml.safe_load(server.obj["spec"]["serveConfigV2"]))["gemma-4-e2b"][
             "num_replicas"
@@ -314,42 +414,60 @@ def test_conflict_rereads_and_reapplies_keeping_the_other_writers_change(
 
 
 def test_endless_conflicts_give_up_with_a_clear_error(fleet: FleetSpec) -> None:
-    server = FakeApiServer(rayservice(fleet))
+    server = api_server(rayservice(fleet))
     server.before_patch = FakeApiServer.bump
-    with pytest.raises(ActuatorError, match="kept changing: 5 patches conflicted"):
+    with pytest.raises(ActuatorError, match=r"RayService .* kept changing: 5 patches conflicted"):
         actuator_for(server, fleet).apply(FleetState(replicas={"gemma-4-e2b": 2}))
 
 
 def test_forbidden_names_the_rbac_needed(fleet: FleetSpec) -> None:
-    server = FakeApiServer(rayservice(fleet), status_for=lambda r: 403)
-    with pytest.raises(ActuatorError, match=r"needs get and patch on rayservices\.ray\.io"):
+    server = api_server(rayservice(fleet), status_for=lambda r: 403)
+    with pytest.raises(
+        ActuatorError, match=r"needs get and patch on rayservices\.ray\.io and rayclusters"
+    ):
+        actuator_for(server, fleet).observe()
+    # Allowed on the RayService but not on its cluster (an older Role): the cluster is named.
+    server = api_server(
+        rayservice(fleet), status_for=lambda r: 403 if r.path == CLUSTER_PATH else None
+    )
+    with pytest.raises(ActuatorError, match=f"not allowed to get RayCluster {NS}/{CLUSTER}"):
         actuator_for(server, fleet).observe()
 
 
-def test_missing_rayservice_and_missing_worker_group_are_named(fleet: FleetSpec) -> None:
-    server = FakeApiServer(rayservice(fleet), status_for=lambda r: 404)
+def test_missing_objects_and_missing_worker_group_are_named(fleet: FleetSpec) -> None:
+    server = api_server(rayservice(fleet), status_for=lambda r: 404)
     with pytest.raises(ActuatorError, match=f"RayService {NS}/{NAME} not found"):
         actuator_for(server, fleet).observe()
-    obj = rayservice(fleet)
-    obj["spec"]["rayClusterConfig"]["workerGroupSpecs"].pop()  # no h100 group
+    server = api_server(rayservice(fleet))
+    server.cluster["spec"]["workerGroupSpecs"].pop()  # no h100 group
     with pytest.raises(ActuatorError, match="no worker group named 'h100'"):
-        actuator_for(FakeApiServer(obj), fleet).apply(FleetState(replicas={}, nodes={"h100": 1}))
+        actuator_for(server, fleet).apply(FleetState(replicas={}, nodes={"h100": 1}))
+
+
+def test_an_unreachable_api_server_is_one_clear_error(fleet: FleetSpec) -> None:
+    # A real client against a port nothing listens on: the error names what could not be
+    # reached, and no traceback of urllib3's retries reaches the operator.
+    configuration = client.Configuration(host="http://127.0.0.1:9")
+    configuration.retries = 0
+    api = client.CustomObjectsApi(client.ApiClient(configuration))
+    actuator = KubernetesActuator(fleet, NS, NAME, api=api)
+    with pytest.raises(ActuatorError, match="cannot reach the Kubernetes API server to get"):
+        actuator.observe()
 
 
 @pytest.mark.parametrize("in_tree", [True, False])
 def test_worker_replicas_are_never_lowered_only_the_floor(fleet: FleetSpec, in_tree: bool) -> None:
-    obj = rayservice(fleet, in_tree=in_tree)
-    groups(obj)["l4"].update(replicas=3, minReplicas=3)
-    server = FakeApiServer(obj)
+    server = api_server(rayservice(fleet, in_tree=in_tree))
+    groups(server.cluster)["l4"].update(replicas=3, minReplicas=3)
     actuator_for(server, fleet).apply(FleetState(replicas={}, nodes={"l4": 1}))
-    g = groups(server.obj)["l4"]
+    g = groups(server.cluster)["l4"]
     # The floor comes down; the node itself is left for the Ray autoscaler to remove once idle
     # (KubeRay would delete a random pod if replicas dropped with in-tree autoscaling off).
     assert (g["minReplicas"], g["replicas"]) == (1, 3)
-    assert_valid(server.obj)
+    assert_valid(server)
     # Growing raises both at once.
     actuator_for(server, fleet).apply(FleetState(replicas={}, nodes={"l4": 4}))
-    g = groups(server.obj)["l4"]
+    g = groups(server.cluster)["l4"]
     assert (g["minReplicas"], g["replicas"], g["maxReplicas"]) == (4, 4, 4)
 
 
@@ -383,7 +501,7 @@ def test_controller_step_patches_the_rayservice_and_stays_idempotent(fleet: Flee
             cost_per_hour=0.0,
         )
 
-    server = FakeApiServer(rayservice(fleet))
+    server = api_server(rayservice(fleet))
     rates = {"gemma-4-E2B": 2.0, "gemma-4-E4B": 0.0, "gemma-4-26B-A4B": 0.0, "gemma-4-31B": 1.0}
     controller = Controller(
         fleet,
@@ -395,21 +513,23 @@ def test_controller_step_patches_the_rayservice_and_stays_idempotent(fleet: Flee
     )
     report = controller.step()
     assert report.applied
-    state = observed_state(server.obj, fleet, "gemma-fleet")
+    state = observed_state(server.obj, fleet, "gemma-fleet", server.cluster)
     assert state.replicas["gemma-4-e2b"] == 3 and state.replicas["gemma-4-31b"] == 2
     # Two 31B TP=2 replicas and one 26B take 5 H100 GPUs: two 4-GPU nodes.
     assert state.nodes == {"l4": 2, "h100": 2}
-    assert_valid(server.obj)
+    assert_valid(server)
     patches = sum(r.method == "PATCH" for r in server.requests)
     assert not controller.step().applied
     assert sum(r.method == "PATCH" for r in server.requests) == patches
 
 
-def test_patched_serve_config_overrides_autoscaling_set_in_code(fleet: FleetSpec) -> None:
-    """What Ray Serve 2.60 makes of the patched serveConfigV2 (its own override step of a
+def serve_applied(
+    service: dict[str, Any], fleet: FleetSpec
+) -> dict[str, tuple[int | None, tuple[int, int | None, int] | None]]:
+    """What Ray Serve 2.60 makes of a RayService's serveConfigV2 (its own override step of a
     declarative deploy, `application_state.override_deployment_info`) for pool deployments
-    whose code sets an autoscaling_config, as serve_app.py's do: a fixed replica count and no
-    autoscaler of Serve's own. Without the explicit null the code's autoscaling would stay."""
+    whose code sets an autoscaling_config, as serve_app.py's do: per pool, the fixed replica
+    count and the (min, initial, max) of Serve's own autoscaling, where it has one."""
     from ray import serve
     from ray.serve._private.application_state import override_deployment_info
     from ray.serve._private.deployment_info import DeploymentInfo
@@ -427,19 +547,22 @@ def test_patched_serve_config_overrides_autoscaling_set_in_code(fleet: FleetSpec
             deployer_job_id="test",
         )
 
-    def applied(obj: dict[str, Any]) -> dict[str, tuple[int | None, bool]]:
-        config = ServeDeploySchema.model_validate(yaml.safe_load(obj["spec"]["serveConfigV2"]))
-        (app,) = config.applications
-        infos = {p.name: from_code(p.name) for p in fleet.model_pools}
-        out = override_deployment_info(infos, app)
-        return {
-            name: (
-                i.deployment_config.num_replicas,
-                i.deployment_config.autoscaling_config is not None,
-            )
-            for name, i in out.items()
-        }
+    config = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    (app,) = config.applications
+    infos = {p.name: from_code(p.name) for p in fleet.model_pools}
+    out = {}
+    for name, info in override_deployment_info(infos, app).items():
+        auto = info.deployment_config.autoscaling_config
+        bounds = (
+            None if auto is None else (auto.min_replicas, auto.initial_replicas, auto.max_replicas)
+        )
+        out[name] = (info.deployment_config.num_replicas, bounds)
+    return out
 
+
+def test_patched_serve_config_overrides_autoscaling_set_in_code(fleet: FleetSpec) -> None:
+    """Each pool ends with the patched fixed replica count and no Serve autoscaling; without
+    the explicit null the code's autoscaling would stay."""
     before = rayservice(fleet)
     # The chart's form without the null: num_replicas next to autoscaling set in code.
     config = yaml.safe_load(before["spec"]["serveConfigV2"])
@@ -447,8 +570,8 @@ def test_patched_serve_config_overrides_autoscaling_set_in_code(fleet: FleetSpec
         d.pop("autoscaling_config")
         d["num_replicas"] = 2
     before["spec"]["serveConfigV2"] = yaml.safe_dump(config)
-    assert all(autoscaled for _, autoscaled in applied(before).values())
+    assert all(bounds is not None for _, bounds in serve_applied(before, fleet).values())
 
-    server = FakeApiServer(before)
+    server = api_server(before)
     actuator_for(server, fleet).apply(FleetState(replicas={p.name: 3 for p in fleet.model_pools}))
-    assert applied(server.obj) == {p.name: (3, False) for p in fleet.model_pools}
+    assert serve_applied(server.obj, fleet) == {p.name: (3, None) for p in fleet.model_pools}

@@ -291,7 +291,7 @@ def test_autoscaler_has_only_the_rights_it_uses(case: tuple[dict[str, Any], Rend
     assert role["rules"] == [
         {
             "apiGroups": ["ray.io"],
-            "resources": ["rayservices"],
+            "resources": ["rayservices", "rayclusters"],
             "verbs": ["get", "patch"],
         }
     ]
@@ -575,32 +575,40 @@ def test_autoscaler_actuator_reads_the_rendered_rayservice(
     case: tuple[dict[str, Any], Rendered], schemas: dict[str, Any]
 ) -> None:
     """The Kubernetes actuator finds the application, every pool's replicas and every node
-    pool's worker group where the chart put them, sees nothing to change at the start, and
-    its patch for a scale-up still satisfies the KubeRay and Ray Serve schemas."""
+    pool's worker group where the chart put them (in the RayService, and in the RayCluster
+    KubeRay makes from its rayClusterConfig), sees nothing to change at the start, and its
+    patches for a scale-up still satisfy the KubeRay and Ray Serve schemas."""
     actuator = pytest.importorskip("gemma_fleet.autoscaler.actuators.kubernetes")
-    from gemma_fleet.autoscaler.actuators import FleetState
 
     values, out = case
     fleet = parse_fleet(values["fleet"])
     service = _rayservice(out)
-    state = actuator.observed_state(service, fleet, "gemma-fleet")
-    assert state.replicas == {p.name: p.replicas.start for p in fleet.model_pools}
-    assert state.nodes == {n.name: n.min_nodes for n in fleet.node_pools}
-    assert actuator.patch_body(service, fleet, state, "gemma-fleet") is None
+    cluster = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": {"name": "active"},
+        "spec": copy.deepcopy(service["spec"]["rayClusterConfig"]),
+    }
+    for state in (
+        actuator.observed_state(service, fleet, "gemma-fleet"),
+        actuator.observed_state(service, fleet, "gemma-fleet", cluster),
+    ):
+        assert state.replicas == {p.name: p.replicas.start for p in fleet.model_pools}
+        assert state.nodes == {n.name: n.min_nodes for n in fleet.node_pools}
+    assert actuator.serve_patch(service, state.replicas, "gemma-fleet") is None
+    assert actuator.nodes_patch(cluster, fleet, state.nodes) is None
     pool = fleet.model_pools[0]
-    grown = FleetState(
-        replicas={**state.replicas, pool.name: pool.replicas.max},
-        nodes={n: count + 1 for n, count in state.nodes.items()},
+    serve = actuator.serve_patch(
+        service, {**state.replicas, pool.name: pool.replicas.max}, "gemma-fleet"
     )
-    patch = actuator.patch_body(service, fleet, grown, "gemma-fleet")
-    assert patch is not None
+    nodes = actuator.nodes_patch(cluster, fleet, {n: c + 1 for n, c in state.nodes.items()})
+    assert serve is not None and nodes is not None
     patched = copy.deepcopy(service)
-    patched["spec"]["serveConfigV2"] = patch["spec"]["serveConfigV2"]
-    patched["spec"]["rayClusterConfig"]["workerGroupSpecs"] = patch["spec"]["rayClusterConfig"][
-        "workerGroupSpecs"
-    ]
+    patched["spec"]["serveConfigV2"] = serve["spec"]["serveConfigV2"]
     schemas["RayService"].validate(patched)
     schemas["serve"].validate(_serve_config_of(patched))
+    cluster["spec"]["workerGroupSpecs"] = nodes["spec"]["workerGroupSpecs"]
+    schemas["RayCluster"].validate(cluster)
 
 
 def _serve_config_of(service: dict[str, Any]) -> dict[str, Any]:
