@@ -6,11 +6,12 @@ docs/helm.md."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import jsonschema
 import pytest
-import yaml
-from chart_support import CHART, EXAMPLES, Render, Rendered
+from chart_support import CHART, EXAMPLES, KUBERAY_SCHEMAS, Render, Rendered
 
 DEFAULTS = CHART / "values.yaml"
 CASES = [DEFAULTS, *EXAMPLES]
@@ -50,6 +51,48 @@ def test_without_in_tree_autoscaling_no_ray_pod_mounts_a_token(render: Render) -
         assert group["template"]["spec"]["automountServiceAccountToken"] is False
 
 
-def _values_of(path: Any) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
-    return loaded
+# --- 2. A node pool's own idle timeout needs Ray's autoscaler v2 -------------------------------
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_shipped_values_keep_kuberays_default_autoscaler(path: Any, render: Render) -> None:
+    """KubeRay refuses a worker group's idleTimeoutSeconds unless autoscalerOptions.version is
+    v2 (validateWorkerGroupIdleTimeout); the shipped values use neither, so KubeRay 1.3 (no
+    `version` field) takes them too."""
+    cluster = _cluster(_ok(render(path)))
+    assert "version" not in cluster["autoscalerOptions"]
+    assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == 600
+    for group in cluster["workerGroupSpecs"]:
+        assert "idleTimeoutSeconds" not in group
+
+
+def test_a_node_pools_idle_timeout_without_autoscaler_v2_is_refused(render: Render) -> None:
+    for ray in ({}, {"autoscalerOptions": {"version": "v1"}}, {"enableInTreeAutoscaling": False}):
+        out = render(values={"ray": ray, "nodePools": {"l4": {"idleTimeoutSeconds": 1800}}})
+        assert out.returncode != 0, ray
+        assert (
+            "nodePools.l4.idleTimeoutSeconds: KubeRay accepts a node pool's own idle timeout "
+            "only with Ray's autoscaler v2: set ray.autoscalerOptions.version: v2"
+        ) in out.stderr
+
+
+def test_autoscaler_v2_renders_its_version_and_the_pools_idle_timeout(render: Render) -> None:
+    values = {
+        "ray": {"autoscalerOptions": {"version": "v2"}},
+        "nodePools": {"l4": {"idleTimeoutSeconds": 1800}},
+    }
+    out = _ok(render(values=values))
+    schema = json.loads((KUBERAY_SCHEMAS / "rayservice_v1.json").read_text())
+    jsonschema.Draft7Validator(schema).validate(out.one("RayService"))
+    cluster = _cluster(out)
+    assert cluster["autoscalerOptions"]["version"] == "v2"
+    assert cluster["autoscalerOptions"]["idleTimeoutSeconds"] == 600
+    (group,) = cluster["workerGroupSpecs"]
+    assert group["idleTimeoutSeconds"] == 1800
+    # KubeRay wants restartPolicy unset or Never on every Ray pod under v2.
+    templates = [cluster["headGroupSpec"]["template"], group["template"]]
+    assert all(t["spec"].get("restartPolicy", "Never") == "Never" for t in templates)
+    # v2 alone, without a per-pool timeout, renders no worker group timeout.
+    plain = _cluster(_ok(render(values={"ray": {"autoscalerOptions": {"version": "v2"}}})))
+    assert plain["autoscalerOptions"]["version"] == "v2"
+    assert "idleTimeoutSeconds" not in plain["workerGroupSpecs"][0]

@@ -23,9 +23,15 @@ secrets. Every problem is reported at once, one line each, named by its values p
     {{- $errors = append $errors (printf "fleet.node_pools[%s].min_nodes: %d exceeds max_nodes %d" $np.name (int $np.min_nodes) (int $np.max_nodes)) }}
   {{- end }}
 {{- end }}
-{{- range $name, $_ := .Values.nodePools }}
+{{- /* KubeRay (utils/validation.go, validateWorkerGroupIdleTimeout) refuses a worker group's
+idleTimeoutSeconds unless the Ray autoscaler runs as v2, and then builds no cluster at all. */}}
+{{- $autoscalerV2 := and .Values.ray.enableInTreeAutoscaling (eq (toString .Values.ray.autoscalerOptions.version) "v2") }}
+{{- range $name, $k8s := .Values.nodePools }}
   {{- if not (hasKey $nodePools $name) }}
     {{- $errors = append $errors (printf "nodePools.%s: no node pool %q in fleet.node_pools (known: %s)" $name $name (keys $nodePools | sortAlpha | join ", ")) }}
+  {{- end }}
+  {{- if and (not $autoscalerV2) (hasKey (default dict $k8s) "idleTimeoutSeconds") (not (kindIs "invalid" (default dict $k8s).idleTimeoutSeconds)) }}
+    {{- $errors = append $errors (printf "nodePools.%s.idleTimeoutSeconds: KubeRay accepts a node pool's own idle timeout only with Ray's autoscaler v2: set ray.autoscalerOptions.version: v2 (KubeRay 1.4+, with ray.enableInTreeAutoscaling: true), or drop it and use ray.autoscalerOptions.idleTimeoutSeconds, which applies to every node pool" $name) }}
   {{- end }}
 {{- end }}
 {{- $poolNames := dict }}
