@@ -96,3 +96,63 @@ def test_autoscaler_v2_renders_its_version_and_the_pools_idle_timeout(render: Re
     plain = _cluster(_ok(render(values={"ray": {"autoscalerOptions": {"version": "v2"}}})))
     assert plain["autoscalerOptions"]["version"] == "v2"
     assert "idleTimeoutSeconds" not in plain["workerGroupSpecs"][0]
+
+
+# --- 3. Disruption budgets the disruption controller can evaluate -----------------------------
+
+
+def _budgets(out: Rendered) -> dict[str, dict[str, Any]]:
+    return {b["metadata"]["name"]: b["spec"] for b in out.all("PodDisruptionBudget")}
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_every_budget_is_an_integer_min_available(path: Any, render: Render) -> None:
+    """Every budget here selects pods owned by a RayCluster, which has no /scale subresource:
+    the disruption controller then evaluates only an integer minAvailable ("rayclusters.ray.io
+    does not implement the scale subresource" otherwise, kuberay #2662)."""
+    out = _ok(render(path, values={"podDisruptionBudget": {"protectHead": True}}))
+    budgets = _budgets(out)
+    assert budgets
+    for name, spec in budgets.items():
+        assert set(spec) == {"minAvailable", "selector"}, name
+        assert isinstance(spec["minAvailable"], int) and spec["minAvailable"] >= 1, name
+    # Redis (StatefulSet) and the autoscaler (Deployment) have /scale owners but no budget.
+    for spec in budgets.values():
+        component = spec["selector"]["matchLabels"]["app.kubernetes.io/component"]
+        assert component in ("ray-head", "ray-worker")
+
+
+def test_worker_budgets_follow_each_pools_floor(render: Render) -> None:
+    fleet = {
+        "node_pools": [
+            {
+                "name": n,
+                "gpu": "L4",
+                "gpus_per_node": 1,
+                "min_nodes": m,
+                "max_nodes": 4,
+                "cost_per_gpu_hour": 0.85,
+            }
+            for n, m in (("zero", 0), ("one", 1), ("three", 3))
+        ],
+        "model_pools": [
+            {"name": "e4b", "model": "gemma-4-E4B", "node_pool": "three", "engine": "vllm"}
+        ],
+    }
+    out = _ok(render(values={"fleet": fleet}))
+    assert _budgets(out) == {
+        "gf-gemma-fleet-three": {
+            "minAvailable": 2,
+            "selector": {
+                "matchLabels": {
+                    "app.kubernetes.io/name": "gemma-fleet",
+                    "app.kubernetes.io/instance": "gf",
+                    "app.kubernetes.io/component": "ray-worker",
+                    "gemma-fleet/node-pool": "three",
+                }
+            },
+        }
+    }
+    stricter = render(values={"fleet": fleet, "podDisruptionBudget": {"workerMaxUnavailable": 0}})
+    floors = {n: s["minAvailable"] for n, s in _budgets(_ok(stricter)).items()}
+    assert floors == {"gf-gemma-fleet-one": 1, "gf-gemma-fleet-three": 3}

@@ -462,6 +462,8 @@ def test_serve_port_is_open_only_to_the_namespace_and_listed_peers(
 def test_disruption_budgets_select_each_node_pools_workers(
     case: tuple[dict[str, Any], Rendered],
 ) -> None:
+    """Integer minAvailable only: Ray pods belong to a RayCluster (no /scale subresource), so
+    a maxUnavailable would leave 0 allowed disruptions (test_chart_on_a_cluster.py)."""
     values, out = case
     budgets = {b["metadata"]["name"]: b for b in out.all("PodDisruptionBudget")}
     groups = _rayservice(out)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
@@ -472,10 +474,14 @@ def test_disruption_budgets_select_each_node_pools_workers(
             for b in budgets.values()
             if b["spec"]["selector"]["matchLabels"].items() <= labels.items()
         ]
-        assert len(selecting) == 1, group["groupName"]
-        assert selecting[0]["spec"]["maxUnavailable"] == 1
+        floor = group["minReplicas"] - values["podDisruptionBudget"]["workerMaxUnavailable"]
+        assert len(selecting) == (1 if floor > 0 else 0), group["groupName"]
+        for budget in selecting:
+            assert budget["spec"] == {**budget["spec"], "minAvailable": floor}
+            assert "maxUnavailable" not in budget["spec"]
     protect = values["podDisruptionBudget"]["protectHead"]
-    assert any(b["spec"].get("maxUnavailable") == 0 for b in budgets.values()) == protect
+    head = [b for b in budgets.values() if b["metadata"]["name"].endswith("-head")]
+    assert [b["spec"]["minAvailable"] for b in head] == ([1] if protect else [])
 
 
 def test_ingress_fronts_the_serve_service(case: tuple[dict[str, Any], Rendered]) -> None:
