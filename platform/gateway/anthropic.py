@@ -24,6 +24,16 @@ from gemma_fleet.gateway.openai_models import ChatCompletionRequest
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
+def stop_reason(finish_reason: str | None, used_tool: bool) -> str:
+    """Anthropic's stop_reason for an OpenAI finish_reason. A forced call (a named tool, or
+    `any`) finishes with "stop" in OpenAI's API and vLLM's, yet Anthropic says "tool_use"
+    whenever the turn ends in a tool call; only running out of tokens says otherwise."""
+    reason = finish_reason or "stop"
+    if used_tool and reason != "length":
+        return "tool_use"
+    return STOP_REASONS.get(reason, "end_turn")
+
+
 def _image_url(block: ImageBlock) -> str:
     source = block.source
     if source.type == "base64":
@@ -128,6 +138,16 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
         raise validation_error(exc, body) from exc
 
 
+def _arguments(text: str | None) -> dict[str, Any]:
+    """A call's arguments as Anthropic's `input` object. A call cut short by max_tokens has
+    arguments that do not parse: the client learns it from stop_reason, not from a 500."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def to_message(chat: dict[str, Any], model: str) -> dict[str, Any]:
     """An OpenAI chat completion as an Anthropic message."""
     choice = chat["choices"][0]
@@ -142,7 +162,7 @@ def to_message(chat: dict[str, Any], model: str) -> dict[str, Any]:
                 "type": "tool_use",
                 "id": call["id"],
                 "name": function["name"],
-                "input": json.loads(function.get("arguments") or "{}"),
+                "input": _arguments(function.get("arguments")),
             }
         )
     usage = chat.get("usage") or {}
@@ -152,7 +172,7 @@ def to_message(chat: dict[str, Any], model: str) -> dict[str, Any]:
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": STOP_REASONS.get(choice.get("finish_reason") or "stop", "end_turn"),
+        "stop_reason": stop_reason(choice.get("finish_reason"), bool(message.get("tool_calls"))),
         "stop_sequence": None,
         "usage": {
             "input_tokens": usage.get("prompt_tokens", 0),
@@ -181,7 +201,8 @@ class _StreamState:
     def __init__(self) -> None:
         self.index = -1
         self.open_kind: str | None = None  # "text" or the tool call's OpenAI index
-        self.stop_reason = "end_turn"
+        self.finish_reason: str | None = None
+        self.used_tool = False
         self.input_tokens = 0
         self.output_tokens = 0
 
@@ -225,6 +246,7 @@ class _StreamState:
                         "input": {},
                     }
                     events += self.open(kind, block)
+                    self.used_tool = True
                 if args := function.get("arguments"):
                     events.append(
                         _event(
@@ -236,7 +258,7 @@ class _StreamState:
                         )
                     )
             if reason := choice.get("finish_reason"):
-                self.stop_reason = STOP_REASONS.get(reason, "end_turn")
+                self.finish_reason = reason
         return events
 
 
@@ -270,7 +292,10 @@ async def to_message_stream(openai_events: AsyncIterator[str], model: str) -> As
     yield _event(
         "message_delta",
         {
-            "delta": {"stop_reason": state.stop_reason, "stop_sequence": None},
+            "delta": {
+                "stop_reason": stop_reason(state.finish_reason, state.used_tool),
+                "stop_sequence": None,
+            },
             "usage": {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens},
         },
     )

@@ -130,3 +130,29 @@ def test_errors_use_anthropics_format(client: anthropic.Anthropic) -> None:
             model="gemma-4", max_tokens=0, messages=[{"role": "user", "content": "x"}]
         )
     assert "max_tokens" in bad.value.body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "choice", [{"type": "tool", "name": "forecast"}, {"type": "any"}, {"type": "auto"}]
+)
+def test_a_turn_that_ends_in_a_tool_call_says_tool_use(
+    client: anthropic.Anthropic, choice: dict[str, Any]
+) -> None:
+    # OpenAI (and vLLM) finish a named tool call with "stop"; Anthropic says tool_use.
+    ask = {
+        "model": "gemma-4",
+        "max_tokens": 64,
+        "tools": TOOLS,
+        "tool_choice": choice,
+        "messages": [{"role": "user", "content": "call forecast for Oslo"}],
+    }
+    message = client.messages.create(**ask)
+    assert [b.type for b in message.content] == ["tool_use"]
+    assert message.stop_reason == "tool_use"
+    with client.messages.stream(**ask) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["tool_use"]
+    assert final.stop_reason == "tool_use"
+    # cut short by max_tokens, the call is incomplete: max_tokens, as Anthropic says
+    short = client.messages.create(**{**ask, "max_tokens": 2})
+    assert short.stop_reason == "max_tokens"
