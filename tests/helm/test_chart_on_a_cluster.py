@@ -11,6 +11,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 from chart_support import CHART, EXAMPLES, KUBERAY_SCHEMAS, Render, Rendered
 
 DEFAULTS = CHART / "values.yaml"
@@ -156,3 +157,91 @@ def test_worker_budgets_follow_each_pools_floor(render: Render) -> None:
     stricter = render(values={"fleet": fleet, "podDisruptionBudget": {"workerMaxUnavailable": 0}})
     floors = {n: s["minAvailable"] for n, s in _budgets(_ok(stricter)).items()}
     assert floors == {"gf-gemma-fleet-one": 1, "gf-gemma-fleet-three": 3}
+
+
+# --- 4. Worker requests fit the machines the examples name ------------------------------------
+
+GIB = 2**30
+# (vCPU, memory in GB, GPU, GPUs): https://cloud.google.com/compute/docs/accelerator-optimized-machines
+MACHINES = {
+    "g2-standard-24": (24, 96, "L4", 2),
+    "a2-highgpu-2g": (24, 170, "A100-40GB", 2),
+    "a3-highgpu-4g": (104, 936, "H100-80GB", 4),  # half an a3-highgpu-8g: 208 vCPU, 1,872 GB
+}
+# The machine each example's node pool names in its comments.
+NAMED = {
+    ("l4-only", "l4"): "g2-standard-24",
+    ("a100-40gb", "a100"): "a2-highgpu-2g",
+    ("mixed-l4-h100", "l4"): "g2-standard-24",
+    ("mixed-l4-h100", "h100"): "a3-highgpu-4g",
+}
+# Left for DaemonSets (GPU device plugin, logging and metrics agents, kube-proxy, CSI).
+SYSTEM_PODS = (1.0, 4 * GIB)
+
+
+def _tiers(amount: float, tiers: list[tuple[float, float]]) -> float:
+    """Sum of rate x the part of `amount` in each (size, rate) tier; the last tier is open."""
+    reserved, rest = 0.0, amount
+    for size, rate in tiers:
+        part = min(rest, size)
+        reserved, rest = reserved + part * rate, rest - part
+    return reserved
+
+
+def gke_allocatable(vcpus: int, memory_gb: float) -> tuple[float, float]:
+    """GKE's node reservations (https://cloud.google.com/kubernetes-engine/docs/concepts/
+    plan-node-sizes#memory_and_cpu_reservations): CPU 6 % of the first core, 1 % of the next,
+    0.5 % of the next 2, 0.25 % above 4; memory 25 % of the first 4 GiB, 20 % of the next 4,
+    10 % of the next 8, 6 % of the next 112, 2 % above 128 GiB, plus 100 MiB for eviction."""
+    inf = float("inf")
+    cpu = vcpus - _tiers(vcpus, [(1, 0.06), (1, 0.01), (2, 0.005), (inf, 0.0025)])
+    mem_gib = memory_gb * 1e9 / GIB
+    reserved = _tiers(mem_gib, [(4, 0.25), (4, 0.2), (8, 0.1), (112, 0.06), (inf, 0.02)])
+    return cpu, (mem_gib - reserved) * GIB - 100 * 2**20
+
+
+def _quantity(value: str | int | float) -> float:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9}
+    text = str(value)
+    if text.endswith("m"):
+        return float(text[:-1]) / 1000
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * factor
+    return float(text)
+
+
+def test_gke_allocatable_matches_googles_worked_figures() -> None:
+    # Google's example: a 4-vCPU node reserves 80 m (60 + 10 + 5 + 5).
+    assert gke_allocatable(4, 16)[0] == pytest.approx(3.92)
+    # 150 GiB of memory: 9.76 GiB reserved + 100 MiB for eviction = 9.8577 GiB (the worked
+    # example of github.com/hatemosphere/gke-node-allocatable-memory-calculator).
+    memory = gke_allocatable(4, 150 * GIB / 1e9)[1]
+    assert (150 * GIB - memory) / GIB == pytest.approx(9.8577, abs=1e-4)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_worker_requests_fit_the_named_machine(path: Any, render: Render) -> None:
+    """One worker per node: the worker's requests, GPUs included, fit the machine its example
+    names after GKE's reservations, with room for the node's system pods."""
+    text = path.read_text()
+    out = _ok(render(path))
+    fleet = {p["name"]: p for p in yaml.safe_load(text)["fleet"]["node_pools"]}
+    for group in _cluster(out)["workerGroupSpecs"]:
+        machine = NAMED[(path.stem, group["groupName"])]
+        vcpus, memory_gb, gpu, gpus = MACHINES[machine]
+        assert f"{machine}: {vcpus} vCPU, {memory_gb} GB" in text, machine
+        assert (fleet[group["groupName"]]["gpu"], fleet[group["groupName"]]["gpus_per_node"]) == (
+            gpu,
+            gpus,
+        )
+        (container,) = group["template"]["spec"]["containers"]
+        requests = container["resources"]["requests"]
+        assert requests["nvidia.com/gpu"] == str(gpus)
+        cpu, memory = gke_allocatable(vcpus, memory_gb)
+        assert _quantity(requests["cpu"]) <= cpu - SYSTEM_PODS[0], (machine, requests)
+        assert _quantity(requests["memory"]) <= memory - SYSTEM_PODS[1], (machine, requests)
+        # /dev/shm is memory the container is charged for: it must fit inside the limit.
+        limit = _quantity(container["resources"]["limits"]["memory"])
+        (shm,) = [v for v in group["template"]["spec"]["volumes"] if v["name"] == "dshm"]
+        assert _quantity(shm["emptyDir"]["sizeLimit"]) < limit
