@@ -7,12 +7,13 @@ docs/helm.md."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
-from chart_support import CHART, EXAMPLES, KUBERAY_SCHEMAS, Render, Rendered
+from chart_support import CHART, EXAMPLES, KUBERAY_SCHEMAS, REPO, Render, Rendered
 
 DEFAULTS = CHART / "values.yaml"
 CASES = [DEFAULTS, *EXAMPLES]
@@ -245,3 +246,74 @@ def test_worker_requests_fit_the_named_machine(path: Any, render: Render) -> Non
         limit = _quantity(container["resources"]["limits"]["memory"])
         (shm,) = [v for v in group["template"]["spec"]["volumes"] if v["name"] == "dshm"]
         assert _quantity(shm["emptyDir"]["sizeLimit"]) < limit
+
+
+# --- 5. The Ingress publishes the API, not the gateway's metrics ------------------------------
+
+GATEWAY_SOURCES = [REPO / "platform" / "gateway" / f for f in ("app.py", "admin.py")]
+
+
+def _gateway_routes() -> set[str]:
+    """The gateway's HTTP routes as its FastAPI decorators declare them."""
+    pattern = re.compile(r'@(?:app|router)\.(?:get|post|put|patch|delete)\(\s*"([^"]+)"')
+    routes = {r for f in GATEWAY_SOURCES for r in pattern.findall(f.read_text())}
+    assert {"/v1/chat/completions", "/admin/teams", "/metrics", "/health"} <= routes
+    return routes
+
+
+def _routed(path: str, rules: list[dict[str, Any]]) -> bool:
+    """Whether an Ingress path rule sends `path` on (Prefix matches whole path elements)."""
+    for rule in rules:
+        if rule["pathType"] == "Exact" and path == rule["path"]:
+            return True
+        if rule["pathType"] == "Prefix":
+            prefix = rule["path"].rstrip("/")
+            if path == prefix or path.startswith(prefix + "/") or prefix == "":
+                return True
+    return False
+
+
+def _ingress_paths(out: Rendered) -> list[dict[str, Any]]:
+    (ingress,) = out.all("Ingress")
+    (rule,) = ingress["spec"]["rules"]
+    paths: list[dict[str, Any]] = rule["http"]["paths"]
+    return paths
+
+
+def test_ingress_routes_the_api_and_never_the_metrics(render: Render) -> None:
+    out = _ok(render(CHART / "examples" / "mixed-l4-h100.yaml"))
+    paths = _ingress_paths(out)
+    assert [(p["path"], p["pathType"]) for p in paths] == [
+        ("/v1", "Prefix"),
+        ("/admin", "Prefix"),
+        ("/health", "Exact"),
+        ("/ready", "Exact"),
+    ]
+    for route in _gateway_routes():
+        assert _routed(route, paths) == (route != "/metrics"), route
+    for hidden in ("/metrics", "/openapi.json", "/-/routes", "/-/healthz", "/v1x", "/"):
+        assert not _routed(hidden, paths), hidden
+    # In the cluster nothing changes: the PodMonitor still scrapes Ray's metrics port, which
+    # carries the gateway's metrics, and the autoscaler still reads the serve Service.
+    (pod_monitor,) = out.all("PodMonitor")
+    assert [e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    (deployment,) = out.all("Deployment")
+    command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[command.index("--metrics-url") + 1].endswith(
+        "-serve-svc.serving.svc:8000/metrics"
+    )
+
+
+def test_ingress_without_the_admin_api(render: Render) -> None:
+    values = {"gateway": {"ingress": {"enabled": True, "exposeAdmin": False}}}
+    paths = _ingress_paths(_ok(render(values=values)))
+    assert [p["path"] for p in paths] == ["/v1", "/health", "/ready"]
+    assert not _routed("/admin/teams", paths)
+
+
+def test_ingress_paths_of_ones_own_are_refused(render: Render) -> None:
+    """A catch-all `/` is what published /metrics; the chart owns the path list now."""
+    host = {"host": "gemma.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}
+    out = render(values={"gateway": {"ingress": {"enabled": True, "hosts": [host]}}})
+    assert out.returncode != 0
+    assert "/gateway/ingress/hosts/0" in out.stderr and "paths" in out.stderr
