@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from gemma_fleet.gateway.auth import TeamGate
 from gemma_fleet.gateway.bodies import parse, read_json
 from gemma_fleet.gateway.errors import ApiError
-from gemma_fleet.teams.access import STORE_DOWN
+from gemma_fleet.teams.access import store_down
 from gemma_fleet.teams.records import KeyRequest, TeamSpec, TeamUpdate, utcnow
 from gemma_fleet.teams.store import NotFound, TeamExists
 
@@ -35,10 +35,12 @@ async def _store(call: Awaitable[T]) -> T:
         raise ApiError(404, str(exc)) from exc
     except TeamExists as exc:
         raise ApiError(409, str(exc)) from exc
-    except STORE_DOWN as exc:
-        raise ApiError(503, "the team store (Redis) is unavailable", retry_after_s=5) from exc
     except ValueError as exc:
         raise ApiError(400, str(exc)) from exc
+    except Exception as exc:
+        if store_down(exc):
+            raise ApiError(503, "the team store (Redis) is unavailable", retry_after_s=5) from exc
+        raise
 
 
 def _json(data: BaseModel | Sequence[BaseModel], status: int = 200) -> JSONResponse:

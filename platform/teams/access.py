@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections import deque
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -32,7 +34,25 @@ from gemma_fleet.teams.usage import UsageDelta, UsageMeter
 log = logging.getLogger(__name__)
 
 # What "the store did not answer" looks like from redis-py and asyncio.
-STORE_DOWN = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+_NO_ANSWER = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
+# Redis answering that it cannot take a command now, whatever the command: out of memory
+# (maxmemory, noeviction), a read-only replica (a failover in progress), a disk it cannot
+# persist to (MISCONF), a script running too long (BUSY), too few replicas (NOREPLICAS). The
+# same command succeeds once Redis recovers, so these count as "down" too. redis-py has classes
+# for some; the others are plain ResponseErrors, recognised by their prefix (also where a
+# pipeline wraps the message as "Command # N (...) of pipeline caused error: ...").
+_REFUSED = (OutOfMemoryError, ReadOnlyError, ClusterDownError)
+_REFUSED_PREFIX = re.compile(
+    r"^(?:Command # \d+ .* of pipeline caused error: \(?['\"]?)?(?:MISCONF|BUSY|NOREPLICAS) "
+)
+
+
+def store_down(exc: BaseException) -> bool:
+    """Whether `exc` means Redis cannot serve now (no answer, or a refusal a retry outlives),
+    as opposed to a bug or a bad command."""
+    if isinstance(exc, _NO_ANSWER + _REFUSED):
+        return True
+    return isinstance(exc, ResponseError) and bool(_REFUSED_PREFIX.match(str(exc)))
 
 
 class Unauthenticated(Exception):
@@ -69,6 +89,7 @@ class TeamAccess:
         self._seen: dict[str, tuple[Identity, float]] = {}
         self._pending: deque[Callable[[], Awaitable[None]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
+        self._flushing = asyncio.Lock()
 
     @property
     def pending(self) -> int:
@@ -85,7 +106,9 @@ class TeamAccess:
         digest = key_digest(key)
         try:
             identity: Identity | None = await self._bounded(self.store.authenticate(key))
-        except STORE_DOWN as exc:
+        except Exception as exc:
+            if not store_down(exc):
+                raise
             cached = self._seen.get(digest)
             policy = self.settings.redis_down
             if policy is RedisDownPolicy.SERVE_CACHED_KEYS and cached is not None:
@@ -108,7 +131,9 @@ class TeamAccess:
             admission = await self._bounded(
                 self.limiter.admit(identity.team.name, identity.team.limits, tokens)
             )
-        except STORE_DOWN as exc:
+        except Exception as exc:
+            if not store_down(exc):
+                raise
             if self.settings.redis_down is RedisDownPolicy.SERVE_CACHED_KEYS:
                 return Ticket(identity, None)
             raise StoreUnavailable(self.settings.retry_after_s) from exc
@@ -134,10 +159,11 @@ class TeamAccess:
                 continue
             try:
                 await self._bounded(write())
-            except STORE_DOWN:
-                self._buffer(write)
-            except Exception:  # a bug must not break the answer the client is reading
-                log.exception("accounting write for team %s failed", team)
+            except Exception as exc:
+                if store_down(exc):
+                    self._buffer(write)
+                else:  # a bug must not break the answer the client is reading
+                    log.exception("accounting write for team %s failed", team)
 
     def _buffer(self, write: Callable[[], Awaitable[None]]) -> None:
         if len(self._pending) >= self.MAX_PENDING:
@@ -149,11 +175,18 @@ class TeamAccess:
 
     async def flush(self) -> int:
         """Write what is buffered, in order, until Redis refuses; returns what is left."""
+        async with self._flushing:  # the flush loop and close() must not both pop a write
+            return await self._flush()
+
+    async def _flush(self) -> int:
         while self._pending:
             try:
                 await self._bounded(self._pending[0]())
-            except STORE_DOWN:
-                break
+            except Exception as exc:
+                if store_down(exc):
+                    break
+                # Not an outage: retrying cannot help, and it would hold up every write behind.
+                log.exception("buffered accounting write failed: dropped")
             self._pending.popleft()
         return len(self._pending)
 

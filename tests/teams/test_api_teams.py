@@ -315,3 +315,24 @@ def test_patching_one_limit_keeps_the_others(gateway: RunningGateway) -> None:
     assert bad.status_code == 400 and "token_budget" in bad.json()["error"]["message"]
     unknown = admin(gateway, "PATCH", "/admin/teams/partial", json={"limits": {"rpm": 5}})
     assert unknown.status_code == 400 and "rpm" in unknown.json()["error"]["message"]
+
+
+def test_redis_out_of_memory_is_answered_as_store_down(
+    gateway: RunningGateway, redis_server: RedisServer
+) -> None:
+    key = new_team(gateway, "no-memory")
+    import redis as sync_redis
+
+    r = sync_redis.Redis.from_url(redis_server.url)
+    r.config_set("maxmemory", 1)  # noeviction: Redis refuses every write
+    try:
+        with pytest.raises(openai.InternalServerError) as refused:
+            chat(gateway, key)
+        created = admin(gateway, "POST", "/admin/teams", json={"name": "no-memory-2"})
+    finally:
+        r.config_set("maxmemory", 0)
+    assert refused.value.status_code == 503
+    assert refused.value.code == "store_unavailable"
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    assert created.status_code == 503 and "Redis" in created.json()["error"]["message"]
+    assert chat(gateway, key).choices

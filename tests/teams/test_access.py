@@ -1,0 +1,138 @@
+"""The team layer as the gateway uses it (TeamAccess), against real redis-servers: Redis refusing
+writes counts as down, and accounting is never dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis as sync_redis
+from redis_server import RedisServer
+
+from gemma_fleet.teams.access import StoreUnavailable, TeamAccess
+from gemma_fleet.teams.limits import TeamLimits
+from gemma_fleet.teams.records import KeyRequest, TeamSpec
+from gemma_fleet.teams.redis_client import connect
+from gemma_fleet.teams.settings import RedisDownPolicy, TeamsSettings
+from gemma_fleet.teams.usage import UsageDelta
+
+MODEL = "gemma-4-E2B"
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, in a folder of its own (a test may delete it)."""
+    server = RedisServer(tmp_path / "redis", appendonly=False)
+    server.workdir.mkdir()
+    server.start()
+    yield server
+    server.stop()
+
+
+def _busy_script(server: RedisServer) -> Callable[[], None]:
+    """Keep Redis running a script (other clients get BUSY) until the returned call ends it."""
+    control = sync_redis.Redis(port=server.port)
+    control.config_set("busy-reply-threshold", 10)
+
+    def run() -> None:
+        with pytest.raises(sync_redis.ResponseError, match="killed"):
+            control.eval("while true do end", 0)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    time.sleep(0.3)  # past the threshold: Redis now answers BUSY
+
+    def stop() -> None:
+        sync_redis.Redis(port=server.port).script_kill()
+        runner.join(10)
+
+    return stop
+
+
+def refuse(kind: str, server: RedisServer) -> Callable[[], None]:
+    """Make Redis refuse writes as it does in production; returns what undoes it."""
+    r = sync_redis.Redis(port=server.port)
+    if kind == "out of memory":  # maxmemory reached with the noeviction policy
+        r.config_set("maxmemory", 1)
+        return lambda: r.config_set("maxmemory", 0)
+    if kind == "read-only replica":  # a failover made this node a replica
+        r.replicaof("127.0.0.1", 9)
+        return lambda: r.replicaof("no", "one")
+    if kind == "disk cannot persist":  # MISCONF: a snapshot failed, writes are stopped
+        shutil.rmtree(server.workdir)
+        r.config_set("save", "3600 1")
+        r.bgsave()
+        deadline = time.monotonic() + 10
+        while r.info("persistence")["rdb_bgsave_in_progress"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert r.info("persistence")["rdb_last_bgsave_status"] == "err"
+        return lambda: (
+            r.config_set("save", "") and r.config_set("stop-writes-on-bgsave-error", "no")
+        )
+    assert kind == "busy script"
+    return _busy_script(server)
+
+
+REFUSALS = ["out of memory", "read-only replica", "disk cannot persist", "busy script"]
+
+
+@pytest.mark.parametrize("kind", REFUSALS)
+def test_redis_refusing_writes_is_down_and_accounting_waits_for_it(
+    own_redis: RedisServer, kind: str
+) -> None:
+    async def scenario() -> None:
+        settings = TeamsSettings(auth_required=True, redis_url=own_redis.url)
+        access = TeamAccess(connect(own_redis.url), settings)
+        limits = TeamLimits(max_concurrent_requests=2, token_budget=1_000)
+        await access.store.create_team(TeamSpec(name="t", limits=limits))
+        issued = await access.store.issue_key("t", KeyRequest())
+        identity = await access.authenticate(issued.key)
+        ticket = await access.admit(identity, 100)  # admitted, then Redis starts refusing
+
+        undo = refuse(kind, own_redis)
+        try:
+            await access.settle(ticket, MODEL, UsageDelta(prompt_tokens=5, completion_tokens=7))
+            assert access.pending == 2  # release and usage kept for retry, not dropped
+            with pytest.raises(StoreUnavailable):  # the gateway answers 503, not 500
+                await access.admit(await access.authenticate(issued.key), 100)
+        finally:
+            undo()
+
+        assert await access.flush() == 0
+        assert await access.limiter.budget_used("t", limits) == 12
+        [row] = await access.meter.rows(*[datetime.now(UTC).date()] * 2, team="t")
+        assert (row.requests, row.prompt_tokens, row.completion_tokens) == (1, 5, 7)
+        for _ in range(2):  # the concurrency slot was freed
+            await access.admit(identity, 100)
+        await access.close()
+
+    asyncio.run(scenario())
+
+
+def test_serve_cached_keys_serves_a_known_key_while_redis_refuses_writes(
+    own_redis: RedisServer,
+) -> None:
+    async def scenario() -> None:
+        settings = TeamsSettings(
+            auth_required=True,
+            redis_url=own_redis.url,
+            redis_down=RedisDownPolicy.SERVE_CACHED_KEYS,
+        )
+        access = TeamAccess(connect(own_redis.url), settings)
+        await access.store.create_team(TeamSpec(name="t"))
+        issued = await access.store.issue_key("t", KeyRequest())
+        identity = await access.authenticate(issued.key)
+        undo = refuse("out of memory", own_redis)
+        try:
+            assert (await access.admit(identity, 100)).admission is None  # served, unlimited
+        finally:
+            undo()
+        await access.close()
+
+    asyncio.run(scenario())
