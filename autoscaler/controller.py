@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from gemma_fleet.autoscaler.actuators import Actuator, FleetState
+from gemma_fleet.autoscaler.actuators import Actuator, ActuatorError, FleetState
 from gemma_fleet.autoscaler.forecast import HoltForecaster
 from gemma_fleet.autoscaler.hysteresis import Hysteresis, PoolDecision
+from gemma_fleet.autoscaler.metrics_source import MetricsError
 from gemma_fleet.autoscaler.plan import ModelDemand, Plan
 from gemma_fleet.autoscaler.settings import ControllerSettings
 from gemma_fleet.autoscaler.stabilise import DemandStabiliser
@@ -158,7 +159,14 @@ class Controller:
         """Smoothed, forecast demand per model, with the settings' headroom on the rate."""
         out = {}
         for model, d in reading.demand.items():
-            rate = self._series(model, "rate", reading.at, d.requests_per_s)
+            measured = d.requests_per_s
+            level = self._level(model, "rate")
+            if not reading.complete and level is not None:
+                # An incomplete reading (a URL failed, a gateway replica not heard from twice)
+                # can only under-count: it may raise the level, never pull it down - else the
+                # fleet would shed replicas after an outage and buy them back once all is read.
+                measured = max(measured, level)
+            rate = self._series(model, "rate", reading.at, measured)
             prompt = self._series(model, "prompt", reading.at, d.mean_prompt_tokens)
             output = self._series(model, "output", reading.at, d.mean_output_tokens)
             out[model] = ModelDemand(
@@ -175,6 +183,10 @@ class Controller:
             model: replace(d, requests_per_s=self.stabiliser.planned(model, at, d.requests_per_s))
             for model, d in forecast.items()
         }
+
+    def _level(self, model: str, what: str) -> float | None:
+        f = self._forecasters.get((model, what))
+        return None if f is None else f.smoothed()
 
     def _series(self, model: str, what: str, t: float, value: float) -> float:
         sm = self.settings.smoothing
@@ -254,7 +266,11 @@ class Controller:
             try:
                 report = self.step()
             except Exception as exc:  # one bad step (API hiccup) must not stop the controller
-                log.exception("reconcile step failed; retrying next interval")
+                if isinstance(exc, MetricsError | ActuatorError):
+                    # Their messages say what to fix; a traceback every interval would not.
+                    log.error("reconcile step failed: %s; retrying next interval", exc)
+                else:
+                    log.exception("reconcile step failed; retrying next interval")
                 if on_failure is not None:
                     on_failure(exc)
             else:

@@ -164,6 +164,18 @@ def _process_of(samples: Mapping[SeriesKey, float]) -> tuple[str, int | None]:
     return process, count
 
 
+def _unrecognised(url: str, text: str) -> str:
+    """Why a scrape of `url` that answered `text` carries nothing this module reads."""
+    if "ray_gemma_fleet_gateway_" in text or "ray_vllm" in text:
+        hint = (
+            "this is Ray's metrics port, whose names carry a ray_ prefix; give the gateway's "
+            "own /metrics (the serve port)"
+        )
+    else:
+        hint = "is it the gateway's /metrics or a vLLM engine's?"
+    return f"{url}: no gateway or vLLM series in the answer ({hint})"
+
+
 def _rates(previous: _Scrape, now: _Scrape) -> dict[SeriesKey, float]:
     """Counter increase per second from `previous` to `now` (a drop is a restart)."""
     dt = now.at - previous.at
@@ -197,18 +209,32 @@ class MetricsSource:
             raise ValueError("at least one metrics URL is needed")
 
     def read(self) -> DemandReading | None:
-        """Scrape every URL; None while no URL has two scrapes to compute rates from."""
+        """Scrape every URL; None while no URL has two scrapes to compute rates from.
+        MetricsError when no URL answered with series this module reads."""
         now = self.clock()
         errors: list[str] = []
         rates: dict[SeriesKey, float] = defaultdict(float)
         gauges: dict[SeriesKey, float] = defaultdict(float)
         differenced = 0
+        answered_urls = 0
         for url in self.urls:
             try:
-                samples = parse_samples(self.fetch(url))
+                text = self.fetch(url)  # its errors name the URL
             except MetricsError as exc:
                 errors.append(str(exc))
                 continue
+            try:
+                samples = parse_samples(text)
+            except MetricsError as exc:
+                errors.append(f"{url}: {exc}")
+                continue
+            if not samples:
+                # A wrong path or port answers 200 too. Not recorded: the next good scrape is
+                # differenced against the last good one, not against nothing (which would
+                # count every counter's whole value as one interval's increase).
+                errors.append(_unrecognised(url, text))
+                continue
+            answered_urls += 1
             answered, told = _process_of(samples)
             running = self._running[url] = told or self._running.get(url, 1)
             # The `running` processes heard from last: a replaced replica drops out as soon
@@ -230,6 +256,10 @@ class MetricsSource:
                 errors.append(
                     f"{url}: rates from {len(with_rates)} of {running} gateway replicas so far"
                 )
+        if answered_urls == 0:
+            # Not "waiting": a fleet whose metrics cannot be read is not being scaled, and the
+            # step must fail (and be counted) so that an alert says so.
+            raise MetricsError("no metrics URL answered: " + "; ".join(errors))
         for message in errors:
             log.warning("metrics: %s", message)
         if differenced == 0:

@@ -122,9 +122,13 @@ class ControllerStatus:
         )
         self.plan_feasible = Gauge(
             PREFIX + "plan_feasible",
-            "1 when the last plan meets all demand, 0 when some demand cannot be served",
+            "1 when the last plan meets all demand, 0 when some demand cannot be served "
+            "(NaN before the first plan)",
             registry=r,
         )
+        # Not 0 (the client's default) before there is a plan: that reads as "demand cannot be
+        # met" and fires its alert while the autoscaler has merely not planned yet.
+        self.plan_feasible.set(float("nan"))
         self.demand = Gauge(
             PREFIX + "demand_requests_per_second",
             "requests/s per model with headroom: this step's forecast, and the stabilised "

@@ -188,7 +188,7 @@ def autoscale_command(
     if actuator is ActuatorKind.KUBERNETES and not (namespace and rayservice):
         raise CliError("--actuator kubernetes needs --namespace and --rayservice")
     planner = make_planner(spec, settings)
-    from gemma_fleet.autoscaler.metrics_source import MetricsSource  # httpx: only when run
+    from gemma_fleet.autoscaler.metrics_source import MetricsError, MetricsSource
 
     source = MetricsSource(
         metrics_url,
@@ -219,7 +219,7 @@ def autoscale_command(
             on_step=on_step,
             on_failure=(lambda _: status.record_failure()) if status is not None else None,
         )
-    except ActuatorError as exc:
+    except (ActuatorError, MetricsError) as exc:  # the loop retries these; only --once ends
         raise CliError(str(exc)) from exc
     except KeyboardInterrupt:
         print("autoscaler stopped", file=sys.stderr)

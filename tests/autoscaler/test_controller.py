@@ -17,7 +17,12 @@ import pytest
 
 from gemma_fleet.autoscaler.actuators import FleetState, InMemoryActuator
 from gemma_fleet.autoscaler.controller import Controller, StepReport, nodes_for
-from gemma_fleet.autoscaler.metrics_source import MetricsSource
+from gemma_fleet.autoscaler.metrics_source import (
+    DemandReading,
+    MetricsError,
+    MetricsSource,
+    PoolTraffic,
+)
 from gemma_fleet.autoscaler.plan import ModelDemand, Plan
 from gemma_fleet.autoscaler.settings import (
     ControllerSettings,
@@ -144,11 +149,15 @@ class Loop:
             clock=self.clock,
         )
         self.reports: list[StepReport] = []
+        self.failed = 0
 
     def run(self, seconds: float) -> None:
         end = self.clock.t + seconds
         while self.clock.t < end:
-            self.reports.append(self.controller.step())
+            try:
+                self.reports.append(self.controller.step())
+            except MetricsError:  # a failed step, as Controller.run counts it
+                self.failed += 1
             self.clock.t += self.controller.settings.interval_s
 
     def series(self, pool: str) -> list[tuple[float, int]]:
@@ -296,13 +305,50 @@ def test_no_scale_down_while_a_metrics_source_fails_but_scale_up_continues() -> 
     loop = Loop(steady({"gemma-4-E2B": 0.0}), settings)
     loop.actuator.state = FleetState(replicas={**loop.actuator.state.replicas, "gemma-4-e2b": 3})
     loop.run(60)
-    loop.gateway.down = True  # nothing can be read: no step changes anything
+    loop.gateway.down = True  # nothing can be read: every step fails and changes nothing
+    steps = len(loop.reports)
     loop.run(600)
     assert loop.actuator.state.replicas["gemma-4-e2b"] == 3
-    assert all(not r.applied for r in loop.reports[2:])
+    assert len(loop.reports) == steps and loop.failed == 600 / INTERVAL
     loop.gateway.down = False
     loop.run(300)
     assert loop.actuator.state.replicas["gemma-4-e2b"] == 1
+
+
+def test_incomplete_readings_do_not_pull_the_forecast_down() -> None:
+    """One of two gateway URLs down for 10 minutes halves what is read. The forecast holds
+    its level instead of following it down, so no replica is shed only to be bought back when
+    both answer again; a complete reading still lowers it."""
+    fleet = load_fleet(default_fleet_path())
+    start = {p.name: p.replicas.start for p in fleet.model_pools}
+    controller = Controller(
+        fleet,
+        capacity_planner(fleet),
+        None,  # type: ignore[arg-type]  # forecast() reads no source
+        InMemoryActuator(FleetState(replicas=start)),
+        ControllerSettings(interval_s=INTERVAL, headroom=0.0),
+    )
+    t = 0.0
+
+    def forecast(rate: float, complete: bool) -> float:
+        nonlocal t
+        t += INTERVAL
+        reading = DemandReading(
+            at=t,
+            pools={p.name: PoolTraffic(requests_per_s=None) for p in fleet.model_pools},
+            demand={"gemma-4-E2B": ModelDemand(rate, 1000, 200)},
+            complete=complete,
+        )
+        return controller.forecast(reading)["gemma-4-E2B"].requests_per_s
+
+    for _ in range(40):
+        forecast(12.0, complete=True)
+    during = [forecast(6.0, complete=False) for _ in range(20)]
+    assert min(during) == pytest.approx(12.0, rel=0.01)
+    # Incomplete readings still raise it (they under-count, so more is real).
+    assert forecast(20.0, complete=False) > 12.5
+    after = [forecast(6.0, complete=True) for _ in range(20)]
+    assert after[-1] < 8.0
 
 
 def test_changes_per_step_are_bounded_and_additions_go_first() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 
-from gemma_fleet.autoscaler.metrics_source import MetricsSource
+from gemma_fleet.autoscaler.metrics_source import MetricsError, MetricsSource
 from gemma_fleet.deployments.engines.simulator.metrics import SimulatorMetrics
 from gemma_fleet.deployments.pools import FleetSpec, default_fleet_path, load_fleet
 from gemma_fleet.gateway.metrics import GatewayMetrics
@@ -187,13 +187,80 @@ def test_pools_not_in_the_fleet_are_reported_not_counted(fleet: FleetSpec) -> No
 
 
 def test_garbage_is_an_error_not_a_crash(fleet: FleetSpec) -> None:
+    # An error the step reports (and the status server counts as failed), not "waiting for a
+    # second scrape", which is what an unreadable endpoint used to look like.
     clock = Clock()
     source = MetricsSource(
         ["http://gw/metrics"], fleet, fetch=lambda url: "{not prometheus", clock=clock
     )
+    for _ in range(2):
+        with pytest.raises(MetricsError, match="no metrics URL answered: http://gw/metrics"):
+            source.read()
+        clock.t += 10
+
+
+def test_no_url_answering_fails_the_read_and_names_each_url(fleet: FleetSpec) -> None:
+    source = MetricsSource(
+        ["http://127.0.0.1:9/metrics", "http://127.0.0.1:9/other"], fleet, clock=Clock()
+    )
+    with pytest.raises(MetricsError) as caught:
+        source.read()
+    assert "127.0.0.1:9/metrics" in str(caught.value) and "127.0.0.1:9/other" in str(caught.value)
+
+
+def test_an_answer_without_known_series_is_an_error_naming_the_likely_cause(
+    fleet: FleetSpec,
+) -> None:
+    # Ray's metrics port exports the gateway's counters with a ray_ prefix: 200, but nothing
+    # this reader knows. Read as "no demand" it would never scale up.
+    ray_port = 'ray_gemma_fleet_gateway_requests_total{pool="gemma-4-e2b",status="200"} 5\n'
+    source = MetricsSource(["http://head:8080/metrics"], fleet, fetch=lambda url: ray_port)
+    with pytest.raises(MetricsError, match=r"no gateway or vLLM series.*ray_ prefix"):
+        source.read()
+    # Beside a URL that answers, it makes the reading incomplete, named.
+    good = iter(
+        [
+            'gemma_fleet_gateway_requests_total{pool="gemma-4-e2b",status="200"} 0\n',
+            'gemma_fleet_gateway_requests_total{pool="gemma-4-e2b",status="200"} 20\n',
+        ]
+    )
+    clock = Clock()
+    source = MetricsSource(
+        ["http://gw/metrics", "http://head:8080/metrics"],
+        fleet,
+        fetch=lambda url: next(good) if url == "http://gw/metrics" else ray_port,
+        clock=clock,
+    )
+    source.read()
+    clock.t += 10
+    reading = source.read()
+    assert reading is not None and not reading.complete
+    assert any("head:8080" in e and "ray_ prefix" in e for e in reading.errors)
+    assert reading.demand["gemma-4-E2B"].requests_per_s == pytest.approx(2.0)
+
+
+def test_an_empty_answer_between_two_good_ones_is_no_spike(fleet: FleetSpec) -> None:
+    # An engine that answered 200 with nothing once: its counters must not be taken as having
+    # started from zero in the next interval (5,000 finished requests at once).
+    texts = iter(
+        [
+            'vllm:request_success_total{model_name="gemma-4-e2b",finished_reason="stop"} 5000\n',
+            "",
+            'vllm:request_success_total{model_name="gemma-4-e2b",finished_reason="stop"} 5020\n',
+        ]
+    )
+    clock = Clock()
+    source = MetricsSource(
+        ["http://engine/metrics"], fleet, fetch=lambda url: next(texts), clock=clock
+    )
     assert source.read() is None
     clock.t += 10
-    assert source.read() is None
+    with pytest.raises(MetricsError, match="no gateway or vLLM series"):
+        source.read()
+    clock.t += 10
+    reading = source.read()
+    assert reading is not None
+    assert reading.demand["gemma-4-E2B"].requests_per_s == pytest.approx(20 / 20)
 
 
 class BalancedGateway:

@@ -4,6 +4,7 @@ way Prometheus and a kubelet liveness probe read them, and `gemma-fleet autoscal
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -301,6 +302,54 @@ def test_autoscale_serves_its_status_while_it_runs(gateway_metrics: str, tmp_pat
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert f"status on port {port}" in err and "autoscaler stopped" in err
+
+
+def test_unreadable_metrics_are_failed_steps_not_waiting(tmp_path: Path) -> None:
+    """Nothing answers the metrics URL: every step fails (counted, for the steps-failing
+    alert) with one line naming the URL, not "waiting" forever; and no plan has said the demand
+    cannot be met."""
+    assert EXE is not None
+    port = free_port()
+    dead = "http://127.0.0.1:9/metrics"
+    args = ["--metrics-url", dead, "--interval", "1", "--status-port", str(port)]
+    proc = subprocess.Popen(
+        [EXE, "autoscale", "--fleet", str(default_fleet_path()), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        found: Samples = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                found = samples(f"http://127.0.0.1:{port}")
+            except httpx.TransportError:
+                found = {}
+            if (found.get((PREFIX + "steps_total", (("result", "failed"),))) or 0) >= 2:
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[1]
+        assert sample(found, "steps_total", result="failed") >= 2
+        assert sample(found, "steps_total", result="waiting") == 0
+        assert math.isnan(sample(found, "plan_feasible"))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert f"reconcile step failed: no metrics URL answered: {dead}" in err
+    assert "Traceback" not in err
+
+    once = subprocess.run(
+        [EXE, "autoscale", "--fleet", str(default_fleet_path()), "--metrics-url", dead, "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)},
+    )
+    assert once.returncode == 2
+    (line,) = once.stderr.strip().splitlines()
+    assert f"no metrics URL answered: {dead}" in line
 
 
 def test_a_status_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
