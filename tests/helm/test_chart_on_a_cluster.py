@@ -317,3 +317,39 @@ def test_ingress_paths_of_ones_own_are_refused(render: Render) -> None:
     out = render(values={"gateway": {"ingress": {"enabled": True, "hosts": [host]}}})
     assert out.returncode != 0
     assert "/gateway/ingress/hosts/0" in out.stderr and "paths" in out.stderr
+
+
+# --- 6. No deprecated RayService fields; a startup deadline through KubeRay's annotation --------
+
+
+@pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
+def test_rayservice_sets_no_field_kuberay_ignores(path: Any, render: Render) -> None:
+    """rayservice_types.go: "Deprecated: This field is not used anymore" (kuberay #1685)."""
+    service = _ok(render(path)).one("RayService")
+    for field in ("deploymentUnhealthySecondThreshold", "serviceUnhealthySecondThreshold"):
+        assert field not in service["spec"]
+    assert "ray.io/initializing-timeout" not in service["metadata"].get("annotations", {})
+
+
+@pytest.mark.parametrize(
+    "field", ["deploymentUnhealthySecondThreshold", "serviceUnhealthySecondThreshold"]
+)
+def test_the_deprecated_thresholds_are_refused_by_name(render: Render, field: str) -> None:
+    out = render(values={"ray": {field: 900}})
+    assert out.returncode != 0 and field in out.stderr
+
+
+@pytest.mark.parametrize(("value", "annotation"), [("45m", "45m"), (2700, "2700")])
+def test_initializing_timeout_becomes_kuberays_annotation(
+    render: Render, value: str | int, annotation: str
+) -> None:
+    service = _ok(render(values={"ray": {"initializingTimeout": value}})).one("RayService")
+    assert service["metadata"]["annotations"] == {"ray.io/initializing-timeout": annotation}
+
+
+@pytest.mark.parametrize("value", ["soon", "0", 0, "-5m"])
+def test_an_initializing_timeout_kuberay_would_refuse_is_refused(
+    render: Render, value: str | int
+) -> None:
+    out = render(values={"ray": {"initializingTimeout": value}})
+    assert out.returncode != 0 and "/ray/initializingTimeout" in out.stderr
