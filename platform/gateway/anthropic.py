@@ -24,14 +24,20 @@ from gemma_fleet.gateway.openai_models import ChatCompletionRequest
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
 
-def stop_reason(finish_reason: str | None, used_tool: bool) -> str:
-    """Anthropic's stop_reason for an OpenAI finish_reason. A forced call (a named tool, or
-    `any`) finishes with "stop" in OpenAI's API and vLLM's, yet Anthropic says "tool_use"
-    whenever the turn ends in a tool call; only running out of tokens says otherwise."""
+def stop_fields(
+    finish_reason: str | None, matched: object, used_tool: bool
+) -> dict[str, str | None]:
+    """Anthropic's stop_reason and stop_sequence for an OpenAI choice's finish_reason and
+    vLLM's stop_reason (the stop string that ended the text; an int is a stop token id, not a
+    sequence the client gave). A forced call (a named tool, or `any`) finishes with "stop" in
+    OpenAI's API and vLLM's, yet Anthropic says "tool_use" whenever the turn ends in a tool
+    call; only running out of tokens says otherwise."""
     reason = finish_reason or "stop"
     if used_tool and reason != "length":
-        return "tool_use"
-    return STOP_REASONS.get(reason, "end_turn")
+        return {"stop_reason": "tool_use", "stop_sequence": None}
+    if reason == "stop" and isinstance(matched, str):
+        return {"stop_reason": "stop_sequence", "stop_sequence": matched}
+    return {"stop_reason": STOP_REASONS.get(reason, "end_turn"), "stop_sequence": None}
 
 
 def _image_url(block: ImageBlock) -> str:
@@ -172,8 +178,9 @@ def to_message(chat: dict[str, Any], model: str) -> dict[str, Any]:
         "role": "assistant",
         "model": model,
         "content": content,
-        "stop_reason": stop_reason(choice.get("finish_reason"), bool(message.get("tool_calls"))),
-        "stop_sequence": None,
+        **stop_fields(
+            choice.get("finish_reason"), choice.get("stop_reason"), bool(message.get("tool_calls"))
+        ),
         "usage": {
             "input_tokens": usage.get("prompt_tokens", 0),
             "output_tokens": usage.get("completion_tokens", 0),
@@ -202,6 +209,7 @@ class _StreamState:
         self.index = -1
         self.open_kind: str | None = None  # "text" or the tool call's OpenAI index
         self.finish_reason: str | None = None
+        self.matched: object = None  # vLLM's stop_reason: the stop string that ended the text
         self.used_tool = False
         self.input_tokens = 0
         self.output_tokens = 0
@@ -259,6 +267,7 @@ class _StreamState:
                     )
             if reason := choice.get("finish_reason"):
                 self.finish_reason = reason
+                self.matched = choice.get("stop_reason")
         return events
 
 
@@ -292,10 +301,7 @@ async def to_message_stream(openai_events: AsyncIterator[str], model: str) -> As
     yield _event(
         "message_delta",
         {
-            "delta": {
-                "stop_reason": stop_reason(state.finish_reason, state.used_tool),
-                "stop_sequence": None,
-            },
+            "delta": stop_fields(state.finish_reason, state.matched, state.used_tool),
             "usage": {"input_tokens": state.input_tokens, "output_tokens": state.output_tokens},
         },
     )

@@ -156,3 +156,21 @@ def test_a_turn_that_ends_in_a_tool_call_says_tool_use(
     # cut short by max_tokens, the call is incomplete: max_tokens, as Anthropic says
     short = client.messages.create(**{**ask, "max_tokens": 2})
     assert short.stop_reason == "max_tokens"
+
+
+def test_stop_sequences_say_which_one_stopped_the_text(client: anthropic.Anthropic) -> None:
+    ask = {
+        "model": "gemma-4",
+        "max_tokens": 64,
+        "stop_sequences": ["zq", "e"],  # "e" is in almost every word: it is what matches
+        "messages": [{"role": "user", "content": "hello"}],
+    }
+    message = client.messages.create(**ask)
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "e")
+    assert "e" not in message.content[0].text
+    with client.messages.stream(**ask) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "e")
+    # an answer that ends by itself is end_turn, with no sequence
+    natural = client.messages.create(**{**ask, "stop_sequences": ["zq"]})
+    assert natural.stop_reason in {"end_turn", "max_tokens"} and natural.stop_sequence is None

@@ -248,3 +248,33 @@ def test_metrics_reachable_through_collective_rpc_and_routing_stats() -> None:
     [text] = asyncio.run(engine.collective_rpc("prometheus_metrics"))
     assert "vllm:generation_tokens_total" in text
     assert engine.routing_stats()["simulator"]["num_requests_running"] == 0
+
+
+def test_a_stop_string_is_reported_in_stop_reason_as_vllm_does() -> None:
+    # vLLM puts the stop string that ended the text in the choice's stop_reason.
+    stop = ["zq", "e"]  # the second is in almost every word: it is what matched
+    [response] = _chat(_engine(), max_tokens=64, stop=stop)
+    choice = response.choices[0]
+    assert (choice.finish_reason, choice.stop_reason) == ("stop", "e")
+    assert "e" not in (choice.message.content or "")
+    chunks = _chunks(_chat(_engine(), max_tokens=64, stop=stop, stream=True))
+    last = [c["choices"][0] for c in chunks if c["choices"]][-1]
+    assert (last["finish_reason"], last["stop_reason"]) == ("stop", "e")
+    assert all("stop_reason" not in c["choices"][0] for c in chunks[:-1] if c["choices"])
+    # no stop string: no stop_reason
+    [plain] = _chat(_engine(), max_tokens=4, ignore_eos=True)
+    assert plain.choices[0].stop_reason is None
+
+    async def complete(**body: Any) -> list[Any]:
+        engine = _engine()
+        await engine.start()
+        try:
+            request = CompletionRequest(model="gemma-sim", prompt="Once", stop=stop, **body)
+            return await _drain(engine.completions(request))
+        finally:
+            await engine.shutdown()
+
+    [completion] = asyncio.run(complete(max_tokens=64))
+    assert completion.choices[0].stop_reason == "e"
+    streamed = _chunks(asyncio.run(complete(max_tokens=64, stream=True)))
+    assert streamed[-1]["choices"][0]["stop_reason"] == "e"

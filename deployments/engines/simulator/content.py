@@ -40,6 +40,8 @@ class AnswerPlan:
     tool_name: str | None = None
     tool_call_id: str | None = None
     header_tokens: int = 0  # tool calls: leading tokens that carry the name, not arguments
+    # The stop string the text was cut at, which vLLM reports as the choice's stop_reason.
+    stop_reason: str | None = None
     token_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -143,8 +145,10 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
     pieces = text_pieces(rng, n)
     if spec.stop:
         text = "".join(pieces)
-        cut = min((i for s in spec.stop if s and (i := text.find(s)) >= 0), default=-1)
-        if cut >= 0:
+        # The first place any stop string appears; of two starting there, the one listed first.
+        found = [(i, k, s) for k, s in enumerate(spec.stop) if s and (i := text.find(s)) >= 0]
+        if found:
+            cut, _, matched = min(found)
             kept: list[str] = []
             size = 0
             for p in pieces:
@@ -153,5 +157,5 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
                     break
                 kept.append(p)
                 size += len(p)
-            pieces, reason = kept, "stop"
+            return AnswerPlan("text", kept, "stop", stop_reason=matched)
     return AnswerPlan("text", pieces, reason)

@@ -249,6 +249,17 @@ class SimulatorEngine(LLMEngine):
         return traced
 
     @staticmethod
+    def _finish(reason: str, plan: AnswerPlan, finished: bool) -> dict[str, Any]:
+        """A choice's finish fields: none until the last token; then the finish reason and,
+        as vLLM does, the stop string that ended the text in stop_reason (set only then, so
+        streamed chunks, which serialise with exclude_unset, carry it only when vLLM's do)."""
+        if not finished:
+            return {"finish_reason": None}
+        if plan.stop_reason is None:
+            return {"finish_reason": reason}
+        return {"finish_reason": reason, "stop_reason": plan.stop_reason}
+
+    @staticmethod
     def _record_plan(traced: Span, prompt: list[int], plan: AnswerPlan, finish: str) -> None:
         if traced.is_recording():
             traced.set_attributes(
@@ -314,7 +325,7 @@ class SimulatorEngine(LLMEngine):
                 lambda event: ChatCompletionResponseStreamChoice(
                     index=0,
                     delta=self._chat_delta(plan, event.index),
-                    finish_reason=finish if event.finished else None,
+                    **self._finish(finish, plan, event.finished),
                 ),
             ):
                 yield sse
@@ -340,7 +351,11 @@ class SimulatorEngine(LLMEngine):
             id=response_id,
             created=created,
             model=self.model_id,
-            choices=[ChatCompletionResponseChoice(index=0, message=message, finish_reason=finish)],
+            choices=[
+                ChatCompletionResponseChoice(
+                    index=0, message=message, **self._finish(finish, plan, True)
+                )
+            ],
             usage=self._usage(len(prompt), len(plan.pieces), cached),
         )
 
@@ -477,7 +492,7 @@ class SimulatorEngine(LLMEngine):
                 lambda event: CompletionResponseStreamChoice(
                     index=0,
                     text=plan.pieces[event.index],
-                    finish_reason=plan.finish_reason if event.finished else None,
+                    **self._finish(plan.finish_reason, plan, event.finished),
                 ),
             ):
                 yield sse
@@ -491,7 +506,9 @@ class SimulatorEngine(LLMEngine):
             created=created,
             model=self.model_id,
             choices=[
-                CompletionResponseChoice(index=0, text=plan.text, finish_reason=plan.finish_reason)
+                CompletionResponseChoice(
+                    index=0, text=plan.text, **self._finish(plan.finish_reason, plan, True)
+                )
             ],
             usage=self._usage(len(prompt), len(plan.pieces), cached),
         )
