@@ -225,12 +225,11 @@ def _as_json(outcome: PlanOutcome) -> dict[str, object]:
 
 def _write_values(path: Path, fleet: FleetSpec, outcome: PlanOutcome) -> None:
     """The fleet as Helm values under `fleet:`: planned replicas as each pool's
-    replicas.initial, planned nodes as each node pool's min_nodes (max_nodes kept)."""
+    replicas.initial. Node pools are kept as they are: min_nodes is a floor the autoscaler
+    and the Ray autoscaler never go below, so writing the planned (peak) nodes there would pay
+    for them at every quiet hour; the Ray autoscaler brings up the nodes the initial replicas
+    need (the chart's enableInTreeAutoscaling), and the autoscaler's node floors follow."""
     plan = outcome.plan
-    node_pools = [
-        n.model_copy(update={"min_nodes": plan.nodes.get(n.name, n.min_nodes)})
-        for n in fleet.node_pools
-    ]
     model_pools = [
         p.model_copy(
             update={
@@ -241,7 +240,7 @@ def _write_values(path: Path, fleet: FleetSpec, outcome: PlanOutcome) -> None:
         )
         for p in fleet.model_pools
     ]
-    planned = fleet.model_copy(update={"node_pools": node_pools, "model_pools": model_pools})
+    planned = fleet.model_copy(update={"model_pools": model_pools})
     # Re-validate: model_copy skips validators, and the chart trusts this file.
     planned = FleetSpec.model_validate(planned.model_dump())
     header = (
