@@ -13,7 +13,16 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from chart_support import CHART, EXAMPLES, KUBERAY_SCHEMAS, REPO, Render, Rendered
+from chart_support import (
+    CHART,
+    EXAMPLES,
+    KUBERAY_SCHEMAS,
+    REPO,
+    HelmBinaries,
+    Render,
+    Rendered,
+    run_tool,
+)
 
 DEFAULTS = CHART / "values.yaml"
 CASES = [DEFAULTS, *EXAMPLES]
@@ -353,3 +362,22 @@ def test_an_initializing_timeout_kuberay_would_refuse_is_refused(
 ) -> None:
     out = render(values={"ray": {"initializingTimeout": value}})
     assert out.returncode != 0 and "/ray/initializingTimeout" in out.stderr
+
+
+# --- 7. What a helm upgrade needs once the autoscaler owns serveConfigV2 -----------------------
+
+
+def test_notes_and_docs_say_how_to_upgrade_past_the_autoscalers_field(
+    helm_bins: HelmBinaries,
+) -> None:
+    """The autoscaler's merge patches (field manager gemma-fleet-autoscaler) own
+    .spec.serveConfigV2; a server-side `helm upgrade` conflicts there unless it forces."""
+    cmd = [str(helm_bins.helm), "install", "gf", str(CHART), "-n", "serving", "--dry-run=client"]
+    notes = run_tool(cmd).stdout.split("NOTES:", 1)[1]
+    assert "helm upgrade gf <chart> -n serving -f <your values> --force-conflicts" in notes
+    assert "(or --server-side=false)" in notes and "starting num_replicas" in notes
+    docs = " ".join((REPO / "docs" / "helm.md").read_text().split())
+    assert "--force-conflicts" in docs and "`--server-side=false`" in docs
+    assert "A `helm upgrade` puts `num_replicas` back" not in docs
+    off = run_tool([*cmd, "--set", "autoscaler.enabled=false"]).stdout.split("NOTES:", 1)[1]
+    assert "--force-conflicts" not in off
