@@ -622,6 +622,30 @@ def _serve_config_of(service: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def test_a_pool_starting_at_zero_is_rendered_as_serve_accepts_it(
+    case: tuple[dict[str, Any], Rendered], render: Render, schemas: dict[str, Any]
+) -> None:
+    """`gemma-fleet plan --values-out` writes replicas.initial: 0 for a pool the plan leaves
+    empty. Serve refuses num_replicas: 0 (and the whole application with it); the chart
+    writes the actuator's zero form, which the actuator reads back as 0."""
+    actuator = pytest.importorskip("gemma_fleet.autoscaler.actuators.kubernetes")
+    values, _ = case
+    fleet = copy.deepcopy(values["fleet"])
+    empty = fleet["model_pools"][0]
+    empty["replicas"] = {**(empty.get("replicas") or {}), "min": 0, "initial": 0}
+    out = render(values={**values, "fleet": fleet})
+    assert out.returncode == 0, out.stderr
+    config = _serve_config(out)
+    schemas["serve"].validate(config)
+    (entry,) = [d for d in config["applications"][0]["deployments"] if d["name"] == empty["name"]]
+    assert entry == {
+        "name": empty["name"],
+        "autoscaling_config": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1},
+    }
+    state = actuator.observed_state(_rayservice(out), parse_fleet(fleet), "gemma-fleet")
+    assert state.replicas[empty["name"]] == 0
+
+
 def test_autoscaler_off_leaves_pools_to_ray_serve(render: Render) -> None:
     out = render(values={"autoscaler": {"enabled": False}})
     assert not out.all("Deployment") and not out.all("Role") and not out.all("ServiceAccount")
