@@ -14,7 +14,8 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from gemma_fleet.teams.limits import TeamLimits, TeamLimitsChange
 
 # A team name is a Redis key part and a metric label value: keep it to a DNS label.
-TeamName = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+TEAM_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+TeamName = Annotated[str, Field(pattern=TEAM_NAME_PATTERN)]
 
 
 def utcnow() -> datetime:

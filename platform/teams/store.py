@@ -10,6 +10,7 @@ limit takes effect on the very next request. Changes to a team are optimistic tr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from redis.exceptions import WatchError
 from gemma_fleet.teams.keys import key_digest, key_id, new_key
 from gemma_fleet.teams.limits import TeamLimitsChange
 from gemma_fleet.teams.records import (
+    TEAM_NAME_PATTERN,
     IssuedKey,
     KeyRecord,
     KeyRequest,
@@ -27,6 +29,8 @@ from gemma_fleet.teams.records import (
     TeamUpdate,
     utcnow,
 )
+
+_TEAM_NAME = re.compile(TEAM_NAME_PATTERN)
 
 _AUTHENTICATE = """
 -- KEYS[1]: gf:key:<digest>; ARGV[1]: the team-record key prefix
@@ -60,6 +64,12 @@ class TeamStore:
         self._authenticate = redis.register_script(_AUTHENTICATE)
 
     def _team_key(self, name: str) -> str:
+        # A name no team can have is no team, not a key to read: "search:keys" would be the
+        # key set of team "search" (a WRONGTYPE error, or worse, another team's data).
+        if not _TEAM_NAME.fullmatch(name):
+            raise NotFound(
+                f"no team {name!r}: a team name is 1-63 lowercase letters, digits and dashes"
+            )
         return f"{self._p}:team:{name}"
 
     # -- teams ---------------------------------------------------------------------------

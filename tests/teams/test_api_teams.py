@@ -336,3 +336,24 @@ def test_redis_out_of_memory_is_answered_as_store_down(
     assert int(refused.value.response.headers["retry-after"]) >= 1
     assert created.status_code == 503 and "Redis" in created.json()["error"]["message"]
     assert chat(gateway, key).choices
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/admin/teams/{name}", None),
+        ("PATCH", "/admin/teams/{name}", {"priority": 1}),
+        ("DELETE", "/admin/teams/{name}", None),
+        ("POST", "/admin/teams/{name}/keys", {}),
+        ("GET", "/admin/teams/{name}/keys", None),
+    ],
+)
+@pytest.mark.parametrize("name", ["named:keys", "Named", "x" * 64])
+def test_a_name_no_team_can_have_is_404_on_every_team_route(
+    gateway: RunningGateway, method: str, path: str, body: Any, name: str
+) -> None:
+    new_team(gateway, "named")  # so that "named:keys" is a Redis key that exists (a set)
+    answer = admin(gateway, method, path.format(name=name), json=body)
+    assert answer.status_code == 404, answer.text
+    assert "team name" in answer.json()["error"]["message"]
+    assert admin(gateway, "GET", "/admin/teams/named/keys").json()["data"]  # left as it was
