@@ -111,7 +111,9 @@ class StepReport:
 
 def nodes_for(fleet: FleetSpec, replicas: Mapping[str, int]) -> dict[str, int]:
     """Nodes each node pool needs for `replicas` (TP groups kept whole on one node), within
-    the node pool's [min_nodes, max_nodes]."""
+    the node pool's [min_nodes, max_nodes]. Beyond max_nodes it says so in the log: replicas
+    held for a re-layout (old pool draining, new one loading) can ask for more than the plan
+    did, and those beyond the limit will not be placed."""
     out = {}
     for node_pool in fleet.node_pools:
         groups = [
@@ -121,6 +123,14 @@ def nodes_for(fleet: FleetSpec, replicas: Mapping[str, int]) -> dict[str, int]:
             for _ in range(replicas.get(p.name, 0))
         ]
         need = nodes_needed(groups, node_pool.gpus_per_node)
+        if need > node_pool.max_nodes:
+            log.warning(
+                "node pool %s: the decided replicas need %d nodes, max_nodes is %d; "
+                "replicas beyond it stay pending",
+                node_pool.name,
+                need,
+                node_pool.max_nodes,
+            )
         out[node_pool.name] = max(node_pool.min_nodes, min(node_pool.max_nodes, need))
     return out
 

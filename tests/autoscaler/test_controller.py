@@ -447,3 +447,14 @@ def test_settings_file_overrides_defaults_and_keeps_the_rest(tmp_path: Path) -> 
     path.write_text("max_changes_per_step: 1\nmax_scale_down_per_step: 2\n")
     with pytest.raises(SettingsError, match="exceeds max_changes_per_step"):
         load_settings(path)
+
+
+def test_nodes_beyond_max_nodes_are_clamped_and_said(caplog: pytest.LogCaptureFixture) -> None:
+    fleet = load_fleet(default_fleet_path())
+    h100 = fleet.node_pool("h100")
+    # Four 31B replicas at TP=2 want 8 H100 GPUs: two 4-GPU nodes, one more than max_nodes.
+    over = {p.name: 0 for p in fleet.model_pools} | {"gemma-4-31b": 2 * h100.max_nodes + 2}
+    with caplog.at_level("WARNING", logger="gemma_fleet.autoscaler.controller"):
+        nodes = nodes_for(fleet, over)
+    assert nodes["h100"] == h100.max_nodes
+    assert f"node pool h100: the decided replicas need {h100.max_nodes + 1} nodes" in caplog.text
