@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from gemma_fleet.gateway.openai_models import check_json_schema
 
 
 class Strict(BaseModel):
@@ -66,6 +68,11 @@ class ToolDefinition(Loose):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     input_schema: dict[str, Any]
+
+    @field_validator("input_schema")
+    @classmethod
+    def _is_json_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        return check_json_schema(schema)
 
 
 class ToolChoice(Strict):

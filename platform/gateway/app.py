@@ -71,6 +71,9 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+# Routes under this prefix speak Anthropic's API, errors included.
+ANTHROPIC_PREFIX = "/v1/messages"
+
 # A handler parses the body, serves it for `Caller`, and says which model was asked for and
 # whether the client wants the usage chunk of a stream.
 Handler = Callable[[dict[str, Any], Caller], Awaitable[tuple[str, bool, Answer]]]
@@ -204,24 +207,26 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         return answer
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        # Anthropic's clients read Anthropic's error shape; everyone else OpenAI's.
+        anthropic = request.url.path.startswith(ANTHROPIC_PREFIX)
+        body = exc.anthropic_body() if anthropic else exc.openai_body()
         headers = {**SECURITY_HEADERS, **exc.headers()}
-        return JSONResponse(exc.openai_body(), status_code=exc.status, headers=headers)
+        return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
-        # Starlette's own refusals (no such route, method not allowed) in OpenAI's shape.
+        # Starlette's own refusals (no such route, method not allowed) in the API's shape.
         if exc.status_code < 400:
             return Response(status_code=exc.status_code, headers=exc.headers)
         error = ApiError(exc.status_code, str(exc.detail), extra_headers=dict(exc.headers or {}))
         return await _api_error(request, error)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug, not bad input: the client gets a JSON 500 without a traceback (the server's
         # log has it); Starlette sends this from outside the middleware, hence the headers.
-        error = ApiError(500, f"internal error ({type(exc).__name__})")
-        return JSONResponse(error.openai_body(), status_code=500, headers=SECURITY_HEADERS)
+        return await _api_error(request, ApiError(500, f"internal error ({type(exc).__name__})"))
 
     async def _chat(raw: dict[str, Any], caller: Caller) -> tuple[str, bool, Answer]:
         body = parse(ChatCompletionRequest, raw)
@@ -243,7 +248,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
 
     @app.post("/v1/messages")
     async def messages(request: Request) -> Response:
-        # Anthropic clients expect Anthropic's error shape, so errors are answered here.
+        # Errors are answered in Anthropic's shape by the handlers above (ANTHROPIC_PREFIX).
         parsed: list[MessagesRequest] = []
 
         async def _messages(raw: dict[str, Any], caller: Caller) -> tuple[str, bool, Answer]:
@@ -252,11 +257,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
             # The Anthropic stream's closing message_delta carries the usage.
             return body.model, True, await gateway.chat(to_chat_request(body), caller)
 
-        try:
-            answer = await observed("messages", request, _messages)
-        except ApiError as exc:
-            headers = {**SECURITY_HEADERS, **exc.headers()}
-            return JSONResponse(exc.anthropic_body(), status_code=exc.status, headers=headers)
+        answer = await observed("messages", request, _messages)
         headers = {**SECURITY_HEADERS, **answer.headers}
         model = parsed[0].model
         if isinstance(answer, JsonAnswer):

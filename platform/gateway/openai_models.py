@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+from jsonschema import Draft202012Validator, SchemaError
+from jsonschema.validators import validator_for
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,6 +28,21 @@ Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 Stop = str | Annotated[list[str], Field(max_length=4)]
 # vLLM: top_k -1 or 0 disables it, else at least 1.
 TopK = Annotated[int, Field(ge=-1, le=2**31 - 1)]
+
+
+def check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` if it is a JSON schema (against its `$schema` draft's meta-schema, 2020-12 by
+    default). A bad one (`{"type": "bogus"}`) is the client's mistake, refused here with a 400
+    naming the field, not by an engine that fails to compile it (a 500 before)."""
+    try:
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except SchemaError as exc:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.path)
+        at = f" (at {where.lstrip('.')})" if where else ""
+        raise ValueError(f"not a valid JSON schema{at}: {exc.message[:200]}") from None
+    except RecursionError:
+        raise ValueError("JSON schema nested too deeply") from None
+    return schema
 
 
 class Strict(BaseModel):
@@ -152,7 +169,7 @@ class FunctionDefinition(Strict):
             raise ValueError(
                 f"function parameters must be a JSON schema of type object, not {kind!r}"
             )
-        return schema
+        return check_json_schema(schema)
 
 
 class Tool(Strict):
@@ -174,6 +191,11 @@ class JsonSchemaFormat(Strict):
     description: str | None = None
     schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
     strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _is_json_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        return check_json_schema(schema)
 
 
 class ResponseFormat(Strict):

@@ -121,3 +121,64 @@ def test_error_names_the_field_as_the_client_wrote_it(gateway_server: Any) -> No
     r = gateway_server.post(CHAT, json=body)
     expect(r, 400, "messages[0].content[1].input_audio.format")
     assert r.json()["error"]["param"] == "messages[0].content[1].input_audio.format"
+
+
+BOGUS = {"type": "object", "properties": {"a": {"type": "bogus"}}, "required": ["a"]}
+# valid JSON schema that no instance satisfies: refused by the engine, not the gateway
+UNSATISFIABLE = {"type": "object", "properties": {"a": False}, "required": ["a"]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("schema", "where"),
+    [(BOGUS, "properties.a.type"), ({"type": "object", "minProperties": -1}, "minProperties"),
+     (UNSATISFIABLE, "")],
+)  # fmt: skip
+def test_a_bad_json_schema_is_a_400_naming_the_field(
+    gateway_server: Any, schema: dict, where: str, stream: bool
+) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+    bodies = {
+        "tools[0].function.parameters": chat_body(tools=tools, tool_choice="required"),
+        "response_format.json_schema.schema": chat_body(
+            response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
+        ),
+    }
+    for field, body in bodies.items():
+        expect(gateway_server.post(CHAT, json={**body, "stream": stream}), 400, field, where)
+    # the same through Anthropic's API, in Anthropic's shape
+    r = gateway_server.post(
+        "/v1/messages",
+        json={
+            "model": "gemma-4", "max_tokens": 8, "stream": stream,
+            "messages": [{"role": "user", "content": "x"}],
+            "tools": [{"name": "f", "input_schema": schema}], "tool_choice": {"type": "any"},
+        },
+    )  # fmt: skip
+    assert r.status_code == 400, r.text
+    assert r.json()["type"] == "error"
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    # the engine's refusal names the request it was given (OpenAI's names)
+    field = "tools[0].input_schema" if schema is not UNSATISFIABLE else "tools[0]"
+    assert field in r.json()["error"]["message"] and where in r.json()["error"]["message"]
+
+
+def test_unexpected_errors_on_anthropic_routes_in_anthropics_shape(
+    gateway_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: Any, **__: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway_server.gateway, "chat", broken)
+    body = {"model": "gemma-4", "max_tokens": 8, "messages": [{"role": "user", "content": "x"}]}
+    r = gateway_server.post("/v1/messages", json=body)
+    assert r.status_code == 500
+    assert r.json() == {
+        "type": "error",
+        "error": {"type": "api_error", "message": "internal error (RuntimeError)"},
+    }
+    assert r.headers["x-content-type-options"] == "nosniff"
+    r = gateway_server.post(CHAT, json=chat_body())
+    expect(r, 500, "internal error (RuntimeError)")
+    # Starlette's own refusals too
+    assert httpx.get(gateway_server.url + "/v1/messages").json()["type"] == "error"

@@ -278,3 +278,23 @@ def test_a_stop_string_is_reported_in_stop_reason_as_vllm_does() -> None:
     assert completion.choices[0].stop_reason == "e"
     streamed = _chunks(asyncio.run(complete(max_tokens=64, stream=True)))
     assert streamed[-1]["choices"][0]["stop_reason"] == "e"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_schema_no_instance_satisfies_is_a_400_naming_the_field(stream: bool) -> None:
+    schema = {"type": "object", "properties": {"a": False}, "required": ["a"]}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
+    asks = {
+        "tools[0].function.parameters": {"tools": tools, "tool_choice": "required"},
+        "response_format.json_schema.schema": {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "n", "schema": schema},
+            }
+        },
+    }
+    for field, ask in asks.items():
+        [error] = _chat(_engine(), max_tokens=8, stream=stream, **ask)
+        assert isinstance(error, ErrorResponse)
+        assert (error.error.code, error.error.param) == (400, field)
+        assert field in error.error.message

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gemma_fleet.deployments.engines.simulator import tokenizer
-from gemma_fleet.deployments.engines.simulator.schema_gen import WORDS, generate
+from gemma_fleet.deployments.engines.simulator.schema_gen import WORDS, SchemaError, generate
 
 _TEXT = (
     "the model serves requests across the fleet while each replica keeps its cache warm and "
@@ -114,11 +114,24 @@ def _cap(pieces: list[str], spec: AnswerSpec, natural: str) -> tuple[list[str], 
     return pieces, natural
 
 
+def _instance(schema: Any, rng: random.Random, param: str) -> Any:
+    """An instance of the schema the request holds at `param`; SchemaError naming `param` if
+    none can be made (the engine's 400: a bad schema is the client's, as in vLLM)."""
+    try:
+        return generate(schema, rng)
+    except SchemaError as exc:
+        raise SchemaError(f"the JSON schema in {param} cannot be served: {exc}", param) from exc
+    except RecursionError:
+        raise SchemaError(f"the JSON schema in {param} is nested too deeply", param) from None
+
+
 def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, int]) -> AnswerPlan:
     """The deterministic answer to a request described by `spec` (rng seeded per request)."""
     tool = choose_tool(spec)
     if tool is not None:
-        arguments = json.dumps(generate(tool.get("parameters") or {"type": "object"}, rng))
+        index = next(i for i, t in enumerate(spec.tools) if t is tool)
+        schema = tool.get("parameters") or {"type": "object"}
+        arguments = json.dumps(_instance(schema, rng, f"tools[{index}].function.parameters"))
         header = [f"<|tool_call>call:{tool['name']}"]
         pieces, reason = _cap(header + tokenizer.pieces(arguments), spec, "tool_calls")
         call_id = f"chatcmpl-tool-{rng.getrandbits(128):032x}"
@@ -129,7 +142,7 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
             schema = (fmt.get("json_schema") or {}).get("schema") or {"type": "object"}
         else:
             schema = {"type": "object", "required": ["answer"], "properties": {"answer": {}}}
-        document = json.dumps(generate(schema, rng))
+        document = json.dumps(_instance(schema, rng, "response_format.json_schema.schema"))
         pieces, reason = _cap(tokenizer.pieces(document), spec, "stop")
         return AnswerPlan("json", pieces, reason)
     lo, hi = length_range

@@ -79,6 +79,7 @@ from gemma_fleet.deployments.engines.simulator.prompt import (
     render_chat,
     resolve_max_tokens,
 )
+from gemma_fleet.deployments.engines.simulator.schema_gen import SchemaError
 from gemma_fleet.telemetry import (
     Span,
     SpanKind,
@@ -285,7 +286,7 @@ class SimulatorEngine(LLMEngine):
     ) -> AsyncIterator[str | ChatCompletionResponse | ErrorResponse]:
         try:
             prompt, plan = self._prepare_chat(request)
-        except RequestError as exc:
+        except (RequestError, SchemaError) as exc:
             mark_failed(traced, str(exc))
             yield _error(str(exc), param=exc.param)
             return
@@ -470,7 +471,7 @@ class SimulatorEngine(LLMEngine):
     ) -> AsyncIterator[str | CompletionResponse | ErrorResponse]:
         try:
             prompt, plan = self._prepare_completion(request)
-        except RequestError as exc:
+        except (RequestError, SchemaError) as exc:
             mark_failed(traced, str(exc))
             yield _error(str(exc), param=exc.param)
             return

@@ -26,7 +26,12 @@ WORDS = _WORDS.split(" ")
 
 
 class SchemaError(ValueError):
-    """The schema cannot be satisfied by this generator."""
+    """The schema cannot be satisfied by this generator; `param` names the request field that
+    holds it, when known (the engine answers 400 naming it)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 def generate(schema: Any, rng: random.Random, root: Any = None) -> Any:
