@@ -274,6 +274,10 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     async def models() -> JSONResponse:
         return JSONResponse(gateway.models(), headers=SECURITY_HEADERS)
 
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> JSONResponse:
+        return JSONResponse(gateway.model(model_id), headers=SECURITY_HEADERS)
+
     @app.get(
         "/metrics",
         response_class=Response,

@@ -67,6 +67,12 @@ from gemma_fleet.telemetry import (
 
 log = logging.getLogger(__name__)
 
+# `created` of every model card (OpenAI's Model requires one): a fixed 2026-01-01T00:00:00Z.
+# Not a release date (the catalog records none) and not the fleet's start time, which would
+# differ between gateway replicas behind one address and change on every restart; a fixed
+# value keeps /v1/models the same whichever replica answers, for clients that cache it.
+MODEL_CREATED = 1_767_225_600
+
 POOL_HEADER = "x-gemma-fleet-pool"
 REASON_HEADER = "x-gemma-fleet-route"
 DONE = "data: [DONE]\n\n"
@@ -201,6 +207,13 @@ class Gateway:
             pools = [p for p in self.settings.pools if p.name in members or p.model in members]
             data.append(_model_card(alias, pools))
         return {"object": "list", "data": data}
+
+    def model(self, name: str) -> dict[str, Any]:
+        """One card of `models()` (OpenAI's models.retrieve); 404 for a name not served."""
+        for card in self.models()["data"]:
+            if card["id"] == name:
+                return dict(card)
+        raise ApiError(404, f"model {name!r} does not exist", param="model", code="model_not_found")
 
     def metrics_text(self) -> bytes:
         """Prometheus exposition, with in-flight counts read from the pool state now."""
@@ -478,6 +491,7 @@ def _model_card(name: str, pools: list[PoolInfo]) -> dict[str, Any]:
     return {
         "id": name,
         "object": "model",
+        "created": MODEL_CREATED,
         "owned_by": "gemma-fleet",
         "pools": [p.name for p in pools],
         "modalities": modalities,

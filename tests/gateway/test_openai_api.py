@@ -292,3 +292,21 @@ def test_assistant_message_fields_as_the_engine_reads_them() -> None:
     for field in ("audio", "function_call"):
         with pytest.raises(ValueError, match=f"{field} is not supported"):
             sent(**{field: {"id": "a", "name": "f", "arguments": "{}"}})
+
+
+def test_model_cards_are_openai_models_and_retrievable(client: openai.OpenAI) -> None:
+    listed = {m.id: m for m in client.models.list()}
+    for card in listed.values():
+        assert openai.types.Model.model_validate(card.model_dump()).created > 0
+    assert len({m.created for m in listed.values()}) == 1  # one fixed date, stable
+    one = client.models.retrieve("gemma-4")
+    assert one.model_dump() == listed["gemma-4"].model_dump()
+    assert one.created == listed["gemma-4"].created
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("gpt-5")
+    assert err.value.body == {
+        "message": "model 'gpt-5' does not exist",
+        "type": "not_found_error",
+        "param": "model",
+        "code": "model_not_found",
+    }
