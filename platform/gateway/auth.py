@@ -21,7 +21,7 @@ from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.service import Caller
 from gemma_fleet.teams.access import StoreUnavailable, TeamAccess, Ticket, Unauthenticated
 from gemma_fleet.teams.bootstrap import apply_bootstrap, read_bootstrap
-from gemma_fleet.teams.limits import UNLIMITED, LimitExceeded, MinuteWindow
+from gemma_fleet.teams.limits import UNLIMITED, LimitExceeded, MinuteWindow, RequestTooLarge
 from gemma_fleet.teams.redis_client import connect
 from gemma_fleet.teams.settings import TeamsSettings
 from gemma_fleet.teams.store import Identity, TeamStore
@@ -68,6 +68,33 @@ def limit_error(exc: LimitExceeded) -> ApiError:
     )
 
 
+# A request whose own estimate exceeds a token limit can never be admitted, however long the
+# client waits. OpenAI answers 429 "Request too large" for tokens per minute, but a 429 is what
+# every generic retry wrapper (and SDKs without x-should-retry) retries, forever here. A 400 is
+# the status no client retries, and says what is true: this request, as sent, must change
+# (as OpenAI's own 400 context_length_exceeded does). x-should-retry: false tells the official
+# OpenAI and Anthropic SDKs the same in so many words.
+_TOO_LARGE_NAMES = {
+    "tokens_per_minute": "tokens per minute limit",
+    "token_budget": "token budget",
+}
+
+
+def too_large_error(exc: RequestTooLarge, period: str) -> ApiError:
+    limit = _TOO_LARGE_NAMES.get(exc.limit, exc.limit)
+    if exc.limit == "token_budget":
+        limit = f"whole {limit} per {period}"
+    return ApiError(
+        400,
+        f"request too large: it alone needs {exc.requested:,} tokens (estimated prompt plus "
+        f"max_tokens), more than the team's {limit} allows ({exc.allowed:,}); lower max_tokens "
+        "or shorten the prompt",
+        param="max_tokens",
+        code="request_too_large",
+        extra_headers={"x-should-retry": "false"},
+    )
+
+
 def store_error(exc: StoreUnavailable) -> ApiError:
     return ApiError(503, str(exc), code="store_unavailable", retry_after_s=exc.retry_after_s)
 
@@ -110,6 +137,8 @@ class TeamGate:
                 admitted.append(Admitted(ticket, classified))
             except LimitExceeded as exc:
                 raise limit_error(exc) from exc
+            except RequestTooLarge as exc:
+                raise too_large_error(exc, identity.team.limits.budget_period) from exc
             except StoreUnavailable as exc:
                 raise store_error(exc) from exc
 

@@ -130,6 +130,18 @@ class LimitExceeded(Exception):
         return f"{self.limit} limit reached ({self.used} of {self.allowed})"
 
 
+@dataclass
+class RequestTooLarge(Exception):
+    """The request alone needs more tokens than `limit` allows at all: no wait makes it fit."""
+
+    limit: str
+    requested: int
+    allowed: int
+
+    def __str__(self) -> str:
+        return f"the request needs {self.requested} tokens, {self.limit} is {self.allowed}"
+
+
 def _period_key(period: Period, now: float) -> tuple[str, int]:
     """The budget window's label and the seconds until it ends (UTC)."""
     t = time.gmtime(now)
@@ -163,7 +175,12 @@ class Limiter:
     async def admit(
         self, team: str, limits: TeamLimits, tokens: int, now: float | None = None
     ) -> Admission:
-        """Reserve one request and `tokens` estimated tokens, or raise LimitExceeded."""
+        """Reserve one request and `tokens` estimated tokens, or raise LimitExceeded (or
+        RequestTooLarge when `tokens` exceed a token limit itself: checked before Redis)."""
+        for limit, allowed in (("tokens_per_minute", limits.tokens_per_minute),
+                               ("token_budget", limits.token_budget)):  # fmt: skip
+            if allowed != UNLIMITED and tokens > allowed:
+                raise RequestTooLarge(limit, tokens, allowed)
         now = time.time() if now is None else now
         keys = self._keys(team, limits, now)
         _, budget_left_s = _period_key(limits.budget_period, now)

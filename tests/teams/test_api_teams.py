@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import anthropic
 import httpx
@@ -19,6 +20,8 @@ from gemma_fleet.teams.limits import Limiter, TeamLimits
 from gemma_fleet.teams.redis_client import connect
 
 from .conftest import ADMIN, admin
+
+T = TypeVar("T")
 
 TINY_PNG = (
     "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8"
@@ -47,21 +50,28 @@ def chat(gw: RunningGateway, key: str, model: str = "e2b", **kwargs: Any) -> Any
     )
 
 
-def budget_used(gw: RunningGateway, team: str) -> int:
-    """The team's spent monthly budget, read straight from Redis (a client of our own: the
-    gateway's belongs to the server's event loop)."""
+def in_redis(gw: RunningGateway, call: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `call` with a Redis client of our own (the gateway's belongs to the server's event
+    loop), connected to the gateway's Redis."""
     assert gw.gate is not None and gw.gate.access is not None
     url = gw.gate.access.settings.redis_url
     assert url is not None
 
-    async def read() -> int:
+    async def run() -> T:
         redis = connect(url.get_secret_value())
         try:
-            return await Limiter(redis).budget_used(team, TeamLimits(budget_period="month"))
+            return await call(redis)
         finally:
             await redis.aclose()
 
-    return asyncio.run(read())
+    return asyncio.run(run())
+
+
+def budget_used(gw: RunningGateway, team: str) -> int:
+    """The team's spent monthly budget, read straight from Redis."""
+    return in_redis(
+        gw, lambda redis: Limiter(redis).budget_used(team, TeamLimits(budget_period="month"))
+    )
 
 
 def test_no_key_or_a_bad_key_gets_401_naming_the_problem(gateway: RunningGateway) -> None:
@@ -165,13 +175,56 @@ def test_200_concurrent_requests_against_50_per_minute_admit_exactly_50(
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
 
 
+def spend_budget(gw: RunningGateway, team: str, limits: TeamLimits, tokens: int) -> None:
+    """Charge `tokens` to the team's budget of this period, straight in Redis."""
+    in_redis(
+        gw, lambda redis: redis.incrby(Limiter(redis)._keys(team, limits, time.time())[3], tokens)
+    )
+
+
 def test_a_spent_budget_is_refused_with_insufficient_quota(gateway: RunningGateway) -> None:
-    key = new_team(gateway, "small-budget", limits={"token_budget": 100, "budget_period": "day"})
+    limits = TeamLimits(token_budget=100, budget_period="day")
+    key = new_team(gateway, "small-budget", limits=limits.model_dump())
+    assert chat(gateway, key, max_tokens=8).choices
+    spend_budget(gateway, "small-budget", limits, 80)  # what is left is less than a request
     with pytest.raises(openai.RateLimitError) as refused:
-        chat(gateway, key, max_tokens=500)  # the reservation alone exceeds the budget
+        chat(gateway, key, max_tokens=60)  # fits the budget, not what is left of it
     assert refused.value.code == "insufficient_quota"
     assert int(refused.value.response.headers["retry-after"]) >= 1
-    assert chat(gateway, key, max_tokens=8).choices  # a smaller request still fits
+
+
+@pytest.mark.parametrize(
+    ("limits", "named"),
+    [
+        ({"tokens_per_minute": 100}, "tokens per minute"),
+        ({"token_budget": 100, "budget_period": "day"}, "token budget"),
+    ],
+)
+def test_a_request_larger_than_the_limit_itself_is_refused_for_good(
+    gateway: RunningGateway, limits: dict[str, Any], named: str
+) -> None:
+    team = "too-large-" + named.split()[-1]  # a team per case: budgets outlive a deletion
+    key = new_team(gateway, team, limits=limits)
+    with pytest.raises(openai.BadRequestError) as refused:
+        chat(gateway, key, max_tokens=500)  # the request alone needs more than the limit
+    answer = refused.value.response
+    assert answer.headers["x-should-retry"] == "false"  # OpenAI's and Anthropic's SDKs obey it
+    assert "retry-after" not in answer.headers
+    error = answer.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "request_too_large",
+        "max_tokens",
+    )
+    assert named in error["message"] and "100" in error["message"]
+    assert "max_tokens" in error["message"]
+    assert budget_used(gateway, team) == 0  # nothing was taken
+    assert chat(gateway, key, max_tokens=8).choices  # a request that fits is served
+    sdk = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens"):
+        sdk.messages.create(
+            model="e2b", max_tokens=500, messages=[{"role": "user", "content": "x"}]
+        )
 
 
 def test_the_budget_is_charged_what_was_used_not_what_was_reserved(

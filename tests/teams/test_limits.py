@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from gemma_fleet.teams.limits import Admission, Limiter, LimitExceeded, TeamLimits
+from gemma_fleet.teams.limits import (
+    Admission,
+    Limiter,
+    LimitExceeded,
+    RequestTooLarge,
+    TeamLimits,
+)
 from gemma_fleet.teams.records import UsageRow
 from gemma_fleet.teams.redis_client import connect
 from gemma_fleet.teams.usage import UsageDelta, UsageMeter
@@ -92,11 +98,36 @@ def test_refusal_takes_nothing(redis_url: str) -> None:
     limits = TeamLimits(requests_per_minute=100, token_budget=50)
 
     async def body(limiter: Limiter, client: Any) -> list[Any]:
+        await limiter.admit("t", limits, 40, now=NOW)
         with pytest.raises(LimitExceeded, match="token_budget"):
-            await limiter.admit("t", limits, 60, now=NOW)
+            await limiter.admit("t", limits, 20, now=NOW)  # fits the budget, not what is left
         return [await client.get(k) for k in limiter._keys("t", limits, NOW)]
 
-    assert run(redis_url, body) == [None, None, None, None]
+    assert run(redis_url, body) == [b"1", b"1", b"40", b"40"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "name"),
+    [
+        (TeamLimits(tokens_per_minute=50), "tokens_per_minute"),
+        (TeamLimits(token_budget=50), "token_budget"),
+    ],
+)
+def test_a_request_larger_than_a_token_limit_itself_is_too_large_and_takes_nothing(
+    redis_url: str, limits: TeamLimits, name: str
+) -> None:
+    async def body(limiter: Limiter, client: Any) -> list[Any]:
+        with pytest.raises(RequestTooLarge) as refused:
+            await limiter.admit("t", limits, 51, now=NOW)
+        assert (refused.value.limit, refused.value.requested, refused.value.allowed) == (
+            name,
+            51,
+            50,
+        )
+        await limiter.admit("t", limits, 50, now=NOW)  # exactly the limit fits
+        return [await client.get(k) for k in limiter._keys("t", limits, NOW)]
+
+    assert run(redis_url, body) == [b"1", b"1", b"50", b"50"]
 
 
 def test_teams_do_not_share_limits(redis_url: str) -> None:
