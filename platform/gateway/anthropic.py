@@ -14,7 +14,10 @@ from pydantic import ValidationError
 from gemma_fleet.gateway.anthropic_models import (
     ImageBlock,
     MessagesRequest,
+    RedactedThinkingBlock,
     TextBlock,
+    ThinkingBlock,
+    ThinkingDisabled,
     ToolResultBlock,
     ToolUseBlock,
 )
@@ -66,8 +69,13 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
             continue
         parts: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
+        thoughts: list[str] = []
         for block in message.content:
-            if isinstance(block, TextBlock):
+            if isinstance(block, ThinkingBlock) and message.role == "assistant":
+                thoughts.append(block.thinking)
+            elif isinstance(block, RedactedThinkingBlock) and message.role == "assistant":
+                continue
+            elif isinstance(block, TextBlock):
                 parts.append({"type": "text", "text": block.text})
             elif isinstance(block, ImageBlock):
                 parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
@@ -97,6 +105,8 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
             entry: dict[str, Any] = {"role": "assistant", "content": text or None}
             if calls:
                 entry["tool_calls"] = calls
+            if thoughts:
+                entry["reasoning"] = "".join(thoughts)
             messages.append(entry)
         elif parts:
             messages.append({"role": "user", "content": parts})
@@ -130,8 +140,16 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
             }
             for t in req.tools
         ]
+    if req.thinking is not None and not isinstance(req.thinking, ThinkingDisabled):
+        body["chat_template_kwargs"] = {"enable_thinking": True}
+    if req.messages[-1].role == "assistant":
+        # A prefill: the answer continues the assistant's text rather than starting a turn.
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
     if req.tool_choice is not None:
         choice = req.tool_choice
+        if choice.disable_parallel_tool_use is not None:
+            body["parallel_tool_calls"] = not choice.disable_parallel_tool_use
         if choice.type == "tool":
             if not choice.name:
                 raise ApiError(400, "tool_choice of type tool needs a name", param="tool_choice")
@@ -154,11 +172,20 @@ def _arguments(text: str | None) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _reasoning(message: dict[str, Any]) -> str | None:
+    """The thinking in an OpenAI message or delta: vLLM's reasoning parser puts it in
+    `reasoning` (older versions: `reasoning_content`)."""
+    return message.get("reasoning") or message.get("reasoning_content")
+
+
 def to_message(chat: dict[str, Any], model: str) -> dict[str, Any]:
     """An OpenAI chat completion as an Anthropic message."""
     choice = chat["choices"][0]
     message = choice.get("message") or {}
     content: list[dict[str, Any]] = []
+    if thought := _reasoning(message):
+        # Gemma's thinking, unsigned: the signature only Anthropic's models can make is empty.
+        content.append({"type": "thinking", "thinking": thought, "signature": ""})
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
     for call in message.get("tool_calls") or []:
@@ -207,7 +234,7 @@ class _StreamState:
 
     def __init__(self) -> None:
         self.index = -1
-        self.open_kind: str | None = None  # "text" or the tool call's OpenAI index
+        self.open_kind: str | None = None  # "thinking", "text" or "tool" + the call's index
         self.finish_reason: str | None = None
         self.matched: object = None  # vLLM's stop_reason: the stop string that ended the text
         self.used_tool = False
@@ -234,6 +261,20 @@ class _StreamState:
             self.output_tokens = usage.get("completion_tokens", self.output_tokens)
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
+            if thought := _reasoning(delta):
+                if self.open_kind != "thinking":
+                    events += self.open(
+                        "thinking", {"type": "thinking", "thinking": "", "signature": ""}
+                    )
+                events.append(
+                    _event(
+                        "content_block_delta",
+                        {
+                            "index": self.index,
+                            "delta": {"type": "thinking_delta", "thinking": thought},
+                        },
+                    )
+                )
             if text := delta.get("content"):
                 if self.open_kind != "text":
                     events += self.open("text", {"type": "text", "text": ""})

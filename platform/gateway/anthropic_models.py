@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gemma_fleet.gateway.openai_models import check_json_schema
 
@@ -54,8 +54,24 @@ class ToolResultBlock(Loose):
     is_error: bool = False
 
 
+class ThinkingBlock(Loose):
+    """An earlier turn's thinking, sent back: passed on as that turn's reasoning."""
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: str = ""
+
+
+class RedactedThinkingBlock(Loose):
+    """Encrypted thinking (Anthropic's models only; this gateway never answers one): dropped."""
+
+    type: Literal["redacted_thinking"]
+    data: str = ""
+
+
 Block = Annotated[
-    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
+    Field(discriminator="type"),
 ]
 
 
@@ -81,6 +97,26 @@ class ToolChoice(Strict):
     disable_parallel_tool_use: bool | None = None
 
 
+class ThinkingDisabled(Strict):
+    type: Literal["disabled"]
+
+
+class ThinkingEnabled(Strict):
+    type: Literal["enabled"]
+    budget_tokens: int = Field(ge=1024)  # Anthropic's floor; less than max_tokens (below)
+    display: Literal["summarized", "omitted"] | None = None
+
+
+class ThinkingAdaptive(Strict):
+    type: Literal["adaptive"]
+    display: Literal["summarized", "omitted"] | None = None
+
+
+Thinking = Annotated[
+    ThinkingDisabled | ThinkingEnabled | ThinkingAdaptive, Field(discriminator="type")
+]
+
+
 class MessagesRequest(Strict):
     model: str = Field(min_length=1)
     max_tokens: int = Field(ge=1)
@@ -95,3 +131,21 @@ class MessagesRequest(Strict):
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None
     metadata: dict[str, Any] | None = None
+    # Gemma thinks when its chat template is asked to (enable_thinking); the budget is not
+    # passed on (vLLM enforces one only with a reasoning config on the server): thinking
+    # counts against max_tokens, as Anthropic's does.
+    thinking: Thinking | None = None
+    # Accepted and ignored: they choose among Anthropic's own capacity, regions, prompt caches
+    # and code-execution containers, and do not change what a Gemma pool answers.
+    service_tier: Literal["auto", "standard_only"] | None = None
+    cache_control: dict[str, Any] | None = None
+    inference_geo: str | None = None
+    speed: Literal["standard", "fast"] | None = None
+    container: str | dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _budget_within_max_tokens(self) -> MessagesRequest:
+        thinking = self.thinking
+        if isinstance(thinking, ThinkingEnabled) and thinking.budget_tokens >= self.max_tokens:
+            raise ValueError("thinking.budget_tokens must be less than max_tokens")
+        return self

@@ -236,6 +236,10 @@ class ChatCompletionRequest(Strict):
     ignore_eos: bool | None = None
     min_tokens: int | None = Field(None, ge=0)
     chat_template_kwargs: dict[str, Any] | None = None
+    # vLLM's chat-template controls: continue the last (assistant) message instead of
+    # starting a new turn (Anthropic's prefill is sent this way).
+    add_generation_prompt: bool | None = None
+    continue_final_message: bool | None = None
 
     @property
     def output_limit(self) -> int | None:
@@ -261,6 +265,11 @@ class ChatCompletionRequest(Strict):
         format_ = self.response_format
         if format_ is not None and format_.type == "json_schema" and format_.json_schema is None:
             raise ValueError("response_format of type json_schema needs json_schema")
+        if self.continue_final_message:
+            if self.add_generation_prompt is not False:
+                raise ValueError("continue_final_message needs add_generation_prompt set to false")
+            if not isinstance(self.messages[-1], AssistantMessage):
+                raise ValueError("continue_final_message needs the last message from the assistant")
         return self
 
 

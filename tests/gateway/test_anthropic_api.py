@@ -174,3 +174,113 @@ def test_stop_sequences_say_which_one_stopped_the_text(client: anthropic.Anthrop
     # an answer that ends by itself is end_turn, with no sequence
     natural = client.messages.create(**{**ask, "stop_sequences": ["zq"]})
     assert natural.stop_reason in {"end_turn", "max_tokens"} and natural.stop_sequence is None
+
+
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+def test_fields_that_do_not_change_the_answer_are_accepted(client: anthropic.Anthropic) -> None:
+    message = client.messages.create(
+        model="gemma-4", max_tokens=8, messages=HELLO, service_tier="auto",
+        cache_control={"type": "ephemeral"}, inference_geo="us", speed="standard",
+        container="container_1", thinking={"type": "disabled"}, metadata={"user_id": "u"},
+    )  # fmt: skip
+    assert message.content
+
+
+def chat_of(**fields: Any) -> dict[str, Any]:
+    from gemma_fleet.gateway.anthropic import to_chat_request
+    from gemma_fleet.gateway.anthropic_models import MessagesRequest
+
+    body = {"model": "gemma-4", "max_tokens": 2048, "messages": HELLO, **fields}
+    return to_chat_request(MessagesRequest.model_validate(body)).model_dump(exclude_none=True)
+
+
+@pytest.mark.parametrize(
+    "thinking", [{"type": "enabled", "budget_tokens": 1024}, {"type": "adaptive"}]
+)
+def test_thinking_asks_gemmas_template_to_think(
+    client: anthropic.Anthropic, thinking: dict[str, Any]
+) -> None:
+    assert chat_of(thinking=thinking)["chat_template_kwargs"] == {"enable_thinking": True}
+    assert "chat_template_kwargs" not in chat_of(thinking={"type": "disabled"})
+    message = client.messages.create(
+        model="gemma-4", max_tokens=2048, messages=HELLO, thinking=thinking
+    )
+    assert message.content
+    with pytest.raises(anthropic.BadRequestError, match="budget_tokens"):
+        client.messages.create(
+            model="gemma-4", max_tokens=1024, messages=HELLO,
+            thinking={"type": "enabled", "budget_tokens": 1024},
+        )  # fmt: skip
+
+
+def test_thinking_comes_back_as_thinking_blocks(client: anthropic.Anthropic) -> None:
+    import asyncio
+    import json
+
+    from gemma_fleet.gateway.anthropic import to_message, to_message_stream
+
+    chat = {
+        "id": "c",
+        "choices": [
+            {
+                "message": {"role": "assistant", "content": "Hi", "reasoning": "be kind"},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    message = anthropic.types.Message.model_validate(to_message(chat, "gemma-4"))
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking == "be kind"  # type: ignore[union-attr]
+
+    def chunk(**delta: Any) -> str:
+        return f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta}]})}\n\n"
+
+    async def events() -> list[str]:
+        async def source() -> Any:
+            for text in (chunk(reasoning="be "), chunk(reasoning="kind"), chunk(content="Hi")):
+                yield text
+
+        return [e async for e in to_message_stream(source(), "gemma-4")]
+
+    streamed = [json.loads(e.split("data: ", 1)[1]) for e in asyncio.run(events())]
+    starts = [e["content_block"]["type"] for e in streamed if e["type"] == "content_block_start"]
+    deltas = [e["delta"] for e in streamed if e["type"] == "content_block_delta"]
+    assert starts == ["thinking", "text"]
+    assert deltas[:2] == [
+        {"type": "thinking_delta", "thinking": "be "},
+        {"type": "thinking_delta", "thinking": "kind"},
+    ]
+    # sent back, a thinking block is that turn's reasoning, as vLLM reads it
+    turn = [b.model_dump() for b in message.content]
+    sent = chat_of(messages=[*HELLO, {"role": "assistant", "content": turn}, *HELLO])
+    assert sent["messages"][1] == {"role": "assistant", "content": "Hi", "reasoning": "be kind"}
+    redacted = [{"type": "redacted_thinking", "data": "x"}, *turn[1:]]
+    sent = chat_of(messages=[*HELLO, {"role": "assistant", "content": redacted}, *HELLO])
+    assert sent["messages"][1] == {"role": "assistant", "content": "Hi"}
+    again = client.messages.create(
+        model="gemma-4", max_tokens=8,
+        messages=[*HELLO, {"role": "assistant", "content": turn}, *HELLO],
+    )  # fmt: skip
+    assert again.content
+
+
+def test_disable_parallel_tool_use_is_parallel_tool_calls(client: anthropic.Anthropic) -> None:
+    for disable in (True, False):
+        choice = {"type": "auto", "disable_parallel_tool_use": disable}
+        assert chat_of(tools=TOOLS, tool_choice=choice)["parallel_tool_calls"] is not disable
+    assert "parallel_tool_calls" not in chat_of(tools=TOOLS, tool_choice={"type": "auto"})
+    message = client.messages.create(
+        model="gemma-4", max_tokens=64, tools=TOOLS, messages=HELLO,
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+    )  # fmt: skip
+    assert message.stop_reason == "tool_use"
+
+
+def test_a_prefill_is_continued_not_answered_as_a_new_turn(client: anthropic.Anthropic) -> None:
+    prefill = [*HELLO, {"role": "assistant", "content": "{"}]
+    sent = chat_of(messages=prefill)
+    assert (sent["continue_final_message"], sent["add_generation_prompt"]) == (True, False)
+    assert "continue_final_message" not in chat_of()
+    assert client.messages.create(model="gemma-4", max_tokens=8, messages=prefill).content

@@ -182,3 +182,13 @@ def test_unexpected_errors_on_anthropic_routes_in_anthropics_shape(
     expect(r, 500, "internal error (RuntimeError)")
     # Starlette's own refusals too
     assert httpx.get(gateway_server.url + "/v1/messages").json()["type"] == "error"
+
+
+def test_continue_final_message_is_checked_as_vllm_does(gateway_server: Any) -> None:
+    prefill = [*OK_MESSAGES, {"role": "assistant", "content": "{"}]
+    ok = chat_body(messages=prefill, continue_final_message=True, add_generation_prompt=False)
+    assert gateway_server.post(CHAT, json=ok).status_code == 200
+    bad = {**ok, "add_generation_prompt": None}
+    expect(gateway_server.post(CHAT, json=bad), 400, "add_generation_prompt set to false")
+    bad = {**ok, "messages": OK_MESSAGES}
+    expect(gateway_server.post(CHAT, json=bad), 400, "last message from the assistant")
