@@ -150,7 +150,8 @@ class TeamAccess:
         writes: list[Callable[[], Awaitable[None]]] = []
         if ticket.admission is not None:
             admission, used = ticket.admission, usage.prompt_tokens + usage.completion_tokens
-            writes.append(lambda: self.limiter.release(admission, used, once))
+            refused = not usage.requests  # refused after admission: it spends nothing
+            writes.append(lambda: self.limiter.release(admission, used, once, refused))
         if usage.requests:  # a refused request frees its reservation and meters nothing
             writes.append(lambda: self.meter.record(team, model, day, usage, once))
         for write in writes:

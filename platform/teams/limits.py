@@ -44,17 +44,21 @@ return {1, "", 0, 0, used[2] + 1, used[3] + costs[3]}
 """
 
 _RELEASE = """
--- KEYS: concurrency, tokens/min, budget[, once]; ARGV: token correction (actual - reserved),
--- seconds the once-key is kept. A release already applied under the same once-key is a no-op.
-if KEYS[4] then
-  if redis.call("HSETNX", KEYS[4], "release", 1) == 0 then return 0 end
-  redis.call("EXPIRE", KEYS[4], ARGV[2])
+-- KEYS: concurrency, requests/min, tokens/min, budget[, once]; ARGV: token correction (actual -
+-- reserved), seconds the once-key is kept, 1 if the request was refused after admission (it
+-- spends no request either). A release already applied under the same once-key is a no-op.
+if KEYS[5] then
+  if redis.call("HSETNX", KEYS[5], "release", 1) == 0 then return 0 end
+  redis.call("EXPIRE", KEYS[5], ARGV[2])
 end
 local left = redis.call("DECR", KEYS[1])
 if left < 0 then redis.call("SET", KEYS[1], 0) end
+if ARGV[3] == "1" and redis.call("EXISTS", KEYS[2]) == 1 then
+  if redis.call("DECR", KEYS[2]) < 0 then redis.call("SET", KEYS[2], 0, "KEEPTTL") end
+end
 local delta = tonumber(ARGV[1])
 if delta ~= 0 then
-  for i = 2, 3 do
+  for i = 3, 4 do
     if redis.call("EXISTS", KEYS[i]) == 1 then redis.call("INCRBY", KEYS[i], delta) end
   end
 end
@@ -213,14 +217,19 @@ class Limiter:
         return Admission(team=team, reserved_tokens=tokens, keys=keys, window=window)
 
     async def release(
-        self, admission: Admission, used_tokens: int, once_key: str | None = None
+        self,
+        admission: Admission,
+        used_tokens: int,
+        once_key: str | None = None,
+        refused: bool = False,
     ) -> None:
         """Free the concurrency slot and correct the token counters from the estimate to
-        what was actually used. With `once_key`, sending the same release again (a retry after
-        a reply lost to a Redis restart) changes nothing."""
-        inflight, _, tpm, budget = admission.keys
-        keys = [inflight, tpm, budget, *([once_key] if once_key else [])]
-        await self._release(keys=keys, args=[used_tokens - admission.reserved_tokens, ONCE_TTL_S])
+        what was actually used; `refused` (refused after admission: nothing served) gives the
+        request back to requests/min too. With `once_key`, sending the same release again (a
+        retry after a reply lost to a Redis restart) changes nothing."""
+        keys = [*admission.keys, *([once_key] if once_key else [])]
+        delta = used_tokens - admission.reserved_tokens
+        await self._release(keys=keys, args=[delta, ONCE_TTL_S, int(refused)])
 
     async def budget_used(self, team: str, limits: TeamLimits, now: float | None = None) -> int:
         key = self._keys(team, limits, time.time() if now is None else now)[3]

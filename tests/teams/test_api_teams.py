@@ -410,3 +410,19 @@ def test_a_name_no_team_can_have_is_404_on_every_team_route(
     assert answer.status_code == 404, answer.text
     assert "team name" in answer.json()["error"]["message"]
     assert admin(gateway, "GET", "/admin/teams/named/keys").json()["data"]  # left as it was
+
+
+def test_a_request_refused_after_admission_spends_no_request(gateway: RunningGateway) -> None:
+    key = new_team(gateway, "refused-late", limits={"requests_per_minute": 1})
+    if time.time() % 60 > 50:  # keep both requests inside one minute window
+        time.sleep(61 - time.time() % 60)
+    unreachable = {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/cat.png"}}
+    with pytest.raises(openai.BadRequestError):  # admitted, then its image cannot be fetched
+        client(gateway, key).chat.completions.create(
+            model="e4b",
+            messages=[{"role": "user", "content": [{"type": "text", "text": "?"}, unreachable]}],
+            max_tokens=4,
+        )
+    assert chat(gateway, key).choices  # the one request of this minute is still there
+    with pytest.raises(openai.RateLimitError):
+        chat(gateway, key)

@@ -191,3 +191,23 @@ def test_usage_sent_twice_under_one_once_key_is_metered_once(redis_url: str) -> 
     [row] = asyncio.run(scenario())
     assert (row.requests, row.prompt_tokens, row.completion_tokens) == (2, 14, 6)
     assert row.audio_seconds == 3.0
+
+
+def test_a_release_of_a_request_refused_after_admission_gives_its_request_back(
+    redis_url: str,
+) -> None:
+    limits = TeamLimits(requests_per_minute=2, token_budget=1_000)
+
+    async def body(limiter: Limiter, client: Any) -> list[Any]:
+        served = await limiter.admit("t", limits, 100, now=NOW)
+        refused = await limiter.admit("t", limits, 100, now=NOW)
+        await limiter.release(served, used_tokens=30)
+        for _ in range(3):  # retried under one once-key: given back once
+            await limiter.release(refused, used_tokens=0, once_key="gf:once:r", refused=True)
+        counters = [await client.get(k) for k in limiter._keys("t", limits, NOW)]
+        await limiter.admit("t", limits, 100, now=NOW)  # room for one more request
+        with pytest.raises(LimitExceeded, match="requests_per_minute"):
+            await limiter.admit("t", limits, 100, now=NOW)
+        return counters
+
+    assert run(redis_url, body) == [b"0", b"1", b"30", b"30"]
