@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -74,6 +74,7 @@ class Ticket:
 
     identity: Identity
     admission: Admission | None
+    at: float = field(default_factory=time.time)  # when it was let in (its minute and period)
 
 
 class TeamAccess:
@@ -148,10 +149,18 @@ class TeamAccess:
         # acknowledge (killed mid-reply) is retried from the buffer and must not count twice.
         once = f"{self._prefix}:once:{uuid.uuid4().hex}"
         writes: list[Callable[[], Awaitable[None]]] = []
+        used = usage.prompt_tokens + usage.completion_tokens
         if ticket.admission is not None:
-            admission, used = ticket.admission, usage.prompt_tokens + usage.completion_tokens
+            admission = ticket.admission
             refused = not usage.requests  # refused after admission: it spends nothing
             writes.append(lambda: self.limiter.release(admission, used, once, refused))
+        elif used:
+            # Served while Redis was down (serve-cached-keys): no reservation to reconcile, so
+            # charge what it used to its minute's tokens and its period's budget, as admission
+            # and release would have (budgets stay exact across an outage; tokens/min only if
+            # Redis is back within the minute).
+            limits, at = ticket.identity.team.limits, ticket.at
+            writes.append(lambda: self.limiter.charge(team, limits, used, at, once))
         if usage.requests:  # a refused request frees its reservation and meters nothing
             writes.append(lambda: self.meter.record(team, model, day, usage, once))
         for write in writes:

@@ -65,6 +65,21 @@ end
 return 1
 """
 
+_CHARGE = """
+-- KEYS: tokens/min, budget[, once]; ARGV: tokens, when each counter expires (unix s, as at
+-- admission), seconds the once-key is kept. Charges tokens served without an admission (Redis was
+-- down); a charge already applied under the same once-key is a no-op.
+if KEYS[3] then
+  if redis.call("HSETNX", KEYS[3], "charge", 1) == 0 then return 0 end
+  redis.call("EXPIRE", KEYS[3], ARGV[4])
+end
+for i = 1, 2 do
+  redis.call("INCRBY", KEYS[i], ARGV[1])
+  redis.call("EXPIREAT", KEYS[i], ARGV[i + 1])
+end
+return 1
+"""
+
 UNLIMITED = -1
 # How long an accounting write's once-key is kept: a write retried later than this after Redis
 # applied it would count twice (a gateway replays its buffer within seconds of Redis's return).
@@ -168,6 +183,7 @@ class Limiter:
         self._prefix = prefix
         self._admit = redis.register_script(_ADMIT)
         self._release = redis.register_script(_RELEASE)
+        self._charge = redis.register_script(_CHARGE)
 
     def _keys(self, team: str, limits: TeamLimits, now: float) -> tuple[str, str, str, str]:
         minute = int(now // 60)
@@ -230,6 +246,18 @@ class Limiter:
         keys = [*admission.keys, *([once_key] if once_key else [])]
         delta = used_tokens - admission.reserved_tokens
         await self._release(keys=keys, args=[delta, ONCE_TTL_S, int(refused)])
+
+    async def charge(
+        self, team: str, limits: TeamLimits, tokens: int, at: float, once_key: str | None = None
+    ) -> None:
+        """Charge `tokens` a request served at `at` without an admission (Redis was down, and
+        the policy served cached keys) to that minute's tokens and that period's budget. With
+        `once_key`, sending the same charge again changes nothing."""
+        _, tpm, budget = self._keys(team, limits, at)[1:]
+        _, budget_left_s = _period_key(limits.budget_period, at)
+        expiry = [int(at // 60) * 60 + 120, int(at) + budget_left_s + 3600]
+        keys = [tpm, budget, *([once_key] if once_key else [])]
+        await self._charge(keys=keys, args=[tokens, *expiry, ONCE_TTL_S])
 
     async def budget_used(self, team: str, limits: TeamLimits, now: float | None = None) -> int:
         key = self._keys(team, limits, time.time() if now is None else now)[3]

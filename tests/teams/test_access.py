@@ -16,7 +16,7 @@ import redis as sync_redis
 from redis_server import RedisServer
 
 from gemma_fleet.teams.access import StoreUnavailable, TeamAccess
-from gemma_fleet.teams.limits import TeamLimits
+from gemma_fleet.teams.limits import Limiter, TeamLimits
 from gemma_fleet.teams.records import KeyRequest, TeamSpec
 from gemma_fleet.teams.redis_client import connect
 from gemma_fleet.teams.settings import RedisDownPolicy, TeamsSettings
@@ -136,3 +136,55 @@ def test_serve_cached_keys_serves_a_known_key_while_redis_refuses_writes(
         await access.close()
 
     asyncio.run(scenario())
+
+
+def test_tokens_served_on_cached_keys_during_an_outage_are_charged_to_the_budget(
+    own_redis: RedisServer,
+) -> None:
+    async def scenario() -> tuple[int, int, int]:
+        settings = TeamsSettings(
+            auth_required=True,
+            redis_url=own_redis.url,
+            redis_down=RedisDownPolicy.SERVE_CACHED_KEYS,
+        )
+        access = TeamAccess(connect(own_redis.url), settings)
+        limits = TeamLimits(tokens_per_minute=1_000_000, token_budget=1_000_000)
+        await access.store.create_team(TeamSpec(name="t", limits=limits))
+        issued = await access.store.issue_key("t", KeyRequest())
+        identity = await access.authenticate(issued.key)
+        undo = refuse("out of memory", own_redis)
+        try:
+            ticket = await access.admit(identity, 100)
+            assert ticket.admission is None  # served without limits
+            await access.settle(ticket, MODEL, UsageDelta(prompt_tokens=5, completion_tokens=7))
+            assert access.pending == 2  # the charge and the usage wait for Redis
+        finally:
+            undo()
+        assert await access.flush() == 0
+        tpm_key = access.limiter._keys("t", limits, ticket.at)[2]
+        tpm = int(await access.redis.get(tpm_key) or 0)
+        ttl = await access.redis.ttl(access.limiter._keys("t", limits, ticket.at)[3])
+        budget = await access.limiter.budget_used("t", limits)
+        await access.close()
+        return budget, tpm, ttl
+
+    budget, tpm, ttl = asyncio.run(scenario())
+    assert budget == 12
+    assert tpm in (0, 12)  # charged to its minute, which may be over (and its key gone) by now
+    assert ttl > 3600  # the budget key expires after its period, as admission sets it
+
+
+def test_a_charge_sent_twice_under_one_once_key_counts_once(own_redis: RedisServer) -> None:
+    async def scenario() -> int:
+        redis = connect(own_redis.url)
+        limiter = Limiter(redis)
+        limits = TeamLimits(token_budget=1_000, budget_period="day")
+        now = time.time()
+        for _ in range(3):
+            await limiter.charge("t", limits, 40, now, once_key="gf:once:c")
+        await limiter.charge("t", limits, 2, now)  # another request: counts
+        used = await limiter.budget_used("t", limits)
+        await redis.aclose()
+        return used
+
+    assert asyncio.run(scenario()) == 42
