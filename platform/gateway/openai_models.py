@@ -28,6 +28,11 @@ Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 Stop = str | Annotated[list[str], Field(max_length=4)]
 # vLLM: top_k -1 or 0 disables it, else at least 1.
 TopK = Annotated[int, Field(ge=-1, le=2**31 - 1)]
+# OpenAI's logit_bias: token ids (as strings) to a bias in [-100, 100]; the engine refuses an
+# id outside its vocabulary.
+LogitBias = dict[
+    Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]
+]
 
 
 def check_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +61,7 @@ class TextPart(Strict):
 
 class ImageURL(Strict):
     url: str = Field(min_length=1)
-    detail: Literal["auto", "low", "high"] | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = None
 
 
 class ImagePart(Strict):
@@ -205,6 +210,8 @@ class ResponseFormat(Strict):
 
 class StreamOptions(Strict):
     include_usage: bool = False
+    # OpenAI pads its chunks against side channels; these streams are not padded: dropped.
+    include_obfuscation: bool | None = Field(None, exclude=True)
 
 
 class ChatCompletionRequest(Strict):
@@ -224,6 +231,18 @@ class ChatCompletionRequest(Strict):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     user: str | None = None
+    logit_bias: LogitBias | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    # OpenAI's platform features (stored completions, their metadata, the processing tier,
+    # prompt-cache routing, abuse tracking): accepted so clients that send them work, and
+    # dropped, since none changes what a Gemma pool answers.
+    store: bool | None = Field(None, exclude=True)
+    metadata: dict[str, str] | None = Field(None, exclude=True)
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = Field(
+        None, exclude=True
+    )
+    prompt_cache_key: str | None = Field(None, exclude=True)
+    safety_identifier: str | None = Field(None, exclude=True)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -291,6 +310,7 @@ class CompletionRequest(Strict):
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool | None = None
     user: str | None = None
+    logit_bias: LogitBias | None = None
     top_k: TopK | None = None
     min_p: float | None = Field(None, ge=0, le=1)
     repetition_penalty: float | None = Field(None, gt=0)

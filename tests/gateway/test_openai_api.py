@@ -310,3 +310,46 @@ def test_model_cards_are_openai_models_and_retrievable(client: openai.OpenAI) ->
         "param": "model",
         "code": "model_not_found",
     }
+
+
+def test_fields_openai_clients_send_are_accepted(client: openai.OpenAI) -> None:
+    out = client.chat.completions.create(
+        model="gemma-4", messages=user("hi"), max_tokens=4, store=False,
+        metadata={"run": "1"}, service_tier="auto", prompt_cache_key="k",
+        safety_identifier="u1", user="u1", logit_bias={"1": -100, "42": 5.5},
+        reasoning_effort="low",
+    )  # fmt: skip
+    assert out.choices[0].message.content
+    stream = client.chat.completions.create(
+        model="gemma-4", messages=user("hi"), max_tokens=4, stream=True,
+        stream_options={"include_usage": True, "include_obfuscation": False},
+    )  # fmt: skip
+    chunks = list(stream)
+    assert chunks[-1].usage is not None
+    content = [{"type": "image_url", "image_url": {"url": png_url(), "detail": "original"}}]
+    assert client.chat.completions.create(model="gemma-4", messages=user(content), max_tokens=4)
+    assert (
+        client.completions.create(model="gemma-4", prompt="Once", max_tokens=4, logit_bias={"7": 1})
+        .choices[0]
+        .text
+    )
+
+
+def test_what_changes_the_answer_is_passed_on_and_the_rest_dropped() -> None:
+    from gemma_fleet.gateway.openai_models import ChatCompletionRequest
+
+    body = {
+        "model": "m", "messages": user("hi"), "store": True, "metadata": {"a": "b"},
+        "service_tier": "flex", "prompt_cache_key": "k", "safety_identifier": "s",
+        "logit_bias": {"5": 2}, "reasoning_effort": "high", "stream": True,
+        "stream_options": {"include_usage": True, "include_obfuscation": True},
+    }  # fmt: skip
+    sent = ChatCompletionRequest.model_validate(body).model_dump(exclude_none=True)
+    assert sent == {
+        "model": "m", "messages": user("hi"), "logit_bias": {"5": 2.0},
+        "reasoning_effort": "high", "stream": True, "stream_options": {"include_usage": True},
+        "n": 1,
+    }  # fmt: skip
+    for bad in ({"logit_bias": {"x": 1}}, {"logit_bias": {"5": 101}}, {"reasoning_effort": "max"}):
+        with pytest.raises(ValueError):
+            ChatCompletionRequest.model_validate({**body, **bad})
