@@ -133,13 +133,15 @@ class TeamStore:
             return await self.update_team(spec.name, update)
 
     async def delete_team(self, name: str) -> None:
-        """Remove the team and revoke every key it has; its usage history stays."""
+        """Remove the team and revoke every key it has; its usage history stays. The keys stay
+        revoked, and are no longer listed: a team created again under the name starts with
+        none."""
         await self.team(name)
         for key in await self.keys(name):
             if key.revoked_at is None:
                 await self.revoke_key(key.id)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._team_key(name))
+            pipe.delete(self._team_key(name), f"{self._team_key(name)}:keys")
             pipe.srem(f"{self._p}:teams", name)
             await pipe.execute()
 

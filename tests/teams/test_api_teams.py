@@ -426,3 +426,14 @@ def test_a_request_refused_after_admission_spends_no_request(gateway: RunningGat
     assert chat(gateway, key).choices  # the one request of this minute is still there
     with pytest.raises(openai.RateLimitError):
         chat(gateway, key)
+
+
+def test_a_team_created_again_does_not_inherit_the_old_teams_keys(
+    gateway: RunningGateway,
+) -> None:
+    old_key = new_team(gateway, "reborn")
+    assert admin(gateway, "DELETE", "/admin/teams/reborn").status_code == 204
+    assert admin(gateway, "POST", "/admin/teams", json={"name": "reborn"}).status_code == 201
+    assert admin(gateway, "GET", "/admin/teams/reborn/keys").json()["data"] == []
+    with pytest.raises(openai.AuthenticationError):  # the old key stays revoked
+        chat(gateway, old_key)
