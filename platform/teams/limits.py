@@ -82,7 +82,9 @@ return 1
 
 UNLIMITED = -1
 # How long an accounting write's once-key is kept: a write retried later than this after Redis
-# applied it would count twice (a gateway replays its buffer within seconds of Redis's return).
+# applied it would count twice. Redis's expiries run while it is down too, so this is the
+# longest outage across which accounting stays exactly-once; it costs ~190 bytes of Redis
+# memory per request (docs/teams.md, "Sizing Redis"), which is why it is not longer.
 ONCE_TTL_S = 3600
 
 
