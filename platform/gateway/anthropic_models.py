@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gemma_fleet.gateway.openai_models import check_json_schema
+from gemma_fleet.gateway.openai_models import valid_json_schema
 
 
 class Strict(BaseModel):
@@ -88,7 +88,7 @@ class ToolDefinition(Loose):
     @field_validator("input_schema")
     @classmethod
     def _is_json_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        return check_json_schema(schema)
+        return valid_json_schema(schema)
 
 
 class ToolChoice(Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
@@ -192,3 +193,27 @@ def test_continue_final_message_is_checked_as_vllm_does(gateway_server: Any) -> 
     expect(gateway_server.post(CHAT, json=bad), 400, "add_generation_prompt set to false")
     bad = {**ok, "messages": OK_MESSAGES}
     expect(gateway_server.post(CHAT, json=bad), 400, "last message from the assistant")
+
+
+def test_the_schema_check_is_fast_on_a_ten_megabyte_schema() -> None:
+    # It runs on the event loop: the hostile-input tests send this schema and expect an
+    # answer within 20 s (jsonschema's meta-schema validation alone took 4 to 20 s).
+    import time
+
+    from gemma_fleet.gateway.openai_models import InvalidSchema, check_json_schema
+
+    props = {f"p{i}": {"type": "string", "description": "d" * 90} for i in range(100_000)}
+    started = time.monotonic()
+    check_json_schema({"type": "object", "properties": props})
+    assert time.monotonic() - started < 2
+    for bad, where in [
+        ({"anyOf": []}, "anyOf"),
+        ({"items": [{"type": "x"}]}, "items[0].type"),
+        ({"properties": {"a": {"pattern": "("}}}, "properties.a.pattern"),
+        ({"$defs": {"d": {"multipleOf": 0}}}, "$defs.d.multipleOf"),
+        ({"required": "a"}, "required"),
+    ]:
+        with pytest.raises(InvalidSchema, match=re.escape(f"(at {where})")):
+            check_json_schema(bad)
+    for good in ({"type": ["string", "null"]}, {"properties": {"a": False}}, True, {"x-ext": 1}):
+        check_json_schema(good)
