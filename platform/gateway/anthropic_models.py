@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gemma_fleet.gateway.openai_models import valid_json_schema
+from gemma_fleet.gateway.json_schema import valid_json_schema
 
 
 class Strict(BaseModel):

@@ -200,7 +200,7 @@ def test_the_schema_check_is_fast_on_a_ten_megabyte_schema() -> None:
     # answer within 20 s (jsonschema's meta-schema validation alone took 4 to 20 s).
     import time
 
-    from gemma_fleet.gateway.openai_models import InvalidSchema, check_json_schema
+    from gemma_fleet.gateway.json_schema import InvalidSchema, check_json_schema
 
     props = {f"p{i}": {"type": "string", "description": "d" * 90} for i in range(100_000)}
     started = time.monotonic()
