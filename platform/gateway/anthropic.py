@@ -254,6 +254,10 @@ class _StreamState:
         events.append(_event("content_block_start", {"index": self.index, "content_block": block}))
         return events
 
+    def _part(self, delta: dict[str, Any]) -> str:
+        """`delta` as a content_block_delta of the open block."""
+        return _event("content_block_delta", {"index": self.index, "delta": delta})
+
     def delta(self, chunk: dict[str, Any]) -> list[str]:
         events: list[str] = []
         if usage := chunk.get("usage"):
@@ -266,24 +270,11 @@ class _StreamState:
                     events += self.open(
                         "thinking", {"type": "thinking", "thinking": "", "signature": ""}
                     )
-                events.append(
-                    _event(
-                        "content_block_delta",
-                        {
-                            "index": self.index,
-                            "delta": {"type": "thinking_delta", "thinking": thought},
-                        },
-                    )
-                )
+                events.append(self._part({"type": "thinking_delta", "thinking": thought}))
             if text := delta.get("content"):
                 if self.open_kind != "text":
                     events += self.open("text", {"type": "text", "text": ""})
-                events.append(
-                    _event(
-                        "content_block_delta",
-                        {"index": self.index, "delta": {"type": "text_delta", "text": text}},
-                    )
-                )
+                events.append(self._part({"type": "text_delta", "text": text}))
             for call in delta.get("tool_calls") or []:
                 kind = f"tool{call.get('index', 0)}"
                 function = call.get("function") or {}
@@ -297,15 +288,7 @@ class _StreamState:
                     events += self.open(kind, block)
                     self.used_tool = True
                 if args := function.get("arguments"):
-                    events.append(
-                        _event(
-                            "content_block_delta",
-                            {
-                                "index": self.index,
-                                "delta": {"type": "input_json_delta", "partial_json": args},
-                            },
-                        )
-                    )
+                    events.append(self._part({"type": "input_json_delta", "partial_json": args}))
             if reason := choice.get("finish_reason"):
                 self.finish_reason = reason
                 self.matched = choice.get("stop_reason")

@@ -74,16 +74,11 @@ def limit_error(exc: LimitExceeded) -> ApiError:
 # the status no client retries, and says what is true: this request, as sent, must change
 # (as OpenAI's own 400 context_length_exceeded does). x-should-retry: false tells the official
 # OpenAI and Anthropic SDKs the same in so many words.
-_TOO_LARGE_NAMES = {
-    "tokens_per_minute": "tokens per minute limit",
-    "token_budget": "token budget",
-}
-
-
 def too_large_error(exc: RequestTooLarge, period: str) -> ApiError:
-    limit = _TOO_LARGE_NAMES.get(exc.limit, exc.limit)
     if exc.limit == "token_budget":
-        limit = f"whole {limit} per {period}"
+        limit = f"whole token budget per {period}"
+    else:
+        limit = "tokens per minute limit"
     return ApiError(
         400,
         f"request too large: it alone needs {exc.requested:,} tokens (estimated prompt plus "

@@ -86,6 +86,10 @@ UNLIMITED = -1
 # longest outage across which accounting stays exactly-once; it costs ~190 bytes of Redis
 # memory per request (docs/teams.md, "Sizing Redis"), which is why it is not longer.
 ONCE_TTL_S = 3600
+# A minute's counters outlive their minute by this much, and a period's budget counter its
+# period by BUDGET_GRACE_S: late releases and charges still find them.
+MINUTE_KEY_TTL_S = 120
+BUDGET_GRACE_S = 3600
 
 
 class TeamLimits(BaseModel):
@@ -215,8 +219,8 @@ class Limiter:
                 limits.tokens_per_minute,
                 limits.token_budget,
                 tokens,
-                120,
-                budget_left_s + 3600,
+                MINUTE_KEY_TTL_S,
+                budget_left_s + BUDGET_GRACE_S,
                 self.LEASE_TTL_S,
             ],
         )
@@ -255,9 +259,10 @@ class Limiter:
         """Charge `tokens` a request served at `at` without an admission (Redis was down, and
         the policy served cached keys) to that minute's tokens and that period's budget. With
         `once_key`, sending the same charge again changes nothing."""
-        _, tpm, budget = self._keys(team, limits, at)[1:]
+        _, _, tpm, budget = self._keys(team, limits, at)
         _, budget_left_s = _period_key(limits.budget_period, at)
-        expiry = [int(at // 60) * 60 + 120, int(at) + budget_left_s + 3600]
+        # Absolute times, as admission at `at` would have set them (its TTLs run from `at`).
+        expiry = [int(at // 60) * 60 + MINUTE_KEY_TTL_S, int(at) + budget_left_s + BUDGET_GRACE_S]
         keys = [tpm, budget, *([once_key] if once_key else [])]
         await self._charge(keys=keys, args=[tokens, *expiry, ONCE_TTL_S])
 
