@@ -237,6 +237,7 @@ class Controller:
             plan.replicas,
             reading.running(),
             complete=reading.complete,
+            serving=observed.serving,
         )
         replicas = {d.pool: d.target for d in decisions}
         nodes = self.nodes_for(replicas) if self.actuator.manages_nodes else {}

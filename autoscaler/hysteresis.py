@@ -10,14 +10,17 @@ at once. Down, per pool:
   controller's start is unknown), nor within `min_replica_lifetime_s` of the pool's last
   scale-up (and of the controller's start, since the ages of replicas it found are unknown);
 - only on a complete metrics reading, at most `max_scale_down_per_step` replicas at a time;
-- make before break: not while another pool of the same model grows this step or added
-  replicas less than `replica_start_s` ago. When the plan moves a model from one GPU type to
-  another, the old replicas serve until the new ones have loaded; removing them at once left
-  the model short for the loading time (on the trace evaluation, SLO attainment fell below
-  99%);
+- make before break: not while another pool of the same model grows this step, added
+  replicas less than `replica_start_s` ago, or - where the actuator reports replicas serving
+  (FleetState.serving) - has fewer serving than its target. When the plan moves a model from
+  one GPU type to another, the old replicas serve until the new ones have loaded; removing
+  them at once left the model short for the loading time (on the trace evaluation, SLO
+  attainment fell below 99%). Time alone is not enough: a new replica may wait for a GPU node
+  far longer than it takes to load, or never get one;
 - only while running requests fit on the replicas that remain (`drain_fill` x `max_num_seqs`
   each). When the model has another home - a pool the plan keeps that has had replicas for at
-  least `replica_start_s` (loaded, so the gateway can send new requests there) - this is
+  least `replica_start_s` (loaded, so the gateway can send new requests there; a pool with
+  fewer serving than its target holds this one back anyway, by make before break) - this is
   judged per model: the model's running requests must fit on this pool's remaining replicas
   plus the homes', and the pool may shrink, to 0 too, while requests still run on it. Ray
   Serve lets the leaving replicas finish their own requests. Without another home it is
@@ -85,10 +88,13 @@ class Hysteresis:
         running: Mapping[str, float],
         *,
         complete: bool,
+        serving: Mapping[str, int] | None = None,
     ) -> list[PoolDecision]:
         """Targets for every pool. `current` is what the actuator reports now, `recommended`
         the plan's replicas, `running` requests per pool (a missing pool blocks its
-        scale-down), `complete` whether the metrics reading covered every source."""
+        scale-down), `complete` whether the metrics reading covered every source, `serving`
+        the replicas per pool that serve now where the actuator can tell."""
+        serving = serving or {}
         recs: dict[str, int] = {}
         for name in self.pools:
             have = current.get(name, 0)
@@ -104,7 +110,7 @@ class Hysteresis:
         for name in self.pools:
             have, rec = current.get(name, 0), recs[name]
             homes = self._other_homes(name, now, current, recs, running)
-            loading = self._loading_siblings(name, now, current, recs)
+            loading = self._loading_siblings(name, now, current, recs, serving)
             wanted[name] = (
                 have,
                 rec,
@@ -151,7 +157,7 @@ class Hysteresis:
         running: Mapping[str, float],
         complete: bool,
         homes: Mapping[str, int],
-        loading: list[str],
+        loading: Mapping[str, str],
     ) -> tuple[int, str]:
         s = self.settings
         bounds = self.pools[name].replicas
@@ -177,7 +183,7 @@ class Hysteresis:
         if loading:
             return have, (
                 f"plan wants {rec}; {', '.join(loading)} of the same model still loading "
-                f"(< {s.replica_start_s:.0f} s since added)"
+                f"({'; '.join(loading.values())})"
             )
         if not complete:
             return have, f"plan wants {rec}; metrics incomplete, no scale-down"
@@ -206,19 +212,30 @@ class Hysteresis:
         return target, f"plan wants {rec}"
 
     def _loading_siblings(
-        self, name: str, now: float, current: Mapping[str, int], recs: Mapping[str, int]
-    ) -> list[str]:
-        """Other pools of `name`'s model whose newest replicas are not serving yet: they grow
-        this step, or they added replicas less than `replica_start_s` ago and have some."""
+        self,
+        name: str,
+        now: float,
+        current: Mapping[str, int],
+        recs: Mapping[str, int],
+        serving: Mapping[str, int],
+    ) -> dict[str, str]:
+        """Other pools of `name`'s model whose newest replicas are not serving yet, with why:
+        they grow this step, they added replicas less than `replica_start_s` ago and have
+        some, or fewer of their replicas serve than their target."""
         model = self.pools[name].model
-        out = []
+        out = {}
         for other, pool in self.pools.items():
             if other == name or pool.model != model:
                 continue
             hist = self._history[other]
-            recent = now - hist.last_scale_up < self.settings.replica_start_s
-            if recs[other] > current.get(other, 0) or (hist.nonempty_since is not None and recent):
-                out.append(other)
+            have, up = current.get(other, 0), serving.get(other)
+            age = now - hist.last_scale_up
+            if recs[other] > have:
+                out[other] = "grows now"
+            elif hist.nonempty_since is not None and age < self.settings.replica_start_s:
+                out[other] = f"added {age:.0f} s ago, < {self.settings.replica_start_s:.0f} s"
+            elif up is not None and up < have:
+                out[other] = f"{up} of {have} serving"
         return out
 
     def _budget(self, wanted: Mapping[str, tuple[int, int, int, str]]) -> list[PoolDecision]:

@@ -107,7 +107,7 @@ class ControllerSettings(BaseModel):
         ge=0,
         description="how long a new replica takes to load and serve: a pool the plan empties "
         "may go while it still serves only once another pool of its model has had replicas "
-        "this long",
+        "this long (and, where the actuator reports it, has all of them serving)",
     )
     incumbent_tolerance: float | None = Field(
         0.02,

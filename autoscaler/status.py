@@ -99,7 +99,8 @@ class ControllerStatus:
         )
         self.replicas = Gauge(
             PREFIX + "replicas",
-            "replicas per model pool: running now (observed) and wanted (desired)",
+            "replicas per model pool: the target now (observed), wanted (desired), and up and "
+            "loaded (serving, where the actuator can tell)",
             ["pool", "state"],
             registry=r,
         )
@@ -160,6 +161,8 @@ class ControllerStatus:
         else:
             result = StepResult.UNCHANGED
         self._set_state("observed", report.observed)
+        for pool, n in report.observed.serving.items():
+            self.replicas.labels(pool, "serving").set(n)
         if report.plan is not None:
             self._set_state("desired", report.desired)
             self.plan_cost.set(report.plan.cost_per_hour)

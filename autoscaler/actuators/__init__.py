@@ -15,10 +15,16 @@ from typing import Protocol
 @dataclass(frozen=True)
 class FleetState:
     """Replicas per model pool and nodes per node pool. `nodes` is empty where the actuator
-    does not manage nodes (a local Ray cluster's nodes are fixed)."""
+    does not manage nodes (a local Ray cluster's nodes are fixed).
+
+    `serving` is observed only, never applied: per model pool, how many of its replicas are
+    up and loaded now, where the actuator can tell (a pool absent: unknown). A target is not a
+    replica - one can wait for a GPU for as long as its node takes to come, or forever - and a
+    re-layout must not take a model's old replicas away before the new ones serve."""
 
     replicas: Mapping[str, int]
     nodes: Mapping[str, int] = field(default_factory=dict)
+    serving: Mapping[str, int] = field(default_factory=dict)
 
 
 class ActuatorError(RuntimeError):

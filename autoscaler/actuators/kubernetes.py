@@ -22,6 +22,10 @@ Two objects are written, each with one JSON merge patch carrying its resourceVer
   cluster KubeRay creates later (an upgrade) starts from the RayService's groups, and the next
   step writes the floors onto it.
 
+Replicas that serve are read, never written, from the Serve deployment statuses in the
+RayService's status (`serving_replicas`): the controller holds a model's old replicas in a
+re-layout until the new pool serves, not merely until its target was written.
+
 A merge patch replaces lists whole, so a RayCluster patch carries the complete workerGroupSpecs
 list as read; the resourceVersion makes the API server refuse it (409 Conflict) if anything (the
 Ray autoscaler, KubeRay) changed the object in between, and the actuator then reads again and
@@ -53,6 +57,9 @@ MERGE_PATCH = "application/merge-patch+json"
 # Seconds one API call may take (connect, read): a hung API server fails the step, which is
 # retried on the next interval, instead of stalling the controller.
 REQUEST_TIMEOUT_S = 15.0
+# Serve deployment states in which every replica of the target runs (Ray 2.60's
+# DeploymentStatus; DOWNSCALING: the target is met and extra replicas are stopping).
+SETTLED = frozenset({"HEALTHY", "DOWNSCALING"})
 # How a pool at zero replicas is written (Serve's config refuses num_replicas: 0).
 AT_ZERO = {"min_replicas": 0, "initial_replicas": 0, "max_replicas": 1}
 
@@ -138,7 +145,33 @@ def observed_state(
         for np in fleet.node_pools
         if np.name in groups
     }
-    return FleetState(replicas=replicas, nodes=nodes)
+    return FleetState(
+        replicas=replicas, nodes=nodes, serving=serving_replicas(service, replicas, app_name)
+    )
+
+
+def serving_replicas(
+    service: Mapping[str, Any], replicas: Mapping[str, int], app_name: str
+) -> dict[str, int]:
+    """Replicas per pool known to serve, from the Serve deployment statuses KubeRay copies
+    into the RayService's status (`activeServiceStatus.applicationStatuses`).
+
+    The status says HEALTHY (or DOWNSCALING) only once Ray Serve runs every replica of the
+    deployment's target, so then all of `replicas[pool]` serve. Any other state (UPSCALING,
+    UPDATING, UNHEALTHY) says nothing of how many serve, nor does a status KubeRay wrote
+    before it saw the latest spec (`status.observedGeneration` behind
+    `metadata.generation`); such a pool counts 0. That is the safe side: serving is read only
+    to hold another pool's replicas until this one serves."""
+    status = service.get("status") or {}
+    generation = service.get("metadata", {}).get("generation")
+    current = generation is None or status.get("observedGeneration") == generation
+    apps = (status.get("activeServiceStatus") or {}).get("applicationStatuses") or {}
+    deployments = (apps.get(app_name) or {}).get("serveDeploymentStatuses") or {}
+    out = {}
+    for pool, count in replicas.items():
+        state = (deployments.get(pool) or {}).get("status")
+        out[pool] = count if current and state in SETTLED else 0
+    return out
 
 
 def serve_patch(

@@ -37,6 +37,19 @@ def _controller() -> Any:
         raise ActuatorError("Ray Serve is not running on this cluster") from exc
 
 
+def _running(deployments: dict[str, Any], fleet: FleetSpec) -> dict[str, int]:
+    """RUNNING replicas per pool. Serve marks a replica RUNNING once its constructor returned,
+    and a pool replica's constructor returns with its engine loaded, so these serve."""
+    return {
+        p.name: sum(
+            1
+            for r in (deployments.get(p.name) or {}).get("replicas") or []
+            if r.get("state") == "RUNNING"
+        )
+        for p in fleet.model_pools
+    }
+
+
 class RayServeActuator:
     """Sets replica targets of the fleet's pool deployments on the connected Ray cluster."""
 
@@ -57,7 +70,7 @@ class RayServeActuator:
         return dict(app)
 
     def observe(self) -> FleetState:
-        """Each pool deployment's current target replica count."""
+        """Each pool deployment's current target replica count, and its RUNNING replicas."""
         app = self.details()
         if not app.get("external_scaler_enabled"):
             raise ActuatorError(
@@ -82,20 +95,9 @@ class RayServeActuator:
             replicas={
                 p.name: int(deployments[p.name]["target_num_replicas"])
                 for p in self.fleet.model_pools
-            }
+            },
+            serving=_running(deployments, self.fleet),
         )
-
-    def running_replicas(self) -> dict[str, int]:
-        """Replicas per pool that are RUNNING now (what a scale has achieved so far)."""
-        deployments = self.details().get("deployments") or {}
-        return {
-            p.name: sum(
-                1
-                for r in (deployments.get(p.name) or {}).get("replicas") or []
-                if r.get("state") == "RUNNING"
-            )
-            for p in self.fleet.model_pools
-        }
 
     def apply(self, desired: FleetState) -> None:
         """Set each named pool's target; unchanged targets are left alone."""

@@ -117,6 +117,10 @@ class FakeApiServer:
                 return self._answer(409, {"kind": "Status", "code": 409, "reason": "Conflict"})
             patched = merge_patch(obj, body)
             patched["metadata"]["resourceVersion"] = obj["metadata"]["resourceVersion"]
+            if patched.get("spec") != obj.get("spec") and "generation" in obj["metadata"]:
+                # As for any custom resource with a status subresource: a spec change is a
+                # new generation, which the operator acknowledges in status.observedGeneration.
+                patched["metadata"]["generation"] = obj["metadata"]["generation"] + 1
             self.objects[parsed.path] = patched
             self.bump(parsed.path)
             return self._answer(200, patched)
@@ -200,7 +204,7 @@ def rayservice(fleet: FleetSpec, *, in_tree: bool = False) -> dict[str, Any]:
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
-        "metadata": {"name": NAME, "namespace": NS, "resourceVersion": "100"},
+        "metadata": {"name": NAME, "namespace": NS, "resourceVersion": "100", "generation": 1},
         "spec": {
             "serveConfigV2": "# rendered by the chart\n" + yaml.safe_dump(serve, sort_keys=False),
             "rayClusterConfig": {
@@ -213,8 +217,27 @@ def rayservice(fleet: FleetSpec, *, in_tree: bool = False) -> dict[str, Any]:
                 "workerGroupSpecs": groups,
             },
         },
-        "status": {"activeServiceStatus": {"rayClusterName": CLUSTER}},
+        "status": {"observedGeneration": 1, "activeServiceStatus": {"rayClusterName": CLUSTER}},
     }
+
+
+def kuberay_reports(
+    server: FakeApiServer, statuses: dict[str, str], *, seen_latest_spec: bool = True
+) -> None:
+    """Write the RayService status as KubeRay's reconcile does: the Serve deployment
+    statuses it read from the dashboard, and the generation of the spec it had read."""
+    meta, status = server.obj["metadata"], server.obj["status"]
+    if seen_latest_spec:
+        status["observedGeneration"] = meta["generation"]
+    status["activeServiceStatus"]["applicationStatuses"] = {
+        "gemma-fleet": {
+            "status": "RUNNING",
+            "serveDeploymentStatuses": {
+                pool: {"status": state, "message": ""} for pool, state in statuses.items()
+            },
+        }
+    }
+    server.bump()
 
 
 def raycluster(service: dict[str, Any]) -> dict[str, Any]:
@@ -279,6 +302,90 @@ def test_observe_reads_serve_replicas_and_the_active_clusters_floors(fleet: Flee
     assert all(r.timeout == REQUEST_TIMEOUT_S for r in server.requests)
 
 
+def test_serving_replicas_come_from_the_serve_statuses_kuberay_reports(fleet: FleetSpec) -> None:
+    server = api_server(rayservice(fleet))
+    actuator = actuator_for(server, fleet)
+    targets = {"gemma-4-e2b": 3, "gemma-4-e4b": 2, "gemma-4-26b-a4b": 1, "gemma-4-31b": 1}
+    actuator.apply(FleetState(replicas=targets))
+    # Just written: KubeRay has reported nothing about these targets, so none counts serving.
+    assert actuator.observe().serving == dict.fromkeys(targets, 0)
+    states = {
+        "gemma-4-e2b": "HEALTHY",  # every replica of the target runs
+        "gemma-4-e4b": "UPSCALING",  # the second replica waits for a GPU, or loads
+        "gemma-4-26b-a4b": "DOWNSCALING",  # the target runs, extra replicas drain
+        "gemma-4-31b": "UNHEALTHY",
+    }
+    # Statuses KubeRay read before it saw the latest spec could predate the new targets.
+    kuberay_reports(server, states, seen_latest_spec=False)
+    assert actuator.observe().serving == dict.fromkeys(targets, 0)
+    kuberay_reports(server, states)
+    assert actuator.observe().serving == {
+        "gemma-4-e2b": 3,
+        "gemma-4-e4b": 0,
+        "gemma-4-26b-a4b": 1,
+        "gemma-4-31b": 0,
+    }
+    assert_valid(server)  # the status as written matches KubeRay's CRD
+
+
+RELAYOUT_FLEET = FleetSpec.model_validate(
+    {
+        "node_pools": [
+            {"name": "l4", "gpu": "L4", "gpus_per_node": 2, "max_nodes": 4, "cost_per_gpu_hour": 1},
+            {
+                "name": "h100",
+                "gpu": "H100-80GB",
+                "gpus_per_node": 1,
+                "max_nodes": 2,
+                "cost_per_gpu_hour": 4,
+            },
+        ],
+        "model_pools": [
+            {"name": p, "model": "gemma-4-E4B", "node_pool": n, "replicas": {"min": 0, "max": 4}}
+            for p, n in (("e4b-l4", "l4"), ("e4b-h100", "h100"))
+        ],
+    }
+)
+
+
+def test_a_relayout_keeps_the_old_pool_until_the_new_one_serves() -> None:
+    """The plan moves the model from H100 to L4, whose replicas wait for GPU nodes far longer
+    than `replica_start_s`: the H100 replica stays until KubeRay reports the L4 pool HEALTHY.
+    (Before, it went `replica_start_s` after the L4 target was written, leaving the model with
+    no replica at all while the L4 nodes came up.)"""
+    fleet = RELAYOUT_FLEET
+    server = api_server(rayservice(fleet))
+    actuator = actuator_for(server, fleet)
+    actuator.apply(FleetState(replicas={"e4b-l4": 0, "e4b-h100": 1}))
+    kuberay_reports(server, {"e4b-l4": "HEALTHY", "e4b-h100": "HEALTHY"})
+    clock = [0.0]
+    controller = Controller(
+        fleet,
+        lambda demand: Plan(replicas={"e4b-l4": 3, "e4b-h100": 0}, nodes={}, cost_per_hour=0.0),
+        OneReading(fleet, {"gemma-4-E4B": 1.0}),
+        actuator,
+        ControllerSettings(
+            scale_down_delay_s=0, min_replica_lifetime_s=0, replica_start_s=120, headroom=0.0
+        ),
+        clock=lambda: clock[0],
+    )
+
+    def step() -> dict[str, int]:
+        controller.step()
+        clock[0] += 30
+        return dict(observed_state(server.obj, fleet, "gemma-fleet").replicas)
+
+    assert step() == {"e4b-l4": 3, "e4b-h100": 1}  # make before break
+    for _ in range(20):  # ten minutes of the L4 pool waiting for its nodes
+        kuberay_reports(server, {"e4b-l4": "UPSCALING", "e4b-h100": "HEALTHY"})
+        assert step() == {"e4b-l4": 3, "e4b-h100": 1}
+    held = next(d for d in controller.step().decisions if d.pool == "e4b-h100")
+    assert "e4b-l4 of the same model still loading (0 of 3 serving)" in held.reason
+    kuberay_reports(server, {"e4b-l4": "HEALTHY", "e4b-h100": "HEALTHY"})
+    assert step() == {"e4b-l4": 3, "e4b-h100": 0}
+    assert_valid(server)
+
+
 def test_apply_patches_the_cluster_floors_and_the_serve_config(fleet: FleetSpec) -> None:
     server = api_server(rayservice(fleet))
     template_groups = copy.deepcopy(server.obj["spec"]["rayClusterConfig"]["workerGroupSpecs"])
@@ -316,7 +423,8 @@ def test_apply_patches_the_cluster_floors_and_the_serve_config(fleet: FleetSpec)
     assert g["l4"]["template"]["spec"]["containers"][0]["name"] == "ray-worker"
     assert "gpu_pool_l4" in g["l4"]["rayStartParams"]["resources"]
     # And reading it back gives what was applied.
-    assert actuator_for(server, fleet).observe() == desired
+    observed = actuator_for(server, fleet).observe()
+    assert (observed.replicas, observed.nodes) == (desired.replicas, desired.nodes)
 
 
 def test_before_kuberay_made_a_cluster_floors_wait_and_replicas_land(fleet: FleetSpec) -> None:

@@ -125,7 +125,7 @@ def replica_ids(actuator: RayServeActuator) -> set[str]:
 def wait_running(actuator: RayServeActuator, count: int, timeout_s: float = 180) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout_s:
-        if actuator.running_replicas()[POOL] == count and len(replica_ids(actuator)) == count:
+        if actuator.observe().serving[POOL] == count and len(replica_ids(actuator)) == count:
             return time.monotonic() - started
         time.sleep(1)
     raise AssertionError(f"{POOL} did not reach {count} running replicas: {actuator.details()}")
@@ -177,7 +177,7 @@ def test_controller_scales_a_pool_1_2_1_through_ray_serve(serve_fleet: None) -> 
         smoothing=SmoothingSettings(level_half_life_s=0.001),
     )
     controller = Controller(FLEET, planner, source, actuator, settings, clock=lambda: source.t)
-    assert actuator.observe() == FleetState(replicas={POOL: 1})
+    assert actuator.observe().replicas == {POOL: 1}
     wait_running(actuator, 1)
     first = replica_ids(actuator)
 

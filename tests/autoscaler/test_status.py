@@ -125,6 +125,14 @@ def test_metrics_say_what_the_fleet_costs_and_what_the_autoscaler_wants(
     assert sample(found, "demand_requests_per_second", model="gemma-4-E2B", kind="forecast") == 8
     assert sample(found, "last_step_timestamp_seconds") == 1.7e9
     assert sample(found, "dry_run") == 0
+    # These reports carried no serving counts: none is published rather than a guess.
+    assert not [labels for _, labels in found if ("state", "serving") in labels]
+    # An actuator that tells: the new e2b replicas wait for a GPU, one of the old serves.
+    observed = FleetState(more, serving={**START, "gemma-4-e2b": 1})
+    status.record(replace(report(more, more, applied=False), observed=observed))
+    found = samples(base)
+    assert sample(found, "replicas", pool="gemma-4-e2b", state="serving") == 1
+    assert sample(found, "replicas", pool="gemma-4-e2b", state="observed") == 3
 
 
 def test_each_pool_publishes_the_objectives_it_is_sized_for() -> None:
