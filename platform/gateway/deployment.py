@@ -18,6 +18,7 @@ from gemma_fleet.gateway.auth import open_gate
 from gemma_fleet.gateway.metrics import GatewayMetrics
 from gemma_fleet.gateway.pool_client import ServePoolClient
 from gemma_fleet.gateway.service import Gateway, GatewaySettings
+from gemma_fleet.gateway.stopping import Stopping, StoppingGate
 from gemma_fleet.teams.settings import TeamsSettings
 from gemma_fleet.telemetry import configure_tracing
 
@@ -42,9 +43,19 @@ class GatewayDeployment:
             # Prometheus reads the replicas through Ray's metrics port (gateway/metrics.py).
             metrics=GatewayMetrics(mirror_to_ray=True),
         )
+        self._stopping = Stopping()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(self._gateway, self._gate)
+        app = create_app(self._gateway, self._gate)
+        app.add_middleware(StoppingGate, state=self._stopping)
+        return app
+
+    async def stop_accepting(self) -> int:
+        """Refuse new requests from now on (503, /ready fails; gateway/stopping.py) and return
+        how many this replica is still answering. Whoever stops the fleet broadcasts it to
+        every replica until they all answer 0, then deletes the application."""
+        self._stopping.stopping = True
+        return self._stopping.in_flight
 
 
 def running_replicas(app_name: str, deployments: list[str]) -> Callable[[], dict[str, int | None]]:
