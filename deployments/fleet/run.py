@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gemma_fleet.deployments.fleet.cluster import LocalCluster, node_counts, start_local_cluster
 from gemma_fleet.deployments.fleet.progress import FleetProgress, wait_until_ready
@@ -22,6 +23,11 @@ from gemma_fleet.deployments.pools import EngineKind, FleetSpec, default_fleet_p
 log = logging.getLogger(__name__)
 # Seconds past the longest drain that stopping waits for Serve to report the application gone.
 STOP_MARGIN_S = 30.0
+# Stopping asks every gateway replica how many answers it has in flight this often, and gives
+# up on asking (deleting the application drains what is left) once none has answered for
+# GATEWAY_SILENT_S: a fresh handle may not know the replicas for a moment.
+DRAIN_POLL_S = 0.5
+GATEWAY_SILENT_S = 15.0
 
 # Which tiny checkpoint imitates which size (deployments/checkpoints), for vLLM on CPU hosts.
 TINY_VARIANT = {
@@ -148,6 +154,7 @@ def _run_on_cluster(
     with _keep_signal_handlers():
         cluster = start_local_cluster(spec, settings, counts)
     cut_drain = threading.Event()
+    up = False
     try:
         with _keep_signal_handlers():
             if ray.is_initialized():
@@ -180,6 +187,7 @@ def _run_on_cluster(
         progress = wait_until_ready(
             spec, FLEET_APP_NAME, timeout_s=settings.ready_timeout_s, on_progress=on_progress
         )
+        up = True
         yield RunningFleet(
             fleet=spec,
             cluster=cluster,
@@ -189,7 +197,7 @@ def _run_on_cluster(
             cut_drain=cut_drain,
         )
     finally:
-        _stop(cluster, spec.longest_drain_s, cut_drain)
+        _stop(cluster, spec.longest_drain_s, cut_drain, drain_gateway=up)
 
 
 @contextmanager
@@ -209,12 +217,16 @@ def _keep_signal_handlers() -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
-def _stop(cluster: LocalCluster, drain_s: float, cut_drain: threading.Event) -> None:
+def _stop(
+    cluster: LocalCluster, drain_s: float, cut_drain: threading.Event, *, drain_gateway: bool
+) -> None:
     """Serve first, then the driver's connection, then the nodes; each step runs even when an
-    earlier one failed. The application goes before the rest of Serve: deleting it drains the
-    gateway (for up to `drain_s`, or until `cut_drain` is set) while Serve's proxy still
-    carries the answers in flight, which `serve.shutdown` alone cuts (it stops the proxy
-    first)."""
+    earlier one failed. Serve stops in two phases, within `drain_s` (or until `cut_drain` is
+    set). First the gateway stops accepting and its answers in flight finish (`drain_gateway`:
+    the fleet came up): new requests get a 503 the SDKs retry, where the deleted application's
+    missing route would answer a 404 they do not. Then the application is deleted (its
+    replicas drain whatever is left while Serve's proxy still carries it, which
+    `serve.shutdown` alone cuts: it stops the proxy first) and the rest of Serve shut down."""
     import ray
     from ray import serve
 
@@ -222,11 +234,13 @@ def _stop(cluster: LocalCluster, drain_s: float, cut_drain: threading.Event) -> 
 
     try:
         if ray.is_initialized():
+            deadline = time.monotonic() + drain_s
+            if drain_gateway:
+                _drain_gateway(FLEET_APP_NAME, deadline, cut_drain)
             # Not serve.delete's own wait: it gives up after 60 s, mid-drain.
             serve.delete(FLEET_APP_NAME, _blocking=False)
-            deadline = time.monotonic() + drain_s + STOP_MARGIN_S
             while FLEET_APP_NAME in serve.status().applications:
-                if time.monotonic() > deadline:
+                if time.monotonic() > deadline + STOP_MARGIN_S:
                     log.warning("the fleet application still stops after %.0f s", drain_s)
                     break
                 if cut_drain.wait(0.5):
@@ -239,3 +253,42 @@ def _stop(cluster: LocalCluster, drain_s: float, cut_drain: threading.Event) -> 
             ray.shutdown()
         finally:
             cluster.shutdown()
+
+
+def _drain_gateway(app_name: str, deadline: float, cut_drain: threading.Event) -> None:
+    """Tell every gateway replica to stop accepting (`GatewayDeployment.stop_accepting`, which
+    answers its count of requests in flight), again on every poll so that a replica started
+    meanwhile hears it too, until none has a request in flight, `deadline` passes, or
+    `cut_drain` is set. A gateway that cannot be reached is left to the application's
+    deletion, which drains it too."""
+    from ray import serve
+    from ray.serve.handle import DeploymentHandle
+
+    silent_since = time.monotonic()
+    handle: DeploymentHandle[Any] | None = None
+    while True:
+        in_flight: int | None = None
+        try:
+            if handle is None:
+                handle = serve.get_app_handle(app_name)
+            answers = handle.broadcast("stop_accepting").results(
+                timeout_s=DRAIN_POLL_S * 10, return_exceptions=True
+            )
+            counts = [a for a in answers if isinstance(a, int)]
+            if counts:
+                in_flight = sum(counts)
+        except Exception:  # no replica known yet, or none answered in time
+            log.debug("telling the gateway to stop accepting failed", exc_info=True)
+        now = time.monotonic()
+        if in_flight == 0:
+            return
+        if in_flight is not None:
+            silent_since = now
+        elif now - silent_since > GATEWAY_SILENT_S:
+            log.warning("the gateway did not say whether it still answers; deleting it")
+            return
+        if now > deadline:
+            log.warning("answers still in flight when the drain time ran out: %s", in_flight)
+            return
+        if cut_drain.wait(DRAIN_POLL_S):
+            return

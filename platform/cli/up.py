@@ -170,8 +170,8 @@ def up_command(
             while not stop.wait(0.5):
                 pass
             console.print(
-                "stopping the fleet: requests in flight are answered first (up to "
-                f"{spec.longest_drain_s:g} s; Ctrl-C again stops without them)"
+                "stopping the fleet: new requests get 503, those in flight are answered first "
+                f"(up to {spec.longest_drain_s:g} s; Ctrl-C again stops without them)"
             )
     except _Stop:
         console.print("stopped before the fleet was up")

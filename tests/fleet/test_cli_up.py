@@ -1,6 +1,7 @@
 """`gemma-fleet up` as a user runs it: a separate process that starts a fleet, announces it,
 serves requests, and on SIGTERM finishes the requests in flight (a second SIGTERM stops
-without them), stops Serve and every node it started, and exits 0."""
+without them) while refusing new ones with a 503 the SDKs retry, stops Serve and every node it
+started, and exits 0."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import httpx
 import openai
 import pytest
 import yaml
@@ -74,6 +77,41 @@ def _stream(client: openai.OpenAI, tokens: int, started: threading.Event) -> dic
     return out
 
 
+def _assert_refuses_new_requests(base_url: str, api_key: str) -> None:
+    """A stopping fleet: /ready fails at once (load balancers stop sending), /health still
+    answers, and a new request gets a 503 with Retry-After in its API's error shape - one the
+    official SDKs retry, unlike the 404 of a route that is gone."""
+    root = base_url.removesuffix("/v1")
+    deadline = time.monotonic() + 10
+    while (ready := httpx.get(root + "/ready", timeout=10)).status_code == 200:
+        assert time.monotonic() < deadline, "still ready 10 s after SIGTERM"
+        time.sleep(0.1)
+    assert ready.status_code == 503 and "stopping" in ready.json()["error"]["message"], ready.text
+    assert httpx.get(root + "/health", timeout=10).json() == {"status": "ok"}
+
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(
+            model="edge", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+        )
+    assert refused.value.status_code == 503, refused.value
+    assert int(refused.value.response.headers["retry-after"]) > 0
+    assert "stopping" in refused.value.message
+    assert isinstance(refused.value.body, dict)
+    assert refused.value.body["type"] == "service_unavailable"
+
+    claude = anthropic.Anthropic(base_url=root, api_key=api_key, max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as refused_too:
+        claude.messages.create(
+            model="edge", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert refused_too.value.status_code == 503, refused_too.value
+    assert int(refused_too.value.response.headers["retry-after"]) > 0
+    body = refused_too.value.response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "overloaded_error", body
+    assert "stopping" in body["error"]["message"]
+
+
 def test_up_serves_until_sigterm_then_stops_everything(
     tmp_path: Path,
 ) -> None:
@@ -112,11 +150,15 @@ def test_up_serves_until_sigterm_then_stops_everything(
         assert all(s.wait(timeout=60) for s in started)
         signalled_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)
+        _assert_refuses_new_requests(info["base_url"], info["api_key"])
+        assert "ended_at" not in long  # the refusals came while answers were in flight
         short["thread"].join(timeout=120)
         # The short answer was in flight when the signal came, and it was finished, not cut.
         assert "error" not in short, short
         assert short["ended_at"] > signalled_at
         assert short["tokens"] == SHORT_ANSWER and short["finish_reason"] is not None
+        # The fleet still waits for the long one, and still refuses (503, not 404) meanwhile.
+        _assert_refuses_new_requests(info["base_url"], info["api_key"])
         # A second signal stops without waiting for the long one.
         assert "ended_at" not in long and proc.poll() is None
         proc.send_signal(signal.SIGTERM)
@@ -125,8 +167,16 @@ def test_up_serves_until_sigterm_then_stops_everything(
         assert "error" in long and "tokens" not in long, long
     finally:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            # A failed assertion: stop it as a user would, twice (without the drain), so that
+            # its nodes go too; kill it only if that fails.
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     output = (tmp_path / "up.log").read_text()
     assert "http://127.0.0.1:8731/v1" in output and "fleet stopped" in output
     assert not ready.exists()
