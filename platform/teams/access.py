@@ -6,6 +6,11 @@ Accounting after a request (releasing its concurrency slot, correcting its token
 metering its usage) is never lost to a store outage: a write that fails is kept in memory and
 retried, in order, once a second until Redis answers (buffer-and-flush). What is buffered is
 lost only if this gateway process dies before Redis comes back; `pending` says how much that is.
+
+An admitted request's concurrency slot is a lease (limits.py) that one task per process renews
+for every request admitted and not yet settled, every third of the lease, in one script call: a
+slot this process no longer renews (it died, or an admit timed out here after Redis had run it)
+comes back when its lease ends.
 """
 
 from __future__ import annotations
@@ -78,6 +83,8 @@ class Ticket:
     identity: Identity
     admission: Admission | None
     at: float = field(default_factory=time.time)  # when it was let in (its minute and period)
+    # Names its lease and its accounting writes' once-key.
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class TeamAccess:
@@ -87,13 +94,15 @@ class TeamAccess:
         self.settings = settings
         self.redis = redis
         self.store = TeamStore(redis, prefix)
-        self.limiter = Limiter(redis, prefix)
+        self.limiter = Limiter(redis, prefix, settings.lease_s)
         self.meter = UsageMeter(redis, prefix)
         self._prefix = prefix
         self._seen: dict[str, tuple[Identity, float]] = {}
         self._pending: deque[Callable[[], Awaitable[None]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
+        self._leases: dict[str, Admission] = {}  # admitted, not yet settled: renewed
+        self._renewer: asyncio.Task[None] | None = None
 
     @property
     def pending(self) -> int:
@@ -131,17 +140,36 @@ class TeamAccess:
 
     async def admit(self, identity: Identity, tokens: int) -> Ticket:
         """Reserve one request and `tokens` against the team's limits (LimitExceeded if not)."""
+        request_id = uuid.uuid4().hex
+        team = identity.team
         try:
             admission = await self._bounded(
-                self.limiter.admit(identity.team.name, identity.team.limits, tokens)
+                self.limiter.admit(team.name, team.limits, tokens, request_id=request_id)
             )
         except Exception as exc:
             if not store_down(exc):
                 raise
             if self.settings.redis_down is RedisDownPolicy.SERVE_CACHED_KEYS:
-                return Ticket(identity, None)
+                return Ticket(identity, None, request_id=request_id)
             raise StoreUnavailable(self.settings.retry_after_s) from exc
-        return Ticket(identity, admission)
+        self._leases[request_id] = admission
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+        return Ticket(identity, admission, request_id=request_id)
+
+    async def _renew_loop(self) -> None:
+        """Renew the leases of every request admitted and not yet settled, every third of the
+        lease, until there are none. A renewal Redis cannot take now is simply tried again at
+        the next round: a lease outlives two missed ones."""
+        while self._leases:
+            await asyncio.sleep(self.limiter.lease_s / 3)
+            if not self._leases:
+                break
+            try:
+                await self._bounded(self.limiter.renew(list(self._leases.values())))
+            except Exception as exc:
+                if not store_down(exc):
+                    log.exception("renewing %d concurrency leases failed", len(self._leases))
 
     async def settle(self, ticket: Ticket, model: str, usage: UsageDelta) -> None:
         """Release the request and meter what it used. Never raises: a write Redis cannot take
@@ -150,11 +178,12 @@ class TeamAccess:
         team = ticket.identity.team.name
         # Both writes carry this request's once-key: a write Redis applied but could not
         # acknowledge (killed mid-reply) is retried from the buffer and must not count twice.
-        once = f"{self._prefix}:once:{uuid.uuid4().hex}"
+        once = f"{self._prefix}:once:{ticket.request_id}"
         writes: list[Callable[[], Awaitable[None]]] = []
         used = usage.prompt_tokens + usage.completion_tokens
         if ticket.admission is not None:
             admission = ticket.admission
+            self._leases.pop(ticket.request_id, None)  # ends with its release, or by itself
             refused = not usage.requests  # refused after admission: it spends nothing
             writes.append(lambda: self.limiter.release(admission, used, once, refused))
         elif used:
@@ -216,6 +245,7 @@ class TeamAccess:
             left = await self.flush()
             if left:
                 log.error("%d accounting writes could not reach Redis and are lost", left)
-        if self._flusher is not None:
-            self._flusher.cancel()
+        for task in (self._flusher, self._renewer):
+            if task is not None:
+                task.cancel()
         await self.redis.aclose()

@@ -6,6 +6,11 @@ Redis runs a script without interleaving, so under any number of concurrent requ
 admits exactly K. Tokens are reserved from the request's estimate at admission and reconciled
 with the actual count at completion (also when a stream is cut, by releasing with what was used).
 
+A concurrency slot is a lease: a member of the team's sorted set `...:leases` (the request id,
+scored with when the lease ends on Redis's clock), renewed while the request runs (TeamAccess)
+and removed at release. A slot whose release never comes (the admit's reply was lost to a
+timeout after Redis ran it, or the gateway died) ends with its lease instead of for good.
+
 Windows are fixed (the current minute, the current day or month), which keeps each limit one
 counter and makes "exactly K" hold at every instant.
 """
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 import calendar
 import time
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,37 +29,68 @@ from pydantic import BaseModel, ConfigDict, Field
 Period = Literal["day", "month"]
 
 _ADMIT = """
--- KEYS: concurrency, requests/min, tokens/min, budget
--- ARGV: max_concurrent, rpm, tpm, budget, tokens, minute_ttl_s, budget_ttl_s, lease_ttl_s
+-- KEYS: leases (sorted set: request id -> lease expiry, ms of Redis's clock), requests/min,
+-- tokens/min, budget
+-- ARGV: max_concurrent, rpm, tpm, budget, tokens, minute_ttl_s, budget_ttl_s, lease_ms,
+-- request id
 -- Returns {admitted, refused limit, its use, its limit, requests this minute, tokens this minute}.
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease_ms = tonumber(ARGV[8])
 local limits = {tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])}
 local costs = {1, 1, tonumber(ARGV[5]), tonumber(ARGV[5])}
 local names = {"concurrent_requests", "requests_per_minute", "tokens_per_minute", "token_budget"}
-local used = {}
-for i = 1, 4 do used[i] = tonumber(redis.call("GET", KEYS[i]) or "0") end
+-- Only leases still running count: one nobody renewed (its admit's reply was lost, its gateway
+-- died) is over.
+local used = {redis.call("ZCOUNT", KEYS[1], "(" .. now, "+inf")}
+for i = 2, 4 do used[i] = tonumber(redis.call("GET", KEYS[i]) or "0") end
 for i = 1, 4 do
   if limits[i] >= 0 and used[i] + costs[i] > limits[i] then
     return {0, names[i], used[i], limits[i], used[2], used[3]}
   end
 end
-local ttls = {tonumber(ARGV[8]), tonumber(ARGV[6]), tonumber(ARGV[6]), tonumber(ARGV[7])}
-for i = 1, 4 do
+-- The first write may need memory: Redis before 7.0 checks maxmemory at a script's first write
+-- only, so a write that frees memory (ZREMRANGEBYSCORE) first would let a full Redis admit.
+redis.call("ZADD", KEYS[1], now + lease_ms, ARGV[9])
+redis.call("ZREMRANGEBYSCORE", KEYS[1], "-inf", now)
+redis.call("PEXPIRE", KEYS[1], lease_ms)  -- no lease outlives the latest one
+local ttls = {0, tonumber(ARGV[6]), tonumber(ARGV[6]), tonumber(ARGV[7])}
+for i = 2, 4 do
   redis.call("INCRBY", KEYS[i], costs[i])
   redis.call("EXPIRE", KEYS[i], ttls[i])
 end
 return {1, "", 0, 0, used[2] + 1, used[3] + costs[3]}
 """
 
+_RENEW = """
+-- KEYS: leases of one team or more; ARGV: lease_ms, then for each key: how many request ids
+-- follow, the ids. Extends leases that are still there (XX: a released one stays released).
+local t = redis.call("TIME")
+local lease_ms = tonumber(ARGV[1])
+local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + lease_ms
+local at, renewed = 2, 0
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[at])
+  local here = 0
+  for i = at + 1, at + n do
+    here = here + redis.call("ZADD", KEYS[k], "XX", "CH", expiry, ARGV[i])
+  end
+  if here > 0 then redis.call("PEXPIRE", KEYS[k], lease_ms) end
+  at, renewed = at + n + 1, renewed + here
+end
+return renewed
+"""
+
 _RELEASE = """
--- KEYS: concurrency, requests/min, tokens/min, budget[, once]; ARGV: token correction (actual -
+-- KEYS: leases, requests/min, tokens/min, budget[, once]; ARGV: token correction (actual -
 -- reserved), seconds the once-key is kept, 1 if the request was refused after admission (it
--- spends no request either). A release already applied under the same once-key is a no-op.
+-- spends no request either), the request id. A release already applied under the same
+-- once-key is a no-op.
 if KEYS[5] then
   if redis.call("HSETNX", KEYS[5], "release", 1) == 0 then return 0 end
   redis.call("EXPIRE", KEYS[5], ARGV[2])
 end
-local left = redis.call("DECR", KEYS[1])
-if left < 0 then redis.call("SET", KEYS[1], 0) end
+redis.call("ZREM", KEYS[1], ARGV[4])
 if ARGV[3] == "1" and redis.call("EXISTS", KEYS[2]) == 1 then
   if redis.call("DECR", KEYS[2]) < 0 then redis.call("SET", KEYS[2], 0, "KEEPTTL") end
 end
@@ -90,6 +128,9 @@ ONCE_TTL_S = 3600
 # period by BUDGET_GRACE_S: late releases and charges still find them.
 MINUTE_KEY_TTL_S = 120
 BUDGET_GRACE_S = 3600
+# A concurrency slot's lease: renewed every third of it while its request runs, so it ends this
+# long after its request stopped being renewed (a lost admit reply, a gateway that died).
+LEASE_S = 60.0
 
 
 class TeamLimits(BaseModel):
@@ -139,6 +180,7 @@ class Admission:
     reserved_tokens: int
     keys: tuple[str, str, str, str]
     window: MinuteWindow | None = None
+    request_id: str = ""  # its member of the leases set (keys[0])
 
 
 @dataclass
@@ -180,14 +222,15 @@ def _period_key(period: Period, now: float) -> tuple[str, int]:
 
 class Limiter:
     """Admits and releases requests against team limits in one Redis (any `redis.asyncio`
-    client: standalone, TLS, with a password)."""
+    client: standalone, TLS, with a password). Concurrency slots are leases of `lease_s`."""
 
-    LEASE_TTL_S = 3600  # a crashed gateway's concurrency slots expire instead of leaking
-
-    def __init__(self, redis: Any, prefix: str = "gf") -> None:
+    def __init__(self, redis: Any, prefix: str = "gf", lease_s: float = LEASE_S) -> None:
         self._redis = redis
         self._prefix = prefix
+        self.lease_s = lease_s
+        self._lease_ms = max(1, round(lease_s * 1000))
         self._admit = redis.register_script(_ADMIT)
+        self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._charge = redis.register_script(_CHARGE)
 
@@ -195,19 +238,28 @@ class Limiter:
         minute = int(now // 60)
         period, _ = _period_key(limits.budget_period, now)
         base = f"{self._prefix}:team:{team}"
-        return (f"{base}:inflight", f"{base}:rpm:{minute}", f"{base}:tpm:{minute}",
+        # `leases`, not the `inflight` counter of old: a key of the old layout left in Redis
+        # (and old gateways still running during an upgrade) never meets the new script.
+        return (f"{base}:leases", f"{base}:rpm:{minute}", f"{base}:tpm:{minute}",
                 f"{base}:budget:{period}")  # fmt: skip
 
     async def admit(
-        self, team: str, limits: TeamLimits, tokens: int, now: float | None = None
+        self,
+        team: str,
+        limits: TeamLimits,
+        tokens: int,
+        now: float | None = None,
+        request_id: str | None = None,
     ) -> Admission:
-        """Reserve one request and `tokens` estimated tokens, or raise LimitExceeded (or
-        RequestTooLarge when `tokens` exceed a token limit itself: checked before Redis)."""
+        """Reserve one request (a lease under `request_id`, a new one if None) and `tokens`
+        estimated tokens, or raise LimitExceeded (or RequestTooLarge when `tokens` exceed a
+        token limit itself: checked before Redis)."""
         for limit, allowed in (("tokens_per_minute", limits.tokens_per_minute),
                                ("token_budget", limits.token_budget)):  # fmt: skip
             if allowed != UNLIMITED and tokens > allowed:
                 raise RequestTooLarge(limit, tokens, allowed)
         now = time.time() if now is None else now
+        request_id = request_id or uuid.uuid4().hex
         keys = self._keys(team, limits, now)
         _, budget_left_s = _period_key(limits.budget_period, now)
         minute_left_s = 60 - int(now % 60)
@@ -221,7 +273,8 @@ class Limiter:
                 tokens,
                 MINUTE_KEY_TTL_S,
                 budget_left_s + BUDGET_GRACE_S,
-                self.LEASE_TTL_S,
+                self._lease_ms,
+                request_id,
             ],
         )
         window = MinuteWindow(
@@ -236,7 +289,20 @@ class Limiter:
             retry = {"requests_per_minute": minute_left_s, "tokens_per_minute": minute_left_s,
                      "token_budget": budget_left_s}.get(limit, 1)  # fmt: skip
             raise LimitExceeded(limit, int(used), int(allowed), retry, window)
-        return Admission(team=team, reserved_tokens=tokens, keys=keys, window=window)
+        return Admission(team, tokens, keys, window, request_id)
+
+    async def renew(self, admissions: Iterable[Admission]) -> int:
+        """Extend the leases of requests still running to `lease_s` from now, in one script
+        call; a lease already released (or ended) stays so. Returns how many were extended."""
+        by_key: dict[str, list[str]] = {}
+        for admission in admissions:
+            by_key.setdefault(admission.keys[0], []).append(admission.request_id)
+        if not by_key:
+            return 0
+        args: list[str | int] = [self._lease_ms]
+        for ids in by_key.values():
+            args += [len(ids), *ids]
+        return int(await self._renew(keys=list(by_key), args=args))
 
     async def release(
         self,
@@ -251,7 +317,8 @@ class Limiter:
         retry after a reply lost to a Redis restart) changes nothing."""
         keys = [*admission.keys, *([once_key] if once_key else [])]
         delta = used_tokens - admission.reserved_tokens
-        await self._release(keys=keys, args=[delta, ONCE_TTL_S, int(refused)])
+        args = [delta, ONCE_TTL_S, int(refused), admission.request_id]
+        await self._release(keys=keys, args=args)
 
     async def charge(
         self, team: str, limits: TeamLimits, tokens: int, at: float, once_key: str | None = None

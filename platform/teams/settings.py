@@ -21,6 +21,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from gemma_fleet.teams.limits import LEASE_S
+
 
 class RedisDownPolicy(StrEnum):
     # Nothing is served without the store: no key can be checked, no limit enforced.
@@ -43,6 +45,9 @@ class TeamsSettings(BaseModel):
     timeout_s: float = Field(2.0, gt=0, le=30)
     cached_key_ttl_s: float = Field(300, gt=0)
     retry_after_s: int = Field(5, ge=1, description="what a 503 tells clients while Redis is down")
+    lease_s: float = Field(
+        LEASE_S, gt=0, description="a concurrency slot's lease, renewed every third of it"
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> TeamsSettings:

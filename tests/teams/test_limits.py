@@ -35,6 +35,11 @@ def run(redis_url: str, body: Callable[[Limiter, Any], Awaitable[Any]]) -> Any:
     return asyncio.run(main())
 
 
+async def in_flight_and_counters(client: Any, keys: tuple[str, ...]) -> list[Any]:
+    """Requests in flight (leases), then the raw requests/min, tokens/min and budget counters."""
+    return [await client.zcard(keys[0]), *[await client.get(k) for k in keys[1:]]]
+
+
 async def _admit_many(limiter: Limiter, limits: TeamLimits, n: int, tokens: int = 10) -> list[Any]:
     async def one() -> Admission | LimitExceeded:
         try:
@@ -101,9 +106,9 @@ def test_refusal_takes_nothing(redis_url: str) -> None:
         await limiter.admit("t", limits, 40, now=NOW)
         with pytest.raises(LimitExceeded, match="token_budget"):
             await limiter.admit("t", limits, 20, now=NOW)  # fits the budget, not what is left
-        return [await client.get(k) for k in limiter._keys("t", limits, NOW)]
+        return await in_flight_and_counters(client, limiter._keys("t", limits, NOW))
 
-    assert run(redis_url, body) == [b"1", b"1", b"40", b"40"]
+    assert run(redis_url, body) == [1, b"1", b"40", b"40"]
 
 
 @pytest.mark.parametrize(
@@ -125,9 +130,9 @@ def test_a_request_larger_than_a_token_limit_itself_is_too_large_and_takes_nothi
             50,
         )
         await limiter.admit("t", limits, 50, now=NOW)  # exactly the limit fits
-        return [await client.get(k) for k in limiter._keys("t", limits, NOW)]
+        return await in_flight_and_counters(client, limiter._keys("t", limits, NOW))
 
-    assert run(redis_url, body) == [b"1", b"1", b"50", b"50"]
+    assert run(redis_url, body) == [1, b"1", b"50", b"50"]
 
 
 def test_teams_do_not_share_limits(redis_url: str) -> None:
@@ -165,7 +170,7 @@ def test_a_release_sent_twice_under_one_once_key_counts_once(redis_url: str) -> 
         await limiter.admit("t", limits, tokens=100)
         for _ in range(3):
             await limiter.release(first, used_tokens=10, once_key="once:once:req-1")
-        inflight = int(await redis.get(first.keys[0]))
+        inflight = await redis.zcard(first.keys[0])
         budget = await limiter.budget_used("t", limits)
         await redis.aclose()
         return inflight, budget
@@ -204,10 +209,10 @@ def test_a_release_of_a_request_refused_after_admission_gives_its_request_back(
         await limiter.release(served, used_tokens=30)
         for _ in range(3):  # retried under one once-key: given back once
             await limiter.release(refused, used_tokens=0, once_key="gf:once:r", refused=True)
-        counters = [await client.get(k) for k in limiter._keys("t", limits, NOW)]
+        counters = await in_flight_and_counters(client, limiter._keys("t", limits, NOW))
         await limiter.admit("t", limits, 100, now=NOW)  # room for one more request
         with pytest.raises(LimitExceeded, match="requests_per_minute"):
             await limiter.admit("t", limits, 100, now=NOW)
         return counters
 
-    assert run(redis_url, body) == [b"0", b"1", b"30", b"30"]
+    assert run(redis_url, body) == [0, b"1", b"30", b"30"]

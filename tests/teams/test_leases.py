@@ -1,0 +1,248 @@
+"""Concurrency slots are leases, against real redis-servers: a slot whose release never comes (an
+admit Redis ran after the gateway had given up on it, a gateway that died) comes back by itself,
+while a request still running keeps its slot as long as it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gemma_fleet.teams.access import StoreUnavailable, TeamAccess
+from gemma_fleet.teams.limits import Limiter, LimitExceeded, TeamLimits
+from gemma_fleet.teams.records import KeyRequest, TeamSpec
+from gemma_fleet.teams.redis_client import connect
+from gemma_fleet.teams.settings import TeamsSettings
+from gemma_fleet.teams.store import Identity
+from gemma_fleet.teams.usage import UsageDelta
+
+LEASE_S = 0.6  # renewed every 0.2 s
+MODEL = "gemma-4-E2B"
+
+
+class HoldingProxy:
+    """A TCP proxy in front of Redis that can hold back what clients send and deliver it later:
+    a network (or a Redis) so slow that the gateway's call times out, while Redis still runs
+    the command once it arrives."""
+
+    def __init__(self, redis_port: int) -> None:
+        self._redis_port = redis_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+        self._lock = threading.Lock()
+        self._holding = False
+        self._held: list[tuple[socket.socket, bytes | None]] = []  # None: the client closed
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self) -> None:
+        with self._lock:
+            self._holding = True
+
+    def deliver(self) -> None:
+        """Send on what was held, in order, and stop holding."""
+        with self._lock:
+            self._holding = False
+            held, self._held = self._held, []
+        for upstream, data in held:
+            if data is None:
+                upstream.shutdown(socket.SHUT_WR)
+            else:
+                upstream.sendall(data)
+
+    def close(self) -> None:
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._redis_port))
+            threading.Thread(target=self._to_redis, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def _to_redis(self, client: socket.socket, upstream: socket.socket) -> None:
+        while True:
+            try:
+                data: bytes | None = client.recv(65536) or None
+            except OSError:
+                data = None
+            with self._lock:
+                if self._holding:
+                    self._held.append((upstream, data))
+                    if data is None:
+                        return
+                    continue
+            if data is None:
+                upstream.shutdown(socket.SHUT_WR)
+                return
+            upstream.sendall(data)
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass  # the client gave up on its connection: what Redis answers goes nowhere
+
+
+@pytest.fixture
+def proxy(redis_server: Any) -> Iterator[HoldingProxy]:
+    p = HoldingProxy(redis_server.port)
+    yield p
+    p.close()
+
+
+def settings_for(url: str, **kwargs: Any) -> TeamsSettings:
+    return TeamsSettings(auth_required=True, redis_url=url, lease_s=LEASE_S, **kwargs)
+
+
+async def team_with(access: TeamAccess, name: str, limits: TeamLimits) -> Identity:
+    if name in {t.name for t in await access.store.teams()}:
+        await access.store.delete_team(name)
+    await access.store.create_team(TeamSpec(name=name, limits=limits))
+    issued = await access.store.issue_key(name, KeyRequest())
+    return await access.authenticate(issued.key)
+
+
+async def serve_one(access: TeamAccess, identity: Identity) -> None:
+    """One short request: admitted, served, settled."""
+    ticket = await access.admit(identity, 10)
+    await access.settle(ticket, MODEL, UsageDelta(prompt_tokens=5, completion_tokens=5))
+
+
+async def take_all_slots(access: TeamAccess, identity: Identity, slots: int) -> None:
+    """Admit `slots` requests at once (LimitExceeded if any slot is still taken), then settle
+    them."""
+    tickets = [await access.admit(identity, 10) for _ in range(slots)]
+    for ticket in tickets:
+        await access.settle(ticket, MODEL, UsageDelta(prompt_tokens=1))
+
+
+def test_a_slot_taken_by_an_admit_the_gateway_gave_up_on_comes_back_under_traffic(
+    redis_url: str, proxy: HoldingProxy
+) -> None:
+    """The defect: the admit's reply never came (timeout), so nobody releases what Redis then
+    admitted. With one shared counter whose TTL every admit refreshed, that slot was gone for
+    as long as the team had traffic; as a lease it ends, traffic or not."""
+
+    async def scenario() -> None:
+        direct = TeamAccess(connect(redis_url), settings_for(redis_url))
+        late = TeamAccess(connect(proxy.url), settings_for(proxy.url, timeout_s=0.3))
+        identity = await team_with(direct, "late", TeamLimits(max_concurrent_requests=2))
+        await serve_one(direct, identity)  # Redis has the scripts: the late call runs as sent
+        await late.redis.ping()  # and the late client its connection
+
+        proxy.hold()
+        with pytest.raises(StoreUnavailable):  # the gateway answered 503 (fail-closed) ...
+            await late.admit(identity, 10)
+        proxy.deliver()  # ... and then Redis ran the admit all the same
+        await asyncio.sleep(0.2)
+
+        first = await direct.admit(identity, 10)
+        with pytest.raises(LimitExceeded, match="concurrent_requests"):  # the late one's slot
+            await direct.admit(identity, 10)
+        await direct.settle(first, MODEL, UsageDelta(prompt_tokens=1))
+
+        # The team keeps sending requests, one at a time, for several lease periods.
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 4 * LEASE_S
+        while loop.time() < until:
+            await serve_one(direct, identity)
+            await asyncio.sleep(0.05)
+
+        await take_all_slots(direct, identity, 2)  # both slots are the team's again
+        assert direct.pending == 0
+        await late.close()
+        await direct.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_running_longer_than_its_lease_keeps_its_slot_until_settled(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        access = TeamAccess(connect(redis_url), settings_for(redis_url))
+        identity = await team_with(access, "long", TeamLimits(max_concurrent_requests=1))
+        stream = await access.admit(identity, 10)  # a long stream: renewed while it runs
+        for _ in range(5):  # 5 lease periods
+            await asyncio.sleep(LEASE_S)
+            with pytest.raises(LimitExceeded, match="concurrent_requests"):
+                await access.admit(identity, 10)
+        await access.settle(stream, MODEL, UsageDelta(prompt_tokens=5, completion_tokens=500))
+        await serve_one(access, identity)  # released: the slot is free at once
+        await access.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_slots_of_a_gateway_that_died_come_back_when_their_leases_end(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        dying = TeamAccess(connect(redis_url), settings_for(redis_url))
+        other = TeamAccess(connect(redis_url), settings_for(redis_url))
+        identity = await team_with(other, "dies", TeamLimits(max_concurrent_requests=2))
+        for _ in range(2):
+            await dying.admit(identity, 10)
+        with pytest.raises(LimitExceeded, match="concurrent_requests"):
+            await other.admit(identity, 10)
+        await dying.close()  # gone without settling: nothing renews its leases any more
+        await asyncio.sleep(LEASE_S + 0.2)
+        await take_all_slots(other, identity, 2)
+        await other.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_renewal_does_not_bring_back_a_released_lease(redis_url: str) -> None:
+    async def scenario() -> tuple[int, int, int]:
+        redis = connect(redis_url)
+        limiter = Limiter(redis, prefix="renew", lease_s=30)
+        limits = TeamLimits(max_concurrent_requests=2)
+        running = await limiter.admit("t", limits, 10)
+        done = await limiter.admit("t", limits, 10)
+        await limiter.release(done, used_tokens=10, once_key="renew:once:x")
+        # A renewal sent before the release and arriving after it (another connection).
+        renewed = await limiter.renew([running, done])
+        in_flight = await redis.zcard(running.keys[0])
+        lease_left_ms = await redis.pttl(running.keys[0])
+        await redis.aclose()
+        return renewed, in_flight, lease_left_ms
+
+    renewed, in_flight, lease_left_ms = asyncio.run(scenario())
+    assert (renewed, in_flight) == (1, 1)
+    assert 25_000 < lease_left_ms <= 30_000  # the leases key lives as long as its last lease
+
+
+def test_an_inflight_counter_of_the_old_layout_left_in_redis_is_no_obstacle(
+    redis_url: str,
+) -> None:
+    """Before leases, concurrency was a plain counter `gf:team:<name>:inflight` (an INCR per
+    admit): an upgraded gateway meets it in Redis and must neither fail on it (WRONGTYPE is a
+    500) nor count what it says (it may be the very leak leases end)."""
+
+    async def scenario() -> tuple[bytes | None, int]:
+        access = TeamAccess(connect(redis_url), settings_for(redis_url))
+        limits = TeamLimits(max_concurrent_requests=1)
+        identity = await team_with(access, "upgraded", limits)
+        old = "gf:team:upgraded:inflight"
+        await access.redis.set(old, 1, ex=3600)  # a slot the old scheme leaked
+        ticket = await access.admit(identity, 10)
+        with pytest.raises(LimitExceeded, match=r"concurrent_requests.*\(1 of 1\)"):
+            await access.admit(identity, 10)
+        await access.settle(ticket, MODEL, UsageDelta(prompt_tokens=5))
+        await serve_one(access, identity)
+        left = await access.redis.get(old), await access.redis.ttl(old)
+        await access.close()
+        return left
+
+    value, ttl = asyncio.run(scenario())
+    assert value == b"1" and ttl > 0  # left alone: old gateways may still use it; it expires
