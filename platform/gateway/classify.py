@@ -170,5 +170,6 @@ def classify_chat(
         modalities=frozenset(modalities),
         tools=bool(request.tools) and request.tool_choice != "none",
         structured_output=structured,
+        sequences=request.n,
     )
     return Classification(needs=needs, images=images, audio_seconds=seconds, videos=videos)

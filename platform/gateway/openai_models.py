@@ -30,6 +30,16 @@ Stop = str | Annotated[list[str], Field(max_length=4)]
 TopK = Annotated[int, Field(ge=-1, le=2**31 - 1)]
 # OpenAI's logit_bias: token ids (as strings) to a bias in [-100, 100]; the engine refuses an
 # id outside its vocabulary.
+# OpenAI's n: choices sampled from one prompt. vLLM sets no bound, but each choice is a
+# sequence of its own on the replica that takes the request: a batch slot (max_num_seqs,
+# 64 to 256 in this fleet's pools) and KV blocks for its output. 16 keeps one request to a
+# small share of a replica's batch (the router also refuses n above a pool's max_num_seqs),
+# and is more than best-of sampling and evaluation harnesses use in practice; a team's
+# admission reserves n x max_tokens on top.
+MAX_CHOICES = 16
+Choices = Annotated[int, Field(ge=1, le=MAX_CHOICES)]
+# vLLM's threshold for greedy sampling (vllm.sampling_params._SAMPLING_EPS).
+GREEDY_TEMPERATURE = 1e-5
 LogitBias = dict[
     Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]
 ]
@@ -208,7 +218,7 @@ class ChatCompletionRequest(Strict):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=1)  # one choice per request: the engines' batching is per sequence
+    n: Choices = 1
     stop: Stop | None = None
     seed: Seed | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
@@ -256,6 +266,7 @@ class ChatCompletionRequest(Strict):
         naming the field, not by an engine after routing (which answered 500)."""
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs set to true")
+        _check_choices(self.n, self.temperature)
         _check_stream_options(self.stream, self.stream_options)
         _check_min_tokens(self.min_tokens, self.output_limit)
         if self.tools is not None and not self.tools:
@@ -287,7 +298,7 @@ class CompletionRequest(Strict):
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    n: int = Field(1, ge=1, le=1)
+    n: Choices = 1
     stop: Stop | None = None
     seed: Seed | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
@@ -304,9 +315,17 @@ class CompletionRequest(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> CompletionRequest:
+        _check_choices(self.n, self.temperature)
         _check_stream_options(self.stream, self.stream_options)
         _check_min_tokens(self.min_tokens, self.max_tokens)
         return self
+
+
+def _check_choices(n: int, temperature: float | None) -> None:
+    # vLLM refuses it (400 "n must be 1 when using greedy sampling"): greedy decoding has one
+    # answer. Refused here, before routing and admission, in vLLM's words.
+    if n > 1 and temperature is not None and temperature < GREEDY_TEMPERATURE:
+        raise ValueError(f"n must be 1 when using greedy sampling (temperature 0), got {n}")
 
 
 def _check_stream_options(stream: bool, options: StreamOptions | None) -> None:

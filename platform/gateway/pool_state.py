@@ -1,11 +1,13 @@
 """What the gateway knows of each pool between requests: in-flight requests and health.
 
-Load is the gateway's own count of requests in flight over the pool's capacity (replicas x
-max_num_seqs), which needs no round trip. Health has two sources: failures (a pool that cannot
-be reached is marked down for a short hold-off) and, where a watcher reads them, the pool's
-live replica counts (a pool with no running replica is down for as long as that lasts: killed,
-restarting, or scaled to zero). A request waiting for its first reply from a pool whose last
-replica goes away is cut loose, so it is routed again instead of waiting in Ray Serve's queue.
+Load is the gateway's own count of sequences in flight over the pool's capacity (replicas x
+max_num_seqs), which needs no round trip: a request counts as many sequences as the choices it
+asks for (OpenAI's n), each of which takes a batch slot of its own. Health has two sources:
+failures (a pool that cannot be reached is marked down for a short hold-off) and, where a
+watcher reads them, the pool's live replica counts (a pool with no running replica is down for
+as long as that lasts: killed, restarting, or scaled to zero). A request waiting for its first
+reply from a pool whose last replica goes away is cut loose, so it is routed again instead of
+waiting in Ray Serve's queue.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ DOWN_HOLD_S = 5.0
 class _Pool:
     view: PoolView
     capacity: int
-    in_flight: int = 0
+    in_flight: int = 0  # requests
+    sequences: int = 0  # their sequences (n each): what fills the replicas' batches
     down_until: float = 0.0
     live_replicas: int | None = None  # None: nobody reads them (in-process pools) or unknown
     # Requests waiting for this pool's first reply (cancelled when its last replica goes).
@@ -39,6 +42,7 @@ class PoolState:
     _cut: set[asyncio.Task[object]] = field(default_factory=set)
 
     def add(self, view: PoolView, capacity: int) -> None:
+        """A pool of `capacity` sequences (replicas x max_num_seqs)."""
         self.pools[view.name] = _Pool(view=view, capacity=max(1, capacity))
 
     def views(self, now: float | None = None) -> list[PoolView]:
@@ -48,7 +52,7 @@ class PoolState:
             replace(
                 p.view,
                 healthy=now >= p.down_until and p.live_replicas != 0,
-                load=p.in_flight / p.capacity,
+                load=p.sequences / p.capacity,
             )
             for p in self.pools.values()
         ]
@@ -99,10 +103,14 @@ class PoolState:
         return True
 
     @contextmanager
-    def in_flight(self, pool: str) -> Iterator[None]:
+    def in_flight(self, pool: str, sequences: int = 1) -> Iterator[None]:
+        """Count one request of `sequences` sequences in flight while the block runs (0 for
+        a call that takes no batch slot, such as tokenizing)."""
         entry = self.pools[pool]
         entry.in_flight += 1
+        entry.sequences += sequences
         try:
             yield
         finally:
             entry.in_flight -= 1
+            entry.sequences -= sequences

@@ -3,7 +3,9 @@
 Order of decisions, each one explainable:
 1. capability: the pool's model must take every modality in the request (audio only E2B/E4B;
    a text-only pool takes no media at all);
-2. context: prompt + max output tokens must fit the pool's max_model_len;
+2. context: prompt + max output tokens must fit the pool's max_model_len (each of a request's n
+   sequences holds its own copy of the context); a request's n sequences must fit in one
+   replica's batch (max_num_seqs), since vLLM runs them on the replica that takes the request;
 3. team policy: the team may only use the models it is allowed;
 4. health: pools with no healthy replica are skipped;
 5. load: pools below saturation come before saturated ones;
@@ -17,7 +19,7 @@ models that could serve it; an alias lets the router choose among its pools.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gemma_fleet.catalog import Modality
 
@@ -33,10 +35,19 @@ class RequestNeeds:
     modalities: frozenset[Modality] = frozenset({Modality.TEXT})
     tools: bool = False
     structured_output: bool = False
+    sequences: int = 1  # OpenAI's n: choices sampled from the one prompt
+
+    @property
+    def context_tokens(self) -> int:
+        """What one sequence holds in the pool's context: the prompt and its output."""
+        return self.prompt_tokens + self.max_output_tokens
 
     @property
     def total_tokens(self) -> int:
-        return self.prompt_tokens + self.max_output_tokens
+        """What the request may use in all (what a team's admission reserves): the prompt
+        once (the engine reads it once and reports it once) and up to max_output_tokens for
+        each of its sequences."""
+        return self.prompt_tokens + self.sequences * self.max_output_tokens
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class PoolView:
     size_rank: float  # smaller serves cheaper (the model's parameter count)
     healthy: bool = True
     load: float = 0.0  # running / capacity over its replicas; >= SATURATED means no free slot
+    max_num_seqs: int | None = None  # sequences one replica runs at once (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,7 @@ class RoutingError(Exception):
     message: str
     capable_models: list[str] = field(default_factory=list)
     retry_after_s: int | None = None
+    param: str = "model"  # the request field the refusal is about
 
     def __str__(self) -> str:
         return self.message
@@ -81,13 +94,22 @@ def _capable(needs: RequestNeeds, pool: PoolView) -> str | None:
     if missing := _missing(needs, pool):
         names = ", ".join(sorted(m.value for m in missing))
         return f"{pool.name} ({pool.model}) does not take {names} input"
-    if needs.total_tokens > pool.max_model_len:
+    if needs.context_tokens > pool.max_model_len:
         return (
             f"{pool.name} holds {pool.max_model_len:,} tokens; the request needs "
-            f"{needs.total_tokens:,} ({needs.prompt_tokens:,} prompt + "
+            f"{needs.context_tokens:,} ({needs.prompt_tokens:,} prompt + "
             f"{needs.max_output_tokens:,} output)"
         )
+    if pool.max_num_seqs is not None and needs.sequences > pool.max_num_seqs:
+        return (
+            f"{pool.name} runs at most {pool.max_num_seqs} sequences per replica; "
+            f"n={needs.sequences} asks for {needs.sequences}"
+        )
     return None
+
+
+def _too_many_sequences(needs: RequestNeeds, pool: PoolView) -> bool:
+    return pool.max_num_seqs is not None and needs.sequences > pool.max_num_seqs
 
 
 def _targets(
@@ -133,7 +155,12 @@ def route(
         elsewhere = sorted({p.name for p in everything if _capable(needs, p) is None})
         hint = f"; pools that could serve it: {', '.join(elsewhere)}" if elsewhere else ""
         message = f"{requested!r} cannot serve this request: {'; '.join(refusals)}{hint}"
-        raise RoutingError(400, message, elsewhere)
+        # Refused for its n alone (it would fit with fewer choices): the 400 names n.
+        only_n = all(
+            _too_many_sequences(needs, p) and _capable(replace(needs, sequences=1), p) is None
+            for p in targets
+        )
+        raise RoutingError(400, message, elsewhere, param="n" if only_n else "model")
 
     if allowed_models is not None:
         permitted = [p for p in capable if _allowed(p, requested, allowed_models)]

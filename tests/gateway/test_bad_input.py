@@ -66,7 +66,8 @@ def test_oversize_body(gateway_server: Any) -> None:
         ({"messages": [{"role": "wizard", "content": "x"}]}, 400, ["messages"]),
         ({"max_tokens": -3}, 400, ["max_tokens"]),
         ({"max_tokens": 10**9}, 400, ["holds", "tokens"]),
-        ({"n": 3}, 400, ["n"]),
+        ({"n": 17}, 400, ["n", "16"]),  # n is served up to MAX_CHOICES (16), no further
+        ({"n": 2, "temperature": 0}, 400, ["n must be 1", "greedy"]),  # vLLM's own refusal
         ({"model": "gpt-5"}, 404, ["gpt-5", "does not exist"]),
         ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, 400, ["name"]),
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters":

@@ -116,12 +116,19 @@ def test_structured_output_and_output_limit() -> None:
 
 @pytest.mark.parametrize(
     ("extra", "field"),
-    [({"frobnicate": 1}, "frobnicate"), ({"n": 2}, "n"), ({"max_tokens": 0}, "max_tokens"),
+    [({"frobnicate": 1}, "frobnicate"), ({"n": 17}, "n"), ({"max_tokens": 0}, "max_tokens"),
      ({"temperature": 3}, "temperature")],
 )  # fmt: skip
 def test_bad_fields_are_named(extra: dict, field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         chat(**extra)
+
+
+def test_n_is_classified_as_sequences_reserving_every_choices_output() -> None:
+    needs = classify_chat(chat(n=3, max_tokens=100, temperature=0.8), FACTS).needs
+    assert needs.sequences == 3
+    assert needs.total_tokens == needs.prompt_tokens + 3 * 100  # what admission reserves
+    assert needs.context_tokens == needs.prompt_tokens + 100  # what one sequence holds
 
 
 def test_tool_parameters_must_be_an_object_schema() -> None:

@@ -157,3 +157,24 @@ def test_chosen_pool_can_always_serve(
     assert chosen in capable and chosen.healthy
     if any(p.healthy and p.load < SATURATED for p in capable):
         assert chosen.load < SATURATED
+
+
+def test_n_sequences_each_hold_the_context_and_are_reserved_in_total() -> None:
+    n4 = replace(needs(1_000, 500), sequences=4)
+    assert n4.context_tokens == 1_500  # what one sequence holds: routing checks this
+    assert n4.total_tokens == 1_000 + 4 * 500  # the prompt once, every sequence's output
+    assert pick(replace(needs(131_072 - 500, 500), sequences=4)) == "e2b"  # fits per sequence
+
+
+def test_n_above_a_pools_batch_is_refused_naming_n() -> None:
+    small = [replace(p, max_num_seqs=2) if p.name == "e2b" else p for p in FLEET]
+    with pytest.raises(RoutingError) as err:
+        pick(replace(needs(100, 10), sequences=3), "e2b", small)
+    assert (err.value.status, err.value.param) == (400, "n")
+    assert "at most 2 sequences" in err.value.message
+    assert pick(replace(needs(100, 10), sequences=3), "gemma-4", small) == "e4b"
+    assert pick(replace(needs(100, 10), sequences=2), "e2b", small) == "e2b"
+    # Too long for the pool as well: fewer choices would not help, so the refusal is the model's.
+    with pytest.raises(RoutingError) as both:
+        pick(replace(needs(200_000, 10), sequences=3), "e2b", small)
+    assert both.value.param == "model"
