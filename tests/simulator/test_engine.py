@@ -298,3 +298,156 @@ def test_a_schema_no_instance_satisfies_is_a_400_naming_the_field(stream: bool) 
         assert isinstance(error, ErrorResponse)
         assert (error.error.code, error.error.param) == (400, field)
         assert field in error.error.message
+
+
+# ---- n: several choices from one prompt, as vLLM serves them --------------------------------
+
+
+def _choice_texts(response: Any) -> list[str]:
+    return [str(c.message.content) for c in response.choices]
+
+
+def test_n_choices_are_separate_samples_with_their_own_finish_and_summed_usage() -> None:
+    [response] = _chat(_engine(), n=4, seed=11, max_tokens=40)
+    assert isinstance(response, ChatCompletionResponse)
+    assert [c.index for c in response.choices] == [0, 1, 2, 3]
+    assert len(set(_choice_texts(response))) > 1  # sampled apart, not one answer four times
+    assert all(c.finish_reason in ("stop", "length") for c in response.choices)
+    # Each choice alone: choice i of seed s is what an n=1 request with seed s + i answers
+    # (vLLM seeds its child requests so), which also gives each choice's own token count.
+    alone = [_chat(_engine(), seed=11 + i, max_tokens=40)[0] for i in range(4)]
+    assert _choice_texts(response) == [a.choices[0].message.content for a in alone]
+    finishes = [a.choices[0].finish_reason for a in alone]
+    assert [c.finish_reason for c in response.choices] == finishes
+    assert response.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    assert response.usage.prompt_tokens == alone[0].usage.prompt_tokens  # the prompt once
+
+
+def test_unseeded_choices_differ_and_the_first_is_the_n1_answer() -> None:
+    [many] = _chat(_engine(), n=3, max_tokens=40)
+    [one] = _chat(_engine(), max_tokens=40)
+    assert many.choices[0].message.content == one.choices[0].message.content
+    assert len(set(_choice_texts(many))) == 3
+
+
+def test_streamed_choices_open_with_roles_interleave_and_count_every_token() -> None:
+    out = _chat(_engine(), n=3, seed=5, max_tokens=30, stream=True,
+                stream_options={"include_usage": True})  # fmt: skip
+    chunks = _chunks(out)
+    assert [c["choices"][0]["index"] for c in chunks[:3]] == [0, 1, 2]
+    assert all(c["choices"][0]["delta"] == {"role": "assistant", "content": ""} for c in chunks[:3])
+    tokens = [c for c in chunks[3:] if c["choices"]]
+    assert all(len(c["choices"]) == 1 for c in tokens)  # one choice a chunk, as vLLM's
+    order = [c["choices"][0]["index"] for c in tokens]
+    assert order != sorted(order)  # interleaved: the sequences decode in the same steps
+    texts = ["", "", ""]
+    finishes: list[Any] = [None, None, None]
+    for chunk in tokens:
+        choice = chunk["choices"][0]
+        texts[choice["index"]] += choice["delta"].get("content", "")
+        if choice["finish_reason"] is not None:
+            assert finishes[choice["index"]] is None  # each choice finishes once
+            finishes[choice["index"]] = choice["finish_reason"]
+    [whole] = _chat(_engine(), n=3, seed=5, max_tokens=30)
+    assert texts == _choice_texts(whole)
+    assert finishes == [c.finish_reason for c in whole.choices]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] == len(tokens)
+    assert chunks[-1]["usage"]["completion_tokens"] == whole.usage.completion_tokens
+
+
+def test_each_choice_calls_the_tool_with_its_own_arguments_and_id() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+    [response] = _chat(_engine(), n=3, seed=3, tools=tools, tool_choice="required")
+    calls = [c.message.tool_calls for c in response.choices]
+    assert all(len(c) == 1 and c[0].function.name == "get_weather" for c in calls)
+    assert len({c[0].id for c in calls}) == 3
+    for call in calls:
+        jsonschema.validate(json.loads(call[0].function.arguments), WEATHER)
+    assert {c.finish_reason for c in response.choices} == {"tool_calls"}
+
+
+def test_n_above_one_at_temperature_zero_is_refused_as_vllm_refuses_it() -> None:
+    [error] = _chat(_engine(), n=2, temperature=0)
+    assert isinstance(error, ErrorResponse) and error.error.code == 400
+    assert error.error.message == "n must be 1 when using greedy sampling, got 2."
+    [one] = _chat(_engine(), n=1, temperature=0)  # a single greedy answer is fine
+    assert isinstance(one, ChatCompletionResponse)
+
+
+def test_completions_serve_n_streamed_and_not() -> None:
+    engine = _engine()
+
+    def request(**extra: Any) -> CompletionRequest:
+        return CompletionRequest(model="gemma-sim", prompt="Once", max_tokens=9, n=3, seed=1,
+                                 **extra)  # fmt: skip
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        await engine.start()
+        try:
+            plain = await _drain(engine.completions(request()))
+            streamed = await _drain(
+                engine.completions(request(stream=True, stream_options={"include_usage": True}))
+            )
+        finally:
+            await engine.shutdown()
+        return plain, streamed
+
+    [plain], streamed = asyncio.run(run())
+    assert isinstance(plain, CompletionResponse)
+    assert [c.index for c in plain.choices] == [0, 1, 2]
+    chunks = _chunks(streamed)
+    texts = ["", "", ""]
+    for chunk in chunks[:-1]:
+        texts[chunk["choices"][0]["index"]] += chunk["choices"][0]["text"]
+    assert texts == [c.text for c in plain.choices]
+    assert chunks[-1]["usage"]["completion_tokens"] == plain.usage.completion_tokens
+    assert plain.usage.completion_tokens == len(chunks) - 1
+
+
+def test_a_cancelled_n_request_frees_every_sequence() -> None:
+    engine = _engine()
+    request = ChatCompletionRequest(
+        model="gemma-sim",
+        n=4,
+        max_tokens=200,
+        ignore_eos=True,
+        stream=True,
+        messages=[{"role": "user", "content": "hi"}],
+    )
+
+    async def run() -> dict[str, Any]:
+        await engine.start()
+        try:
+            stream = engine.chat(request)
+            async for _ in stream:
+                if engine.core.stats()["num_requests_running"] == 4:
+                    break
+            await stream.aclose()
+            return engine.core.stats()
+        finally:
+            await engine.shutdown()
+
+    stats = asyncio.run(run())
+    assert stats["num_requests_running"] == 0 and stats["num_requests_waiting"] == 0
+
+
+def test_tokenize_counts_the_prompt_a_chat_request_gets_tools_included() -> None:
+    from ray.llm._internal.serve.core.configs.openai_api_models import TokenizeChatRequest
+
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+    messages = [
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+    [chat] = _chat(_engine(), messages=messages, tools=tools, max_tokens=4)
+    engine = _engine()
+
+    async def count(**extra: Any) -> int:
+        request = TokenizeChatRequest(model="gemma-sim", messages=messages, **extra)
+        [answer] = await _drain(engine.tokenize(request))
+        return int(answer.count)
+
+    with_tools, without = asyncio.run(count(tools=tools)), asyncio.run(count())
+    assert with_tools == chat.usage.prompt_tokens
+    assert without < with_tools

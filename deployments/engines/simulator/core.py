@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,8 +141,10 @@ class SimulatorCore:
         prompt_token_ids: list[int],
         output_plan: list[int],
         finish_reason: str = "stop",
+        queue: asyncio.Queue[TokenEvent] | None = None,
     ) -> SimRequest:
-        """Queue a request that will produce exactly `output_plan` (token ids)."""
+        """Queue a request that will produce exactly `output_plan` (token ids); its token
+        events go to `queue` (default: a queue of its own)."""
         if request_id in self._requests:
             raise ValueError(f"duplicate request id {request_id!r}")
         if not output_plan:
@@ -162,7 +164,7 @@ class SimulatorCore:
         self.scheduler.add(request)
         self._requests[request_id] = request
         self._reasons[request_id] = "length" if finish_reason == "length" else "stop"
-        self._queues[request_id] = asyncio.Queue()
+        self._queues[request_id] = asyncio.Queue() if queue is None else queue
         self._update_gauges()
         self._wakeup.set()
         return request
@@ -188,20 +190,40 @@ class SimulatorCore:
     ) -> AsyncIterator[TokenEvent]:
         """Run a request and yield its tokens as they are produced. Closing the iterator early
         (client went away, task cancelled) aborts the request."""
-        request = self.add_request(request_id, prompt_token_ids, output_plan, finish_reason)
-        queue = self._queues[request_id]
+        group = self.generate_group(prompt_token_ids, [(request_id, output_plan, finish_reason)])
+        async with contextlib.aclosing(group) as events:
+            async for event in events:
+                yield event
+
+    async def generate_group(
+        self, prompt_token_ids: list[int], children: list[tuple[str, list[int], str]]
+    ) -> AsyncGenerator[TokenEvent, None]:
+        """Run sequences that share one prompt (OpenAI's n: vLLM fans a request out into
+        child requests, each scheduled on its own) and yield their tokens, interleaved as the
+        steps produce them, until every one has finished. `children` holds each one's
+        (request id, output plan, finish reason). Closing the iterator early aborts those
+        still running."""
+        queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
+        requests: list[SimRequest] = []
         try:
-            while True:
+            for request_id, output_plan, finish_reason in children:
+                requests.append(
+                    self.add_request(
+                        request_id, prompt_token_ids, output_plan, finish_reason, queue
+                    )
+                )
+            running = len(requests)
+            while running:
                 event = await queue.get()
                 yield event
-                if event.finished:
-                    return
+                running -= event.finished
         finally:
-            if not request.is_finished:
-                self.abort(request_id)
-            self._requests.pop(request_id, None)
-            self._queues.pop(request_id, None)
-            self._reasons.pop(request_id, None)
+            for request in requests:
+                if not request.is_finished:
+                    self.abort(request.request_id)
+                self._requests.pop(request.request_id, None)
+                self._queues.pop(request.request_id, None)
+                self._reasons.pop(request.request_id, None)
 
     def request(self, request_id: str) -> SimRequest | None:
         return self._requests.get(request_id)

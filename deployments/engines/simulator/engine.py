@@ -13,6 +13,13 @@ engine): streaming yields "data: {json}\\n\\n" strings in OpenAI chunk format, t
 when stream_options.include_usage, then "data: [DONE]\\n\\n"; non-streaming yields one
 ChatCompletionResponse / CompletionResponse; errors yield one ErrorResponse.
 
+OpenAI's n as vLLM serves it: n sequences of their own in the scheduler (vLLM's child requests,
+"{i}_{request id}"), each sampled apart (choice i of a seeded request from seed + i); streamed,
+every choice opens with its role chunk and the choices' token chunks interleave, one choice a
+chunk; the usage counts every choice's tokens; n > 1 at temperature 0 is refused, as vLLM
+refuses it ("n must be 1 when using greedy sampling"). `tokenize` of chat messages renders
+them (with their tools) as chat does, so its count is a chat request's prompt_tokens.
+
 Tracing: each chat/completions call is one `engine.generate` span whose parent is the trace
 context in `raw_request_info.headers` (W3C traceparent, sent by the gateway's pool clients);
 `start()` turns tracing on when the replica's OTEL_* environment asks for it.
@@ -92,6 +99,8 @@ from gemma_fleet.telemetry import (
 )
 
 PROMETHEUS_METRICS_RPC = "prometheus_metrics"
+# vLLM's threshold for greedy sampling (vllm.sampling_params._SAMPLING_EPS).
+GREEDY_TEMPERATURE = 1e-5
 
 
 def _final(item: object) -> bool:
@@ -198,25 +207,58 @@ class SimulatorEngine(LLMEngine):
         return self.core.metrics.render()
 
     # ---- helpers ---------------------------------------------------------------------------
-    def _rng(self, seed: int | None, prompt_ids: list[int]) -> random.Random:
+    def _rng(self, seed: int | None, prompt_ids: list[int], index: int = 0) -> random.Random:
+        """The sampler of choice `index`: as vLLM seeds the child requests of n > 1, a seeded
+        request's choice i draws from seed + i; unseeded choices draw apart from each other
+        (the first as an n=1 request would)."""
         if seed is not None:
-            return random.Random(seed)
+            return random.Random(seed + index)
         digest = hashlib.blake2b(digest_size=8)
         digest.update(str(self.config.seed).encode())
         digest.update(",".join(map(str, prompt_ids)).encode())
+        if index:
+            digest.update(f"#{index}".encode())
         return random.Random(int.from_bytes(digest.digest(), "little"))
 
-    def _engine_id(self, request_id: str) -> str:
-        return (
-            request_id if self.core.request(request_id) is None else f"{request_id}-{uuid.uuid4()}"
-        )
+    def _child_ids(self, request_id: str, n: int) -> list[str]:
+        """Engine ids of a request's sequences: the request's own for n=1, else vLLM's child
+        ids ("{i}_{id}"); made unique should a client reuse an id still running."""
+        ids = [request_id] if n == 1 else [f"{i}_{request_id}" for i in range(n)]
+        if all(self.core.request(i) is None for i in ids):
+            return ids
+        return self._child_ids(f"{request_id}-{uuid.uuid4()}", n)
 
-    def _plan(
+    def _plans(
         self, request: ChatCompletionRequest | CompletionRequest, prompt: list[int], spec: Any
-    ) -> AnswerPlan:
-        rng = self._rng(request.seed, prompt)
+    ) -> list[AnswerPlan]:
+        """One answer per choice (OpenAI's n), each sampled on its own (`_rng`)."""
+        n = request.n or 1
+        temperature = request.temperature
+        if n > 1 and temperature is not None and temperature < GREEDY_TEMPERATURE:
+            # vLLM's SamplingParams refuses it: greedy decoding has one answer.
+            raise RequestError(f"n must be 1 when using greedy sampling, got {n}.", param="n")
         length = (self.config.answer_tokens_min, self.config.answer_tokens_max)
-        return plan_answer(spec, rng, length)
+        return [plan_answer(spec, self._rng(request.seed, prompt, i), length) for i in range(n)]
+
+    def _generate(
+        self, request_id: str, prompt: list[int], plans: list[AnswerPlan]
+    ) -> tuple[AsyncGenerator[Any, None], dict[str, int]]:
+        """Token events of every choice's sequence, interleaved as the engine makes them,
+        and the choice index of each sequence's engine id."""
+        ids = self._child_ids(request_id, len(plans))
+        children = [(i, p.token_ids, p.finish_reason) for i, p in zip(ids, plans, strict=True)]
+        return self.core.generate_group(prompt, children), {i: k for k, i in enumerate(ids)}
+
+    async def _run_to_end(
+        self, traced: Span, events: AsyncIterator[Any], prompt: int, plans: list[AnswerPlan]
+    ) -> UsageInfo:
+        """Run a non-streamed request's sequences to the end: its usage over every choice."""
+        cached = 0
+        async for event in events:
+            cached = max(cached, event.num_cached_tokens)
+        completion = sum(len(p.pieces) for p in plans)
+        traced.set_attribute(names.OUTPUT_TOKENS, completion)
+        return self._usage(prompt, completion, cached)
 
     def _usage(self, prompt: int, completion: int, cached: int) -> UsageInfo:
         return UsageInfo(
@@ -261,12 +303,12 @@ class SimulatorEngine(LLMEngine):
         return {"finish_reason": reason, "stop_reason": plan.stop_reason}
 
     @staticmethod
-    def _record_plan(traced: Span, prompt: list[int], plan: AnswerPlan, finish: str) -> None:
+    def _record_plans(traced: Span, prompt: list[int], finishes: list[str]) -> None:
         if traced.is_recording():
             traced.set_attributes(
                 {
                     names.INPUT_TOKENS: len(prompt),
-                    names.FINISH_REASONS: [finish],
+                    names.FINISH_REASONS: finishes,
                 }
             )
 
@@ -285,7 +327,7 @@ class SimulatorEngine(LLMEngine):
         self, request: ChatCompletionRequest, traced: Span
     ) -> AsyncIterator[str | ChatCompletionResponse | ErrorResponse]:
         try:
-            prompt, plan = self._prepare_chat(request)
+            prompt, plans = self._prepare_chat(request)
         except (RequestError, SchemaError) as exc:
             mark_failed(traced, str(exc))
             yield _error(str(exc), param=exc.param)
@@ -293,71 +335,63 @@ class SimulatorEngine(LLMEngine):
         response_id = f"chatcmpl-{request.request_id}"
         created = int(time.time())
         named = isinstance(request.tool_choice, dict) or hasattr(request.tool_choice, "function")
-        finish = plan.finish_reason
-        if finish == "tool_calls" and named:
-            finish = "stop"  # OpenAI: a named tool choice finishes with "stop"
-        self._record_plan(traced, prompt, plan, finish)
-        events = self.core.generate(
-            self._engine_id(request.request_id), prompt, plan.token_ids, plan.finish_reason
-        )
+        # OpenAI: a named tool choice finishes with "stop"
+        finishes = [
+            "stop" if p.finish_reason == "tool_calls" and named else p.finish_reason for p in plans
+        ]
+        self._record_plans(traced, prompt, finishes)
+        events, choice_of = self._generate(request.request_id, prompt, plans)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            first = ChatCompletionStreamResponse(
-                id=response_id,
-                object="chat.completion.chunk",
-                created=created,
-                model=self.model_id,
-                choices=[
-                    ChatCompletionResponseStreamChoice(
-                        index=0,
-                        delta=DeltaMessage(role="assistant", content=""),
-                        finish_reason=None,
-                    )
-                ],
-            )
-            yield _sse(first)
-            async for sse in self._stream_tokens(
+            for index in range(len(plans)):  # as vLLM: each choice opens with its role
+                first = ChatCompletionStreamResponse(
+                    id=response_id,
+                    object="chat.completion.chunk",
+                    created=created,
+                    model=self.model_id,
+                    choices=[
+                        ChatCompletionResponseStreamChoice(
+                            index=index,
+                            delta=DeltaMessage(role="assistant", content=""),
+                            finish_reason=None,
+                        )
+                    ],
+                )
+                yield _sse(first)
+
+            def choice(event: Any) -> ChatCompletionResponseStreamChoice:
+                index = choice_of[event.request_id]
+                return ChatCompletionResponseStreamChoice(
+                    index=index,
+                    delta=self._chat_delta(plans[index], event.index),
+                    **self._finish(finishes[index], plans[index], event.finished),
+                )
+
+            tokens = self._stream_tokens(
                 traced,
                 events,
                 len(prompt),
                 include_usage,
                 ChatCompletionStreamResponse,
                 {"id": response_id, "object": "chat.completion.chunk", "created": created},
-                lambda event: ChatCompletionResponseStreamChoice(
-                    index=0,
-                    delta=self._chat_delta(plan, event.index),
-                    **self._finish(finish, plan, event.finished),
-                ),
-            ):
-                yield sse
-            return
-        cached = 0
-        async for event in events:
-            cached = event.num_cached_tokens
-        if plan.kind == "tool_call" and plan.tool_name is not None:
-            message = ChatMessage(
-                role="assistant",
-                content="",
-                tool_calls=[
-                    ToolCall(
-                        id=plan.tool_call_id,
-                        function=FunctionCall(name=plan.tool_name, arguments=plan.text),
-                    )
-                ],
+                choice,
             )
-        else:
-            message = ChatMessage(role="assistant", content=plan.text)
-        traced.set_attribute(names.OUTPUT_TOKENS, len(plan.pieces))
+            async with aclosing(tokens):  # a caller that hangs up frees the sequences now
+                async for sse in tokens:
+                    yield sse
+            return
+        usage = await self._run_to_end(traced, events, len(prompt), plans)
         yield ChatCompletionResponse(
             id=response_id,
             created=created,
             model=self.model_id,
             choices=[
                 ChatCompletionResponseChoice(
-                    index=0, message=message, **self._finish(finish, plan, True)
+                    index=index, message=_chat_message(plan), **self._finish(finish, plan, True)
                 )
+                for index, (plan, finish) in enumerate(zip(plans, finishes, strict=True))
             ],
-            usage=self._usage(len(prompt), len(plan.pieces), cached),
+            usage=usage,
         )
 
     def _chat_delta(self, plan: AnswerPlan, index: int) -> DeltaMessage:
@@ -376,15 +410,9 @@ class SimulatorEngine(LLMEngine):
             call = DeltaToolCall(index=0, function=DeltaFunctionCall(arguments=plan.pieces[index]))
         return DeltaMessage(tool_calls=[call])
 
-    def _prepare_chat(self, request: ChatCompletionRequest) -> tuple[list[int], AnswerPlan]:
-        if (request.n or 1) != 1:
-            raise RequestError("the simulator serves n=1 only", param="n")
-        tools = [t.function.model_dump(exclude_none=True) for t in (request.tools or [])]
-        mm_kwargs = request.mm_processor_kwargs or {}
-        soft_tokens = int(
-            mm_kwargs.get("max_soft_tokens", load_catalog().family.image_soft_tokens_default)
-        )
-        rendered = render_chat(list(request.messages), tools, soft_tokens)
+    def _prepare_chat(self, request: ChatCompletionRequest) -> tuple[list[int], list[AnswerPlan]]:
+        tools = _tool_functions(request.tools)
+        rendered = render_chat(list(request.messages), tools, _soft_tokens(request))
         check_modalities(self.model_spec, self.config.text_only, rendered.modalities)
         # vars(): reading the deprecated max_tokens attribute would log a warning per request.
         requested = request.max_completion_tokens or vars(request).get("max_tokens")
@@ -402,12 +430,10 @@ class SimulatorEngine(LLMEngine):
             rendered=rendered,
             response_format=request.response_format,
         )
-        return rendered.token_ids, self._plan(request, rendered.token_ids, spec)
+        return rendered.token_ids, self._plans(request, rendered.token_ids, spec)
 
     # ---- completions -----------------------------------------------------------------------
-    def _prepare_completion(self, request: CompletionRequest) -> tuple[list[int], AnswerPlan]:
-        if (request.n or 1) != 1:
-            raise RequestError("the simulator serves n=1 only", param="n")
+    def _prepare_completion(self, request: CompletionRequest) -> tuple[list[int], list[AnswerPlan]]:
         prompt: Any = request.prompt
         if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
             prompt = prompt[0]
@@ -430,27 +456,33 @@ class SimulatorEngine(LLMEngine):
             rendered=None,
             response_format=request.response_format,
         )
-        return ids, self._plan(request, ids, spec)
+        return ids, self._plans(request, ids, spec)
 
     async def _stream_tokens(
         self,
         traced: Span,
-        events: AsyncIterator[Any],
+        events: AsyncGenerator[Any, None],
         prompt_tokens: int,
         include_usage: bool,
         chunk_type: Any,
         fields: dict[str, Any],
         choice_for: Callable[[Any], Any],
-    ) -> AsyncIterator[str]:
-        """One server-sent chunk per token event, then the usage chunk if asked, then [DONE].
-        `usage` stays unset on token chunks: they serialise with exclude_unset, as vLLM's do."""
-        completion, cached = 0, 0
+    ) -> AsyncGenerator[str, None]:
+        """One server-sent chunk per token event (of whichever choice made it, as vLLM sends
+        them), then the usage chunk if asked (every choice's tokens), then [DONE]. `usage`
+        stays unset on token chunks: they serialise with exclude_unset, as vLLM's do."""
+        made: dict[str, int] = {}
+        cached = 0
         try:
-            async for event in events:
-                completion, cached = event.index + 1, event.num_cached_tokens
-                yield _sse(chunk_type(**fields, model=self.model_id, choices=[choice_for(event)]))
+            async with aclosing(events):
+                async for event in events:
+                    made[event.request_id] = event.index + 1
+                    cached = max(cached, event.num_cached_tokens)
+                    chunk = chunk_type(**fields, model=self.model_id, choices=[choice_for(event)])
+                    yield _sse(chunk)
         finally:  # also when the caller hangs up: the span says how far the stream got
-            traced.set_attribute(names.OUTPUT_TOKENS, completion)
+            traced.set_attribute(names.OUTPUT_TOKENS, sum(made.values()))
+        completion = sum(made.values())
         if include_usage:
             usage = self._usage(prompt_tokens, completion, cached)
             yield _sse_usage(chunk_type(**fields, model=self.model_id, choices=[], usage=usage))
@@ -470,48 +502,52 @@ class SimulatorEngine(LLMEngine):
         self, request: CompletionRequest, traced: Span
     ) -> AsyncIterator[str | CompletionResponse | ErrorResponse]:
         try:
-            prompt, plan = self._prepare_completion(request)
+            prompt, plans = self._prepare_completion(request)
         except (RequestError, SchemaError) as exc:
             mark_failed(traced, str(exc))
             yield _error(str(exc), param=exc.param)
             return
-        self._record_plan(traced, prompt, plan, plan.finish_reason)
+        self._record_plans(traced, prompt, [p.finish_reason for p in plans])
         response_id = f"cmpl-{request.request_id}"
         created = int(time.time())
-        events = self.core.generate(
-            self._engine_id(request.request_id), prompt, plan.token_ids, plan.finish_reason
-        )
+        events, choice_of = self._generate(request.request_id, prompt, plans)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            async for sse in self._stream_tokens(
+
+            def choice(event: Any) -> CompletionResponseStreamChoice:
+                index = choice_of[event.request_id]
+                plan = plans[index]
+                return CompletionResponseStreamChoice(
+                    index=index,
+                    text=plan.pieces[event.index],
+                    **self._finish(plan.finish_reason, plan, event.finished),
+                )
+
+            tokens = self._stream_tokens(
                 traced,
                 events,
                 len(prompt),
                 include_usage,
                 CompletionStreamResponse,
                 {"id": response_id, "object": "text_completion", "created": created},
-                lambda event: CompletionResponseStreamChoice(
-                    index=0,
-                    text=plan.pieces[event.index],
-                    **self._finish(plan.finish_reason, plan, event.finished),
-                ),
-            ):
-                yield sse
+                choice,
+            )
+            async with aclosing(tokens):  # a caller that hangs up frees the sequences now
+                async for sse in tokens:
+                    yield sse
             return
-        cached = 0
-        async for event in events:
-            cached = event.num_cached_tokens
-        traced.set_attribute(names.OUTPUT_TOKENS, len(plan.pieces))
+        usage = await self._run_to_end(traced, events, len(prompt), plans)
         yield CompletionResponse(
             id=response_id,
             created=created,
             model=self.model_id,
             choices=[
                 CompletionResponseChoice(
-                    index=0, text=plan.text, **self._finish(plan.finish_reason, plan, True)
+                    index=index, text=plan.text, **self._finish(plan.finish_reason, plan, True)
                 )
+                for index, plan in enumerate(plans)
             ],
-            usage=self._usage(len(prompt), len(plan.pieces), cached),
+            usage=usage,
         )
 
     # ---- unsupported endpoints ---------------------------------------------------------------
@@ -534,10 +570,39 @@ class SimulatorEngine(LLMEngine):
         self, request: Any, raw_request_info: RawRequestInfo | None = None
     ) -> AsyncGenerator[Any, None]:
         if hasattr(request, "messages"):
-            ids = render_chat(list(request.messages), [], 280).token_ids
+            # The prompt a chat request with these messages and tools gets (_prepare_chat),
+            # so the count is that request's usage.prompt_tokens, as vLLM's is.
+            tools = _tool_functions(request.tools)
+            ids = render_chat(list(request.messages), tools, _soft_tokens(request)).token_ids
         else:
             ids = [tokenizer.BOS_ID, *tokenizer.encode(str(request.prompt))]
         yield TokenizeResponse(count=len(ids), max_model_len=self.config.max_model_len, tokens=ids)
+
+
+def _tool_functions(tools: list[Any] | None) -> list[dict[str, Any]]:
+    return [t.function.model_dump(exclude_none=True) for t in (tools or [])]
+
+
+def _soft_tokens(request: Any) -> int:
+    """Soft tokens per image: the request's mm_processor_kwargs, else Gemma 4's default."""
+    mm_kwargs = getattr(request, "mm_processor_kwargs", None) or {}
+    return int(mm_kwargs.get("max_soft_tokens", load_catalog().family.image_soft_tokens_default))
+
+
+def _chat_message(plan: AnswerPlan) -> ChatMessage:
+    """The whole message of one choice: its text, or its tool call."""
+    if plan.kind == "tool_call" and plan.tool_name is not None:
+        return ChatMessage(
+            role="assistant",
+            content="",
+            tool_calls=[
+                ToolCall(
+                    id=plan.tool_call_id,
+                    function=FunctionCall(name=plan.tool_name, arguments=plan.text),
+                )
+            ],
+        )
+    return ChatMessage(role="assistant", content=plan.text)
 
 
 def simulator_llm_config(
