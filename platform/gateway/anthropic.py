@@ -12,6 +12,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from gemma_fleet.gateway.anthropic_models import (
+    Conversation,
+    CountTokensRequest,
     ImageBlock,
     MessagesRequest,
     RedactedThinkingBlock,
@@ -60,6 +62,38 @@ def _text(blocks: str | list[Any]) -> str:
 
 def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
     """The OpenAI chat request that asks the same of a pool."""
+    body = _conversation(req)
+    body["max_tokens"] = req.max_tokens
+    body["stream"] = req.stream
+    if req.stream:
+        body["stream_options"] = {"include_usage": True}
+    for ours, theirs in (
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+        ("stop", "stop_sequences"),
+    ):
+        value = getattr(req, theirs)
+        if value is not None:
+            body[ours] = value
+    return _validated(body)
+
+
+def to_count_request(req: CountTokensRequest) -> ChatCompletionRequest:
+    """The OpenAI chat request whose prompt is the one `req` counts: built as
+    to_chat_request builds it, so the engine renders the very prompt a generation gets."""
+    return _validated(_conversation(req))
+
+
+def _validated(body: dict[str, Any]) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc, body) from exc
+
+
+def _conversation(req: Conversation) -> dict[str, Any]:
+    """The chat request fields that decide the prompt: messages, tools, template flags."""
     messages: list[dict[str, Any]] = []
     if req.system:
         messages.append({"role": "system", "content": _text(req.system)})
@@ -111,23 +145,7 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
         elif parts:
             messages.append({"role": "user", "content": parts})
 
-    body: dict[str, Any] = {
-        "model": req.model,
-        "messages": messages,
-        "max_tokens": req.max_tokens,
-        "stream": req.stream,
-    }
-    if req.stream:
-        body["stream_options"] = {"include_usage": True}
-    for ours, theirs in (
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("top_k", "top_k"),
-        ("stop", "stop_sequences"),
-    ):
-        value = getattr(req, theirs)
-        if value is not None:
-            body[ours] = value
+    body: dict[str, Any] = {"model": req.model, "messages": messages}
     if req.tools:
         body["tools"] = [
             {
@@ -156,10 +174,7 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
             body["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
         else:
             body["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[choice.type]
-    try:
-        return ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc, body) from exc
+    return body
 
 
 def _arguments(text: str | None) -> dict[str, Any]:

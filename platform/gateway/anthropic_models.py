@@ -117,30 +117,36 @@ Thinking = Annotated[
 ]
 
 
-class MessagesRequest(Strict):
+class Conversation(Strict):
+    """What decides a prompt: the fields /v1/messages and /v1/messages/count_tokens share."""
+
     model: str = Field(min_length=1)
-    max_tokens: int = Field(ge=1)
     messages: list[Message] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: ToolChoice | None = None
+    # Gemma thinks when its chat template is asked to (enable_thinking); the budget is not
+    # passed on (vLLM enforces one only with a reasoning config on the server): thinking
+    # counts against max_tokens, as Anthropic's does.
+    thinking: Thinking | None = None
+    # Accepted and ignored: they choose among Anthropic's own capacity and prompt caches, and
+    # do not change what a Gemma pool answers.
+    cache_control: dict[str, Any] | None = None
+    speed: Literal["standard", "fast"] | None = None
+
+
+class MessagesRequest(Conversation):
+    max_tokens: int = Field(ge=1)
     # The engines take 4 stop sequences at most (vLLM's VLLM_MAX_STOP_STRINGS).
     stop_sequences: list[str] | None = Field(None, max_length=4)
     stream: bool = False
     temperature: float | None = Field(None, ge=0, le=1)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = Field(None, ge=1, le=2**31 - 1)
-    tools: list[ToolDefinition] | None = None
-    tool_choice: ToolChoice | None = None
     metadata: dict[str, Any] | None = None
-    # Gemma thinks when its chat template is asked to (enable_thinking); the budget is not
-    # passed on (vLLM enforces one only with a reasoning config on the server): thinking
-    # counts against max_tokens, as Anthropic's does.
-    thinking: Thinking | None = None
-    # Accepted and ignored: they choose among Anthropic's own capacity, regions, prompt caches
-    # and code-execution containers, and do not change what a Gemma pool answers.
+    # Accepted and ignored, as cache_control and speed are (Conversation).
     service_tier: Literal["auto", "standard_only"] | None = None
-    cache_control: dict[str, Any] | None = None
     inference_geo: str | None = None
-    speed: Literal["standard", "fast"] | None = None
     container: str | dict[str, Any] | None = None
 
     @model_validator(mode="after")
@@ -149,3 +155,9 @@ class MessagesRequest(Strict):
         if isinstance(thinking, ThinkingEnabled) and thinking.budget_tokens >= self.max_tokens:
             raise ValueError("thinking.budget_tokens must be less than max_tokens")
         return self
+
+
+class CountTokensRequest(Conversation):
+    """POST /v1/messages/count_tokens: a conversation whose input tokens are counted, as
+    messages.create would report them in usage.input_tokens. Nothing is generated, so the
+    generation fields (max_tokens, sampling, stop sequences, stream) are not taken."""

@@ -18,8 +18,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gemma_fleet.gateway.accounting import StreamTally, Usage, usage_of
 from gemma_fleet.gateway.admin import admin_router
-from gemma_fleet.gateway.anthropic import to_chat_request, to_message, to_message_stream
-from gemma_fleet.gateway.anthropic_models import MessagesRequest
+from gemma_fleet.gateway.anthropic import (
+    to_chat_request,
+    to_count_request,
+    to_message,
+    to_message_stream,
+)
+from gemma_fleet.gateway.anthropic_models import CountTokensRequest, MessagesRequest
 from gemma_fleet.gateway.auth import Admitted, TeamGate, success_headers
 from gemma_fleet.gateway.bodies import parse, read_json
 from gemma_fleet.gateway.errors import ApiError
@@ -267,6 +272,23 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
             media_type="text/event-stream",
             headers=headers,
         )
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(request: Request) -> JSONResponse:
+        # Authenticated and held to the team's models like /v1/messages, but not admitted:
+        # counting generates nothing, so it spends none of the team's requests or tokens
+        # (docs/gateway.md). Errors in Anthropic's shape (ANTHROPIC_PREFIX).
+        team = ""
+        try:
+            identity = await gate.identify(request)
+            team = identity.team.name if identity is not None else ""
+            body = parse(CountTokensRequest, await read_json(request, limit, read_timeout))
+            count = await gateway.count_tokens(to_count_request(body), gate.caller(identity, []))
+        except ApiError as exc:
+            metrics.refused("count_tokens", team, exc.status, rejection_reason(exc))
+            raise
+        metrics.requests.labels("count_tokens", team, body.model, "", "200").inc()
+        return JSONResponse({"input_tokens": count}, headers=SECURITY_HEADERS)
 
     app.include_router(admin_router(gate, read_timeout))
 

@@ -19,7 +19,8 @@ from gemma_fleet.vram import text_params
 
 
 def gateway_settings(fleet: FleetSpec, catalog: Catalog | None = None) -> GatewaySettings:
-    """What the gateway must know of each pool: model, context, modalities, capacity, size."""
+    """What the gateway must know of each pool: model, context, modalities, capacity (and
+    each replica's batch, which bounds a request's n), size."""
     catalog = catalog or load_catalog()
     pools = []
     for pool in fleet.model_pools:
@@ -32,6 +33,7 @@ def gateway_settings(fleet: FleetSpec, catalog: Catalog | None = None) -> Gatewa
                 max_model_len=pool.max_model_len,
                 modalities=modalities,
                 capacity=max(1, pool.replicas.start) * pool.max_num_seqs,
+                max_num_seqs=pool.max_num_seqs,
                 size_rank=text_params(spec, catalog.family.vocab_size),
             )
         )

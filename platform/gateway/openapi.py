@@ -18,7 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gemma_fleet.gateway.anthropic_models import MessagesRequest
+from gemma_fleet.gateway.anthropic_models import CountTokensRequest, MessagesRequest
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
 from gemma_fleet.teams.records import KeyRequest, TeamSpec, TeamUpdate
 
@@ -50,6 +50,17 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/v1/messages"): Operation(
         MessagesRequest, (), "team", _API, anthropic_errors=True, streams=True
     ),
+    # Counting spends no quota, so it is never refused for a limit (no 429).
+    ("post", "/v1/messages/count_tokens"): Operation(
+        CountTokensRequest,
+        (),
+        "team",
+        tuple(s for s in _API if s != 429),
+        anthropic_errors=True,
+    ),
+    # The model list is open, as /health is: it names what the fleet serves, nothing more.
+    ("get", "/v1/models"): Operation(),
+    ("get", "/v1/models/{model_id}"): Operation(errors=(404,)),
     ("get", "/v1/usage"): Operation(None, _USAGE_QUERY, "team", (400, 401, 403, 404, 503)),
     ("post", "/admin/teams"): Operation(TeamSpec, (), "admin", _ADMIN_BODY),
     ("get", "/admin/teams"): Operation(None, (), "admin", _ADMIN),

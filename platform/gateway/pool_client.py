@@ -17,7 +17,14 @@ from typing import Any, Literal, Protocol
 
 from gemma_fleet.telemetry import inject_headers
 
-Method = Literal["chat", "completions"]
+# What the gateway asks of an engine: generations, and counting a chat's prompt tokens
+# (LLMServer.tokenize with vLLM's chat tokenize request; `/tokenize` on a vLLM server).
+Method = Literal["chat", "completions", "tokenize"]
+_HTTP_PATHS: dict[str, str] = {
+    "chat": "/v1/chat/completions",
+    "completions": "/v1/completions",
+    "tokenize": "/tokenize",
+}
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,10 @@ def raw_request_info() -> Any:
 
 def engine_request(method: Method, payload: dict[str, Any]) -> Any:
     """The engine-side request object (vLLM's protocol model, as Ray Serve LLM passes it)."""
+    if method == "tokenize":
+        from ray.llm._internal.serve.core.configs.openai_api_models import TokenizeChatRequest
+
+        return TokenizeChatRequest.model_validate(payload)
     from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
     request_type = ChatCompletionRequest if method == "chat" else CompletionRequest
@@ -157,7 +168,7 @@ class HttpPoolClient:
         import aiohttp
 
         target = self._pools[pool]
-        path = "/v1/chat/completions" if method == "chat" else "/v1/completions"
+        path = _HTTP_PATHS[method]
         body = json.dumps({**payload, "model": target.served_model}).encode()
         started = False
         try:

@@ -12,7 +12,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -73,6 +73,15 @@ log = logging.getLogger(__name__)
 # value keeps /v1/models the same whichever replica answers, for clients that cache it.
 MODEL_CREATED = 1_767_225_600
 
+# What of a chat request decides its prompt, as vLLM's chat tokenize request takes it.
+TOKENIZE_FIELDS = (
+    "messages",
+    "tools",
+    "add_generation_prompt",
+    "continue_final_message",
+    "chat_template_kwargs",
+)
+
 POOL_HEADER = "x-gemma-fleet-pool"
 REASON_HEADER = "x-gemma-fleet-route"
 DONE = "data: [DONE]\n\n"
@@ -88,6 +97,9 @@ class PoolInfo(BaseModel):
     max_model_len: int = Field(ge=1)
     modalities: list[Modality]
     capacity: int = Field(ge=1, description="replicas x max_num_seqs")
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="sequences one replica runs at once; None: not checked"
+    )
     size_rank: float = Field(description="smaller is cheaper to serve")
 
 
@@ -195,6 +207,7 @@ class Gateway:
                 max_model_len=info.max_model_len,
                 modalities=frozenset(info.modalities),
                 size_rank=info.size_rank,
+                max_num_seqs=info.max_num_seqs,
             )
             self.state.add(view, info.capacity)
 
@@ -255,6 +268,7 @@ class Gateway:
         needs = RequestNeeds(
             prompt_tokens=estimate_tokens(request.prompt) + 1,
             max_output_tokens=request.max_tokens or 16,  # OpenAI's default for completions
+            sequences=request.n,
         )
         decision = self._route(needs, request.model, caller)
         if caller.admit is not None:
@@ -264,6 +278,25 @@ class Gateway:
         payload["max_tokens"] = needs.max_output_tokens
         _ask_for_usage(payload)
         return await self._dispatch(decision, needs, request.model, caller, "completions", payload)
+
+    async def count_tokens(self, request: ChatCompletionRequest, caller: Caller = ANYONE) -> int:
+        """The prompt tokens `request` comes to, counted by the engine of the pool that would
+        serve it: its chat template, tokenizer and media processing, the same rendering a
+        generation's usage.prompt_tokens counts. Routed like a generation (model, team policy,
+        capability, health) but not admitted: it takes no quota and no batch slot."""
+        try:
+            classified = classify_chat(request, self._facts)
+        except InvalidMedia as exc:
+            raise ApiError(400, str(exc), param="messages") from exc
+        needs = replace(classified.needs, max_output_tokens=1)  # nothing is generated
+        decision = self._route(needs, request.model, caller)
+        await self._inline_remote_media(request)  # the engine counts the media it would see
+        chat = request.model_dump(exclude_none=True, by_alias=True)
+        payload = {key: chat[key] for key in TOKENIZE_FIELDS if key in chat}
+        answer = await self._dispatch(decision, needs, request.model, caller, "tokenize", payload)
+        if not isinstance(answer, JsonAnswer) or not isinstance(answer.body.get("count"), int):
+            raise ApiError(502, f"pool {decision.pool} answered the token count without one")
+        return int(answer.body["count"])
 
     def _ensure_watcher(self) -> None:
         """Start the pool-health watcher on the serving event loop, once (lazily: the loop
@@ -346,7 +379,7 @@ class Gateway:
                 )
             except RoutingError as exc:
                 raise ApiError(
-                    exc.status, exc.message, param="model", retry_after_s=exc.retry_after_s
+                    exc.status, exc.message, param=exc.param, retry_after_s=exc.retry_after_s
                 ) from exc
             if traced.is_recording():
                 traced.set_attributes(
@@ -381,7 +414,9 @@ class Gateway:
                     headers = {POOL_HEADER: pool, REASON_HEADER: decision.reason}
                     traced.set_attribute(names.POOL, pool)
                     try:
-                        replies, first, used = await self._first_reply(pool, method, payload)
+                        replies, first, used = await self._first_reply(
+                            pool, method, payload, 0 if method == "tokenize" else needs.sequences
+                        )
                     except PoolUnavailable:
                         attempts += 2
                         traced.set_attribute(names.DISPATCH_ATTEMPTS, attempts)
@@ -408,13 +443,13 @@ class Gateway:
             raise
 
     async def _first_reply(
-        self, pool: str, method: Method, payload: dict[str, Any]
+        self, pool: str, method: Method, payload: dict[str, Any], sequences: int
     ) -> tuple[AsyncIterator[Reply], Reply, int]:
         """The call's replies, the first of them and how many calls it took; a call that fails
         before its first reply is tried once more (Ray Serve sends the retry to a live
         replica)."""
         for attempt in (1, 2):
-            replies = self._tracked(pool, self._client.call(pool, method, payload))
+            replies = self._tracked(pool, self._client.call(pool, method, payload), sequences)
             try:
                 with self.state.awaiting_first_reply(pool):
                     return replies, await anext(replies), attempt
@@ -437,9 +472,12 @@ class Gateway:
                 raise ApiError(502, f"pool {pool} closed the response without a reply") from exc
         raise AssertionError("unreachable")
 
-    async def _tracked(self, pool: str, replies: AsyncIterator[Reply]) -> AsyncIterator[Reply]:
-        """Count the request in flight for as long as its replies are being read."""
-        with self.state.in_flight(pool):
+    async def _tracked(
+        self, pool: str, replies: AsyncIterator[Reply], sequences: int
+    ) -> AsyncIterator[Reply]:
+        """Count the request (and its sequences) in flight for as long as its replies are
+        being read."""
+        with self.state.in_flight(pool, sequences):
             try:
                 async for reply in replies:
                     yield reply

@@ -284,3 +284,100 @@ def test_a_prefill_is_continued_not_answered_as_a_new_turn(client: anthropic.Ant
     assert (sent["continue_final_message"], sent["add_generation_prompt"]) == (True, False)
     assert "continue_final_message" not in chat_of()
     assert client.messages.create(model="gemma-4", max_tokens=8, messages=prefill).content
+
+
+# ---- count_tokens: what messages.create will report as usage.input_tokens -------------------
+
+
+def _png_block() -> dict[str, Any]:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 48), "green").save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode()
+    return {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": data}}
+
+
+COUNTED: dict[str, dict[str, Any]] = {
+    "plain": {"messages": [{"role": "user", "content": "hello there"}]},
+    "system": {
+        "system": [{"type": "text", "text": "You are terse."},
+                   {"type": "text", "text": " Always."}],
+        "messages": [{"role": "user", "content": "hello there"}],
+    },
+    "tools": {
+        "system": "Use the tools.",
+        "tools": TOOLS,
+        "tool_choice": {"type": "auto"},
+        "messages": [{"role": "user", "content": "weather in Oslo?"}],
+    },
+    "tool-result": {
+        "tools": TOOLS,
+        "messages": [
+            {"role": "user", "content": "weather in Oslo?"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Checking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "forecast",
+                 "input": {"city": "Oslo", "unit": "c"}},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "4 C, rain"},
+            ]},
+        ],
+    },
+    "prefill": {
+        "messages": [
+            {"role": "user", "content": "Name a colour."},
+            {"role": "assistant", "content": "The colour is"},
+        ]
+    },
+    "thinking": {
+        "thinking": {"type": "adaptive"},
+        "messages": [{"role": "user", "content": "why is the sky blue?"}],
+    },
+    "image": {"messages": [{"role": "user", "content": [_png_block(), {"type": "text",
+                                                                      "text": "what?"}]}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(COUNTED))
+@pytest.mark.parametrize("model", ["gemma-4", "e4b"])
+def test_count_tokens_equals_the_input_tokens_messages_create_reports(
+    client: anthropic.Anthropic, case: str, model: str
+) -> None:
+    body = COUNTED[case]
+    counted = client.messages.count_tokens(model=model, **body)
+    created = client.messages.create(model=model, max_tokens=8, **body)
+    assert counted.input_tokens == created.usage.input_tokens > 0
+
+
+def test_count_tokens_counts_tools_and_system(client: anthropic.Anthropic) -> None:
+    plain = client.messages.count_tokens(model="e2b", **COUNTED["plain"]).input_tokens
+    system = client.messages.count_tokens(
+        model="e2b", system="You are terse.", **COUNTED["plain"]
+    ).input_tokens
+    tools = client.messages.count_tokens(model="e2b", tools=TOOLS, **COUNTED["plain"]).input_tokens
+    assert plain < system and plain < tools
+
+
+def test_count_tokens_errors_in_anthropics_shape(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as unknown:
+        client.messages.count_tokens(model="claude-9", **COUNTED["plain"])
+    assert unknown.value.body["type"] == "error"
+    assert unknown.value.body["error"]["type"] == "not_found_error"
+    assert "claude-9" in unknown.value.body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as image_to_text:
+        client.messages.count_tokens(model="dense", **COUNTED["image"])
+    assert "does not take image" in image_to_text.value.body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as generation_field:
+        client.messages.count_tokens(model="e2b", **COUNTED["plain"], extra_body={"max_tokens": 10})
+    assert "max_tokens" in generation_field.value.body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as empty:
+        client.messages.count_tokens(model="e2b", messages=[])
+    assert empty.value.body["error"]["type"] == "invalid_request_error"
+
+
+def test_count_tokens_takes_no_batch_slot(gateway_server: Any, client: anthropic.Anthropic) -> None:
+    engine = gateway_server.client._engines["e2b"]
+    before = engine.core.metrics.render()
+    client.messages.count_tokens(model="e2b", **COUNTED["plain"])
+    assert engine.core.metrics.render() == before  # the engine generated (and queued) nothing
+    assert gateway_server.gateway.state.pools["e2b"].sequences == 0

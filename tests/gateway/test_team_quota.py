@@ -1,0 +1,147 @@
+"""What n and count_tokens cost a team: a real redis-server, team keys required, the official
+SDKs against simulated pools. Admission reserves the prompt plus n x max_tokens; the charge is
+the engine's usage over every choice; counting tokens authenticates but spends nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+from gateway_harness import RunningGateway, fleet_settings, serve_gateway, simulated_pools
+from redis_server import RedisServer
+
+from gemma_fleet.gateway.auth import open_gate
+from gemma_fleet.teams.limits import Limiter, TeamLimits
+from gemma_fleet.teams.redis_client import connect
+from gemma_fleet.teams.settings import TeamsSettings
+
+ADMIN = "admin-" + "q" * 40
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        settings = TeamsSettings(auth_required=True, redis_url=server.url, admin_key=ADMIN)
+        with serve_gateway(
+            fleet_settings(), simulated_pools, lambda: open_gate(settings)
+        ) as running:
+            yield running
+    finally:
+        server.stop()
+
+
+def admin(gw: RunningGateway, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    headers = {"authorization": f"Bearer {ADMIN}"}
+    return httpx.request(method, gw.url + path, headers=headers, timeout=30, **kwargs)
+
+
+def new_team(gw: RunningGateway, name: str, **spec: Any) -> str:
+    """Create a team and return a fresh key for it."""
+    created = admin(gw, "POST", "/admin/teams", json={"name": name, **spec})
+    assert created.status_code == 201, created.text
+    issued = admin(gw, "POST", f"/admin/teams/{name}/keys", json={"name": "test"})
+    assert issued.status_code == 201, issued.text
+    return str(issued.json()["key"])
+
+
+def budget_used(gw: RunningGateway, team: str) -> int:
+    """The team's spent monthly budget, read straight from Redis once the gateway's
+    accounting (which runs after the answer) has landed."""
+    assert gw.gate is not None and gw.gate.access is not None
+    url = gw.gate.access.settings.redis_url
+    assert url is not None
+
+    async def read() -> int:
+        redis = connect(url.get_secret_value())
+        try:
+            return int(await Limiter(redis).budget_used(team, TeamLimits(budget_period="month")))
+        finally:
+            await redis.aclose()
+
+    time.sleep(0.2)  # a stream is settled by a task of its own when it ends
+    return asyncio.run(read())
+
+
+def openai_client(gw: RunningGateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+
+
+def anthropic_client(gw: RunningGateway, key: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
+
+
+def test_admission_reserves_n_times_max_tokens(gateway: RunningGateway) -> None:
+    key = new_team(gateway, "n-reserve", limits={"token_budget": 1_000, "budget_period": "month"})
+    client = openai_client(gateway, key)
+    # 4 x 300 output tokens cannot fit a 1,000-token budget, whatever the prompt: refused for
+    # good before any pool is asked, although one choice of 300 would fit.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="e2b", messages=HELLO, n=4, max_tokens=300)
+    assert refused.value.code == "request_too_large"
+    assert budget_used(gateway, "n-reserve") == 0
+    served = client.chat.completions.create(model="e2b", messages=HELLO, n=3, max_tokens=300)
+    assert len(served.choices) == 3  # 3 x 300 and the prompt fit
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_charge_is_every_choices_tokens(gateway: RunningGateway, stream: bool) -> None:
+    team = f"n-charge-{str(stream).lower()}"
+    key = new_team(gateway, team, limits={"token_budget": 1_000_000})
+    client = openai_client(gateway, key)
+    body = {"model": "e4b", "messages": HELLO, "n": 3, "seed": 8, "max_tokens": 64}
+    if stream:
+        # Usage not asked for: the gateway reads the engine's usage chunk and keeps it back.
+        chunks = list(client.chat.completions.create(**body, stream=True))
+        assert all(c.usage is None for c in chunks)
+        assert {c.choices[0].index for c in chunks if c.choices} == {0, 1, 2}
+    answer = client.chat.completions.create(**body)  # the same choices (same seed)
+    assert answer.usage is not None
+    one = client.chat.completions.create(**{**body, "n": 1})
+    assert one.usage is not None and answer.usage.completion_tokens > one.usage.completion_tokens
+    spent = answer.usage.total_tokens * (2 if stream else 1) + one.usage.total_tokens
+    assert budget_used(gateway, team) == spent
+
+
+def test_count_tokens_needs_a_key_of_a_team_allowed_the_model(gateway: RunningGateway) -> None:
+    with pytest.raises(anthropic.AuthenticationError) as no_key:
+        anthropic_client(gateway, "gfk_" + "0" * 40).messages.count_tokens(
+            model="e2b", messages=HELLO
+        )
+    assert no_key.value.status_code == 401
+    assert no_key.value.body["type"] == "error"
+    assert no_key.value.body["error"]["type"] == "authentication_error"
+    key = new_team(gateway, "count-allowed", allowed_models=["e2b"])
+    client = anthropic_client(gateway, key)
+    assert client.messages.count_tokens(model="e2b", messages=HELLO).input_tokens > 0
+    with pytest.raises(anthropic.PermissionDeniedError) as other_model:
+        client.messages.count_tokens(model="e4b", messages=HELLO)
+    assert other_model.value.body["error"]["type"] == "permission_error"
+
+
+def test_count_tokens_spends_no_request_and_no_token(gateway: RunningGateway) -> None:
+    limits = {"requests_per_minute": 1, "token_budget": 10_000, "budget_period": "month"}
+    key = new_team(gateway, "count-free", limits=limits)
+    client = anthropic_client(gateway, key)
+    if time.time() % 60 > 50:  # keep the requests below inside one minute window
+        time.sleep(61 - time.time() % 60)
+    counts = [client.messages.count_tokens(model="e2b", messages=HELLO) for _ in range(5)]
+    assert budget_used(gateway, "count-free") == 0
+    created = client.messages.create(model="e2b", max_tokens=8, messages=HELLO)  # the minute's one
+    assert {c.input_tokens for c in counts} == {created.usage.input_tokens}
+    with pytest.raises(anthropic.RateLimitError):
+        client.messages.create(model="e2b", max_tokens=8, messages=HELLO)
+    # Counting still answers while the team's requests are spent for the minute.
+    assert client.messages.count_tokens(model="e2b", messages=HELLO).input_tokens > 0
+    used = created.usage.input_tokens + created.usage.output_tokens
+    assert budget_used(gateway, "count-free") == used
+    rows = admin(gateway, "GET", "/admin/usage?team=count-free").json()["data"]
+    assert sum(r["requests"] for r in rows) == 1  # metered: the one generation only
