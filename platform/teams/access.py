@@ -10,7 +10,9 @@ lost only if this gateway process dies before Redis comes back; `pending` says h
 An admitted request's concurrency slot is a lease (limits.py) that one task per process renews
 for every request admitted and not yet settled, every third of the lease, in one script call: a
 slot this process no longer renews (it died, or an admit timed out here after Redis had run it)
-comes back when its lease ends.
+comes back when its lease ends. An admit that timed out is also withdrawn, through the buffer:
+whatever Redis took for it (slot, request, tokens, budget) is given back, and an admit that
+reaches Redis only after that takes nothing.
 """
 
 from __future__ import annotations
@@ -140,22 +142,32 @@ class TeamAccess:
 
     async def admit(self, identity: Identity, tokens: int) -> Ticket:
         """Reserve one request and `tokens` against the team's limits (LimitExceeded if not)."""
-        request_id = uuid.uuid4().hex
-        team = identity.team
+        request_id, now, team = uuid.uuid4().hex, time.time(), identity.team
+        once = self._once_key(request_id)
         try:
             admission = await self._bounded(
-                self.limiter.admit(team.name, team.limits, tokens, request_id=request_id)
+                self.limiter.admit(team.name, team.limits, tokens, now, request_id, once)
             )
         except Exception as exc:
             if not store_down(exc):
                 raise
+            if isinstance(exc, _NO_ANSWER):
+                # Redis may still run the admit (a reply lost, a command delayed): take back
+                # what it takes, and make it take nothing if it comes later, once Redis answers.
+                limits = team.limits
+                self._buffer(
+                    lambda: self.limiter.withdraw(team.name, limits, tokens, now, request_id, once)
+                )
             if self.settings.redis_down is RedisDownPolicy.SERVE_CACHED_KEYS:
-                return Ticket(identity, None, request_id=request_id)
+                return Ticket(identity, None, now, request_id)
             raise StoreUnavailable(self.settings.retry_after_s) from exc
         self._leases[request_id] = admission
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
-        return Ticket(identity, admission, request_id=request_id)
+        return Ticket(identity, admission, now, request_id)
+
+    def _once_key(self, request_id: str) -> str:
+        return f"{self._prefix}:once:{request_id}"
 
     async def _renew_loop(self) -> None:
         """Renew the leases of every request admitted and not yet settled, every third of the
@@ -178,7 +190,7 @@ class TeamAccess:
         team = ticket.identity.team.name
         # Both writes carry this request's once-key: a write Redis applied but could not
         # acknowledge (killed mid-reply) is retried from the buffer and must not count twice.
-        once = f"{self._prefix}:once:{ticket.request_id}"
+        once = self._once_key(ticket.request_id)
         writes: list[Callable[[], Awaitable[None]]] = []
         used = usage.prompt_tokens + usage.completion_tokens
         if ticket.admission is not None:

@@ -30,10 +30,21 @@ Period = Literal["day", "month"]
 
 _ADMIT = """
 -- KEYS: leases (sorted set: request id -> lease expiry, ms of Redis's clock), requests/min,
--- tokens/min, budget
+-- tokens/min, budget[, once]
 -- ARGV: max_concurrent, rpm, tpm, budget, tokens, minute_ttl_s, budget_ttl_s, lease_ms,
--- request id
+-- request id, seconds the once-key is kept
 -- Returns {admitted, refused limit, its use, its limit, requests this minute, tokens this minute}.
+-- Under a once-key an admit is applied at most once (a client's retry after a timeout sends it
+-- again), and not at all once the request was released or withdrawn (the gateway gave up on
+-- it before Redis ran it).
+if KEYS[5] then
+  local seen = redis.call("HMGET", KEYS[5], "admit", "release")
+  if seen[2] then return {0, "withdrawn", 0, 0, 0, 0} end
+  if seen[1] then
+    local rpm, tpm = redis.call("GET", KEYS[2]) or "0", redis.call("GET", KEYS[3]) or "0"
+    return {1, "", 0, 0, tonumber(rpm), tonumber(tpm)}
+  end
+end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease_ms = tonumber(ARGV[8])
@@ -58,6 +69,10 @@ local ttls = {0, tonumber(ARGV[6]), tonumber(ARGV[6]), tonumber(ARGV[7])}
 for i = 2, 4 do
   redis.call("INCRBY", KEYS[i], costs[i])
   redis.call("EXPIRE", KEYS[i], ttls[i])
+end
+if KEYS[5] then
+  redis.call("HSET", KEYS[5], "admit", 1)
+  redis.call("EXPIRE", KEYS[5], ARGV[10])
 end
 return {1, "", 0, 0, used[2] + 1, used[3] + costs[3]}
 """
@@ -84,11 +99,13 @@ return renewed
 _RELEASE = """
 -- KEYS: leases, requests/min, tokens/min, budget[, once]; ARGV: token correction (actual -
 -- reserved), seconds the once-key is kept, 1 if the request was refused after admission (it
--- spends no request either), the request id. A release already applied under the same
--- once-key is a no-op.
+-- spends no request either), the request id, 1 to withdraw (release only if the admit under
+-- the once-key ran; if it has not yet, it never will). A release already applied under the
+-- same once-key is a no-op.
 if KEYS[5] then
   if redis.call("HSETNX", KEYS[5], "release", 1) == 0 then return 0 end
   redis.call("EXPIRE", KEYS[5], ARGV[2])
+  if ARGV[5] == "1" and redis.call("HEXISTS", KEYS[5], "admit") == 0 then return 0 end
 end
 redis.call("ZREM", KEYS[1], ARGV[4])
 if ARGV[3] == "1" and redis.call("EXISTS", KEYS[2]) == 1 then
@@ -250,10 +267,12 @@ class Limiter:
         tokens: int,
         now: float | None = None,
         request_id: str | None = None,
+        once_key: str | None = None,
     ) -> Admission:
         """Reserve one request (a lease under `request_id`, a new one if None) and `tokens`
         estimated tokens, or raise LimitExceeded (or RequestTooLarge when `tokens` exceed a
-        token limit itself: checked before Redis)."""
+        token limit itself: checked before Redis). With `once_key`, the same admit sent again
+        takes nothing more, and one sent after `withdraw` under that key takes nothing."""
         for limit, allowed in (("tokens_per_minute", limits.tokens_per_minute),
                                ("token_budget", limits.token_budget)):  # fmt: skip
             if allowed != UNLIMITED and tokens > allowed:
@@ -264,7 +283,7 @@ class Limiter:
         _, budget_left_s = _period_key(limits.budget_period, now)
         minute_left_s = 60 - int(now % 60)
         ok, name, used, allowed, rpm_used, tpm_used = await self._admit(
-            keys=list(keys),
+            keys=[*keys, *([once_key] if once_key else [])],
             args=[
                 limits.max_concurrent_requests,
                 limits.requests_per_minute,
@@ -275,6 +294,7 @@ class Limiter:
                 budget_left_s + BUDGET_GRACE_S,
                 self._lease_ms,
                 request_id,
+                ONCE_TTL_S,
             ],
         )
         window = MinuteWindow(
@@ -310,6 +330,7 @@ class Limiter:
         used_tokens: int,
         once_key: str | None = None,
         refused: bool = False,
+        withdraw: bool = False,
     ) -> None:
         """Free the concurrency slot and correct the token counters from the estimate to
         what was actually used; `refused` (refused after admission: nothing served) gives the
@@ -317,8 +338,18 @@ class Limiter:
         retry after a reply lost to a Redis restart) changes nothing."""
         keys = [*admission.keys, *([once_key] if once_key else [])]
         delta = used_tokens - admission.reserved_tokens
-        args = [delta, ONCE_TTL_S, int(refused), admission.request_id]
+        args = [delta, ONCE_TTL_S, int(refused), admission.request_id, int(withdraw)]
         await self._release(keys=keys, args=args)
+
+    async def withdraw(
+        self, team: str, limits: TeamLimits, tokens: int, at: float, request_id: str, once_key: str
+    ) -> None:
+        """Take back all that the admit of `tokens` at `at` under `request_id` and `once_key`
+        took, if Redis ran it: the gateway gave up waiting for its answer (a timeout) and
+        served or refused the request without it. If that admit has not reached Redis yet, it
+        takes nothing when it does."""
+        admission = Admission(team, tokens, self._keys(team, limits, at), None, request_id)
+        await self.release(admission, 0, once_key, refused=True, withdraw=True)
 
     async def charge(
         self, team: str, limits: TeamLimits, tokens: int, at: float, once_key: str | None = None

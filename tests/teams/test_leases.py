@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,8 @@ from gemma_fleet.teams.redis_client import connect
 from gemma_fleet.teams.settings import TeamsSettings
 from gemma_fleet.teams.store import Identity
 from gemma_fleet.teams.usage import UsageDelta
+
+from .test_limits import in_flight_and_counters
 
 LEASE_S = 0.6  # renewed every 0.2 s
 MODEL = "gemma-4-E2B"
@@ -130,19 +133,23 @@ def test_a_slot_taken_by_an_admit_the_gateway_gave_up_on_comes_back_under_traffi
 ) -> None:
     """The defect: the admit's reply never came (timeout), so nobody releases what Redis then
     admitted. With one shared counter whose TTL every admit refreshed, that slot was gone for
-    as long as the team had traffic; as a lease it ends, traffic or not."""
+    as long as the team had traffic; as a lease it ends, traffic or not. (The gateway also
+    withdraws such an admit once Redis answers: the next test. This is the case where nobody
+    does, e.g. the gateway died first.)"""
 
     async def scenario() -> None:
         direct = TeamAccess(connect(redis_url), settings_for(redis_url))
-        late = TeamAccess(connect(proxy.url), settings_for(proxy.url, timeout_s=0.3))
-        identity = await team_with(direct, "late", TeamLimits(max_concurrent_requests=2))
+        late = Limiter(connect(proxy.url), lease_s=LEASE_S)
+        limits = TeamLimits(max_concurrent_requests=2)
+        identity = await team_with(direct, "late", limits)
         await serve_one(direct, identity)  # Redis has the scripts: the late call runs as sent
-        await late.redis.ping()  # and the late client its connection
+        await late._redis.ping()  # and the late client its connection
 
         proxy.hold()
-        with pytest.raises(StoreUnavailable):  # the gateway answered 503 (fail-closed) ...
-            await late.admit(identity, 10)
-        proxy.deliver()  # ... and then Redis ran the admit all the same
+        with pytest.raises(TimeoutError):  # the gateway gave up on the admit ...
+            async with asyncio.timeout(0.3):
+                await late.admit("late", limits, 10)
+        proxy.deliver()  # ... and then Redis ran it all the same
         await asyncio.sleep(0.2)
 
         first = await direct.admit(identity, 10)
@@ -159,10 +166,53 @@ def test_a_slot_taken_by_an_admit_the_gateway_gave_up_on_comes_back_under_traffi
 
         await take_all_slots(direct, identity, 2)  # both slots are the team's again
         assert direct.pending == 0
-        await late.close()
+        await late._redis.aclose()
         await direct.close()
 
     asyncio.run(scenario())
+
+
+def test_an_admit_the_gateway_gave_up_on_is_withdrawn_once_redis_answers(
+    redis_url: str, proxy: HoldingProxy
+) -> None:
+    """What the late admit took (its slot, its request this minute, its tokens and budget) is
+    given back by the gateway that gave up on it, not left to the lease or to the minute: the
+    team was answered 503 and was served nothing."""
+
+    async def scenario() -> tuple[list[Any], list[set[bytes]]]:
+        direct = TeamAccess(connect(redis_url), TeamsSettings(redis_url=redis_url))  # 60 s
+        late = TeamAccess(connect(proxy.url), settings_for(proxy.url, timeout_s=0.3))
+        limits = TeamLimits(max_concurrent_requests=1, token_budget=1_000, budget_period="day")
+        identity = await team_with(direct, "withdrawn", limits)
+        await serve_one(direct, identity)  # uses 10 of the budget
+        await late.redis.ping()
+
+        proxy.hold()
+        with pytest.raises(StoreUnavailable):
+            await late.admit(identity, 100)
+        assert late.pending == 1  # the withdrawal, waiting for Redis to answer
+        await asyncio.sleep(0.5)  # its first try timed out too (held)
+        proxy.deliver()  # Redis runs the late admit now
+        await asyncio.sleep(0.1)
+        with pytest.raises(LimitExceeded, match="concurrent_requests"):
+            await direct.admit(identity, 10)
+        assert await direct.limiter.budget_used("withdrawn", limits) == 110
+
+        assert await late.flush() == 0  # Redis answers again: the withdrawal is written
+        fields = [
+            set(await direct.redis.hkeys(k)) async for k in direct.redis.scan_iter("gf:once:*")
+        ]
+        keys = direct.limiter._keys("withdrawn", limits, time.time())
+        taken = await in_flight_and_counters(direct.redis, keys)
+        await take_all_slots(direct, identity, 1)  # the slot is free well before its lease ends
+        await late.close()
+        await direct.close()
+        return taken, fields
+
+    taken, fields = asyncio.run(scenario())
+    # Its once-key: admitted, then withdrawn (a request served has "usage" too).
+    assert fields.count({b"admit", b"release"}) == 1
+    assert taken == [0, b"1", b"10", b"10"]  # only the request served before counts
 
 
 def test_a_request_running_longer_than_its_lease_keeps_its_slot_until_settled(

@@ -216,3 +216,44 @@ def test_a_release_of_a_request_refused_after_admission_gives_its_request_back(
         return counters
 
     assert run(redis_url, body) == [0, b"1", b"30", b"30"]
+
+
+def test_an_admit_sent_twice_under_one_once_key_takes_once(redis_url: str) -> None:
+    # redis-py retries a command once after a socket timeout: Redis may get the admit twice.
+    limits = TeamLimits(max_concurrent_requests=2, token_budget=1_000)
+
+    async def body(limiter: Limiter, client: Any) -> list[Any]:
+        for _ in range(3):
+            await limiter.admit("t", limits, 100, now=NOW, request_id="r", once_key="gf:once:r")
+        await limiter.admit("t", limits, 100, now=NOW)  # another request: there is room
+        return await in_flight_and_counters(client, limiter._keys("t", limits, NOW))
+
+    assert run(redis_url, body) == [2, b"2", b"200", b"200"]
+
+
+def test_a_withdrawal_gives_back_what_its_admit_took_and_nothing_else(redis_url: str) -> None:
+    limits = TeamLimits(max_concurrent_requests=5, token_budget=1_000)
+
+    async def body(limiter: Limiter, client: Any) -> list[Any]:
+        await limiter.admit("t", limits, 40, now=NOW)  # another request, still running
+        await limiter.admit("t", limits, 100, now=NOW, request_id="r", once_key="gf:once:r")
+        for _ in range(2):  # the withdrawal retried: given back once
+            await limiter.withdraw("t", limits, 100, NOW, "r", "gf:once:r")
+        await limiter.withdraw("t", limits, 100, NOW, "never", "gf:once:never")  # not admitted
+        return await in_flight_and_counters(client, limiter._keys("t", limits, NOW))
+
+    assert run(redis_url, body) == [1, b"1", b"40", b"40"]
+
+
+def test_an_admit_that_reaches_redis_after_its_withdrawal_takes_nothing(redis_url: str) -> None:
+    limits = TeamLimits(max_concurrent_requests=1, token_budget=1_000)
+
+    async def body(limiter: Limiter, client: Any) -> list[Any]:
+        await limiter.withdraw("t", limits, 100, NOW, "r", "gf:once:r")
+        with pytest.raises(LimitExceeded, match="withdrawn"):  # its caller is long gone
+            await limiter.admit("t", limits, 100, now=NOW, request_id="r", once_key="gf:once:r")
+        counters = await in_flight_and_counters(client, limiter._keys("t", limits, NOW))
+        await limiter.admit("t", limits, 100, now=NOW)  # the one slot is free
+        return counters
+
+    assert run(redis_url, body) == [0, None, None, None]
