@@ -23,7 +23,7 @@ from gemma_fleet.teams.usage import UsageDelta
 
 from .test_limits import in_flight_and_counters
 
-LEASE_S = 0.6  # renewed every 0.2 s
+LEASE_S = 1.0  # renewed every 1/3 s
 MODEL = "gemma-4-E2B"
 
 
