@@ -140,7 +140,12 @@ def test_cpu_llm_config_defaults_to_a_cpu_bundle_and_passes_the_kv_env() -> None
     assert engine.placement_bundles == [{"CPU": 1.0}]
     assert engine.placement_strategy == "STRICT_PACK"
     assert config.runtime_env == {
-        "env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+        "env_vars": {
+            # the engine class whose tokenize works with vLLM 0.32 (engines/vllm/engine.py)
+            "RAYLLM_VLLM_ENGINE_CLS": "gemma_fleet.deployments.engines.vllm.engine.GemmaVllmEngine",
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
     }
 
 

@@ -364,3 +364,169 @@ def test_a_real_prometheus_reads_the_dashboards_engine_panels(
         assert 0 < float(ttft[0]["value"][1]) < float("inf"), ttft
     finally:
         prometheus.stop()
+
+
+# ---- the gateway in front of this engine: n, and Anthropic's count_tokens -------------------
+
+
+@pytest.fixture(scope="module")
+def gateway_url(pool_url: str) -> Iterator[str]:
+    """The gateway in front of this module's engine, reaching it as the fleet's gateway does:
+    through the pool deployment's Ray Serve handle (ServePoolClient). No second engine."""
+    from gateway_harness import serve_gateway
+    from ray import serve
+
+    from gemma_fleet.gateway.pool_client import ServePoolClient
+    from gemma_fleet.gateway.service import GatewaySettings, PoolInfo
+
+    deployments = serve.status().applications[APP].deployments
+    [name] = [d for d in deployments if d.startswith("LLMServer")]
+    handle = serve.get_deployment_handle(name, APP)
+    pool = PoolInfo(
+        name=MODEL,  # the pool is sent its own name as `model`: the served model name
+        model="gemma-4-E2B",
+        max_model_len=1024,
+        modalities=[Modality.TEXT, Modality.IMAGE, Modality.AUDIO],
+        capacity=4,
+        max_num_seqs=4,
+        size_rank=1.0,
+    )
+
+    async def pools() -> tuple[Any, Any]:
+        async def close() -> None:
+            return None
+
+        return ServePoolClient({MODEL: handle}), close
+
+    with serve_gateway(GatewaySettings(pools=[pool]), pools) as running:
+        yield running.url
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_url: str) -> Any:
+    from openai import OpenAI
+
+    return OpenAI(base_url=gateway_url + "/v1", api_key="unused", timeout=120, max_retries=0)
+
+
+COUNT_CASES: dict[str, dict[str, Any]] = {
+    "plain": {"messages": [{"role": "user", "content": "Say hello"}]},
+    "system": {
+        "system": "You are a terse assistant.",
+        "messages": [{"role": "user", "content": "Say hello"}],
+    },
+    "tools": {
+        "system": "Use tools when they help.",
+        "tools": [{"name": "get_weather", "description": "Current weather in a city",
+                   "input_schema": WEATHER_TOOL["function"]["parameters"]}],
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+    },
+    "tool-result": {
+        "tools": [{"name": "get_weather", "input_schema": WEATHER_TOOL["function"]["parameters"]}],
+        "messages": [
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1",
+                                               "name": "get_weather", "input": {"city": "Paris"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                          "content": "sunny, 21 C"}]},
+        ],
+    },
+    "image": {
+        "messages": [{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                         "data": _png_data_url(_image()).split(",", 1)[1]}},
+            {"type": "text", "text": "describe"},
+        ]}],
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(COUNT_CASES))
+def test_count_tokens_is_the_input_tokens_vllm_reports(gateway_url: str, case: str) -> None:
+    import anthropic
+
+    sdk = anthropic.Anthropic(base_url=gateway_url, api_key="unused", max_retries=0, timeout=120)
+    body = COUNT_CASES[case]
+    counted = sdk.messages.count_tokens(model=MODEL, **body)
+    created = sdk.messages.create(model=MODEL, max_tokens=2, **body)
+    assert counted.input_tokens == created.usage.input_tokens > 0
+    if "tools" in body:  # the tools are in the count, rendered by Gemma 4's template
+        bare = {k: v for k, v in body.items() if k not in ("tools", "tool_choice")}
+        assert sdk.messages.count_tokens(model=MODEL, **bare).input_tokens < counted.input_tokens
+    with pytest.raises(anthropic.NotFoundError):
+        sdk.messages.count_tokens(model="no-such-model", **body)
+
+
+def test_n_choices_through_the_gateway_count_every_choice(gateway: Any) -> None:
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Say hello"}],
+        "n": 3,
+        "temperature": 1.0,
+        "max_tokens": 5,
+        "extra_body": {"ignore_eos": True},  # every choice exactly 5 tokens
+    }
+    whole = gateway.chat.completions.create(**body)
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    assert {c.finish_reason for c in whole.choices} == {"length"}
+    assert whole.usage.completion_tokens == 3 * 5
+    counts = [0, 0, 0]
+    usage = None
+    for chunk in gateway.chat.completions.create(
+        **body, stream=True, stream_options={"include_usage": True}
+    ):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            if choice.delta.content or choice.finish_reason:
+                counts[choice.index] += 1
+    assert usage is not None and usage.completion_tokens == 3 * 5
+    assert usage.prompt_tokens == whole.usage.prompt_tokens
+    assert all(c >= 1 for c in counts)
+
+
+def test_n_choices_each_carry_their_own_logprobs(gateway: Any) -> None:
+    answer = gateway.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Say hello"}],
+        n=2,
+        temperature=1.0,
+        max_tokens=4,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"ignore_eos": True},
+    )
+    for choice in answer.choices:
+        assert choice.logprobs is not None and len(choice.logprobs.content or []) == 4
+        assert all(len(t.top_logprobs) == 2 for t in choice.logprobs.content or [])
+
+
+def test_vllm_refuses_greedy_n_as_the_gateway_and_simulator_do(client: Any, gateway: Any) -> None:
+    import openai
+
+    messages = [{"role": "user", "content": "Say hello"}]
+    for caller in (client, gateway):  # the engine itself, then the gateway in front of it
+        with pytest.raises(openai.BadRequestError, match="n must be 1 when using greedy sampling"):
+            caller.chat.completions.create(
+                model=MODEL, messages=messages, n=2, temperature=0, max_tokens=4
+            )
+
+
+def test_vllm_gives_each_of_n_choices_its_own_tool_call(client: Any) -> None:
+    """What the simulator mimics for tools and n: vLLM parses each choice on its own."""
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        n=2,
+        temperature=1.0,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+        max_tokens=48,
+        extra_body={"structured_outputs": {"regex": NATIVE_CALL}},
+    )
+    assert [c.index for c in answer.choices] == [0, 1]
+    for choice in answer.choices:
+        assert choice.finish_reason == "tool_calls"
+        [call] = choice.message.tool_calls
+        assert call.function.name == "get_weather"
+    ids = {c.message.tool_calls[0].id for c in answer.choices}
+    assert len(ids) == 2

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from ray.serve.llm import LLMConfig
 
 GPU_POOL_RESOURCE_PREFIX = "gpu_pool_"
+# The engine class LLMServer runs (Ray Serve LLM reads it from the replica's environment):
+# Ray's vLLM engine with its tokenization server found (engine.py says why).
+ENGINE_CLASS_ENV = "RAYLLM_VLLM_ENGINE_CLS"
+ENGINE_CLASS = "gemma_fleet.deployments.engines.vllm.engine.GemmaVllmEngine"
 # Keys Ray Serve LLM computes itself from placement_group_config and refuses to be given.
 _RESERVED_DEPLOYMENT_KEYS = ("placement_group_bundles", "placement_group_strategy")
 
@@ -96,7 +100,7 @@ def build_llm_config(
             "vLLM places one TP rank per bundle"
         )
     env = copy.deepcopy(runtime_env or {})
-    env["env_vars"] = {**spec.env_vars(), **env.get("env_vars", {})}
+    env["env_vars"] = {ENGINE_CLASS_ENV: ENGINE_CLASS, **spec.env_vars(), **env.get("env_vars", {})}
     return LLMConfig(
         model_loading_config={
             "model_id": spec.served_model_name,
