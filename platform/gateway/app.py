@@ -29,7 +29,7 @@ from gemma_fleet.gateway.auth import Admitted, TeamGate, success_headers
 from gemma_fleet.gateway.bodies import parse, read_json
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
-from gemma_fleet.gateway.openapi import gateway_openapi
+from gemma_fleet.gateway.openapi import error_response, gateway_openapi
 from gemma_fleet.gateway.service import (
     POOL_HEADER,
     REASON_HEADER,
@@ -147,6 +147,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         started: float,
         tally: StreamTally,
         admitted: list[Admitted],
+        sequences: int = 1,
     ) -> AsyncIterator[str]:
         """Pass a stream through: time to first token, time per output token, end to end,
         tokens, and the team's settlement when it ends for whatever reason."""
@@ -165,7 +166,9 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
             metrics.answered(endpoint, team, model, pool, reason, started)
             metrics.served_tokens(team, pool_models.get(pool, ""), *_counts(usage))
             if first_at is not None:
-                metrics.per_output_token(pool, first_at, usage.completion_tokens)
+                # n choices decode side by side: each made its share of the tokens.
+                per_sequence = usage.completion_tokens // sequences
+                metrics.per_output_token(pool, first_at, per_sequence)
             settle_later(admitted, pool, usage)
 
     async def observed(endpoint: str, request: Request, handle: Handler) -> Answer:
@@ -200,7 +203,16 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         if isinstance(answer, StreamAnswer):
             tally = StreamTally(client_wants_usage=wants_usage)
             events = metered(
-                answer.events, endpoint, team, model, pool, reason, started, tally, admitted
+                answer.events,
+                endpoint,
+                team,
+                model,
+                pool,
+                reason,
+                started,
+                tally,
+                admitted,
+                answer.sequences,
             )
             answer.events = end_with(root, events)
             return answer
@@ -296,7 +308,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     async def models() -> JSONResponse:
         return JSONResponse(gateway.models(), headers=SECURITY_HEADERS)
 
-    @app.get("/v1/models/{model_id:path}")
+    @app.get("/v1/models/{model_id:path}", responses={404: error_response("no such model")})
     async def model(model_id: str) -> JSONResponse:
         return JSONResponse(gateway.model(model_id), headers=SECURITY_HEADERS)
 

@@ -151,6 +151,7 @@ class JsonAnswer:
 class StreamAnswer:
     events: AsyncIterator[str]
     headers: dict[str, str] = field(default_factory=dict)
+    sequences: int = 1  # the choices (n) decoded side by side, whose tokens the usage sums
 
 
 Answer = JsonAnswer | StreamAnswer
@@ -434,7 +435,7 @@ class Gateway:
                         end_span(traced)
                         return JsonAnswer(first, headers)
                     events = self._stream(pool, first, replies, traced)
-                    return StreamAnswer(end_with(traced, events), headers)
+                    return StreamAnswer(end_with(traced, events), headers, needs.sequences)
             raise ApiError(
                 503, "no capable pool could be reached; try again shortly", retry_after_s=5
             )

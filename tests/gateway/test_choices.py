@@ -207,3 +207,34 @@ def test_n_beyond_a_pools_batch_is_refused_naming_n_or_routed_elsewhere(
     # An alias may take the request to a pool whose batch holds it.
     routed = small_batch_gateway.post("/v1/chat/completions", json={**body, "model": "gemma-4"})
     assert routed.status_code == 200 and routed.headers["x-gemma-fleet-pool"] == "e4b"
+
+
+def test_time_per_output_token_is_per_sequence(gateway_server: Any) -> None:
+    """n choices decode side by side: the stream's usage sums their tokens, but each token of
+    one sequence took a step's time, so the metric divides the tokens among the sequences."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def tpot() -> tuple[float, float]:
+        text = httpx.get(gateway_server.url + "/metrics").text
+        samples = {
+            s.name: s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.labels.get("pool") == "slow"
+            and s.name.startswith("gemma_fleet_gateway_time_per_output_token_seconds_")
+        }
+        name = "gemma_fleet_gateway_time_per_output_token_seconds_"
+        return samples.get(name + "sum", 0.0), samples.get(name + "count", 0.0)
+
+    before = tpot()
+    body = {"model": "slow", "messages": user("go"), "n": 4, "max_tokens": 11, "stream": True,
+            "ignore_eos": True, "temperature": 1.0}  # fmt: skip
+    with httpx.stream(
+        "POST", gateway_server.url + "/v1/chat/completions", json=body, timeout=30
+    ) as r:
+        stamps = [time.perf_counter() for line in r.iter_lines() if line.startswith("data: {")]
+    after = tpot()
+    assert after[1] == before[1] + 1
+    observed = after[0] - before[0]
+    decode = stamps[-1] - stamps[0]  # the stream's first chunk to its last: 10 steps
+    assert decode / 10 * 0.5 < observed < decode / 10 * 1.5  # not decode / 43 (summed tokens)
