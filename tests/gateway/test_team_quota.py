@@ -87,6 +87,7 @@ def test_admission_reserves_n_times_max_tokens(gateway: RunningGateway) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="e2b", messages=HELLO, n=4, max_tokens=300)
     assert refused.value.code == "request_too_large"
+    assert "n choices" in refused.value.message and "lower max_tokens or n" in refused.value.message
     assert budget_used(gateway, "n-reserve") == 0
     served = client.chat.completions.create(model="e2b", messages=HELLO, n=3, max_tokens=300)
     assert len(served.choices) == 3  # 3 x 300 and the prompt fit
