@@ -22,6 +22,7 @@ import logging
 import re
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -103,7 +104,9 @@ class TeamAccess:
         self._pending: deque[Callable[[], Awaitable[None]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
-        self._leases: dict[str, Admission] = {}  # admitted, not yet settled: renewed
+        # Admitted, not yet settled: renewed. Held weakly: a ticket the gateway dropped without
+        # settling it (a bug, a response never started) is not renewed for ever.
+        self._leases: weakref.WeakValueDictionary[str, Ticket] = weakref.WeakValueDictionary()
         self._renewer: asyncio.Task[None] | None = None
 
     @property
@@ -161,10 +164,11 @@ class TeamAccess:
             if self.settings.redis_down is RedisDownPolicy.SERVE_CACHED_KEYS:
                 return Ticket(identity, None, now, request_id)
             raise StoreUnavailable(self.settings.retry_after_s) from exc
-        self._leases[request_id] = admission
+        ticket = Ticket(identity, admission, now, request_id)
+        self._leases[request_id] = ticket
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
-        return Ticket(identity, admission, now, request_id)
+        return ticket
 
     def _once_key(self, request_id: str) -> str:
         return f"{self._prefix}:once:{request_id}"
@@ -175,13 +179,14 @@ class TeamAccess:
         the next round: a lease outlives two missed ones."""
         while self._leases:
             await asyncio.sleep(self.limiter.lease_s / 3)
-            if not self._leases:
+            held = [t.admission for t in list(self._leases.values()) if t.admission is not None]
+            if not held:
                 break
             try:
-                await self._bounded(self.limiter.renew(list(self._leases.values())))
+                await self._bounded(self.limiter.renew(held))
             except Exception as exc:
                 if not store_down(exc):
-                    log.exception("renewing %d concurrency leases failed", len(self._leases))
+                    log.exception("renewing %d concurrency leases failed", len(held))
 
     async def settle(self, ticket: Ticket, model: str, usage: UsageDelta) -> None:
         """Release the request and meter what it used. Never raises: a write Redis cannot take

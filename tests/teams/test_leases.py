@@ -5,6 +5,7 @@ while a request still running keeps its slot as long as it runs."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
 import time
@@ -248,6 +249,26 @@ def test_the_slots_of_a_gateway_that_died_come_back_when_their_leases_end(
         await asyncio.sleep(LEASE_S + 0.2)
         await take_all_slots(other, identity, 2)
         await other.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_the_gateway_dropped_without_settling_it_is_not_renewed_for_ever(
+    redis_url: str,
+) -> None:
+    async def scenario() -> None:
+        access = TeamAccess(connect(redis_url), settings_for(redis_url))
+        identity = await team_with(access, "dropped", TeamLimits(max_concurrent_requests=2))
+        kept = await access.admit(identity, 10)
+        dropped = await access.admit(identity, 10)
+        del dropped  # e.g. a response never started: nothing will ever settle it
+        gc.collect()
+        await asyncio.sleep(2 * LEASE_S)
+        await take_all_slots(access, identity, 1)  # its slot came back; `kept` holds the other
+        with pytest.raises(LimitExceeded, match="concurrent_requests"):
+            await take_all_slots(access, identity, 2)
+        await access.settle(kept, MODEL, UsageDelta(prompt_tokens=1))
+        await access.close()
 
     asyncio.run(scenario())
 
