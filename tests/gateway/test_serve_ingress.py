@@ -112,6 +112,43 @@ def test_refusals_through_ray_serve(serve_url: str) -> None:
     assert httpx.get(serve_url + "/ready", timeout=10).status_code == 200
 
 
+def test_n_and_count_tokens_through_ray_serve(serve_url: str) -> None:
+    """Through the pools' LLMServer deployments, as in the fleet: n choices (streamed chunks
+    batched by LLMServer and still one choice each), and count_tokens via LLMServer.tokenize."""
+    import anthropic
+
+    client = openai.OpenAI(base_url=serve_url + "/v1", api_key="unused", max_retries=0)
+    body: dict[str, Any] = {
+        "model": "small",
+        "messages": [{"role": "user", "content": "go"}],
+        "n": 3,
+        "seed": 3,
+        "max_tokens": 12,
+    }
+    whole = client.chat.completions.create(**body)
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    texts = ["", "", ""]
+    usage = None
+    for chunk in client.chat.completions.create(
+        **body, stream=True, stream_options={"include_usage": True}
+    ):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            texts[choice.index] += choice.delta.content or ""
+    assert texts == [c.message.content for c in whole.choices]
+    assert whole.usage is not None and usage is not None
+    assert usage.completion_tokens == whole.usage.completion_tokens
+    sdk = anthropic.Anthropic(base_url=serve_url, api_key="unused", max_retries=0)
+    conversation: dict[str, Any] = {
+        "system": "Be brief.",
+        "tools": [{"name": "lookup", "input_schema": {"type": "object"}}],
+        "messages": [{"role": "user", "content": "what is new?"}],
+    }
+    counted = sdk.messages.count_tokens(model="gemma-4", **conversation)
+    created = sdk.messages.create(model="gemma-4", max_tokens=8, **conversation)
+    assert counted.input_tokens == created.usage.input_tokens > 0
+
+
 def test_models(serve_url: str) -> None:
     client: Any = openai.OpenAI(base_url=serve_url + "/v1", api_key="unused")
     assert {m.id for m in client.models.list()} >= {"small", "big", "gemma-4"}
