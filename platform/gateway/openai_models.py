@@ -28,8 +28,6 @@ Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 Stop = str | Annotated[list[str], Field(max_length=4)]
 # vLLM: top_k -1 or 0 disables it, else at least 1.
 TopK = Annotated[int, Field(ge=-1, le=2**31 - 1)]
-# OpenAI's logit_bias: token ids (as strings) to a bias in [-100, 100]; the engine refuses an
-# id outside its vocabulary.
 # OpenAI's n: choices sampled from one prompt. vLLM sets no bound, but each choice is a
 # sequence of its own on the replica that takes the request: a batch slot (max_num_seqs,
 # 64 to 256 in this fleet's pools) and KV blocks for its output. 16 keeps one request to a
@@ -40,6 +38,8 @@ MAX_CHOICES = 16
 Choices = Annotated[int, Field(ge=1, le=MAX_CHOICES)]
 # vLLM's threshold for greedy sampling (vllm.sampling_params._SAMPLING_EPS).
 GREEDY_TEMPERATURE = 1e-5
+# OpenAI's logit_bias: token ids (as strings) to a bias in [-100, 100]; the engine refuses an
+# id outside its vocabulary.
 LogitBias = dict[
     Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[float, Field(ge=-100, le=100)]
 ]
