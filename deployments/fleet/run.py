@@ -154,7 +154,7 @@ def _run_on_cluster(
     with _keep_signal_handlers():
         cluster = start_local_cluster(spec, settings, counts)
     cut_drain = threading.Event()
-    up = False
+    gateway: Any = None
     try:
         with _keep_signal_handlers():
             if ray.is_initialized():
@@ -187,7 +187,7 @@ def _run_on_cluster(
         progress = wait_until_ready(
             spec, FLEET_APP_NAME, timeout_s=settings.ready_timeout_s, on_progress=on_progress
         )
-        up = True
+        gateway = _gateway_handle(FLEET_APP_NAME)
         yield RunningFleet(
             fleet=spec,
             cluster=cluster,
@@ -197,7 +197,7 @@ def _run_on_cluster(
             cut_drain=cut_drain,
         )
     finally:
-        _stop(cluster, spec.longest_drain_s, cut_drain, drain_gateway=up)
+        _stop(cluster, spec.longest_drain_s, cut_drain, gateway=gateway)
 
 
 @contextmanager
@@ -218,13 +218,13 @@ def _keep_signal_handlers() -> Iterator[None]:
 
 
 def _stop(
-    cluster: LocalCluster, drain_s: float, cut_drain: threading.Event, *, drain_gateway: bool
+    cluster: LocalCluster, drain_s: float, cut_drain: threading.Event, *, gateway: Any
 ) -> None:
     """Serve first, then the driver's connection, then the nodes; each step runs even when an
     earlier one failed. Serve stops in two phases, within `drain_s` (or until `cut_drain` is
-    set). First the gateway stops accepting and its answers in flight finish (`drain_gateway`:
-    the fleet came up): new requests get a 503 the SDKs retry, where the deleted application's
-    missing route would answer a 404 they do not. Then the application is deleted (its
+    set). First the gateway stops accepting and its answers in flight finish (`gateway`, its
+    handle, once the fleet came up): new requests get a 503 the SDKs retry, where the deleted
+    application's missing route would answer a 404 they do not. Then the application is deleted (its
     replicas drain whatever is left while Serve's proxy still carries it, which
     `serve.shutdown` alone cuts: it stops the proxy first) and the rest of Serve shut down."""
     import ray
@@ -235,8 +235,8 @@ def _stop(
     try:
         if ray.is_initialized():
             deadline = time.monotonic() + drain_s
-            if drain_gateway:
-                _drain_gateway(FLEET_APP_NAME, deadline, cut_drain)
+            if gateway is not None:
+                _drain_gateway(gateway, deadline, cut_drain)
             # Not serve.delete's own wait: it gives up after 60 s, mid-drain.
             serve.delete(FLEET_APP_NAME, _blocking=False)
             while FLEET_APP_NAME in serve.status().applications:
@@ -255,37 +255,53 @@ def _stop(
             cluster.shutdown()
 
 
-def _drain_gateway(app_name: str, deadline: float, cut_drain: threading.Event) -> None:
-    """Tell every gateway replica to stop accepting (`GatewayDeployment.stop_accepting`, which
-    answers its count of requests in flight), again on every poll so that a replica started
-    meanwhile hears it too, until none has a request in flight, `deadline` passes, or
-    `cut_drain` is set. A gateway that cannot be reached is left to the application's
-    deletion, which drains it too."""
+def _gateway_handle(app_name: str) -> Any:
+    """A handle on the fleet's gateway (the application's ingress) that already knows its
+    replicas, for stopping. Made now, not when stopping starts: a fresh handle learns the
+    replicas from the Serve controller first, which on a busy machine took longer than a
+    client waits to see /ready fail. None when the gateway does not answer (stopping then
+    leaves it to the application's deletion)."""
     from ray import serve
-    from ray.serve.handle import DeploymentHandle
 
+    try:
+        handle = serve.get_app_handle(app_name)
+        answers = handle.broadcast("in_flight").results(
+            timeout_s=GATEWAY_SILENT_S, return_exceptions=True
+        )
+        if not any(isinstance(a, int) for a in answers):
+            raise RuntimeError(f"no replica answered: {answers}")
+    except Exception as exc:  # the fleet serves all the same; only its stopping is cruder
+        log.warning("the gateway did not answer a broadcast (%s): stopping will not drain it", exc)
+        return None
+    return handle
+
+
+def _drain_gateway(gateway: Any, deadline: float, cut_drain: threading.Event) -> None:
+    """Tell every replica of `gateway` (a DeploymentHandle) to stop accepting
+    (`GatewayDeployment.stop_accepting`, which answers its count of requests in flight), again
+    on every poll so that a replica started meanwhile hears it too, until none has a request
+    in flight, `deadline` passes, or `cut_drain` is set. A gateway that cannot be reached is
+    left to the application's deletion, which drains it too."""
     silent_since = time.monotonic()
-    handle: DeploymentHandle[Any] | None = None
+    error: Exception | None = None
     while True:
         in_flight: int | None = None
         try:
-            if handle is None:
-                handle = serve.get_app_handle(app_name)
-            answers = handle.broadcast("stop_accepting").results(
+            answers = gateway.broadcast("stop_accepting").results(
                 timeout_s=DRAIN_POLL_S * 10, return_exceptions=True
             )
             counts = [a for a in answers if isinstance(a, int)]
             if counts:
                 in_flight = sum(counts)
-        except Exception:  # no replica known yet, or none answered in time
-            log.debug("telling the gateway to stop accepting failed", exc_info=True)
+        except Exception as exc:  # no replica known, or none answered in time
+            error = exc
         now = time.monotonic()
         if in_flight == 0:
             return
         if in_flight is not None:
             silent_since = now
         elif now - silent_since > GATEWAY_SILENT_S:
-            log.warning("the gateway did not say whether it still answers; deleting it")
+            log.warning("the gateway did not say whether it still answers (%s); deleting it", error)
             return
         if now > deadline:
             log.warning("answers still in flight when the drain time ran out: %s", in_flight)

@@ -57,6 +57,11 @@ class GatewayDeployment:
         self._stopping.stopping = True
         return self._stopping.in_flight
 
+    async def in_flight(self) -> int:
+        """How many requests this replica is answering (the fleet warms its stopping handle
+        with it, changing nothing)."""
+        return self._stopping.in_flight
+
 
 def running_replicas(app_name: str, deployments: list[str]) -> Callable[[], dict[str, int | None]]:
     """A reader of the RUNNING replicas of `deployments` of the gateway's application (each

@@ -130,24 +130,17 @@ class GatewayHandle:
 
 @pytest.fixture
 def gateway(monkeypatch: pytest.MonkeyPatch) -> list[GatewayHandle]:
-    """Put a GatewayHandle in the list for serve.get_app_handle to return."""
-    handles: list[GatewayHandle] = []
-
-    def get_app_handle(name: str) -> GatewayHandle:
-        assert name == "fleet-app"
-        return handles[0]
-
-    monkeypatch.setattr(serve, "get_app_handle", get_app_handle)
+    """Put a GatewayHandle in the list for the drain to use."""
     monkeypatch.setattr(run, "DRAIN_POLL_S", 0.01)
-    return handles
+    return []
 
 
-def drain(deadline_s: float = 60.0, cut: bool = False) -> float:
+def drain(handle: GatewayHandle, deadline_s: float = 60.0, cut: bool = False) -> float:
     cut_drain = threading.Event()
     if cut:
         cut_drain.set()
     started = time.monotonic()
-    run._drain_gateway("fleet-app", started + deadline_s, cut_drain)
+    run._drain_gateway(handle, started + deadline_s, cut_drain)
     return time.monotonic() - started
 
 
@@ -155,7 +148,7 @@ def test_stopping_waits_until_no_gateway_replica_has_a_request_in_flight(
     gateway: list[GatewayHandle],
 ) -> None:
     gateway.append(GatewayHandle([2, 1], [0, 1], [0, 0], [5, 5]))
-    drain()
+    drain(gateway[0])
     assert gateway[0].calls == 3  # told every poll; done once every replica says 0
 
 
@@ -163,7 +156,7 @@ def test_a_replica_that_cannot_answer_does_not_hide_the_others(
     gateway: list[GatewayHandle],
 ) -> None:
     gateway.append(GatewayHandle([RuntimeError("replica died"), 1], [RuntimeError(), 0]))
-    drain()
+    drain(gateway[0])
     assert gateway[0].calls == 2
 
 
@@ -171,10 +164,10 @@ def test_the_wait_ends_at_the_drain_deadline_or_a_second_signal(
     gateway: list[GatewayHandle],
 ) -> None:
     gateway.append(GatewayHandle([1]))
-    assert drain(deadline_s=0.2) < 5
+    assert drain(gateway[0], deadline_s=0.2) < 5
     calls = gateway[0].calls
     assert calls > 1
-    drain(cut=True)
+    drain(gateway[0], cut=True)
     assert gateway[0].calls == calls + 1  # told once, then cut
 
 
@@ -183,7 +176,28 @@ def test_a_gateway_that_never_answers_is_left_to_the_applications_deletion(
 ) -> None:
     monkeypatch.setattr(run, "GATEWAY_SILENT_S", 0.2)
     gateway.append(GatewayHandle(TimeoutError("no replica known yet")))
-    assert drain() < 5
+    assert drain(gateway[0]) < 5
     gateway[0] = GatewayHandle(TimeoutError("not yet"), [1], [0])
-    drain()  # once it answers, it is waited for
+    drain(gateway[0])  # once it answers, it is waited for
     assert gateway[0].calls == 3
+
+
+def test_the_stopping_handle_is_warmed_when_the_fleet_is_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Made and asked once while the fleet serves, so that stopping finds it knowing the
+    # replicas; a gateway that does not answer then is reported and left to the deletion.
+    class Warm:
+        def __init__(self, answer: list[Any] | Exception) -> None:
+            self.answer, self.methods = answer, []
+
+        def broadcast(self, method: str) -> Broadcast:
+            self.methods.append(method)
+            return Broadcast(self.answer)
+
+    warm = Warm([0, 0])
+    monkeypatch.setattr(serve, "get_app_handle", lambda name: warm)
+    assert run._gateway_handle("fleet-app") is warm
+    assert warm.methods == ["in_flight"]  # asks, does not stop it
+    monkeypatch.setattr(serve, "get_app_handle", lambda name: Warm(TimeoutError("no replica")))
+    assert run._gateway_handle("fleet-app") is None
