@@ -257,14 +257,20 @@ def _stop(
 
 def _gateway_handle(app_name: str) -> Any:
     """A handle on the fleet's gateway (the application's ingress) that already knows its
-    replicas, for stopping. Made now, not when stopping starts: a fresh handle learns the
-    replicas from the Serve controller first, which on a busy machine took longer than a
-    client waits to see /ready fail. None when the gateway does not answer (stopping then
-    leaves it to the application's deletion)."""
+    replicas, for stopping: made while the fleet serves, so that stopping does not wait for a
+    fresh handle to learn the replicas from the Serve controller. None when the gateway does
+    not answer (stopping then leaves it to the application's deletion, and says so)."""
     from ray import serve
 
     try:
         handle = serve.get_app_handle(app_name)
+        if not handle.is_initialized:
+            # Its router on a loop of its own, as Serve does by default: with
+            # RAY_SERVE_THROUGHPUT_OPTIMIZED set (cluster.py sets it for the nodes; a shell or an
+            # earlier fleet in this process may have it before Ray is imported), handles default
+            # to the caller's asyncio loop, and stopping calls from plain code. Its broadcasts
+            # then failed with "No event loop running", and requests met the deleted route's 404.
+            handle._init(_run_router_in_separate_loop=True)  # type: ignore[no-untyped-call]
         answers = handle.broadcast("in_flight").results(
             timeout_s=GATEWAY_SILENT_S, return_exceptions=True
         )

@@ -6,6 +6,7 @@ started, and exits 0."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -124,8 +125,12 @@ def test_up_serves_until_sigterm_then_stops_everything(
         "--ready-file", str(ready), "--timeout", "300", "--state-dir", str(tmp_path / "state"),
     ]  # fmt: skip
     log = (tmp_path / "up.log").open("w")
+    # Set before Ray is imported, as a shell (or an earlier fleet in this process, which sets it
+    # for its cluster) may have it: Serve's handles then default to the caller's asyncio loop,
+    # and a stopping fleet must still reach its gateway from plain code.
+    env = {**os.environ, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-c", RUN_UP, *args], stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-c", RUN_UP, *args], stdout=log, stderr=subprocess.STDOUT, env=env
     )
     try:
         deadline = time.monotonic() + 360

@@ -188,6 +188,8 @@ def test_the_stopping_handle_is_warmed_when_the_fleet_is_up(
     # Made and asked once while the fleet serves, so that stopping finds it knowing the
     # replicas; a gateway that does not answer then is reported and left to the deletion.
     class Warm:
+        is_initialized = True  # as if by an earlier call: kept as it is
+
         def __init__(self, answer: list[Any] | Exception) -> None:
             self.answer, self.methods = answer, []
 
