@@ -25,7 +25,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,9 +85,8 @@ class Ticket:
 
     identity: Identity
     admission: Admission | None
-    at: float = field(default_factory=time.time)  # when it was let in (its minute and period)
-    # Names its lease and its accounting writes' once-key.
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    at: float  # when it was let in (its minute and period)
+    request_id: str  # names its lease and its accounting writes' once-key
 
 
 class TeamAccess:

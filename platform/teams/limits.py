@@ -196,8 +196,8 @@ class Admission:
     team: str
     reserved_tokens: int
     keys: tuple[str, str, str, str]
-    window: MinuteWindow | None = None
-    request_id: str = ""  # its member of the leases set (keys[0])
+    window: MinuteWindow | None
+    request_id: str  # its member of the leases set (keys[0])
 
 
 @dataclass
