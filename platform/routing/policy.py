@@ -100,7 +100,7 @@ def _capable(needs: RequestNeeds, pool: PoolView) -> str | None:
             f"{needs.context_tokens:,} ({needs.prompt_tokens:,} prompt + "
             f"{needs.max_output_tokens:,} output)"
         )
-    if pool.max_num_seqs is not None and needs.sequences > pool.max_num_seqs:
+    if _too_many_sequences(needs, pool):
         return (
             f"{pool.name} runs at most {pool.max_num_seqs} sequences per replica; "
             f"n={needs.sequences} asks for {needs.sequences}"
