@@ -93,7 +93,8 @@ def _validated(body: dict[str, Any]) -> ChatCompletionRequest:
 
 
 def _conversation(req: Conversation) -> dict[str, Any]:
-    """The chat request fields that decide the prompt: messages, tools, template flags."""
+    """The chat request fields that decide the prompt (messages, tools, template flags) and
+    the pool (those, and the output format, which needs structured output)."""
     messages: list[dict[str, Any]] = []
     if req.system:
         messages.append({"role": "system", "content": _text(req.system)})
@@ -160,6 +161,13 @@ def _conversation(req: Conversation) -> dict[str, Any]:
         ]
     if req.thinking is not None and not isinstance(req.thinking, ThinkingDisabled):
         body["chat_template_kwargs"] = {"enable_thinking": True}
+    if req.output_config is not None and req.output_config.format is not None:
+        # The name is OpenAI's label for the schema; engines compile only the schema.
+        schema = req.output_config.format.schema_
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": schema},
+        }
     if req.messages[-1].role == "assistant":
         # A prefill: the answer continues the assistant's text rather than starting a turn.
         body["continue_final_message"] = True

@@ -117,6 +117,44 @@ Thinking = Annotated[
 ]
 
 
+class JsonOutputFormat(Strict):
+    """Anthropic's structured output: the answer's text is one JSON document valid for
+    `schema`. Sent to the engine as OpenAI's response_format of type json_schema, which it
+    compiles into a grammar, so routing and the engines treat both APIs' requests alike."""
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+    @field_validator("schema_")
+    @classmethod
+    def _is_json_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        return valid_json_schema(schema)
+
+
+# Anthropic's effort levels (the SDK's OutputConfigParam).
+Effort = Literal["low", "medium", "high", "xhigh", "max"]
+
+
+class OutputConfig(Strict):
+    format: JsonOutputFormat | None = None
+    # Refused when set: Gemma 4's chat template has one reasoning switch (enable_thinking,
+    # which `thinking` sets) and no effort levels, and Anthropic's effort also bounds text
+    # and tool calls, which nothing in vLLM's request can. Dropping it would let a client
+    # believe "low" saved tokens; mapping it to thinking on or off would change an answer the
+    # client asked for with `thinking`. None (the SDK's Optional) means unset.
+    effort: Effort | None = None
+
+    @field_validator("effort")
+    @classmethod
+    def _no_effort(cls, effort: Effort | None) -> None:
+        if effort is not None:
+            raise ValueError(
+                "effort is not supported: Gemma has no effort levels, only thinking on or off "
+                "(set `thinking`); leave effort out"
+            )
+        return None
+
+
 class Conversation(Strict):
     """What decides a prompt: the fields /v1/messages and /v1/messages/count_tokens share."""
 
@@ -129,10 +167,28 @@ class Conversation(Strict):
     # passed on (vLLM enforces one only with a reasoning config on the server): thinking
     # counts against max_tokens, as Anthropic's does.
     thinking: Thinking | None = None
+    # format: structured output (JsonOutputFormat); effort: refused (OutputConfig).
+    output_config: OutputConfig | None = None
     # Accepted and ignored: they choose among Anthropic's own capacity and prompt caches, and
     # do not change what a Gemma pool answers.
     cache_control: dict[str, Any] | None = None
     speed: Literal["standard", "fast"] | None = None
+
+    @model_validator(mode="after")
+    def _format_without_prefill(self) -> Conversation:
+        # The engine's grammar constrains what it generates, which after a prefill is only the
+        # rest of the document: the answer would not parse on its own, and with the prefill
+        # the grammar would have started mid-document.
+        output = self.output_config
+        if (
+            output is not None
+            and output.format is not None
+            and self.messages[-1].role == "assistant"
+        ):
+            raise ValueError(
+                "output_config.format cannot be used with a prefill (a last assistant message)"
+            )
+        return self
 
 
 class MessagesRequest(Conversation):

@@ -381,3 +381,103 @@ def test_count_tokens_takes_no_batch_slot(gateway_server: Any, client: anthropic
     client.messages.count_tokens(model="e2b", **COUNTED["plain"])
     assert engine.core.metrics.render() == before  # the engine generated (and queued) nothing
     assert gateway_server.gateway.state.pools["e2b"].sequences == 0
+
+
+# ---- structured outputs: output_config.format ----------------------------------------------
+
+RECIPE = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "minutes": {"type": "integer", "minimum": 1},
+        "steps": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+    },
+    "required": ["name", "minutes", "steps"],
+    "additionalProperties": False,
+}
+JSON_OUTPUT = {"format": {"type": "json_schema", "schema": RECIPE}}
+
+
+def test_output_config_format_answers_json_valid_for_the_schema(
+    client: anthropic.Anthropic,
+) -> None:
+    import json
+
+    message = client.messages.create(
+        model="gemma-4", max_tokens=256, messages=HELLO, output_config=JSON_OUTPUT
+    )
+    assert message.stop_reason == "end_turn"
+    jsonschema.validate(json.loads(message.content[0].text), RECIPE)  # type: ignore[union-attr]
+    with client.messages.stream(
+        model="gemma-4", max_tokens=256, messages=HELLO, output_config=JSON_OUTPUT
+    ) as stream:
+        streamed = "".join(stream.text_stream)
+    jsonschema.validate(json.loads(streamed), RECIPE)
+
+
+def test_output_format_through_the_sdks_parse_helper(client: anthropic.Anthropic) -> None:
+    from pydantic import BaseModel
+
+    class Recipe(BaseModel):
+        name: str
+        minutes: int
+        steps: list[str]
+
+    parsed = client.messages.parse(
+        model="gemma-4", max_tokens=256, messages=HELLO, output_format=Recipe
+    )
+    assert isinstance(parsed.parsed_output, Recipe)
+
+
+def test_output_config_format_is_structured_output_as_openais_json_schema() -> None:
+    from gemma_fleet.catalog import load_catalog
+    from gemma_fleet.gateway.anthropic import to_chat_request
+    from gemma_fleet.gateway.anthropic_models import MessagesRequest
+    from gemma_fleet.gateway.classify import classify_chat
+
+    body = {"model": "gemma-4", "max_tokens": 64, "messages": HELLO, "output_config": JSON_OUTPUT}
+    chat = to_chat_request(MessagesRequest.model_validate(body))
+    sent = chat.model_dump(exclude_none=True, by_alias=True)["response_format"]
+    assert sent == {"type": "json_schema", "json_schema": {"name": "output", "schema": RECIPE}}
+    assert classify_chat(chat, load_catalog().family).needs.structured_output
+
+
+def test_output_config_refusals_name_the_field(client: anthropic.Anthropic) -> None:
+    bogus = {"format": {"type": "json_schema", "schema": {"type": "object",
+             "properties": {"a": {"type": "bogus"}}}}}  # fmt: skip
+    cases: list[tuple[dict[str, Any], list[dict[str, Any]], str]] = [
+        (bogus, HELLO, "output_config.format.schema"),
+        ({"effort": "low"}, HELLO, "output_config.effort"),
+        (JSON_OUTPUT, [*HELLO, {"role": "assistant", "content": "{"}], "output_config.format"),
+    ]
+    for output_config, messages, field in cases:
+        with pytest.raises(anthropic.BadRequestError) as created:
+            client.messages.create(
+                model="gemma-4", max_tokens=64, messages=messages,
+                output_config=output_config,  # type: ignore[arg-type]
+            )  # fmt: skip
+        assert created.value.body["error"]["type"] == "invalid_request_error"
+        assert field in created.value.body["error"]["message"]
+        with pytest.raises(anthropic.BadRequestError) as counted:
+            client.messages.count_tokens(
+                model="gemma-4", messages=messages,
+                output_config=output_config,  # type: ignore[arg-type]
+            )  # fmt: skip
+        assert field in counted.value.body["error"]["message"]
+    # null is the SDK's unset
+    assert client.messages.create(
+        model="gemma-4", max_tokens=256, messages=HELLO,
+        output_config={**JSON_OUTPUT, "effort": None},
+    ).content  # fmt: skip
+
+
+def test_count_tokens_with_an_output_format_equals_what_create_reports(
+    client: anthropic.Anthropic,
+) -> None:
+    counted = client.messages.count_tokens(
+        model="gemma-4", messages=HELLO, output_config=JSON_OUTPUT
+    )
+    created = client.messages.create(
+        model="gemma-4", max_tokens=256, messages=HELLO, output_config=JSON_OUTPUT
+    )
+    assert counted.input_tokens == created.usage.input_tokens > 0

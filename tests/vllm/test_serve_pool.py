@@ -530,3 +530,30 @@ def test_vllm_gives_each_of_n_choices_its_own_tool_call(client: Any) -> None:
         assert call.function.name == "get_weather"
     ids = {c.message.tool_calls[0].id for c in answer.choices}
     assert len(ids) == 2
+
+
+def test_anthropic_output_format_is_json_valid_for_the_schema(gateway_url: str) -> None:
+    """Anthropic's structured output reaches vLLM as a json_schema response format, which
+    vLLM compiles into a grammar: even random weights answer a document valid for it."""
+    import anthropic
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"sunny": {"type": "boolean"}, "unit": {"enum": ["c", "f"]}},
+        "required": ["sunny", "unit"],
+        "additionalProperties": False,
+    }
+    sdk = anthropic.Anthropic(base_url=gateway_url, api_key="unused", max_retries=0, timeout=120)
+    message = sdk.messages.create(
+        model=MODEL,
+        max_tokens=400,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        output_config={"format": {"type": "json_schema", "schema": schema}},
+        # Sampled, not greedy: the grammar allows whitespace between tokens, and random
+        # weights decoded greedily repeat it until max_tokens (seen in a probe).
+        # The SDK (2.16) has no sampling arguments.
+        extra_body={"temperature": 1.0},
+    )
+    assert message.stop_reason == "end_turn"
+    jsonschema.validate(json.loads(message.content[0].text), schema)  # type: ignore[union-attr]
