@@ -54,6 +54,9 @@ class EngineError:
     status: int
     message: str
     type: str
+    # The request field the engine blames (vLLM's ErrorInfo.param), kept for the client: the
+    # OpenAI SDKs expose it as the error's `param`.
+    param: str | None = None
 
 
 Reply = JsonReply | SseReply | EngineError
@@ -78,7 +81,8 @@ def normalise(item: Any) -> list[Reply]:
         return [SseReply(item)]
     error = getattr(item, "error", None)
     if error is not None and hasattr(error, "code"):
-        return [EngineError(int(error.code), str(error.message), str(error.type))]
+        param = getattr(error, "param", None)
+        return [EngineError(int(error.code), str(error.message), str(error.type), _param(param))]
     return [JsonReply(item.model_dump_json().encode())]
 
 
@@ -207,7 +211,14 @@ def _http_error(status: int, raw: bytes) -> EngineError:
         error = {}
     message = error.get("message") if isinstance(error, dict) else None
     kind = error.get("type") if isinstance(error, dict) else None
-    return EngineError(status, str(message or raw[:200].decode(errors="replace")), str(kind))
+    param = error.get("param") if isinstance(error, dict) else None
+    text = str(message or raw[:200].decode(errors="replace"))
+    return EngineError(status, text, str(kind), _param(param))
+
+
+def _param(value: object) -> str | None:
+    """An engine's `param` as the client gets it: a non-empty string, else none."""
+    return value if isinstance(value, str) and value else None
 
 
 class ServePoolClient:

@@ -429,7 +429,7 @@ class Gateway:
                     traced.set_attribute(names.DISPATCH_ATTEMPTS, attempts)
                     if isinstance(first, EngineError):
                         await _close(replies)
-                        raise ApiError(first.status, first.message)
+                        raise _refusal(first)
                     if isinstance(first, JsonReply):
                         await _close(replies)
                         end_span(traced)
@@ -497,7 +497,7 @@ class Gateway:
                     yield pending.text
                 elif isinstance(pending, EngineError):
                     mark_failed(traced, f"engine error {pending.status}: {pending.message}")
-                    yield ApiError(pending.status, pending.message).sse_event()
+                    yield _refusal(pending).sse_event()
                 elif isinstance(pending, JsonReply):
                     yield f"data: {pending.raw.decode()}\n\n"
                 pending = await anext(replies, None)
@@ -510,6 +510,11 @@ class Gateway:
             await _close(replies)
         if not done:
             yield DONE
+
+
+def _refusal(error: EngineError) -> ApiError:
+    """The engine's error as the client's, with the field it names (`param`) kept."""
+    return ApiError(error.status, error.message, param=error.param)
 
 
 def _ask_for_usage(payload: dict[str, Any]) -> None:

@@ -108,3 +108,14 @@ def test_unreachable_named_pool_is_a_503_with_retry_after(front_with_dead_pool: 
     assert r.status_code == 503
     assert int(r.headers["retry-after"]) > 0
     assert "down" in r.json()["error"]["message"]
+
+
+def test_backend_errors_keep_the_field_they_name(front: Any) -> None:
+    client = openai.OpenAI(base_url=front.url + "/v1", api_key="x", max_retries=0)
+    schema = {"type": "object", "properties": {"a": False}, "required": ["a"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="e2b", messages=[{"role": "user", "content": "hi"}], response_format=fmt
+        )  # type: ignore[call-overload]
+    assert err.value.param == "response_format.json_schema.schema"  # across the HTTP hop

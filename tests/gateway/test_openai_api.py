@@ -356,3 +356,17 @@ def test_what_changes_the_answer_is_passed_on_and_the_rest_dropped() -> None:
     for bad in ({"logit_bias": {"x": 1}}, {"logit_bias": {"5": 101}}, {"reasoning_effort": "max"}):
         with pytest.raises(ValueError):
             ChatCompletionRequest.model_validate({**body, **bad})
+
+
+# A valid JSON schema no instance satisfies: the gateway passes it on, the engine refuses it.
+UNSATISFIABLE = {"type": "object", "properties": {"a": False}, "required": ["a"]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_engine_refusal_keeps_the_field_it_names(client: openai.OpenAI, stream: bool) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": UNSATISFIABLE}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="moe", messages=user("extract"), response_format=fmt, stream=stream
+        )  # type: ignore[call-overload]
+    assert err.value.param == "response_format.json_schema.schema"
