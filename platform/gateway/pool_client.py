@@ -216,6 +216,29 @@ def _http_error(status: int, raw: bytes) -> EngineError:
     return EngineError(status, text, str(kind), _param(param))
 
 
+def opening_error(reply: SseReply) -> EngineError | None:
+    """The engine's error when a stream opens with one, else None. vLLM checks some fields
+    only once generation has started (SamplingParams.verify in its engine: logit_bias ids
+    outside the vocabulary, among others), and a stream has begun by then, so it refuses them
+    in an error event. Nothing has reached the client yet: read here, it is answered with its
+    status and field, as the same request unstreamed is."""
+    for line in reply.text.splitlines():
+        if not line.startswith("data: "):
+            continue
+        try:
+            body = json.loads(line[len("data: ") :])
+        except ValueError:
+            return None
+        error = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(error, dict):
+            return None
+        code = error.get("code")
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 502
+        message = str(error.get("message") or "the engine refused the request")
+        return EngineError(status, message, str(error.get("type")), _param(error.get("param")))
+    return None
+
+
 def _param(value: object) -> str | None:
     """An engine's `param` as the client gets it: a non-empty string, else none."""
     return value if isinstance(value, str) and value else None

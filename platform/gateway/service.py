@@ -51,6 +51,7 @@ from gemma_fleet.gateway.pool_client import (
     PoolUnavailable,
     Reply,
     SseReply,
+    opening_error,
 )
 from gemma_fleet.gateway.pool_state import PoolState
 from gemma_fleet.routing import PoolView, RequestNeeds, RouteDecision, RoutingError, route
@@ -427,6 +428,8 @@ class Gateway:
                         continue
                     attempts += used
                     traced.set_attribute(names.DISPATCH_ATTEMPTS, attempts)
+                    if isinstance(first, SseReply):
+                        first = opening_error(first) or first
                     if isinstance(first, EngineError):
                         await _close(replies)
                         raise _refusal(first)

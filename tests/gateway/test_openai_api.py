@@ -370,3 +370,16 @@ def test_an_engine_refusal_keeps_the_field_it_names(client: openai.OpenAI, strea
             model="moe", messages=user("extract"), response_format=fmt, stream=stream
         )  # type: ignore[call-overload]
     assert err.value.param == "response_format.json_schema.schema"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_logit_bias_outside_the_vocabulary_is_the_engines_400(
+    client: openai.OpenAI, stream: bool
+) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="gemma-4", messages=user("hi"), max_tokens=4, stream=stream,
+            logit_bias={"262144": 5},
+        )  # type: ignore[call-overload]  # fmt: skip
+    assert err.value.param == "logit_bias"
+    assert "out-of-vocab token ids. Vocabulary size: 262144" in err.value.message

@@ -451,3 +451,39 @@ def test_tokenize_counts_the_prompt_a_chat_request_gets_tools_included() -> None
     with_tools, without = asyncio.run(count(tools=tools)), asyncio.run(count())
     assert with_tools == chat.usage.prompt_tokens
     assert without < with_tools
+
+
+# vLLM 0.32's words (SamplingParams._validate_logit_bias; tests/vllm checks the real engine's)
+OUT_OF_VOCAB = (
+    "token_id(s) [262144, 999999999] in logit_bias contain out-of-vocab token ids. "
+    "Vocabulary size: 262144 (parameter=logit_bias, value=[262144, 999999999])"
+)
+
+
+def _refused(out: list[Any], stream: bool) -> ErrorResponse:
+    """The one refusal in an answer: an ErrorResponse, or streamed (vLLM's engine refuses
+    once the stream has begun) one error event and [DONE]."""
+    if not stream:
+        [error] = out
+        assert isinstance(error, ErrorResponse)
+        return error
+    [event] = _chunks(out)
+    return ErrorResponse.model_validate(event)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_out_of_vocabulary_logit_bias_is_refused_as_vllm_refuses_it(stream: bool) -> None:
+    bias = {"5": 1.0, "262144": 2.0, "999999999": -1.0}
+    error = _refused(_chat(_engine(), logit_bias=bias, stream=stream), stream)
+    assert (error.error.code, error.error.param, error.error.message) == (
+        400, "logit_bias", OUT_OF_VOCAB,
+    )  # fmt: skip
+    engine = _engine()
+    request = CompletionRequest(model="gemma-sim", prompt="Once", logit_bias=bias, stream=stream)
+    refused = _refused(asyncio.run(_drain(engine.completions(request))), stream)
+    assert refused.error.message == OUT_OF_VOCAB
+    [wrong_key] = _chat(_engine(), logit_bias={"x": 1.0})
+    assert isinstance(wrong_key, ErrorResponse) and wrong_key.error.param == "logit_bias"
+    assert "cannot be converted to integer token IDs: ['x']" in wrong_key.error.message
+    [answer] = _chat(_engine(), logit_bias={"0": 1.0, "262143": -1.0})  # the vocabulary's ends
+    assert isinstance(answer, ChatCompletionResponse)

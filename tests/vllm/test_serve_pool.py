@@ -557,3 +557,27 @@ def test_anthropic_output_format_is_json_valid_for_the_schema(gateway_url: str) 
     )
     assert message.stop_reason == "end_turn"
     jsonschema.validate(json.loads(message.content[0].text), schema)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_vllm_refuses_an_out_of_vocabulary_logit_bias_as_the_simulator_does(
+    gateway: Any, stream: bool
+) -> None:
+    """The simulator's refusal (tests/simulator) copies this one: status, message, param,
+    as the gateway gets it from the pool's LLMServer. Streamed, vLLM's engine refuses in the
+    stream's first event (probed: a 200 with an error event), which the gateway answers as
+    the 400 it holds."""
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        answer = gateway.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+            logit_bias={"5": 1, "999999999": 2}, stream=stream,
+        )  # fmt: skip
+        list(answer) if stream else None
+    assert re.search(
+        r"token_id\(s\) \[999999999\] in logit_bias contain out-of-vocab token ids\. "
+        r"Vocabulary size: \d+ \(parameter=logit_bias, value=\[999999999\]\)",
+        err.value.message,
+    )
+    assert err.value.param == "logit_bias"

@@ -32,6 +32,7 @@ handle as `handle.collective_rpc.remote(method="prometheus_metrics")` (a one-ele
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 import uuid
@@ -112,6 +113,21 @@ def _final(item: object) -> bool:
 def _error(message: str, code: int = 400, param: str | None = None) -> ErrorResponse:
     kind = "BadRequestError" if code < 500 else "InternalServerError"
     return ErrorResponse(error=ErrorInfo(message=message, type=kind, param=param, code=code))
+
+
+class EngineCheckError(RequestError):
+    """Refused where vLLM's engine refuses it (SamplingParams.verify, once generation has
+    started), not where its frontend does: vLLM answers a stream with an error event and
+    [DONE], and only a request that is not streamed with the 400 itself."""
+
+
+def _refusal(exc: RequestError | SchemaError, stream: bool | None) -> list[str | ErrorResponse]:
+    """What the simulator answers a request refused with `exc`, as vLLM would."""
+    error = _error(str(exc), param=exc.param)
+    if stream and isinstance(exc, EngineCheckError):
+        # vLLM's create_streaming_error_response: the ErrorResponse as one event.
+        return [f"data: {json.dumps(error.model_dump())}\n\n", "data: [DONE]\n\n"]
+    return [error]
 
 
 def _sse(chunk: Any) -> str:
@@ -237,6 +253,7 @@ class SimulatorEngine(LLMEngine):
         if n > 1 and temperature is not None and temperature < GREEDY_TEMPERATURE:
             # vLLM's SamplingParams refuses it: greedy decoding has one answer.
             raise RequestError(f"n must be 1 when using greedy sampling, got {n}.", param="n")
+        _check_logit_bias(request.logit_bias)
         length = (self.config.answer_tokens_min, self.config.answer_tokens_max)
         return [plan_answer(spec, self._rng(request.seed, prompt, i), length) for i in range(n)]
 
@@ -330,7 +347,8 @@ class SimulatorEngine(LLMEngine):
             prompt, plans = self._prepare_chat(request)
         except (RequestError, SchemaError) as exc:
             mark_failed(traced, str(exc))
-            yield _error(str(exc), param=exc.param)
+            for item in _refusal(exc, request.stream):
+                yield item
             return
         response_id = f"chatcmpl-{request.request_id}"
         created = int(time.time())
@@ -505,7 +523,8 @@ class SimulatorEngine(LLMEngine):
             prompt, plans = self._prepare_completion(request)
         except (RequestError, SchemaError) as exc:
             mark_failed(traced, str(exc))
-            yield _error(str(exc), param=exc.param)
+            for item in _refusal(exc, request.stream):
+                yield item
             return
         self._record_plans(traced, prompt, [p.finish_reason for p in plans])
         response_id = f"cmpl-{request.request_id}"
@@ -577,6 +596,33 @@ class SimulatorEngine(LLMEngine):
         else:
             ids = [tokenizer.BOS_ID, *tokenizer.encode(str(request.prompt))]
         yield TokenizeResponse(count=len(ids), max_model_len=self.config.max_model_len, tokens=ids)
+
+
+def _check_logit_bias(logit_bias: dict[str, float] | None) -> None:
+    """Refuse token ids outside the vocabulary as vLLM 0.32 does (SamplingParams.
+    _validate_logit_bias, a VLLMValidationError rendered by create_error_response): a 400
+    naming `logit_bias`, in its words, with the ids in the request's order. Keys that are
+    not integers are refused first, as vLLM's SamplingParams.from_optional does."""
+    ids: list[int] = []
+    keys: list[str] = []
+    for token in logit_bias or {}:
+        try:
+            ids.append(int(token))
+        except (ValueError, TypeError):
+            keys.append(token)
+    if keys:  # vLLM's frontend: a 400, streamed or not
+        raise RequestError(
+            "logit_bias contains key(s) that cannot be converted to integer token IDs: "
+            f"{keys!r} (parameter=logit_bias, value={keys})",
+            param="logit_bias",
+        )
+    invalid = [t for t in ids if not 0 <= t < tokenizer.VOCAB_SIZE]
+    if invalid:
+        raise EngineCheckError(
+            f"token_id(s) {invalid} in logit_bias contain out-of-vocab token ids. "
+            f"Vocabulary size: {tokenizer.VOCAB_SIZE} (parameter=logit_bias, value={invalid})",
+            param="logit_bias",
+        )
 
 
 def _tool_functions(tools: list[Any] | None) -> list[dict[str, Any]]:
