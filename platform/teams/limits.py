@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -136,6 +136,14 @@ return 1
 """
 
 UNLIMITED = -1
+# The largest limit a team may have (10**15 tokens or requests, about 2**49.8). The admission
+# script reads limits and counts into Lua numbers, which are doubles: integers are exact only
+# up to 2**53, and above it `used + cost > limit` can round to false and admit past the limit.
+# 10**15 leaves every sum of a count and one request's cost well inside 2**53, and is beyond
+# any real budget (a million tokens a second for 30 years).
+MAX_LIMIT = 10**15
+# A limit as stored and compared in Lua: -1 (unlimited) to MAX_LIMIT.
+Limit = Annotated[int, Field(ge=UNLIMITED, le=MAX_LIMIT)]
 # How long an accounting write's once-key is kept: a write retried later than this after Redis
 # applied it would count twice. Redis's expiries run while it is down too, so this is the
 # longest outage across which accounting stays exactly-once; it costs ~190 bytes of Redis
@@ -155,10 +163,10 @@ class TeamLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_concurrent_requests: int = Field(UNLIMITED, ge=UNLIMITED)
-    requests_per_minute: int = Field(UNLIMITED, ge=UNLIMITED)
-    tokens_per_minute: int = Field(UNLIMITED, ge=UNLIMITED)
-    token_budget: int = Field(UNLIMITED, ge=UNLIMITED)
+    max_concurrent_requests: Limit = UNLIMITED
+    requests_per_minute: Limit = UNLIMITED
+    tokens_per_minute: Limit = UNLIMITED
+    token_budget: Limit = UNLIMITED
     budget_period: Period = "month"
 
 
@@ -168,10 +176,10 @@ class TeamLimitsChange(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_concurrent_requests: int | None = Field(None, ge=UNLIMITED)
-    requests_per_minute: int | None = Field(None, ge=UNLIMITED)
-    tokens_per_minute: int | None = Field(None, ge=UNLIMITED)
-    token_budget: int | None = Field(None, ge=UNLIMITED)
+    max_concurrent_requests: Limit | None = None
+    requests_per_minute: Limit | None = None
+    tokens_per_minute: Limit | None = None
+    token_budget: Limit | None = None
     budget_period: Period | None = None
 
     def applied_to(self, limits: TeamLimits) -> TeamLimits:

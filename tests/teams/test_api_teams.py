@@ -437,3 +437,26 @@ def test_a_team_created_again_does_not_inherit_the_old_teams_keys(
     assert admin(gateway, "GET", "/admin/teams/reborn/keys").json()["data"] == []
     with pytest.raises(openai.AuthenticationError):  # the old key stays revoked
         chat(gateway, old_key)
+
+
+@pytest.mark.parametrize(
+    "field", ["token_budget", "tokens_per_minute", "requests_per_minute", "max_concurrent_requests"]
+)
+def test_a_limit_beyond_what_lua_compares_exactly_is_a_400_naming_it(
+    gateway: RunningGateway, field: str
+) -> None:
+    from gemma_fleet.teams.limits import MAX_LIMIT
+
+    admin(gateway, "DELETE", "/admin/teams/huge")
+    for too_big in (MAX_LIMIT + 1, 2**53 + 1, 10**30):
+        created = admin(
+            gateway, "POST", "/admin/teams", json={"name": "huge", "limits": {field: too_big}}
+        )
+        assert created.status_code == 400, created.text
+        assert f"limits.{field}" in created.json()["error"]["message"]
+        assert "1000000000000000" in created.json()["error"]["message"]  # the maximum, named
+    key = new_team(gateway, "huge", limits={field: MAX_LIMIT})  # the maximum itself is a limit
+    assert chat(gateway, key).choices  # and the admission script holds it
+    patched = admin(gateway, "PATCH", "/admin/teams/huge", json={"limits": {field: MAX_LIMIT + 1}})
+    assert patched.status_code == 400 and f"limits.{field}" in patched.json()["error"]["message"]
+    assert admin(gateway, "GET", "/admin/teams/huge").json()["limits"][field] == MAX_LIMIT

@@ -60,6 +60,7 @@ def test_a_team_and_key_made_with_the_cli_serve_and_show_usage(
         (["teams", "show", "no-such-team"], "404 no team 'no-such-team'"),
         (["teams", "update", "no-such-team"], "nothing to change"),
         (["keys", "create", "--team", "x", "--expires-in-days", "-1"], "must be positive"),
+        (["teams", "create", "big", "--budget", str(2**53 + 1)], "limits.token_budget"),
     ],
 )
 def test_bad_cli_input_is_one_line_and_exit_2(
