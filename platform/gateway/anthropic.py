@@ -24,6 +24,7 @@ from gemma_fleet.gateway.anthropic_models import (
     ToolUseBlock,
 )
 from gemma_fleet.gateway.errors import ApiError, validation_error
+from gemma_fleet.gateway.json_schema import SCHEMAS_CHECKED
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
@@ -86,8 +87,10 @@ def to_count_request(req: CountTokensRequest) -> ChatCompletionRequest:
 
 
 def _validated(body: dict[str, Any]) -> ChatCompletionRequest:
+    # The tools' input_schema and output_config's schema were checked when the Anthropic
+    # request was (naming Anthropic's fields); walking them again would only cost time.
     try:
-        return ChatCompletionRequest.model_validate(body)
+        return ChatCompletionRequest.model_validate(body, context={SCHEMAS_CHECKED: True})
     except ValidationError as exc:
         raise validation_error(exc, body) from exc
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from typing import Any, NoReturn
 
+from pydantic import ValidationInfo
+
 JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "null")
 # Keywords whose value is a schema, a map of names to schemas, or a list of schemas.
 _ONE = (
@@ -128,7 +130,15 @@ def _fail(at: str, why: str) -> NoReturn:
     raise InvalidSchema(f"not a valid JSON schema{where}: {why[:200]}")
 
 
-def valid_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema`, if it is a JSON schema (a field validator: InvalidSchema is a ValueError)."""
-    check_json_schema(schema)
+# A validation context flag: the body's JSON schemas were checked already, under the field
+# names the client wrote (the Anthropic request a chat request is translated from), so the
+# chat request's validators do not walk them a second time.
+SCHEMAS_CHECKED = "json_schemas_checked"
+
+
+def valid_json_schema(schema: dict[str, Any], info: ValidationInfo | None = None) -> dict[str, Any]:
+    """`schema`, if it is a JSON schema (a field validator: InvalidSchema is a ValueError).
+    Validators that pass their `info` skip the walk under the SCHEMAS_CHECKED context."""
+    if info is None or not (info.context or {}).get(SCHEMAS_CHECKED):
+        check_json_schema(schema)
     return schema

@@ -163,13 +163,13 @@ class FunctionDefinition(Strict):
 
     @field_validator("parameters")
     @classmethod
-    def _is_json_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+    def _is_json_schema(cls, schema: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         kind = schema.get("type", "object")
         if kind != "object":
             raise ValueError(
                 f"function parameters must be a JSON schema of type object, not {kind!r}"
             )
-        return valid_json_schema(schema)
+        return valid_json_schema(schema, info)
 
 
 class Tool(Strict):
@@ -194,8 +194,8 @@ class JsonSchemaFormat(Strict):
 
     @field_validator("schema_")
     @classmethod
-    def _is_json_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        return valid_json_schema(schema)
+    def _is_json_schema(cls, schema: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return valid_json_schema(schema, info)
 
 
 class ResponseFormat(Strict):

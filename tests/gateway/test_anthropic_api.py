@@ -481,3 +481,24 @@ def test_count_tokens_with_an_output_format_equals_what_create_reports(
         model="gemma-4", max_tokens=256, messages=HELLO, output_config=JSON_OUTPUT
     )
     assert counted.input_tokens == created.usage.input_tokens > 0
+
+
+def test_each_schema_of_an_anthropic_request_is_checked_once(
+    client: anthropic.Anthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check walks every subschema (0.1 s for the hostile-input tests' 10 MB schema, on
+    the event loop): the translated chat request must not walk them again."""
+    from gemma_fleet.gateway import json_schema
+
+    walked: list[object] = []
+    check = json_schema.check_json_schema
+    monkeypatch.setattr(json_schema, "check_json_schema", lambda s: (walked.append(s), check(s)))
+    tools = [*TOOLS, {"name": "other", "input_schema": {"type": "object"}}]
+    message = client.messages.create(
+        model="gemma-4", max_tokens=256, messages=HELLO, tools=tools, output_config=JSON_OUTPUT
+    )
+    assert message.content
+    assert walked == [SCHEMA, {"type": "object"}, RECIPE]  # once each, in the body's order
+    walked.clear()
+    client.messages.count_tokens(model="gemma-4", messages=HELLO, tools=tools)
+    assert walked == [SCHEMA, {"type": "object"}]
