@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_fleet.deployments.fleet.cluster import LocalCluster, node_counts, start_local_cluster
+from gemma_fleet.deployments.fleet.draining import drain_gateway, gateway_handle
 from gemma_fleet.deployments.fleet.progress import FleetProgress, wait_until_ready
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.fleet.team_store import LocalTeams, local_team_store
@@ -23,11 +24,6 @@ from gemma_fleet.deployments.pools import EngineKind, FleetSpec, default_fleet_p
 log = logging.getLogger(__name__)
 # Seconds past the longest drain that stopping waits for Serve to report the application gone.
 STOP_MARGIN_S = 30.0
-# Stopping asks every gateway replica how many answers it has in flight this often, and gives
-# up on asking (deleting the application drains what is left) once none has answered for
-# GATEWAY_SILENT_S: a fresh handle may not know the replicas for a moment.
-DRAIN_POLL_S = 0.5
-GATEWAY_SILENT_S = 15.0
 
 # Which tiny checkpoint imitates which size (deployments/checkpoints), for vLLM on CPU hosts.
 TINY_VARIANT = {
@@ -187,7 +183,7 @@ def _run_on_cluster(
         progress = wait_until_ready(
             spec, FLEET_APP_NAME, timeout_s=settings.ready_timeout_s, on_progress=on_progress
         )
-        gateway = _gateway_handle(FLEET_APP_NAME)
+        gateway = gateway_handle(FLEET_APP_NAME)
         yield RunningFleet(
             fleet=spec,
             cluster=cluster,
@@ -235,8 +231,10 @@ def _stop(
     try:
         if ray.is_initialized():
             deadline = time.monotonic() + drain_s
+            # A gateway that cannot be reached is left to the application's deletion, which
+            # drains it too (with 404s for new requests).
             if gateway is not None:
-                _drain_gateway(gateway, deadline, cut_drain)
+                drain_gateway(gateway, deadline, cut_drain)
             # Not serve.delete's own wait: it gives up after 60 s, mid-drain.
             serve.delete(FLEET_APP_NAME, _blocking=False)
             while FLEET_APP_NAME in serve.status().applications:
@@ -253,64 +251,3 @@ def _stop(
             ray.shutdown()
         finally:
             cluster.shutdown()
-
-
-def _gateway_handle(app_name: str) -> Any:
-    """A handle on the fleet's gateway (the application's ingress) that already knows its
-    replicas, for stopping: made while the fleet serves, so that stopping does not wait for a
-    fresh handle to learn the replicas from the Serve controller. None when the gateway does
-    not answer (stopping then leaves it to the application's deletion, and says so)."""
-    from ray import serve
-
-    try:
-        handle = serve.get_app_handle(app_name)
-        if not handle.is_initialized:
-            # Its router on a loop of its own, as Serve does by default: with
-            # RAY_SERVE_THROUGHPUT_OPTIMIZED set (cluster.py sets it for the nodes; a shell or an
-            # earlier fleet in this process may have it before Ray is imported), handles default
-            # to the caller's asyncio loop, and stopping calls from plain code. Its broadcasts
-            # then failed with "No event loop running", and requests met the deleted route's 404.
-            handle._init(_run_router_in_separate_loop=True)  # type: ignore[no-untyped-call]
-        answers = handle.broadcast("in_flight").results(
-            timeout_s=GATEWAY_SILENT_S, return_exceptions=True
-        )
-        if not any(isinstance(a, int) for a in answers):
-            raise RuntimeError(f"no replica answered: {answers}")
-    except Exception as exc:  # the fleet serves all the same; only its stopping is cruder
-        log.warning("the gateway did not answer a broadcast (%s): stopping will not drain it", exc)
-        return None
-    return handle
-
-
-def _drain_gateway(gateway: Any, deadline: float, cut_drain: threading.Event) -> None:
-    """Tell every replica of `gateway` (a DeploymentHandle) to stop accepting
-    (`GatewayDeployment.stop_accepting`, which answers its count of requests in flight), again
-    on every poll so that a replica started meanwhile hears it too, until none has a request
-    in flight, `deadline` passes, or `cut_drain` is set. A gateway that cannot be reached is
-    left to the application's deletion, which drains it too."""
-    silent_since = time.monotonic()
-    error: Exception | None = None
-    while True:
-        in_flight: int | None = None
-        try:
-            answers = gateway.broadcast("stop_accepting").results(
-                timeout_s=DRAIN_POLL_S * 10, return_exceptions=True
-            )
-            counts = [a for a in answers if isinstance(a, int)]
-            if counts:
-                in_flight = sum(counts)
-        except Exception as exc:  # no replica known, or none answered in time
-            error = exc
-        now = time.monotonic()
-        if in_flight == 0:
-            return
-        if in_flight is not None:
-            silent_since = now
-        elif now - silent_since > GATEWAY_SILENT_S:
-            log.warning("the gateway did not say whether it still answers (%s); deleting it", error)
-            return
-        if now > deadline:
-            log.warning("answers still in flight when the drain time ran out: %s", in_flight)
-            return
-        if cut_drain.wait(DRAIN_POLL_S):
-            return

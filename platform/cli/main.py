@@ -13,6 +13,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from gemma_fleet.cli.autoscale import autoscale_command
 from gemma_fleet.cli.checkpoints import checkpoints_app
+from gemma_fleet.cli.drain import drain_command
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.loadtest import loadtest_command
 from gemma_fleet.cli.plan import plan_command
@@ -31,6 +32,7 @@ app.command("plan")(plan_command)
 app.command("profile")(profile_command)
 app.command("up")(up_command)
 app.command("autoscale")(autoscale_command)
+app.command("drain")(drain_command)
 app.add_typer(checkpoints_app, name="checkpoints")
 app.add_typer(teams_app, name="teams")
 app.add_typer(keys_app, name="keys")
@@ -46,7 +48,9 @@ def _root() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input becomes one line on stderr and exit status 2, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns a command's typer.Exit code instead of exiting
+        # with it (so `loadtest --strict` and `drain` exited 0 when they meant 1).
+        status = app(args=argv, standalone_mode=False)
     except CliError as exc:
         print(f"gemma-fleet: error: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -57,3 +61,5 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
+    if isinstance(status, int) and status != 0:
+        sys.exit(status)

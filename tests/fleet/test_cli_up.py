@@ -12,6 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,57 @@ RUN_UP = "import typer; from gemma_fleet.cli.up import up_command; typer.run(up_
 # Tokens of the answers in flight at SIGTERM, at speedup 10: the short one streams a few
 # seconds, the long one over a minute (the second SIGTERM cuts it).
 SHORT_ANSWER, LONG_ANSWER = 3000, 30000
+# RAY_SERVE_THROUGHPUT_OPTIMIZED is set before Ray is imported, as a shell (or an earlier fleet
+# in this process, which sets it for its cluster) may have it: Serve's handles then default to
+# the caller's asyncio loop, and a stopping fleet must still reach its gateway from plain code.
+UP_ENV = {**os.environ, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_AUTH_MODE": "disabled"}
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[bytes]
+    info: dict[str, Any]  # the ready file: base_url, api_key, models, pid
+    ready: Path
+    log: Path
+
+
+@contextmanager
+def _up(tmp_path: Path, port: int, ray_port: int, worker_ports: str) -> Iterator[Up]:
+    """`gemma-fleet up` of FLEET in a process of its own, once it announced itself ready. On
+    the way out (a failed assertion) it is stopped as a user would, twice (without the drain),
+    so that its nodes go too; killed only if that fails."""
+    fleet_file = tmp_path / "fleet.yaml"
+    fleet_file.write_text(yaml.safe_dump(FLEET))
+    ready = tmp_path / "ready.json"
+    args = [
+        "--fleet", str(fleet_file), "--port", str(port), "--ray-port", str(ray_port),
+        "--worker-ports", worker_ports, "--ray-temp-dir", f"/tmp/ray-fleet-{port}",
+        "--ready-file", str(ready), "--timeout", "300", "--state-dir", str(tmp_path / "state"),
+    ]  # fmt: skip
+    log = tmp_path / "up.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN_UP, *args],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=UP_ENV,
+    )
+    try:
+        deadline = time.monotonic() + 360
+        while not ready.exists():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "fleet not ready in time"
+            time.sleep(1)
+        yield Up(proc, json.loads(ready.read_text()), ready, log)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(1)
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _stream(client: openai.OpenAI, tokens: int, started: threading.Event) -> dict[str, Any]:
@@ -113,34 +167,11 @@ def _assert_refuses_new_requests(base_url: str, api_key: str) -> None:
     assert "stopping" in body["error"]["message"]
 
 
-def test_up_serves_until_sigterm_then_stops_everything(
-    tmp_path: Path,
-) -> None:
-    fleet_file = tmp_path / "fleet.yaml"
-    fleet_file.write_text(yaml.safe_dump(FLEET))
-    ready = tmp_path / "ready.json"
-    args = [
-        "--fleet", str(fleet_file), "--port", "8731", "--ray-port", "6731",
-        "--worker-ports", "22500-22999", "--ray-temp-dir", "/tmp/ray-fleet",
-        "--ready-file", str(ready), "--timeout", "300", "--state-dir", str(tmp_path / "state"),
-    ]  # fmt: skip
-    log = (tmp_path / "up.log").open("w")
-    # Set before Ray is imported, as a shell (or an earlier fleet in this process, which sets it
-    # for its cluster) may have it: Serve's handles then default to the caller's asyncio loop,
-    # and a stopping fleet must still reach its gateway from plain code.
-    env = {**os.environ, "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", RUN_UP, *args], stdout=log, stderr=subprocess.STDOUT, env=env
-    )
-    try:
-        deadline = time.monotonic() + 360
-        while not ready.exists():
-            assert proc.poll() is None, (tmp_path / "up.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "fleet not ready in time"
-            time.sleep(1)
-        info = json.loads(ready.read_text())
+def test_up_serves_until_sigterm_then_stops_everything(tmp_path: Path) -> None:
+    with _up(tmp_path, 8731, 6731, "22500-22999") as up:
+        proc, info = up.proc, up.info
         assert info["models"] == ["edge"] and info["pid"] == proc.pid
-        assert ready.stat().st_mode & 0o077 == 0  # it holds the keys: owner-only
+        assert up.ready.stat().st_mode & 0o077 == 0  # it holds the keys: owner-only
         client = openai.OpenAI(base_url=info["base_url"], api_key=info["api_key"], max_retries=0)
         reply = client.chat.completions.create(
             model="edge", messages=[{"role": "user", "content": "hi"}], max_tokens=8
@@ -170,19 +201,42 @@ def test_up_serves_until_sigterm_then_stops_everything(
         assert proc.wait(timeout=120) == 0
         long["thread"].join(timeout=60)
         assert "error" in long and "tokens" not in long, long
-    finally:
-        if proc.poll() is None:
-            # A failed assertion: stop it as a user would, twice (without the drain), so that
-            # its nodes go too; kill it only if that fails.
-            proc.send_signal(signal.SIGTERM)
-            time.sleep(1)
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    output = (tmp_path / "up.log").read_text()
+    output = up.log.read_text()
     assert "http://127.0.0.1:8731/v1" in output and "fleet stopped" in output
-    assert not ready.exists()
+    assert not up.ready.exists()
     assert [pid for pid in running if alive(pid)] == []
+
+
+def test_drain_refuses_new_requests_and_waits_for_the_answers_in_flight(
+    tmp_path: Path,
+) -> None:
+    """`gemma-fleet drain`, as the Helm chart's head-pod preStop hook runs it, against a running
+    fleet: new requests get the stopping 503 at once, the answer in flight is finished, and
+    the command exits 0 only after it; the fleet then stops without waiting."""
+    with _up(tmp_path, 8732, 6732, "23000-23499") as up:
+        info = up.info
+        client = openai.OpenAI(base_url=info["base_url"], api_key=info["api_key"], max_retries=0)
+        started = threading.Event()
+        answer = _stream(client, SHORT_ANSWER, started)
+        assert started.wait(timeout=60)
+        drain = subprocess.Popen(
+            [sys.executable, "-m", "gemma_fleet.cli", "drain", "--address", "127.0.0.1:6732",
+             "--timeout", "120"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=UP_ENV,
+        )  # fmt: skip
+        _assert_refuses_new_requests(info["base_url"], info["api_key"])
+        assert drain.poll() is None and "ended_at" not in answer  # still waiting for it
+        answer["thread"].join(timeout=120)
+        assert "error" not in answer, answer
+        assert answer["tokens"] == SHORT_ANSWER and answer["finish_reason"] is not None
+        out, err = drain.communicate(timeout=120)
+        drained_at = time.monotonic()
+        assert drain.returncode == 0, err[-3000:]
+        assert "drained" in out
+        assert drained_at >= answer["ended_at"]
+        # Drained: the fleet keeps refusing, and stops without a drain of its own to wait for.
+        _assert_refuses_new_requests(info["base_url"], info["api_key"])
+        signalled_at = time.monotonic()
+        up.proc.send_signal(signal.SIGTERM)
+        assert up.proc.wait(timeout=120) == 0
+        assert time.monotonic() - signalled_at < 60

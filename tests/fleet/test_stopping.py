@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from gemma_fleet.deployments.fleet import run
+from gemma_fleet.deployments.fleet import draining
 from gemma_fleet.gateway.app import SECURITY_HEADERS
 from gemma_fleet.gateway.stopping import RETRY_AFTER_S, Stopping, StoppingGate
 
@@ -131,24 +131,27 @@ class GatewayHandle:
 @pytest.fixture
 def gateway(monkeypatch: pytest.MonkeyPatch) -> list[GatewayHandle]:
     """Put a GatewayHandle in the list for the drain to use."""
-    monkeypatch.setattr(run, "DRAIN_POLL_S", 0.01)
+    monkeypatch.setattr(draining, "DRAIN_POLL_S", 0.01)
     return []
 
 
-def drain(handle: GatewayHandle, deadline_s: float = 60.0, cut: bool = False) -> float:
+def drain(
+    handle: GatewayHandle, deadline_s: float = 60.0, cut: bool = False
+) -> tuple[int | None, float]:
+    """The answers still in flight when the drain stopped waiting, and how long it took."""
     cut_drain = threading.Event()
     if cut:
         cut_drain.set()
     started = time.monotonic()
-    run._drain_gateway(handle, started + deadline_s, cut_drain)
-    return time.monotonic() - started
+    left = draining.drain_gateway(handle, started + deadline_s, cut_drain)
+    return left, time.monotonic() - started
 
 
 def test_stopping_waits_until_no_gateway_replica_has_a_request_in_flight(
     gateway: list[GatewayHandle],
 ) -> None:
     gateway.append(GatewayHandle([2, 1], [0, 1], [0, 0], [5, 5]))
-    drain(gateway[0])
+    assert drain(gateway[0])[0] == 0
     assert gateway[0].calls == 3  # told every poll; done once every replica says 0
 
 
@@ -156,7 +159,7 @@ def test_a_replica_that_cannot_answer_does_not_hide_the_others(
     gateway: list[GatewayHandle],
 ) -> None:
     gateway.append(GatewayHandle([RuntimeError("replica died"), 1], [RuntimeError(), 0]))
-    drain(gateway[0])
+    assert drain(gateway[0])[0] == 0
     assert gateway[0].calls == 2
 
 
@@ -164,21 +167,23 @@ def test_the_wait_ends_at_the_drain_deadline_or_a_second_signal(
     gateway: list[GatewayHandle],
 ) -> None:
     gateway.append(GatewayHandle([1]))
-    assert drain(gateway[0], deadline_s=0.2) < 5
+    left, took = drain(gateway[0], deadline_s=0.2)
+    assert left == 1 and took < 5  # says what it left in flight
     calls = gateway[0].calls
     assert calls > 1
-    drain(gateway[0], cut=True)
+    assert drain(gateway[0], cut=True)[0] == 1
     assert gateway[0].calls == calls + 1  # told once, then cut
 
 
 def test_a_gateway_that_never_answers_is_left_to_the_applications_deletion(
     gateway: list[GatewayHandle], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(run, "GATEWAY_SILENT_S", 0.2)
+    monkeypatch.setattr(draining, "GATEWAY_SILENT_S", 0.2)
     gateway.append(GatewayHandle(TimeoutError("no replica known yet")))
-    assert drain(gateway[0]) < 5
+    left, took = drain(gateway[0])
+    assert left is None and took < 5  # it cannot say what is left
     gateway[0] = GatewayHandle(TimeoutError("not yet"), [1], [0])
-    drain(gateway[0])  # once it answers, it is waited for
+    assert drain(gateway[0])[0] == 0  # once it answers, it is waited for
     assert gateway[0].calls == 3
 
 
@@ -199,7 +204,7 @@ def test_the_stopping_handle_is_warmed_when_the_fleet_is_up(
 
     warm = Warm([0, 0])
     monkeypatch.setattr(serve, "get_app_handle", lambda name: warm)
-    assert run._gateway_handle("fleet-app") is warm
+    assert draining.gateway_handle("fleet-app") is warm
     assert warm.methods == ["in_flight"]  # asks, does not stop it
     monkeypatch.setattr(serve, "get_app_handle", lambda name: Warm(TimeoutError("no replica")))
-    assert run._gateway_handle("fleet-app") is None
+    assert draining.gateway_handle("fleet-app") is None

@@ -16,6 +16,7 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import typer.main
 import yaml
 from chart_support import (
     CHART,
@@ -30,6 +31,7 @@ from chart_support import (
     run_tool,
 )
 
+from gemma_fleet.cli.main import app as cli_app
 from gemma_fleet.deployments.pools.load import parse_fleet
 
 DEFAULTS = CHART / "values.yaml"
@@ -209,6 +211,34 @@ def test_an_upgrade_keeps_the_old_cluster_for_the_pools_drain(
     longer = render(values={**values, "fleet": fleet})
     assert longer.returncode == 0, longer.stderr
     assert _rayservice(longer)["spec"]["rayClusterDeletionDelaySeconds"] == 1801
+
+
+def test_the_head_pod_drains_the_gateway_before_it_stops(
+    case: tuple[dict[str, Any], Rendered], render: Render
+) -> None:
+    """The gateway replicas run in the head pod. Kubernetes' defaults (no preStop hook, 30 s
+    grace) cut every answer in flight when the head stopped; the chart drains the gateway first,
+    for the pools' longest drain, and gives the pod that long plus time to stop Ray."""
+
+    def head(out: Rendered) -> tuple[dict[str, Any], dict[str, Any]]:
+        spec = _rayservice(out)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        return spec, container
+
+    values, out = case
+    longest = math.ceil(parse_fleet(values["fleet"]).longest_drain_s)
+    fleet = copy.deepcopy(values["fleet"])
+    fleet["model_pools"][-1]["drain_timeout_s"] = 1800.5
+    longer = render(values={**values, "fleet": fleet})
+    assert longer.returncode == 0, longer.stderr
+    for rendered, drain_s in ((out, longest), (longer, 1801)):
+        spec, container = head(rendered)
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[:2] == ["gemma-fleet", "drain"]
+        # The hook's arguments are ones the CLI takes, with the drain time it was meant to get.
+        drain = typer.main.get_command(cli_app).commands["drain"]  # type: ignore[attr-defined]
+        assert drain.make_context("drain", command[2:]).params["timeout"] == drain_s
+        assert spec["terminationGracePeriodSeconds"] == drain_s + 30
 
 
 def test_worker_groups_come_from_the_node_pools(case: tuple[dict[str, Any], Rendered]) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
@@ -176,3 +177,21 @@ def test_the_cli_runs_a_shape_against_the_same_fleet(run: Run, tmp_path: Path) -
     assert str(out / "report.md") in done.stdout.replace("\n", "")
     report = LoadTestReport.model_validate_json((out / "report.json").read_text())
     assert report.shape.kind == "step" and report.totals.requests > 0
+
+
+def test_strict_exits_1_when_an_slo_is_missed(run: Run, tmp_path: Path) -> None:
+    """What a CI gate relies on: `--strict` fails the job when the SLOs do not hold (the
+    root command used to drop the exit status, so a missed SLO exited 0)."""
+    workload = yaml.safe_load(WORKLOAD.read_text())
+    workload["slo"] = {"ttft_s": 1e-6, "tpot_s": 1e-6, "e2e_s": 1e-6}  # nothing meets it
+    impossible = tmp_path / "impossible.yaml"
+    impossible.write_text(yaml.safe_dump(workload))
+    done = subprocess.run(
+        [sys.executable, "-m", "gemma_fleet.cli", "loadtest", "--host", run.root,
+         "--workload", str(impossible), "--shape", "step", "--duration", "5s", "--users", "2",
+         "--out", str(tmp_path / "report"), "--admin-key", run.admin_key, "--strict"],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 1, (done.stdout[-2000:], done.stderr[-2000:])
+    report = LoadTestReport.model_validate_json((tmp_path / "report" / "report.json").read_text())
+    assert report.totals.requests > 0 and report.verdict != "SLOs hold"
