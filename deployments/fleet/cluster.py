@@ -13,11 +13,11 @@ needs `ray stop` or a search by process name.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gemma_fleet.deployments.fleet.environment import set_environment
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.pools import FleetSpec, NodePool, nodes_needed
 
@@ -26,6 +26,21 @@ log = logging.getLogger(__name__)
 # Logical CPUs a GPU node declares per GPU: an engine worker per GPU plus the replica actor.
 CPUS_PER_GPU = 2
 NODE_POOL_LABEL = "gemma-fleet/node-pool"
+# What every node inherits, unless this process's environment says otherwise.
+NODE_ENVIRONMENT = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # The cluster listens on this machine only; a token left in ~/.ray by an earlier
+    # `ray start` would otherwise switch on token auth and lock our own clients out.
+    "RAY_AUTH_MODE": "disabled",
+    # Direct ingress and gRPC between deployments: about a fifth less CPU per request and a
+    # lower p50 than the default proxy (benchmarks/serve_ingress/results.md).
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # With direct ingress, a stopping gateway replica keeps serving for this long so that an
+    # external load balancer can take it out first (Serve's default: 30 s). Nothing stands in
+    # front of a local fleet, so the default only held every Ctrl-C for 30 s and ended in
+    # "Controller failed to shut down". Requests in flight are still waited for.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
 
 
 def node_counts(fleet: FleetSpec, overrides: Mapping[str, int] | None = None) -> dict[str, int]:
@@ -60,6 +75,8 @@ class LocalCluster:
     settings: LocalFleetSettings
     cluster: Any  # ray.cluster_utils.Cluster (untyped)
     nodes: dict[str, list[str]] = field(default_factory=dict)  # node pool -> Ray node ids
+    # Puts back the variables start_local_cluster set for the nodes.
+    restore_environment: Callable[[], None] = lambda: None
 
     @property
     def address(self) -> str:
@@ -78,8 +95,12 @@ class LocalCluster:
         return out
 
     def shutdown(self) -> None:
-        """Stop every node: workers first, then the head (raylets take their workers along)."""
-        self.cluster.shutdown()
+        """Stop every node: workers first, then the head (raylets take their workers along);
+        then give back the environment variables set for them."""
+        try:
+            self.cluster.shutdown()
+        finally:
+            self.restore_environment()
 
 
 def start_local_cluster(
@@ -89,22 +110,12 @@ def start_local_cluster(
     node pool; returns once every node has registered with the GCS."""
     from ray.cluster_utils import Cluster
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    # The cluster listens on this machine only; a token left in ~/.ray by an earlier
-    # `ray start` would otherwise switch on token auth and lock our own clients out.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # Direct ingress and gRPC between deployments: about a fifth less CPU per request and
-    # a lower p50 than the default proxy (benchmarks/serve_ingress/results.md).
-    os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-    # With direct ingress, a stopping gateway replica keeps serving for this long so that an
-    # external load balancer can take it out first (Serve's default: 30 s). Nothing stands in
-    # front of a local fleet, so the default only held every Ctrl-C for 30 s and ended in
-    # "Controller failed to shut down". Requests in flight are still waited for.
-    os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "2")
     # Cluster writes the address file "ray_current_cluster" into Ray's default temp folder
     # (/tmp/ray), where another cluster's `ray.init(address="auto")` would read it: keep it in
-    # our own folder.
-    os.environ["RAY_TMPDIR"] = str(settings.temp_dir)
+    # our own folder. The nodes inherit these; shutdown() puts them back.
+    restore_environment = set_environment(
+        {"RAY_TMPDIR": str(settings.temp_dir)}, defaults=NODE_ENVIRONMENT
+    )
     (settings.temp_dir / "ray").mkdir(parents=True, exist_ok=True)
     total = 1 + sum(counts.values())
     common: dict[str, Any] = {
@@ -112,21 +123,27 @@ def start_local_cluster(
         "dashboard_agent_listen_port": None,  # random: several agents share this machine
     }
     low, high = settings.worker_ports(0, total)
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            **common,
-            "gcs_server_port": settings.gcs_port,
-            "temp_dir": str(settings.temp_dir),
-            "include_dashboard": False,
-            "num_cpus": settings.head_cpus,
-            "num_gpus": 0,
-            "min_worker_port": low,
-            "max_worker_port": high,
-            "labels": {NODE_POOL_LABEL: "head"},
-        },
+    try:
+        cluster = Cluster(
+            initialize_head=True,
+            head_node_args={
+                **common,
+                "gcs_server_port": settings.gcs_port,
+                "temp_dir": str(settings.temp_dir),
+                "include_dashboard": False,
+                "num_cpus": settings.head_cpus,
+                "num_gpus": 0,
+                "min_worker_port": low,
+                "max_worker_port": high,
+                "labels": {NODE_POOL_LABEL: "head"},
+            },
+        )
+    except BaseException:
+        restore_environment()
+        raise
+    local = LocalCluster(
+        settings=settings, cluster=cluster, restore_environment=restore_environment
     )
-    local = LocalCluster(settings=settings, cluster=cluster)
     try:
         index = 1
         for node_pool in fleet.node_pools:

@@ -4,7 +4,6 @@ HTTP front, wait until replicas are up, and take it all down again on exit."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 from gemma_fleet.deployments.fleet.cluster import LocalCluster, node_counts, start_local_cluster
 from gemma_fleet.deployments.fleet.draining import drain_gateway, gateway_handle
+from gemma_fleet.deployments.fleet.environment import scoped_environment
 from gemma_fleet.deployments.fleet.progress import FleetProgress, wait_until_ready
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.fleet.team_store import LocalTeams, local_team_store
@@ -111,25 +111,18 @@ def run_fleet(
     cpu_host = not gpu_host()
     uses_vllm = any(p.engine is EngineKind.VLLM for p in spec.model_pools)
     checkpoints = tiny_checkpoints(spec) if uses_vllm and cpu_host else {}
-    if uses_vllm and cpu_host:
-        for key, value in CPU_VLLM_ENV.items():
-            os.environ.setdefault(key, value)
-    counts = node_counts(spec, nodes)
-    old_tmpdir = os.environ.get("RAY_TMPDIR")
-    # The store starts first and stops last: the nodes inherit its environment, and replicas
-    # still draining at shutdown can settle their accounting.
-    try:
+    # The nodes this process starts inherit these; given back on exit (as the cluster and the
+    # team store give back theirs), so that a later fleet in this process starts clean.
+    with scoped_environment(defaults=CPU_VLLM_ENV if uses_vllm and cpu_host else None):
+        counts = node_counts(spec, nodes)
+        # The store starts first and stops last: the nodes inherit its environment, and
+        # replicas still draining at shutdown can settle their accounting.
         with local_team_store(
             settings.state_dir, auth=settings.auth, redis_url=settings.redis_url
         ) as teams:
             yield from _run_on_cluster(
                 spec, settings, counts, cpu_host, checkpoints, teams, on_progress
             )
-    finally:
-        if old_tmpdir is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = old_tmpdir
 
 
 def _run_on_cluster(

@@ -8,7 +8,6 @@ gateway replicas find the store through the same environment variables a Kuberne
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from gemma_fleet.deployments.fleet.environment import scoped_environment
 from gemma_fleet.teams.embedded import EmbeddedRedis
 from gemma_fleet.teams.keys import new_key
 
@@ -42,20 +42,6 @@ def _secret_file(path: Path, make: Callable[[], str]) -> str:
 
 
 @contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextmanager
 def local_team_store(
     state_dir: Path, *, auth: bool = True, redis_url: str | None = None
 ) -> Iterator[LocalTeams]:
@@ -64,7 +50,7 @@ def local_team_store(
     `redis_url` names a Redis someone else runs (a fault test kills and restarts one under
     load); the embedded one is not started then."""
     if not auth:
-        with _environment({"GEMMA_FLEET_AUTH": "disabled"}):
+        with scoped_environment({"GEMMA_FLEET_AUTH": "disabled"}):
             yield LocalTeams()
         return
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -82,7 +68,7 @@ def local_team_store(
         "GEMMA_FLEET_BOOTSTRAP_TEAMS": str(bootstrap),
     }
     try:
-        with _environment(env):
+        with scoped_environment(env):
             yield LocalTeams(api_key=api_key, admin_key=admin_key, redis_url=url)
     finally:
         if redis is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ from typing import Any
 import openai
 import pytest
 
+from gemma_fleet.deployments.fleet.cluster import NODE_ENVIRONMENT
 from gemma_fleet.deployments.fleet.processes import alive, process_tree
-from gemma_fleet.deployments.fleet.run import RunningFleet, run_fleet
+from gemma_fleet.deployments.fleet.run import CPU_VLLM_ENV, RunningFleet, run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 
 pytestmark = pytest.mark.slow
@@ -28,6 +30,17 @@ SETTINGS = LocalFleetSettings(
     ready_timeout_s=400,
 )
 
+# What a local fleet sets for the nodes it starts (cluster, engines, team store).
+FLEET_VARIABLES = {
+    *NODE_ENVIRONMENT,
+    *CPU_VLLM_ENV,
+    "RAY_TMPDIR",
+    "GEMMA_FLEET_AUTH",
+    "REDIS_URL",
+    "GEMMA_FLEET_ADMIN_KEY",
+    "GEMMA_FLEET_BOOTSTRAP_TEAMS",
+}
+
 
 class Fleet:
     """The running fleet plus a way to stop it from inside a test."""
@@ -37,9 +50,11 @@ class Fleet:
         # Two H100 nodes of 4 GPUs where the starting replicas need one: either node could
         # take the 31B's two GPUs, so a split group would be Ray's choice, not a necessity.
         settings = dataclasses.replace(SETTINGS, state_dir=state_dir)
+        self.environ = {key: os.environ.get(key) for key in FLEET_VARIABLES}
         self.running: RunningFleet = self.stack.enter_context(
             run_fleet(settings=settings, nodes={"h100": 2})
         )
+        self.environ_while_up = {key: os.environ.get(key) for key in FLEET_VARIABLES}
         self.pids = self.running.cluster.pids()
 
     def stop(self) -> None:
@@ -268,3 +283,8 @@ def test_shutdown_leaves_no_ray_processes(
     assert len(replicas) >= 5  # four pools and the OpenAI ingress
     fleet.stop()
     assert [pid for pid in before if alive(pid)] == []
+    # The variables the fleet set for its nodes went with it: a later Ray cluster this process
+    # starts (the next test module's) must not inherit them.
+    assert fleet.environ_while_up["RAY_TMPDIR"] == str(SETTINGS.temp_dir)
+    assert fleet.environ_while_up["GEMMA_FLEET_AUTH"] == "required"
+    assert {key: os.environ.get(key) for key in FLEET_VARIABLES} == fleet.environ
