@@ -1,7 +1,13 @@
-"""Draining a fleet's gateway: tell every gateway replica to stop accepting requests, then wait
-until none has an answer in flight. A local fleet does it when it stops (`run.py`); in the
-Helm chart the Ray head pod's preStop hook does it (`gemma-fleet drain`), since the gateway
-replicas go down with the head."""
+"""Draining before something stops.
+
+- The gateway: tell every gateway replica to stop accepting requests, then wait until none has
+  an answer in flight. A local fleet does it when it stops (`run.py`); in the Helm chart the
+  Ray head pod's preStop hook does it (`gemma-fleet drain`), since the gateway replicas go
+  down with the head.
+- A node: ask Ray to drain it, so that Serve starts replacements of the node's replicas
+  elsewhere and stops the old ones once those run (or in time for the deadline), then wait
+  until none is left on it. In the chart a GPU worker pod's preStop hook does it
+  (`gemma-fleet drain-node`)."""
 
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ log = logging.getLogger(__name__)
 # moment, and a gateway that never answers is left to whatever stops it next).
 DRAIN_POLL_S = 0.5
 GATEWAY_SILENT_S = 15.0
+# A draining node's replicas are counted this often (a call to the Serve controller).
+NODE_POLL_S = 2.0
 
 
 def gateway_handle(app_name: str) -> Any:
@@ -81,3 +89,56 @@ def drain_gateway(gateway: Any, deadline: float, cut_drain: threading.Event) -> 
             return in_flight
         if cut_drain.wait(DRAIN_POLL_S):
             return in_flight
+
+
+class DrainRefused(RuntimeError):
+    """Ray did not accept the request to drain a node (its message says why)."""
+
+
+def replicas_on_node(node_id: str) -> int:
+    """Serve replicas, of any application and in any state short of stopped, on Ray node
+    `node_id` (hex). Needs a Ray connection."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
+    client = _get_global_client(raise_if_no_controller_running=False)
+    if client is None:  # Serve does not run: nothing of ours is on the node
+        return 0
+    details = ServeInstanceDetails(**client.get_serve_details())
+    return sum(
+        1
+        for app in details.applications.values()
+        for deployment in app.deployments.values()
+        for replica in deployment.replicas
+        if replica.node_id == node_id
+    )
+
+
+def drain_node(node_id: str, deadline_s: float, cut_drain: threading.Event) -> int:
+    """Drain Ray node `node_id` (hex) as for a preemption `deadline_s` from now, then wait until
+    no Serve replica is left on it, the deadline passes, or `cut_drain` is set; returns the
+    replicas still there. Raises DrainRefused when Ray does not accept the drain.
+
+    What Serve does with it (Ray 2.60 `deployment_state.py`, `migrate_replicas_on_draining_nodes`):
+    a RUNNING replica there becomes PENDING_MIGRATION and keeps serving while a replacement
+    starts elsewhere; it is stopped gracefully (its pool's drain_timeout_s) once the replacement
+    runs, or at once when the deadline is nearer than that timeout. So the deadline should leave
+    room for a replacement to start plus the pool's drain."""
+    import ray
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # a Cython module
+    from ray.core.generated import autoscaler_pb2
+
+    gcs = GcsClient(address=ray.get_runtime_context().gcs_address)
+    accepted, why = gcs.drain_node(
+        node_id,
+        autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION"),  # type: ignore[attr-defined]
+        "gemma-fleet drain-node: the node is stopping",
+        int((time.time() + deadline_s) * 1000),
+    )
+    if not accepted:
+        raise DrainRefused(why or "no reason given")
+    deadline = time.monotonic() + deadline_s
+    while True:
+        left = replicas_on_node(node_id)
+        if left == 0 or time.monotonic() > deadline or cut_drain.wait(NODE_POLL_S):
+            return left

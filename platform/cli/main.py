@@ -13,7 +13,7 @@ except ImportError:  # pragma: no cover - older typer uses click itself
 
 from gemma_fleet.cli.autoscale import autoscale_command
 from gemma_fleet.cli.checkpoints import checkpoints_app
-from gemma_fleet.cli.drain import drain_command
+from gemma_fleet.cli.drain import drain_command, drain_node_command
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.loadtest import loadtest_command
 from gemma_fleet.cli.plan import plan_command
@@ -33,6 +33,7 @@ app.command("profile")(profile_command)
 app.command("up")(up_command)
 app.command("autoscale")(autoscale_command)
 app.command("drain")(drain_command)
+app.command("drain-node")(drain_node_command)
 app.add_typer(checkpoints_app, name="checkpoints")
 app.add_typer(teams_app, name="teams")
 app.add_typer(keys_app, name="keys")

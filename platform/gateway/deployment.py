@@ -63,11 +63,18 @@ class GatewayDeployment:
         return self._stopping.in_flight
 
 
+# Replica states Serve routes requests to (`_BROADCAST_STATES` in Ray 2.60's
+# deployment_state.py): a replica on a draining node is PENDING_MIGRATION, and keeps answering
+# until its replacement runs elsewhere. Counting RUNNING alone made a one-replica pool "down"
+# (503) for the whole migration while Serve still served it.
+ROUTED_STATES = frozenset({"RUNNING", "PENDING_MIGRATION"})
+
+
 def running_replicas(app_name: str, deployments: list[str]) -> Callable[[], dict[str, int | None]]:
-    """A reader of the RUNNING replicas of `deployments` of the gateway's application (each
-    pool is one, named after the pool; so is the gateway), as the Serve controller counts them
-    (None: the controller does not know the deployment). Blocking: the gateway runs it off its
-    loop."""
+    """A reader of the replicas of `deployments` of the gateway's application (each pool is
+    one, named after the pool; so is the gateway) that Serve routes requests to, as the Serve
+    controller counts them (None: the controller does not know the deployment). Blocking: the
+    gateway runs it off its loop."""
 
     def read() -> dict[str, int | None]:
         app = serve.status().applications.get(app_name)
@@ -78,8 +85,8 @@ def running_replicas(app_name: str, deployments: list[str]) -> Callable[[], dict
             if found is None:
                 counts[name] = None
                 continue
-            # ReplicaState is a str enum: its RUNNING member equals the plain string.
-            counts[name] = sum(n for s, n in found.replica_states.items() if s == "RUNNING")
+            # ReplicaState is a str enum: its members equal their plain strings.
+            counts[name] = sum(n for s, n in found.replica_states.items() if s in ROUTED_STATES)
         return counts
 
     return read

@@ -241,6 +241,36 @@ def test_the_head_pod_drains_the_gateway_before_it_stops(
         assert spec["terminationGracePeriodSeconds"] == drain_s + 30
 
 
+def test_gpu_worker_pods_drain_their_node_before_they_stop(
+    case: tuple[dict[str, Any], Rendered], render: Render
+) -> None:
+    """A GPU worker pod that stops first drains its Ray node (Serve starts the replicas'
+    replacements elsewhere, then stops the old ones gracefully), with a deadline covering the
+    replacements' start and the pools' drain, inside the pod's grace period."""
+    values, out = case
+    longest = math.ceil(parse_fleet(values["fleet"]).longest_drain_s)
+    start = values["ray"]["workerDrain"]["replacementStartSeconds"]
+    quick = copy.deepcopy(values)
+    quick["ray"]["workerDrain"]["replacementStartSeconds"] = 0
+    rendered_quick = render(values=quick)
+    assert rendered_quick.returncode == 0, rendered_quick.stderr
+    drain_node = typer.main.get_command(cli_app).commands["drain-node"]  # type: ignore[attr-defined]
+    for rendered, drain_s in ((out, start + longest), (rendered_quick, longest)):
+        groups = _rayservice(rendered)["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        assert groups
+        for group in groups:
+            spec = group["template"]["spec"]
+            (container,) = spec["containers"]
+            command = container["lifecycle"]["preStop"]["exec"]["command"]
+            assert command[:2] == ["gemma-fleet", "drain-node"]
+            params = drain_node.make_context("drain-node", command[2:]).params
+            # Serve stops a replica at once when the deadline is nearer than its drain: the
+            # deadline leaves the drain, and the replacements' start before it.
+            assert params["deadline"] == drain_s + 10
+            assert params["node_id"] is None  # the node the hook runs on
+            assert spec["terminationGracePeriodSeconds"] == drain_s + 30
+
+
 def test_worker_groups_come_from_the_node_pools(case: tuple[dict[str, Any], Rendered]) -> None:
     values, out = case
     cluster = _rayservice(out)["spec"]["rayClusterConfig"]
