@@ -161,7 +161,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
                 if out:
                     yield out
         finally:
-            prompt = admitted[0].classified.needs.prompt_tokens if admitted else 0
+            prompt = admitted[0].classified.needs.input_tokens if admitted else 0
             usage = tally.usage(prompt)
             metrics.answered(endpoint, team, model, pool, reason, started)
             metrics.served_tokens(team, pool_models.get(pool, ""), *_counts(usage))

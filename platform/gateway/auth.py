@@ -82,8 +82,9 @@ def too_large_error(exc: RequestTooLarge, period: str) -> ApiError:
     return ApiError(
         400,
         f"request too large: it alone needs {exc.requested:,} tokens (estimated prompt plus "
-        f"max_tokens for each of its n choices), more than the team's {limit} allows "
-        f"({exc.allowed:,}); lower max_tokens or n, or shorten the prompt",
+        f"max_tokens for each of its n choices, of each prompt in a batch), more than the "
+        f"team's {limit} allows ({exc.allowed:,}); lower max_tokens or n, or shorten the "
+        f"prompt or the batch",
         param="max_tokens",
         code="request_too_large",
         extra_headers={"x-should-retry": "false"},

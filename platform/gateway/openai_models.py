@@ -288,11 +288,16 @@ class ChatCompletionRequest(Strict):
         return self
 
 
+# A completion prompt: engines refuse an empty one (was a 500: the fuzzer).
+Prompt = Annotated[str, Field(min_length=1)]
+
+
 class CompletionRequest(Strict):
-    """OpenAI's legacy completions: one text prompt in, its continuation out."""
+    """OpenAI's legacy completions: a text prompt, or a list of them (a batch), in; each
+    prompt's continuations (n of them) out."""
 
     model: str = Field(min_length=1)
-    prompt: str = Field(min_length=1)  # engines refuse an empty prompt (was a 500: the fuzzer)
+    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1)]
     max_tokens: int | None = Field(None, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -313,8 +318,34 @@ class CompletionRequest(Strict):
     ignore_eos: bool | None = None
     min_tokens: int | None = Field(None, ge=0)
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_only(cls, prompt: Any) -> Any:
+        # OpenAI and vLLM also take token ids; the gateway estimates a prompt's tokens from
+        # its text to route and admit it, and token ids are a tokenizer's, not Gemma's here.
+        if isinstance(prompt, list) and any(not isinstance(p, str) for p in prompt):
+            raise ValueError(
+                "token-id prompts are not supported: send text, a string or a list of strings"
+            )
+        if prompt == []:  # else refused as "not a string", the union's first branch
+            raise ValueError("a list of prompts must hold at least 1 prompt")
+        return prompt
+
+    @property
+    def prompts(self) -> list[str]:
+        """The prompts, one or a batch's."""
+        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+
     @model_validator(mode="after")
     def _consistent(self) -> CompletionRequest:
+        # A batch's prompts run n sequences each, on the one replica that takes the request:
+        # MAX_CHOICES bounds the sequences a request runs, prompts x n, as it bounds n.
+        sequences = len(self.prompts) * self.n
+        if sequences > MAX_CHOICES:
+            raise ValueError(
+                f"prompt holds {len(self.prompts)} prompts and n is {self.n}: {sequences} "
+                f"sequences; at most {MAX_CHOICES} per request (prompts x n)"
+            )
         _check_choices(self.n, self.temperature)
         _check_stream_options(self.stream, self.stream_options)
         _check_min_tokens(self.min_tokens, self.max_tokens)

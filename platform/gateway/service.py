@@ -267,10 +267,15 @@ class Gateway:
         return await self._dispatch(decision, needs, request.model, caller, "chat", payload)
 
     async def completions(self, request: CompletionRequest, caller: Caller = ANYONE) -> Answer:
+        """A completion of one prompt or a batch of them (served by one pool, as vLLM serves
+        a batch: each prompt's n choices in turn, usage summed over them)."""
+        prompts = [estimate_tokens(p) + 1 for p in request.prompts]  # + BOS
         needs = RequestNeeds(
-            prompt_tokens=estimate_tokens(request.prompt) + 1,
+            prompt_tokens=max(prompts),  # each prompt must fit the context on its own
             max_output_tokens=request.max_tokens or 16,  # OpenAI's default for completions
-            sequences=request.n,
+            sequences=len(prompts) * request.n,
+            prompts=len(prompts),
+            batch_prompt_tokens=sum(prompts) if len(prompts) > 1 else None,
         )
         decision = self._route(needs, request.model, caller)
         if caller.admit is not None:
@@ -367,7 +372,7 @@ class Gateway:
                 traced.set_attributes(
                     {
                         names.REQUEST_MODEL: requested,
-                        names.PROMPT_TOKENS_ESTIMATE: needs.prompt_tokens,
+                        names.PROMPT_TOKENS_ESTIMATE: needs.input_tokens,
                         names.MAX_OUTPUT_TOKENS: needs.max_output_tokens,
                     }
                 )

@@ -35,19 +35,31 @@ class RequestNeeds:
     modalities: frozenset[Modality] = frozenset({Modality.TEXT})
     tools: bool = False
     structured_output: bool = False
-    sequences: int = 1  # OpenAI's n: choices sampled from the one prompt
+    # Sequences the request runs: OpenAI's n (choices sampled from one prompt), times the
+    # prompts of a completions batch (each prompt's n choices).
+    sequences: int = 1
+    prompts: int = 1  # a completions batch's prompts; prompt_tokens is the longest one's
+    # The prompts of a batch together (what the engine reads and reports); None: one prompt,
+    # prompt_tokens.
+    batch_prompt_tokens: int | None = None
+
+    @property
+    def input_tokens(self) -> int:
+        """Every prompt token the request sends: its prompt, or a batch's prompts."""
+        return self.prompt_tokens if self.batch_prompt_tokens is None else self.batch_prompt_tokens
 
     @property
     def context_tokens(self) -> int:
-        """What one sequence holds in the pool's context: the prompt and its output."""
+        """What one sequence holds in the pool's context: the (longest) prompt and its
+        output."""
         return self.prompt_tokens + self.max_output_tokens
 
     @property
     def total_tokens(self) -> int:
-        """What the request may use in all (what a team's admission reserves): the prompt
+        """What the request may use in all (what a team's admission reserves): each prompt
         once (the engine reads it once and reports it once) and up to max_output_tokens for
         each of its sequences."""
-        return self.prompt_tokens + self.sequences * self.max_output_tokens
+        return self.input_tokens + self.sequences * self.max_output_tokens
 
 
 @dataclass(frozen=True)
@@ -101,9 +113,11 @@ def _capable(needs: RequestNeeds, pool: PoolView) -> str | None:
             f"{needs.max_output_tokens:,} output)"
         )
     if _too_many_sequences(needs, pool):
+        n = needs.sequences // needs.prompts
+        asks = f"n={n}" if needs.prompts == 1 else f"{needs.prompts} prompts x n={n}"
         return (
             f"{pool.name} runs at most {pool.max_num_seqs} sequences per replica; "
-            f"n={needs.sequences} asks for {needs.sequences}"
+            f"{asks} asks for {needs.sequences}"
         )
     return None
 
@@ -155,12 +169,14 @@ def route(
         elsewhere = sorted({p.name for p in everything if _capable(needs, p) is None})
         hint = f"; pools that could serve it: {', '.join(elsewhere)}" if elsewhere else ""
         message = f"{requested!r} cannot serve this request: {'; '.join(refusals)}{hint}"
-        # Refused for its n alone (it would fit with fewer choices): the 400 names n.
+        # Refused for its sequences alone (it would fit with fewer): the 400 names n, or a
+        # batch's prompt.
         only_n = all(
             _too_many_sequences(needs, p) and _capable(replace(needs, sequences=1), p) is None
             for p in targets
         )
-        raise RoutingError(400, message, elsewhere, param="n" if only_n else "model")
+        param = ("n" if needs.prompts == 1 else "prompt") if only_n else "model"
+        raise RoutingError(400, message, elsewhere, param=param)
 
     if allowed_models is not None:
         permitted = [p for p in capable if _allowed(p, requested, allowed_models)]

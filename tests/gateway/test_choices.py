@@ -238,3 +238,83 @@ def test_time_per_output_token_is_per_sequence(gateway_server: Any) -> None:
     observed = after[0] - before[0]
     decode = stamps[-1] - stamps[0]  # the stream's first chunk to its last: 10 steps
     assert decode / 10 * 0.5 < observed < decode / 10 * 1.5  # not decode / 43 (summed tokens)
+
+
+# ---- completions with a list of prompts (a batch, as vLLM 0.32 serves it) -------------------
+
+BATCH = ["Once upon a time", "The quick brown fox jumps over"]
+
+
+def test_a_batch_of_prompts_streamed_and_not(client: openai.OpenAI) -> None:
+    common: dict[str, Any] = {"model": "e2b", "n": 2, "seed": 5, "temperature": 1.0,
+                              "max_tokens": 6, "extra_body": {"ignore_eos": True}}  # fmt: skip
+    alone = [client.completions.create(prompt=p, **common) for p in BATCH]
+    whole = client.completions.create(prompt=BATCH, **common)
+    # vLLM's order: prompt j's choice i is choice j * n + i, as that prompt alone answers it
+    assert [c.index for c in whole.choices] == [0, 1, 2, 3]
+    assert [c.text for c in whole.choices] == [c.text for a in alone for c in a.choices]
+    assert whole.usage is not None
+    assert whole.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone if a.usage)
+    assert whole.usage.completion_tokens == 4 * 6
+    texts = ["", "", "", ""]
+    usage = None
+    for chunk in client.completions.create(
+        prompt=BATCH, stream=True, stream_options={"include_usage": True}, **common
+    ):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert texts == [c.text for c in whole.choices]
+    assert usage is not None and usage.total_tokens == whole.usage.total_tokens
+
+
+def test_a_batch_counts_prompts_x_n_sequences_against_the_pools_capacity(
+    gateway_server: Any,
+) -> None:
+    pool = gateway_server.gateway.state.pools["slow"]  # real time: the stream lasts
+    body = {"model": "slow", "prompt": BATCH, "n": 2, "max_tokens": 400, "ignore_eos": True,
+            "stream": True, "temperature": 1.0}  # fmt: skip
+    with httpx.stream("POST", gateway_server.url + "/v1/completions", json=body, timeout=30) as r:
+        lines = r.iter_lines()
+        assert any(next(lines).startswith("data: ") for _ in range(8))
+        assert (pool.in_flight, pool.sequences) == (1, 4)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and pool.sequences:
+        time.sleep(0.05)
+    assert (pool.in_flight, pool.sequences) == (0, 0)
+
+
+def test_a_batch_is_bounded_by_prompts_x_n_and_each_prompt_by_the_context(
+    gateway_server: Any,
+) -> None:
+    path = "/v1/completions"
+    too_many = {"model": "e2b", "prompt": ["hi"] * 9, "n": 2, "max_tokens": 4}
+    r = gateway_server.post(path, json=too_many)
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert "prompt holds 9 prompts and n is 2: 18 sequences" in message
+    assert f"at most {MAX_CHOICES}" in message
+    assert gateway_server.post(path, json={**too_many, "prompt": ["hi"] * 8}).status_code == 200
+    # each prompt must fit a pool's context on its own: e2b holds 32K, the long prompt does not
+    long = {"model": "e2b", "prompt": ["hi", "word " * 40_000], "max_tokens": 4}
+    r = gateway_server.post(path, json=long)
+    assert r.status_code == 400 and "32,768" in r.json()["error"]["message"], r.text
+    for bad, why in (([1, 2, 3], "token-id prompts"), ([[1, 2]], "token-id prompts"),
+                     ([], "at least 1"), (["hi", ""], "at least 1")):  # fmt: skip
+        r = gateway_server.post(path, json={"model": "e2b", "prompt": bad, "max_tokens": 4})
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"].startswith("prompt") and why in r.text
+
+
+def test_a_batch_beyond_a_pools_batch_is_refused_naming_prompt_or_routed_elsewhere(
+    small_batch_gateway: RunningGateway,
+) -> None:
+    body = {"model": "e2b", "prompt": ["a", "b", "c"], "max_tokens": 4}
+    r = small_batch_gateway.post("/v1/completions", json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "prompt"
+    assert "at most 2 sequences" in error["message"] and "3 prompts x n=1" in error["message"]
+    routed = small_batch_gateway.post("/v1/completions", json={**body, "model": "gemma-4"})
+    assert routed.status_code == 200 and routed.headers["x-gemma-fleet-pool"] == "e4b"
+    assert len(routed.json()["choices"]) == 3

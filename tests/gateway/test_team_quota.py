@@ -146,3 +146,22 @@ def test_count_tokens_spends_no_request_and_no_token(gateway: RunningGateway) ->
     assert budget_used(gateway, "count-free") == used
     rows = admin(gateway, "GET", "/admin/usage?team=count-free").json()["data"]
     assert sum(r["requests"] for r in rows) == 1  # metered: the one generation only
+
+
+def test_admission_reserves_every_prompt_of_a_batch_and_its_sequences(
+    gateway: RunningGateway,
+) -> None:
+    key = new_team(gateway, "batch", limits={"token_budget": 1_000, "budget_period": "month"})
+    client = openai_client(gateway, key)
+    # 2 prompts x n=2 x 300 output tokens cannot fit 1,000 tokens; one prompt's 2 x 300 would
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.completions.create(
+            model="e2b", prompt=["Once", "Twice"], n=2, max_tokens=300, temperature=1.0
+        )
+    assert refused.value.code == "request_too_large"
+    assert budget_used(gateway, "batch") == 0
+    served = client.completions.create(
+        model="e2b", prompt=["Once", "Twice"], n=2, max_tokens=200, temperature=1.0
+    )
+    assert len(served.choices) == 4 and served.usage is not None
+    assert budget_used(gateway, "batch") == served.usage.total_tokens  # charged what was used

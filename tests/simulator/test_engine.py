@@ -487,3 +487,47 @@ def test_an_out_of_vocabulary_logit_bias_is_refused_as_vllm_refuses_it(stream: b
     assert "cannot be converted to integer token IDs: ['x']" in wrong_key.error.message
     [answer] = _chat(_engine(), logit_bias={"0": 1.0, "262143": -1.0})  # the vocabulary's ends
     assert isinstance(answer, ChatCompletionResponse)
+
+
+# ---- completions with a list of prompts: a batch, as vLLM 0.32 serves it ---------------------
+
+
+def _complete(engine: SimulatorEngine, **body: Any) -> list[Any]:
+    async def run() -> list[Any]:
+        await engine.start()
+        try:
+            return await _drain(engine.completions(CompletionRequest(model="gemma-sim", **body)))
+        finally:
+            await engine.shutdown()
+
+    return asyncio.run(run())
+
+
+def test_a_batch_of_prompts_answers_each_prompts_choices_in_vllms_order() -> None:
+    prompts = ["Once", "A long time ago in a galaxy far away"]
+    common = {"n": 2, "seed": 3, "temperature": 1.0, "max_tokens": 5, "ignore_eos": True}
+    alone = [_complete(_engine(), prompt=p, **common)[0] for p in prompts]
+    [batch] = _complete(_engine(), prompt=prompts, **common)
+    assert isinstance(batch, CompletionResponse)
+    # vLLM: prompt j's choice i is choice j * n + i, each as that prompt alone would answer
+    assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+    assert [c.text for c in batch.choices] == [c.text for a in alone for c in a.choices]
+    assert batch.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)
+    assert batch.usage.completion_tokens == 4 * 5
+    streamed = _complete(
+        _engine(), prompt=prompts, stream=True, stream_options={"include_usage": True}, **common
+    )
+    chunks = _chunks(streamed)
+    texts = ["", "", "", ""]
+    for chunk in chunks[:-1]:
+        [choice] = chunk["choices"]
+        texts[choice["index"]] += choice["text"]
+    assert texts == [c.text for c in batch.choices]
+    assert chunks[-1]["usage"]["prompt_tokens"] == batch.usage.prompt_tokens
+    assert chunks[-1]["usage"]["completion_tokens"] == 4 * 5
+
+
+def test_each_prompt_of_a_batch_must_fit_the_context() -> None:
+    [error] = _complete(_engine(), prompt=["Once", "word " * 40_000], max_tokens=4)
+    assert isinstance(error, ErrorResponse) and error.error.code == 400
+    assert "maximum context length" in error.error.message

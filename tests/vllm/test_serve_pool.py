@@ -581,3 +581,31 @@ def test_vllm_refuses_an_out_of_vocabulary_logit_bias_as_the_simulator_does(
         err.value.message,
     )
     assert err.value.param == "logit_bias"
+
+
+def test_a_batch_of_prompts_through_the_gateway_is_served_as_vllm_serves_it(gateway: Any) -> None:
+    """/v1/completions with a list of prompts: vLLM 0.32 answers prompt j's choice i as
+    choice j * n + i, usage summed over every prompt and choice."""
+    prompts = ["Say hello", "Count to three, slowly"]
+    greedy = {"model": MODEL, "temperature": 0, "max_tokens": 6}
+    alone = [gateway.completions.create(prompt=p, **greedy) for p in prompts]
+    batch = gateway.completions.create(prompt=prompts, **greedy)
+    assert [c.index for c in batch.choices] == [0, 1]
+    assert [c.text for c in batch.choices] == [a.choices[0].text for a in alone]
+    assert batch.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)
+    sampled = {"model": MODEL, "n": 2, "temperature": 1.0, "max_tokens": 5,
+               "extra_body": {"ignore_eos": True}}  # fmt: skip
+    whole = gateway.completions.create(prompt=prompts, **sampled)
+    assert [c.index for c in whole.choices] == [0, 1, 2, 3]
+    assert whole.usage.completion_tokens == 4 * 5
+    counts = [0, 0, 0, 0]
+    usage = None
+    for chunk in gateway.completions.create(
+        prompt=prompts, stream=True, stream_options={"include_usage": True}, **sampled
+    ):
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            counts[choice.index] += 1
+    assert all(c >= 1 for c in counts)
+    assert usage is not None and usage.completion_tokens == 4 * 5
+    assert usage.prompt_tokens == batch.usage.prompt_tokens

@@ -190,23 +190,23 @@ class SimulatorCore:
     ) -> AsyncIterator[TokenEvent]:
         """Run a request and yield its tokens as they are produced. Closing the iterator early
         (client went away, task cancelled) aborts the request."""
-        group = self.generate_group(prompt_token_ids, [(request_id, output_plan, finish_reason)])
+        group = self.generate_group([(request_id, prompt_token_ids, output_plan, finish_reason)])
         async with contextlib.aclosing(group) as events:
             async for event in events:
                 yield event
 
     async def generate_group(
-        self, prompt_token_ids: list[int], children: list[tuple[str, list[int], str]]
+        self, children: list[tuple[str, list[int], list[int], str]]
     ) -> AsyncGenerator[TokenEvent, None]:
-        """Run sequences that share one prompt (OpenAI's n: vLLM fans a request out into
-        child requests, each scheduled on its own) and yield their tokens, interleaved as the
-        steps produce them, until every one has finished. `children` holds each one's
-        (request id, output plan, finish reason). Closing the iterator early aborts those
-        still running."""
+        """Run the sequences of one API request (OpenAI's n, and a completions batch's
+        prompts: vLLM fans a request out into requests scheduled each on its own) and yield
+        their tokens, interleaved as the steps produce them, until every one has finished.
+        `children` holds each one's (request id, prompt token ids, output plan, finish
+        reason). Closing the iterator early aborts those still running."""
         queue: asyncio.Queue[TokenEvent] = asyncio.Queue()
         requests: list[SimRequest] = []
         try:
-            for request_id, output_plan, finish_reason in children:
+            for request_id, prompt_token_ids, output_plan, finish_reason in children:
                 requests.append(
                     self.add_request(
                         request_id, prompt_token_ids, output_plan, finish_reason, queue

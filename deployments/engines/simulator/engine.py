@@ -236,13 +236,16 @@ class SimulatorEngine(LLMEngine):
             digest.update(f"#{index}".encode())
         return random.Random(int.from_bytes(digest.digest(), "little"))
 
-    def _child_ids(self, request_id: str, n: int) -> list[str]:
-        """Engine ids of a request's sequences: the request's own for n=1, else vLLM's child
-        ids ("{i}_{id}"); made unique should a client reuse an id still running."""
-        ids = [request_id] if n == 1 else [f"{i}_{request_id}" for i in range(n)]
+    def _child_ids(self, request_id: str, n: int, prompts: int = 1) -> list[str]:
+        """Engine ids of a request's sequences, prompt by prompt: the request's own for one
+        prompt and n=1; a batch's prompt j is "{id}-{j}", as vLLM's completions name them,
+        and n > 1 gives vLLM's child ids ("{i}_{id}") of each; made unique should a client
+        reuse an id still running."""
+        bases = [request_id] if prompts == 1 else [f"{request_id}-{j}" for j in range(prompts)]
+        ids = [base if n == 1 else f"{i}_{base}" for base in bases for i in range(n)]
         if all(self.core.request(i) is None for i in ids):
             return ids
-        return self._child_ids(f"{request_id}-{uuid.uuid4()}", n)
+        return self._child_ids(f"{request_id}-{uuid.uuid4()}", n, prompts)
 
     def _plans(
         self, request: ChatCompletionRequest | CompletionRequest, prompt: list[int], spec: Any
@@ -258,13 +261,18 @@ class SimulatorEngine(LLMEngine):
         return [plan_answer(spec, self._rng(request.seed, prompt, i), length) for i in range(n)]
 
     def _generate(
-        self, request_id: str, prompt: list[int], plans: list[AnswerPlan]
+        self, request_id: str, prompts: list[list[int]], plans: list[AnswerPlan]
     ) -> tuple[AsyncGenerator[Any, None], dict[str, int]]:
         """Token events of every choice's sequence, interleaved as the engine makes them,
-        and the choice index of each sequence's engine id."""
-        ids = self._child_ids(request_id, len(plans))
-        children = [(i, p.token_ids, p.finish_reason) for i, p in zip(ids, plans, strict=True)]
-        return self.core.generate_group(prompt, children), {i: k for k, i in enumerate(ids)}
+        and the choice index of each sequence's engine id. `plans` holds each prompt's n
+        choices in turn: prompt j's choice i is choice j * n + i, vLLM's index."""
+        n = len(plans) // len(prompts)
+        ids = self._child_ids(request_id, n, len(prompts))
+        children = [
+            (i, prompts[k // n], p.token_ids, p.finish_reason)
+            for k, (i, p) in enumerate(zip(ids, plans, strict=True))
+        ]
+        return self.core.generate_group(children), {i: k for k, i in enumerate(ids)}
 
     async def _run_to_end(
         self, traced: Span, events: AsyncIterator[Any], prompt: int, plans: list[AnswerPlan]
@@ -320,11 +328,11 @@ class SimulatorEngine(LLMEngine):
         return {"finish_reason": reason, "stop_reason": plan.stop_reason}
 
     @staticmethod
-    def _record_plans(traced: Span, prompt: list[int], finishes: list[str]) -> None:
+    def _record_plans(traced: Span, prompt_tokens: int, finishes: list[str]) -> None:
         if traced.is_recording():
             traced.set_attributes(
                 {
-                    names.INPUT_TOKENS: len(prompt),
+                    names.INPUT_TOKENS: prompt_tokens,
                     names.FINISH_REASONS: finishes,
                 }
             )
@@ -357,8 +365,8 @@ class SimulatorEngine(LLMEngine):
         finishes = [
             "stop" if p.finish_reason == "tool_calls" and named else p.finish_reason for p in plans
         ]
-        self._record_plans(traced, prompt, finishes)
-        events, choice_of = self._generate(request.request_id, prompt, plans)
+        self._record_plans(traced, len(prompt), finishes)
+        events, choice_of = self._generate(request.request_id, [prompt], plans)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             for index in range(len(plans)):  # as vLLM: each choice opens with its role
@@ -451,30 +459,30 @@ class SimulatorEngine(LLMEngine):
         return rendered.token_ids, self._plans(request, rendered.token_ids, spec)
 
     # ---- completions -----------------------------------------------------------------------
-    def _prepare_completion(self, request: CompletionRequest) -> tuple[list[int], list[AnswerPlan]]:
-        prompt: Any = request.prompt
-        if isinstance(prompt, list) and len(prompt) == 1 and not isinstance(prompt[0], int):
-            prompt = prompt[0]
-        if isinstance(prompt, str):
-            ids = [tokenizer.BOS_ID, *tokenizer.encode(prompt)]
-        elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-            ids = list(prompt)
-        else:
-            raise RequestError("prompt must be a string or a list of token ids", param="prompt")
-        max_tokens = resolve_max_tokens(
-            request.max_tokens or 16, len(ids), self.config.max_model_len
-        )
-        spec = answer_spec(
-            max_tokens=max_tokens,
-            min_tokens=request.min_tokens,
-            ignore_eos=request.ignore_eos,
-            stop=request.stop,
-            tools=[],
-            tool_choice="none",
-            rendered=None,
-            response_format=request.response_format,
-        )
-        return ids, self._plans(request, ids, spec)
+    def _prepare_completion(
+        self, request: CompletionRequest
+    ) -> tuple[list[list[int]], list[AnswerPlan]]:
+        """Each prompt's token ids (a batch: vLLM 0.32 takes a list of prompts, each served
+        as a request of its own), and every choice's plan, each prompt's n in turn."""
+        prompts = [_prompt_ids(prompt) for prompt in _batch(request.prompt)]
+        plans: list[AnswerPlan] = []
+        for ids in prompts:
+            # each prompt is checked against the context on its own, as vLLM does
+            max_tokens = resolve_max_tokens(
+                request.max_tokens or 16, len(ids), self.config.max_model_len
+            )
+            spec = answer_spec(
+                max_tokens=max_tokens,
+                min_tokens=request.min_tokens,
+                ignore_eos=request.ignore_eos,
+                stop=request.stop,
+                tools=[],
+                tool_choice="none",
+                rendered=None,
+                response_format=request.response_format,
+            )
+            plans += self._plans(request, ids, spec)
+        return prompts, plans
 
     async def _stream_tokens(
         self,
@@ -520,16 +528,17 @@ class SimulatorEngine(LLMEngine):
         self, request: CompletionRequest, traced: Span
     ) -> AsyncIterator[str | CompletionResponse | ErrorResponse]:
         try:
-            prompt, plans = self._prepare_completion(request)
+            prompts, plans = self._prepare_completion(request)
         except (RequestError, SchemaError) as exc:
             mark_failed(traced, str(exc))
             for item in _refusal(exc, request.stream):
                 yield item
             return
-        self._record_plans(traced, prompt, [p.finish_reason for p in plans])
+        prompt_tokens = sum(map(len, prompts))  # usage counts each prompt once
+        self._record_plans(traced, prompt_tokens, [p.finish_reason for p in plans])
         response_id = f"cmpl-{request.request_id}"
         created = int(time.time())
-        events, choice_of = self._generate(request.request_id, prompt, plans)
+        events, choice_of = self._generate(request.request_id, prompts, plans)
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
 
@@ -545,7 +554,7 @@ class SimulatorEngine(LLMEngine):
             tokens = self._stream_tokens(
                 traced,
                 events,
-                len(prompt),
+                prompt_tokens,
                 include_usage,
                 CompletionStreamResponse,
                 {"id": response_id, "object": "text_completion", "created": created},
@@ -555,7 +564,7 @@ class SimulatorEngine(LLMEngine):
                 async for sse in tokens:
                     yield sse
             return
-        usage = await self._run_to_end(traced, events, len(prompt), plans)
+        usage = await self._run_to_end(traced, events, prompt_tokens, plans)
         yield CompletionResponse(
             id=response_id,
             created=created,
@@ -623,6 +632,23 @@ def _check_logit_bias(logit_bias: dict[str, float] | None) -> None:
             f"Vocabulary size: {tokenizer.VOCAB_SIZE} (parameter=logit_bias, value={invalid})",
             param="logit_bias",
         )
+
+
+def _batch(prompt: Any) -> list[Any]:
+    """A completion's prompts: vLLM takes a string, a list of token ids, or a list of either
+    (a batch, answered prompt by prompt)."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+        return list(prompt)
+    return [prompt]
+
+
+def _prompt_ids(prompt: Any) -> list[int]:
+    """One prompt's token ids: a string's, with the BOS token, or the ids given."""
+    if isinstance(prompt, str):
+        return [tokenizer.BOS_ID, *tokenizer.encode(prompt)]
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return list(prompt)
+    raise RequestError("prompt must be a string or a list of token ids", param="prompt")
 
 
 def _tool_functions(tools: list[Any] | None) -> list[dict[str, Any]]:
