@@ -204,6 +204,9 @@ class MessagesRequest(Conversation):
     service_tier: Literal["auto", "standard_only"] | None = None
     inference_geo: str | None = None
     container: str | dict[str, Any] | None = None
+    # Asks Anthropic to explain prompt-cache misses against an earlier message; Gemma pools
+    # keep no such record, so the answer carries no diagnostics.
+    diagnostics: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _budget_within_max_tokens(self) -> MessagesRequest:

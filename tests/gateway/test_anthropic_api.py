@@ -184,6 +184,7 @@ def test_fields_that_do_not_change_the_answer_are_accepted(client: anthropic.Ant
         model="gemma-4", max_tokens=8, messages=HELLO, service_tier="auto",
         cache_control={"type": "ephemeral"}, inference_geo="us", speed="standard",
         container="container_1", thinking={"type": "disabled"}, metadata={"user_id": "u"},
+        diagnostics={"previous_message_id": None},
     )  # fmt: skip
     assert message.content
 
