@@ -234,7 +234,7 @@ def _nodes(fleet: FleetSpec, state: FleetState) -> Mapping[str, int]:
     return state.nodes or nodes_for(fleet, state.replicas)
 
 
-def serve_status(status: ControllerStatus, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:
+def serve_status(status: ControllerStatus, port: int, host: str) -> ThreadingHTTPServer:
     """Serve `status` on `host:port` (0: any free port; the bound one is
     `server.server_address[1]`) from a daemon thread; `server.shutdown()` stops it."""
 

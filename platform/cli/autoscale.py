@@ -101,9 +101,9 @@ def _actuator(
 
 
 def _serve_status(
-    fleet: FleetSpec, settings: ControllerSettings, dry_run: bool, port: int | None
+    fleet: FleetSpec, settings: ControllerSettings, dry_run: bool, port: int | None, host: str
 ) -> ControllerStatus | None:
-    """The autoscaler's own metrics and liveness on `port` (None: not served)."""
+    """The autoscaler's own metrics and liveness on `host:port` (port None: not served)."""
     if port is None:
         return None
     from gemma_fleet.autoscaler.status import ControllerStatus, serve_status, stale_after
@@ -115,10 +115,10 @@ def _serve_status(
         dry_run=dry_run,
     )
     try:
-        serve_status(status, port)
+        serve_status(status, port, host)
     except OSError as exc:
         raise CliError(f"--status-port {port}: cannot listen: {exc.strerror or exc}") from exc
-    log.info("status on port %d: /metrics, /healthz", port)
+    log.info("status on port %d of %s: /metrics, /healthz", port, host)
     return status
 
 
@@ -157,6 +157,12 @@ def autoscale_command(
         None,
         "--status-port",
         help="serve the autoscaler's own /metrics and /healthz on this port (docs/autoscaler.md)",
+    ),
+    status_host: str = typer.Option(
+        "127.0.0.1",
+        "--status-host",
+        help="the address the status port listens on; 0.0.0.0 for every interface (the Helm "
+        "chart: the kubelet's probe and Prometheus reach the pod's IP)",
     ),
 ) -> None:
     """Keep the fleet's replicas and nodes matched to demand, calmly."""
@@ -208,7 +214,7 @@ def autoscale_command(
             time.sleep(min(ONCE_WINDOW_S, settings.interval_s))
             _print_step(controller.step(), verbose=True)
             return
-        status = _serve_status(spec, settings, dry_run, status_port)
+        status = _serve_status(spec, settings, dry_run, status_port, status_host)
 
         def on_step(report: StepReport) -> None:
             _print_step(report, verbose=dry_run)

@@ -237,6 +237,18 @@ def test_the_controller_loop_reports_failed_steps_and_keeps_going() -> None:
 EXE = shutil.which("gemma-fleet", path=str(Path(sys.executable).parent))
 
 
+def _lan_address() -> str | None:
+    """The IPv4 address this machine's default route leaves from (none without a route).
+    Connecting a UDP socket only picks the route; nothing is sent."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -305,6 +317,11 @@ def test_autoscale_serves_its_status_while_it_runs(gateway_metrics: str, tmp_pat
         assert sample(found, "slo_tpot_p95_seconds", **e2b) == 0.1
         health = httpx.get(f"{base}/healthz")
         assert health.status_code == 200 and health.text.startswith("ok: 1 step finished")
+        # Without --status-host it listens on loopback only: the cost figures stay off the LAN.
+        lan = _lan_address()
+        if lan is not None:
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"http://{lan}:{port}/healthz", timeout=5)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)

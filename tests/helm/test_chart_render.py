@@ -395,6 +395,8 @@ def test_autoscaler_command_follows_the_cli_contract(
     # Its own status: the port the CLI serves is the one named `metrics`, probed for liveness.
     status_port = values["autoscaler"]["statusPort"]
     assert int(args["--status-port"]) == status_port
+    # The CLI listens on loopback by default; the kubelet and Prometheus come to the pod's IP.
+    assert args["--status-host"] == "0.0.0.0"
     assert container["ports"] == [
         {"name": "metrics", "containerPort": status_port, "protocol": "TCP"}
     ]
