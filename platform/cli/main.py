@@ -49,8 +49,9 @@ def _root() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: bad input becomes one line on stderr and exit status 2, never a traceback."""
     try:
-        # Without standalone mode click returns a command's typer.Exit code instead of exiting
-        # with it (so `loadtest --strict` and `drain` exited 0 when they meant 1).
+        # Without standalone mode click returns a command's typer.Exit code instead of raising
+        # it (so `loadtest --strict` and `drain` exited 0 when they meant 1 until this exited
+        # with it).
         status = app(args=argv, standalone_mode=False)
     except CliError as exc:
         print(f"gemma-fleet: error: {exc}", file=sys.stderr)
@@ -58,8 +59,6 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as exc:
         print(f"gemma-fleet: error: {exc.format_message()}", file=sys.stderr)
         sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(130)
     if isinstance(status, int) and status != 0:

@@ -8,7 +8,6 @@ missing are printed), 2 for bad input.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -131,9 +130,7 @@ def plan_command(
         if any(not h[1].plan.feasible for h in hours):
             status = 1
     if status:
-        # SystemExit, not typer.Exit: the root runs click with standalone_mode=False, where an
-        # Exit's code is returned and dropped, and scripts must see that demand is not met.
-        sys.exit(status)
+        raise typer.Exit(status)  # scripts must see that demand is not met
 
 
 def _one_line(exc: Exception) -> str:

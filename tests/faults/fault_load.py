@@ -150,6 +150,7 @@ class Replica:
     actor_name: str
     pid: int
     state: str
+    node_id: str | None  # None until Ray has placed it
 
 
 def replicas(app: str, pool: str) -> list[Replica]:
@@ -165,7 +166,12 @@ def replicas(app: str, pool: str) -> list[Replica]:
     if deployment is None:
         return []
     return [
-        Replica(actor_name=r.actor_name or "", pid=r.pid or 0, state=str(r.state.value))
+        Replica(
+            actor_name=r.actor_name or "",
+            pid=r.pid or 0,
+            state=str(r.state.value),
+            node_id=r.node_id,
+        )
         for r in deployment.replicas
     ]
 

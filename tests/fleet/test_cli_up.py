@@ -23,6 +23,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from fleet.long_answer import stream_answer
 
 from gemma_fleet.deployments.fleet.processes import alive, process_tree
 
@@ -100,38 +101,6 @@ def _up(tmp_path: Path, port: int, ray_port: int, worker_ports: str) -> Iterator
                 proc.wait()
 
 
-def _stream(client: openai.OpenAI, tokens: int, started: threading.Event) -> dict[str, Any]:
-    """Stream a `tokens`-token answer on a thread; the dict it returns gets the finish reason,
-    the tokens, the end time and any error. `started` is set at the first chunk."""
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            chunks = client.chat.completions.create(
-                model="edge",
-                messages=[{"role": "user", "content": f"{tokens} tokens, please"}],
-                max_tokens=tokens,
-                stream=True,
-                stream_options={"include_usage": True},
-                extra_body={"min_tokens": tokens},
-            )
-            for chunk in chunks:
-                started.set()
-                for choice in chunk.choices:
-                    out["finish_reason"] = choice.finish_reason or out.get("finish_reason")
-                if chunk.usage is not None:
-                    out["tokens"] = chunk.usage.completion_tokens
-        except Exception as exc:  # the assertions show it
-            out["error"] = repr(exc)
-        finally:
-            out["ended_at"] = time.monotonic()
-            started.set()
-
-    out["thread"] = threading.Thread(target=run)
-    out["thread"].start()
-    return out
-
-
 def _assert_refuses_new_requests(base_url: str, api_key: str) -> None:
     """A stopping fleet: /ready fails at once (load balancers stop sending), /health still
     answers, and a new request gets a 503 with Retry-After in its API's error shape - one the
@@ -181,8 +150,8 @@ def test_up_serves_until_sigterm_then_stops_everything(tmp_path: Path) -> None:
         running = process_tree([proc.pid])
         assert any(cmd.startswith("ray::ServeReplica") for cmd in running.values())
         started = [threading.Event(), threading.Event()]
-        short = _stream(client, SHORT_ANSWER, started[0])
-        long = _stream(client, LONG_ANSWER, started[1])
+        short = stream_answer(client, SHORT_ANSWER, started[0])
+        long = stream_answer(client, LONG_ANSWER, started[1])
         assert all(s.wait(timeout=60) for s in started)
         signalled_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -217,7 +186,7 @@ def test_drain_refuses_new_requests_and_waits_for_the_answers_in_flight(
         info = up.info
         client = openai.OpenAI(base_url=info["base_url"], api_key=info["api_key"], max_retries=0)
         started = threading.Event()
-        answer = _stream(client, SHORT_ANSWER, started)
+        answer = stream_answer(client, SHORT_ANSWER, started)
         assert started.wait(timeout=60)
         drain = subprocess.Popen(
             [sys.executable, "-m", "gemma_fleet.cli", "drain", "--address", "127.0.0.1:6732",

@@ -11,10 +11,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
+from faults.fault_load import replicas
+from fleet.long_answer import stream_answer
 
 from gemma_fleet.deployments.fleet.run import run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
@@ -42,16 +43,9 @@ DEADLINE_S = 180
 ANSWER_TOKENS = 10000
 
 
-def replicas() -> list[tuple[str, str | None]]:
+def placed() -> list[tuple[str, str | None]]:
     """(state, node id) of each replica of the pool, as the Serve controller reports them."""
-    from ray.serve.context import _get_global_client
-    from ray.serve.schema import ServeInstanceDetails
-
-    client = _get_global_client()
-    assert client is not None
-    details = ServeInstanceDetails(**client.get_serve_details())
-    pool = details.applications[FLEET_APP_NAME].deployments["edge"]
-    return [(str(r.state.value), r.node_id) for r in pool.replicas]
+    return [(r.state, r.node_id) for r in replicas(FLEET_APP_NAME, "edge")]
 
 
 def test_draining_a_node_moves_its_replica_without_failing_a_request(tmp_path: Path) -> None:
@@ -66,35 +60,13 @@ def test_draining_a_node_moves_its_replica_without_failing_a_request(tmp_path: P
         ready_timeout_s=400,
     )
     with run_fleet(FLEET, settings=settings, nodes={"l4": 2}) as fleet:
-        ((state, old_node),) = replicas()
+        ((state, old_node),) = placed()
         assert state == "RUNNING" and old_node is not None
         (other_node,) = [n for n in fleet.cluster.nodes["l4"] if n != old_node]
         client = openai.OpenAI(base_url=fleet.base_url, api_key=fleet.api_key, max_retries=0)
 
-        answer: dict[str, Any] = {}
         started = threading.Event()
-
-        def stream() -> None:
-            try:
-                chunks = client.chat.completions.create(
-                    model="edge",
-                    messages=[{"role": "user", "content": "a long answer, please"}],
-                    max_tokens=ANSWER_TOKENS,
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    extra_body={"min_tokens": ANSWER_TOKENS},
-                )
-                for chunk in chunks:
-                    started.set()
-                    if chunk.usage is not None:
-                        answer["tokens"] = chunk.usage.completion_tokens
-            except Exception as exc:  # the assertions show it
-                answer["error"] = repr(exc)
-            finally:
-                started.set()
-
-        streaming = threading.Thread(target=stream)
-        streaming.start()
+        answer = stream_answer(client, ANSWER_TOKENS, started)
         assert started.wait(timeout=60)
 
         drain = subprocess.Popen(
@@ -107,7 +79,7 @@ def test_draining_a_node_moves_its_replica_without_failing_a_request(tmp_path: P
         sent = 0
         deadline = time.monotonic() + DEADLINE_S + 60
         while drain.poll() is None and time.monotonic() < deadline:
-            states_seen |= {s for s, _ in replicas()}
+            states_seen |= {s for s, _ in placed()}
             try:
                 reply = client.chat.completions.create(
                     model="edge", messages=[{"role": "user", "content": "hi"}], max_tokens=4
@@ -118,7 +90,7 @@ def test_draining_a_node_moves_its_replica_without_failing_a_request(tmp_path: P
             sent += 1
             time.sleep(0.3)
         out, err = drain.communicate(timeout=60)
-        streaming.join(timeout=120)
+        answer["thread"].join(timeout=120)
 
         assert drain.returncode == 0, err[-3000:]
         assert f"no replica left on {old_node}" in out
@@ -128,4 +100,4 @@ def test_draining_a_node_moves_its_replica_without_failing_a_request(tmp_path: P
         assert sent > 10 and failures == [], failures[:3]
         # The answer in flight on the old replica was finished, not cut.
         assert "error" not in answer and answer["tokens"] == ANSWER_TOKENS, answer
-        assert replicas() == [("RUNNING", other_node)]
+        assert placed() == [("RUNNING", other_node)]
