@@ -12,10 +12,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from gemma_fleet.gateway.anthropic_models import (
+    ContentSource,
     Conversation,
     CountTokensRequest,
+    DocumentBlock,
     ImageBlock,
     MessagesRequest,
+    PlainTextSource,
     RedactedThinkingBlock,
     TextBlock,
     ThinkingBlock,
@@ -53,12 +56,73 @@ def _image_url(block: ImageBlock) -> str:
     return source.url
 
 
-def _text(blocks: str | list[Any]) -> str:
+def _part(block: TextBlock | ImageBlock) -> dict[str, Any]:
+    """A text or image block as an OpenAI content part."""
+    if isinstance(block, TextBlock):
+        return {"type": "text", "text": block.text}
+    return {"type": "image_url", "image_url": {"url": _image_url(block)}}
+
+
+def _text(blocks: str | list[TextBlock]) -> str:
     if isinstance(blocks, str):
         return blocks
-    if any(not isinstance(b, TextBlock) for b in blocks):
-        raise ApiError(400, "only text can be returned inside a tool_result", param="messages")
     return "".join(b.text for b in blocks)
+
+
+def _tool_result(block: ToolResultBlock, where: str) -> tuple[str, list[dict[str, Any]]]:
+    """A tool result as the tool message's text and the images it returned. The images go
+    into the user turn that follows the tool's response: the chat core's tool messages carry
+    text only (as OpenAI's do), while Gemma 4's template and vLLM 0.32 would also take them
+    inside the response (docs/gateway.md). Documents count as their text (and images)."""
+    if isinstance(block.content, str):
+        texts, images = [block.content], []
+    else:
+        parts: list[dict[str, Any]] = []
+        for k, item in enumerate(block.content):
+            if isinstance(item, DocumentBlock):
+                parts += _document(item, f"{where}.content[{k}]")
+            else:
+                parts.append(_part(item))
+        texts = [p["text"] for p in parts if p["type"] == "text"]
+        images = [p for p in parts if p["type"] != "text"]
+    text = "".join(texts)
+    return (f"error: {text}" if block.is_error else text), images
+
+
+def _document(block: DocumentBlock, where: str) -> list[dict[str, Any]]:
+    """A text document as parts of the user's turn: its text (or its text and images) inside
+    <document> tags, with its title and context, so the model can tell the document from the
+    question around it and knows what it is. Gemma 4 reads no PDFs here (the engines take
+    text, images and audio), and the gateway keeps no uploaded files: those are refused,
+    naming the block, with what to send instead."""
+    source = block.source
+    if isinstance(source, PlainTextSource):
+        body: list[dict[str, Any]] = [{"type": "text", "text": source.data}]
+    elif isinstance(source, ContentSource):
+        blocks = source.content
+        if isinstance(blocks, str):
+            body = [{"type": "text", "text": blocks}]
+        else:
+            body = [_part(b) for b in blocks]
+    else:
+        what = (
+            "a document from Anthropic's Files API (source type file): this gateway keeps no files"
+            if source.type == "file"
+            else "PDF documents are not supported: Gemma 4 reads text and images, not PDFs"
+        )
+        raise ApiError(
+            400,
+            f"{where}: {what}; send the document's text instead (a document with source "
+            'type "text", or a text block)',
+            param=where,
+        )
+    head = "<document>\n"
+    if block.title:
+        head += f"<title>{block.title}</title>\n"
+    if block.context:
+        head += f"<context>{block.context}</context>\n"
+    end = {"type": "text", "text": "\n</document_content>\n</document>"}
+    return [{"type": "text", "text": head + "<document_content>\n"}, *body, end]
 
 
 def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
@@ -108,22 +172,21 @@ def _conversation(req: Conversation) -> dict[str, Any]:
         parts: list[dict[str, Any]] = []
         calls: list[dict[str, Any]] = []
         thoughts: list[str] = []
-        for block in message.content:
+        for j, block in enumerate(message.content):
             if isinstance(block, ThinkingBlock) and message.role == "assistant":
                 thoughts.append(block.thinking)
             elif isinstance(block, RedactedThinkingBlock) and message.role == "assistant":
                 continue
-            elif isinstance(block, TextBlock):
-                parts.append({"type": "text", "text": block.text})
-            elif isinstance(block, ImageBlock):
-                parts.append({"type": "image_url", "image_url": {"url": _image_url(block)}})
+            elif isinstance(block, TextBlock | ImageBlock):
+                parts.append(_part(block))
+            elif isinstance(block, DocumentBlock) and message.role == "user":
+                parts += _document(block, f"messages[{i}].content[{j}]")
             elif isinstance(block, ToolResultBlock) and message.role == "user":
-                content = _text(block.content)
-                if block.is_error:
-                    content = f"error: {content}"
+                content, images = _tool_result(block, f"messages[{i}].content[{j}]")
                 messages.append(
                     {"role": "tool", "tool_call_id": block.tool_use_id, "content": content}
                 )
+                parts += images
             elif isinstance(block, ToolUseBlock) and message.role == "assistant":
                 calls.append(
                     {

@@ -40,6 +40,54 @@ class ImageBlock(Loose):
     source: Annotated[Base64Source | UrlSource, Field(discriminator="type")]
 
 
+class PlainTextSource(Strict):
+    """A document's text as one string (the SDK's PlainTextSourceParam)."""
+
+    type: Literal["text"]
+    media_type: Literal["text/plain"]
+    data: str
+
+
+class ContentSource(Strict):
+    """A document given as content blocks, text and images (ContentBlockSourceParam)."""
+
+    type: Literal["content"]
+    content: str | list[Annotated[TextBlock | ImageBlock, Field(discriminator="type")]]
+
+
+class PdfBase64Source(Strict):
+    type: Literal["base64"]
+    media_type: Literal["application/pdf"]
+    data: str
+
+
+class PdfUrlSource(Strict):
+    type: Literal["url"]
+    url: str
+
+
+class FileSource(Strict):
+    """A file uploaded to Anthropic's Files API (beta); this gateway keeps no files."""
+
+    type: Literal["file"]
+    file_id: str
+
+
+class DocumentBlock(Loose):
+    """A document for the model to read. Text documents (a string, or text and image blocks)
+    become part of the user's turn; PDFs and uploaded files are refused when the request is
+    translated (anthropic.py), which names the block. `citations` is accepted and ignored
+    (Loose): answers carry no citations."""
+
+    type: Literal["document"]
+    source: Annotated[
+        PlainTextSource | ContentSource | PdfBase64Source | PdfUrlSource | FileSource,
+        Field(discriminator="type"),
+    ]
+    title: str | None = None
+    context: str | None = None
+
+
 class ToolUseBlock(Loose):
     type: Literal["tool_use"]
     id: str
@@ -48,9 +96,13 @@ class ToolUseBlock(Loose):
 
 
 class ToolResultBlock(Loose):
+    """A tool's result: text, images and documents (translated in anthropic.py)."""
+
     type: Literal["tool_result"]
     tool_use_id: str
-    content: str | list[TextBlock | ImageBlock] = ""
+    content: (
+        str | list[Annotated[TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")]]
+    ) = ""
     is_error: bool = False
 
 
@@ -70,7 +122,13 @@ class RedactedThinkingBlock(Loose):
 
 
 Block = Annotated[
-    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock | RedactedThinkingBlock,
+    TextBlock
+    | ImageBlock
+    | DocumentBlock
+    | ToolUseBlock
+    | ToolResultBlock
+    | ThinkingBlock
+    | RedactedThinkingBlock,
     Field(discriminator="type"),
 ]
 

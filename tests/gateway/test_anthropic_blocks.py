@@ -1,0 +1,228 @@
+"""Anthropic document blocks and tool results with images, through the official SDK: text
+documents are read as part of the user's turn (title and context included) and counted like
+the rest of it, PDFs and uploaded files are refused with a 400 naming the block; images a tool
+returned reach the model and route the request to a pool that reads images."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import anthropic
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="module")
+def client(gateway_server: Any) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gateway_server.url, api_key="unused", max_retries=0)
+
+
+REPORT = "The harvest of 2026 was 41 tonnes of apples and 12 tonnes of pears. " * 8
+QUESTION = {"type": "text", "text": "How many tonnes of pears?"}
+
+
+def _text_document(**fields: Any) -> dict[str, Any]:
+    source = {"type": "text", "media_type": "text/plain", "data": REPORT}
+    return {"type": "document", "source": source, **fields}
+
+
+def _png() -> dict[str, Any]:
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 48), "red").save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode()
+    return {"type": "base64", "media_type": "image/png", "data": data}
+
+
+def _user(*blocks: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": list(blocks)}]
+
+
+def _sent(*blocks: dict[str, Any]) -> dict[str, Any]:
+    """The user turn the gateway sends a pool for `blocks`."""
+    from gemma_fleet.gateway.anthropic import to_chat_request
+    from gemma_fleet.gateway.anthropic_models import MessagesRequest
+
+    body = {"model": "gemma-4", "max_tokens": 8, "messages": _user(*blocks)}
+    chat = to_chat_request(MessagesRequest.model_validate(body)).model_dump(exclude_none=True)
+    message: dict[str, Any] = chat["messages"][-1]
+    return message
+
+
+def test_a_text_document_is_read_with_its_title_and_context(client: anthropic.Anthropic) -> None:
+    document = _text_document(
+        title="Harvest report", context="From the farm's 2026 ledger", citations={"enabled": True}
+    )
+    bare = client.messages.create(model="e2b", max_tokens=8, messages=_user(QUESTION))
+    answer = client.messages.create(model="e2b", max_tokens=8, messages=_user(document, QUESTION))
+    assert answer.content and answer.content[0].type == "text"
+    # the document's tokens are in the prompt the model was given
+    assert answer.usage.input_tokens > bare.usage.input_tokens + len(REPORT) // 8
+    text = "".join(p["text"] for p in _sent(document, QUESTION)["content"])
+    for shown in (REPORT, "Harvest report", "From the farm's 2026 ledger", QUESTION["text"]):
+        assert shown in text
+    assert text.index("Harvest report") < text.index(REPORT) < text.index(QUESTION["text"])
+
+
+@pytest.mark.parametrize("model", ["gemma-4", "e4b"])
+@pytest.mark.parametrize("kind", ["text", "content", "content-string"])
+def test_count_tokens_counts_a_document_as_messages_create_does(
+    client: anthropic.Anthropic, model: str, kind: str
+) -> None:
+    if kind == "text":
+        document = _text_document(title="Harvest report")
+    elif kind == "content":
+        blocks = [{"type": "text", "text": REPORT}, {"type": "image", "source": _png()}]
+        document = {"type": "document", "source": {"type": "content", "content": blocks}}
+    else:
+        document = {"type": "document", "source": {"type": "content", "content": REPORT}}
+    messages = _user(document, QUESTION)
+    counted = client.messages.count_tokens(model=model, messages=messages).input_tokens
+    created = client.messages.create(model=model, max_tokens=8, messages=messages)
+    assert counted == created.usage.input_tokens
+    assert (
+        counted > client.messages.count_tokens(model=model, messages=_user(QUESTION)).input_tokens
+    )
+
+
+def test_a_document_with_an_image_goes_to_a_pool_that_reads_images(
+    client: anthropic.Anthropic,
+) -> None:
+    blocks = [{"type": "text", "text": "a photo:"}, {"type": "image", "source": _png()}]
+    document = {"type": "document", "source": {"type": "content", "content": blocks}}
+    raw = client.messages.with_raw_response.create(
+        model="gemma-4", max_tokens=8, messages=_user(document, QUESTION)
+    )
+    assert raw.headers["x-gemma-fleet-pool"] != "dense"  # the text-only pool
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(model="dense", max_tokens=8, messages=_user(document, QUESTION))
+    assert "does not take image" in err.value.body["error"]["message"]
+
+
+PDF_SOURCES = {
+    "base64": {"type": "base64", "media_type": "application/pdf",
+               "data": base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()},
+    "url": {"type": "url", "url": "https://example.com/report.pdf"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("source", list(PDF_SOURCES))
+def test_a_pdf_is_refused_naming_the_block(client: anthropic.Anthropic, source: str) -> None:
+    pdf = {"type": "document", "source": PDF_SOURCES[source], "title": "report.pdf"}
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": [QUESTION, pdf]},
+    ]
+    for call in (
+        lambda: client.messages.create(model="gemma-4", max_tokens=8, messages=messages),
+        lambda: client.messages.count_tokens(model="gemma-4", messages=messages),
+    ):
+        with pytest.raises(anthropic.BadRequestError) as err:
+            call()
+        error = err.value.body["error"]
+        assert error["type"] == "invalid_request_error"
+        assert "messages[2].content[1]" in error["message"]
+        assert "PDF" in error["message"] and "text" in error["message"]
+
+
+def test_a_file_document_is_refused_naming_the_block(client: anthropic.Anthropic) -> None:
+    document = {"type": "document", "source": {"type": "file", "file_id": "file_011abc"}}
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(model="gemma-4", max_tokens=8, messages=_user(document))
+    message = err.value.body["error"]["message"]
+    assert "messages[0].content[0]" in message and "Files API" in message
+
+
+def test_a_document_is_refused_in_an_assistant_turn(client: anthropic.Anthropic) -> None:
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": [_text_document()]},
+        {"role": "user", "content": "Go on"},
+    ]
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(model="gemma-4", max_tokens=8, messages=messages)
+    assert "document" in err.value.body["error"]["message"]
+
+
+# ---- images inside tool_result ----------------------------------------------------------------
+
+SHOT_TOOL = {"name": "screenshot", "description": "the screen", "input_schema": {"type": "object"}}
+
+
+def _after_screenshot(*result: dict[str, Any], **fields: Any) -> list[dict[str, Any]]:
+    use = {"type": "tool_use", "id": "toolu_1", "name": "screenshot", "input": {}}
+    answer = {"type": "tool_result", "tool_use_id": "toolu_1", "content": list(result), **fields}
+    return [
+        {"role": "user", "content": "What is on my screen?"},
+        {"role": "assistant", "content": [use]},
+        {"role": "user", "content": [answer]},
+    ]
+
+
+def test_an_image_a_tool_returned_reaches_the_model(client: anthropic.Anthropic) -> None:
+    caption = {"type": "text", "text": "the screen now"}
+    image = {"type": "image", "source": _png()}
+    with_image = _after_screenshot(caption, image)
+    text_only = _after_screenshot(caption)
+    answer = client.messages.create(
+        model="gemma-4", max_tokens=8, tools=[SHOT_TOOL], messages=with_image
+    )
+    bare = client.messages.create(
+        model="gemma-4", max_tokens=8, tools=[SHOT_TOOL], messages=text_only
+    )
+    assert answer.content
+    # an image is 280 soft tokens plus its two delimiters on Gemma 4 (the simulator's too)
+    assert answer.usage.input_tokens - bare.usage.input_tokens >= 280
+    counted = client.messages.count_tokens(model="gemma-4", tools=[SHOT_TOOL], messages=with_image)
+    assert counted.input_tokens == answer.usage.input_tokens
+
+
+def test_an_image_a_tool_returned_goes_only_to_pools_that_read_images(
+    client: anthropic.Anthropic,
+) -> None:
+    messages = _after_screenshot({"type": "image", "source": _png()}, is_error=True)
+    raw = client.messages.with_raw_response.create(
+        model="gemma-4", max_tokens=8, tools=[SHOT_TOOL], messages=messages
+    )
+    assert raw.headers["x-gemma-fleet-pool"] != "dense"  # the text-only pool
+    for call in (
+        lambda: client.messages.create(
+            model="dense", max_tokens=8, tools=[SHOT_TOOL], messages=messages
+        ),
+        lambda: client.messages.count_tokens(model="dense", tools=[SHOT_TOOL], messages=messages),
+    ):
+        with pytest.raises(anthropic.BadRequestError) as err:
+            call()
+        assert "does not take image" in err.value.body["error"]["message"]
+
+
+def test_a_tool_results_image_follows_its_text_response() -> None:
+    from gemma_fleet.gateway.anthropic import to_chat_request
+    from gemma_fleet.gateway.anthropic_models import MessagesRequest
+
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/s.png"}}
+    messages = _after_screenshot({"type": "text", "text": "a window"}, image)
+    body = {"model": "e2b", "max_tokens": 8, "tools": [SHOT_TOOL], "messages": messages}
+    chat = to_chat_request(MessagesRequest.model_validate(body)).model_dump(exclude_none=True)
+    assert chat["messages"][2:] == [
+        {"role": "tool", "tool_call_id": "toolu_1", "content": "a window"},
+        {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/s.png"}}]},
+    ]  # fmt: skip
+
+
+def test_a_document_a_tool_returned_is_read_and_a_pdf_refused(client: anthropic.Anthropic) -> None:
+    found = _after_screenshot(_text_document(title="Harvest report"))
+    answer = client.messages.create(model="e2b", max_tokens=8, tools=[SHOT_TOOL], messages=found)
+    bare = client.messages.create(
+        model="e2b", max_tokens=8, tools=[SHOT_TOOL], messages=_after_screenshot()
+    )
+    assert answer.usage.input_tokens > bare.usage.input_tokens + len(REPORT) // 8
+    pdf = {"type": "document", "source": PDF_SOURCES["base64"]}
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(
+            model="e2b", max_tokens=8, tools=[SHOT_TOOL], messages=_after_screenshot(pdf)
+        )
+    assert "messages[2].content[0].content[0]" in err.value.body["error"]["message"]
