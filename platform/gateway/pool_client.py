@@ -181,7 +181,8 @@ class HttpPoolClient:
                 target.url + path, data=body, headers=headers
             ) as response:
                 if response.status != 200:
-                    yield _http_error(response.status, await response.read())
+                    error = _http_error(response.status, await response.read())
+                    yield _no_tokenize(pool, error) if method == "tokenize" else error
                     return
                 if not payload.get("stream"):
                     started = True
@@ -214,6 +215,23 @@ def _http_error(status: int, raw: bytes) -> EngineError:
     param = error.get("param") if isinstance(error, dict) else None
     text = str(message or raw[:200].decode(errors="replace"))
     return EngineError(status, text, str(kind), _param(param))
+
+
+def _no_tokenize(pool: str, error: EngineError) -> EngineError:
+    """A tokenize call's error, with a missing route said plainly. A server without vLLM's
+    `/tokenize` (another gateway used as a pool, most OpenAI-compatible servers) answers its
+    framework's 404 "Not Found" (or 405): passed on, a client's SDK would read "not found" as
+    an unknown model. A 400, like a pool that cannot take a request's media: retrying cannot
+    help. vLLM's own 404 for an unknown model names the model and passes through."""
+    said = error.message.lower()
+    if error.status not in (404, 405) or not ("not found" in said or "not allowed" in said):
+        return error
+    return EngineError(
+        400,
+        f"pool {pool} cannot count tokens: its server has no /tokenize (vLLM's token "
+        "counting route; e.g. another gateway used as a pool)",
+        "invalid_request_error",
+    )
 
 
 def opening_error(reply: SseReply) -> EngineError | None:
