@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from gemma_fleet.cli.errors import CliError
+from gemma_fleet.cli.ports import require_free_ports
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.loadtest.markdown import percent
 from gemma_fleet.loadtest.provision import ProvisionError
@@ -85,10 +86,10 @@ def loadtest_command(
     out = out or Path("loadtest-report") / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     with ExitStack() as stack:
         if local:
+            settings = LocalFleetSettings(http_port=port, gcs_port=ray_port)
+            require_free_ports(settings.http_host, port, ray_port)
             console.print("starting the local fleet ...")
-            root, local_admin = stack.enter_context(
-                local_fleet_host(fleet, LocalFleetSettings(http_port=port, gcs_port=ray_port))
-            )
+            root, local_admin = stack.enter_context(local_fleet_host(fleet, settings))
             host, admin_key = root, admin_key or local_admin
         assert host is not None
         plan = LoadTestPlan(

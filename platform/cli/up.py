@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from gemma_fleet.cli.errors import CliError
+from gemma_fleet.cli.ports import require_free_ports
 from gemma_fleet.deployments.fleet.progress import FleetProgress, FleetStartError
 from gemma_fleet.deployments.fleet.run import RunningFleet, run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
@@ -46,7 +47,11 @@ def progress_table(progress: FleetProgress) -> Table:
 def _summary(console: Console, running: RunningFleet, state_dir: Path) -> None:
     fleet = running.fleet
     table = Table(title="Model pools")
-    for column in ("model id", "model", "quant", "tp", "GPU", "context", "engine"):
+    # The model id is what clients send: never cut or wrapped, whatever the terminal's width.
+    table.add_column(
+        "model id", no_wrap=True, min_width=max(len(p.name) for p in fleet.model_pools)
+    )
+    for column in ("model", "quant", "tp", "GPU", "context", "engine"):
         table.add_column(column)
     for pool in fleet.model_pools:
         gpu = fleet.node_pool(pool.node_pool).gpu
@@ -61,17 +66,26 @@ def _summary(console: Console, running: RunningFleet, state_dir: Path) -> None:
         )
     console.print(table)
     first = running.models[0]
-    console.print(f"OpenAI-compatible API: [bold]{running.base_url}[/bold]  (models: /v1/models)")
+    # soft_wrap: lines meant to be copied (the key, the curl command) are never broken by
+    # Console; a hard line break inside the quoted header made the pasted command send a
+    # broken key.
+    console.print(
+        f"OpenAI-compatible API: [bold]{running.base_url}[/bold]  (models: /v1/models)",
+        soft_wrap=True,
+    )
     auth = ""
     if running.teams.api_key is not None:
-        console.print(f"Key of team 'local': [bold]{running.teams.api_key}[/bold]")
+        console.print(f"Key of team 'local': [bold]{running.teams.api_key}[/bold]", soft_wrap=True)
         console.print(
-            f"Admin key (teams, keys, usage: gemma-fleet teams --help): {state_dir / 'admin-key'}"
+            f"Admin key (teams, keys, usage: gemma-fleet teams --help): {state_dir / 'admin-key'}",
+            soft_wrap=True,
         )
         auth = f"-H 'Authorization: Bearer {running.teams.api_key}' "
     console.print(
         f"  curl {running.base_url}/chat/completions {auth}-H 'Content-Type: application/json' "
-        f'-d \'{{"model": "{first}", "messages": [{{"role": "user", "content": "Hi"}}]}}\''
+        f'-d \'{{"model": "{first}", "messages": [{{"role": "user", "content": "Hi"}}]}}\'',
+        soft_wrap=True,
+        markup=False,
     )
     console.print("Ctrl-C stops the fleet.")
 
@@ -94,7 +108,8 @@ def up_command(
     ready_file: Path | None = typer.Option(
         None,
         "--ready-file",
-        help="write {base_url, models, pid} as JSON here once the fleet is up (for scripts)",
+        help="write {base_url, models, api_key, admin_key, pid} as JSON here (owner-only) once "
+        "the fleet is up (for scripts)",
     ),
     timeout: float = typer.Option(600, "--timeout", help="seconds to wait for replicas"),
     state_dir: Path = typer.Option(
@@ -128,6 +143,7 @@ def up_command(
         raise CliError(
             f"--worker-ports {worker_ports!r}: expected LOW-HIGH, e.g. 23000-23999"
         ) from exc
+    require_free_ports(settings.http_host, port, ray_port)
     stop = threading.Event()
     fleets: list[RunningFleet] = []  # the fleet, once it is up
 

@@ -1,0 +1,39 @@
+"""Checks that the ports a local fleet is about to listen on are free, before Ray starts.
+
+Ray Serve's HTTP proxy binds with SO_REUSEPORT, so a second fleet on a port a first one holds
+does not fail: both listen and the kernel spreads connections between two fleets with
+different keys. A GCS port in use makes Ray's head assert with a traceback about session
+names. A plain bind (no SO_REUSEPORT) is refused by any listener, so it finds both.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from gemma_fleet.cli.errors import CliError
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something listens on (host, port); host "" means every interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR: a closed connection's TIME_WAIT is not "in use"; a listener still is.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def require_free_ports(http_host: str, http_port: int, ray_port: int) -> None:
+    """Raise a one-line CliError naming each option whose port another process listens on."""
+    busy = []
+    if port_in_use(http_host, http_port):
+        busy.append(f"--port {http_port} (HTTP API on {http_host})")
+    if port_in_use("", ray_port):
+        busy.append(f"--ray-port {ray_port} (Ray GCS)")
+    if busy:
+        raise CliError(
+            f"already in use: {', '.join(busy)}; another fleet or service listens there "
+            "(`ss -ltnp` shows which): stop it or pick free ports with those options"
+        )
