@@ -32,8 +32,13 @@ app.command("plan")(plan_command)
 app.command("profile")(profile_command)
 app.command("up")(up_command)
 app.command("autoscale")(autoscale_command)
-app.command("drain")(drain_command)
-app.command("drain-node")(drain_node_command)
+# One-line summaries for the command list: typer keeps a docstring's line breaks there.
+app.command("drain", short_help="Gateway: 503 to new requests; wait for the answers in flight.")(
+    drain_command
+)
+app.command("drain-node", short_help="Move a Ray node's replicas to other nodes, then wait.")(
+    drain_node_command
+)
 app.add_typer(checkpoints_app, name="checkpoints")
 app.add_typer(teams_app, name="teams")
 app.add_typer(keys_app, name="keys")

@@ -25,7 +25,10 @@ teams_app = typer.Typer(help="Create, change, list and delete teams.", no_args_i
 keys_app = typer.Typer(help="Issue, list and revoke a team's API keys.", no_args_is_help=True)
 
 URL = typer.Option(
-    "http://127.0.0.1:8000", "--url", envvar="GEMMA_FLEET_URL", help="the gateway's base URL"
+    "http://127.0.0.1:8000",
+    "--url",
+    envvar="GEMMA_FLEET_URL",
+    help="the gateway's URL (a trailing /v1 is ignored)",
 )
 ADMIN_KEY = typer.Option(
     None,
@@ -45,8 +48,10 @@ class AdminApi:
             admin_key = LOCAL_ADMIN_KEY.read_text().strip()
         if not admin_key:
             raise CliError("no admin key: pass --admin-key or set GEMMA_FLEET_ADMIN_KEY")
+        # The admin API is at the root; `up` prints the OpenAI base URL (…/v1), which users
+        # paste here, and loadtest's --host takes either.
         self._http = httpx.Client(
-            base_url=url.rstrip("/"),
+            base_url=url.rstrip("/").removesuffix("/v1"),
             headers={"authorization": f"Bearer {admin_key}"},
             timeout=30,
         )
@@ -90,12 +95,14 @@ def _limits(
 
 
 Columns = dict[str, str]  # header -> dotted path in the API's record
+IDENTITY_COLUMNS = {"team", "id", "day", "model"}
 
 
 def _show(console: Console, records: list[dict[str, Any]], columns: Columns, title: str) -> None:
     table = Table(title=title)
     for header in columns:
-        table.add_column(header, overflow="fold")
+        # Names and ids are what the next command takes: whole on one line at any width.
+        table.add_column(header, overflow="fold", no_wrap=header in IDENTITY_COLUMNS)
     for record in records:
         table.add_row(*(_cell(record, path) for path in columns.values()))
     console.print(table)
@@ -149,7 +156,7 @@ def create_team(
     _print(record, as_json, TEAM_COLUMNS, "team created")
 
 
-@teams_app.command("update")
+@teams_app.command("update", short_help="Change a team: only the limits and fields given.")
 def update_team(
     name: str = typer.Argument(...),
     models: str | None = typer.Option(None, "--models", help="allowed pools/models/aliases, a,b"),

@@ -97,3 +97,20 @@ def test_cli_update_changes_only_the_limits_given(
         "token_budget": 50_000_000,
         "budget_period": "day",
     }
+
+
+def test_the_openai_base_url_that_up_prints_works_as_url(
+    gateway: RunningGateway, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`up` prints http://…/v1; pasted as --url it answered `GET /admin/teams: 404 Not Found`.
+    Names in the tables are whole at 80 columns (they were folded: `lt-batch-l` / `imited`)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    cli(capsys, gateway, "teams", "delete", "cli-a-rather-long-team-name")
+    code, out = cli(capsys, gateway, "teams", "create", "cli-a-rather-long-team-name")
+    assert code == 0, out
+    try:
+        main(["teams", "list", "--url", gateway.url + "/v1/", "--admin-key", ADMIN])
+    except SystemExit as exc:
+        pytest.fail(f"exit {exc.code}: {capsys.readouterr().err}")
+    out = capsys.readouterr().out
+    assert "│ cli-a-rather-long-team-name " in out, out
