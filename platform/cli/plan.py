@@ -35,7 +35,7 @@ from gemma_fleet.autoscaler.planner import PlanOutcome, plan_fleet
 from gemma_fleet.catalog import load_catalog
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.deployments.pools.load import FleetError, load_fleet
-from gemma_fleet.deployments.pools.schema import FleetSpec
+from gemma_fleet.deployments.pools.schema import EngineKind, FleetSpec
 
 
 def plan_command(
@@ -118,6 +118,7 @@ def plan_command(
             _write_values(values_out, spec, outcome)
             if not as_json:
                 console.print(f"Helm values written to {values_out}")
+            _warn_simulator_pools(spec)
         status = 0 if outcome.plan.feasible else 1
     if trace_file is not None:
         hours = _plan_trace(spec, trace_file, model)
@@ -218,6 +219,20 @@ def _as_json(outcome: PlanOutcome) -> dict[str, object]:
         "capacity_per_replica": {r.pool: round(r.capacity_rps, 4) for r in outcome.pools},
         "notes": list(outcome.notes),
     }
+
+
+def _warn_simulator_pools(fleet: FleetSpec) -> None:
+    """One line on stderr when the values hold pools the chart refuses: the shipped default
+    fleet (what `plan` reads without --fleet) serves every pool with the simulator, and
+    `helm template`/`install` stops on each of them with `engine: "simulator" runs only on a
+    laptop`."""
+    simulated = [p.name for p in fleet.model_pools if p.engine is EngineKind.SIMULATOR]
+    if simulated:
+        typer.echo(
+            f"note: the Helm chart refuses engine: simulator ({', '.join(simulated)}); "
+            "set engine: vllm in the fleet file you plan (or in these values) before helm install",
+            err=True,
+        )
 
 
 def _write_values(path: Path, fleet: FleetSpec, outcome: PlanOutcome) -> None:

@@ -210,3 +210,19 @@ def test_png_needs_trace_and_bad_fleet(tmp_path: Path) -> None:
     bad = {**FLEET, "node_pools": [{**FLEET["node_pools"][0], "gpus": 2}]}  # type: ignore[dict-item]
     line = one_line_error(run("-d", d, "-f", write(tmp_path, "f.yaml", bad), cwd=tmp_path))
     assert "f.yaml" in line and "node_pools[l4].gpus: unknown key" in line
+
+
+def test_values_with_simulator_pools_say_the_chart_refuses_them(tmp_path: Path) -> None:
+    """The README plans the default fleet (simulator pools) into values and `helm install`s
+    values: the chart stops on each pool (`engine: "simulator" runs only on a laptop`), and
+    plan said nothing. A vLLM fleet plans without the note."""
+    args = ["-d", write(tmp_path, "d.yaml", demand(10.0)), "--profiles"]
+    args += [write(tmp_path, "p.yaml", PROFILES), "--values-out", "values.yaml"]
+    out = run(*args, "-f", write(tmp_path, "fleet.yaml", FLEET), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "engine: simulator (e4b-l4, e4b-h100)" in out.stderr
+    assert "engine: vllm" in out.stderr
+    vllm = {**FLEET, "model_pools": [{**p, "engine": "vllm"} for p in FLEET["model_pools"]]}
+    out = run(*args, "-f", write(tmp_path, "vllm.yaml", vllm), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "simulator" not in out.stderr
