@@ -288,13 +288,15 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request) -> JSONResponse:
         # Authenticated and held to the team's models like /v1/messages, but not admitted:
-        # counting generates nothing, so it spends none of the team's requests or tokens
-        # (docs/gateway.md). Errors in Anthropic's shape (ANTHROPIC_PREFIX).
+        # counting generates nothing, so it spends none of the team's requests or tokens. It
+        # has a requests-per-minute counter of its own (docs/teams.md). Errors in Anthropic's
+        # shape (ANTHROPIC_PREFIX).
         team = ""
         try:
             identity = await gate.identify(request)
             team = identity.team.name if identity is not None else ""
             body = parse(CountTokensRequest, await read_json(request, limit, read_timeout))
+            await gate.admit_count(identity)
             count = await gateway.count_tokens(to_count_request(body), gate.caller(identity, []))
         except ApiError as exc:
             metrics.refused("count_tokens", team, exc.status, rejection_reason(exc))

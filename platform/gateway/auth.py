@@ -140,6 +140,18 @@ class TeamGate:
 
         return Caller(allowed_models=identity.team.allowed(), admit=admit)
 
+    async def admit_count(self, identity: Identity | None) -> None:
+        """Hold a /v1/messages/count_tokens call to the team's token-counting requests per
+        minute (429 when spent; 503 when Redis is down under fail-closed)."""
+        if identity is None or self.access is None:
+            return
+        try:
+            await self.access.admit_count(identity)
+        except LimitExceeded as exc:
+            raise limit_error(exc) from exc
+        except StoreUnavailable as exc:
+            raise store_error(exc) from exc
+
     def require_admin(self, request: Request) -> None:
         """401 unless the request carries the admin credential (compared in constant time)."""
         if self._admin_key is None:

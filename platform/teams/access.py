@@ -169,6 +169,19 @@ class TeamAccess:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
         return ticket
 
+    async def admit_count(self, identity: Identity) -> None:
+        """Take one of the team's token-counting requests this minute (LimitExceeded if none is
+        left). With Redis down, the policy decides as for admit; nothing needs withdrawing: a
+        count whose reply was lost took one request of one minute, and nothing else."""
+        team = identity.team
+        try:
+            await self._bounded(self.limiter.admit_count(team.name, team.limits))
+        except Exception as exc:
+            if not store_down(exc):
+                raise
+            if self.settings.redis_down is not RedisDownPolicy.SERVE_CACHED_KEYS:
+                raise StoreUnavailable(self.settings.retry_after_s) from exc
+
     def _once_key(self, request_id: str) -> str:
         return f"{self._prefix}:once:{request_id}"
 

@@ -135,6 +135,16 @@ end
 return 1
 """
 
+_COUNT = """
+-- KEYS: the team's token-counting requests this minute; ARGV: their limit, seconds the counter
+-- is kept. Returns {admitted, counting requests this minute}.
+local used = tonumber(redis.call("GET", KEYS[1]) or "0")
+if used + 1 > tonumber(ARGV[1]) then return {0, used} end
+redis.call("INCR", KEYS[1])
+redis.call("EXPIRE", KEYS[1], ARGV[2])
+return {1, used + 1}
+"""
+
 UNLIMITED = -1
 # The largest limit a team may have (10**15 tokens or requests, about 2**49.8). The admission
 # script reads limits and counts into Lua numbers, which are doubles: integers are exact only
@@ -258,6 +268,7 @@ class Limiter:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._charge = redis.register_script(_CHARGE)
+        self._count = redis.register_script(_COUNT)
 
     def _keys(self, team: str, limits: TeamLimits, now: float) -> tuple[str, str, str, str]:
         minute = int(now // 60)
@@ -318,6 +329,22 @@ class Limiter:
                      "token_budget": budget_left_s}.get(limit, 1)  # fmt: skip
             raise LimitExceeded(limit, int(used), int(allowed), retry, window)
         return Admission(team, tokens, keys, window, request_id)
+
+    async def admit_count(self, team: str, limits: TeamLimits, now: float | None = None) -> None:
+        """Take one of the minute's token-counting requests (/v1/messages/count_tokens), or
+        raise LimitExceeded. They are held to the team's requests_per_minute in a counter of
+        their own: each one costs an engine's tokenizer time, so a key must not call it without
+        bound, yet a client that counts before every generation must keep its full rate of
+        generations (docs/teams.md). No tokens, budget or concurrency slot are taken."""
+        allowed = limits.requests_per_minute
+        if allowed == UNLIMITED:
+            return
+        now = time.time() if now is None else now
+        key = f"{self._prefix}:team:{team}:count-rpm:{int(now // 60)}"
+        ok, used = await self._count(keys=[key], args=[allowed, MINUTE_KEY_TTL_S])
+        if int(ok) != 1:
+            limit = "token_counting_requests_per_minute"
+            raise LimitExceeded(limit, int(used), allowed, 60 - int(now % 60))
 
     async def renew(self, admissions: Iterable[Admission]) -> int:
         """Extend the leases of requests still running to `lease_s` from now, in one script
