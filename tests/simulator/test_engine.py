@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import jsonschema
 import pytest
+from logprobs_shape import check_chat, check_completion
 from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -17,6 +19,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     ErrorResponse,
 )
 
+from gemma_fleet.deployments.engines.simulator import tokenizer
 from gemma_fleet.deployments.engines.simulator.config import SimulatorConfig
 from gemma_fleet.deployments.engines.simulator.engine import (
     SimulatorEngine,
@@ -531,3 +534,131 @@ def test_each_prompt_of_a_batch_must_fit_the_context() -> None:
     [error] = _complete(_engine(), prompt=["Once", "word " * 40_000], max_tokens=4)
     assert isinstance(error, ErrorResponse) and error.error.code == 400
     assert "maximum context length" in error.error.message
+
+
+# ---- token-id prompts, as vLLM 0.32 takes them --------------------------------------------
+
+
+def test_a_token_id_prompt_is_read_as_given() -> None:
+    text = "Once upon a time"
+    ids = [tokenizer.BOS_ID, *tokenizer.encode(text)]  # what the text prompt becomes
+    common = {"max_tokens": 6, "seed": 2, "temperature": 1.0}
+    [by_text] = _complete(_engine(), prompt=text, **common)
+    [by_ids] = _complete(_engine(), prompt=ids, **common)
+    assert isinstance(by_ids, CompletionResponse) and isinstance(by_text, CompletionResponse)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    assert by_ids.usage.prompt_tokens == len(ids) == by_text.usage.prompt_tokens
+    [bare] = _complete(_engine(), prompt=[0, 7, 262_143], max_tokens=2)  # the vocabulary's ends
+    assert isinstance(bare, CompletionResponse) and bare.usage.prompt_tokens == 3  # no BOS added
+    [batch] = _complete(_engine(), prompt=[ids, [7, 8]], n=2, **common)
+    assert isinstance(batch, CompletionResponse) and len(batch.choices) == 4
+    assert batch.usage.prompt_tokens == len(ids) + 2
+    assert batch.choices[0].text == by_text.choices[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ([2, 262_144, 999_999_999], "Token id 999999999 is out of vocabulary"),
+        ([[2, 3], [5, 262_144]], "Token id 262144 is out of vocabulary"),
+        ([[2, 3], []], "The decoder prompt cannot be empty"),
+    ],
+)
+def test_token_id_prompts_are_refused_in_vllms_words(
+    prompt: list[Any], message: str, stream: bool
+) -> None:
+    """vLLM 0.32's engine checks a token-id prompt once generation has begun (tests/vllm
+    probed: 400 unstreamed, one error event streamed), naming no field."""
+    out = _complete(_engine(), prompt=prompt, max_tokens=2, stream=stream)
+    error = _refused(out, stream)
+    assert (error.error.code, error.error.param, error.error.message) == (400, None, message)
+
+
+def test_an_empty_prompt_list_is_refused_as_vllm_refuses_it() -> None:
+    [error] = _complete(_engine(), prompt=[], max_tokens=2, stream=True)
+    assert isinstance(error, ErrorResponse) and error.error.code == 400
+    assert error.error.message == "You must pass at least one prompt"
+
+
+# ---- logprobs: synthetic numbers in vLLM 0.32's shapes (tests/logprobs_shape.py) -------------
+
+
+def _json(item: Any) -> dict[str, Any]:
+    """An answer as the gateway passes it on (pool_client.normalise)."""
+    parsed: dict[str, Any] = json.loads(item.model_dump_json())
+    return parsed
+
+
+def _ranked(values: list[float], first: float) -> None:
+    """Candidates by descending logprob, the sampled token's first, summing to at most 1."""
+    assert values == sorted(values, reverse=True) and values[0] == first
+    assert sum(math.exp(v) for v in values) <= 1 + 1e-9
+
+
+@pytest.mark.parametrize("top", [None, 0, 3, 20])
+def test_chat_logprobs_follow_the_tokens_streamed_and_not(top: int | None) -> None:
+    body: dict[str, Any] = {"max_tokens": 12, "logprobs": True, "seed": 4, "top_logprobs": top}
+    [whole] = _chat(_engine(), **body)
+    assert isinstance(whole, ChatCompletionResponse) and whole.usage is not None
+    choice = _json(whole)["choices"][0]
+    entries = check_chat(choice["logprobs"], whole.usage.completion_tokens, top or 0)
+    assert "".join(e["token"] for e in entries) == choice["message"]["content"]
+    for entry in entries:
+        if top:
+            assert entry["top_logprobs"][0]["token"] == entry["token"]
+            _ranked([c["logprob"] for c in entry["top_logprobs"]], entry["logprob"])
+            assert len({c["token"] for c in entry["top_logprobs"]}) == top
+    chunks = _chunks(_chat(_engine(), stream=True, **body))
+    assert chunks[0]["choices"][0]["logprobs"] is None  # the role chunk, as vLLM's
+    streamed = [e for c in chunks[1:] for e in check_chat(c["choices"][0]["logprobs"], 1, top or 0)]
+    assert streamed == entries
+    [plain] = _chat(_engine(), max_tokens=4)
+    assert isinstance(plain, ChatCompletionResponse) and plain.choices[0].logprobs is None
+
+
+def test_chat_logprobs_of_a_tool_call_cover_every_token() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+    [whole] = _chat(_engine(), tools=tools, tool_choice="required", logprobs=True, top_logprobs=2)
+    assert isinstance(whole, ChatCompletionResponse) and whole.usage is not None
+    choice = _json(whole)["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    check_chat(choice["logprobs"], whole.usage.completion_tokens, 2)
+
+
+@pytest.mark.parametrize("asked", [0, 1, 5])
+def test_completion_logprobs_follow_the_tokens_streamed_and_not(asked: int) -> None:
+    body: dict[str, Any] = {"prompt": ["Once upon a time", "Hello"], "n": 2, "seed": 4,
+                            "temperature": 1.0, "max_tokens": 10, "logprobs": asked}  # fmt: skip
+    [whole] = _complete(_engine(), **body)
+    assert isinstance(whole, CompletionResponse)
+    choices = _json(whole)["choices"]
+    for choice in choices:
+        logprobs = choice["logprobs"]
+        check_completion(logprobs, len(logprobs["tokens"]), asked)
+        assert "".join(logprobs["tokens"]) == choice["text"]
+        for token, value, candidates in zip(
+            logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"], strict=True
+        ):
+            assert len(candidates) == max(asked, 1) and candidates[token] == value
+            _ranked(list(candidates.values()), value)
+    assert sum(len(c["logprobs"]["tokens"]) for c in choices) == whole.usage.completion_tokens
+    merged: list[dict[str, list[Any]]] = [{} for _ in choices]
+    texts = [""] * len(choices)
+    for chunk in _chunks(_complete(_engine(), stream=True, **body)):
+        [choice] = chunk["choices"]
+        index = choice["index"]
+        check_completion(choice["logprobs"], 1, asked, offset=len(texts[index]))
+        texts[index] += choice["text"]
+        for key, values in choice["logprobs"].items():
+            merged[index].setdefault(key, []).extend(values)
+    assert merged == [c["logprobs"] for c in choices]
+
+
+def test_logprobs_beyond_vllms_bound_are_refused_in_its_words() -> None:
+    error = _refused(_chat(_engine(), logprobs=True, top_logprobs=21, stream=True), True)
+    assert (error.error.code, error.error.param) == (400, "logprobs")
+    assert error.error.message == (
+        "Requested sample logprobs of 21, which is greater than max allowed: 20 "
+        "(parameter=logprobs, value=21)"
+    )

@@ -32,6 +32,7 @@ handle as `handle.collective_rpc.remote(method="prometheus_metrics")` (a one-ele
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import time
@@ -62,11 +63,15 @@ from vllm.entrypoints.generate.base.protocol import (
     ToolCall,
 )
 from vllm.entrypoints.openai.chat_completion.protocol import (
+    ChatCompletionLogProb,
+    ChatCompletionLogProbs,
+    ChatCompletionLogProbsContent,
     ChatCompletionResponseChoice,
     ChatCompletionResponseStreamChoice,
     ChatMessage,
 )
 from vllm.entrypoints.openai.completion.protocol import (
+    CompletionLogProbs,
     CompletionResponseChoice,
     CompletionResponseStreamChoice,
 )
@@ -80,6 +85,12 @@ from gemma_fleet.deployments.engines.simulator.config import (
 )
 from gemma_fleet.deployments.engines.simulator.content import AnswerPlan, plan_answer
 from gemma_fleet.deployments.engines.simulator.core import SimulatorCore
+from gemma_fleet.deployments.engines.simulator.logprobs import (
+    MAX_LOGPROBS,
+    Position,
+    answer_logprobs,
+    token_bytes,
+)
 from gemma_fleet.deployments.engines.simulator.prompt import (
     RequestError,
     answer_spec,
@@ -256,6 +267,7 @@ class SimulatorEngine(LLMEngine):
         if n > 1 and temperature is not None and temperature < GREEDY_TEMPERATURE:
             # vLLM's SamplingParams refuses it: greedy decoding has one answer.
             raise RequestError(f"n must be 1 when using greedy sampling, got {n}.", param="n")
+        _check_logprobs(_logprobs_asked(request))
         _check_logit_bias(request.logit_bias)
         length = (self.config.answer_tokens_min, self.config.answer_tokens_max)
         return [plan_answer(spec, self._rng(request.seed, prompt, i), length) for i in range(n)]
@@ -367,6 +379,9 @@ class SimulatorEngine(LLMEngine):
         ]
         self._record_plans(traced, len(prompt), finishes)
         events, choice_of = self._generate(request.request_id, [prompt], plans)
+        width = _logprobs_asked(request)
+        positions = _positions(plans, width)
+        top = width or 0  # chat: the first top_logprobs candidates, none when unset
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             for index in range(len(plans)):  # as vLLM: each choice opens with its role
@@ -379,6 +394,7 @@ class SimulatorEngine(LLMEngine):
                         ChatCompletionResponseStreamChoice(
                             index=index,
                             delta=DeltaMessage(role="assistant", content=""),
+                            logprobs=None,
                             finish_reason=None,
                         )
                     ],
@@ -387,9 +403,13 @@ class SimulatorEngine(LLMEngine):
 
             def choice(event: Any) -> ChatCompletionResponseStreamChoice:
                 index = choice_of[event.request_id]
+                at = event.index
                 return ChatCompletionResponseStreamChoice(
                     index=index,
-                    delta=self._chat_delta(plans[index], event.index),
+                    delta=self._chat_delta(plans[index], at),
+                    logprobs=_chat_logprobs(positions[index][at : at + 1], top)
+                    if positions
+                    else None,
                     **self._finish(finishes[index], plans[index], event.finished),
                 )
 
@@ -413,7 +433,10 @@ class SimulatorEngine(LLMEngine):
             model=self.model_id,
             choices=[
                 ChatCompletionResponseChoice(
-                    index=index, message=_chat_message(plan), **self._finish(finish, plan, True)
+                    index=index,
+                    message=_chat_message(plan),
+                    logprobs=_chat_logprobs(positions[index], top) if positions else None,
+                    **self._finish(finish, plan, True),
                 )
                 for index, (plan, finish) in enumerate(zip(plans, finishes, strict=True))
             ],
@@ -539,15 +562,25 @@ class SimulatorEngine(LLMEngine):
         response_id = f"cmpl-{request.request_id}"
         created = int(time.time())
         events, choice_of = self._generate(request.request_id, prompts, plans)
+        width = _logprobs_asked(request)
+        positions = _positions(plans, width)
+        top = max(width or 0, 1)  # completions: the sampled token and the top `logprobs`
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
+            offsets = [_text_offsets(plan.pieces) for plan in plans]
 
             def choice(event: Any) -> CompletionResponseStreamChoice:
                 index = choice_of[event.request_id]
                 plan = plans[index]
+                at = event.index
                 return CompletionResponseStreamChoice(
                     index=index,
-                    text=plan.pieces[event.index],
+                    text=plan.pieces[at],
+                    logprobs=_completion_logprobs(
+                        positions[index][at : at + 1], top, offsets[index][at : at + 1]
+                    )
+                    if positions
+                    else None,
                     **self._finish(plan.finish_reason, plan, event.finished),
                 )
 
@@ -571,7 +604,12 @@ class SimulatorEngine(LLMEngine):
             model=self.model_id,
             choices=[
                 CompletionResponseChoice(
-                    index=index, text=plan.text, **self._finish(plan.finish_reason, plan, True)
+                    index=index,
+                    text=plan.text,
+                    logprobs=_completion_logprobs(positions[index], top, _text_offsets(plan.pieces))
+                    if positions
+                    else None,
+                    **self._finish(plan.finish_reason, plan, True),
                 )
                 for index, plan in enumerate(plans)
             ],
@@ -607,6 +645,72 @@ class SimulatorEngine(LLMEngine):
         yield TokenizeResponse(count=len(ids), max_model_len=self.config.max_model_len, tokens=ids)
 
 
+def _logprobs_asked(request: ChatCompletionRequest | CompletionRequest) -> int | None:
+    """The candidates a request asks for at each position (vLLM's SamplingParams.logprobs):
+    chat's top_logprobs once logprobs is true, completions' logprobs; -1 means the whole
+    vocabulary. None: no logprobs."""
+    if isinstance(request, ChatCompletionRequest):
+        asked = (request.top_logprobs or 0) if request.logprobs else None
+    else:
+        asked = request.logprobs
+    return tokenizer.VOCAB_SIZE if asked == -1 else asked
+
+
+def _check_logprobs(asked: int | None) -> None:
+    """vLLM's engine bound (SamplingParams._validate_logprobs, max_logprobs 20), in its
+    words; checked where it checks it, once generation has started."""
+    if asked is not None and asked > MAX_LOGPROBS:
+        raise EngineCheckError(
+            f"Requested sample logprobs of {asked}, which is greater than max allowed: "
+            f"{MAX_LOGPROBS} (parameter=logprobs, value={asked})",
+            param="logprobs",
+        )
+
+
+def _positions(plans: list[AnswerPlan], asked: int | None) -> list[list[Position]]:
+    """Every choice's synthetic logprobs (logprobs.py), or [] when none are asked for."""
+    if asked is None:
+        return []
+    return [answer_logprobs(plan.pieces, plan.token_ids, asked) for plan in plans]
+
+
+def _chat_logprobs(positions: list[Position], top: int) -> ChatCompletionLogProbs:
+    """vLLM's chat shape: per token its text, logprob, bytes and the first `top`
+    candidates (the sampled token first: it is the most likely here)."""
+    return ChatCompletionLogProbs(
+        content=[
+            ChatCompletionLogProbsContent(
+                token=p.token,
+                logprob=p.logprob,
+                bytes=token_bytes(p.token),
+                top_logprobs=[
+                    ChatCompletionLogProb(token=t, logprob=lp, bytes=token_bytes(t))
+                    for t, lp in p.top[:top]
+                ],
+            )
+            for p in positions
+        ]
+    )
+
+
+def _completion_logprobs(
+    positions: list[Position], top: int, offsets: list[int]
+) -> CompletionLogProbs:
+    """vLLM's completions shape: parallel lists of tokens, their logprobs, their candidates
+    (token -> logprob) and each token's offset in the choice's text."""
+    return CompletionLogProbs(
+        text_offset=offsets,
+        token_logprobs=[p.logprob for p in positions],
+        tokens=[p.token for p in positions],
+        top_logprobs=[dict(p.top[:top]) for p in positions],
+    )
+
+
+def _text_offsets(pieces: list[str]) -> list[int]:
+    """Where each token starts in the text (vLLM's text_offset: the lengths before it)."""
+    return [0, *itertools.accumulate(len(p) for p in pieces[:-1])] if pieces else []
+
+
 def _check_logit_bias(logit_bias: dict[str, float] | None) -> None:
     """Refuse token ids outside the vocabulary as vLLM 0.32 does (SamplingParams.
     _validate_logit_bias, a VLLMValidationError rendered by create_error_response): a 400
@@ -637,18 +741,31 @@ def _check_logit_bias(logit_bias: dict[str, float] | None) -> None:
 def _batch(prompt: Any) -> list[Any]:
     """A completion's prompts: vLLM takes a string, a list of token ids, or a list of either
     (a batch, answered prompt by prompt)."""
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
+    if prompt == []:  # vLLM's renderer, before anything is generated
+        raise RequestError("You must pass at least one prompt")
+    if isinstance(prompt, list) and isinstance(prompt[0], str | list):
         return list(prompt)
     return [prompt]
 
 
 def _prompt_ids(prompt: Any) -> list[int]:
-    """One prompt's token ids: a string's, with the BOS token, or the ids given."""
+    """One prompt's token ids: a string's, with the BOS token, or the ids given (as they
+    are: vLLM adds nothing to a token-id prompt). Refused as vLLM 0.32's engine refuses them
+    (InputProcessor._validate_model_input: 400, no param; in a stream, its error event): an
+    empty one, and one holding an id outside the vocabulary (the largest, as vLLM names it)."""
     if isinstance(prompt, str):
         return [tokenizer.BOS_ID, *tokenizer.encode(prompt)]
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-        return list(prompt)
-    raise RequestError("prompt must be a string or a list of token ids", param="prompt")
+    if not isinstance(prompt, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) for t in prompt
+    ):
+        raise RequestError("prompt must be a string or a list of token ids", param="prompt")
+    if not prompt:
+        raise EngineCheckError("The decoder prompt cannot be empty")
+    if min(prompt) < 0:
+        raise EngineCheckError(f"Token id {min(prompt)} is out of vocabulary")
+    if max(prompt) >= tokenizer.VOCAB_SIZE:
+        raise EngineCheckError(f"Token id {max(prompt)} is out of vocabulary")
+    return list(prompt)
 
 
 def _tool_functions(tools: list[Any] | None) -> list[dict[str, Any]]:
