@@ -25,6 +25,7 @@ from gemma_fleet.gateway.openai_models import (
     AssistantMessage,
     AudioPart,
     ChatCompletionRequest,
+    CompletionRequest,
     ImagePart,
     InputAudio,
     TextPart,
@@ -120,6 +121,12 @@ def check_image_data_url(url: str) -> None:
     if width * height > MAX_IMAGE_PIXELS:
         # A few bytes can declare an image an engine would need gigabytes to decode.
         raise InvalidMedia(f"image of {width}x{height} pixels exceeds {MAX_IMAGE_PIXELS:,} pixels")
+
+
+def completion_prompt_tokens(request: CompletionRequest) -> list[int]:
+    """Each prompt's tokens: a token-id prompt's exactly (the engine reads the ids as given,
+    adding nothing), a text prompt's estimate plus its BOS token."""
+    return [estimate_tokens(p) + 1 if isinstance(p, str) else len(p) for p in request.prompts]
 
 
 def classify_chat(

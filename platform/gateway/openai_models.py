@@ -6,12 +6,13 @@ argument"), except the sampling extensions vLLM documents, which pass through to
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -290,14 +291,21 @@ class ChatCompletionRequest(Strict):
 
 # A completion prompt: engines refuse an empty one (was a 500: the fuzzer).
 Prompt = Annotated[str, Field(min_length=1)]
+# A prompt given as token ids, as OpenAI and vLLM take it: the engine's vocabulary bounds
+# them (it refuses an id outside it, naming the id), not the gateway, which does not know a
+# pool's vocabulary. Strict: a bool or a float is a client's mistake, not an id.
+TokenIds = list[Annotated[StrictInt, Field(ge=0)]]
+PromptIds = Annotated[TokenIds, Field(min_length=1)]
 
 
 class CompletionRequest(Strict):
-    """OpenAI's legacy completions: a text prompt, or a list of them (a batch), in; each
-    prompt's continuations (n of them) out."""
+    """OpenAI's legacy completions: a prompt in (text, or token ids), or a list of them (a
+    batch); each prompt's continuations (n of them) out."""
 
     model: str = Field(min_length=1)
-    prompt: Prompt | Annotated[list[Prompt], Field(min_length=1)]
+    # vLLM 0.32's shapes: a string, a list of strings, a list of token ids, or a list of
+    # lists of them (never mixed: _shape names the offending element).
+    prompt: Prompt | PromptIds | Annotated[list[Prompt] | list[PromptIds], Field(min_length=1)]
     max_tokens: int | None = Field(None, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -320,21 +328,44 @@ class CompletionRequest(Strict):
 
     @field_validator("prompt", mode="before")
     @classmethod
-    def _text_only(cls, prompt: Any) -> Any:
-        # OpenAI and vLLM also take token ids; the gateway estimates a prompt's tokens from
-        # its text to route and admit it, and token ids are a tokenizer's, not Gemma's here.
-        if isinstance(prompt, list) and any(not isinstance(p, str) for p in prompt):
-            raise ValueError(
-                "token-id prompts are not supported: send text, a string or a list of strings"
-            )
-        if prompt == []:  # else refused as "not a string", the union's first branch
+    def _shape(cls, prompt: Any) -> Any:
+        """Refuse, in one message naming the element, what the union would refuse once per
+        branch (an unreadable error): an empty list, a list mixing shapes (vLLM takes none
+        either), a token id that is not an integer >= 0."""
+        if not isinstance(prompt, list):
+            return prompt  # a string, or the union's own error
+        if not prompt:  # else refused as "not a string", the union's first branch
             raise ValueError("a list of prompts must hold at least 1 prompt")
+        first = _prompt_kind(prompt[0])
+        for i, part in enumerate(prompt):
+            kind = _prompt_kind(part)
+            if kind is None or kind != first:
+                raise ValueError(
+                    f"prompt[{i}] is {part!r}"
+                    + (f", but prompt[0] is {first}" if kind is not None else "")
+                    + ": a prompt is a string, a list of strings, a list of token ids "
+                    "(integers >= 0) or a list of lists of token ids"
+                )
+            if kind == "a list":
+                for k, token in enumerate(part):
+                    if _prompt_kind(token) != "a token id":
+                        raise ValueError(
+                            f"prompt[{i}][{k}] is {token!r}: a list of lists of token ids "
+                            "holds integers >= 0"
+                        )
+                if not part:
+                    raise ValueError(f"prompt[{i}] must hold at least 1 token id")
         return prompt
 
     @property
-    def prompts(self) -> list[str]:
-        """The prompts, one or a batch's."""
-        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+    def prompts(self) -> list[str] | list[list[int]]:
+        """The prompts, one or a batch's: text, or token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, str):
+            return [prompt]
+        if prompt and isinstance(prompt[0], int):
+            return [prompt]
+        return cast(list[str] | list[list[int]], prompt)
 
     @model_validator(mode="after")
     def _consistent(self) -> CompletionRequest:
@@ -350,6 +381,17 @@ class CompletionRequest(Strict):
         _check_stream_options(self.stream, self.stream_options)
         _check_min_tokens(self.min_tokens, self.max_tokens)
         return self
+
+
+def _prompt_kind(part: Any) -> str | None:
+    """What an element of a list `prompt` is; None for what no prompt shape holds."""
+    if isinstance(part, str):
+        return "a string"
+    if isinstance(part, list):
+        return "a list"
+    if isinstance(part, int) and not isinstance(part, bool) and part >= 0:
+        return "a token id"
+    return None
 
 
 def _check_choices(n: int, temperature: float | None) -> None:

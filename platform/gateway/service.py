@@ -24,7 +24,7 @@ from gemma_fleet.gateway.classify import (
     InvalidMedia,
     check_image_data_url,
     classify_chat,
-    estimate_tokens,
+    completion_prompt_tokens,
 )
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.media_fetch import (
@@ -269,7 +269,7 @@ class Gateway:
     async def completions(self, request: CompletionRequest, caller: Caller = ANYONE) -> Answer:
         """A completion of one prompt or a batch of them (served by one pool, as vLLM serves
         a batch: each prompt's n choices in turn, usage summed over them)."""
-        prompts = [estimate_tokens(p) + 1 for p in request.prompts]  # + BOS
+        prompts = completion_prompt_tokens(request)  # token ids: counted exactly
         needs = RequestNeeds(
             prompt_tokens=max(prompts),  # each prompt must fit the context on its own
             max_output_tokens=request.max_tokens or 16,  # OpenAI's default for completions

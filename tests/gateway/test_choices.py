@@ -299,7 +299,7 @@ def test_a_batch_is_bounded_by_prompts_x_n_and_each_prompt_by_the_context(
     long = {"model": "e2b", "prompt": ["hi", "word " * 40_000], "max_tokens": 4}
     r = gateway_server.post(path, json=long)
     assert r.status_code == 400 and "32,768" in r.json()["error"]["message"], r.text
-    for bad, why in (([1, 2, 3], "token-id prompts"), ([[1, 2]], "token-id prompts"),
+    for bad, why in (([1, "hi"], "prompt[1] is 'hi'"), ([[1, 2], []], "at least 1 token id"),
                      ([], "at least 1"), (["hi", ""], "at least 1")):  # fmt: skip
         r = gateway_server.post(path, json={"model": "e2b", "prompt": bad, "max_tokens": 4})
         assert r.status_code == 400, r.text
