@@ -609,3 +609,37 @@ def test_a_batch_of_prompts_through_the_gateway_is_served_as_vllm_serves_it(gate
     assert all(c >= 1 for c in counts)
     assert usage is not None and usage.completion_tokens == 4 * 5
     assert usage.prompt_tokens == batch.usage.prompt_tokens
+
+
+def test_a_token_id_prompt_through_the_gateway_is_counted_as_its_ids(gateway: Any) -> None:
+    """/v1/completions with token ids (the SDK's `prompt=[...]`): vLLM reads them as given,
+    so usage.prompt_tokens is their number, what the gateway routed and admitted on. An id
+    outside the vocabulary is vLLM's 400 (streamed: its opening error event), which the
+    simulator copies (tests/simulator)."""
+    import openai
+
+    ids = [2, 100, 200, 300]
+    greedy = {"model": MODEL, "temperature": 0, "max_tokens": 3}
+    answer = gateway.completions.create(prompt=ids, **greedy)
+    assert answer.usage.prompt_tokens == len(ids)
+    batch = gateway.completions.create(prompt=[ids, ids[:2]], **greedy)
+    assert [c.index for c in batch.choices] == [0, 1]
+    assert batch.choices[0].text == answer.choices[0].text
+    assert batch.usage.prompt_tokens == len(ids) + 2
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as err:
+            refused = gateway.completions.create(
+                model=MODEL, prompt=[2, 999_999_999], max_tokens=2, stream=stream
+            )
+            list(refused) if stream else None
+        assert "Token id 999999999 is out of vocabulary" in err.value.message
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_vllm_logprobs_have_the_shape_the_simulator_gives(gateway_url: str, stream: bool) -> None:
+    """The keys and counts tests/gateway holds the simulator to (tests/logprobs_shape.py),
+    from the real engine through the gateway. Greedy: the sampled token is the top one, as
+    the simulator's always is."""
+    from logprobs_shape import check_wire
+
+    check_wire(gateway_url + "/v1", MODEL, stream, temperature=0)
