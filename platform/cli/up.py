@@ -52,7 +52,7 @@ def _summary(console: Console, running: RunningFleet, state_dir: Path) -> None:
         "model id", no_wrap=True, min_width=max(len(p.name) for p in fleet.model_pools)
     )
     for column in ("model", "quant", "tp", "GPU", "context", "engine"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # folded, never cut short
     for pool in fleet.model_pools:
         gpu = fleet.node_pool(pool.node_pool).gpu
         table.add_row(
