@@ -192,3 +192,42 @@ def test_a_document_is_in_the_prompt(counted: dict[str, tuple[int, int]]) -> Non
     assert counted["text-document"][1] > question + 20
     # its image outweighs the text document's title
     assert counted["content-document"][1] > counted["text-document"][1]
+
+
+def test_vllm_would_take_an_image_inside_a_tool_message(vllm_url: str) -> None:
+    """Why docs/gateway.md says the engine is not what keeps a tool's image out of the tool
+    message: vLLM 0.32 takes an image part in a `tool` message, and Gemma 4's template
+    renders it inside the tool's response, expanded like a user turn's image. (The gateway's
+    chat core carries text only in tool messages, so it sends the image in the next user
+    turn.)"""
+    url = "data:image/png;base64," + _png()["source"]["data"]
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "screenshot", "arguments": "{}"},
+    }
+    tool = {
+        "type": "function",
+        "function": {"name": "screenshot", "parameters": {"type": "object"}},
+    }
+
+    def prompt(content: list[dict[str, Any]]) -> dict[str, Any]:
+        messages = [
+            {"role": "user", "content": "What is on my screen?"},
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": content},
+        ]
+        body = {"model": MODEL, "messages": messages, "tools": [tool]}
+        answer = httpx.post(vllm_url + "/tokenize", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    text = [{"type": "text", "text": "a window"}]
+    bare = prompt(text)
+    with_image = prompt([*text, {"type": "image_url", "image_url": {"url": url}}])
+    assert with_image["count"] - bare["count"] > 10
+    rendered = httpx.post(
+        vllm_url + "/detokenize", json={"model": MODEL, "tokens": with_image["tokens"]}, timeout=60
+    ).json()["prompt"]
+    response = rendered[rendered.index("<|tool_response>") : rendered.index("<tool_response|>")]
+    assert "a window" in response and "<|image|>" in response
