@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from gemma_fleet.cli.errors import CliError
-from gemma_fleet.cli.ports import require_free_ports
+from gemma_fleet.cli.ports import require_free_ports, require_free_state_dir
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.loadtest.markdown import percent
 from gemma_fleet.loadtest.provision import ProvisionError
@@ -88,6 +88,7 @@ def loadtest_command(
         if local:
             settings = LocalFleetSettings(http_port=port, gcs_port=ray_port)
             require_free_ports(settings.http_host, port, ray_port)
+            require_free_state_dir(settings.state_dir)
             console.print("starting the local fleet ...")
             root, local_admin = stack.enter_context(local_fleet_host(fleet, settings))
             host, admin_key = root, admin_key or local_admin

@@ -1,4 +1,5 @@
-"""Checks that the ports a local fleet is about to listen on are free, before Ray starts.
+"""Checks that the ports and the state folder a local fleet is about to use are free, before
+Ray starts.
 
 Ray Serve's HTTP proxy binds with SO_REUSEPORT, so a second fleet on a port a first one holds
 does not fail: both listen and the kernel spreads connections between two fleets with
@@ -9,6 +10,7 @@ names. A plain bind (no SO_REUSEPORT) is refused by any listener, so it finds bo
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 from gemma_fleet.cli.errors import CliError
 
@@ -37,3 +39,26 @@ def require_free_ports(http_host: str, http_port: int, ray_port: int) -> None:
             f"already in use: {', '.join(busy)}; another fleet or service listens there "
             "(`ss -ltnp` shows which): stop it or pick free ports with those options"
         )
+
+
+def require_free_state_dir(state_dir: Path) -> None:
+    """Raise a one-line CliError when a running fleet's embedded Redis uses `state_dir`.
+
+    A second fleet on the same folder (other ports, or `loadtest --local` beside `up`) would
+    take over the socket and run a second redis-server on the same append-only file: both
+    append to it, and the first fleet's new connections reach the second server."""
+    # Where local_team_store runs EmbeddedRedis (the CLI may not import teams; the test
+    # starts a real EmbeddedRedis, so a change of layout fails it).
+    sock_path = state_dir / "redis" / "redis.sock"
+    if not sock_path.exists():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(sock_path))
+        except OSError:
+            return  # left behind by a fleet that is gone: the next start replaces it
+    raise CliError(
+        f"a running fleet uses the state folder {state_dir} (its Redis answers on {sock_path}): "
+        "stop it, or give this one another folder (up --state-dir)"
+    )

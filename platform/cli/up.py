@@ -20,7 +20,7 @@ from rich.live import Live
 from rich.table import Table
 
 from gemma_fleet.cli.errors import CliError
-from gemma_fleet.cli.ports import require_free_ports
+from gemma_fleet.cli.ports import require_free_ports, require_free_state_dir
 from gemma_fleet.deployments.fleet.progress import FleetProgress, FleetStartError
 from gemma_fleet.deployments.fleet.run import RunningFleet, run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
@@ -144,6 +144,8 @@ def up_command(
             f"--worker-ports {worker_ports!r}: expected LOW-HIGH, e.g. 23000-23999"
         ) from exc
     require_free_ports(settings.http_host, port, ray_port)
+    if auth:
+        require_free_state_dir(state_dir)
     stop = threading.Event()
     fleets: list[RunningFleet] = []  # the fleet, once it is up
 

@@ -21,6 +21,7 @@ from gemma_fleet.cli import up as up_cli
 from gemma_fleet.cli.main import main
 from gemma_fleet.deployments.fleet.team_store import LocalTeams
 from gemma_fleet.deployments.pools import load_fleet
+from gemma_fleet.teams.embedded import EmbeddedRedis
 
 KEY = "gfk_abcdefghijkl_" + "S" * 43
 ADMIN = "A" * 43
@@ -149,3 +150,31 @@ def test_loadtest_local_refuses_a_port_in_use(capsys: pytest.CaptureFixture[str]
         )  # fmt: skip
     assert code == 2
     assert err.count("\n") == 1 and f"--port {port}" in err
+
+
+@pytest.mark.usefixtures("no_fleet")
+def test_up_refuses_a_state_folder_a_running_fleet_uses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second `up` on the same --state-dir (other ports) unlinked the first fleet's Redis
+    socket and started a second redis-server on the same append-only file."""
+    first = EmbeddedRedis(tmp_path / "redis")
+    first.start()
+    try:
+        code, _, err = run_cli(
+            capsys, "up", "--port", str(_free_port()), "--ray-port", str(_free_port()),
+            "--state-dir", str(tmp_path),
+        )  # fmt: skip
+        assert code == 2
+        assert err.count("\n") == 1 and str(tmp_path) in err and "--state-dir" in err
+        assert first.socket_path.exists()
+    finally:
+        first.stop()
+    # A socket file a fleet that is gone left behind does not block the next one.
+    stale = first.socket_path
+    stale.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(stale))  # the file exists; nothing listens
+    with pytest.raises(AssertionError, match="started a fleet"):
+        main(["up", "--port", str(_free_port()), "--ray-port", str(_free_port()),
+              "--state-dir", str(tmp_path)])  # fmt: skip
