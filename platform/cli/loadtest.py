@@ -88,7 +88,7 @@ def loadtest_command(
         if local:
             settings = LocalFleetSettings(http_port=port, gcs_port=ray_port)
             require_free_ports(settings.http_host, port, ray_port)
-            require_free_state_dir(settings.state_dir)
+            require_free_state_dir(settings.state_dir, "or test it with --host instead of --local")
             console.print("starting the local fleet ...")
             root, local_admin = stack.enter_context(local_fleet_host(fleet, settings))
             host, admin_key = root, admin_key or local_admin

@@ -41,7 +41,9 @@ def require_free_ports(http_host: str, http_port: int, ray_port: int) -> None:
         )
 
 
-def require_free_state_dir(state_dir: Path) -> None:
+def require_free_state_dir(
+    state_dir: Path, remedy: str = "or give this one another --state-dir"
+) -> None:
     """Raise a one-line CliError when a running fleet's embedded Redis uses `state_dir`.
 
     A second fleet on the same folder (other ports, or `loadtest --local` beside `up`) would
@@ -60,5 +62,5 @@ def require_free_state_dir(state_dir: Path) -> None:
             return  # left behind by a fleet that is gone: the next start replaces it
     raise CliError(
         f"a running fleet uses the state folder {state_dir} (its Redis answers on {sock_path}): "
-        "stop it, or give this one another folder (up --state-dir)"
+        f"stop it, {remedy}"
     )
