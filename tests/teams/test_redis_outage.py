@@ -122,3 +122,25 @@ def test_serve_cached_keys_keeps_known_keys_working_during_an_outage(
         assert wait_for(lambda: pending(gw) == 0), "buffered accounting never flushed"
         assert requests_metered(gw, "cached") == 4
         assert ask(gw, stranger).choices
+
+
+def test_counting_tokens_follows_the_policy_during_an_outage(redis_server: RedisServer) -> None:
+    import anthropic
+
+    with gateway_with(redis_server, RedisDownPolicy.SERVE_CACHED_KEYS) as gw:
+        key = team_key(gw, "counting")
+        limits = {"limits": {"requests_per_minute": 1}}
+        assert admin(gw, "PATCH", "/admin/teams/counting", json=limits).status_code == 200
+        client = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0, timeout=30)
+        hello = [{"role": "user", "content": "hi"}]
+        if time.time() % 60 > 50:  # both counts below in one minute window
+            time.sleep(61 - time.time() % 60)
+        client.messages.count_tokens(model="e2b", messages=hello)  # the minute's one
+        with pytest.raises(anthropic.RateLimitError):
+            client.messages.count_tokens(model="e2b", messages=hello)
+        redis_server.kill()
+        try:
+            # A known key keeps working without limits, as its generations do.
+            assert client.messages.count_tokens(model="e2b", messages=hello).input_tokens > 0
+        finally:
+            redis_server.start()
