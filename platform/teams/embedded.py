@@ -44,7 +44,15 @@ class EmbeddedRedis:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if len(str(self.socket_path)) > 100:  # sun_path holds 108 bytes
             raise EmbeddedRedisError(f"state folder path too long for a socket: {self.state_dir}")
-        self.socket_path.unlink(missing_ok=True)
+        if self._answers():
+            # Another fleet's server: unlinking its socket and starting a second server on the
+            # same append-only file would have both append to it, and the first fleet's new
+            # connections would reach the second server.
+            raise EmbeddedRedisError(
+                f"a Redis server already answers on {self.socket_path}: another local fleet "
+                f"uses the state folder {self.state_dir}; stop it or use another folder"
+            )
+        self.socket_path.unlink(missing_ok=True)  # a socket left by a server that is gone
         log = (self.state_dir / "redis.log").open("ab")
         # No TCP listener (port 0): only this machine's socket, owner only.
         args = ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
