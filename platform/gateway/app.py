@@ -276,7 +276,9 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
 
         answer = await observed("messages", request, _messages)
         headers = {**SECURITY_HEADERS, **answer.headers}
-        model = parsed[0].model
+        # The model that served it, as Anthropic names the dated model behind an alias and as
+        # the OpenAI answers name the pool.
+        model = answer.headers.get(POOL_HEADER, parsed[0].model)
         if isinstance(answer, JsonAnswer):
             return JSONResponse(to_message(answer.body, model), headers=headers)
         return StreamingResponse(

@@ -9,6 +9,7 @@ from typing import Any
 
 import anthropic
 import jsonschema
+import openai
 import pytest
 from PIL import Image
 
@@ -41,6 +42,26 @@ def test_stream(client: anthropic.Anthropic) -> None:
         final = stream.get_final_message()
     assert text and final.content[0].text == text
     assert final.usage.output_tokens > 0
+
+
+def test_an_alias_answer_names_the_pool_that_served_it_as_the_openai_api_does(
+    client: anthropic.Anthropic, gateway_server: Any
+) -> None:
+    """Anthropic answers name the model that served a request (a dated id for an alias);
+    the gateway's OpenAI answers name the pool. Both APIs now say the same."""
+    openai_reply = openai.OpenAI(
+        base_url=gateway_server.url + "/v1", api_key="unused", max_retries=0
+    ).chat.completions.create(
+        model="gemma-4", max_tokens=4, messages=[{"role": "user", "content": "hello"}]
+    )
+    raw = client.messages.with_raw_response.create(
+        model="gemma-4", max_tokens=4, messages=[{"role": "user", "content": "hello"}]
+    )
+    assert raw.parse().model == raw.headers["x-gemma-fleet-pool"] == openai_reply.model == "e2b"
+    with client.messages.stream(
+        model="gemma-4", max_tokens=4, messages=[{"role": "user", "content": "hello"}]
+    ) as stream:
+        assert stream.get_final_message().model == "e2b"
 
 
 SCHEMA = {
