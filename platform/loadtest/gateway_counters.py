@@ -157,8 +157,23 @@ def client_counts(
     return answers, refusals, tokens
 
 
-def compare(records: list[RequestRecord], grown: dict[Sample, float]) -> GatewayComparison:
-    """Set the client's counts beside the gateway's for the chat endpoint."""
+# The team label of every row when the workload's teams share a key (compare).
+ALL_TEAMS = "(teams sharing one key)"
+
+
+def _merge_teams(counts: Counter[tuple[str, ...]]) -> Counter[tuple[str, ...]]:
+    out: Counter[tuple[str, ...]] = Counter()
+    for key, value in counts.items():
+        out[(ALL_TEAMS, *key[1:])] += value
+    return out
+
+
+def compare(
+    records: list[RequestRecord], grown: dict[Sample, float], *, teams_share_a_key: bool = False
+) -> GatewayComparison:
+    """Set the client's counts beside the gateway's for the chat endpoint. When the workload's
+    teams share a key, the gateway counts their requests under the key's team, which the
+    client does not know: the rows then sum over every team on both sides (team ALL_TEAMS)."""
     answers, refusals, tokens = client_counts(records)
     rows: list[CounterRow] = []
     answer_keys, refusal_keys, token_keys = (
@@ -177,6 +192,8 @@ def compare(records: list[RequestRecord], grown: dict[Sample, float]) -> Gateway
         ("tokens", token_keys, tokens, _sum(grown, TOKENS, token_keys)),
     )
     for what, keys, client, gateway in sides:
+        if teams_share_a_key:
+            client, gateway = _merge_teams(client), _merge_teams(gateway)
         for key in sorted(set(client) | set(gateway)):
             rows.append(
                 CounterRow(

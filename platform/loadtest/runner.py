@@ -27,7 +27,7 @@ from gemma_fleet.loadtest.records import read_records
 from gemma_fleet.loadtest.report import LoadTestReport, build_report
 from gemma_fleet.loadtest.settings import DEFAULT_KEY_ENV, LocustSettings
 from gemma_fleet.loadtest.shapes import ShapeSpec
-from gemma_fleet.loadtest.workload import load_workload
+from gemma_fleet.loadtest.workload import WorkloadFile, load_workload
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,25 @@ def _scrape(root_url: str) -> gateway_counters.Reading | None:
         return None
 
 
-def run_locust(plan: LoadTestPlan, settings: LocustSettings, log_path: Path) -> int:
-    """Locust headless, in a child process, until the shape ends; returns its exit status."""
+def _locust_env(plan: LoadTestPlan, settings: LocustSettings) -> dict[str, str]:
+    """The environment Locust runs with (the users read their keys from it)."""
     env = {**os.environ, **plan.env, **settings.to_env()}
     if plan.api_key:
         env[DEFAULT_KEY_ENV] = plan.api_key
+    return env
+
+
+def teams_share_a_key(plan: LoadTestPlan, settings: LocustSettings, workload: WorkloadFile) -> bool:
+    """Whether two of the workload's teams send the same key (or none, to an open gateway),
+    as the users will resolve them."""
+    env = _locust_env(plan, settings)
+    keys = [settings.key_of(t.name, workload, env) for t in workload.teams]
+    return len(set(keys)) < len(keys)
+
+
+def run_locust(plan: LoadTestPlan, settings: LocustSettings, log_path: Path) -> int:
+    """Locust headless, in a child process, until the shape ends; returns its exit status."""
+    env = _locust_env(plan, settings)
     args = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "--host", plan.root_url, "--stop-timeout", f"{math.ceil(plan.stop_timeout_s)}s",
@@ -152,11 +166,17 @@ def run_loadtest(plan: LoadTestPlan) -> LoadTestResult:
     note = ""
     if before is not None and after is not None:
         grown = gateway_counters.delta(before.counters, after.counters)
-        comparison = gateway_counters.compare(got, grown)
+        shared = teams_share_a_key(plan, settings, workload)
+        comparison = gateway_counters.compare(got, grown, teams_share_a_key=shared)
         note = (
             "Counters are the growth of /metrics between the start and the end of the run, "
             f"summed over {after.heard} gateway replica(s)."
         )
+        if shared:
+            note += (
+                " The workload's teams send one key, which the gateway counts under that key's "
+                "team: the rows sum over them."
+            )
         if not (before.complete and after.complete):
             note += (
                 f" Only {min(before.heard, after.heard)} of {after.running} gateway replicas "
