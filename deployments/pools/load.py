@@ -34,12 +34,17 @@ def default_fleet_path() -> Path:
 
 
 def load_fleet(path: Path | str, catalog: Catalog | None = None) -> FleetSpec:
-    """Load and fully validate the fleet file at `path` (a path, or a shipped fleet's name)."""
+    """Load and fully validate the fleet file at `path` (a path, or a shipped fleet's name).
+    Helm values for the chart are read too: their fleet is under the top-level `fleet:` key,
+    so `plan` and `autoscale` can work on the very values a cluster is installed with."""
     path = Path(path)
     if not path.exists() and path.suffix == "" and str(path) in shipped_fleets():
         path = shipped_fleets()[str(path)]
     data = read_yaml(path, FleetError, "fleet file", mapping=False)
-    return parse_fleet(data, source=str(path), catalog=catalog)
+    source = str(path)
+    if isinstance(data, dict) and "fleet" in data and "node_pools" not in data:
+        data, source = data["fleet"], f"{path} (fleet:)"
+    return parse_fleet(data, source=source, catalog=catalog)
 
 
 def parse_fleet(data: Any, *, source: str = "fleet", catalog: Catalog | None = None) -> FleetSpec:

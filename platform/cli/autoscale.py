@@ -133,7 +133,9 @@ def _print_step(report: StepReport, verbose: bool) -> None:
 
 
 def autoscale_command(
-    fleet: Path = typer.Option(..., "--fleet", "-f", help="fleet file (YAML)"),
+    fleet: Path = typer.Option(
+        ..., "--fleet", "-f", help="fleet file (YAML), or Helm values (their fleet:)"
+    ),
     metrics_url: list[str] = typer.Option(
         [], "--metrics-url", help="Prometheus endpoint to scrape (repeatable)"
     ),

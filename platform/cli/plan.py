@@ -43,7 +43,10 @@ def plan_command(
         Path | None, typer.Option("--demand", "-d", help="demand file (YAML)")
     ] = None,
     fleet: Annotated[
-        str, typer.Option("--fleet", "-f", help="fleet file path or shipped fleet name")
+        str,
+        typer.Option(
+            "--fleet", "-f", help="fleet file, shipped fleet name, or Helm values (their fleet:)"
+        ),
     ] = "default",
     profiles: Annotated[
         Path | None,

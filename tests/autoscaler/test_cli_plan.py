@@ -226,3 +226,20 @@ def test_values_with_simulator_pools_say_the_chart_refuses_them(tmp_path: Path) 
     out = run(*args, "-f", write(tmp_path, "vllm.yaml", vllm), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "simulator" not in out.stderr
+
+
+def test_plan_reads_the_fleet_of_helm_values(tmp_path: Path) -> None:
+    """A platform engineer plans the values a cluster is installed with (the fleet sits under
+    `fleet:` beside the chart's other keys); before, --fleet took only a bare fleet file and
+    refused the values naming node_pools and model_pools as missing."""
+    vllm = {**FLEET, "model_pools": [{**p, "engine": "vllm"} for p in FLEET["model_pools"]]}
+    chart_values = {"image": {"repository": "ghcr.io/example/gemma-fleet"}, "fleet": vllm}
+    args = ["-d", write(tmp_path, "d.yaml", demand(10.0)), "--profiles"]
+    args += [write(tmp_path, "p.yaml", PROFILES), "--values-out", "planned.yaml"]
+    out = run(*args, "-f", write(tmp_path, "values.yaml", chart_values), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "e4b-l4" in out.stdout and "simulator" not in out.stderr
+    planned = FleetSpec.model_validate(
+        yaml.safe_load((tmp_path / "planned.yaml").read_text())["fleet"]
+    )
+    assert planned.model_pool("e4b-l4").replicas.initial == 3
