@@ -567,7 +567,7 @@ class SimulatorEngine(LLMEngine):
         top = max(width or 0, 1)  # completions: the sampled token and the top `logprobs`
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            offsets = [_text_offsets(plan.pieces) for plan in plans]
+            offsets = [_text_offsets(plan.pieces) for plan in plans] if positions else []
 
             def choice(event: Any) -> CompletionResponseStreamChoice:
                 index = choice_of[event.request_id]
