@@ -41,6 +41,18 @@ def _secret_file(path: Path, make: Callable[[], str]) -> str:
     return value
 
 
+def _embedded_redis(state_dir: Path) -> EmbeddedRedis:
+    return EmbeddedRedis(state_dir / "redis")
+
+
+def store_in_use(state_dir: Path) -> Path | None:
+    """The socket of a running fleet's team store in `state_dir`, or None when none answers
+    (a socket file a fleet that is gone left behind does not count: the next start replaces
+    it). Lets a command refuse before it starts anything (local_team_store would refuse too)."""
+    redis = _embedded_redis(state_dir)
+    return redis.socket_path if redis.answers() else None
+
+
 @contextmanager
 def local_team_store(
     state_dir: Path, *, auth: bool = True, redis_url: str | None = None
@@ -59,7 +71,7 @@ def local_team_store(
     bootstrap = state_dir / "bootstrap-teams.yaml"
     bootstrap.touch(mode=0o600)
     bootstrap.write_text(yaml.safe_dump({"teams": [{"name": LOCAL_TEAM, "keys": [api_key]}]}))
-    redis = EmbeddedRedis(state_dir / "redis") if redis_url is None else None
+    redis = _embedded_redis(state_dir) if redis_url is None else None
     url = redis.start() if redis is not None else str(redis_url)
     env = {
         "GEMMA_FLEET_AUTH": "required",

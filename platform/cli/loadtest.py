@@ -56,6 +56,11 @@ def loadtest_command(
     ),
     port: int = typer.Option(8000, "--port", help="with --local: the API's HTTP port"),
     ray_port: int = typer.Option(6790, "--ray-port", help="with --local: the Ray GCS port"),
+    state_dir: Path = typer.Option(
+        LocalFleetSettings().state_dir,
+        "--state-dir",
+        help="with --local: the fleet's team store folder (one running fleet per folder)",
+    ),
     strict: bool = typer.Option(
         False, "--strict", help="exit 1 when an SLO is missed or a request failed unexpectedly"
     ),
@@ -86,9 +91,9 @@ def loadtest_command(
     out = out or Path("loadtest-report") / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     with ExitStack() as stack:
         if local:
-            settings = LocalFleetSettings(http_port=port, gcs_port=ray_port)
+            settings = LocalFleetSettings(http_port=port, gcs_port=ray_port, state_dir=state_dir)
             require_free_ports(settings.http_host, port, ray_port)
-            require_free_state_dir(settings.state_dir, "or test it with --host instead of --local")
+            require_free_state_dir(state_dir)
             console.print("starting the local fleet ...")
             root, local_admin = stack.enter_context(local_fleet_host(fleet, settings))
             host, admin_key = root, admin_key or local_admin

@@ -13,6 +13,7 @@ import socket
 from pathlib import Path
 
 from gemma_fleet.cli.errors import CliError
+from gemma_fleet.deployments.fleet.team_store import store_in_use
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -41,26 +42,15 @@ def require_free_ports(http_host: str, http_port: int, ray_port: int) -> None:
         )
 
 
-def require_free_state_dir(
-    state_dir: Path, remedy: str = "or give this one another --state-dir"
-) -> None:
-    """Raise a one-line CliError when a running fleet's embedded Redis uses `state_dir`.
+def require_free_state_dir(state_dir: Path) -> None:
+    """Raise a one-line CliError when a running fleet's team store uses `state_dir`.
 
     A second fleet on the same folder (other ports, or `loadtest --local` beside `up`) would
-    take over the socket and run a second redis-server on the same append-only file: both
-    append to it, and the first fleet's new connections reach the second server."""
-    # Where local_team_store runs EmbeddedRedis (the CLI may not import teams; the test
-    # starts a real EmbeddedRedis, so a change of layout fails it).
-    sock_path = state_dir / "redis" / "redis.sock"
-    if not sock_path.exists():
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(sock_path))
-        except OSError:
-            return  # left behind by a fleet that is gone: the next start replaces it
-    raise CliError(
-        f"a running fleet uses the state folder {state_dir} (its Redis answers on {sock_path}): "
-        f"stop it, {remedy}"
-    )
+    run a second redis-server on the first one's append-only file. The team store refuses
+    that too, but only once the command has begun starting the fleet; this says which option
+    to change, before anything starts."""
+    if (sock_path := store_in_use(state_dir)) is not None:
+        raise CliError(
+            f"a running fleet uses the state folder {state_dir} (its Redis answers on "
+            f"{sock_path}): stop it, or give this one another --state-dir"
+        )

@@ -44,7 +44,7 @@ class EmbeddedRedis:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if len(str(self.socket_path)) > 100:  # sun_path holds 108 bytes
             raise EmbeddedRedisError(f"state folder path too long for a socket: {self.state_dir}")
-        if self._answers():
+        if self.answers():
             # Another fleet's server: unlinking its socket and starting a second server on the
             # same append-only file would have both append to it, and the first fleet's new
             # connections would reach the second server.
@@ -70,13 +70,14 @@ class EmbeddedRedis:
                 raise EmbeddedRedisError(
                     f"redis-server exited with {code}; see {self.state_dir / 'redis.log'}"
                 )
-            if self._answers():
+            if self.answers():
                 return self.url
             time.sleep(0.05)
         self.stop()
         raise EmbeddedRedisError(f"redis-server did not answer within {timeout_s:.0f} s")
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
+        """Whether a redis-server (this one or another process's) answers on the socket."""
         try:
             with socket.socket(socket.AF_UNIX) as s:
                 s.settimeout(0.5)

@@ -178,3 +178,37 @@ def test_up_refuses_a_state_folder_a_running_fleet_uses(
     with pytest.raises(AssertionError, match="started a fleet"):
         main(["up", "--port", str(_free_port()), "--ray-port", str(_free_port()),
               "--state-dir", str(tmp_path)])  # fmt: skip
+
+
+@pytest.mark.usefixtures("no_fleet")
+def test_loadtest_local_takes_a_state_folder_and_refuses_one_a_running_fleet_uses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`loadtest --local` always used ~/.gemma-fleet, so it was refused while `up` ran on it
+    (and the refusal could name no option to change)."""
+    workload = Path(__file__).parents[2] / "loadtest" / "workloads" / "chat.yaml"
+    args = ["loadtest", "--local", "--workload", str(workload), "--duration", "10s"]
+    busy, free = tmp_path / "busy", tmp_path / "free"
+    first = EmbeddedRedis(busy / "redis")
+    first.start()
+    try:
+        code, _, err = run_cli(
+            capsys, *args, "--port", str(_free_port()), "--ray-port", str(_free_port()),
+            "--state-dir", str(busy),
+        )  # fmt: skip
+        assert code == 2
+        assert err.count("\n") == 1 and str(busy) in err and "--state-dir" in err
+    finally:
+        first.stop()
+    started: list[Path] = []
+
+    def local_fleet_host(fleet: Any, settings: Any) -> Any:
+        started.append(settings.state_dir)
+        raise AssertionError("started")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("gemma_fleet.cli.loadtest.local_fleet_host", local_fleet_host)
+        with pytest.raises(AssertionError, match="started"):
+            main([*args, "--port", str(_free_port()), "--ray-port", str(_free_port()),
+                  "--state-dir", str(free)])  # fmt: skip
+    assert started == [free]
