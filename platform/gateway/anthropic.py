@@ -20,6 +20,7 @@ from gemma_fleet.gateway.anthropic_models import (
     MessagesRequest,
     PlainTextSource,
     RedactedThinkingBlock,
+    SearchResultBlock,
     TextBlock,
     ThinkingBlock,
     ThinkingDisabled,
@@ -81,6 +82,8 @@ def _tool_result(block: ToolResultBlock, where: str) -> tuple[str, list[dict[str
         for k, item in enumerate(block.content):
             if isinstance(item, DocumentBlock):
                 parts += _document(item, f"{where}.content[{k}]")
+            elif isinstance(item, SearchResultBlock):
+                parts.append(_search_result(item))
             else:
                 parts.append(_part(item))
         texts = [p["text"] for p in parts if p["type"] == "text"]
@@ -123,6 +126,17 @@ def _document(block: DocumentBlock, where: str) -> list[dict[str, Any]]:
         head += f"<context>{block.context}</context>\n"
     end = {"type": "text", "text": "\n</document_content>\n</document>"}
     return [{"type": "text", "text": head + "<document_content>\n"}, *body, end]
+
+
+def _search_result(block: SearchResultBlock) -> dict[str, Any]:
+    """A search result as one text part of the turn: its passages inside <search_result>
+    tags with its source and title, so the model can tell them from the question and say
+    where an answer comes from (answers carry no structured citations: docs/gateway.md).
+    Passages are separate blocks of the result: a blank line keeps them apart."""
+    passages = "\n\n".join(b.text for b in block.content)
+    head = f"<search_result>\n<source>{block.source}</source>\n<title>{block.title}</title>\n"
+    body = f"<search_result_content>\n{passages}\n</search_result_content>\n</search_result>"
+    return {"type": "text", "text": head + body}
 
 
 def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
@@ -181,6 +195,8 @@ def _conversation(req: Conversation) -> dict[str, Any]:
                 parts.append(_part(block))
             elif isinstance(block, DocumentBlock) and message.role == "user":
                 parts += _document(block, f"messages[{i}].content[{j}]")
+            elif isinstance(block, SearchResultBlock) and message.role == "user":
+                parts.append(_search_result(block))
             elif isinstance(block, ToolResultBlock) and message.role == "user":
                 content, images = _tool_result(block, f"messages[{i}].content[{j}]")
                 messages.append(

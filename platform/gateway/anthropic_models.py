@@ -88,6 +88,30 @@ class DocumentBlock(Loose):
     context: str | None = None
 
 
+class SearchResultBlock(Loose):
+    """A search result for the model to read and cite (RAG; the SDK's SearchResultBlockParam):
+    its text blocks become part of the turn with its source and title (anthropic.py).
+    `citations` is accepted and ignored (Loose): answers carry no citations."""
+
+    type: Literal["search_result"]
+    source: str = Field(min_length=1)
+    title: str = Field(min_length=1)
+    content: list[TextBlock] = Field(min_length=1)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_only(cls, content: Any) -> Any:
+        # Else an image here reads "Input should be 'text'" at its `type`: say what is wrong.
+        for k, item in enumerate(content if isinstance(content, list) else []):
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind != "text" and kind is not None:
+                raise ValueError(
+                    f"content[{k}] has type {kind!r}: a search result's content holds text "
+                    "blocks only"
+                )
+        return content
+
+
 class ToolUseBlock(Loose):
     type: Literal["tool_use"]
     id: str
@@ -96,12 +120,19 @@ class ToolUseBlock(Loose):
 
 
 class ToolResultBlock(Loose):
-    """A tool's result: text, images and documents (translated in anthropic.py)."""
+    """A tool's result: text, images, documents and search results (translated in
+    anthropic.py)."""
 
     type: Literal["tool_result"]
     tool_use_id: str
     content: (
-        str | list[Annotated[TextBlock | ImageBlock | DocumentBlock, Field(discriminator="type")]]
+        str
+        | list[
+            Annotated[
+                TextBlock | ImageBlock | DocumentBlock | SearchResultBlock,
+                Field(discriminator="type"),
+            ]
+        ]
     ) = ""
     is_error: bool = False
 
@@ -125,6 +156,7 @@ Block = Annotated[
     TextBlock
     | ImageBlock
     | DocumentBlock
+    | SearchResultBlock
     | ToolUseBlock
     | ToolResultBlock
     | ThinkingBlock

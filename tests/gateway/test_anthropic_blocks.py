@@ -226,3 +226,129 @@ def test_a_document_a_tool_returned_is_read_and_a_pdf_refused(client: anthropic.
             model="e2b", max_tokens=8, tools=[SHOT_TOOL], messages=_after_screenshot(pdf)
         )
     assert "messages[2].content[0].content[0]" in err.value.body["error"]["message"]
+
+
+# ---- search_result blocks ----------------------------------------------------------------------
+
+PASSAGES = [
+    "Orchard yields rose in 2026: pears reached 12 tonnes. " * 6,
+    "Apples held at 41 tonnes.",
+]
+
+
+def _search_result(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "search_result",
+        "source": "https://farm.example/reports/2026",
+        "title": "Harvest report 2026",
+        "content": [{"type": "text", "text": p} for p in PASSAGES],
+        "citations": {"enabled": True},
+        **fields,
+    }
+
+
+def test_a_search_result_is_read_with_its_source_and_title(client: anthropic.Anthropic) -> None:
+    found = _search_result()
+    bare = client.messages.create(model="e2b", max_tokens=8, messages=_user(QUESTION))
+    answer = client.messages.create(model="e2b", max_tokens=8, messages=_user(found, QUESTION))
+    assert answer.content and answer.content[0].type == "text"
+    assert not getattr(answer.content[0], "citations", None)  # accepted, none given back
+    assert answer.usage.input_tokens > bare.usage.input_tokens + len(PASSAGES[0]) // 8
+    text = "".join(p["text"] for p in _sent(found, QUESTION)["content"])
+    order = [found["source"], found["title"], PASSAGES[0], PASSAGES[1], QUESTION["text"]]
+    assert [text.index(shown) for shown in order] == sorted(text.index(s) for s in order)
+    assert PASSAGES[0] + PASSAGES[1] not in text  # the passages stay apart
+
+
+def test_count_tokens_counts_a_search_result_as_messages_create_does(
+    client: anthropic.Anthropic,
+) -> None:
+    messages = _user(_search_result(), QUESTION)
+    counted = client.messages.count_tokens(model="gemma-4", messages=messages).input_tokens
+    created = client.messages.create(model="gemma-4", max_tokens=8, messages=messages)
+    assert counted == created.usage.input_tokens
+    bare = client.messages.count_tokens(model="gemma-4", messages=_user(QUESTION)).input_tokens
+    assert counted > bare + len(PASSAGES[0]) // 8
+
+
+def test_a_search_result_a_tool_returned_is_read(client: anthropic.Anthropic) -> None:
+    search = {"name": "search", "description": "web search", "input_schema": {"type": "object"}}
+    use = {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {}}
+
+    def after(*result: dict[str, Any]) -> list[dict[str, Any]]:
+        answer = {"type": "tool_result", "tool_use_id": "toolu_1", "content": list(result)}
+        return [
+            {"role": "user", "content": "How many tonnes of pears?"},
+            {"role": "assistant", "content": [use]},
+            {"role": "user", "content": [answer]},
+        ]
+
+    found = after({"type": "text", "text": "1 result"}, _search_result())
+    answer = client.messages.create(model="e2b", max_tokens=8, tools=[search], messages=found)
+    bare = client.messages.create(model="e2b", max_tokens=8, tools=[search], messages=after())
+    assert answer.usage.input_tokens > bare.usage.input_tokens + len(PASSAGES[0]) // 8
+    counted = client.messages.count_tokens(model="e2b", tools=[search], messages=found)
+    assert counted.input_tokens == answer.usage.input_tokens
+    from gemma_fleet.gateway.anthropic import to_chat_request
+    from gemma_fleet.gateway.anthropic_models import MessagesRequest
+
+    body = {"model": "e2b", "max_tokens": 8, "tools": [search], "messages": found}
+    chat = to_chat_request(MessagesRequest.model_validate(body)).model_dump(exclude_none=True)
+    [tool] = [m for m in chat["messages"] if m["role"] == "tool"]
+    assert tool["content"].startswith("1 result")
+    for shown in ("https://farm.example/reports/2026", "Harvest report 2026", *PASSAGES):
+        assert shown in tool["content"]
+
+
+MALFORMED = {
+    "no source": ({"source": None}, "source"),
+    "no title": ({"title": None}, "title"),
+    "no content": ({"content": None}, "content"),
+    "empty content": ({"content": []}, "content"),
+    "an image in content": ({"content": [{"type": "image", "source": _png()}]}, "content"),
+    "a string content": ({"content": "pears: 12 tonnes"}, "content"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_search_result_is_refused_naming_the_block(
+    client: anthropic.Anthropic, case: str
+) -> None:
+    change, field = MALFORMED[case]
+    block = {k: v for k, v in {**_search_result(), **change}.items() if v is not None}
+    in_tool = {"type": "tool_result", "tool_use_id": "toolu_1",
+               "content": [{"type": "text", "text": "found:"}, QUESTION, block]}  # fmt: skip
+    use = {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {}}
+    search = {"name": "search", "input_schema": {"type": "object"}}
+    for messages, where in (
+        (_user(QUESTION, block), "messages[0].content[1]"),
+        (
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [use]},
+             {"role": "user", "content": [in_tool]}],
+            "messages[2].content[0].content[2]",
+        ),
+    ):  # fmt: skip
+        for count in (False, True):
+            with pytest.raises(anthropic.BadRequestError) as err:
+                if count:
+                    client.messages.count_tokens(model="gemma-4", tools=[search], messages=messages)
+                else:
+                    client.messages.create(
+                        model="gemma-4", max_tokens=8, tools=[search], messages=messages
+                    )
+            error = err.value.body["error"]
+            assert error["type"] == "invalid_request_error"
+            assert f"{where}.{field}" in error["message"], error["message"]
+            if case == "an image in content":
+                assert "content[0] has type 'image'" in error["message"]
+
+
+def test_a_search_result_is_refused_in_an_assistant_turn(client: anthropic.Anthropic) -> None:
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": [_search_result()]},
+        {"role": "user", "content": "Go on"},
+    ]
+    with pytest.raises(anthropic.BadRequestError) as err:
+        client.messages.create(model="gemma-4", max_tokens=8, messages=messages)
+    assert "search_result" in err.value.body["error"]["message"]
