@@ -10,7 +10,9 @@ lost only if this gateway process dies before Redis comes back; `pending` says h
 An admitted request's concurrency slot is a lease (limits.py) that one task per process renews
 for every request admitted and not yet settled, every third of the lease, in one script call: a
 slot this process no longer renews (it died, or an admit timed out here after Redis had run it)
-comes back when its lease ends. An admit that timed out is also withdrawn, through the buffer:
+comes back when its lease ends, and a lease Redis lost while a request still runs (an outage
+longer than the lease) is put back by the first renewal Redis takes (retried each second while
+it is down). An admit that timed out is also withdrawn, through the buffer:
 whatever Redis took for it (slot, request, tokens, budget) is given back, and an admit that
 reaches Redis only after that takes nothing.
 """
@@ -91,6 +93,7 @@ class Ticket:
 
 class TeamAccess:
     MAX_PENDING = 200_000  # bounded memory while Redis is away (~100 bytes each)
+    RENEW_RETRY_S = 1.0  # a renewal Redis could not take is tried again this soon
 
     def __init__(self, redis: Any, settings: TeamsSettings, prefix: str = "gf") -> None:
         self.settings = settings
@@ -187,18 +190,34 @@ class TeamAccess:
 
     async def _renew_loop(self) -> None:
         """Renew the leases of every request admitted and not yet settled, every third of the
-        lease, until there are none. A renewal Redis cannot take now is simply tried again at
-        the next round: a lease outlives two missed ones."""
+        lease, until there are none. A renewal Redis cannot take now is tried again within a
+        second, until it can: a lease outlives two missed rounds, and one Redis lost meanwhile
+        (an outage longer than the lease) is put back by the first renewal it takes; until
+        then the team's running requests are under-counted and more could be admitted."""
+        every = self.limiter.lease_s / 3
+        wait = every
         while self._leases:
-            await asyncio.sleep(self.limiter.lease_s / 3)
+            await asyncio.sleep(wait)
             held = [t.admission for t in list(self._leases.values()) if t.admission is not None]
             if not held:
                 break
             try:
-                await self._bounded(self.limiter.renew(held))
+                renewal = await self._bounded(self.limiter.renew(held))
             except Exception as exc:
-                if not store_down(exc):
+                if store_down(exc):  # try again as soon as Redis may be back
+                    wait = min(every, self.RENEW_RETRY_S)
+                else:  # a bug: retrying sooner cannot help
+                    wait = every
                     log.exception("renewing %d concurrency leases failed", len(held))
+                continue
+            wait = every
+            if renewal.restored:
+                log.warning(
+                    "restored %d concurrency leases Redis had lost (down longer than the %g s "
+                    "lease, or restarted with older data): their requests are still running",
+                    renewal.restored,
+                    self.limiter.lease_s,
+                )
 
     async def settle(self, ticket: Ticket, model: str, usage: UsageDelta) -> None:
         """Release the request and meter what it used. Never raises: a write Redis cannot take

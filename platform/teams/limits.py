@@ -9,7 +9,10 @@ with the actual count at completion (also when a stream is cut, by releasing wit
 A concurrency slot is a lease: a member of the team's sorted set `...:leases` (the request id,
 scored with when the lease ends on Redis's clock), renewed while the request runs (TeamAccess)
 and removed at release. A slot whose release never comes (the admit's reply was lost to a
-timeout after Redis ran it, or the gateway died) ends with its lease instead of for good.
+timeout after Redis ran it, or the gateway died) ends with its lease instead of for good. A
+renewal puts back the lease of a request still running that Redis lost (an outage longer than
+the lease), unless the team's `...:released` set says the request was released: a renewal sent
+before the release may reach Redis after it.
 
 Windows are fixed (the current minute, the current day or month), which keeps each limit one
 counter and makes "exactly K" hold at every instant.
@@ -22,7 +25,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -78,35 +81,56 @@ return {1, "", 0, 0, used[2] + 1, used[3] + costs[3]}
 """
 
 _RENEW = """
--- KEYS: leases of one team or more; ARGV: lease_ms, then for each key: how many request ids
--- follow, the ids. Extends leases that are still there (XX: a released one stays released).
+-- KEYS: for each team, its leases and its released markers (sorted set: request id -> when the
+-- marker may be forgotten); ARGV: lease_ms, then for each team: how many request ids follow, the
+-- ids. Extends the leases of requests still running; one that Redis no longer has (its score
+-- passed while Redis was away, the set was pruned or expired, Redis restarted from an older
+-- state) is put back, unless the request was released: a released lease stays released.
+-- Returns {extended, put back}.
 local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease_ms = tonumber(ARGV[1])
-local expiry = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + lease_ms
-local at, renewed = 2, 0
-for k = 1, #KEYS do
+local at, extended, restored = 2, 0, 0
+for k = 1, #KEYS, 2 do
   local n = tonumber(ARGV[at])
   local here = 0
   for i = at + 1, at + n do
-    here = here + redis.call("ZADD", KEYS[k], "XX", "CH", expiry, ARGV[i])
+    local ends = redis.call("ZSCORE", KEYS[k], ARGV[i])
+    if ends and tonumber(ends) > now then
+      redis.call("ZADD", KEYS[k], "XX", now + lease_ms, ARGV[i])
+      extended, here = extended + 1, here + 1
+    elseif not redis.call("ZSCORE", KEYS[k + 1], ARGV[i]) then
+      redis.call("ZADD", KEYS[k], now + lease_ms, ARGV[i])
+      restored, here = restored + 1, here + 1
+    end
   end
   if here > 0 then redis.call("PEXPIRE", KEYS[k], lease_ms) end
-  at, renewed = at + n + 1, renewed + here
+  at = at + n + 1
 end
-return renewed
+return {extended, restored}
 """
 
 _RELEASE = """
--- KEYS: leases, requests/min, tokens/min, budget[, once]; ARGV: token correction (actual -
--- reserved), seconds the once-key is kept, 1 if the request was refused after admission (it
--- spends no request either), the request id, 1 to withdraw (release only if the admit under
--- the once-key ran; if it has not yet, it never will). A release already applied under the
--- same once-key is a no-op.
-if KEYS[5] then
-  if redis.call("HSETNX", KEYS[5], "release", 1) == 0 then return 0 end
-  redis.call("EXPIRE", KEYS[5], ARGV[2])
-  if ARGV[5] == "1" and redis.call("HEXISTS", KEYS[5], "admit") == 0 then return 0 end
+-- KEYS: leases, requests/min, tokens/min, budget, released markers[, once]; ARGV: token
+-- correction (actual - reserved), seconds the once-key is kept, 1 if the request was refused
+-- after admission (it spends no request either), the request id, 1 to withdraw (release only
+-- if the admit under the once-key ran; if it has not yet, it never will), how long the released
+-- marker is kept (ms). A release already applied under the same once-key is a no-op.
+if KEYS[6] then
+  if redis.call("HSETNX", KEYS[6], "release", 1) == 0 then return 0 end
+  redis.call("EXPIRE", KEYS[6], ARGV[2])
+  if ARGV[5] == "1" and redis.call("HEXISTS", KEYS[6], "admit") == 0 then return 0 end
 end
+-- Marked released, so that a renewal of it sent before this release and arriving after it (over
+-- another connection) does not put its lease back. The mark outlives any renewal still on its
+-- way (one is sent only for a request not yet settled); a later one's lease would end by itself.
+-- The first write needs memory (Redis before 7.0 checks maxmemory at a script's first write
+-- only): a full Redis refuses the release whole (it is retried), never after part of it.
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call("ZADD", KEYS[5], now + tonumber(ARGV[6]), ARGV[4])
+redis.call("ZREMRANGEBYSCORE", KEYS[5], "-inf", now)
+redis.call("PEXPIRE", KEYS[5], ARGV[6])  -- no mark outlives the latest one
 redis.call("ZREM", KEYS[1], ARGV[4])
 if ARGV[3] == "1" and redis.call("EXISTS", KEYS[2]) == 1 then
   if redis.call("DECR", KEYS[2]) < 0 then redis.call("SET", KEYS[2], 0, "KEEPTTL") end
@@ -218,6 +242,14 @@ class Admission:
     request_id: str  # its member of the leases set (keys[0])
 
 
+class Renewal(NamedTuple):
+    """What one renewal did: leases extended, and leases of requests still running put back
+    after Redis had lost them (an outage longer than the lease)."""
+
+    extended: int
+    restored: int
+
+
 @dataclass
 class LimitExceeded(Exception):
     """The request would break `limit`; answer 429 with Retry-After `retry_after_s`."""
@@ -242,6 +274,11 @@ class RequestTooLarge(Exception):
 
     def __str__(self) -> str:
         return f"the request needs {self.requested} tokens, {self.limit} is {self.allowed}"
+
+
+def _released_key(leases_key: str) -> str:
+    """The team's released markers, next to its leases (`...:leases` -> `...:released`)."""
+    return leases_key.removesuffix(":leases") + ":released"
 
 
 def _period_key(period: Period, now: float) -> tuple[str, int]:
@@ -346,18 +383,22 @@ class Limiter:
             limit = "token_counting_requests_per_minute"
             raise LimitExceeded(limit, int(used), allowed, 60 - int(now % 60))
 
-    async def renew(self, admissions: Iterable[Admission]) -> int:
-        """Extend the leases of requests still running to `lease_s` from now, in one script
-        call; a lease already released (or ended) stays so. Returns how many were extended."""
+    async def renew(self, admissions: Iterable[Admission]) -> Renewal:
+        """Set the leases of requests still running to end `lease_s` from now, in one script
+        call: a lease Redis lost (an outage longer than the lease) is put back, one released
+        stays released (the renewal may reach Redis after the release)."""
         by_key: dict[str, list[str]] = {}
         for admission in admissions:
             by_key.setdefault(admission.keys[0], []).append(admission.request_id)
         if not by_key:
-            return 0
+            return Renewal(0, 0)
+        keys: list[str] = []
         args: list[str | int] = [self._lease_ms]
-        for ids in by_key.values():
+        for leases, ids in by_key.items():
+            keys += [leases, _released_key(leases)]
             args += [len(ids), *ids]
-        return int(await self._renew(keys=list(by_key), args=args))
+        extended, restored = await self._renew(keys=keys, args=args)
+        return Renewal(int(extended), int(restored))
 
     async def release(
         self,
@@ -371,10 +412,12 @@ class Limiter:
         what was actually used; `refused` (refused after admission: nothing served) gives the
         request back to requests/min too. With `once_key`, sending the same release again (a
         retry after a reply lost to a Redis restart) changes nothing."""
-        keys = [*admission.keys, *([once_key] if once_key else [])]
+        leases = admission.keys[0]
+        keys = [*admission.keys, _released_key(leases), *([once_key] if once_key else [])]
         delta = used_tokens - admission.reserved_tokens
         args = [delta, ONCE_TTL_S, int(refused), admission.request_id, int(withdraw)]
-        await self._release(keys=keys, args=args)
+        # Its released mark is kept a lease: a renewal sent before the release arrives sooner.
+        await self._release(keys=keys, args=[*args, self._lease_ms])
 
     async def withdraw(
         self, team: str, limits: TeamLimits, tokens: int, at: float, request_id: str, once_key: str

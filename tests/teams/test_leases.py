@@ -9,13 +9,14 @@ import gc
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from gemma_fleet.teams.access import StoreUnavailable, TeamAccess
-from gemma_fleet.teams.limits import Limiter, LimitExceeded, TeamLimits
+from gemma_fleet.teams.limits import Admission, Limiter, LimitExceeded, Renewal, TeamLimits
 from gemma_fleet.teams.records import KeyRequest, TeamSpec
 from gemma_fleet.teams.redis_client import connect
 from gemma_fleet.teams.settings import TeamsSettings
@@ -289,8 +290,91 @@ def test_a_renewal_does_not_bring_back_a_released_lease(redis_url: str) -> None:
         return renewed, in_flight, lease_left_ms
 
     renewed, in_flight, lease_left_ms = asyncio.run(scenario())
-    assert (renewed, in_flight) == (1, 1)
+    assert (renewed, in_flight) == ((1, 0), 1)  # extended `running`, did not put `done` back
     assert 25_000 < lease_left_ms <= 30_000  # the leases key lives as long as its last lease
+
+
+def test_a_renewal_puts_back_the_lease_of_a_running_request_that_redis_lost(
+    redis_url: str,
+) -> None:
+    """The defect: a request still running whose lease ended while Redis could not be reached
+    (here: no renewal for longer than the lease) and was then pruned by another admit. The
+    renewal's `ZADD XX` found nothing to extend, so the team's running request was not counted
+    and a team limited to 1 got a second one admitted alongside it."""
+
+    async def scenario() -> None:
+        redis = connect(redis_url)
+        # Admitted with a short lease, renewed with a long one: a slow machine cannot let the
+        # lease put back end before the admit that must count it.
+        short, limiter = Limiter(redis, "restore", lease_s=0.5), Limiter(redis, "restore", 30)
+        limits = TeamLimits(max_concurrent_requests=1)
+        running = await short.admit("t", limits, 10)  # a long stream
+        await asyncio.sleep(0.7)  # no renewal reached Redis for longer than the lease
+        brief = await limiter.admit("t", limits, 10)  # prunes the ended lease
+        await limiter.release(brief, used_tokens=10)
+        assert await redis.zscore(running.keys[0], running.request_id) is None
+
+        assert await limiter.renew([running]) == (0, 1)  # put back
+        with pytest.raises(LimitExceeded, match=r"concurrent_requests.*\(1 of 1\)"):
+            await limiter.admit("t", limits, 10)
+        assert await limiter.renew([running]) == (1, 0)  # from then on, extended as before
+        await limiter.release(running, used_tokens=10)
+        await limiter.release(await limiter.admit("t", limits, 10), used_tokens=10)
+        await redis.aclose()
+
+    asyncio.run(scenario())
+
+
+async def renewed_late(
+    limiter: Limiter, gone: Admission, limits: TeamLimits
+) -> tuple[Renewal, int]:
+    """Renew `gone` after its release (a renewal sent before it, arriving after it): what the
+    renewal did and the leases left. Then the team's one slot must be free (LimitExceeded if
+    not)."""
+    renewed = await limiter.renew([gone])
+    in_flight = await limiter._redis.zcard(gone.keys[0])
+    await limiter.release(await limiter.admit(gone.team, limits, 10), used_tokens=10)
+    return renewed, in_flight
+
+
+def test_a_renewal_does_not_bring_back_a_lease_that_ended_before_its_release(
+    redis_url: str,
+) -> None:
+    """The race with a lease already gone: nothing of it is left in the leases set when the
+    release comes (it ended and was pruned, or Redis lost it), yet a renewal sent before the
+    release and arriving after it must not put it back. No once-key: a release may have none."""
+
+    async def scenario() -> tuple[Renewal, int]:
+        redis = connect(redis_url)
+        short, limiter = Limiter(redis, "ended", lease_s=0.5), Limiter(redis, "ended", 30)
+        limits = TeamLimits(max_concurrent_requests=1)
+        done = await short.admit("t", limits, 10)
+        await asyncio.sleep(0.7)  # its lease ended: the key expired with it
+        await limiter.release(done, used_tokens=10)
+        late = await renewed_late(limiter, done, limits)
+        await redis.aclose()
+        return late
+
+    assert asyncio.run(scenario()) == ((0, 0), 0)
+
+
+def test_a_renewal_does_not_bring_back_a_withdrawn_admission(redis_url: str) -> None:
+    """An admit the gateway gave up on (its reply timed out) is withdrawn; a renewal of it that
+    was on its way must not take its slot again."""
+
+    async def scenario() -> tuple[Renewal, int]:
+        redis = connect(redis_url)
+        limiter = Limiter(redis, prefix="withdrawn", lease_s=30)
+        limits = TeamLimits(max_concurrent_requests=1)
+        at, request_id = time.time(), uuid.uuid4().hex
+        once = f"withdrawn:once:{request_id}"
+        admission = await limiter.admit("t", limits, 10, at, request_id, once)
+        await limiter.withdraw("t", limits, 10, at, request_id, once)
+        late = await renewed_late(limiter, admission, limits)
+        await redis.aclose()
+        return late
+
+    assert asyncio.run(scenario()) == ((0, 0), 0)
 
 
 def test_an_inflight_counter_of_the_old_layout_left_in_redis_is_no_obstacle(
