@@ -89,20 +89,32 @@ def parse_samples(text: str) -> dict[SeriesKey, float]:
     return out
 
 
-def http_fetch(timeout_s: float = 5.0) -> Fetch:
-    """A fetch function that GETs a URL and returns its body (MetricsError on failure)."""
+def http_fetch(timeout_s: float = 5.0, token: str | None = None) -> Fetch:
+    """A fetch function that GETs a URL and returns its body (MetricsError on failure).
+    `token`: sent as `Authorization: Bearer`, which a gateway with GEMMA_FLEET_METRICS_TOKEN
+    set asks of every scrape of its /metrics (an engine's endpoint ignores it)."""
+    headers = {"authorization": f"Bearer {token}"} if token else {}
 
     def fetch(url: str) -> str:
         import httpx
 
         try:
-            response = httpx.get(url, timeout=timeout_s)
+            response = httpx.get(url, timeout=timeout_s, headers=headers)
+            if response.status_code == 401:
+                raise MetricsError(f"GET {url}: 401: {unauthorized_hint(bool(token))}")
             response.raise_for_status()
         except httpx.HTTPError as exc:
             raise MetricsError(f"{url}: {exc}") from exc
         return response.text
 
     return fetch
+
+
+def unauthorized_hint(token_sent: bool) -> str:
+    """What to do about a 401 from a gateway's /metrics: it wants the metrics token."""
+    if token_sent:
+        return "the metrics token was refused: check --metrics-token / GEMMA_FLEET_METRICS_TOKEN"
+    return "set --metrics-token / GEMMA_FLEET_METRICS_TOKEN (the gateway's metrics token)"
 
 
 @dataclass(frozen=True)

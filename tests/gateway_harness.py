@@ -23,9 +23,10 @@ from gemma_fleet.deployments.engines.simulator.engine import (
     simulator_llm_config,
 )
 from gemma_fleet.gateway.app import create_app
-from gemma_fleet.gateway.auth import TeamGate
+from gemma_fleet.gateway.auth import TeamGate, open_gate
 from gemma_fleet.gateway.pool_client import EnginePoolClient
 from gemma_fleet.gateway.service import Gateway, GatewaySettings, PoolInfo
+from gemma_fleet.teams.settings import TeamsSettings
 from gemma_fleet.vram import text_params
 
 CATALOG = load_catalog()
@@ -124,6 +125,16 @@ def serve_gateway(
     finally:
         holder["server"].should_exit = True
         thread.join(30)
+
+
+@contextmanager
+def serve_with_metrics_token(token: str) -> Iterator[RunningGateway]:
+    """An open API (no team keys) whose /metrics needs `token`: the gate built from the
+    environment a Ray Serve replica reads (GEMMA_FLEET_METRICS_TOKEN)."""
+    env = {"GEMMA_FLEET_AUTH": "disabled", "GEMMA_FLEET_METRICS_TOKEN": token}
+    settings = TeamsSettings.from_env(env)
+    with serve_gateway(fleet_settings(), simulated_pools, lambda: open_gate(settings)) as gw:
+        yield gw
 
 
 async def simulated_pools() -> tuple[Any, Callable[[], Awaitable[None]]]:

@@ -139,6 +139,13 @@ def autoscale_command(
     metrics_url: list[str] = typer.Option(
         [], "--metrics-url", help="Prometheus endpoint to scrape (repeatable)"
     ),
+    metrics_token: str | None = typer.Option(
+        None,
+        "--metrics-token",
+        envvar="GEMMA_FLEET_METRICS_TOKEN",
+        help="sent as Authorization: Bearer to every --metrics-url: the gateway's "
+        "GEMMA_FLEET_METRICS_TOKEN, when it sets one",
+    ),
     actuator: ActuatorKind = typer.Option(
         ActuatorKind.NONE, "--actuator", help="where decisions go: ray, kubernetes or none"
     ),
@@ -196,11 +203,12 @@ def autoscale_command(
     if actuator is ActuatorKind.KUBERNETES and not (namespace and rayservice):
         raise CliError("--actuator kubernetes needs --namespace and --rayservice")
     planner = make_planner(spec, settings)
-    from gemma_fleet.autoscaler.metrics_source import MetricsError, MetricsSource
+    from gemma_fleet.autoscaler.metrics_source import MetricsError, MetricsSource, http_fetch
 
     source = MetricsSource(
         metrics_url,
         spec,
+        fetch=http_fetch(token=metrics_token),
         assumed_prompt_tokens=settings.assumed_prompt_tokens,
         assumed_output_tokens=settings.assumed_output_tokens,
         # Gateway replicas behind one URL are each reached by chance: ten missed scrapes in a

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.ports import require_free_ports, require_free_state_dir
@@ -46,6 +47,13 @@ def loadtest_command(
         "--api-key",
         envvar="GEMMA_FLEET_API_KEY",
         help="without --admin-key: the key every team's users send",
+    ),
+    metrics_token: str | None = typer.Option(
+        None,
+        "--metrics-token",
+        envvar="GEMMA_FLEET_METRICS_TOKEN",
+        help="the gateway's metrics token, for the cross-check against its /metrics (when it "
+        "sets GEMMA_FLEET_METRICS_TOKEN)",
     ),
     request_timeout: float = typer.Option(300, "--request-timeout", help="seconds per request"),
     local: bool = typer.Option(
@@ -105,6 +113,7 @@ def loadtest_command(
             out_dir=out,
             admin_key=admin_key,
             api_key=api_key,
+            metrics_token=metrics_token,
             request_timeout_s=request_timeout,
         )
         console.print(f"{spec.kind} load, up to {users} users for {spec.duration_s:.0f} s ...")
@@ -119,7 +128,9 @@ def loadtest_command(
         f"{percent(t.slo_attainment)} (target {percent(r.slo_target)}), goodput "
         f"{t.goodput_rps:.2f} req/s, {t.rate_limited} 429s, {t.errors} other errors"
     )
-    if r.gateway is not None and not r.gateway.all_match:
+    if r.gateway is None:
+        console.print(f"[yellow]{escape(r.gateway_note)}[/yellow]", highlight=False)
+    elif not r.gateway.all_match:
         console.print(f"[yellow]{r.gateway.mismatches} figure(s) differ from /metrics[/yellow]")
     console.print(f"report: {result.report_md}")
     if strict and (r.verdict != "SLOs hold" or t.errors):

@@ -104,9 +104,9 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     """The OpenAI- and Anthropic-compatible HTTP app over `gateway`; `gate` (None: open, no
     team keys) authenticates callers and holds them to their team's limits."""
     app = FastAPI(title="Gemma Fleet gateway", docs_url=None, redoc_url=None)
-    app.openapi = gateway_openapi(app)  # type: ignore[method-assign]
-    app.add_middleware(SecurityHeaders)
     gate = gate or TeamGate(None)
+    app.openapi = gateway_openapi(app, gate.metrics_protected)  # type: ignore[method-assign]
+    app.add_middleware(SecurityHeaders)
     limit = gateway.settings.max_body_bytes
     read_timeout = gateway.settings.body_timeout_s
     metrics = gateway.metrics
@@ -321,7 +321,10 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         response_class=Response,
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        # Per-team counters: with GEMMA_FLEET_METRICS_TOKEN set, only its holder reads them
+        # (port 8000 may face the internet through a LoadBalancer Service).
+        gate.require_metrics(request)
         return Response(gateway.metrics_text(), media_type="text/plain; version=0.0.4")
 
     @app.get("/health")

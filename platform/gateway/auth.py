@@ -1,7 +1,8 @@
 """Who is calling, and may they: the HTTP side of the team layer.
 
 Clients present a team key as `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key: <key>`
-(Anthropic SDKs); administrators present GEMMA_FLEET_ADMIN_KEY the same way on `/admin/...`.
+(Anthropic SDKs); administrators present GEMMA_FLEET_ADMIN_KEY the same way on `/admin/...`;
+scrapers present GEMMA_FLEET_METRICS_TOKEN as `Authorization: Bearer` on `/metrics` when it is set.
 Store errors become HTTP answers here: 401 for a bad key, 429 with Retry-After and OpenAI's
 x-ratelimit-* headers for a limit, 503 with Retry-After when Redis is down (fail-closed).
 """
@@ -104,11 +105,22 @@ class Admitted:
 
 
 class TeamGate:
-    """Authentication and admission for the API routes; `access` None means auth is off."""
+    """Authentication and admission for the API routes; `access` None means auth is off.
+    `metrics_token` None leaves `/metrics` open."""
 
-    def __init__(self, access: TeamAccess | None, admin_key: str | None = None) -> None:
+    def __init__(
+        self,
+        access: TeamAccess | None,
+        admin_key: str | None = None,
+        metrics_token: str | None = None,
+    ) -> None:
         self.access = access
         self._admin_key = admin_key
+        self._metrics_token = metrics_token
+
+    @property
+    def metrics_protected(self) -> bool:
+        return self._metrics_token is not None
 
     async def identify(self, request: Request) -> Identity | None:
         if self.access is None:
@@ -162,6 +174,26 @@ class TeamGate:
         if not hmac.compare_digest(presented.encode(), self._admin_key.encode()):
             raise ApiError(401, "admin routes need the admin credential", code="invalid_api_key")
 
+    def require_metrics(self, request: Request) -> None:
+        """401 unless `/metrics` is open or the request carries the metrics token as
+        `Authorization: Bearer` (compared in constant time). Prometheus and the fleet's own
+        scrapers send it that way; a team key is never it."""
+        if self._metrics_token is None:
+            return
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            message = "GET /metrics needs Authorization: Bearer <GEMMA_FLEET_METRICS_TOKEN>"
+            raise metrics_refusal(message + "; none was sent")
+        if not hmac.compare_digest(value.strip().encode(), self._metrics_token.encode()):
+            raise metrics_refusal("GET /metrics: the bearer token is not GEMMA_FLEET_METRICS_TOKEN")
+
+
+def metrics_refusal(message: str) -> ApiError:
+    # WWW-Authenticate says which scheme to retry with (RFC 6750 section 3).
+    return ApiError(
+        401, message, code="invalid_metrics_token", extra_headers={"www-authenticate": "Bearer"}
+    )
+
 
 def success_headers(admitted: list[Admitted]) -> Mapping[str, str]:
     if not admitted or admitted[0].ticket.admission is None:
@@ -176,8 +208,9 @@ class GateError(RuntimeError):
 def open_gate(settings: TeamsSettings) -> TeamGate:
     """The gate a gateway process serves with: connected to REDIS_URL, bootstrap file applied.
     Called once at start (not on an event loop: the bootstrap runs on a loop of its own)."""
+    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
     if not settings.store_needed:
-        return TeamGate(None)
+        return TeamGate(None, metrics_token=metrics_token)
     if settings.redis_url is None:
         raise GateError(
             "team keys are required (GEMMA_FLEET_AUTH=required) but REDIS_URL is not set; "
@@ -198,4 +231,4 @@ def open_gate(settings: TeamsSettings) -> TeamGate:
             pool.submit(asyncio.run, apply()).result()
     access = TeamAccess(connect(url, timeout_s=settings.timeout_s), settings)
     admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
-    return TeamGate(access, admin_key)
+    return TeamGate(access, admin_key, metrics_token)

@@ -104,24 +104,28 @@ _SECURITY_SCHEMES = {
     "team": {"type": "http", "scheme": "bearer", "description": "a team key (gfk_...)"},
     "admin": {"type": "http", "scheme": "bearer", "description": "GEMMA_FLEET_ADMIN_KEY"},
 }
+# Only when GEMMA_FLEET_METRICS_TOKEN is set; `Authorization: Bearer` alone.
+_METRICS_SCHEME = {"type": "http", "scheme": "bearer", "description": "GEMMA_FLEET_METRICS_TOKEN"}
 
 
-def gateway_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """A replacement for `app.openapi` that adds what the hand-read routes accept."""
+def gateway_openapi(app: FastAPI, metrics_protected: bool = False) -> Callable[[], dict[str, Any]]:
+    """A replacement for `app.openapi` that adds what the hand-read routes accept;
+    `metrics_protected`: `/metrics` needs the metrics token."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = describe(
-                get_openapi(title=app.title, version=app.version, routes=app.routes)
+                get_openapi(title=app.title, version=app.version, routes=app.routes),
+                metrics_protected,
             )
         return app.openapi_schema
 
     return openapi
 
 
-def describe(document: dict[str, Any]) -> dict[str, Any]:
+def describe(document: dict[str, Any], metrics_protected: bool = False) -> dict[str, Any]:
     """`document` (FastAPI's) with request bodies, query parameters, error answers and
-    security requirements filled in from OPERATIONS."""
+    security requirements filled in from OPERATIONS, and `/metrics`'s credential."""
     models = {op.body for op in OPERATIONS.values() if op.body is not None}
     refs, defs = models_json_schema(
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
@@ -132,7 +136,8 @@ def describe(document: dict[str, Any]) -> dict[str, Any]:
     schemas.update(defs.get("$defs", {}))
     schemas["Error"] = _OPENAI_ERROR
     schemas["AnthropicError"] = _ANTHROPIC_ERROR
-    components["securitySchemes"] = _SECURITY_SCHEMES
+    components["securitySchemes"] = dict(_SECURITY_SCHEMES)
+    _describe_metrics(document, metrics_protected)
     for (method, path), op in OPERATIONS.items():
         operation = document["paths"].get(path, {}).get(method)
         if operation is None:
@@ -172,6 +177,23 @@ def describe(document: dict[str, Any]) -> dict[str, Any]:
                 "content": {"application/json": {"schema": {"$ref": error}}},
             }
     return document
+
+
+def _describe_metrics(document: dict[str, Any], protected: bool) -> None:
+    """`/metrics` stays out of OPERATIONS (an open route, in the fuzzer's list as such); its
+    credential, when GEMMA_FLEET_METRICS_TOKEN sets one, is described here."""
+    operation = document["paths"].get("/metrics", {}).get("get")
+    if operation is None:
+        return
+    if not protected:
+        operation["description"] = "Prometheus text; open (GEMMA_FLEET_METRICS_TOKEN is not set)"
+        return
+    operation["description"] = "Prometheus text; needs Authorization: Bearer <metrics token>"
+    document["components"]["securitySchemes"]["metrics"] = _METRICS_SCHEME
+    operation["security"] = [{"metrics": []}]
+    operation.setdefault("responses", {})["401"] = error_response(
+        "no or a wrong metrics token; WWW-Authenticate: Bearer"
+    )
 
 
 def error_response(description: str) -> dict[str, Any]:

@@ -6,7 +6,8 @@ team,model,pool,status}`, `gemma_fleet_gateway_rejections_total{endpoint,team,st
 `gemma_fleet_gateway_tokens_total{team,model,kind}`. Each gateway replica counts only what it
 served, and a scrape through a load-balanced URL reaches one of them: every exposition names its
 replica (`gemma_fleet_gateway_replica_info`) and says how many run
-(`gemma_fleet_gateway_replicas`), so a reading is summed over all of them.
+(`gemma_fleet_gateway_replicas`), so a reading is summed over all of them. A gateway with
+GEMMA_FLEET_METRICS_TOKEN set answers /metrics only to that token (`Authorization: Bearer`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def _parse(text: str) -> tuple[dict[Sample, float], str, int]:
     return values, replica, running
 
 
+class ScrapeRefused(RuntimeError):
+    """The gateway's /metrics answered 401: it wants the metrics token."""
+
+
 @dataclass(frozen=True)
 class Reading:
     """The gateway's counters summed over the replicas `heard` of the `running` ones."""
@@ -67,16 +72,29 @@ class Reading:
 
 
 def scrape(
-    root_url: str, timeout_s: float = 10.0, *, settle_s: float = 30.0, pause_s: float = 0.1
+    root_url: str,
+    timeout_s: float = 10.0,
+    *,
+    settle_s: float = 30.0,
+    pause_s: float = 0.1,
+    token: str | None = None,
 ) -> Reading:
     """The counters at `{root_url}/metrics` now (root: the gateway's URL without /v1), summed
     over every gateway replica: scraped again until each running replica has answered once,
-    or `settle_s` has passed (then the reading says how many it missed)."""
+    or `settle_s` has passed (then the reading says how many it missed). `token`: the
+    gateway's metrics token; ScrapeRefused when it is missing or wrong."""
+    url = root_url.rstrip("/") + "/metrics"
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     answers: dict[str, dict[Sample, float]] = {}
     running = 0  # not known yet
     deadline = time.monotonic() + settle_s
     while True:
-        response = httpx.get(root_url.rstrip("/") + "/metrics", timeout=timeout_s)
+        response = httpx.get(url, timeout=timeout_s, headers=headers)
+        if response.status_code == 401:
+            what = "the metrics token was refused" if token else "no metrics token was sent"
+            raise ScrapeRefused(
+                f"GET {url}: 401: {what}; set --metrics-token / GEMMA_FLEET_METRICS_TOKEN"
+            )
         response.raise_for_status()
         counters, replica, told = _parse(response.text)
         answers[replica] = counters

@@ -43,6 +43,7 @@ class LoadTestPlan:
     shape: ShapeSpec
     out_dir: Path
     admin_key: str | None = None  # create the teams and keys through the admin API
+    metrics_token: str | None = None  # the gateway's GEMMA_FLEET_METRICS_TOKEN, if it sets one
     api_key: str | None = None  # else: one key for every team (overrides GEMMA_FLEET_API_KEY)
     request_timeout_s: float = 300.0
     # Users finish the request (or tool loop) they are in when the test ends or ramps down:
@@ -82,12 +83,17 @@ def _check_up(root_url: str) -> None:
         raise LoadTestError(f"{root_url}/health answers HTTP {status}: is this the gateway?")
 
 
-def _scrape(root_url: str) -> gateway_counters.Reading | None:
+def _scrape(root_url: str, token: str | None) -> tuple[gateway_counters.Reading | None, str]:
+    """The gateway's counters now, or None and why they could not be read (the run goes on
+    without the cross-check)."""
     try:
-        return gateway_counters.scrape(root_url)
+        return gateway_counters.scrape(root_url, token=token), ""
+    except gateway_counters.ScrapeRefused as exc:
+        log.warning("%s: the report will have no cross-check", exc)
+        return None, str(exc)
     except (httpx.HTTPError, ValueError) as exc:
         log.warning("cannot read %s/metrics: %s", root_url, exc)
-        return None
+        return None, f"{root_url}/metrics could not be read"
 
 
 def _locust_env(plan: LoadTestPlan, settings: LocustSettings) -> dict[str, str]:
@@ -152,12 +158,15 @@ def run_loadtest(plan: LoadTestPlan) -> LoadTestResult:
             keys=keys,
             timeout_s=plan.request_timeout_s,
         )
-        before = _scrape(plan.root_url)
+        before, before_error = _scrape(plan.root_url, plan.metrics_token)
         started = time.time()
         status = run_locust(plan, settings, locust_log)
         ended = time.time()
         time.sleep(1.0)  # a stream's counters are settled just after its last byte
-        after = _scrape(plan.root_url)
+        # Without the first reading there is nothing to subtract from.
+        after, after_error = (None, "")
+        if before is not None:
+            after, after_error = _scrape(plan.root_url, plan.metrics_token)
     if status != 0:
         tail = locust_log.read_text()[-2000:]
         raise LoadTestError(f"Locust exited with status {status}:\n{tail}")
@@ -183,7 +192,7 @@ def run_loadtest(plan: LoadTestPlan) -> LoadTestResult:
                 "answered /metrics in time: the gateway's figures miss the others' share."
             )
     else:
-        note = f"{plan.root_url}/metrics could not be read: no cross-check."
+        note = f"{before_error or after_error}: no cross-check."
     report = build_report(
         got,
         workload=workload,

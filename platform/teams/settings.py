@@ -7,6 +7,7 @@ at start (the same variables locally, in Ray Serve replicas and in the Helm char
 | `REDIS_URL` | the store: `redis://host:port/db`, `rediss://` for TLS, `unix:///path.sock` |
 | `REDIS_PASSWORD` | used when the URL carries no password (a Kubernetes Secret) |
 | `GEMMA_FLEET_ADMIN_KEY` | the admin credential for `/admin/...`; unset: the admin API is off |
+| `GEMMA_FLEET_METRICS_TOKEN` | bearer token `GET /metrics` needs; unset: `/metrics` is open |
 | `GEMMA_FLEET_BOOTSTRAP_TEAMS` | a YAML file of teams and keys applied at start |
 | `GEMMA_FLEET_REDIS_DOWN` | `fail-closed` (default) or `serve-cached-keys` (see docs/teams.md) |
 | `GEMMA_FLEET_REDIS_TIMEOUT_S` | bound on every store call, queueing included (default 2 s) |
@@ -38,6 +39,7 @@ class TeamsSettings(BaseModel):
     auth_required: bool = True
     redis_url: SecretStr | None = None
     admin_key: SecretStr | None = None
+    metrics_token: SecretStr | None = None
     bootstrap_file: Path | None = None
     redis_down: RedisDownPolicy = RedisDownPolicy.FAIL_CLOSED
     # Generous for a loopback round trip, but a burst queues for pooled connections and the
@@ -58,14 +60,12 @@ class TeamsSettings(BaseModel):
         url = env.get("REDIS_URL") or None
         if url and env.get("REDIS_PASSWORD"):
             url = with_password(url, env["REDIS_PASSWORD"])
-        admin_key = env.get("GEMMA_FLEET_ADMIN_KEY") or None
-        if admin_key is not None and len(admin_key) < 24:
-            raise ValueError("GEMMA_FLEET_ADMIN_KEY must be at least 24 characters")
         try:
             return cls(
                 auth_required=auth == "required",
                 redis_url=url,
-                admin_key=admin_key,
+                admin_key=_credential(env, "GEMMA_FLEET_ADMIN_KEY"),
+                metrics_token=_credential(env, "GEMMA_FLEET_METRICS_TOKEN"),
                 bootstrap_file=env.get("GEMMA_FLEET_BOOTSTRAP_TEAMS") or None,
                 redis_down=env.get("GEMMA_FLEET_REDIS_DOWN", RedisDownPolicy.FAIL_CLOSED),
                 timeout_s=env.get("GEMMA_FLEET_REDIS_TIMEOUT_S", 2.0),
@@ -77,6 +77,19 @@ class TeamsSettings(BaseModel):
     @property
     def store_needed(self) -> bool:
         return self.auth_required or self.admin_key is not None
+
+
+# A credential an attacker may try online: 24 characters is the least either is given.
+MIN_CREDENTIAL_CHARS = 24
+
+
+def _credential(env: Mapping[str, str], name: str) -> str | None:
+    """The credential in `env[name]` (None when unset or empty); ValueError naming `name`
+    when it is too short to be one."""
+    value = env.get(name) or None
+    if value is not None and len(value) < MIN_CREDENTIAL_CHARS:
+        raise ValueError(f"{name} must be at least {MIN_CREDENTIAL_CHARS} characters")
+    return value
 
 
 def with_password(url: str, password: str) -> str:

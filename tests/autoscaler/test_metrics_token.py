@@ -1,0 +1,135 @@
+"""The autoscaler against a real gateway that sets GEMMA_FLEET_METRICS_TOKEN: it reads the
+gateway's /metrics with `--metrics-token` (or the variable), and without it every step fails
+with one line naming the token, not a parse error or "waiting"."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from gateway_harness import RunningGateway, serve_with_metrics_token
+from prometheus_client.parser import text_string_to_metric_families
+
+from gemma_fleet.autoscaler.metrics_source import MetricsError, MetricsSource, http_fetch
+from gemma_fleet.cli.main import main
+from gemma_fleet.deployments.pools import FleetSpec, default_fleet_path, load_fleet
+
+TOKEN = "metrics-" + "t" * 32
+EXE = shutil.which("gemma-fleet", path=str(Path(sys.executable).parent))
+HINT = "401: set --metrics-token / GEMMA_FLEET_METRICS_TOKEN"
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[RunningGateway]:
+    with serve_with_metrics_token(TOKEN) as gw:
+        yield gw
+
+
+@pytest.fixture
+def fleet() -> FleetSpec:
+    return load_fleet(default_fleet_path())
+
+
+def _chat(gw: RunningGateway) -> None:
+    body = {"model": "e2b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert gw.post("/v1/chat/completions", json=body).status_code == 200
+
+
+def test_a_scrape_without_the_token_names_it(guarded: RunningGateway, fleet: FleetSpec) -> None:
+    url = guarded.url + "/metrics"
+    with pytest.raises(MetricsError) as caught:
+        http_fetch()(url)
+    assert str(caught.value).startswith(f"GET {url}: {HINT}")
+    with pytest.raises(MetricsError, match="the metrics token was refused"):
+        http_fetch(token=TOKEN[:-1] + "x")(url)
+    # Through the reader: the step's error is the 401 and its remedy, not "not Prometheus text".
+    source = MetricsSource([url], fleet)
+    with pytest.raises(MetricsError) as caught:
+        source.read()
+    assert f"no metrics URL answered: GET {url}: {HINT}" in str(caught.value)
+    assert "Prometheus" not in str(caught.value)
+
+
+def test_the_token_reads_the_gateways_counters(guarded: RunningGateway, fleet: FleetSpec) -> None:
+    url = guarded.url + "/metrics"
+    source = MetricsSource([url], fleet, fetch=http_fetch(token=TOKEN))
+    assert source.read() is None  # the first scrape: no rate yet, and no error
+    _chat(guarded)
+    time.sleep(0.05)
+    reading = source.read()
+    assert reading is not None
+    # Read and differenced: the gateway's pools (not the default fleet's) are named.
+    assert reading.complete and "e2b" in reading.unknown_pools
+
+
+def test_autoscale_once_without_the_token_is_one_line_naming_it(
+    guarded: RunningGateway,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GEMMA_FLEET_METRICS_TOKEN", raising=False)
+    url = guarded.url + "/metrics"
+    with pytest.raises(SystemExit) as exited:
+        main(["autoscale", "--fleet", str(default_fleet_path()), "--metrics-url", url, "--once"])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert HINT in line
+
+
+def _steps(base: str) -> dict[str, float]:
+    text = httpx.get(base + "/metrics", timeout=5).text
+    return {
+        s.labels["result"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "gemma_fleet_autoscaler_steps_total"
+    }
+
+
+def test_autoscale_reads_with_the_token_from_the_environment(
+    guarded: RunningGateway, tmp_path: Path
+) -> None:
+    """As the Helm chart runs it: the token in GEMMA_FLEET_METRICS_TOKEN (a secretKeyRef)."""
+    assert EXE is not None, "gemma-fleet is not installed next to this interpreter"
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "GEMMA_FLEET_METRICS_TOKEN": TOKEN,
+    }
+    args = ["autoscale", "--fleet", str(default_fleet_path())]
+    args += ["--metrics-url", guarded.url + "/metrics", "--interval", "300"]
+    args += ["--status-port", str(port)]
+    proc = subprocess.Popen(
+        [EXE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        deadline = time.monotonic() + 60
+        steps: dict[str, float] = {}
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                steps = _steps(f"http://127.0.0.1:{port}")
+            except httpx.TransportError:
+                steps = {}
+            if steps.get("waiting") or steps.get("failed"):
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[1]
+        # The first scrape was read (waiting for a second one), not refused (failed).
+        assert steps.get("waiting") == 1 and not steps.get("failed"), steps
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert "401" not in err
