@@ -163,9 +163,8 @@ class TeamAccess:
                 self._buffer(
                     lambda: self.limiter.withdraw(team.name, limits, tokens, now, request_id, once)
                 )
-            if self.settings.redis_down is RedisDownPolicy.SERVE_CACHED_KEYS:
-                return Ticket(identity, None, now, request_id)
-            raise StoreUnavailable(self.settings.retry_after_s) from exc
+            self._refuse_unless_serving_cached_keys(exc)
+            return Ticket(identity, None, now, request_id)
         ticket = Ticket(identity, admission, now, request_id)
         self._leases[request_id] = ticket
         if self._renewer is None or self._renewer.done():
@@ -182,8 +181,13 @@ class TeamAccess:
         except Exception as exc:
             if not store_down(exc):
                 raise
-            if self.settings.redis_down is not RedisDownPolicy.SERVE_CACHED_KEYS:
-                raise StoreUnavailable(self.settings.retry_after_s) from exc
+            self._refuse_unless_serving_cached_keys(exc)
+
+    def _refuse_unless_serving_cached_keys(self, down: BaseException) -> None:
+        """Redis is down (`down`): raise StoreUnavailable, unless the policy serves a known key
+        without limits (the caller then lets the request in)."""
+        if self.settings.redis_down is not RedisDownPolicy.SERVE_CACHED_KEYS:
+            raise StoreUnavailable(self.settings.retry_after_s) from down
 
     def _once_key(self, request_id: str) -> str:
         return f"{self._prefix}:once:{request_id}"
