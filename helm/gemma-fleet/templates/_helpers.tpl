@@ -48,12 +48,30 @@ app.kubernetes.io/part-of: gemma-fleet
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 
-{{/* Secret names and keys: the user's existingSecret, else the chart's own. */}}
+{{/*
+Secret names and keys: the user's existingSecret, else the chart's own. A credential's values
+block has existingSecret and existingSecretKey; call with (list $ block suffix) for the name
+(the chart's own: <fullname>-<suffix>) and (list block key) for the key (the chart's own: key).
+*/}}
+{{- define "gemma-fleet.credentialSecretName" -}}
+{{- $block := index . 1 }}
+{{- default (printf "%s-%s" (include "gemma-fleet.fullname" (index . 0)) (index . 2)) $block.existingSecret }}
+{{- end }}
+{{- define "gemma-fleet.credentialSecretKey" -}}
+{{- $block := index . 0 }}
+{{- if $block.existingSecret }}{{ $block.existingSecretKey }}{{ else }}{{ index . 1 }}{{ end }}
+{{- end }}
 {{- define "gemma-fleet.adminSecretName" -}}
-{{- default (printf "%s-admin" (include "gemma-fleet.fullname" .)) .Values.admin.existingSecret }}
+{{- include "gemma-fleet.credentialSecretName" (list . .Values.admin "admin") }}
 {{- end }}
 {{- define "gemma-fleet.adminSecretKey" -}}
-{{- if .Values.admin.existingSecret }}{{ .Values.admin.existingSecretKey }}{{ else }}admin-key{{ end }}
+{{- include "gemma-fleet.credentialSecretKey" (list .Values.admin "admin-key") }}
+{{- end }}
+{{- define "gemma-fleet.metricsSecretName" -}}
+{{- include "gemma-fleet.credentialSecretName" (list . .Values.gateway.metrics "metrics") }}
+{{- end }}
+{{- define "gemma-fleet.metricsSecretKey" -}}
+{{- include "gemma-fleet.credentialSecretKey" (list .Values.gateway.metrics "metrics-token") }}
 {{- end }}
 {{- define "gemma-fleet.teamsSecretName" -}}
 {{- default (printf "%s-teams" (include "gemma-fleet.fullname" .)) .Values.teams.existingSecret }}
@@ -108,6 +126,41 @@ Call with (list $ secretName key length).
 {{- end }}
 
 {{/*
+A Secret the chart owns holding one credential: `value` when set, else a stableRandom one of
+`length` characters. `helm.sh/resource-policy: keep`: `helm uninstall` leaves it, for the
+clients and data that depend on it. Call with (list $ name key value length component).
+*/}}
+{{- define "gemma-fleet.ownedSecret" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- $key := index . 2 }}
+apiVersion: v1
+kind: Secret
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "gemma-fleet.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ index . 5 }}
+  annotations:
+    helm.sh/resource-policy: keep
+type: Opaque
+data:
+  {{ $key }}: {{ (default (include "gemma-fleet.stableRandom" (list $root $name $key (index . 4))) (index . 3)) | b64enc | quote }}
+{{- end }}
+
+{{/*
+GEMMA_FLEET_METRICS_TOKEN: the gateway asks it of every scrape of its /metrics, and the
+autoscaler, which scrapes it, sends it.
+*/}}
+{{- define "gemma-fleet.metricsTokenEnv" -}}
+- name: GEMMA_FLEET_METRICS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "gemma-fleet.metricsSecretName" . }}
+      key: {{ include "gemma-fleet.metricsSecretKey" . }}
+{{- end }}
+
+{{/*
 Environment every Ray pod gets: Ray Serve tuning, the gateway's team settings (secrets only by
 secretKeyRef) and OpenTelemetry. Ray's worker processes inherit the raylet's environment, so
 the gateway replicas and engines see these wherever they are placed.
@@ -135,6 +188,7 @@ the gateway replicas and engines see these wherever they are placed.
     secretKeyRef:
       name: {{ include "gemma-fleet.adminSecretName" . }}
       key: {{ include "gemma-fleet.adminSecretKey" . }}
+{{ include "gemma-fleet.metricsTokenEnv" . }}
 {{- if include "gemma-fleet.teamsEnabled" . }}
 - name: GEMMA_FLEET_BOOTSTRAP_TEAMS
   value: /etc/gemma-fleet/teams/teams.yaml

@@ -132,6 +132,10 @@ idleTimeoutSeconds unless the Ray autoscaler runs as v2, and then builds no clus
 {{- if and (not .Values.admin.existingSecret) (not .Values.admin.key) (not .Values.admin.generate) }}
   {{- $errors = append $errors "admin: missing admin secret: set admin.existingSecret (a Secret with the admin key) or admin.key, or set admin.generate: true" }}
 {{- end }}
+{{- $metrics := .Values.gateway.metrics }}
+{{- if and (not $metrics.existingSecret) (not $metrics.token) (not $metrics.generate) }}
+  {{- $errors = append $errors "gateway.metrics: missing metrics token: set gateway.metrics.existingSecret (a Secret with the token) or gateway.metrics.token, or set gateway.metrics.generate: true" }}
+{{- end }}
 {{- if and .Values.redis.enabled .Values.redis.external.url }}
   {{- $errors = append $errors "redis: both redis.enabled (in-chart Redis) and redis.external.url are set; choose one" }}
 {{- end }}
@@ -143,7 +147,7 @@ idleTimeoutSeconds unless the Ray autoscaler runs as v2, and then builds no clus
 {{- end }}
 {{- /* Against a live cluster (helm install/upgrade) `lookup` can see whether secrets exist. */}}
 {{- if lookup "v1" "Namespace" "" .Release.Namespace }}
-  {{- $refs := list (list "admin.existingSecret" .Values.admin.existingSecret .Values.admin.existingSecretKey) (list "teams.existingSecret" .Values.teams.existingSecret .Values.teams.existingSecretKey) (list "huggingface.existingSecret" .Values.huggingface.existingSecret .Values.huggingface.existingSecretKey) }}
+  {{- $refs := list (list "admin.existingSecret" .Values.admin.existingSecret .Values.admin.existingSecretKey) (list "gateway.metrics.existingSecret" $metrics.existingSecret $metrics.existingSecretKey) (list "teams.existingSecret" .Values.teams.existingSecret .Values.teams.existingSecretKey) (list "huggingface.existingSecret" .Values.huggingface.existingSecret .Values.huggingface.existingSecretKey) }}
   {{- if .Values.redis.enabled }}
     {{- $refs = append $refs (list "redis.auth.existingSecret" .Values.redis.auth.existingSecret .Values.redis.auth.existingSecretKey) }}
   {{- else }}
