@@ -58,6 +58,29 @@ def check_completion(logprobs: dict[str, Any], tokens: int, asked: int, offset: 
     return expected
 
 
+def check_echo(logprobs: dict[str, Any], prompt: int, tokens: int, asked: int) -> int:
+    """A completion choice's logprobs with its prompt echoed (vLLM 0.32: `prompt` prompt
+    positions, then `tokens` generated ones checked as check_completion checks them). The
+    prompt's first token has no logprob and no candidates (null); each later one maps itself
+    first, then up to `asked` candidates the model ranks above it (vLLM's prompt_logprobs).
+    Offsets run over the tokens' text from 0. Returns the offset after them."""
+    assert set(logprobs) == COMPLETION_KEYS, logprobs
+    assert [len(logprobs[key]) for key in sorted(COMPLETION_KEYS)] == [prompt + tokens] * 4
+    assert logprobs["token_logprobs"][0] is None and logprobs["top_logprobs"][0] is None
+    expected = 0
+    for k in range(prompt):
+        token = logprobs["tokens"][k]
+        assert isinstance(token, str) and logprobs["text_offset"][k] == expected
+        expected += len(token)
+        if k:
+            candidates = logprobs["top_logprobs"][k]
+            assert logprobs["token_logprobs"][k] <= 0
+            assert 1 <= len(candidates) <= asked + 1 and next(iter(candidates)) == token
+            assert candidates[token] == logprobs["token_logprobs"][k]
+    rest = {key: values[prompt:] for key, values in logprobs.items()}
+    return check_completion(rest, tokens, asked, expected)
+
+
 def _events(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """An answer as JSON: the one body, or the stream's chunks."""
     if not body["stream"]:

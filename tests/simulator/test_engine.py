@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from logprobs_shape import check_chat, check_completion
+from logprobs_shape import check_chat, check_completion, check_echo
 from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -662,3 +662,119 @@ def test_logprobs_beyond_vllms_bound_are_refused_in_its_words() -> None:
         "Requested sample logprobs of 21, which is greater than max allowed: 20 "
         "(parameter=logprobs, value=21)"
     )
+
+
+# ---- echo: the prompt before the answer, as vLLM 0.32 gives it ------------------------------
+
+
+def _texts(chunks: list[dict[str, Any]], choices: int) -> list[str]:
+    texts = [""] * choices
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            texts[choice["index"]] += choice["text"]
+    return texts
+
+
+def test_echo_repeats_each_prompt_before_each_of_its_answers() -> None:
+    prompts = ["Once upon a time", "Hello"]
+    common = {"prompt": prompts, "n": 2, "seed": 5, "temperature": 1.0, "max_tokens": 6}
+    [plain] = _complete(_engine(), **common)
+    [echoed] = _complete(_engine(), echo=True, **common)
+    assert isinstance(plain, CompletionResponse) and isinstance(echoed, CompletionResponse)
+    # choice j * n + i echoes prompt j; the answers are those of the same request unechoed
+    assert [c.text for c in echoed.choices] == [
+        prompts[k // 2] + c.text for k, c in enumerate(plain.choices)
+    ]
+    assert echoed.usage == plain.usage  # the prompt is counted once, as vLLM counts it
+    stream = {"stream": True, "stream_options": {"include_usage": True}}
+    chunks = _chunks(_complete(_engine(), echo=True, **common, **stream))
+    assert _texts(chunks, 4) == [c.text for c in echoed.choices]
+    assert chunks[-1]["usage"]["completion_tokens"] == echoed.usage.completion_tokens
+    assert chunks[-1]["usage"]["prompt_tokens"] == plain.usage.prompt_tokens
+    # vLLM's first chunk of each choice: its prompt and first token, with the prompt's ids
+    for index in range(4):
+        first = next(c for k in chunks[:-1] for c in k["choices"] if c["index"] == index)
+        assert first["text"].startswith(prompts[index // 2])
+        assert first["text"] != prompts[index // 2]
+        assert first["prompt_token_ids"] == [
+            tokenizer.BOS_ID,
+            *tokenizer.encode(prompts[index // 2]),
+        ]
+
+
+@pytest.mark.parametrize("asked", [0, 2])
+def test_echo_with_logprobs_covers_the_prompt_tokens(asked: int) -> None:
+    prompt = "Once upon a time"
+    common = {"prompt": [prompt, "Hi"], "n": 2, "seed": 3, "temperature": 1.0,
+              "max_tokens": 5, "ignore_eos": True, "echo": True, "logprobs": asked}  # fmt: skip
+    [whole] = _complete(_engine(), **common)
+    assert isinstance(whole, CompletionResponse)
+    pieces = ["<bos>", *tokenizer.pieces(prompt)]
+    choices = _json(whole)["choices"]
+    for choice in choices[:2]:
+        logprobs = choice["logprobs"]
+        check_echo(logprobs, len(pieces), 5, asked)
+        assert logprobs["tokens"][: len(pieces)] == pieces
+        # vLLM counts offsets over the tokens: "<bos>" shifts them, the text lacks it
+        assert choice["text"] == prompt + "".join(logprobs["tokens"][len(pieces) :])
+        for k in range(1, len(pieces)):  # a prompt token ranks below `asked` alternatives
+            assert len(logprobs["top_logprobs"][k]) == asked + 1
+            values = list(logprobs["top_logprobs"][k].values())
+            assert values[1:] == sorted(values[1:], reverse=True)
+            assert all(v > values[0] for v in values[1:])
+        # and vLLM's prompt_logprobs: per prompt token, its id first, then the alternatives
+        ranked = choice["prompt_logprobs"]
+        assert len(ranked) == len(pieces) and ranked[0] is None
+        for k, entry in enumerate(ranked[1:], start=1):
+            [(token, own), *others] = entry.items()
+            assert int(token) == [tokenizer.BOS_ID, *tokenizer.encode(prompt)][k]
+            assert own["decoded_token"] == pieces[k] and own["rank"] > asked
+            assert own["logprob"] == logprobs["token_logprobs"][k]
+            assert [other["rank"] for _, other in others] == list(range(1, asked + 1))
+    streamed: list[dict[str, list[Any]]] = [{} for _ in choices]
+    for chunk in _chunks(_complete(_engine(), stream=True, **common)):
+        [choice] = chunk["choices"]
+        for key, values in choice["logprobs"].items():
+            streamed[choice["index"]].setdefault(key, []).extend(values)
+    assert streamed == [c["logprobs"] for c in choices]
+
+
+def test_a_token_id_prompt_echoes_as_its_tokens_text() -> None:
+    ids = [tokenizer.BOS_ID, 100, *tokenizer.encode("Once upon")]
+    [answer] = _complete(_engine(), prompt=ids, max_tokens=3, echo=True, logprobs=1)
+    assert isinstance(answer, CompletionResponse) and answer.choices[0].logprobs is not None
+    echoed = [tokenizer.decode_id(t) for t in ids]
+    assert echoed[:2] == ["<bos>", "<unused100>"]
+    assert answer.choices[0].text.startswith("".join(echoed))
+    assert answer.choices[0].logprobs.tokens[: len(ids)] == echoed
+    assert answer.usage.prompt_tokens == len(ids)
+    [again] = _complete(_engine(), prompt=ids, max_tokens=3, echo=True)
+    assert isinstance(again, CompletionResponse) and again.choices[0].text == answer.choices[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_with_max_tokens_0_answers_the_prompt_alone_as_vllm_does(stream: bool) -> None:
+    """vLLM 0.32's echo-only request (scoring a prompt): the prompt and its logprobs, no
+    answer, yet one token generated and counted (tests/vllm probed it), finishing "length".
+    max_tokens 0 without echo is vLLM's 400."""
+    prompt = "Once upon a time"
+    body = {"prompt": prompt, "max_tokens": 0, "echo": True, "logprobs": 1}
+    pieces = 1 + len(tokenizer.pieces(prompt))
+    if not stream:
+        [whole] = _complete(_engine(), **body)
+        assert isinstance(whole, CompletionResponse)
+        [choice] = _json(whole)["choices"]
+        assert (choice["text"], choice["finish_reason"]) == (prompt, "length")
+        check_echo(choice["logprobs"], pieces, 0, 1)
+        assert len(choice["prompt_logprobs"]) == pieces
+        assert (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (pieces, 1)
+    else:
+        usage = {"stream": True, "stream_options": {"include_usage": True}}
+        *tokens, last = _chunks(_complete(_engine(), **body, **usage))
+        [[choice]] = [t["choices"] for t in tokens]
+        assert (choice["text"], choice["finish_reason"]) == (prompt, "length")
+        check_echo(choice["logprobs"], pieces, 0, 1)
+        assert (last["usage"]["prompt_tokens"], last["usage"]["completion_tokens"]) == (pieces, 1)
+    error = _refused(_complete(_engine(), prompt=prompt, max_tokens=0, stream=stream), False)
+    assert (error.error.code, error.error.param) == (400, "max_tokens")
+    assert error.error.message == "max_tokens must be at least 1, got 0."

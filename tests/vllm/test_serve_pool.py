@@ -643,3 +643,59 @@ def test_vllm_logprobs_have_the_shape_the_simulator_gives(gateway_url: str, stre
     from logprobs_shape import check_wire
 
     check_wire(gateway_url + "/v1", MODEL, stream, temperature=0)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_vllm_echoes_the_prompt_in_the_shape_the_simulator_gives(
+    gateway: Any, stream: bool
+) -> None:
+    """Completions' echo through the gateway: each choice's text is its prompt, then its
+    answer (streamed, the prompt and the first token open the choice), a batch's and n's
+    choices each their own prompt's; logprobs cover the prompt (the first token without
+    one), in the shape tests/logprobs_shape.check_echo holds the simulator to; usage is
+    unchanged. Greedy for the logprobs: the sampled token is the top one, as the simulator's."""
+    from logprobs_shape import check_echo
+
+    prompts = ["Say hello", "Count to three"]
+    sampled = {"model": MODEL, "n": 2, "temperature": 1.0, "max_tokens": 4,
+               "extra_body": {"ignore_eos": True}, "echo": True}  # fmt: skip
+    greedy = {"model": MODEL, "temperature": 0, "max_tokens": 5, "logprobs": 1,
+              "extra_body": {"ignore_eos": True}, "echo": True}  # fmt: skip
+    plain = gateway.completions.create(prompt=prompts[0], **{**greedy, "echo": False})
+    assert plain.usage is not None
+    if not stream:
+        batch = gateway.completions.create(prompt=prompts, **sampled)
+        assert [c.index for c in batch.choices] == [0, 1, 2, 3]
+        assert all(c.text.startswith(prompts[c.index // 2]) for c in batch.choices)
+        assert batch.usage is not None and batch.usage.completion_tokens == 4 * 4
+        answer = gateway.completions.create(prompt=prompts[0], **greedy)
+        [choice] = answer.choices
+        assert choice.text.startswith(prompts[0]) and choice.logprobs is not None
+        assert answer.usage is not None  # the prompt counts once
+        assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (
+            plain.usage.prompt_tokens,
+            5,
+        )
+        check_echo(choice.model_dump()["logprobs"], plain.usage.prompt_tokens, 5, 1)
+        assert choice.model_extra is not None
+        prompt_logprobs = choice.model_extra["prompt_logprobs"]
+        assert len(prompt_logprobs) == plain.usage.prompt_tokens and prompt_logprobs[0] is None
+        return
+    firsts: dict[int, str] = {}
+    for chunk in gateway.completions.create(prompt=prompts, stream=True, **sampled):
+        for part in chunk.choices:
+            firsts.setdefault(part.index, part.text)
+    assert sorted(firsts) == [0, 1, 2, 3]
+    assert all(firsts[k].startswith(prompts[k // 2]) and firsts[k] != prompts[k // 2]
+               for k in range(4))  # fmt: skip
+    logprobs: dict[str, list[Any]] = {}
+    usage = None
+    for chunk in gateway.completions.create(
+        prompt=prompts[0], stream=True, stream_options={"include_usage": True}, **greedy
+    ):
+        usage = chunk.usage or usage
+        for part in chunk.choices:
+            for key, values in part.model_dump()["logprobs"].items():
+                logprobs.setdefault(key, []).extend(values)
+    check_echo(logprobs, plain.usage.prompt_tokens, 5, 1)
+    assert usage is not None and usage.prompt_tokens == plain.usage.prompt_tokens

@@ -20,6 +20,10 @@ chunk; the usage counts every choice's tokens; n > 1 at temperature 0 is refused
 refuses it ("n must be 1 when using greedy sampling"). `tokenize` of chat messages renders
 them (with their tools) as chat does, so its count is a chat request's prompt_tokens.
 
+Completions' echo as vLLM's serving layer gives it (docs/simulator.md): each choice's text
+is its prompt then its answer (streamed: the prompt opens its first chunk), logprobs cover the
+prompt's tokens too, usage is unchanged; max_tokens 0 with echo answers the prompt alone.
+
 Tracing: each chat/completions call is one `engine.generate` span whose parent is the trace
 context in `raw_request_info.headers` (W3C traceparent, sent by the gateway's pool clients);
 `start()` turns tracing on when the replica's OTEL_* environment asks for it.
@@ -39,6 +43,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig, LLMConfig
@@ -76,6 +81,7 @@ from vllm.entrypoints.openai.completion.protocol import (
     CompletionResponseStreamChoice,
 )
 from vllm.entrypoints.serve.engine.protocol import PromptTokenUsageInfo, UsageInfo
+from vllm.logprobs import Logprob
 
 from gemma_fleet.catalog import load_catalog
 from gemma_fleet.deployments.engines.simulator import tokenizer
@@ -89,6 +95,7 @@ from gemma_fleet.deployments.engines.simulator.logprobs import (
     MAX_LOGPROBS,
     Position,
     answer_logprobs,
+    prompt_logprobs,
     token_bytes,
 )
 from gemma_fleet.deployments.engines.simulator.prompt import (
@@ -488,12 +495,17 @@ class SimulatorEngine(LLMEngine):
         """Each prompt's token ids (a batch: vLLM 0.32 takes a list of prompts, each served
         as a request of its own), and every choice's plan, each prompt's n in turn."""
         prompts = [_prompt_ids(prompt) for prompt in _batch(request.prompt)]
+        requested = 16 if request.max_tokens is None else request.max_tokens  # OpenAI's default
+        if requested == 0 and request.echo:
+            # vLLM's echo-only request (scoring a prompt): it generates one token, counted in
+            # usage, and answers with the prompt alone (_completions)
+            requested = 1
+        elif requested < 1:  # vLLM's SamplingParams, in its words
+            raise RequestError(f"max_tokens must be at least 1, got {requested}.", "max_tokens")
         plans: list[AnswerPlan] = []
         for ids in prompts:
             # each prompt is checked against the context on its own, as vLLM does
-            max_tokens = resolve_max_tokens(
-                request.max_tokens or 16, len(ids), self.config.max_model_len
-            )
+            max_tokens = resolve_max_tokens(requested, len(ids), self.config.max_model_len)
             spec = answer_spec(
                 max_tokens=max_tokens,
                 min_tokens=request.min_tokens,
@@ -557,30 +569,48 @@ class SimulatorEngine(LLMEngine):
             for item in _refusal(exc, request.stream):
                 yield item
             return
-        prompt_tokens = sum(map(len, prompts))  # usage counts each prompt once
+        prompt_tokens = sum(map(len, prompts))  # usage counts each prompt once, echoed or not
         self._record_plans(traced, prompt_tokens, [p.finish_reason for p in plans])
         response_id = f"cmpl-{request.request_id}"
         created = int(time.time())
         events, choice_of = self._generate(request.request_id, prompts, plans)
-        width = _logprobs_asked(request)
-        positions = _positions(plans, width)
-        top = max(width or 0, 1)  # completions: the sampled token and the top `logprobs`
+        n = len(plans) // len(prompts)
+        echoes = (
+            [_echo(p, ids) for p, ids in zip(_batch(request.prompt), prompts, strict=True)]
+            if request.echo
+            else []
+        )
+        echo_only = bool(echoes) and request.max_tokens == 0
+        # each choice's echo (prompt j's for choice j * n + i) and what its logprobs cover
+        echo_of = [echoes[k // n] if echoes else None for k in range(len(plans))]
+        scored = [
+            _Scored.of(plan, echo, _logprobs_asked(request), echo_only)
+            for plan, echo in zip(plans, echo_of, strict=True)
+        ]
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            offsets = [_text_offsets(plan.pieces) for plan in plans] if positions else []
 
             def choice(event: Any) -> CompletionResponseStreamChoice:
                 index = choice_of[event.request_id]
-                plan = plans[index]
+                plan, echo = plans[index], echo_of[index]
                 at = event.index
+                fields: dict[str, Any] = {}
+                if echo is None:
+                    text, span = plan.pieces[at], slice(at, at + 1)
+                elif at == 0:
+                    # vLLM's first chunk of an echoed choice: the prompt and the first token
+                    # (the prompt alone when echo-only), with the prompt's ids
+                    first = "" if echo_only else plan.pieces[0]
+                    text, span = echo.text + first, slice(0, len(echo.pieces) + (not echo_only))
+                    fields["prompt_token_ids"] = echo.token_ids
+                else:
+                    lead = len(echo.pieces)
+                    text, span = plan.pieces[at], slice(lead + at, lead + at + 1)
                 return CompletionResponseStreamChoice(
                     index=index,
-                    text=plan.pieces[at],
-                    logprobs=_completion_logprobs(
-                        positions[index][at : at + 1], top, offsets[index][at : at + 1]
-                    )
-                    if positions
-                    else None,
+                    text=text,
+                    logprobs=scored[index].logprobs(span),
+                    **fields,
                     **self._finish(plan.finish_reason, plan, event.finished),
                 )
 
@@ -598,22 +628,24 @@ class SimulatorEngine(LLMEngine):
                     yield sse
             return
         usage = await self._run_to_end(traced, events, prompt_tokens, plans)
-        yield CompletionResponse(
-            id=response_id,
-            created=created,
-            model=self.model_id,
-            choices=[
+        choices = []
+        for index, (plan, echo) in enumerate(zip(plans, echo_of, strict=True)):
+            text = plan.text if echo is None else echo.text + ("" if echo_only else plan.text)
+            fields = {}
+            positions = scored[index].positions
+            if echo is not None and positions is not None:
+                fields["prompt_logprobs"] = _prompt_logprobs_field(echo, positions)
+            choices.append(
                 CompletionResponseChoice(
                     index=index,
-                    text=plan.text,
-                    logprobs=_completion_logprobs(positions[index], top, _text_offsets(plan.pieces))
-                    if positions
-                    else None,
+                    text=text,
+                    logprobs=scored[index].logprobs(slice(None)),
+                    **fields,
                     **self._finish(plan.finish_reason, plan, True),
                 )
-                for index, plan in enumerate(plans)
-            ],
-            usage=usage,
+            )
+        yield CompletionResponse(
+            id=response_id, created=created, model=self.model_id, choices=choices, usage=usage
         )
 
     # ---- unsupported endpoints ---------------------------------------------------------------
@@ -693,17 +725,83 @@ def _chat_logprobs(positions: list[Position], top: int) -> ChatCompletionLogProb
     )
 
 
-def _completion_logprobs(
-    positions: list[Position], top: int, offsets: list[int]
-) -> CompletionLogProbs:
-    """vLLM's completions shape: parallel lists of tokens, their logprobs, their candidates
-    (token -> logprob) and each token's offset in the choice's text."""
-    return CompletionLogProbs(
-        text_offset=offsets,
-        token_logprobs=[p.logprob for p in positions],
-        tokens=[p.token for p in positions],
-        top_logprobs=[dict(p.top[:top]) for p in positions],
-    )
+@dataclass(frozen=True)
+class _Echo:
+    """A prompt as completions' `echo` repeats it (vLLM's serving layer): its text, a token-id
+    prompt's decoded (special tokens included, as vLLM's detokenizer gives them), and its
+    tokens' text and ids, which its logprobs cover."""
+
+    text: str
+    pieces: list[str]
+    token_ids: list[int]
+
+
+def _echo(prompt: Any, ids: list[int]) -> _Echo:
+    """The echo of one prompt of a batch, whose token ids (_prompt_ids) are `ids`."""
+    if isinstance(prompt, str):  # its ids are BOS and its pieces'
+        return _Echo(prompt, [tokenizer.decode_id(ids[0]), *tokenizer.pieces(prompt)], ids)
+    pieces = [tokenizer.decode_id(token) for token in ids]
+    return _Echo("".join(pieces), pieces, ids)
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """A completion choice's logprobs, when asked for: the echoed prompt's positions (the
+    first has none), then the answer's; each token's text, and its offset as vLLM counts it,
+    over the tokens' text (so a text prompt's BOS, "<bos>", shifts the offsets past it,
+    though the echoed text does not hold it)."""
+
+    positions: list[Position | None] | None
+    tokens: list[str]
+    offsets: list[int]
+
+    @classmethod
+    def of(
+        cls, plan: AnswerPlan, echo: _Echo | None, asked: int | None, echo_only: bool
+    ) -> _Scored:
+        if asked is None:
+            return cls(None, [], [])
+        positions: list[Position | None] = []
+        tokens: list[str] = []
+        if echo is not None:
+            positions += prompt_logprobs(echo.pieces, echo.token_ids, asked)
+            tokens += echo.pieces
+        if not echo_only:
+            positions += answer_logprobs(plan.pieces, plan.token_ids, asked)
+            tokens += plan.pieces
+        return cls(positions, tokens, _text_offsets(tokens))
+
+    def logprobs(self, span: slice) -> CompletionLogProbs | None:
+        """vLLM's completions shape for the tokens in `span`: parallel lists of tokens, their
+        logprobs, their candidates (token -> logprob: every one a position holds, vLLM's
+        first `logprobs` + 1) and offsets; None where nothing precedes a prompt's first."""
+        if self.positions is None:
+            return None
+        positions = self.positions[span]
+        return CompletionLogProbs(
+            text_offset=self.offsets[span],
+            token_logprobs=[None if p is None else p.logprob for p in positions],
+            tokens=self.tokens[span],
+            top_logprobs=[None if p is None else dict(p.top) for p in positions],
+        )
+
+
+def _prompt_logprobs_field(
+    echo: _Echo, positions: list[Position | None]
+) -> list[dict[int, Logprob] | None]:
+    """vLLM's `prompt_logprobs` of a choice (echo with logprobs, not streamed): per prompt
+    token, None for the first, else the token's id and its alternatives' -> logprob, rank
+    and text."""
+    out: list[dict[int, Logprob] | None] = []
+    for token, position in zip(echo.token_ids, positions, strict=False):
+        if position is None:
+            out.append(None)
+            continue
+        entry = {token: Logprob(position.logprob, position.rank, position.token)}
+        for rank, (word, value) in enumerate(position.top[1:], start=1):
+            entry.setdefault(tokenizer.token_id(word), Logprob(value, rank, word))
+        out.append(entry)
+    return out
 
 
 def _text_offsets(pieces: list[str]) -> list[int]:

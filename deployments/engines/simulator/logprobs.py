@@ -12,6 +12,13 @@ keeps, for chat, the first `top_logprobs` of them (none when top_logprobs is uns
 for completions, the first `logprobs` + 1 (the sampled token is among the top k here, so
 max(k, 1) entries: vllm/entrypoints/openai/*/serving.py, `_get_top_logprobs` and
 `_create_completion_logprobs`).
+
+A prompt's tokens (completions' `echo` with `logprobs`) were not sampled: vLLM gives each,
+but the first, the prompt token and the top k the model would have picked there, which the
+prompt token is seldom among (on the tiny checkpoint its rank was in the hundreds). So here
+each prompt position ranks below k alternatives: k + 1 entries, the prompt token first (vLLM's
+order), the alternatives by descending logprob. The first position has none (nothing precedes
+it): vLLM's None.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class Position:
     token: str
     logprob: float
     top: tuple[tuple[str, float], ...]
+    rank: int = 1  # the token's rank among the vocabulary (vLLM's Logprob.rank)
 
 
 def answer_logprobs(pieces: list[str], token_ids: list[int], k: int) -> list[Position]:
@@ -58,22 +66,51 @@ def answer_logprobs(pieces: list[str], token_ids: list[int], k: int) -> list[Pos
 
 def _position(piece: str, width: int, rng: random.Random) -> Position:
     top = rng.uniform(0.35, 0.98)  # the sampled token's probability
-    candidates = [(piece, _log(top))]
-    left = 1.0 - top
-    last = top
+    alternatives, _ = _alternatives(piece, width - 1, rng, top, 1.0 - top)
+    return Position(piece, _log(top), ((piece, _log(top)), *alternatives))
+
+
+def _alternatives(
+    piece: str, count: int, rng: random.Random, last: float, left: float
+) -> tuple[list[tuple[str, float]], float]:
+    """`count` distinct words other than `piece` (with its leading space, if it has one), each
+    below the one before (`last`, first) and within the probability mass `left`: sorted,
+    summing to at most 1. Also returns the bound the next one would be held below."""
+    out: list[tuple[str, float]] = []
     space = " " if piece.startswith(" ") else ""
     seen = {piece}
-    while len(candidates) < width:
+    while len(out) < count:
         word = space + rng.choice(TEXT_WORDS)
         if word in seen:
             continue
         seen.add(word)
-        # each alternative below the one before and within the mass left: sorted, sum <= 1
         p = min(last, left) * rng.uniform(0.2, 0.7)
-        candidates.append((word, _log(p)))
+        out.append((word, _log(p)))
         left -= p
         last = p
-    return Position(piece, candidates[0][1], tuple(candidates))
+    return out, min(last, left)
+
+
+def prompt_logprobs(pieces: list[str], token_ids: list[int], k: int) -> list[Position | None]:
+    """The positions of a prompt whose tokens are `pieces` (ids `token_ids`): None for the
+    first, then each prompt token (`top[0]`) and k alternatives more likely than it (at most
+    MAX_LOGPROBS), deterministic as answer_logprobs' are."""
+    width = max(0, min(k, MAX_LOGPROBS))
+    out: list[Position | None] = [None] if pieces else []
+    for at in range(1, len(pieces)):
+        key = f"prompt:{at}:{token_ids[at - 1]}:{token_ids[at]}".encode()
+        digest = hashlib.blake2b(key, digest_size=8).digest()
+        out.append(
+            _prompt_position(pieces[at], width, random.Random(int.from_bytes(digest, "little")))
+        )
+    return out
+
+
+def _prompt_position(piece: str, width: int, rng: random.Random) -> Position:
+    alternatives, below = _alternatives(piece, width, rng, 1.0, 1.0)
+    own = _log(below * rng.uniform(0.01, 0.9))  # below every alternative
+    rank = width + 1 + rng.randrange(1000)
+    return Position(piece, own, ((piece, own), *alternatives), rank)
 
 
 def _log(p: float) -> float:

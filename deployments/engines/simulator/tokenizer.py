@@ -75,3 +75,32 @@ def placeholder_ids(key: str, n: int) -> list[int]:
     return [
         FIRST_TEXT_ID + (base - FIRST_TEXT_ID + i) % (VOCAB_SIZE - FIRST_TEXT_ID) for i in range(n)
     ]
+
+
+# What the special ids read as when a prompt of token ids is echoed (Gemma's names).
+SPECIAL_TEXT = {
+    0: "<pad>",
+    1: "<eos>",
+    BOS_ID: "<bos>",
+    TURN_START_ID: "<start_of_turn>",
+    TURN_END_ID: "<end_of_turn>",
+}
+_SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo")
+
+
+@lru_cache(maxsize=1 << 16)
+def decode_id(token: int) -> str:
+    """The text of one token id, for echoing a prompt given as ids. Ids are hashes of text
+    (`encode`), so they cannot be read back: an id stands for a pseudo-word made from its own
+    digits (" kaloti"), the same in every process; special ids read as Gemma names them, and
+    other ids below FIRST_TEXT_ID as "<unusedN>"."""
+    if token in SPECIAL_TEXT:
+        return SPECIAL_TEXT[token]
+    if token < FIRST_TEXT_ID:
+        return f"<unused{token}>"
+    word = []
+    rest = token
+    for _ in range(3):
+        rest, digit = divmod(rest, len(_SYLLABLES))
+        word.append(_SYLLABLES[digit])
+    return " " + "".join(word)
