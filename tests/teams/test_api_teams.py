@@ -19,7 +19,7 @@ from redis_server import RedisServer
 from gemma_fleet.teams.limits import Limiter, TeamLimits
 from gemma_fleet.teams.redis_client import connect
 
-from .conftest import ADMIN, admin
+from .conftest import ADMIN, admin, within_one_minute
 
 T = TypeVar("T")
 
@@ -154,8 +154,7 @@ def test_200_concurrent_requests_against_50_per_minute_admit_exactly_50(
     gateway: RunningGateway,
 ) -> None:
     key = new_team(gateway, "burst", limits={"requests_per_minute": 50})
-    if time.time() % 60 > 50:  # keep the burst inside one minute window
-        time.sleep(61 - time.time() % 60)
+    within_one_minute()  # the burst
 
     async def burst() -> list[httpx.Response]:
         body = {"model": "e2b", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
@@ -414,8 +413,7 @@ def test_a_name_no_team_can_have_is_404_on_every_team_route(
 
 def test_a_request_refused_after_admission_spends_no_request(gateway: RunningGateway) -> None:
     key = new_team(gateway, "refused-late", limits={"requests_per_minute": 1})
-    if time.time() % 60 > 50:  # keep both requests inside one minute window
-        time.sleep(61 - time.time() % 60)
+    within_one_minute()  # both requests
     unreachable = {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/cat.png"}}
     with pytest.raises(openai.BadRequestError):  # admitted, then its image cannot be fetched
         client(gateway, key).chat.completions.create(

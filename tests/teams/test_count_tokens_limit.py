@@ -6,14 +6,13 @@ generation requests, tokens, budget or concurrency."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import anthropic
 import httpx
 import pytest
 from gateway_harness import RunningGateway
 
-from .conftest import admin
+from .conftest import admin, within_one_minute
 from .test_api_teams import budget_used, in_redis, new_team
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -21,12 +20,6 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 def sdk(gw: RunningGateway, key: str) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
-
-
-def within_one_minute(seconds_needed: float = 10) -> None:
-    """Wait for the next minute window if this one ends before the test would."""
-    if time.time() % 60 > 60 - seconds_needed:
-        time.sleep(61 - time.time() % 60)
 
 
 def test_counting_is_held_to_the_teams_requests_per_minute(gateway: RunningGateway) -> None:

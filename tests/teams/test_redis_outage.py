@@ -18,7 +18,7 @@ from redis_server import RedisServer
 from gemma_fleet.gateway.auth import open_gate
 from gemma_fleet.teams.settings import RedisDownPolicy, TeamsSettings
 
-from .conftest import ADMIN, admin
+from .conftest import ADMIN, admin, within_one_minute
 
 pytestmark = pytest.mark.slow  # kills and restarts Redis, waits on real-time streams
 
@@ -133,8 +133,7 @@ def test_counting_tokens_follows_the_policy_during_an_outage(redis_server: Redis
         assert admin(gw, "PATCH", "/admin/teams/counting", json=limits).status_code == 200
         client = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0, timeout=30)
         hello = [{"role": "user", "content": "hi"}]
-        if time.time() % 60 > 50:  # both counts below in one minute window
-            time.sleep(61 - time.time() % 60)
+        within_one_minute()  # both counts below
         client.messages.count_tokens(model="e2b", messages=hello)  # the minute's one
         with pytest.raises(anthropic.RateLimitError):
             client.messages.count_tokens(model="e2b", messages=hello)
