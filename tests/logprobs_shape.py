@@ -81,6 +81,26 @@ def check_echo(logprobs: dict[str, Any], prompt: int, tokens: int, asked: int) -
     return check_completion(rest, tokens, asked, expected)
 
 
+def completion_tokens_read(
+    client: Any, body: dict[str, Any], stream: bool
+) -> tuple[str, Any, list[str]]:
+    """A one-choice completion with logprobs through the OpenAI SDK `client`, streamed or
+    not, read back whole: (its text, its usage, the tokens its logprobs cover)."""
+    if not stream:
+        answer = client.completions.create(**body)
+        [choice] = answer.choices
+        return choice.text, answer.usage, choice.model_dump()["logprobs"]["tokens"]
+    text, usage, tokens = "", None, []
+    for chunk in client.completions.create(
+        stream=True, stream_options={"include_usage": True}, **body
+    ):
+        usage = chunk.usage or usage
+        for part in chunk.choices:
+            text += part.text
+            tokens += (part.model_dump()["logprobs"] or {}).get("tokens") or []
+    return text, usage, tokens
+
+
 def _events(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     """An answer as JSON: the one body, or the stream's chunks."""
     if not body["stream"]:

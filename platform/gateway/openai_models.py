@@ -306,7 +306,8 @@ class CompletionRequest(Strict):
     # vLLM 0.32's shapes: a string, a list of strings, a list of token ids, or a list of
     # lists of them (never mixed: _shape names the offending element).
     prompt: Prompt | PromptIds | Annotated[list[Prompt] | list[PromptIds], Field(min_length=1)]
-    max_tokens: int | None = Field(None, ge=1)
+    # 0 only with echo: vLLM's echo-only request, which scores a prompt (_consistent)
+    max_tokens: int | None = Field(None, ge=0)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
@@ -377,10 +378,19 @@ class CompletionRequest(Strict):
                 f"prompt holds {len(self.prompts)} prompts and n is {self.n}: {sequences} "
                 f"sequences; at most {MAX_CHOICES} per request (prompts x n)"
             )
+        if self.max_tokens == 0 and not self.echo:
+            # vLLM's words for it; with echo it answers the prompt alone (its logprobs too)
+            raise ValueError("max_tokens must be at least 1, got 0 (0 only with echo: true)")
         _check_choices(self.n, self.temperature)
         _check_stream_options(self.stream, self.stream_options)
         _check_min_tokens(self.min_tokens, self.max_tokens)
         return self
+
+    @property
+    def echo_only(self) -> bool:
+        """vLLM's echo-only request: the prompt back (with its logprobs), nothing new shown,
+        though the engine still generates and counts one token."""
+        return self.max_tokens == 0 and bool(self.echo)
 
 
 def _prompt_kind(part: Any) -> str | None:

@@ -272,7 +272,8 @@ class Gateway:
         prompts = completion_prompt_tokens(request)  # token ids: counted exactly
         needs = RequestNeeds(
             prompt_tokens=max(prompts),  # each prompt must fit the context on its own
-            max_output_tokens=request.max_tokens or 16,  # OpenAI's default for completions
+            # OpenAI's default for completions is 16; echo-only still generates one token
+            max_output_tokens=16 if request.max_tokens is None else max(request.max_tokens, 1),
             sequences=len(prompts) * request.n,
             prompts=len(prompts),
             batch_prompt_tokens=sum(prompts) if len(prompts) > 1 else None,
@@ -282,7 +283,7 @@ class Gateway:
             with span(names.QUOTA):
                 await caller.admit(Classification(needs, images=0, audio_seconds=0.0, videos=0))
         payload = request.model_dump(exclude_none=True)
-        payload["max_tokens"] = needs.max_output_tokens
+        payload["max_tokens"] = 0 if request.echo_only else needs.max_output_tokens
         _ask_for_usage(payload)
         return await self._dispatch(decision, needs, request.model, caller, "completions", payload)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import openai
 import pytest
-from logprobs_shape import check_echo
+from logprobs_shape import check_echo, completion_tokens_read
 
 from gemma_fleet.deployments.engines.simulator import tokenizer
 
@@ -90,9 +90,22 @@ def test_a_token_id_prompt_echoes_its_decoded_tokens(client: openai.OpenAI) -> N
     assert answer.usage is not None and answer.usage.prompt_tokens == len(ids) + 3
 
 
-def test_echo_only_max_tokens_0_is_refused_by_the_gateway(client: openai.OpenAI) -> None:
-    """vLLM answers echo with max_tokens 0 with the prompt alone (the simulator too:
-    tests/simulator); the gateway's max_tokens is at least 1, so it is a 400 naming it."""
+@pytest.mark.parametrize("stream", [False, True])
+def test_echo_only_max_tokens_0_scores_the_prompt(client: openai.OpenAI, stream: bool) -> None:
+    """vLLM's echo-only request (how evaluation harnesses score a prompt): the prompt back
+    with its logprobs, nothing generated shown; the engine counts one token. The gateway
+    refused it (its max_tokens was at least 1)."""
+    body: dict[str, Any] = {"model": "e2b", "prompt": PROMPTS[0], "max_tokens": 0,
+                            "echo": True, "logprobs": 1}  # fmt: skip
+    pieces = ["<bos>", *tokenizer.pieces(PROMPTS[0])]
+    text, usage, tokens = completion_tokens_read(client, body, stream)
+    assert text == PROMPTS[0]
+    assert tokens == pieces  # the prompt's tokens only
+    assert usage is not None and usage.prompt_tokens == len(pieces)
+    assert usage.completion_tokens == 1
+
+
+def test_max_tokens_0_without_echo_is_a_400_naming_it(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
-        client.completions.create(model="e2b", prompt="Hi", max_tokens=0, echo=True, logprobs=1)
-    assert "max_tokens" in err.value.message
+        client.completions.create(model="e2b", prompt="Hi", max_tokens=0)
+    assert err.value.status_code == 400 and "max_tokens" in err.value.message

@@ -699,3 +699,18 @@ def test_vllm_echoes_the_prompt_in_the_shape_the_simulator_gives(
                 logprobs.setdefault(key, []).extend(values)
     check_echo(logprobs, plain.usage.prompt_tokens, 5, 1)
     assert usage is not None and usage.prompt_tokens == plain.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_vllm_answers_an_echo_only_request_through_the_gateway(gateway: Any, stream: bool) -> None:
+    """max_tokens 0 with echo (how evaluation harnesses score a prompt): the prompt back with
+    its logprobs and nothing generated shown, as the simulator answers it
+    (tests/gateway/test_openai_echo.py); the engine counts the one token it generates."""
+    body: dict[str, Any] = {"model": MODEL, "prompt": "Say hello", "max_tokens": 0,
+                            "echo": True, "logprobs": 1}  # fmt: skip
+    from logprobs_shape import completion_tokens_read
+
+    text, usage, tokens = completion_tokens_read(gateway, body, stream)
+    assert text == "Say hello"
+    assert usage is not None and len(tokens) == usage.prompt_tokens
+    assert usage.completion_tokens == 1
