@@ -200,6 +200,10 @@ def autoscale_command(
     _check_urls(metrics_url)
     if status_port is not None and not 0 < status_port < 65536:
         raise CliError(f"--status-port {status_port}: expected a port in 1-65535")
+    if once and status_port is not None:
+        # One step then exit: nothing would be served, and a probe pointed at it would fail.
+        raise CliError("--status-port serves a running autoscaler's status; --once exits after "
+                       "one step: drop one of them")  # fmt: skip
     if actuator is ActuatorKind.KUBERNETES and not (namespace and rayservice):
         raise CliError("--actuator kubernetes needs --namespace and --rayservice")
     planner = make_planner(spec, settings)

@@ -28,6 +28,7 @@ from gemma_fleet.autoscaler.metrics_source import MetricsError
 from gemma_fleet.autoscaler.plan import ModelDemand, Plan, Slo
 from gemma_fleet.autoscaler.settings import ControllerSettings
 from gemma_fleet.autoscaler.status import PREFIX, ControllerStatus, serve_status
+from gemma_fleet.cli.main import main
 from gemma_fleet.deployments.pools import default_fleet_path, load_fleet
 from gemma_fleet.gateway.metrics import GatewayMetrics
 
@@ -394,6 +395,16 @@ def test_a_status_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"--status-port {port}: cannot listen" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_once_with_a_status_port_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--once` returned after its step without serving the status it was asked for."""
+    args = ["--metrics-url", "http://127.0.0.1:9/metrics", "--once", "--status-port", "9999"]
+    with pytest.raises(SystemExit) as exited:
+        main(["autoscale", "--fleet", str(default_fleet_path()), *args])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--status-port" in line and "--once" in line
 
 
 def test_the_cost_figures_above_are_the_default_fleets() -> None:
