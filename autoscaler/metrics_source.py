@@ -92,7 +92,10 @@ def parse_samples(text: str) -> dict[SeriesKey, float]:
 def http_fetch(timeout_s: float = 5.0, token: str | None = None) -> Fetch:
     """A fetch function that GETs a URL and returns its body (MetricsError on failure).
     `token`: sent as `Authorization: Bearer`, which a gateway with GEMMA_FLEET_METRICS_TOKEN
-    set asks of every scrape of its /metrics (an engine's endpoint ignores it)."""
+    set asks of every scrape of its /metrics (an engine's endpoint ignores it); without the
+    whitespace around it, as the gateway reads it (a Secret's trailing newline would make
+    httpx refuse the header with an error that quotes it)."""
+    token = token.strip() if token else None
     headers = {"authorization": f"Bearer {token}"} if token else {}
 
     def fetch(url: str) -> str:

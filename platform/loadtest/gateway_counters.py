@@ -82,8 +82,10 @@ def scrape(
     """The counters at `{root_url}/metrics` now (root: the gateway's URL without /v1), summed
     over every gateway replica: scraped again until each running replica has answered once,
     or `settle_s` has passed (then the reading says how many it missed). `token`: the
-    gateway's metrics token; ScrapeRefused when it is missing or wrong."""
+    gateway's metrics token (without the whitespace around it, as the gateway reads it);
+    ScrapeRefused when it is missing or wrong."""
     url = root_url.rstrip("/") + "/metrics"
+    token = token.strip() if token else None
     headers = {"authorization": f"Bearer {token}"} if token else {}
     answers: dict[str, dict[Sample, float]] = {}
     running = 0  # not known yet

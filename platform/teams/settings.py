@@ -84,9 +84,11 @@ MIN_CREDENTIAL_CHARS = 24
 
 
 def _credential(env: Mapping[str, str], name: str) -> str | None:
-    """The credential in `env[name]` (None when unset or empty); ValueError naming `name`
-    when it is too short to be one."""
-    value = env.get(name) or None
+    """The credential in `env[name]` without the whitespace around it (None when unset or
+    blank); ValueError naming `name` when it is too short to be one. A Secret made from a file
+    usually ends with a newline, which no HTTP header can carry: kept, it could never be
+    presented, and the clients' header would be refused."""
+    value = env.get(name, "").strip() or None
     if value is not None and len(value) < MIN_CREDENTIAL_CHARS:
         raise ValueError(f"{name} must be at least {MIN_CREDENTIAL_CHARS} characters")
     return value

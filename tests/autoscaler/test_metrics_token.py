@@ -133,3 +133,18 @@ def test_autoscale_reads_with_the_token_from_the_environment(
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
     assert "401" not in err
+
+
+def test_a_token_with_a_trailing_newline_reads_and_never_reaches_the_log() -> None:
+    """The Helm chart gives the gateway and the autoscaler the same Secret value; one made from
+    a file usually ends with a newline. httpx refused the header, and its error, which the
+    autoscaler logs every step, quoted the header: the token itself."""
+    token = TOKEN + "\n"
+    with serve_with_metrics_token(token) as gw:
+        url = gw.url + "/metrics"
+        try:
+            text = http_fetch(token=token)(url)
+        except MetricsError as exc:
+            assert TOKEN not in str(exc)  # the defect's worst half
+            raise
+        assert "gemma_fleet_gateway_replicas" in text

@@ -158,3 +158,13 @@ def test_a_token_without_team_keys_still_guards_metrics() -> None:
     with serve_with_metrics_token(TOKEN) as gw:
         assert _get(gw, "/metrics").status_code == 401
         assert _get(gw, "/metrics", f"Bearer {TOKEN}").status_code == 200
+
+
+def test_a_token_read_with_a_trailing_newline_is_the_token_without_it() -> None:
+    """A Secret made from a file (`kubectl create secret generic --from-file`, the file written
+    by `echo`) ends its value with a newline, which the pods' GEMMA_FLEET_METRICS_TOKEN keeps.
+    An HTTP header cannot carry it, so that token could never be presented: every scrape was a
+    401. The token is the value without the whitespace around it."""
+    with serve_with_metrics_token(TOKEN + "\n") as gw:
+        assert _get(gw, "/metrics", f"Bearer {TOKEN}").status_code == 200
+        assert _get(gw, "/metrics", f"Bearer {TOKEN[:-1]}").status_code == 401

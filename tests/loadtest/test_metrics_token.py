@@ -89,3 +89,17 @@ def test_loadtest_with_the_token_checks_the_gateways_counters(
     gateway = report["gateway"]
     assert isinstance(gateway, dict) and gateway["rows"], report["gateway_note"]
     assert "401" not in str(report["gateway_note"])
+
+
+def test_a_token_with_a_trailing_newline_reads_the_counters() -> None:
+    """As the autoscaler's: a token from a Secret made from a file ends with a newline; the
+    scrape sent it in the header, which httpx refused with an error quoting the token (logged
+    by the run)."""
+    token = TOKEN + "\n"
+    with serve_with_metrics_token(token) as gw:
+        try:
+            reading = scrape(gw.url, settle_s=0, token=token)
+        except Exception as exc:
+            assert TOKEN not in str(exc)
+            raise
+        assert reading.complete
