@@ -383,7 +383,8 @@ class CompletionRequest(Strict):
             raise ValueError("max_tokens must be at least 1, got 0 (0 only with echo: true)")
         _check_choices(self.n, self.temperature)
         _check_stream_options(self.stream, self.stream_options)
-        _check_min_tokens(self.min_tokens, self.max_tokens)
+        # echo-only still generates one token (vLLM runs it with max_tokens 1)
+        _check_min_tokens(self.min_tokens, 1 if self.echo_only else self.max_tokens)
         return self
 
     @property

@@ -105,6 +105,14 @@ def test_echo_only_max_tokens_0_scores_the_prompt(client: openai.OpenAI, stream:
     assert usage.completion_tokens == 1
 
 
+def test_echo_only_takes_min_tokens_1_as_vllm_does(client: openai.OpenAI) -> None:
+    """The one token echo-only generates meets min_tokens 1; it was a 400 (limit 0)."""
+    answer = client.completions.create(
+        model="e2b", prompt=PROMPTS[0], max_tokens=0, echo=True, extra_body={"min_tokens": 1}
+    )
+    assert answer.choices[0].text == PROMPTS[0]
+
+
 def test_max_tokens_0_without_echo_is_a_400_naming_it(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.completions.create(model="e2b", prompt="Hi", max_tokens=0)
