@@ -686,8 +686,10 @@ def test_vllm_echoes_the_prompt_in_the_shape_the_simulator_gives(
         for part in chunk.choices:
             firsts.setdefault(part.index, part.text)
     assert sorted(firsts) == [0, 1, 2, 3]
-    assert all(firsts[k].startswith(prompts[k // 2]) and firsts[k] != prompts[k // 2]
-               for k in range(4))  # fmt: skip
+    # The prompt opens each choice. The first token's text may follow it, or not yet: vLLM's
+    # detokenizer holds back a token that ends inside a character (random weights sample
+    # any byte token), and a clean-clone CI run saw a first chunk that was the prompt alone.
+    assert all(firsts[k].startswith(prompts[k // 2]) for k in range(4))
     logprobs: dict[str, list[Any]] = {}
     usage = None
     for chunk in gateway.completions.create(
