@@ -217,8 +217,9 @@ class TeamAccess:
             wait = every
             if renewal.restored:
                 log.warning(
-                    "restored %d concurrency leases Redis had lost (down longer than the %g s "
-                    "lease, or restarted with older data): their requests are still running",
+                    "restored %d concurrency leases that had ended while their requests still "
+                    "run (Redis down longer than the %g s lease, restarted with older data, or "
+                    "renewals late)",
                     renewal.restored,
                     self.limiter.lease_s,
                 )

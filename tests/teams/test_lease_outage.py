@@ -51,7 +51,9 @@ def test_a_stream_running_through_an_outage_longer_than_its_lease_keeps_its_slot
 
     with caplog.at_level(logging.WARNING, logger="gemma_fleet.teams.access"):
         asyncio.run(scenario())
-    assert "restored 1 concurrency leases Redis had lost" in caplog.text  # for the SRE
+    assert (
+        "restored 1 concurrency leases that had ended while their requests still run" in caplog.text
+    )  # for the SRE
 
 
 def test_leases_are_put_back_within_a_second_of_redis_coming_back(
