@@ -46,11 +46,12 @@ def _embedded_redis(state_dir: Path) -> EmbeddedRedis:
 
 
 def store_in_use(state_dir: Path) -> Path | None:
-    """The socket of a running fleet's team store in `state_dir`, or None when none answers
-    (a socket file a fleet that is gone left behind does not count: the next start replaces
-    it). Lets a command refuse before it starts anything (local_team_store would refuse too)."""
+    """The socket of a running fleet's team store in `state_dir`, or None when nothing
+    listens there (a socket file a fleet that is gone left behind does not count: the next
+    start replaces it). Lets a command refuse before it starts anything (local_team_store
+    would refuse too)."""
     redis = _embedded_redis(state_dir)
-    return redis.socket_path if redis.answers() else None
+    return redis.socket_path if redis.listening() else None
 
 
 @contextmanager

@@ -44,12 +44,12 @@ class EmbeddedRedis:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         if len(str(self.socket_path)) > 100:  # sun_path holds 108 bytes
             raise EmbeddedRedisError(f"state folder path too long for a socket: {self.state_dir}")
-        if self.answers():
-            # Another fleet's server: unlinking its socket and starting a second server on the
-            # same append-only file would have both append to it, and the first fleet's new
-            # connections would reach the second server.
+        if self.listening():
+            # Another fleet's server (answering, or still loading its data): unlinking its
+            # socket and starting a second server on the same append-only file would have both
+            # append to it, and the first fleet's new connections would reach the second one.
             raise EmbeddedRedisError(
-                f"a Redis server already answers on {self.socket_path}: another local fleet "
+                f"a Redis server already listens on {self.socket_path}: another local fleet "
                 f"uses the state folder {self.state_dir}; stop it or use another folder"
             )
         self.socket_path.unlink(missing_ok=True)  # a socket left by a server that is gone
@@ -75,6 +75,18 @@ class EmbeddedRedis:
             time.sleep(0.05)
         self.stop()
         raise EmbeddedRedisError(f"redis-server did not answer within {timeout_s:.0f} s")
+
+    def listening(self) -> bool:
+        """Whether a process listens on the socket: a redis-server still loading its data
+        (it answers -LOADING) or busy with a script counts, a file left by one that is gone
+        does not (connecting to it is refused)."""
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(0.5)
+                s.connect(str(self.socket_path))
+                return True
+        except OSError:
+            return False
 
     def answers(self) -> bool:
         """Whether a redis-server (this one or another process's) answers on the socket."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 import redis
 
+from gemma_fleet.deployments.fleet.team_store import store_in_use
 from gemma_fleet.teams.embedded import EmbeddedRedis, EmbeddedRedisError
 
 
@@ -43,3 +45,18 @@ def test_a_socket_left_by_a_stopped_server_is_replaced(tmp_path: Path) -> None:
         assert _client(again.socket_path).ping()
     finally:
         again.stop()
+
+
+def test_a_server_still_loading_its_data_counts_as_in_use(tmp_path: Path) -> None:
+    """A redis-server loading a large append-only file answers -LOADING, not +PONG; taking
+    that for "nobody here" let a second server start on the same file. A listener that never
+    answers PONG stands in for it (a real one loads a file this test can write too fast)."""
+    sock_path = tmp_path / "redis" / "redis.sock"
+    sock_path.parent.mkdir()
+    with socket.socket(socket.AF_UNIX) as loading:
+        loading.bind(str(sock_path))
+        loading.listen()
+        assert store_in_use(tmp_path) == sock_path
+        with pytest.raises(EmbeddedRedisError, match="another local fleet uses the state folder"):
+            EmbeddedRedis(sock_path.parent).start()
+    assert sock_path.exists()
