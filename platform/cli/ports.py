@@ -51,6 +51,6 @@ def require_free_state_dir(state_dir: Path) -> None:
     to change, before anything starts."""
     if (sock_path := store_in_use(state_dir)) is not None:
         raise CliError(
-            f"a running fleet uses the state folder {state_dir} (its Redis answers on "
+            f"a running fleet uses the state folder {state_dir} (its Redis listens on "
             f"{sock_path}): stop it, or give this one another --state-dir"
         )
