@@ -7,7 +7,7 @@ at start (the same variables locally, in Ray Serve replicas and in the Helm char
 | `REDIS_URL` | the store: `redis://host:port/db`, `rediss://` for TLS, `unix:///path.sock` |
 | `REDIS_PASSWORD` | used when the URL carries no password (a Kubernetes Secret) |
 | `GEMMA_FLEET_ADMIN_KEY` | the admin credential for `/admin/...`; unset: the admin API is off |
-| `GEMMA_FLEET_METRICS_TOKEN` | bearer token `GET /metrics` needs; unset: `/metrics` is open |
+| `GEMMA_FLEET_METRICS_TOKEN` | bearer token `GET /metrics` needs; unset: open; blank: an error |
 | `GEMMA_FLEET_BOOTSTRAP_TEAMS` | a YAML file of teams and keys applied at start |
 | `GEMMA_FLEET_REDIS_DOWN` | `fail-closed` (default) or `serve-cached-keys` (see docs/teams.md) |
 | `GEMMA_FLEET_REDIS_TIMEOUT_S` | bound on every store call, queueing included (default 2 s) |
@@ -65,7 +65,8 @@ class TeamsSettings(BaseModel):
                 auth_required=auth == "required",
                 redis_url=url,
                 admin_key=_credential(env, "GEMMA_FLEET_ADMIN_KEY"),
-                metrics_token=_credential(env, "GEMMA_FLEET_METRICS_TOKEN"),
+                # Blank would leave /metrics (every team's counters) open where a token was meant.
+                metrics_token=_credential(env, "GEMMA_FLEET_METRICS_TOKEN", blank_ok=False),
                 bootstrap_file=env.get("GEMMA_FLEET_BOOTSTRAP_TEAMS") or None,
                 redis_down=env.get("GEMMA_FLEET_REDIS_DOWN", RedisDownPolicy.FAIL_CLOSED),
                 timeout_s=env.get("GEMMA_FLEET_REDIS_TIMEOUT_S", 2.0),
@@ -83,14 +84,29 @@ class TeamsSettings(BaseModel):
 MIN_CREDENTIAL_CHARS = 24
 
 
-def _credential(env: Mapping[str, str], name: str) -> str | None:
-    """The credential in `env[name]` without the whitespace around it (None when unset or
-    blank); ValueError naming `name` when it is too short to be one. A Secret made from a file
-    usually ends with a newline, which no HTTP header can carry: kept, it could never be
-    presented, and the clients' header would be refused."""
-    value = env.get(name, "").strip() or None
-    if value is not None and len(value) < MIN_CREDENTIAL_CHARS:
+def _credential(env: Mapping[str, str], name: str, *, blank_ok: bool = True) -> str | None:
+    """The credential in `env[name]` without the whitespace around it (None when unset, or when
+    blank and `blank_ok`); ValueError naming `name` when it cannot be one. A Secret made from a
+    file usually ends with a newline, which no HTTP header can carry: kept, it could never be
+    presented, and the clients' header would be refused. For the same reason a credential is
+    visible ASCII only. The error never quotes the value."""
+    if name not in env:
+        return None
+    value = env[name].strip()
+    if not value:
+        if blank_ok:
+            return None
+        raise ValueError(
+            f"{name} is set but empty (an empty Secret key?): give it a token of at least "
+            f"{MIN_CREDENTIAL_CHARS} characters, or unset it"
+        )
+    if len(value) < MIN_CREDENTIAL_CHARS:
         raise ValueError(f"{name} must be at least {MIN_CREDENTIAL_CHARS} characters")
+    if not all("!" <= c <= "~" for c in value):
+        raise ValueError(
+            f"{name} must be visible ASCII characters only (no spaces or control characters): "
+            "it is sent in an HTTP header"
+        )
     return value
 
 

@@ -146,11 +146,40 @@ def test_metrics_stay_open_without_a_token(gateway_server: RunningGateway) -> No
 def test_a_short_metrics_token_stops_the_gateway_from_starting() -> None:
     with pytest.raises(ValueError, match="GEMMA_FLEET_METRICS_TOKEN must be at least 24"):
         TeamsSettings.from_env({"GEMMA_FLEET_AUTH": "disabled", "GEMMA_FLEET_METRICS_TOKEN": "x"})
-    # Empty is unset (a Secret key that exists but is empty leaves /metrics open, as before).
-    settings = TeamsSettings.from_env(
-        {"GEMMA_FLEET_AUTH": "disabled", "GEMMA_FLEET_METRICS_TOKEN": ""}
-    )
-    assert settings.metrics_token is None
+
+
+@pytest.mark.parametrize("blank", ["", "\n", "  "])
+def test_a_blank_metrics_token_stops_the_gateway_from_starting(blank: str) -> None:
+    """An existing Secret whose key is empty gives the pods a blank variable. Read as unset,
+    it served every team's counters to anyone while the SRE believed /metrics guarded; the
+    gateway refuses to start instead, naming the variable and both ways out."""
+    env = {"GEMMA_FLEET_AUTH": "disabled", "GEMMA_FLEET_METRICS_TOKEN": blank}
+    with pytest.raises(ValueError) as refused:
+        TeamsSettings.from_env(env)
+    message = str(refused.value)
+    assert "GEMMA_FLEET_METRICS_TOKEN is set but empty" in message
+    assert "at least 24 characters" in message and "unset it" in message
+    # Unset keeps /metrics open (the local fleet); a blank admin key keeps the admin API off,
+    # which opens nothing.
+    assert TeamsSettings.from_env({"GEMMA_FLEET_AUTH": "disabled"}).metrics_token is None
+    blank_admin = {"GEMMA_FLEET_AUTH": "disabled", "GEMMA_FLEET_ADMIN_KEY": blank}
+    assert TeamsSettings.from_env(blank_admin).admin_key is None
+
+
+@pytest.mark.parametrize("name", ["GEMMA_FLEET_METRICS_TOKEN", "GEMMA_FLEET_ADMIN_KEY"])
+@pytest.mark.parametrize("inside", [" ", "\t", "\n", "\x7f", "é"])
+def test_a_credential_no_header_can_carry_is_refused_without_quoting_it(
+    name: str, inside: str
+) -> None:
+    """A space, control character or non-ASCII letter inside the value: no client could send
+    it in an HTTP header (httpx refuses it; every scrape or admin call would be a 401). The
+    error names the variable and why, and does not print the secret."""
+    secret = "s" * 16 + inside + "t" * 16
+    with pytest.raises(ValueError) as refused:
+        TeamsSettings.from_env({"GEMMA_FLEET_AUTH": "disabled", name: secret})
+    message = str(refused.value)
+    assert name in message and "visible ASCII" in message
+    assert "s" * 16 not in message
 
 
 def test_a_token_without_team_keys_still_guards_metrics() -> None:
