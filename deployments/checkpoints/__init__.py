@@ -9,6 +9,7 @@ from gemma_fleet.deployments.checkpoints.build import (
     default_checkpoint_root,
     ensure_tiny_checkpoint,
     read_build_info,
+    real_size_text_config,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "default_checkpoint_root",
     "ensure_tiny_checkpoint",
     "read_build_info",
+    "real_size_text_config",
 ]

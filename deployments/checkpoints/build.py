@@ -119,6 +119,44 @@ def _text_config(spec: ModelSpec, vocab_size: int, eos_ids: list[int]) -> Any:
     return Gemma4TextConfig(**kwargs)
 
 
+def real_size_text_config(spec: ModelSpec, vocab_size: int) -> dict[str, Any]:
+    """`Gemma4TextConfig` arguments for the published size `spec` describes, from the catalog
+    alone (JSON-ready). Used to check the VRAM model against transformers' own modules and to
+    build random-weight models of the real shapes for GPU measurements; no checkpoint is read."""
+    arch = spec.text
+    layer_types = [
+        "full_attention" if arch.is_full_attention(i) else "sliding_attention"
+        for i in range(arch.num_hidden_layers)
+    ]
+    kwargs: dict[str, Any] = dict(
+        vocab_size=vocab_size,
+        hidden_size=arch.hidden_size,
+        intermediate_size=arch.intermediate_size,
+        num_hidden_layers=arch.num_hidden_layers,
+        num_attention_heads=arch.num_attention_heads,
+        num_key_value_heads=arch.num_key_value_heads,
+        head_dim=arch.head_dim,
+        global_head_dim=arch.global_head_dim,
+        num_global_key_value_heads=arch.num_global_key_value_heads,
+        layer_types=layer_types,
+        sliding_window=arch.sliding_window,
+        vocab_size_per_layer_input=vocab_size,
+        hidden_size_per_layer_input=arch.hidden_size_per_layer_input,
+        num_kv_shared_layers=arch.num_kv_shared_layers,
+        use_double_wide_mlp=arch.use_double_wide_mlp,
+        attention_k_eq_v=arch.attention_k_eq_v,
+        tie_word_embeddings=True,
+    )
+    if arch.moe is not None:
+        kwargs.update(
+            enable_moe_block=True,
+            num_experts=arch.moe.num_experts,
+            top_k_experts=arch.moe.top_k,
+            moe_intermediate_size=arch.moe.moe_intermediate_size,
+        )
+    return kwargs
+
+
 def _text_model(spec: ModelSpec, vocab_size: int, eos_ids: list[int]) -> Any:
     from transformers import Gemma4ForCausalLM
 

@@ -99,10 +99,21 @@ def ple_table_params(text: TextArch, vocab_size: int) -> int:
 
 
 def norm_params(text: TextArch) -> int:
-    """RMSNorm scales: four per layer around attention and MLP, q/k norms, and the final norm.
-    Small, kept in bf16 and replicated."""
-    per_layer = 4 * text.hidden_size + text.head_dim + text.global_head_dim
-    return text.num_hidden_layers * per_layer + text.hidden_size
+    """Small bf16 vectors, replicated on every rank: per layer the RMSNorm scales around
+    attention and the MLP (four; one more after the PLE input; three more and the router's
+    scales around the MoE block), q/k norms of the layer's head size (no k norm where the
+    layer shares KV), then the final norm and the PLE projection's norm. Counted as
+    transformers' Gemma4ForCausalLM builds them (tests/foundation/test_vram_transformers.py)."""
+    ple = text.hidden_size_per_layer_input
+    hidden_norms = 4 + (1 if ple else 0) + (4 if text.moe is not None else 0)
+    total = text.hidden_size + ple  # final norm, PLE projection norm
+    for layer in range(text.num_hidden_layers):
+        head_dim = text.global_head_dim if text.is_full_attention(layer) else text.head_dim
+        total += hidden_norms * text.hidden_size
+        total += head_dim if text.is_kv_shared(layer) else 2 * head_dim
+        if text.moe is not None:
+            total += text.moe.num_experts  # the router's per-expert scale
+    return total
 
 
 def weight_terms(
