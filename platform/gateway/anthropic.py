@@ -27,6 +27,7 @@ from gemma_fleet.gateway.anthropic_models import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from gemma_fleet.gateway.chat_stream import chat_chunks
 from gemma_fleet.gateway.errors import ApiError, validation_error
 from gemma_fleet.gateway.json_schema import SCHEMAS_CHECKED
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest
@@ -324,16 +325,6 @@ def _event(kind: str, data: dict[str, Any]) -> str:
     return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
 
 
-def _chunks(text: str) -> list[dict[str, Any] | str]:
-    """The JSON payloads (or "[DONE]") of one or more OpenAI server-sent events."""
-    out: list[dict[str, Any] | str] = []
-    for line in text.splitlines():
-        if line.startswith("data: "):
-            payload = line[len("data: ") :].strip()
-            out.append(payload if payload == "[DONE]" else json.loads(payload))
-    return out
-
-
 class _StreamState:
     """Anthropic's content blocks, opened and closed as OpenAI deltas arrive."""
 
@@ -414,17 +405,13 @@ async def to_message_stream(openai_events: AsyncIterator[str], model: str) -> As
         "usage": {"input_tokens": 0, "output_tokens": 0},
     }
     yield _event("message_start", {"message": message})
-    async for text in openai_events:
-        for chunk in _chunks(text):
-            if chunk == "[DONE]":
-                continue
-            assert isinstance(chunk, dict)
-            if "error" in chunk:
-                error = chunk["error"]
-                yield _event("error", {"error": {"type": "api_error", "message": error["message"]}})
-                return
-            for event in state.delta(chunk):
-                yield event
+    async for chunk in chat_chunks(openai_events):
+        if "error" in chunk:
+            error = chunk["error"]
+            yield _event("error", {"error": {"type": "api_error", "message": error["message"]}})
+            return
+        for event in state.delta(chunk):
+            yield event
     for event in state.close():
         yield event
     yield _event(

@@ -30,6 +30,9 @@ from gemma_fleet.gateway.bodies import parse, read_json
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
 from gemma_fleet.gateway.openapi import error_response, gateway_openapi
+from gemma_fleet.gateway.responses import to_chat_request as responses_to_chat
+from gemma_fleet.gateway.responses import to_response, to_response_stream
+from gemma_fleet.gateway.responses_models import NO_STATE, ResponsesRequest
 from gemma_fleet.gateway.service import (
     POOL_HEADER,
     REASON_HEADER,
@@ -263,29 +266,66 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     async def completions(request: Request) -> Response:
         return respond(await observed("completions", request, _completions))
 
-    @app.post("/v1/messages")
-    async def messages(request: Request) -> Response:
-        # Errors are answered in Anthropic's shape by the handlers above (ANTHROPIC_PREFIX).
-        parsed: list[MessagesRequest] = []
+    async def translated(
+        endpoint: str,
+        request: Request,
+        parse_body: Callable[[dict[str, Any]], Any],
+        to_chat: Callable[[Any], ChatCompletionRequest],
+        shape: Callable[[Any, str, dict[str, Any]], dict[str, Any]],
+        shape_stream: Callable[[Any, str, AsyncIterator[str]], AsyncIterator[str]],
+    ) -> Response:
+        """An API translated onto chat (Anthropic Messages, OpenAI Responses): the body is
+        parsed, then routed, limited and metered as the chat request `to_chat` makes of it,
+        and the answer (or stream) shaped back. The model an answer names is the pool that
+        served it, as the OpenAI answers name it (and as Anthropic names the dated model
+        behind an alias)."""
+        parsed: list[Any] = []
 
-        async def _messages(raw: dict[str, Any], caller: Caller) -> tuple[str, bool, Answer]:
-            body = parse(MessagesRequest, raw)
+        async def handle(raw: dict[str, Any], caller: Caller) -> tuple[str, bool, Answer]:
+            body = parse_body(raw)
             parsed.append(body)
-            # The Anthropic stream's closing message_delta carries the usage.
-            return body.model, True, await gateway.chat(to_chat_request(body), caller)
+            # Both APIs' closing events carry the usage.
+            return body.model, True, await gateway.chat(to_chat(body), caller)
 
-        answer = await observed("messages", request, _messages)
+        answer = await observed(endpoint, request, handle)
         headers = {**SECURITY_HEADERS, **answer.headers}
-        # The model that served it, as Anthropic names the dated model behind an alias and as
-        # the OpenAI answers name the pool.
-        model = answer.headers.get(POOL_HEADER, parsed[0].model)
+        body = parsed[0]
+        model = answer.headers.get(POOL_HEADER, body.model)
         if isinstance(answer, JsonAnswer):
-            return JSONResponse(to_message(answer.body, model), headers=headers)
+            return JSONResponse(shape(body, model, answer.body), headers=headers)
         return StreamingResponse(
-            to_message_stream(answer.events, model),
+            shape_stream(body, model, answer.events),
             media_type="text/event-stream",
             headers=headers,
         )
+
+    @app.post("/v1/messages")
+    async def messages(request: Request) -> Response:
+        # Errors are answered in Anthropic's shape by the handlers above (ANTHROPIC_PREFIX).
+        return await translated(
+            "messages",
+            request,
+            lambda raw: parse(MessagesRequest, raw),
+            to_chat_request,
+            lambda _, model, chat: to_message(chat, model),
+            lambda _, model, events: to_message_stream(events, model),
+        )
+
+    @app.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        return await translated(
+            "responses",
+            request,
+            lambda raw: parse(ResponsesRequest, raw),
+            responses_to_chat,
+            lambda body, model, chat: to_response(chat, body, model),
+            lambda body, model, events: to_response_stream(events, body, model),
+        )
+
+    @app.get("/v1/responses/{response_id}", responses={404: error_response("never stored")})
+    async def stored_response(response_id: str) -> Response:
+        # The SDK's retrieve(), and what a client that sent store: true may try next.
+        raise ApiError(404, f"no response {response_id!r}: {NO_STATE}", param="response_id")
 
     @app.post("/v1/messages/count_tokens")
     async def count_tokens(request: Request) -> JSONResponse:

@@ -90,6 +90,8 @@ def field_path(loc: tuple[Any, ...], body: Any) -> str:
                 continue  # the tag of a discriminated union (`input_audio` then the key)
             if seg in node:
                 out, node = (f"{out}.{seg}" if out else seg), node[seg]
+            elif loc[i + 1 : i + 2] and loc[i + 1] in node:
+                continue  # a tag the union computed (a Responses message has no `type`)
             elif "[" not in seg and seg not in _BRANCH_NAMES:
                 out, node = (f"{out}.{seg}" if out else seg), None  # missing or extra key
         elif isinstance(node, list) and isinstance(seg, int) and 0 <= seg < len(node):

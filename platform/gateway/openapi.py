@@ -20,6 +20,7 @@ from pydantic.json_schema import models_json_schema
 
 from gemma_fleet.gateway.anthropic_models import CountTokensRequest, MessagesRequest
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
+from gemma_fleet.gateway.responses_models import ResponsesRequest
 from gemma_fleet.teams.records import KeyRequest, TeamSpec, TeamUpdate
 
 REF = "#/components/schemas/{model}"
@@ -50,6 +51,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/v1/messages"): Operation(
         MessagesRequest, (), "team", _API, anthropic_errors=True, streams=True
     ),
+    ("post", "/v1/responses"): Operation(ResponsesRequest, (), "team", _API, streams=True),
+    # Nothing is stored: every id is unknown (404).
+    ("get", "/v1/responses/{response_id}"): Operation(errors=(404,)),
     # Counting spends no quota, so it is never refused for a limit (no 429).
     ("post", "/v1/messages/count_tokens"): Operation(
         CountTokensRequest,

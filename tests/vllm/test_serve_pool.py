@@ -636,6 +636,48 @@ def test_a_token_id_prompt_through_the_gateway_is_counted_as_its_ids(gateway: An
 
 
 @pytest.mark.parametrize("stream", [False, True])
+def test_responses_api_is_served_by_vllm_through_the_gateway(gateway: Any, stream: bool) -> None:
+    """OpenAI's Responses API reaches vLLM as the chat request it is translated to: the same
+    prompt (its input_tokens are chat's prompt_tokens for the same turns), and a json_schema
+    text format compiled into vLLM's grammar, so even random weights answer a valid document.
+    Streamed, the SDK's helper rebuilds the response from the gateway's events."""
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"sunny": {"type": "boolean"}, "unit": {"enum": ["c", "f"]}},
+        "required": ["sunny", "unit"],
+        "additionalProperties": False,
+    }
+    ask: dict[str, Any] = {
+        "model": MODEL,
+        "instructions": "Be terse.",
+        "input": "Weather in Paris?",
+        "max_output_tokens": 400,
+        # Sampled: greedy random weights repeat the grammar's whitespace (see the Anthropic
+        # test above).
+        "temperature": 1.0,
+        "text": {"format": {"type": "json_schema", "name": "weather", "schema": schema}},
+    }
+    if stream:
+        with gateway.responses.stream(**ask) as events:
+            response = events.get_final_response()
+    else:
+        response = gateway.responses.create(**ask)
+    assert response.status == "completed"
+    jsonschema.validate(json.loads(response.output_text), schema)
+    chat = gateway.chat.completions.create(
+        model=MODEL,
+        max_tokens=1,
+        messages=[
+            {"role": "system", "content": "Be terse."},
+            {"role": "user", "content": "Weather in Paris?"},
+        ],
+    )
+    assert response.usage.input_tokens == chat.usage.prompt_tokens
+
+
+@pytest.mark.parametrize("stream", [False, True])
 def test_vllm_logprobs_have_the_shape_the_simulator_gives(gateway_url: str, stream: bool) -> None:
     """The keys and counts tests/gateway holds the simulator to (tests/logprobs_shape.py),
     from the real engine through the gateway. Greedy: the sampled token is the top one, as

@@ -1,0 +1,266 @@
+"""OpenAI Responses request, typed: what the gateway accepts on /v1/responses.
+
+The gateway keeps no state between requests, so everything that refers to something stored
+(`previous_response_id`, `conversation`, stored `prompt` templates, `item_reference` items,
+files by id, background runs) is refused with what to send instead. Fields that only ask
+OpenAI's service for bookkeeping (`store`, `metadata`, `include`, ...) are accepted and change
+nothing here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+)
+
+from gemma_fleet.gateway.json_schema import valid_json_schema
+from gemma_fleet.gateway.openai_models import FunctionName, InputAudio, Strict
+
+NO_STATE = (
+    "this gateway stores no responses or conversations: send the whole conversation in `input`"
+)
+
+
+class Loose(BaseModel):
+    # Items echoed back from an earlier response carry ids, statuses and annotations that
+    # do not change the prompt; they are accepted and ignored.
+    model_config = ConfigDict(extra="ignore")
+
+
+class InputText(Loose):
+    type: Literal["input_text"]
+    text: str
+
+
+class InputImage(Loose):
+    type: Literal["input_image"]
+    image_url: str | None = Field(None, min_length=1)
+    file_id: str | None = None
+    detail: Literal["auto", "low", "high", "original"] | None = None
+
+    @field_validator("file_id")
+    @classmethod
+    def _no_files(cls, file_id: str | None) -> None:
+        if file_id is not None:
+            raise ValueError(
+                "images from OpenAI's Files API are not supported (this gateway keeps no "
+                "files): send image_url, a URL or a data: URL"
+            )
+
+
+class InputFile(Loose):
+    """A file for the model to read: refused when the request is translated (responses.py),
+    which names the part; Gemma 4 reads text, images and audio here, not files."""
+
+    type: Literal["input_file"]
+
+
+class InputAudioPart(Loose):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class OutputText(Loose):
+    """An earlier answer's text, sent back as conversation history."""
+
+    type: Literal["output_text"]
+    text: str
+
+
+class Refusal(Loose):
+    type: Literal["refusal"]
+    refusal: str
+
+
+ContentPart = Annotated[
+    InputText | InputImage | InputFile | InputAudioPart | OutputText | Refusal,
+    Field(discriminator="type"),
+]
+
+
+class MessageItem(Loose):
+    type: Literal["message"] = "message"
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[ContentPart]
+
+
+class FunctionCallItem(Loose):
+    """A call the model made earlier, sent back with its output."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: FunctionName
+    arguments: str
+
+
+class FunctionCallOutputItem(Loose):
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[Annotated[InputText | InputImage | InputFile, Field(discriminator="type")]]
+
+
+class ReasoningText(Loose):
+    type: Literal["reasoning_text"]
+    text: str
+
+
+class ReasoningItem(Loose):
+    """Thinking from an earlier answer. Its text goes back to the model as the assistant
+    turn's reasoning; an encrypted or summary-only item (OpenAI's) has none and adds nothing."""
+
+    type: Literal["reasoning"]
+    content: list[ReasoningText] | None = None
+
+
+class ItemReference(Loose):
+    type: Literal["item_reference"]
+    id: str
+
+    @field_validator("id")
+    @classmethod
+    def _no_store(cls, _: str) -> None:
+        raise ValueError(f"{NO_STATE} (an item_reference names a stored item)")
+
+
+def _item_type(value: Any) -> str:
+    # EasyInputMessage ({"role", "content"}) has no `type`: a message.
+    if isinstance(value, dict):
+        return str(value.get("type", "message"))
+    return str(getattr(value, "type", "message"))
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("message")]
+    | Annotated[FunctionCallItem, Tag("function_call")]
+    | Annotated[FunctionCallOutputItem, Tag("function_call_output")]
+    | Annotated[ReasoningItem, Tag("reasoning")]
+    | Annotated[ItemReference, Tag("item_reference")],
+    Discriminator(_item_type),
+]
+
+
+class FunctionTool(Strict):
+    type: Literal["function"]
+    name: FunctionName
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _is_json_schema(
+        cls, schema: dict[str, Any] | None, info: ValidationInfo
+    ) -> dict[str, Any] | None:
+        return None if schema is None else valid_json_schema(schema, info)
+
+
+class FunctionChoice(Strict):
+    type: Literal["function"]
+    name: FunctionName
+
+
+class TextFormatText(Strict):
+    type: Literal["text"]
+
+
+class TextFormatJsonObject(Strict):
+    type: Literal["json_object"]
+
+
+class TextFormatJsonSchema(Strict):
+    type: Literal["json_schema"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    schema_: dict[str, Any] = Field(alias="schema")
+    description: str | None = None
+    strict: bool | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _is_json_schema(cls, schema: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        return valid_json_schema(schema, info)
+
+
+class TextConfig(Loose):
+    # `verbosity` is a hint to OpenAI's models; accepted and ignored.
+    format: (
+        Annotated[
+            TextFormatText | TextFormatJsonObject | TextFormatJsonSchema,
+            Field(discriminator="type"),
+        ]
+        | None
+    ) = None
+
+
+class Reasoning(Loose):
+    # `summary` asks OpenAI's models for a summary of their thinking; Gemma 4's thinking is
+    # returned as it is (reasoning_text), so it is accepted and ignored.
+    effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+
+
+class ResponsesRequest(Strict):
+    model: str = Field(min_length=1)
+    input: str | Annotated[list[InputItem], Field(min_length=1)]
+    instructions: str | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[FunctionTool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
+    reasoning: Reasoning | None = None
+    stream: bool = False
+    # Bookkeeping for OpenAI's service: accepted, nothing changes here.
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    include: list[str] | None = None
+    stream_options: dict[str, Any] | None = None
+    # Refused: they refer to state this gateway does not keep.
+    previous_response_id: str | None = None
+    conversation: str | dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+    background: bool | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if value == []:
+            raise ValueError("input is empty: give a string or at least one item")
+        return value
+
+    @field_validator("previous_response_id", "conversation")
+    @classmethod
+    def _no_state(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError(NO_STATE)
+
+    @field_validator("prompt")
+    @classmethod
+    def _no_stored_prompt(cls, value: Any) -> None:
+        if value is not None:
+            raise ValueError(
+                "stored prompt templates are not supported: send instructions and input"
+            )
+
+    @field_validator("background")
+    @classmethod
+    def _no_background(cls, value: bool | None) -> None:
+        if value:
+            raise ValueError(
+                "background responses are not supported (this gateway keeps no responses to "
+                "poll): use stream: true for long answers"
+            )
