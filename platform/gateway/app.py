@@ -31,8 +31,9 @@ from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
 from gemma_fleet.gateway.openapi import error_response, gateway_openapi
 from gemma_fleet.gateway.responses import to_chat_request as responses_to_chat
+from gemma_fleet.gateway.responses import to_count_request as responses_to_count
 from gemma_fleet.gateway.responses import to_response, to_response_stream
-from gemma_fleet.gateway.responses_models import NO_STATE, ResponsesRequest
+from gemma_fleet.gateway.responses_models import NO_STATE, InputTokensRequest, ResponsesRequest
 from gemma_fleet.gateway.service import (
     POOL_HEADER,
     REASON_HEADER,
@@ -327,24 +328,48 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         # The SDK's retrieve(), and what a client that sent store: true may try next.
         raise ApiError(404, f"no response {response_id!r}: {NO_STATE}", param="response_id")
 
-    @app.post("/v1/messages/count_tokens")
-    async def count_tokens(request: Request) -> JSONResponse:
-        # Authenticated and held to the team's models like /v1/messages, but not admitted:
-        # counting generates nothing, so it spends none of the team's requests or tokens. It
-        # has a requests-per-minute counter of its own (docs/teams.md). Errors in Anthropic's
-        # shape (ANTHROPIC_PREFIX).
+    async def counted(
+        endpoint: str,
+        request: Request,
+        parse_body: Callable[[dict[str, Any]], Any],
+        to_count: Callable[[Any], ChatCompletionRequest],
+    ) -> int:
+        """The prompt tokens of a request, counted by the engine that would serve it
+        (Anthropic's count_tokens, OpenAI's responses.input_tokens). Authenticated and held to
+        the team's models like a generation, but not admitted: counting generates nothing, so
+        it spends none of the team's requests or tokens. It has a requests-per-minute counter
+        of its own (docs/teams.md)."""
         team = ""
         try:
             identity = await gate.identify(request)
             team = identity.team.name if identity is not None else ""
-            body = parse(CountTokensRequest, await read_json(request, limit, read_timeout))
+            body = parse_body(await read_json(request, limit, read_timeout))
             await gate.admit_count(identity)
-            count = await gateway.count_tokens(to_count_request(body), gate.caller(identity, []))
+            count = await gateway.count_tokens(to_count(body), gate.caller(identity, []))
         except ApiError as exc:
-            metrics.refused("count_tokens", team, exc.status, rejection_reason(exc))
+            metrics.refused(endpoint, team, exc.status, rejection_reason(exc))
             raise
-        metrics.requests.labels("count_tokens", team, body.model, "", "200").inc()
+        metrics.requests.labels(endpoint, team, body.model, "", "200").inc()
+        return count
+
+    @app.post("/v1/messages/count_tokens")
+    async def count_tokens(request: Request) -> JSONResponse:
+        # Errors in Anthropic's shape (ANTHROPIC_PREFIX).
+        count = await counted(
+            "count_tokens", request, lambda raw: parse(CountTokensRequest, raw), to_count_request
+        )
         return JSONResponse({"input_tokens": count}, headers=SECURITY_HEADERS)
+
+    @app.post("/v1/responses/input_tokens")
+    async def input_tokens(request: Request) -> JSONResponse:
+        count = await counted(
+            "input_tokens",
+            request,
+            lambda raw: parse(InputTokensRequest, raw),
+            responses_to_count,
+        )
+        body = {"object": "response.input_tokens", "input_tokens": count}
+        return JSONResponse(body, headers=SECURITY_HEADERS)
 
     app.include_router(admin_router(gate, read_timeout))
 

@@ -153,8 +153,9 @@ class TeamGate:
         return Caller(allowed_models=identity.team.allowed(), admit=admit)
 
     async def admit_count(self, identity: Identity | None) -> None:
-        """Hold a /v1/messages/count_tokens call to the team's token-counting requests per
-        minute (429 when spent; 503 when Redis is down under fail-closed)."""
+        """Hold a token count (/v1/messages/count_tokens, /v1/responses/input_tokens) to the
+        team's token-counting requests per minute, one counter for both (429 when spent; 503
+        when Redis is down under fail-closed)."""
         if identity is None or self.access is None:
             return
         try:

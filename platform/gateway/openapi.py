@@ -20,7 +20,7 @@ from pydantic.json_schema import models_json_schema
 
 from gemma_fleet.gateway.anthropic_models import CountTokensRequest, MessagesRequest
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
-from gemma_fleet.gateway.responses_models import ResponsesRequest
+from gemma_fleet.gateway.responses_models import InputTokensRequest, ResponsesRequest
 from gemma_fleet.teams.records import KeyRequest, TeamSpec, TeamUpdate
 
 REF = "#/components/schemas/{model}"
@@ -52,15 +52,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         MessagesRequest, (), "team", _API, anthropic_errors=True, streams=True
     ),
     ("post", "/v1/responses"): Operation(ResponsesRequest, (), "team", _API, streams=True),
+    # Counting spends none of the generation limits, but has a rate of its own (429).
+    ("post", "/v1/responses/input_tokens"): Operation(InputTokensRequest, (), "team", _API),
     # Nothing is stored: every id is unknown (404).
     ("get", "/v1/responses/{response_id}"): Operation(errors=(404,)),
-    # Counting spends no quota, so it is never refused for a limit (no 429).
+    # Counting spends none of the generation limits, but has a rate of its own (429).
     ("post", "/v1/messages/count_tokens"): Operation(
-        CountTokensRequest,
-        (),
-        "team",
-        tuple(s for s in _API if s != 429),
-        anthropic_errors=True,
+        CountTokensRequest, (), "team", _API, anthropic_errors=True
     ),
     ("get", "/v1/usage"): Operation(None, _USAGE_QUERY, "team", (400, 401, 403, 404, 503)),
     ("post", "/admin/teams"): Operation(TeamSpec, (), "admin", _ADMIN_BODY),

@@ -18,12 +18,14 @@ from gemma_fleet.gateway.errors import ApiError, validation_error
 from gemma_fleet.gateway.json_schema import SCHEMAS_CHECKED
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest
 from gemma_fleet.gateway.responses_models import (
+    Conversation,
     FunctionCallItem,
     FunctionCallOutputItem,
     InputAudioPart,
     InputFile,
     InputImage,
     InputText,
+    InputTokensRequest,
     MessageItem,
     OutputText,
     ReasoningItem,
@@ -69,7 +71,7 @@ def _text_only(parts: list[dict[str, Any]], where: str, role: str) -> str:
     return "".join(p["text"] for p in parts)
 
 
-def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
+def _messages(req: Conversation) -> list[dict[str, Any]]:
     """The chat messages: instructions as the system turn, then the input items in order.
     A model's function calls (and its reasoning) join the assistant turn they belong to; each
     call's output becomes a tool message, the images it returned the user turn after it."""
@@ -127,19 +129,12 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     return messages
 
 
-def to_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
-    """The OpenAI chat request that asks the same of a pool."""
-    body: dict[str, Any] = {"model": req.model, "messages": _messages(req), "stream": req.stream}
-    if req.stream:
-        body["stream_options"] = {"include_usage": True}
-    if req.max_output_tokens is not None:
-        body["max_tokens"] = req.max_output_tokens
-    for name in ("temperature", "top_p", "parallel_tool_calls"):
-        if (value := getattr(req, name)) is not None:
-            body[name] = value
-    if req.top_logprobs or LOGPROBS_INCLUDE in (req.include or []):
-        body["logprobs"] = True
-        body["top_logprobs"] = req.top_logprobs or 0
+def _conversation(req: Conversation) -> dict[str, Any]:
+    """The chat request fields that decide the prompt (messages, tools, template flags) and
+    the pool (those, and the output format, which needs structured output)."""
+    body: dict[str, Any] = {"model": req.model, "messages": _messages(req)}
+    if req.parallel_tool_calls is not None:
+        body["parallel_tool_calls"] = req.parallel_tool_calls
     if req.tools:
         body["tools"] = [
             {
@@ -169,6 +164,33 @@ def to_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
         body["response_format"] = {"type": "json_object"}
     if req.reasoning is not None and req.reasoning.effort in THINKING_EFFORTS:
         body["chat_template_kwargs"] = {"enable_thinking": True}
+    return body
+
+
+def to_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
+    """The OpenAI chat request that asks the same of a pool."""
+    body = _conversation(req)
+    body["stream"] = req.stream
+    if req.stream:
+        body["stream_options"] = {"include_usage": True}
+    if req.max_output_tokens is not None:
+        body["max_tokens"] = req.max_output_tokens
+    for name in ("temperature", "top_p"):
+        if (value := getattr(req, name)) is not None:
+            body[name] = value
+    if req.top_logprobs or LOGPROBS_INCLUDE in (req.include or []):
+        body["logprobs"] = True
+        body["top_logprobs"] = req.top_logprobs or 0
+    return _validated(body)
+
+
+def to_count_request(req: InputTokensRequest) -> ChatCompletionRequest:
+    """The chat request whose prompt is the one `req` counts, built as to_chat_request builds
+    it, so the engine renders the very prompt a generation gets."""
+    return _validated(_conversation(req))
+
+
+def _validated(body: dict[str, Any]) -> ChatCompletionRequest:
     try:
         # Tool and output schemas were checked with the Responses request (naming its fields).
         return ChatCompletionRequest.model_validate(body, context={SCHEMAS_CHECKED: True})

@@ -204,36 +204,22 @@ class Reasoning(Loose):
     effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
 
 
-class ResponsesRequest(Strict):
+class Conversation(Strict):
+    """What decides the prompt and the pool: shared by a generation (ResponsesRequest) and a
+    count of its input tokens (InputTokensRequest)."""
+
     model: str = Field(min_length=1)
     input: str | Annotated[list[InputItem], Field(min_length=1)]
     instructions: str | None = None
-    max_output_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_logprobs: int | None = Field(None, ge=0, le=20)
     tools: list[FunctionTool] | None = None
     tool_choice: Literal["none", "auto", "required"] | FunctionChoice | None = None
     parallel_tool_calls: bool | None = None
     text: TextConfig | None = None
     reasoning: Reasoning | None = None
-    stream: bool = False
-    # Bookkeeping for OpenAI's service: accepted, nothing changes here.
-    store: bool | None = None
-    metadata: dict[str, str] | None = None
-    user: str | None = None
-    safety_identifier: str | None = None
-    prompt_cache_key: str | None = None
-    prompt_cache_retention: str | None = None
-    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     truncation: Literal["auto", "disabled"] | None = None
-    include: list[str] | None = None
-    stream_options: dict[str, Any] | None = None
     # Refused: they refer to state this gateway does not keep.
     previous_response_id: str | None = None
     conversation: str | dict[str, Any] | None = None
-    prompt: dict[str, Any] | None = None
-    background: bool | None = None
 
     @field_validator("input", mode="before")
     @classmethod
@@ -247,6 +233,27 @@ class ResponsesRequest(Strict):
     def _no_state(cls, value: Any) -> None:
         if value is not None:
             raise ValueError(NO_STATE)
+
+
+class ResponsesRequest(Conversation):
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    stream: bool = False
+    # Bookkeeping for OpenAI's service: accepted, nothing changes here.
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
+    include: list[str] | None = None
+    stream_options: dict[str, Any] | None = None
+    # Refused: stored templates and runs this gateway does not keep.
+    prompt: dict[str, Any] | None = None
+    background: bool | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -264,3 +271,10 @@ class ResponsesRequest(Strict):
                 "background responses are not supported (this gateway keeps no responses to "
                 "poll): use stream: true for long answers"
             )
+
+
+class InputTokensRequest(Conversation):
+    """POST /v1/responses/input_tokens (the SDK's responses.input_tokens.count)."""
+
+    # A style preset of OpenAI's own models; nothing to apply to Gemma.
+    personality: str | None = None

@@ -319,3 +319,28 @@ def test_counted_under_their_own_endpoint(client: openai.OpenAI, gateway_server:
     client.responses.create(model="gemma-4", input="hi", max_output_tokens=4)
     metrics = httpx.get(gateway_server.url + "/metrics", timeout=10).text
     assert 'endpoint="responses"' in metrics
+
+
+def test_input_tokens_are_what_a_response_of_the_same_input_reports(
+    client: openai.OpenAI,
+) -> None:
+    ask: dict[str, Any] = {
+        "model": "gemma-4",
+        "instructions": "be brief",
+        "input": [{"role": "user", "content": [{"type": "input_text", "text": "weather?"}]}],
+        "tools": TOOLS,
+    }
+    counted = client.responses.input_tokens.count(**ask)
+    assert counted.object == "response.input_tokens"
+    response = client.responses.create(**ask, max_output_tokens=4)
+    assert response.usage is not None
+    assert counted.input_tokens == response.usage.input_tokens > 0
+    # the tools are part of the prompt
+    bare = client.responses.input_tokens.count(model="gemma-4", input=ask["input"])
+    assert bare.input_tokens < counted.input_tokens
+    with pytest.raises(openai.BadRequestError, match="stores no responses"):
+        client.responses.input_tokens.count(model="gemma-4", input="hi", previous_response_id="r")
+    with pytest.raises(openai.BadRequestError, match="max_output_tokens"):
+        client.responses.input_tokens.count(
+            model="gemma-4", input="hi", extra_body={"max_output_tokens": 4}
+        )

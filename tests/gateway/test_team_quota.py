@@ -152,6 +152,29 @@ def test_count_tokens_spends_no_request_and_no_token(gateway: RunningGateway) ->
     assert sum(r["requests"] for r in rows) == 1  # metered: the one generation only
 
 
+def test_responses_are_limited_and_metered_and_counting_shares_the_count_counter(
+    gateway: RunningGateway,
+) -> None:
+    """/v1/responses spends the team's requests and tokens like chat; input_tokens spends
+    neither, and shares count_tokens' own requests-per-minute counter."""
+    limits = {"requests_per_minute": 1, "token_budget": 10_000, "budget_period": "month"}
+    key = new_team(gateway, "responses", limits=limits)
+    client = openai_client(gateway, key)
+    if time.time() % 60 > 50:  # keep the requests below inside one minute window
+        time.sleep(61 - time.time() % 60)
+    count = client.responses.input_tokens.count(model="e2b", input="hello")  # the one count
+    created = client.responses.create(model="e2b", input="hello", max_output_tokens=8)
+    assert created.usage is not None and count.input_tokens == created.usage.input_tokens
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(model="e2b", input="hello", max_output_tokens=8)
+    with pytest.raises(anthropic.RateLimitError):  # the same counter, spent by input_tokens
+        anthropic_client(gateway, key).messages.count_tokens(model="e2b", messages=HELLO)
+    used = created.usage.input_tokens + created.usage.output_tokens
+    assert budget_used(gateway, "responses") == used
+    rows = admin(gateway, "GET", "/admin/usage?team=responses").json()["data"]
+    assert sum(r["requests"] for r in rows) == 1
+
+
 def test_admission_reserves_every_prompt_of_a_batch_and_its_sequences(
     gateway: RunningGateway,
 ) -> None:

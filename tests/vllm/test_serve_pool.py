@@ -640,7 +640,8 @@ def test_responses_api_is_served_by_vllm_through_the_gateway(gateway: Any, strea
     """OpenAI's Responses API reaches vLLM as the chat request it is translated to: the same
     prompt (its input_tokens are chat's prompt_tokens for the same turns), and a json_schema
     text format compiled into vLLM's grammar, so even random weights answer a valid document.
-    Streamed, the SDK's helper rebuilds the response from the gateway's events."""
+    Streamed, the SDK's helper rebuilds the response from the gateway's events. Counted
+    (responses.input_tokens), the engine's tokenizer gives the same number."""
     import jsonschema
 
     schema = {
@@ -675,6 +676,9 @@ def test_responses_api_is_served_by_vllm_through_the_gateway(gateway: Any, strea
         ],
     )
     assert response.usage.input_tokens == chat.usage.prompt_tokens
+    # counted by the engine, the same (the format adds no tokens to the prompt)
+    count = {k: v for k, v in ask.items() if k not in ("max_output_tokens", "temperature")}
+    assert gateway.responses.input_tokens.count(**count).input_tokens == chat.usage.prompt_tokens
 
 
 @pytest.mark.parametrize("stream", [False, True])
