@@ -74,7 +74,9 @@ def _text_only(parts: list[dict[str, Any]], where: str, role: str) -> str:
 def _messages(req: Conversation) -> list[dict[str, Any]]:
     """The chat messages: instructions as the system turn, then the input items in order.
     A model's function calls (and its reasoning) join the assistant turn they belong to; each
-    call's output becomes a tool message, the images it returned the user turn after it."""
+    call's output becomes a tool message, and the images the outputs returned open the user
+    turn after them (a turn of their own if none follows), as for Anthropic's tool results:
+    the chat core's tool messages carry text only."""
     messages: list[dict[str, Any]] = []
     if req.instructions:
         messages.append({"role": "system", "content": req.instructions})
@@ -91,6 +93,11 @@ def _messages(req: Conversation) -> list[dict[str, Any]]:
     pending_images: list[dict[str, Any]] = []
     for i, item in enumerate(req.input):
         where = f"input[{i}]"
+        is_user = isinstance(item, MessageItem) and item.role == "user"
+        if pending_images and not is_user and not isinstance(item, FunctionCallOutputItem):
+            # Images the tools returned, in a turn of their own before the model goes on.
+            messages.append({"role": "user", "content": pending_images})
+            pending_images = []
         if isinstance(item, MessageItem):
             if isinstance(item.content, str):
                 parts = [{"type": "text", "text": item.content}]
@@ -102,7 +109,7 @@ def _messages(req: Conversation) -> list[dict[str, Any]]:
             elif item.role in ("system", "developer"):
                 messages.append({"role": "system", "content": _text_only(parts, where, item.role)})
             else:
-                messages.append({"role": "user", "content": parts + pending_images})
+                messages.append({"role": "user", "content": pending_images + parts})
                 pending_images = []
         elif isinstance(item, FunctionCallItem):
             call = {

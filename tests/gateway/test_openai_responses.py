@@ -106,6 +106,25 @@ def test_function_call_round_trip(client: openai.OpenAI) -> None:
     assert final.output
 
 
+def test_images_a_function_returned_open_the_next_user_turn() -> None:
+    image = {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}
+    call = {"type": "function_call", "call_id": "c1", "name": "forecast", "arguments": "{}"}
+    output = {
+        "type": "function_call_output",
+        "call_id": "c1",
+        "output": [{"type": "input_text", "text": "chart:"}, image],
+    }
+    asked: list[Any] = [{"role": "user", "content": "weather?"}, call, output]
+    sent = chat_of(input=[*asked, {"role": "user", "content": "and tomorrow?"}])["messages"]
+    assert sent[2] == {"role": "tool", "tool_call_id": "c1", "content": "chart:"}
+    assert [p["type"] for p in sent[3]["content"]] == ["image_url", "text"]
+    # the model answered before the next user turn: the images come before its answer
+    answered = {"role": "assistant", "content": "sunny"}
+    sent = chat_of(input=[*asked, answered])["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "user", "assistant"]
+    assert [p["type"] for p in sent[3]["content"]] == ["image_url"]
+
+
 def test_streamed_function_call_arguments_add_up(client: openai.OpenAI) -> None:
     with client.responses.stream(
         model="gemma-4", input="weather?", tools=TOOLS, tool_choice="required",
