@@ -104,6 +104,8 @@ def validation_error(exc: ValidationError, body: Any = None) -> ApiError:
     message's content may be a string or a list of parts) fails once per branch; the deepest
     location is the branch the client meant."""
     first = max(exc.errors(), key=lambda e: len(e["loc"]))
+    # A validator's own words, without pydantic's label for the exception class.
+    reason = str(first["msg"]).removeprefix("Value error, ")
     where = (
         field_path(tuple(first["loc"]), body)
         if body is not None
@@ -114,7 +116,7 @@ def validation_error(exc: ValidationError, body: Any = None) -> ApiError:
     elif first["type"] == "missing":
         message = f"Missing required parameter: {where}"
     elif not where:  # a rule across fields: its message names them
-        message = f"Invalid request: {str(first['msg']).removeprefix('Value error, ')}"
+        message = f"Invalid request: {reason}"
     else:
-        message = f"Invalid value for {where}: {first['msg']}"
+        message = f"Invalid value for {where}: {reason}"
     return ApiError(400, message, param=where or None)
