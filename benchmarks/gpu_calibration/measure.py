@@ -154,7 +154,7 @@ class Stack:
         self.model_linears = [self._weight(op["in"], op["out"]) for op in entry["model_linears"]]
         # Tied LM head: kept in bf16 even in fp8 checkpoints (the catalog's fp8 format does
         # not quantize embeddings), as vLLM serves them.
-        self.lm_head = self._weight(self.hidden, entry["vocab"], fp8=False)
+        self.lm_head = self._weight(self.hidden, entry["vocab"], quantize=False)
         moe = entry["moe"]
         self.experts: list[tuple[torch.Tensor, torch.Tensor]] = []
         if moe is not None:
@@ -166,12 +166,14 @@ class Stack:
         self.one = torch.ones((), dtype=torch.float32, device=device)
 
     def _weight(
-        self, fan_in: int, fan_out: int, *, fp8: bool | None = None, count: int = 0
+        self, fan_in: int, fan_out: int, *, quantize: bool = True, count: int = 0
     ) -> torch.Tensor:
+        """Random weights (`count` experts of them when given) in the stack's format, or in
+        bf16 with `quantize` off."""
         shape = (count, fan_out, fan_in) if count else (fan_out, fan_in)
         w = torch.empty(shape, dtype=torch.bfloat16, device=self.device).normal_()
         w.mul_(fan_in**-0.5)
-        if fp8 if fp8 is not None else self.fmt == "fp8":
+        if quantize and self.fmt == "fp8":
             w = w.to(FP8)
         self.weight_bytes += w.numel() * w.element_size()
         return w

@@ -9,8 +9,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import ValidationError
-
 from gemma_fleet.gateway.anthropic_models import (
     ContentSource,
     Conversation,
@@ -27,10 +25,9 @@ from gemma_fleet.gateway.anthropic_models import (
     ToolResultBlock,
     ToolUseBlock,
 )
-from gemma_fleet.gateway.chat_stream import chat_chunks
-from gemma_fleet.gateway.errors import ApiError, validation_error
-from gemma_fleet.gateway.json_schema import SCHEMAS_CHECKED
+from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest
+from gemma_fleet.gateway.translation import chat_chunks, chat_tool, validated_chat
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -156,22 +153,13 @@ def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:
         value = getattr(req, theirs)
         if value is not None:
             body[ours] = value
-    return _validated(body)
+    return validated_chat(body)
 
 
 def to_count_request(req: CountTokensRequest) -> ChatCompletionRequest:
     """The OpenAI chat request whose prompt is the one `req` counts: built as
     to_chat_request builds it, so the engine renders the very prompt a generation gets."""
-    return _validated(_conversation(req))
-
-
-def _validated(body: dict[str, Any]) -> ChatCompletionRequest:
-    # The tools' input_schema and output_config's schema were checked when the Anthropic
-    # request was (naming Anthropic's fields); walking them again would only cost time.
-    try:
-        return ChatCompletionRequest.model_validate(body, context={SCHEMAS_CHECKED: True})
-    except ValidationError as exc:
-        raise validation_error(exc, body) from exc
+    return validated_chat(_conversation(req))
 
 
 def _conversation(req: Conversation) -> dict[str, Any]:
@@ -231,17 +219,7 @@ def _conversation(req: Conversation) -> dict[str, Any]:
 
     body: dict[str, Any] = {"model": req.model, "messages": messages}
     if req.tools:
-        body["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    "description": t.description,
-                    "parameters": t.input_schema,
-                },
-            }
-            for t in req.tools
-        ]
+        body["tools"] = [chat_tool(t.name, t.description, t.input_schema) for t in req.tools]
     if req.thinking is not None and not isinstance(req.thinking, ThinkingDisabled):
         body["chat_template_kwargs"] = {"enable_thinking": True}
     if req.output_config is not None and req.output_config.format is not None:

@@ -11,11 +11,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic import ValidationError
-
-from gemma_fleet.gateway.chat_stream import chat_chunks
-from gemma_fleet.gateway.errors import ApiError, validation_error
-from gemma_fleet.gateway.json_schema import SCHEMAS_CHECKED
+from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest
 from gemma_fleet.gateway.responses_models import (
     Conversation,
@@ -34,6 +30,7 @@ from gemma_fleet.gateway.responses_models import (
     TextFormatJsonObject,
     TextFormatJsonSchema,
 )
+from gemma_fleet.gateway.translation import chat_chunks, chat_tool, validated_chat
 
 # Efforts that ask a reasoning model to think; Gemma 4 thinks or does not (enable_thinking).
 THINKING_EFFORTS = {"low", "medium", "high", "xhigh"}
@@ -144,14 +141,9 @@ def _conversation(req: Conversation) -> dict[str, Any]:
         body["parallel_tool_calls"] = req.parallel_tool_calls
     if req.tools:
         body["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t.name,
-                    "description": t.description,
-                    "parameters": t.parameters if t.parameters is not None else {"type": "object"},
-                },
-            }
+            chat_tool(
+                t.name, t.description, {"type": "object"} if t.parameters is None else t.parameters
+            )
             for t in req.tools
         ]
     if req.tool_choice is not None:
@@ -188,21 +180,13 @@ def to_chat_request(req: ResponsesRequest) -> ChatCompletionRequest:
     if req.top_logprobs or LOGPROBS_INCLUDE in (req.include or []):
         body["logprobs"] = True
         body["top_logprobs"] = req.top_logprobs or 0
-    return _validated(body)
+    return validated_chat(body)
 
 
 def to_count_request(req: InputTokensRequest) -> ChatCompletionRequest:
     """The chat request whose prompt is the one `req` counts, built as to_chat_request builds
     it, so the engine renders the very prompt a generation gets."""
-    return _validated(_conversation(req))
-
-
-def _validated(body: dict[str, Any]) -> ChatCompletionRequest:
-    try:
-        # Tool and output schemas were checked with the Responses request (naming its fields).
-        return ChatCompletionRequest.model_validate(body, context={SCHEMAS_CHECKED: True})
-    except ValidationError as exc:
-        raise validation_error(exc, body) from exc
+    return validated_chat(_conversation(req))
 
 
 def _usage(usage: dict[str, Any] | None) -> dict[str, Any]:
@@ -240,12 +224,11 @@ class ResponseShell:
         output: list[dict[str, Any]],
         usage: dict[str, Any] | None = None,
         *,
-        incomplete: bool = False,
         error: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         req = self.req
         choice = req.tool_choice
-        fmt = req.text.format if req.text is not None and req.text.format is not None else None
+        fmt = req.text.format if req.text is not None else None
         return {
             "id": self.id,
             "object": "response",
@@ -271,7 +254,10 @@ class ResponseShell:
             "store": False,
             "previous_response_id": None,
             "error": error,
-            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            # Running out of tokens is the one way an answer ends incomplete here.
+            "incomplete_details": (
+                {"reason": "max_output_tokens"} if status == "incomplete" else None
+            ),
             "usage": usage,
         }
 
@@ -292,22 +278,30 @@ def _logprobs(entries: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     ]
 
 
-def _message_item(text: str, logprobs: list[dict[str, Any]], status: str) -> dict[str, Any]:
+# The delta and done events of the items that carry text, by kind.
+TEXT_EVENTS = {
+    "reasoning": ("response.reasoning_text.delta", "response.reasoning_text.done"),
+    "message": ("response.output_text.delta", "response.output_text.done"),
+}
+
+
+def _text_part(kind: str, text: str, logprobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The content part of a reasoning item or an answer message."""
+    if kind == "reasoning":
+        return {"type": "reasoning_text", "text": text}
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+
+
+def _text_item(kind: str, content: list[dict[str, Any]], status: str) -> dict[str, Any]:
+    """A reasoning item (no status in Responses' shape) or an answer message."""
+    if kind == "reasoning":
+        return {"type": "reasoning", "id": _item_id("rs"), "summary": [], "content": content}
     return {
         "type": "message",
         "id": _item_id("msg"),
         "role": "assistant",
         "status": status,
-        "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}],
-    }
-
-
-def _reasoning_item(text: str) -> dict[str, Any]:
-    return {
-        "type": "reasoning",
-        "id": _item_id("rs"),
-        "summary": [],
-        "content": [{"type": "reasoning_text", "text": text}],
+        "content": content,
     }
 
 
@@ -330,17 +324,18 @@ def to_response(chat: dict[str, Any], req: ResponsesRequest, model: str) -> dict
     status = "incomplete" if incomplete else "completed"
     output: list[dict[str, Any]] = []
     if thought := message.get("reasoning") or message.get("reasoning_content"):
-        output.append(_reasoning_item(thought))
+        output.append(_text_item("reasoning", [_text_part("reasoning", thought, [])], status))
     if message.get("content"):
         logprobs = _logprobs((choice.get("logprobs") or {}).get("content"))
-        output.append(_message_item(message["content"], logprobs, status))
+        part = _text_part("message", message["content"], logprobs)
+        output.append(_text_item("message", [part], status))
     for call in message.get("tool_calls") or []:
         function = call["function"]
         output.append(
             _call_item(call["id"], function["name"], function.get("arguments") or "", status)
         )
     shell = ResponseShell(req, model)
-    return shell.response(status, output, _usage(chat.get("usage")), incomplete=incomplete)
+    return shell.response(status, output, _usage(chat.get("usage")))
 
 
 class _OpenItem:
@@ -370,28 +365,14 @@ class _ResponseStream:
         self.sequence += 1
         return f"event: {kind}\ndata: {json.dumps(payload)}\n\n"
 
-    def _text_events(self, kind: str, open_item: _OpenItem) -> tuple[str, str, dict[str, Any]]:
-        """The delta and done event names and the content part of a text-bearing item."""
-        part: dict[str, Any]
-        if kind == "reasoning":
-            part = {"type": "reasoning_text", "text": open_item.text}
-            return "response.reasoning_text.delta", "response.reasoning_text.done", part
-        part = {
-            "type": "output_text",
-            "text": open_item.text,
-            "annotations": [],
-            "logprobs": open_item.logprobs,
-        }
-        return "response.output_text.delta", "response.output_text.done", part
-
     def open(self, kind: str, item: dict[str, Any]) -> list[str]:
         events = self.close()
         self.open_item = _OpenItem(kind, len(self.output), item)
         events.append(
             self.event("response.output_item.added", output_index=len(self.output), item=item)
         )
-        if not kind.startswith("call"):
-            _, _, part = self._text_events(kind, self.open_item)
+        if kind in TEXT_EVENTS:
+            part = _text_part(kind, "", [])
             events.append(
                 self.event(
                     "response.content_part.added",
@@ -408,10 +389,10 @@ class _ResponseStream:
         if current is None:
             return []
         self.open_item = None
-        item, where = current.item, {"item_id": current.item["id"]}
-        where["output_index"] = current.index
+        item = current.item
+        where = {"item_id": item["id"], "output_index": current.index}
         events = []
-        if current.kind.startswith("call"):
+        if current.kind not in TEXT_EVENTS:  # a function call
             item["status"] = status
             events.append(
                 self.event(
@@ -422,7 +403,8 @@ class _ResponseStream:
                 )
             )
         else:
-            _, done, part = self._text_events(current.kind, current)
+            _, done = TEXT_EVENTS[current.kind]
+            part = _text_part(current.kind, current.text, current.logprobs)
             text_done: dict[str, Any] = {"text": current.text}
             if current.kind == "message":
                 text_done["logprobs"] = current.logprobs
@@ -441,23 +423,12 @@ class _ResponseStream:
     def _text(self, kind: str, text: str, logprobs: list[dict[str, Any]]) -> list[str]:
         events: list[str] = []
         if self.open_item is None or self.open_item.kind != kind:
-            item = (
-                {"type": "reasoning", "id": _item_id("rs"), "summary": [], "content": []}
-                if kind == "reasoning"
-                else {
-                    "type": "message",
-                    "id": _item_id("msg"),
-                    "role": "assistant",
-                    "status": "in_progress",
-                    "content": [],
-                }
-            )
-            events += self.open(kind, item)
+            events += self.open(kind, _text_item(kind, [], "in_progress"))
         current = self.open_item
         assert current is not None
         current.text += text
         current.logprobs += logprobs
-        delta, _, _ = self._text_events(kind, current)
+        delta, _ = TEXT_EVENTS[kind]
         extra: dict[str, Any] = {"logprobs": logprobs} if kind == "message" else {}
         events.append(
             self.event(
@@ -532,9 +503,8 @@ async def to_response_stream(
             return
         for event in state.chunk(chunk):
             yield event
-    incomplete = state.finish_reason == "length"
-    status = "incomplete" if incomplete else "completed"
+    status = "incomplete" if state.finish_reason == "length" else "completed"
     for event in state.close(status):
         yield event
-    final = shell.response(status, state.output, _usage(state.usage), incomplete=incomplete)
+    final = shell.response(status, state.output, _usage(state.usage))
     yield state.event(f"response.{status}", response=final)

@@ -80,7 +80,7 @@ def test_running_out_of_tokens_is_incomplete(client: openai.OpenAI) -> None:
         events = list(stream)
     last = events[-1]
     assert last.type == "response.incomplete"
-    assert last.response.output_text == response.output_text or last.response.output_text
+    assert last.response.output_text == response.output_text
     assert last.response.incomplete_details is not None
 
 
