@@ -40,7 +40,7 @@ from gemma_fleet.deployments.pools.serve_app import simulator_config as served_c
 from gemma_fleet.vram import ProfileError
 
 # Bump when the way capacity is computed changes: it is part of every cache key.
-CAPACITY_MODEL_VERSION = "1"
+CAPACITY_MODEL_VERSION = "2"
 # Mix grid: lengths are rounded up to 2^(k/8) tokens.
 GRID_STEPS_PER_OCTAVE = 8
 # A run whose mean TTFT rises by more than this fraction of the TTFT objective from its first

@@ -8,6 +8,7 @@ depend on their values beyond the power draw, which random data exercises fully.
 
 What runs:
 - copy: a 4 GiB device-to-device copy, the bandwidth ceiling (bytes read + written / time);
+- kernel_floor: a graph of 1,024 tiny dependent matmuls, the fixed time each kernel costs;
 - stack: for each size and weight format, every decoder matmul of one forward pass (vLLM's
   fusion: qkv, o, gate_up, down, PLE, router, the routed experts, the tied LM head) for M
   tokens, captured in one CUDA graph so launch gaps are what vLLM's CUDA graphs leave, each
@@ -33,6 +34,7 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -143,11 +145,49 @@ def measure_copy(device: torch.device, gib: float) -> dict[str, Any]:
     return {"bytes_read_and_written": moved, **timing, "bytes_per_s": moved / timing["median_s"]}
 
 
+@dataclass(frozen=True)
+class Routing:
+    """One layer's routing of a step's tokens: tokens per expert, the token behind each
+    routed row (grouped by expert) and the groups' end offsets (for torch._grouped_mm)."""
+
+    counts: list[int]
+    rows: torch.Tensor
+    offsets: torch.Tensor
+
+
+def measure_kernel_floor(device: torch.device, kernels: int) -> dict[str, Any]:
+    """Time per matmul of a graph of `kernels` tiny dependent matmuls (1x256 by 256x256, bf16):
+    the fixed cost each kernel of a decode step pays whatever it reads."""
+    w = torch.randn(256, 256, dtype=torch.bfloat16, device=device) / 16
+    x = torch.randn(1, 256, dtype=torch.bfloat16, device=device)
+
+    def chain() -> torch.Tensor:
+        y = x
+        for _ in range(kernels):
+            y = y @ w
+        return y
+
+    if device.type == "cuda":
+        with torch.inference_mode():
+            chain()
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                chain()
+        timing = time_callable(graph.replay, device)
+    else:
+        with torch.inference_mode():
+            timing = time_callable(chain, device)
+    return {"kernels": kernels, **timing, "per_kernel_s": timing["median_s"] / kernels}
+
+
 class Stack:
     """The decoder matmuls of one Gemma 4 size in one weight format, weights resident."""
 
-    def __init__(self, entry: dict[str, Any], fmt: str, device: torch.device) -> None:
-        self.entry, self.fmt, self.device = entry, fmt, device
+    def __init__(
+        self, entry: dict[str, Any], fmt: str, device: torch.device, moe_kernel: str
+    ) -> None:
+        self.entry, self.fmt, self.device, self.moe_kernel = entry, fmt, device, moe_kernel
         self.hidden = entry["hidden"]
         self.weight_bytes = 0
         self.layers = [[self._weight(op["in"], op["out"]) for op in ops] for ops in entry["layers"]]
@@ -186,20 +226,23 @@ class Stack:
             )
         return x @ w.t()
 
-    def routing(self, tokens: int, seed: int) -> list[list[int]]:
-        """Tokens per expert per layer: each token picks top_k distinct experts uniformly."""
+    def routing(self, tokens: int, seed: int) -> list[Routing]:
+        """Each layer's routing: every token picks top_k distinct experts uniformly."""
         moe = self.entry["moe"]
         gen = torch.Generator().manual_seed(seed)
-        counts = []
+        layers = []
         for _ in self.layers:
             scores = torch.rand(tokens, moe["num_experts"], generator=gen)
             chosen = scores.topk(moe["top_k"], dim=1).indices.flatten()
-            counts.append(torch.bincount(chosen, minlength=moe["num_experts"]).tolist())
-        return counts
+            counts = torch.bincount(chosen, minlength=moe["num_experts"])
+            # Rows grouped by expert, as a fused-MoE kernel's permutation leaves them.
+            rows = torch.div(chosen.argsort(stable=True), moe["top_k"], rounding_mode="floor")
+            offsets = counts.cumsum(0).to(torch.int32)
+            layers.append(Routing(counts.tolist(), rows.to(self.device), offsets.to(self.device)))
+        return layers
 
-    def forward(self, x: torch.Tensor, lm_rows: int, routing: list[list[int]] | None) -> Any:
+    def forward(self, x: torch.Tensor, lm_rows: int, routing: list[Routing] | None) -> Any:
         """One pass of every matmul for x's rows; returns the LM head's logits."""
-        tokens = x.shape[0]
         for w in self.model_linears:
             self._matmul(x, w)
         for i, weights in enumerate(self.layers):
@@ -212,20 +255,38 @@ class Stack:
                 fan_in = w.shape[1]
                 self._matmul(x if fan_in == self.hidden else x[:, :fan_in].contiguous(), w)
             if routing is not None:
-                w_gate_up, w_down = self.experts[i]
-                inter_e = w_down.shape[2]
-                for expert, count in enumerate(routing[i][: w_gate_up.shape[0]]):
-                    if count:
-                        rows = x[: min(count, tokens)]
-                        h = self._matmul(rows, w_gate_up[expert])[:, :inter_e].contiguous()
-                        self._matmul(h, w_down[expert])
+                self._experts(x, self.experts[i], routing[i])
         return x[-lm_rows:] @ self.lm_head.t()
+
+    def _experts(
+        self, x: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor], route: Routing
+    ) -> None:
+        """The routed experts of one layer. grouped_mm: one grouped GEMM per projection over
+        every expert, as vLLM's fused-MoE kernel runs them; loop: two matmuls per expert hit,
+        which launch-bound small batches (the first H200 run measured this way)."""
+        w_gate_up, w_down = weights
+        inter = w_down.shape[2]
+        if self.moe_kernel == "grouped_mm":
+            routed = x.index_select(0, route.rows)
+            h = torch._grouped_mm(routed, w_gate_up.transpose(1, 2), offs=route.offsets)
+            torch._grouped_mm(h[:, :inter].contiguous(), w_down.transpose(1, 2), offs=route.offsets)
+            return
+        for expert, count in enumerate(route.counts):
+            if count:
+                rows = x[: min(count, x.shape[0])]
+                h = self._matmul(rows, w_gate_up[expert])[:, :inter].contiguous()
+                self._matmul(h, w_down[expert])
 
 
 def measure_stack(
-    entry: dict[str, Any], fmt: str, spec: dict[str, Any], device: torch.device, out: Results
+    entry: dict[str, Any],
+    fmt: str,
+    spec: dict[str, Any],
+    device: torch.device,
+    out: Results,
+    moe_kernel: str,
 ) -> None:
-    stack = Stack(entry, fmt, device)
+    stack = Stack(entry, fmt, device, moe_kernel)
     cases = [("decode", m) for m in spec["decode_batches"]]
     cases += [("prefill", m) for m in spec["prefill_tokens"]]
     for phase, tokens in cases:
@@ -257,10 +318,11 @@ def measure_stack(
                 "rows": rows,
                 "resident_weight_bytes": stack.weight_bytes,
                 "distinct_experts_per_layer": (
-                    statistics.mean(sum(1 for c in layer if c) for layer in routing)
+                    statistics.mean(sum(1 for c in layer.counts if c) for layer in routing)
                     if routing
                     else None
                 ),
+                "moe_kernel": moe_kernel if routing else None,
                 **timing,
             }
             out.data["stack"].append(record)
@@ -315,7 +377,8 @@ def shrink(spec: dict[str, Any]) -> dict[str, Any]:
     """Tiny shapes for a CPU smoke run of this script's logic (not a measurement)."""
 
     def small(n: int) -> int:
-        return max(8, n // 64)
+        # Multiples of 8 elements: grouped GEMMs want 16-byte strides, as real shapes have.
+        return max(8, n // 64 // 8 * 8)
 
     def ops(layer: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [dict(op, **{"in": small(op["in"]), "out": small(op["out"])}) for op in layer]
@@ -359,6 +422,12 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
     parser.add_argument("--models", nargs="*", help="only these sizes")
     parser.add_argument("--skip-hf", action="store_true", help="no whole-model prefills")
+    parser.add_argument(
+        "--moe-kernel",
+        choices=["grouped_mm", "loop"],
+        default="grouped_mm",
+        help="routed experts as one grouped GEMM per projection, or a matmul per expert",
+    )
     args = parser.parse_args()
     spec = json.loads(args.spec.read_text())
     if args.smoke:
@@ -376,6 +445,11 @@ def main() -> int:
         out.save()
     except Exception:
         out.error("copy")
+    try:
+        out.data["kernel_floor"] = measure_kernel_floor(device, 64 if args.smoke else 1024)
+        out.save()
+    except Exception:
+        out.error("kernel_floor")
     for entry in spec["models"]:
         if args.models and entry["model"] not in args.models:
             continue
@@ -383,7 +457,7 @@ def main() -> int:
             if fmt == "fp8" and device.type == "cpu":
                 continue  # _scaled_mm needs fp8 tensor cores
             try:
-                measure_stack(entry, fmt, spec, device, out)
+                measure_stack(entry, fmt, spec, device, out, args.moe_kernel)
             except Exception:
                 out.error(f"stack {entry['model']} {fmt}")
             free_cached(device)  # the weights just went out of scope

@@ -8,6 +8,7 @@ A step runs the scheduled tokens of every request in the batch through the model
 - memory: the weights one step reads (gemma_fleet.vram.decode_read_bytes; for MoE the expected
   number of distinct experts the step's tokens route to) plus the KV cache every token attends
   over plus the KV written; over achievable bandwidth;
+  plus a fixed time per matmul kernel (launch, ramp-up, tail);
 - a step takes max(compute, memory) + tensor-parallel all-reduces + a fixed per-step overhead.
 Tensor parallelism divides FLOPs and bytes across ranks and adds two all-reduces of the hidden
 state per layer (after attention and after the MLP, Megatron style, not overlapped).
@@ -22,14 +23,22 @@ from gemma_fleet.catalog import GpuSpec, ModelSpec, QuantFormat, load_catalog
 from gemma_fleet.vram import KvDtype, decode_read_bytes
 from gemma_fleet.vram.weights import active_expert_params, weight_terms
 
-# Achievable fractions of datasheet peaks.
-# Bandwidth: public LLM-inference simulators use ~0.72 of peak HBM bandwidth for decode
-# (catalog gpus.yaml comment); a plain device-to-device copy reaches ~0.9 on H100, GEMV-shaped
-# weight streaming with small kernels between does not.
-BANDWIDTH_EFFICIENCY = 0.72
-# Compute: an 8192^3 bf16 matmul measured 798 TFLOP/s on an H100 (989 peak) and 788 on an
-# H200; we apply the same 0.807 to fp8 and to every GPU (an assumption).
-COMPUTE_EFFICIENCY = 798 / 989
+# Achievable fractions of datasheet peaks, and the fixed time of a matmul kernel; measured on
+# an H200 at Gemma 4's own shapes (benchmarks/gpu_calibration/results.md) and applied to every
+# GPU (an assumption). docs/simulator.md gives the derivation of each.
+# Bandwidth: fitted so that the published decode anchor (31B FP8, one H100, ~67 tok/s) holds
+# with the kernel floor below; the matmuls alone stream at ~0.94 (bf16) and ~0.82 (fp8) of
+# the datasheet on the H200, and the rest of a vLLM step (attention, norms) reads too.
+BANDWIDTH_EFFICIENCY = 0.765
+# Compute: every decoder matmul of a 2,048- or 8,192-token prefill chunk reached 0.57-0.65 of
+# the H200's dense bf16 peak across the dense sizes (mean 0.61), and 31B's FP8 W8A8 matmuls
+# 0.556 of the fp8 peak; a square 8192^3 matmul reaches 0.80, Gemma's shapes do not.
+COMPUTE_EFFICIENCY = 0.61
+FP8_COMPUTE_EFFICIENCY = 0.556
+# A matmul kernel costs ~4.3 us beyond its bytes (launch, ramp-up and tail, with its small
+# neighbours): a decode step's matmuls fit bytes / (0.94 x bandwidth) + 4.3 us per matmul
+# within 1% for E2B, E4B and 31B. Small models pay it most: E2B's 212 matmuls add ~0.9 ms.
+GEMM_KERNEL_FLOOR_S = 4.3e-6
 # Fixed cost of one engine step: scheduling, input preparation, CUDA-graph launch, sampling and
 # detokenisation in vLLM V1 (an estimate; see docs/simulator.md for how it was checked).
 STEP_OVERHEAD_S = 1.0e-3
@@ -114,12 +123,19 @@ class Roofline:
         # formats dequantise to bf16 in the matmul kernels (Marlin, GGUF).
         fp8 = quant.name == "fp8" and gpu.fp8_tflops is not None
         peak = (gpu.fp8_tflops if fp8 and gpu.fp8_tflops else gpu.bf16_tflops) * 1e12
-        self.flops_per_s = peak * COMPUTE_EFFICIENCY
+        self.compute_efficiency = FP8_COMPUTE_EFFICIENCY if fp8 else COMPUTE_EFFICIENCY
+        self.flops_per_s = peak * self.compute_efficiency
         self.bytes_per_s = gpu.bandwidth_gbs * 1e9 * BANDWIDTH_EFFICIENCY
         if gpu.interconnect == "nvlink":
             self.link = NVLINK_BY_GPU.get(gpu.name, DEFAULT_NVLINK)
         else:
             self.link = PCIE
+        # Matmul kernels one step launches per GPU (vLLM's fusions: qkv, o, gate_up, down; PLE's
+        # gate and projection per layer and its model-level projection; the MoE router and one
+        # fused kernel per expert projection; the LM head): each pays GEMM_KERNEL_FLOOR_S.
+        ple = 1 if text.hidden_size_per_layer_input else 0
+        per_layer = 4 + 2 * ple + (3 if text.moe is not None else 0)
+        self.gemm_kernels = self.layers * per_layer + ple + 1
         # Parameters every token multiplies by (the LM head is counted per sampled token).
         terms = {t.name: t for t in weight_terms(model, quant, vocab_size, text_only=True)}
         linear = sum(
@@ -208,6 +224,7 @@ class Roofline:
         kv_write = tokens * self.kv_write_per_token
         compute = flops / self.tp / self.flops_per_s
         memory = (self.weight_bytes(tokens) + (kv_read + kv_write) / self.tp) / self.bytes_per_s
+        memory += self.gemm_kernels * GEMM_KERNEL_FLOOR_S
         comm = 0.0
         if self.tp > 1:
             message = tokens * self.hidden * ACTIVATION_BYTES
