@@ -31,16 +31,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Per-replica req/s at the SLO, in the ratios the simulator gives for the benchmark's mixes.
 CAPACITY = {
-    "e2b-l4": 21.0,
-    "e2b-a100": 64.0,
-    "e2b-h100": 206.0,
-    "e4b-l4": 2.9,
-    "e4b-a100": 20.3,
-    "e4b-h100": 58.9,
-    "26b-a100": 2.86,
-    "26b-h100": 5.38,
-    "31b-a100": 0.30,
-    "31b-h100": 1.67,
+    "e2b-l4": 16.0,
+    "e2b-a100": 47.6,
+    "e2b-h100": 155.0,
+    "e4b-l4": 2.67,
+    "e4b-a100": 15.9,
+    "e4b-h100": 47.3,
+    "26b-a100": 2.7,
+    "26b-h100": 5.28,
+    "31b-a100": 0.0961,
+    "31b-h100": 1.47,
 }
 
 
@@ -122,14 +122,16 @@ def test_a_new_replica_serves_only_after_it_has_loaded(bench: ModuleType) -> Non
 def test_attainment_counts_the_load_beyond_serving_capacity_as_missed(bench: ModuleType) -> None:
     fleet = load_fleet(ROOT / "benchmarks" / "autoscaler_trace" / "fleet.yaml")
     mixes = {"gemma-4-31B": (6000, 500)}
-    trace = bench.Trace(300.0, {"gemma-4-31B": [3.34] * 2}, mixes)
+    # Twice what the one serving replica carries within its SLO: half the load misses.
+    load = 2 * CAPACITY["31b-h100"]
+    trace = bench.Trace(300.0, {"gemma-4-31B": [load] * 2}, mixes)
     steps = bench.steps(trace)
     timeline = bench.Timeline("one replica", fleet)
     timeline.serving = [{"31b-h100": 1}] * steps
     timeline.paid = timeline.serving
     timeline.nodes = [{"l4": 0, "a100": 0, "h100": 1}] * steps
     outcome = bench.evaluate(timeline, trace, caps())
-    assert outcome.slo_attainment == pytest.approx(1.67 / 3.34)
+    assert outcome.slo_attainment == pytest.approx(0.5)
     assert outcome.cost == pytest.approx(4 * 3.90 * 600 / 3600)
 
 
