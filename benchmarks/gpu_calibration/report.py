@@ -57,8 +57,8 @@ def stack_row(record: dict[str, Any], gpu: str) -> dict[str, Any]:
     rows = record["rows"]
     lm_rows = rows if record["phase"] == "decode" else 1
     weight_bytes = roof.weight_bytes(rows)
-    flops = 2.0 * roof.active_linear_params * rows + 2.0 * roof.lm_head_params * lm_rows
-    memory_s = weight_bytes / roof.bytes_per_s + roof.gemm_kernels * GEMM_KERNEL_FLOOR_S
+    flops = roof.matmul_flops(rows, lm_rows)
+    memory_s = weight_bytes / roof.bytes_per_s + roof.kernel_floor_s
     compute_s = flops / roof.flops_per_s
     measured = record["median_s"]
     peak_bytes = roof.bytes_per_s / BANDWIDTH_EFFICIENCY
@@ -124,16 +124,12 @@ def fit(stack: list[dict[str, Any]]) -> dict[str, Any]:
             result["stream_efficiency_fp8"] = r["weight_bytes"] / streaming / r["peak_bytes_per_s"]
     grouped = [r for r in stack if r["moe_kernel"] == "grouped_mm"]
     if grouped:
-        ratios = {
-            phase: [r["measured_over_predicted"] for r in grouped if r["phase"] == phase]
-            for phase in ("decode", "prefill")
-        }
-        result["moe_grouped_over_roofline"] = {
-            f"{phase}_{end}": fn(values)
-            for phase, values in ratios.items()
-            if values
-            for end, fn in (("min", min), ("max", max))
-        }
+        spread: dict[str, float] = {}
+        for phase in ("decode", "prefill"):
+            ratios = [r["measured_over_predicted"] for r in grouped if r["phase"] == phase]
+            if ratios:  # a run stopped early may lack a phase
+                spread.update({f"{phase}_min": min(ratios), f"{phase}_max": max(ratios)})
+        result["moe_grouped_over_roofline"] = spread
     for fmt in ("bf16", "fp8"):
         prefill = [
             r["implied_compute_efficiency"]

@@ -97,7 +97,7 @@ def test_fit_recovers_the_constants_a_synthetic_gpu_was_built_with() -> None:
         decode = {"model": model, "format": "bf16", "phase": "decode", "tokens": 1, "rows": 1}
         rows.append(report.stack_row({**decode, "median_s": seconds}, "H200"))
         prefill = dict(decode, phase="prefill", tokens=8192, rows=8192)
-        flops = 2.0 * roof.active_linear_params * 8192 + 2.0 * roof.lm_head_params
+        flops = roof.matmul_flops(8192, 1)
         peak_flops = roof.flops_per_s / roof.compute_efficiency
         rows.append(report.stack_row({**prefill, "median_s": flops / (0.6 * peak_flops)}, "H200"))
     fitted = report.fit(rows)

@@ -136,6 +136,7 @@ class Roofline:
         ple = 1 if text.hidden_size_per_layer_input else 0
         per_layer = 4 + 2 * ple + (3 if text.moe is not None else 0)
         self.gemm_kernels = self.layers * per_layer + ple + 1
+        self.kernel_floor_s = self.gemm_kernels * GEMM_KERNEL_FLOOR_S
         # Parameters every token multiplies by (the LM head is counted per sampled token).
         terms = {t.name: t for t in weight_terms(model, quant, vocab_size, text_only=True)}
         linear = sum(
@@ -203,13 +204,16 @@ class Roofline:
         distinct = e * (1 - (1 - k / e) ** max(num_tokens, 1))
         return self.base_weight_bytes + (distinct - k) * self.expert_bytes_per_gpu
 
+    def matmul_flops(self, tokens: int, num_sampled: int) -> float:
+        """FLOPs of a step's linear layers for `tokens` tokens, the LM head for the sampled."""
+        return 2.0 * self.active_linear_params * tokens + 2.0 * self.lm_head_params * num_sampled
+
     def step(self, chunks: list[ScheduledChunk], num_sampled: int) -> StepCost:
         """Cost of one step computing `chunks` and sampling `num_sampled` tokens."""
         tokens = sum(c.num_new_tokens for c in chunks)
         if tokens == 0:
             return StepCost(0.0, 0.0, 0.0, 0.0)
-        flops = 2.0 * self.active_linear_params * tokens
-        flops += 2.0 * self.lm_head_params * num_sampled
+        flops = self.matmul_flops(tokens, num_sampled)
         kv_read = 0.0
         for c in chunks:
             n, start = c.num_new_tokens, c.num_computed_tokens
@@ -224,7 +228,7 @@ class Roofline:
         kv_write = tokens * self.kv_write_per_token
         compute = flops / self.tp / self.flops_per_s
         memory = (self.weight_bytes(tokens) + (kv_read + kv_write) / self.tp) / self.bytes_per_s
-        memory += self.gemm_kernels * GEMM_KERNEL_FLOOR_S
+        memory += self.kernel_floor_s
         comm = 0.0
         if self.tp > 1:
             message = tokens * self.hidden * ACTIVATION_BYTES
