@@ -1,8 +1,9 @@
 """The autoscaler's reconcile loop: observe, decide, act - level-triggered and idempotent.
 
-Each step reads demand from metrics, smooths and forecasts it per model (forecast.py), adds
-headroom, stabilises it (stabilise.py: up at once, down only after the scale-down window), asks
-the planner for replicas per model pool (telling an incumbent-aware planner, incumbent.py, what
+Each step reads demand from metrics, smooths and forecasts it per model (forecast.py: a slow
+level that jumps when the present rate leaves the headroom around it), adds headroom,
+stabilises it (stabilise.py: up at once, down only after the scale-down window), asks the
+planner for replicas per model pool (telling an incumbent-aware planner, incumbent.py, what
 runs now), passes them through the per-pool safety rules (hysteresis.py), derives the nodes
 each node pool then needs, compares that desired state with what the actuator observes, and
 applies only the difference. Nothing is remembered about what was written earlier: a step
@@ -19,7 +20,12 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from gemma_fleet.autoscaler.actuators import Actuator, ActuatorError, FleetState
-from gemma_fleet.autoscaler.forecast import HoltForecaster
+from gemma_fleet.autoscaler.forecast import (
+    HoltForecaster,
+    RateForecaster,
+    RecentRate,
+    counting_noise,
+)
 from gemma_fleet.autoscaler.hysteresis import Hysteresis, PoolDecision
 from gemma_fleet.autoscaler.metrics_source import MetricsError
 from gemma_fleet.autoscaler.plan import ModelDemand, Plan
@@ -60,9 +66,11 @@ class StepReport:
     at: float
     observed: FleetState
     desired: FleetState
-    # What was planned for (stabilised) and this step's own forecast, both with headroom.
+    # What was planned for (stabilised) and this step's own forecast, both with headroom, and
+    # what this step's reading measured.
     demand: Mapping[str, ModelDemand] = field(default_factory=dict)
     forecast: Mapping[str, ModelDemand] = field(default_factory=dict)
+    measured: Mapping[str, ModelDemand] = field(default_factory=dict)
     plan: Plan | None = None
     decisions: tuple[PoolDecision, ...] = ()
     applied: bool = False
@@ -88,9 +96,11 @@ class StepReport:
             lines.append(self.note)
         for model, d in sorted(self.demand.items()):
             now = self.forecast.get(model, d).requests_per_s
+            seen = self.measured.get(model)
+            read = "" if seen is None else f", measured {seen.requests_per_s:.2f}"
             lines.append(
                 f"demand {model}: planned {d.requests_per_s:.2f} req/s (forecast + headroom "
-                f"{now:.2f} now), {d.mean_prompt_tokens:.0f} prompt / "
+                f"{now:.2f} now{read}), {d.mean_prompt_tokens:.0f} prompt / "
                 f"{d.mean_output_tokens:.0f} output tokens"
             )
         if self.plan is not None:
@@ -163,22 +173,23 @@ class Controller:
             self.settings.scale_down_band,
             self.settings.scale_down_band_spreads,
         )
-        self._forecasters: dict[tuple[str, str], HoltForecaster] = {}
+        self._rates: dict[str, RateForecaster] = {}
+        self._lengths: dict[tuple[str, str], HoltForecaster] = {}
 
     def forecast(self, reading: DemandReading) -> dict[str, ModelDemand]:
         """Smoothed, forecast demand per model, with the settings' headroom on the rate."""
         out = {}
         for model, d in reading.demand.items():
             measured = d.requests_per_s
-            level = self._level(model, "rate")
+            level = self._level(model)
             if not reading.complete and level is not None:
                 # An incomplete reading (a URL failed, a gateway replica not heard from twice)
                 # can only under-count: it may raise the level, never pull it down - else the
                 # fleet would shed replicas after an outage and buy them back once all is read.
                 measured = max(measured, level)
-            rate = self._series(model, "rate", reading.at, measured)
-            prompt = self._series(model, "prompt", reading.at, d.mean_prompt_tokens)
-            output = self._series(model, "output", reading.at, d.mean_output_tokens)
+            rate = self._rate(model, reading.at, measured)
+            prompt = self._length(model, "prompt", reading.at, d.mean_prompt_tokens)
+            output = self._length(model, "output", reading.at, d.mean_output_tokens)
             out[model] = ModelDemand(
                 requests_per_s=rate * (1.0 + self.settings.headroom),
                 mean_prompt_tokens=prompt,
@@ -188,26 +199,46 @@ class Controller:
 
     def stabilise(self, at: float, forecast: Mapping[str, ModelDemand]) -> dict[str, ModelDemand]:
         """The demand to plan for: each model's rate through the stabiliser (stabilise.py),
-        its lengths as forecast."""
-        return {
-            model: replace(d, requests_per_s=self.stabiliser.planned(model, at, d.requests_per_s))
-            for model, d in forecast.items()
-        }
+        told its level's counting noise for the band, its lengths as forecast."""
+        half_life = self.settings.smoothing.level_half_life_s
+        out = {}
+        for model, d in forecast.items():
+            level = self._level(model)
+            noise = counting_noise(level, half_life) if level else 0.0
+            planned = self.stabiliser.planned(model, at, d.requests_per_s, noise)
+            out[model] = replace(d, requests_per_s=planned)
+        return out
 
-    def _level(self, model: str, what: str) -> float | None:
-        f = self._forecasters.get((model, what))
+    def _level(self, model: str) -> float | None:
+        f = self._rates.get(model)
         return None if f is None else f.smoothed()
 
-    def _series(self, model: str, what: str, t: float, value: float) -> float:
-        sm = self.settings.smoothing
-        f = self._forecasters.get((model, what))
+    def _rate(self, model: str, t: float, value: float) -> float:
+        f = self._rates.get(model)
         if f is None:
-            f = self._forecasters[(model, what)] = HoltForecaster(
+            sm = self.settings.smoothing
+            present = sm.present_half_life_s
+            # A present rate no quicker than the level has nothing to tell it.
+            quicker = present is not None and present < sm.level_half_life_s
+            f = self._rates[model] = RateForecaster(
+                HoltForecaster(sm.level_half_life_s, sm.trend_half_life_s, sm.horizon_s),
+                RecentRate(present) if quicker and present is not None else None,
+                band=self.settings.headroom,
+            )
+        f.update(t, value)
+        result = f.forecast()
+        return value if result is None else result
+
+    def _length(self, model: str, what: str, t: float, value: float) -> float:
+        sm = self.settings.smoothing
+        f = self._lengths.get((model, what))
+        if f is None:
+            f = self._lengths[(model, what)] = HoltForecaster(
                 sm.level_half_life_s, sm.trend_half_life_s, sm.horizon_s
             )
         f.update(t, value)
         # Lengths are smoothed but not extrapolated: a trend in prompt length is noise.
-        result = f.forecast() if what == "rate" else f.smoothed()
+        result = f.smoothed()
         return value if result is None else result
 
     def nodes_for(self, replicas: Mapping[str, int]) -> dict[str, int]:
@@ -248,6 +279,7 @@ class Controller:
             desired=desired,
             demand=demand,
             forecast=forecast,
+            measured=dict(reading.demand),
             plan=plan,
             decisions=tuple(decisions),
             note="; ".join(reading.errors),

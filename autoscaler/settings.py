@@ -18,24 +18,34 @@ from gemma_fleet.config_file import load_model
 
 class SmoothingSettings(BaseModel):
     """Demand smoothing and forecast (autoscaler/forecast.py): Holt's linear method with
-    time-based half-lives, so irregular scrape intervals weigh samples correctly."""
+    time-based half-lives, so irregular scrape intervals weigh samples correctly, beside a
+    fast estimate of the present rate."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     level_half_life_s: float = Field(
-        240.0,
+        900.0,
         gt=0,
-        description="a sample's weight in the level halves after this long: the scale-down "
-        "window keeps the highest forecast of its span, so the level's noise is paid for; a "
-        "ramp still shows early through the trend and the horizon, a sudden jump more slowly "
-        "(a doubling: half of it after 150 s, 90% after 360 s), so lower it for bursty load",
+        description="a sample's weight in the level halves after this long: the level is the "
+        "demand the headroom is kept over, slow so that counting noise and minute-to-minute "
+        "swings stay inside the headroom instead of each high reading buying a replica; the "
+        "trend follows the day's ramps and present_half_life_s meets bursts",
+    )
+    present_half_life_s: float | None = Field(
+        60.0,
+        gt=0,
+        description="half-life of the estimate of the rate arriving now: once it is surely "
+        "outside the headroom around the level (by 3 standard deviations of its counting "
+        "noise), the level jumps to it, so a burst is met and a drop given back within minutes "
+        "however slow the level; null: the level never jumps",
     )
     trend_half_life_s: float = Field(
-        480.0,
+        900.0,
         gt=0,
-        description="a slope estimate's weight halves after this long: long enough that the "
-        "slope follows the day's ramps, not the noise of 30 s request counts, which the "
-        "horizon would multiply",
+        description="a slope estimate's weight halves after this long: not shorter than "
+        "level_half_life_s, or Holt's method overshoots and the level swings; long enough "
+        "that the slope follows the day's ramps, not the noise of 30 s request counts, which "
+        "the horizon would multiply",
     )
     horizon_s: float = Field(
         120.0,

@@ -55,6 +55,13 @@ MIN_SPREAD_SAMPLES = 6
 # The band never goes below this: a series smooth for half an hour may turn noisy, and the
 # first noisy reading should not find the plan right on its window's highest forecast.
 MIN_BAND = 0.01
+# Nor below this many standard deviations of the forecast level's own counting noise (the
+# `noise` the controller passes in): a slow level wanders over hours by more than its spread
+# over half an hour shows, and each wander across a replica boundary would reverse the pool
+# (on steady load right on a boundary, 8 noise seeds, 4 h, 15-minute level: one reversal on
+# one seed at 3 sigmas, none at 4; with a 30-minute level and the 1% floor alone, 1-3
+# reversals on 3 seeds).
+BAND_NOISE_SIGMAS = 4.0
 
 
 @dataclass
@@ -80,9 +87,11 @@ class DemandStabiliser:
         self.band_spreads = band_spreads
         self._series: dict[str, _Series] = {}
 
-    def planned(self, model: str, at: float, forecast: float) -> float:
+    def planned(self, model: str, at: float, forecast: float, noise: float = 0.0) -> float:
         """Take in `model`'s forecast rate at time `at` (seconds, monotonic) and return the
-        rate to plan for. The first forecast of a model is planned as it is."""
+        rate to plan for; `noise` is the forecast's relative counting noise (forecast.
+        counting_noise of its level), which the band does not go below BAND_NOISE_SIGMAS of.
+        The first forecast of a model is planned as it is."""
         series = self._series.get(model)
         if series is None:
             series = self._series[model] = _Series(planned=forecast)
@@ -97,20 +106,22 @@ class DemandStabiliser:
         if up > series.planned:
             series.planned = up
         else:
-            band = self.band(model)
+            band = self.band(model, noise)
             if down * (1.0 + band) < series.planned:
                 series.planned = down * (1.0 + band)
         return series.planned
 
-    def band(self, model: str) -> float:
-        """The scale-down band `model`'s next fall would land with (the module's rule)."""
+    def band(self, model: str, noise: float = 0.0) -> float:
+        """The scale-down band `model`'s next fall would land with, for a forecast with
+        relative counting noise `noise` (the module's rule)."""
         series = self._series.get(model)
         if self.band_spreads is None or series is None:
             return self.scale_down_band
         spread = relative_spread(series.forecasts)
         if spread is None:
             return self.scale_down_band
-        return min(self.scale_down_band, max(MIN_BAND, self.band_spreads * spread))
+        floor = max(MIN_BAND, BAND_NOISE_SIGMAS * noise)
+        return min(self.scale_down_band, max(floor, self.band_spreads * spread))
 
 
 def relative_spread(points: Sequence[tuple[float, float]]) -> float | None:

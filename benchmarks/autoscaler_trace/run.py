@@ -56,8 +56,9 @@ NO_INCUMBENT = "ours, incumbent planner off"
 LOOSE_TOLERANCE = "ours, incumbent_tolerance 0.05"
 FIXED_BAND = "ours, fixed 10% band"
 NO_BAND = "ours, scale_down_band 0"
-QUICKER_LEVEL = "ours, level half-life 120 s"
-QUICKER_TREND = "ours, trend half-life 120 s"
+PREVIOUS_SMOOTHING = "ours, smoothing until 2026-12-04"
+NO_JUMPS = "ours, level never jumps"
+SLOWER_LEVEL = "ours, level and trend half-life 1800 s"
 # Diagnostics (--tried): the controller fed the trace's true rates instead of noisy counts.
 TRUE_RATES = "ours, fed the true rates"
 TRUE_RATES_NO_RULES = "ours, fed the true rates, hysteresis off"
@@ -1021,8 +1022,13 @@ def ray_pools(fleet: FleetSpec, trace: Trace, caps: Mapping[str, Capacity]) -> d
 
 def tried_settings(settings: ControllerSettings) -> list[tuple[str, ControllerSettings, str]]:
     """The settings tried and not shipped (`--tried`): name, settings, what differs."""
-    level_120 = settings.smoothing.model_copy(update={"level_half_life_s": 120.0})
-    trend_120 = settings.smoothing.model_copy(update={"trend_half_life_s": 120.0})
+    previous = settings.smoothing.model_copy(
+        update={"level_half_life_s": 240.0, "trend_half_life_s": 480.0, "present_half_life_s": None}
+    )
+    no_jumps = settings.smoothing.model_copy(update={"present_half_life_s": None})
+    slower = settings.smoothing.model_copy(
+        update={"level_half_life_s": 1800.0, "trend_half_life_s": 1800.0}
+    )
     return [
         (
             LOOSE_TOLERANCE,
@@ -1044,15 +1050,23 @@ def tried_settings(settings: ControllerSettings) -> list[tuple[str, ControllerSe
             "noise seeds)",
         ),
         (
-            QUICKER_LEVEL,
-            settings.model_copy(update={"smoothing": level_120}),
-            "as shipped but smoothing.level_half_life_s 120 (the default before this run; 60 "
-            "before that)",
+            PREVIOUS_SMOOTHING,
+            settings.model_copy(update={"smoothing": previous}),
+            "as shipped but the smoothing before 2026-12-04: a 240 s level, a 480 s trend, no "
+            "jumps to the present rate",
         ),
         (
-            QUICKER_TREND,
-            settings.model_copy(update={"smoothing": trend_120}),
-            "as shipped but smoothing.trend_half_life_s 120 (the default before 2026-12-01)",
+            NO_JUMPS,
+            settings.model_copy(update={"smoothing": no_jumps}),
+            "as shipped but smoothing.present_half_life_s null: the 900 s level never jumps to "
+            "the present rate, so bursts wait for it",
+        ),
+        (
+            SLOWER_LEVEL,
+            settings.model_copy(update={"smoothing": slower}),
+            "as shipped but a 1800 s level and trend: cheaper on this trace, but on a smooth "
+            "decline of 17%/h it gives a replica back 22 min after it could go "
+            "(tests/autoscaler/test_controller.py asks for 5-12)",
         ),
     ]
 
@@ -1224,7 +1238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--tried",
         action="store_true",
         help="also run the settings tried and not shipped (incumbent_tolerance 0.05; "
-        "a fixed 10%% band and no band; a 120 s level half-life; a 120 s trend half-life) and "
+        "a fixed 10%% band and no band; the smoothing until 2026-12-04; a level that never "
+        "jumps; a 1800 s level and trend) and "
         "the controller fed the true rates, with its rules as shipped and off (diagnostics)",
     )
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from gemma_fleet.autoscaler.stabilise import (
+    BAND_NOISE_SIGMAS,
     MIN_BAND,
     MIN_SPREAD_SAMPLES,
     DemandStabiliser,
@@ -114,6 +115,22 @@ def test_the_band_is_the_cap_until_there_is_enough_to_measure() -> None:
     assert stab.band(M) == 0.10
     stab.planned(M, 30.0 * MIN_SPREAD_SAMPLES, 50.0)
     assert stab.band(M) == MIN_BAND
+
+
+def test_the_band_covers_the_forecast_levels_own_counting_noise() -> None:
+    # Smooth forecasts measure next to no spread, but a level estimated from few requests
+    # wanders over hours by more than that: the band is at least BAND_NOISE_SIGMAS of the
+    # noise the caller says the level has, and still no more than the cap.
+    stab = spread_fed(0.0)
+    assert stab.band(M) == MIN_BAND
+    assert stab.band(M, noise=0.006) == pytest.approx(BAND_NOISE_SIGMAS * 0.006)
+    assert stab.band(M, noise=0.5) == 0.10
+    # On a straight fall (no spread at all) each step lands that band above the window's
+    # highest forecast.
+    series = [100.0 - 0.05 * k for k in range(400)]
+    fall = DemandStabiliser(0, 300, scale_down_band=0.10, band_spreads=4.0)
+    planned = [fall.planned(M, 30.0 * k, f, noise=0.006) for k, f in enumerate(series)]
+    assert planned[-1] == pytest.approx(series[-11] * (1 + BAND_NOISE_SIGMAS * 0.006))
 
 
 def test_a_steady_trend_is_not_noise() -> None:

@@ -1,0 +1,110 @@
+"""The demand forecast (autoscaler/forecast.py): a slow Holt level that jumps to the present rate
+once that is surely outside the headroom around it. Poisson counts over 30 s scrapes, seeded."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import pytest
+
+from gemma_fleet.autoscaler.forecast import (
+    JUMP_NOISE_SIGMAS,
+    HoltForecaster,
+    RateForecaster,
+    RecentRate,
+    counting_noise,
+)
+
+SCRAPE = 30.0
+
+
+def poisson(rng: random.Random, mean: float) -> int:
+    # Knuth's method: exact while exp(-mean) is a normal double (means up to ~700).
+    limit, k, p = math.exp(-mean), 0, rng.random()
+    while p > limit:
+        k += 1
+        p *= rng.random()
+    return k
+
+
+def readings(rng: random.Random, rate: float, n: int) -> list[float]:
+    """`n` rates measured from Poisson counts over a scrape each."""
+    return [poisson(rng, rate * SCRAPE) / SCRAPE for _ in range(n)]
+
+
+def forecaster(jumps: bool = True, level_s: float = 900.0, band: float = 0.1) -> RateForecaster:
+    return RateForecaster(
+        HoltForecaster(level_s, level_s, 120.0), RecentRate(60.0) if jumps else None, band
+    )
+
+
+@pytest.mark.parametrize(("rate", "half_life"), [(5.0, 60.0), (5.0, 900.0), (20.0, 240.0)])
+def test_counting_noise_is_the_spread_of_an_ewma_of_poisson_counts(
+    rate: float, half_life: float
+) -> None:
+    rng = random.Random(11)
+    ewma, values = RecentRate(half_life), []
+    for k, r in enumerate(readings(rng, rate, 40_000)):
+        ewma.update(k * SCRAPE, r)
+        if k > 100 and ewma.value is not None:
+            values.append(ewma.value)
+    measured = statistics.pstdev(values) / rate
+    # The formula counts arrivals continuously; 30 s scrapes are close to that when the
+    # half-life spans several of them.
+    assert measured == pytest.approx(counting_noise(rate, half_life), rel=0.15)
+
+
+def fed(series: list[float], *forecasters: RateForecaster, start: int = 0) -> None:
+    """Feed `series`, one reading a scrape from scrape `start`, to every forecaster."""
+    for k, r in enumerate(series, start):
+        for f in forecasters:
+            f.update(k * SCRAPE, r)
+
+
+def test_a_burst_past_the_headroom_moves_the_level_within_minutes() -> None:
+    rng = random.Random(5)
+    jumping, slow = forecaster(), forecaster(jumps=False)
+    fed(readings(rng, 4.0, 120) + readings(rng, 8.0, 7), jumping, slow)
+    # Three minutes into the burst: most of the way up, where a 900 s level alone is far below.
+    assert (jumping.smoothed() or 0) > 7.0
+    assert (slow.smoothed() or 0) < 5.0
+    fed(readings(rng, 8.0, 13), jumping, start=127)
+    assert jumping.forecast() == pytest.approx(8.0, rel=0.1)
+
+
+def test_a_drop_past_the_headroom_moves_the_level_down_within_minutes() -> None:
+    rng = random.Random(6)
+    jumping, slow = forecaster(), forecaster(jumps=False)
+    fed(readings(rng, 8.0, 120) + readings(rng, 2.0, 6), jumping, slow)
+    # Three minutes after the drop: most of the way down, where the slow level has hardly
+    # started (capacity for it would be held most of an hour).
+    assert (jumping.smoothed() or 0) < 3.5
+    assert (slow.smoothed() or 0) > 6.5
+
+
+@pytest.mark.parametrize("seed", range(1, 5))
+def test_steady_noisy_load_never_jumps(seed: int) -> None:
+    # 4 h at 5 req/s: readings swing +-8% (one sd), the present rate +-3.5%; it never leaves
+    # the 10% headroom around the level by 3 of its sds, so the level is exactly the one a
+    # forecaster without jumps keeps, and far calmer than the readings.
+    rng = random.Random(seed)
+    series = readings(rng, 5.0, 480)
+    jumping, slow = forecaster(), forecaster(jumps=False)
+    levels = []
+    for k, r in enumerate(series):
+        jumping.update(k * SCRAPE, r)
+        slow.update(k * SCRAPE, r)
+        assert jumping.smoothed() == slow.smoothed()
+        levels.append(jumping.smoothed() or 0.0)
+    assert statistics.pstdev(series) > 4 * statistics.pstdev(levels[60:])
+
+
+def test_the_present_rate_bounds_are_its_counting_noise() -> None:
+    recent = RecentRate(60.0)
+    assert recent.bounds(JUMP_NOISE_SIGMAS) is None
+    recent.update(0.0, 10.0)
+    low, high = recent.bounds(2.0) or (0.0, 0.0)
+    sd = 10.0 * counting_noise(10.0, 60.0)
+    assert (low, high) == pytest.approx((10.0 - 2 * sd, 10.0 + 2 * sd))
