@@ -29,7 +29,7 @@ present rate (`RecentRate`, a minute's half-life) runs beside it (`RateForecaste
 present rate stays within the headroom around the level, the level moves slowly; once it is
 surely outside (by more than JUMP_NOISE_SIGMAS of its own counting noise), demand has changed,
 not wobbled, and the level jumps to it. Slower still (30 minutes) was cheaper on the 24 h
-trace but trails a steady decline by so much that a replica stays 20 minutes after it could
+trace but trails a steady decline by so much that a replica stays 22 minutes after it could
 go (tests/autoscaler/test_controller.py, the smooth decline test).
 """
 

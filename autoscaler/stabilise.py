@@ -37,7 +37,10 @@ their straight-line trend over the last `SPREAD_WINDOW_S`, between `MIN_BAND` an
 wander (Poisson counts, interval-to-interval swings of the traffic itself, scrape jitter), which
 a model of counting noise alone misses. On the trace with its interval wobble the band stays
 near its cap; on the same day without the wobble, fed the true rates, it sits at its floor
-most of the time (benchmarks/autoscaler_trace/README.md).
+most of the time (benchmarks/autoscaler_trace/README.md). The floor is the higher of
+`MIN_BAND` and BAND_NOISE_SIGMAS times the counting noise of the forecast's level, which the
+caller passes in: what a half-hour spread cannot show is how far a slow level drifts over
+hours.
 """
 
 from __future__ import annotations
