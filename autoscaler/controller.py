@@ -218,11 +218,11 @@ class Controller:
         if f is None:
             sm = self.settings.smoothing
             present = sm.present_half_life_s
-            # A present rate no quicker than the level has nothing to tell it.
-            quicker = present is not None and present < sm.level_half_life_s
+            if present is not None and present >= sm.level_half_life_s:
+                present = None  # no quicker than the level: it has nothing to tell it
             f = self._rates[model] = RateForecaster(
                 HoltForecaster(sm.level_half_life_s, sm.trend_half_life_s, sm.horizon_s),
-                RecentRate(present) if quicker and present is not None else None,
+                None if present is None else RecentRate(present),
                 band=self.settings.headroom,
             )
         f.update(t, value)

@@ -294,23 +294,17 @@ def test_noisy_load_on_a_layout_boundary_does_not_flip_the_layout() -> None:
     )
     loop.source.running = {"e4b-l4": 20.0, "e4b-h100": 20.0}
     loop.run(2 * 3600)
+
     # The bare optimum on each step's own reading plus headroom. (Until 2026-12-04 on each
     # step's forecast; its level is now slow enough to stay calm itself.)
-    headroom = 1.0 + settings.headroom
-    bare = [
-        int(
-            solve(
-                exact_problem(
-                    {
-                        m: replace(d, requests_per_s=d.requests_per_s * headroom)
-                        for m, d in r.measured.items()
-                    }
-                )
-            ).plan.replicas["e4b-h100"]
-        )
-        for r in loop.reports
-        if r.measured
-    ]
+    def bare_h100(measured: Mapping[str, ModelDemand]) -> int:
+        demand = {
+            m: replace(d, requests_per_s=d.requests_per_s * (1.0 + settings.headroom))
+            for m, d in measured.items()
+        }
+        return int(solve(exact_problem(demand)).plan.replicas["e4b-h100"])
+
+    bare = [bare_h100(r.measured) for r in loop.reports if r.measured]
     assert reversals(bare) >= 6, "the bare optimum must flicker for the test to mean anything"
     for pool in ("e4b-l4", "e4b-h100"):
         held = [n for _, n in loop.series(pool)]
