@@ -14,6 +14,7 @@ controller is corrected on the next one.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,6 @@ from gemma_fleet.autoscaler.forecast import (
     HoltForecaster,
     RateForecaster,
     RecentRate,
-    counting_noise,
 )
 from gemma_fleet.autoscaler.hysteresis import Hysteresis, PoolDecision
 from gemma_fleet.autoscaler.metrics_source import MetricsError
@@ -200,11 +200,11 @@ class Controller:
     def stabilise(self, at: float, forecast: Mapping[str, ModelDemand]) -> dict[str, ModelDemand]:
         """The demand to plan for: each model's rate through the stabiliser (stabilise.py),
         told its level's counting noise for the band, its lengths as forecast."""
-        half_life = self.settings.smoothing.level_half_life_s
         out = {}
         for model, d in forecast.items():
-            level = self._level(model)
-            noise = counting_noise(level, half_life) if level else 0.0
+            rates = self._rates.get(model)
+            noise = rates.noise(self.settings.interval_s) if rates is not None else 0.0
+            noise = 0.0 if math.isinf(noise) else noise
             planned = self.stabiliser.planned(model, at, d.requests_per_s, noise)
             out[model] = replace(d, requests_per_s=planned)
         return out

@@ -80,15 +80,16 @@ class ControllerSettings(BaseModel):
         description="a fall in the plan lands this fraction above the down window's highest "
         "forecast, and passes only when that is below the planned rate, so the next noisy "
         "reading does not raise the plan straight back; with scale_down_band_spreads, the most "
-        "the band may be",
+        "the measured spread may make the band (the floor from counting noise may exceed it)",
     )
     scale_down_band_spreads: float | None = Field(
         5.0,
         ge=0,
         description="the band is this many times the relative spread of a model's forecasts "
-        "around their trend over the last 30 minutes, between 1% and scale_down_band, so smooth "
-        "demand is not held a fixed band above its forecast all the way down "
-        "(autoscaler/stabilise.py); null: always scale_down_band",
+        "around their trend over the last 30 minutes, at most scale_down_band, so smooth "
+        "demand is not held a fixed band above its forecast all the way down; never below 1% "
+        "nor 4 standard deviations of the forecast's counting noise (autoscaler/stabilise.py); "
+        "null: always scale_down_band",
     )
     min_replica_lifetime_s: float = Field(
         300.0, ge=0, description="no scale-down of a pool within this long of its last scale-up"

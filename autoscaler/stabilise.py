@@ -37,10 +37,17 @@ their straight-line trend over the last `SPREAD_WINDOW_S`, between `MIN_BAND` an
 wander (Poisson counts, interval-to-interval swings of the traffic itself, scrape jitter), which
 a model of counting noise alone misses. On the trace with its interval wobble the band stays
 near its cap; on the same day without the wobble, fed the true rates, it sits at its floor
-most of the time (benchmarks/autoscaler_trace/README.md). The floor is the higher of
-`MIN_BAND` and BAND_NOISE_SIGMAS times the counting noise of the forecast's level, which the
-caller passes in: what a half-hour spread cannot show is how far a slow level drifts over
-hours.
+most of the time (benchmarks/autoscaler_trace/README.md).
+
+Why a floor from counting noise, and why the cap does not bound it: what a half-hour spread
+cannot show is how far a slow level drifts over hours, and a drift across a replica boundary
+and back is a reversal. So the band is never below BAND_NOISE_SIGMAS times the forecast's own
+counting noise (forecast.HoltForecaster.noise, which the caller passes in), nor below
+`MIN_BAND`. The cap, `scale_down_band`, bounds only the measured spread: a model served at a
+fraction of a request per second counts so few requests that its forecast wanders by more
+than 10%, and capping the floor there brought the reversals back (steady 0.45 req/s on a
+one-replica boundary, 8 noise seeds, 4 h: 2 reversals on 2 seeds with the floor capped at
+10%, none uncapped; benchmarks/autoscaler_trace/README.md).
 """
 
 from __future__ import annotations
@@ -53,18 +60,20 @@ from dataclasses import dataclass, field
 # Seconds of forecasts the band's spread is measured over: several of the minutes-long swings
 # real traffic has, short enough to follow the day's changes in how noisy a model is.
 SPREAD_WINDOW_S = 1800.0
-# Fewer forecasts than this say nothing about spread: the band is then `scale_down_band`.
+# Fewer forecasts than this say nothing about spread: the band is then `scale_down_band` (or
+# the floor, where that is higher).
 MIN_SPREAD_SAMPLES = 6
 # The band never goes below this: a series smooth for half an hour may turn noisy, and the
 # first noisy reading should not find the plan right on its window's highest forecast.
 MIN_BAND = 0.01
-# Nor below this many standard deviations of the forecast level's own counting noise (the
-# `noise` the controller passes in): a slow level wanders over hours by more than its spread
-# over half an hour shows, and each wander across a replica boundary would reverse the pool
-# (on steady load right on a boundary, 8 noise seeds, 4 h, 15-minute level: one reversal on
-# one seed at 3 sigmas, none at 4; with a 30-minute level and the 1% floor alone, 1-3
-# reversals on 3 seeds).
-BAND_NOISE_SIGMAS = 4.0
+# Nor below this many standard deviations of the forecast's own counting noise (the `noise`
+# the controller passes in, forecast.HoltForecaster.noise): a slow level wanders over hours by
+# more than its spread over half an hour shows, and a wander across a replica boundary and
+# back reverses the pool. The band must span both excursions, so about twice the largest
+# wander a few hours hold: steady load just under a boundary at 0.45, 2.7, 5.45 and 20 req/s,
+# 8 noise seeds, 4 h each: one reversal at 4 sds (one 20 req/s seed), none at 5 or 6. On the
+# 24 h trace 5 costs 0.9% a day more than 4 (benchmarks/autoscaler_trace/README.md).
+BAND_NOISE_SIGMAS = 5.0
 
 
 @dataclass
@@ -116,15 +125,17 @@ class DemandStabiliser:
 
     def band(self, model: str, noise: float = 0.0) -> float:
         """The scale-down band `model`'s next fall would land with, for a forecast with
-        relative counting noise `noise` (the module's rule)."""
+        relative counting noise `noise` (the module's rule: with `band_spreads`, the measured
+        spread's multiple capped at `scale_down_band`, or the cap before there is enough to
+        measure, and never below the floor)."""
         series = self._series.get(model)
         if self.band_spreads is None or series is None:
             return self.scale_down_band
+        floor = max(MIN_BAND, BAND_NOISE_SIGMAS * noise)
         spread = relative_spread(series.forecasts)
         if spread is None:
-            return self.scale_down_band
-        floor = max(MIN_BAND, BAND_NOISE_SIGMAS * noise)
-        return min(self.scale_down_band, max(floor, self.band_spreads * spread))
+            return max(floor, self.scale_down_band)
+        return max(floor, min(self.scale_down_band, self.band_spreads * spread))
 
 
 def relative_spread(points: Sequence[tuple[float, float]]) -> float | None:

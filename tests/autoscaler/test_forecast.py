@@ -108,3 +108,41 @@ def test_the_present_rate_bounds_are_its_counting_noise() -> None:
     low, high = recent.bounds(2.0) or (0.0, 0.0)
     sd = 10.0 * counting_noise(10.0, 60.0)
     assert (low, high) == pytest.approx((10.0 - 2 * sd, 10.0 + 2 * sd))
+
+
+@pytest.mark.parametrize(
+    ("rate", "level_s", "trend_s"), [(5.0, 900.0, 900.0), (20.0, 900.0, 900.0), (2.0, 240.0, 480.0)]
+)
+def test_the_forecast_noise_is_the_spread_of_the_forecast_on_poisson_counts(
+    rate: float, level_s: float, trend_s: float
+) -> None:
+    # The band's floor is a multiple of this figure: it must be the forecast's own spread,
+    # slope and all, which is wider than a plain EWMA's (counting_noise) by about 1.4 here.
+    rng = random.Random(11)
+    holt, values = HoltForecaster(level_s, trend_s, 120.0), []
+    for k, r in enumerate(readings(rng, rate, 40_000)):
+        holt.update(k * SCRAPE, r)
+        if k > 400:
+            values.append(holt.forecast() or 0.0)
+    measured = statistics.pstdev(values) / rate
+    assert measured == pytest.approx(holt.noise(rate, SCRAPE), rel=0.15)
+    assert holt.noise(rate, SCRAPE) > 1.2 * counting_noise(rate, level_s)
+    assert math.isinf(holt.noise(0.0, SCRAPE))
+
+
+@pytest.mark.parametrize("seed", range(1, 5))
+def test_a_new_level_forgets_a_high_first_reading_within_minutes(seed: int) -> None:
+    # A controller (re)started on a reading twice the true rate: the level is the mean of what
+    # it has read so far, so ten minutes later it is within 10% of the rate. Weighing the
+    # first reading as a settled 15-minute level would (2% per reading), it was still 60% high.
+    rng = random.Random(seed)
+    f = forecaster()
+    fed([10.0, *readings(rng, 5.0, 20)], f)
+    assert f.smoothed() == pytest.approx(5.0, rel=0.1)
+
+
+def test_a_new_level_has_no_trend_from_its_first_readings() -> None:
+    # Two readings are a mean, not a ramp: the forecast does not project their difference.
+    f = forecaster()
+    fed([10.0, 20.0], f)
+    assert f.forecast() == pytest.approx(15.0, rel=0.02)
