@@ -180,17 +180,23 @@ class RecentRate:
         self.value += weight(t - self.last_t, self.half_life_s) * (value - self.value)
         self.last_t = t
 
-    def bounds(self, sigmas: float) -> tuple[float, float] | None:
-        """The rate less and plus `sigmas` standard deviations of its counting noise
-        (`counting_noise`); None before the first observation. Traffic burstier than Poisson
-        leaves these bounds more often than the sigmas say."""
+    def surely_outside(self, low: float, high: float, sigmas: float) -> bool:
+        """Whether the rate is more than `sigmas` standard deviations of counting noise below
+        `low` or above `high`. Judged on the square root of the count the rate stands for
+        (2 tau seconds of arrivals, as in `counting_noise`), where Poisson noise has the same
+        spread, 1/2, at any rate: judged by the rate's own noise, a run of low counts at a
+        few requests a scrape looked surer than it was (its noise shrinks with it), and the
+        level jumped on noise. At many requests a scrape this is `counting_noise` of the edge
+        passed. False before the first observation. Traffic burstier than Poisson is outside
+        more often than the sigmas say."""
         if self.value is None:
-            return None
-        rate = max(0.0, self.value)
-        if rate == 0.0:
-            return 0.0, 0.0
-        noise = rate * counting_noise(rate, self.half_life_s)
-        return max(0.0, rate - sigmas * noise), rate + sigmas * noise
+            return False
+        seconds = 2.0 * self.half_life_s / math.log(2)
+        root, margin = math.sqrt(max(0.0, self.value) * seconds), sigmas / 2.0
+        return (
+            root > math.sqrt(max(0.0, high) * seconds) + margin
+            or root < math.sqrt(max(0.0, low) * seconds) - margin
+        )
 
 
 @dataclass
@@ -208,12 +214,13 @@ class RateForecaster:
         if self.present is None:
             return
         self.present.update(t, value)
-        bounds, level = self.present.bounds(JUMP_NOISE_SIGMAS), self.holt.level
-        if bounds is None or level is None or self.present.value is None:
+        level, present = self.holt.level, self.present.value
+        if level is None or present is None:
             return
-        low, high = bounds
-        if low > level * (1.0 + self.band) or high < level / (1.0 + self.band):
-            self.holt.jump_to(self.present.value)
+        if self.present.surely_outside(
+            level / (1.0 + self.band), level * (1.0 + self.band), JUMP_NOISE_SIGMAS
+        ):
+            self.holt.jump_to(present)
 
     def smoothed(self) -> float | None:
         """The level (HoltForecaster.smoothed)."""
