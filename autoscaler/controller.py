@@ -199,7 +199,7 @@ class Controller:
 
     def stabilise(self, at: float, forecast: Mapping[str, ModelDemand]) -> dict[str, ModelDemand]:
         """The demand to plan for: each model's rate through the stabiliser (stabilise.py),
-        told its level's counting noise for the band, its lengths as forecast."""
+        told its forecast's counting noise for the band, its lengths as forecast."""
         out = {}
         for model, d in forecast.items():
             rates = self._rates.get(model)

@@ -27,10 +27,10 @@ minute-to-minute swings instead of every high reading buying a replica. A slow l
 would meet a burst late and give capacity back long after a drop, so a fast estimate of the
 present rate (`RecentRate`, a minute's half-life) runs beside it (`RateForecaster`): while the
 present rate stays within the headroom around the level, the level moves slowly; once it is
-surely outside (by more than JUMP_NOISE_SIGMAS of its own counting noise), demand has changed,
-not wobbled, and the level jumps to it. Slower still (30 minutes) was cheaper on the 24 h
-trace but trails a steady decline by so much that a replica stays 22 minutes after it could
-go (tests/autoscaler/test_controller.py, the smooth decline test).
+surely outside (by more than JUMP_NOISE_SIGMAS of counting noise, RecentRate.surely_outside),
+demand has changed, not wobbled, and the level jumps to it. Slower still (30 minutes) was
+cheaper on the 24 h trace but trails a steady decline by so much that a replica stays 22
+minutes after it could go (tests/autoscaler/test_controller.py, the smooth decline test).
 
 A new level (a controller just started or restarted) is the weighted mean of the readings it
 has, not a settled level's 2% step towards each: otherwise a first reading 6% high, one
@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 # How surely the present rate must be outside the headroom around the level before the level
-# jumps to it, in standard deviations of the present rate's counting noise. At 3 a steady
-# Poisson load almost never jumps on noise alone. On the 24 h trace 2 and 3 cost within 1/day
+# jumps to it, in standard deviations of counting noise (RecentRate.surely_outside). At 3 a
+# steady Poisson load almost never jumps on noise alone. On the 24 h trace 2 and 3 cost within 1/day
 # of each other at the same SLO attainment (with a 30-minute level, 2 cost 1 point more).
 JUMP_NOISE_SIGMAS = 3.0
 

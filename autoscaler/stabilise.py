@@ -46,8 +46,8 @@ counting noise (forecast.HoltForecaster.noise, which the caller passes in), nor 
 `MIN_BAND`. The cap, `scale_down_band`, bounds only the measured spread: a model served at a
 fraction of a request per second counts so few requests that its forecast wanders by more
 than 10%, and capping the floor there brought the reversals back (steady 0.45 req/s on a
-one-replica boundary, 8 noise seeds, 4 h: 2 reversals on 2 seeds with the floor capped at
-10%, none uncapped; benchmarks/autoscaler_trace/README.md).
+one-replica boundary, 8 noise seeds, 4 h: 2 reversals on each of 2 seeds with the floor capped
+at 10%, none uncapped; benchmarks/autoscaler_trace/README.md).
 """
 
 from __future__ import annotations
