@@ -30,7 +30,7 @@ from gemma_fleet.autoscaler.hysteresis import Hysteresis, PoolDecision
 from gemma_fleet.autoscaler.metrics_source import MetricsError
 from gemma_fleet.autoscaler.plan import ModelDemand, Plan
 from gemma_fleet.autoscaler.settings import ControllerSettings
-from gemma_fleet.autoscaler.stabilise import DemandStabiliser
+from gemma_fleet.autoscaler.stabilise import FALL_NOISE_SIGMAS, DemandStabiliser
 from gemma_fleet.deployments.pools import FleetSpec, nodes_needed
 
 if TYPE_CHECKING:
@@ -199,12 +199,16 @@ class Controller:
 
     def stabilise(self, at: float, forecast: Mapping[str, ModelDemand]) -> dict[str, ModelDemand]:
         """The demand to plan for: each model's rate through the stabiliser (stabilise.py),
-        told its forecast's counting noise for the band, its lengths as forecast."""
+        told its forecast's counting noise for the band (none while it is surely falling),
+        its lengths as forecast."""
         out = {}
+        dt = self.settings.interval_s
         for model, d in forecast.items():
             rates = self._rates.get(model)
-            noise = rates.noise(self.settings.interval_s) if rates is not None else 0.0
-            noise = 0.0 if math.isinf(noise) else noise
+            noise = 0.0
+            if rates is not None and not rates.falling(dt, FALL_NOISE_SIGMAS):
+                noise = rates.noise(dt)
+                noise = 0.0 if math.isinf(noise) else noise
             planned = self.stabiliser.planned(model, at, d.requests_per_s, noise)
             out[model] = replace(d, requests_per_s=planned)
         return out

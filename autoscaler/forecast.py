@@ -235,3 +235,13 @@ class RateForecaster:
         (HoltForecaster.noise); infinite before the first observation or at a level of 0."""
         level = self.holt.smoothed()
         return math.inf if level is None else self.holt.noise(level, dt_s)
+
+    def falling(self, dt_s: float, sigmas: float) -> bool:
+        """Whether the level is surely falling: its slope over one time constant of the level
+        (half-life / ln 2) is more than `sigmas` times the forecast's counting noise below
+        it (readings every `dt_s` seconds)."""
+        level = self.holt.smoothed()
+        if not level:
+            return False
+        tau = self.holt.level_half_life_s / math.log(2)
+        return self.holt.slope * tau < -sigmas * self.holt.noise(level, dt_s) * level

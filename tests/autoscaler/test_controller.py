@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from gemma_fleet.autoscaler import controller as controller_module
 from gemma_fleet.autoscaler.actuators import FleetState, InMemoryActuator
 from gemma_fleet.autoscaler.controller import Controller, StepReport, nodes_for
 from gemma_fleet.autoscaler.metrics_source import (
@@ -31,6 +32,7 @@ from gemma_fleet.autoscaler.settings import (
     SmoothingSettings,
     load_settings,
 )
+from gemma_fleet.autoscaler.stabilise import FALL_NOISE_SIGMAS
 from gemma_fleet.cli.main import main
 from gemma_fleet.deployments.pools import FleetSpec, default_fleet_path, load_fleet
 from gemma_fleet.gateway.metrics import GatewayMetrics
@@ -334,6 +336,31 @@ def test_a_smooth_decline_gets_its_replica_back_within_minutes(seed: int) -> Non
     # 9 min after the crossing over these seeds; the fixed band 29-32 min).
     assert 300 <= gone["measured"] <= 720
     assert gone["fixed"] >= 1200
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_fall_at_a_few_requests_a_second_gets_its_replica_back_without_the_noise_floor(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 4 req/s falling 15% an hour on replicas of 1.474 req/s (the trace's 31B on H100): 3
+    # replicas until 2.68 req/s, then 2. The band's noise floor (5 sds, about 7% here) is
+    # for wander on steady load; on a sure fall it is dropped (stabilise.FALL_NOISE_SIGMAS),
+    # and the replica goes 9-13 minutes after the crossing, not 28-31 with the floor.
+    start, fall_per_s = 1000.0, 0.6 / 3600
+
+    def rate(model: str, t: float) -> float:
+        return 4.0 - fall_per_s * max(0.0, t - start) if model == "gemma-4-E2B" else 0.0
+
+    crossing = start + (4.0 - 2 * 1.474 / 1.1) / fall_per_s
+    gone = {}
+    for name, sigmas in (("shipped", FALL_NOISE_SIGMAS), ("floor kept", math.inf)):
+        monkeypatch.setattr(controller_module, "FALL_NOISE_SIGMAS", sigmas)
+        loop = Loop(rate, ControllerSettings(interval_s=INTERVAL), seed=seed, capacity=1.474)
+        loop.run(start + 4 * 3600)
+        series = loop.series("gemma-4-e2b")
+        gone[name] = next(t for t, n in series if t > crossing - 1800 and n == 2) - crossing
+    assert 300 <= gone["shipped"] <= 1200
+    assert gone["floor kept"] >= 1500
 
 
 def test_running_requests_block_scale_down_until_they_fit() -> None:

@@ -177,3 +177,28 @@ def test_a_new_level_has_no_trend_from_its_first_readings() -> None:
     f = forecaster()
     fed([10.0, 20.0], f)
     assert f.forecast() == pytest.approx(15.0, rel=0.02)
+
+
+@pytest.mark.parametrize("rate", [0.45, 4.0, 20.0])
+def test_steady_load_is_never_surely_falling(rate: float) -> None:
+    # The controller drops the band's noise floor while the level is surely falling: on
+    # steady load that must not happen, or a boundary would reverse. 4 seeds of 8 h.
+    for seed in range(4):
+        rng = random.Random(seed)
+        f = forecaster()
+        for k, r in enumerate(readings(rng, rate, 960)):
+            f.update(k * SCRAPE, r)
+            assert not (k > 60 and f.falling(SCRAPE, 3.0)), (seed, k)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_steady_fall_is_surely_falling_within_the_hour(seed: int) -> None:
+    # 20 req/s falling 10% an hour (the trace's evening): measured 14-37 minutes.
+    rng = random.Random(seed)
+    f = forecaster()
+    for k in range(240):
+        t = k * SCRAPE
+        rate = 20.0 * (1.0 - 0.10 * max(0.0, t - 3600.0) / 3600.0)
+        f.update(t, poisson(rng, rate * SCRAPE) / SCRAPE)
+        assert t > 3600.0 or not f.falling(SCRAPE, 3.0)
+    assert f.falling(SCRAPE, 3.0)
