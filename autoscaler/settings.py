@@ -88,7 +88,8 @@ class ControllerSettings(BaseModel):
         description="the band is this many times the relative spread of a model's forecasts "
         "around their trend over the last 30 minutes, at most scale_down_band, so smooth "
         "demand is not held a fixed band above its forecast all the way down; never below 1% "
-        "nor 5 standard deviations of the forecast's counting noise (autoscaler/stabilise.py); "
+        "nor, unless demand is surely falling, 5 standard deviations of the forecast's counting "
+        "noise (autoscaler/stabilise.py); "
         "null: always scale_down_band",
     )
     min_replica_lifetime_s: float = Field(
