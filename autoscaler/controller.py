@@ -14,7 +14,6 @@ controller is corrected on the next one.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -208,7 +207,6 @@ class Controller:
             noise = 0.0
             if rates is not None and not rates.falling(dt, FALL_NOISE_SIGMAS):
                 noise = rates.noise(dt)
-                noise = 0.0 if math.isinf(noise) else noise
             planned = self.stabiliser.planned(model, at, d.requests_per_s, noise)
             out[model] = replace(d, requests_per_s=planned)
         return out

@@ -55,13 +55,19 @@ from functools import lru_cache
 JUMP_NOISE_SIGMAS = 3.0
 
 
+def counted_seconds(half_life_s: float) -> float:
+    """Seconds of arrivals an EWMA with half-life `half_life_s` weighs: 2 tau, with time
+    constant tau = half_life / ln 2."""
+    return 2.0 * half_life_s / math.log(2)
+
+
 def counting_noise(rate: float, half_life_s: float) -> float:
     """Relative standard deviation of an EWMA (half-life `half_life_s`) of a Poisson rate
-    `rate` per second: with time constant tau = half_life / ln 2 it weighs about 2 tau seconds
-    of arrivals, so its variance is rate / (2 tau). Infinite at a rate of 0."""
+    `rate` per second: it counts `counted_seconds` of arrivals, so its variance is rate over
+    that. Infinite at a rate of 0."""
     if rate <= 0:
         return math.inf
-    return 1.0 / math.sqrt(2.0 * half_life_s / math.log(2) * rate)
+    return 1.0 / math.sqrt(counted_seconds(half_life_s) * rate)
 
 
 @lru_cache(maxsize=64)
@@ -183,7 +189,7 @@ class RecentRate:
     def surely_outside(self, low: float, high: float, sigmas: float) -> bool:
         """Whether the rate is more than `sigmas` standard deviations of counting noise below
         `low` or above `high`. Judged on the square root of the count the rate stands for
-        (2 tau seconds of arrivals, as in `counting_noise`), where Poisson noise has the same
+        (`counted_seconds` of arrivals), where Poisson noise has the same
         spread, 1/2, at any rate: judged by the rate's own noise, a run of low counts at a
         few requests a scrape looked surer than it was (its noise shrinks with it), and the
         level jumped on noise. At many requests a scrape this is `counting_noise` of the edge
@@ -191,7 +197,7 @@ class RecentRate:
         more often than the sigmas say."""
         if self.value is None:
             return False
-        seconds = 2.0 * self.half_life_s / math.log(2)
+        seconds = counted_seconds(self.half_life_s)
         root, margin = math.sqrt(max(0.0, self.value) * seconds), sigmas / 2.0
         return (
             root > math.sqrt(max(0.0, high) * seconds) + margin
@@ -232,9 +238,10 @@ class RateForecaster:
 
     def noise(self, dt_s: float) -> float:
         """Relative counting noise of the forecast at its level, read every `dt_s` seconds
-        (HoltForecaster.noise); infinite before the first observation or at a level of 0."""
+        (HoltForecaster.noise); 0 before the first observation or at a level of 0, where
+        there is no level to judge noise against."""
         level = self.holt.smoothed()
-        return math.inf if level is None else self.holt.noise(level, dt_s)
+        return self.holt.noise(level, dt_s) if level else 0.0
 
     def falling(self, dt_s: float, sigmas: float) -> bool:
         """Whether the level is surely falling: its slope over one time constant of the level
@@ -244,4 +251,4 @@ class RateForecaster:
         if not level:
             return False
         tau = self.holt.level_half_life_s / math.log(2)
-        return self.holt.slope * tau < -sigmas * self.holt.noise(level, dt_s) * level
+        return self.holt.slope * tau < -sigmas * self.noise(dt_s) * level

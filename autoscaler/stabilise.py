@@ -109,7 +109,7 @@ class DemandStabiliser:
     def planned(self, model: str, at: float, forecast: float, noise: float = 0.0) -> float:
         """Take in `model`'s forecast rate at time `at` (seconds, monotonic) and return the
         rate to plan for; `noise` is the forecast's relative counting noise (forecast.
-        counting_noise of its level), which the band does not go below BAND_NOISE_SIGMAS of.
+        RateForecaster.noise), which the band does not go below BAND_NOISE_SIGMAS of.
         The first forecast of a model is planned as it is."""
         series = self._series.get(model)
         if series is None:
