@@ -50,7 +50,9 @@ class Clock:
 
 
 class SyntheticGateway:
-    """Counts Poisson arrivals at `rate(model, t)` per pool into the real gateway metrics."""
+    """Counts Poisson arrivals at `rate(model, t)` per pool into the real gateway metrics; with
+    `dispersion` D > 1, counts D times as variable (Poisson counts of a gamma-distributed
+    mean: requests that arrive in bunches, as batch clients send them)."""
 
     def __init__(
         self,
@@ -58,10 +60,12 @@ class SyntheticGateway:
         clock: Clock,
         rate: Callable[[str, float], float],
         seed: int = 7,
+        dispersion: float = 1.0,
     ) -> None:
         self.fleet = fleet
         self.clock = clock
         self.rate = rate
+        self.dispersion = dispersion
         self.rng = random.Random(seed)
         self.metrics = GatewayMetrics()
         self.last = clock.t
@@ -88,6 +92,9 @@ class SyntheticGateway:
         now = self.clock.t
         for pool in self.fleet.model_pools:
             mean = self.rate(pool.model, now) * (now - self.last)
+            if self.dispersion > 1.0 and mean > 0:
+                extra = self.dispersion - 1.0
+                mean = self.rng.gammavariate(mean / extra, extra)
             n = self._poisson(mean)
             if n:
                 labels = {"endpoint": "chat", "team": "t", "model": pool.name}
@@ -130,10 +137,11 @@ class Loop:
         seed: int = 7,
         dry_run: bool = False,
         capacity: float = CAPACITY,
+        dispersion: float = 1.0,
     ) -> None:
         self.fleet = load_fleet(default_fleet_path())
         self.clock = Clock()
-        self.gateway = SyntheticGateway(self.fleet, self.clock, rate, seed)
+        self.gateway = SyntheticGateway(self.fleet, self.clock, rate, seed, dispersion)
         source = MetricsSource(
             ["http://gateway/metrics"], self.fleet, fetch=self.gateway.fetch, clock=self.clock
         )
@@ -232,6 +240,32 @@ def test_noisy_steady_load_on_a_replica_boundary_does_not_oscillate(
     assert held[-1] in (needed, needed + 1)
     # The idle pools never moved off their minimum.
     assert {n for _, n in loop.series("gemma-4-31b")} == {1}
+
+
+@pytest.mark.parametrize("seed", range(1, 9))
+@pytest.mark.parametrize(("rate", "capacity", "needed"), BOUNDARIES[1:])
+def test_bursty_steady_load_on_a_replica_boundary_does_not_oscillate(
+    rate: float, capacity: float, needed: int, seed: int
+) -> None:
+    # The loads above with counts 3 times as variable as Poisson's (bunched arrivals). Judged
+    # as Poisson, the band's floor and the jump test were too tight for them: the 40 runs of
+    # the test above reversed 56 times in all (0.2-20 req/s, up to 6 on one run); with the
+    # controller measuring how bursty each model's counts are (forecast.Dispersion), 2.
+    # Left out here and measured: at 0.2 req/s the level still jumps on a bunch now and then
+    # (1 of 8 seeds in 4 h), and in the first half hour, before there is a level or a
+    # dispersion to speak of, a first reading far above the rate can buy a replica that the
+    # next minutes give back (0.45 req/s, 1 seed of 8): a restarted controller on bursty
+    # traffic, not a flapping one; so reversals are counted from then on.
+    settings = ControllerSettings(interval_s=INTERVAL, headroom=0.1)
+    loop = Loop(
+        steady({"gemma-4-E2B": rate}), settings, seed=seed, capacity=capacity, dispersion=3.0
+    )
+    loop.run(4 * 3600)
+    settled = [n for t, n in loop.series("gemma-4-e2b") if t >= 1000.0 + 1800]
+    assert reversals(settled) == 0
+    assert settled[-1] in (needed, needed + 1)
+    rates = loop.controller._rates["gemma-4-E2B"]
+    assert rates.dispersion.index() == pytest.approx(3.0, rel=0.25)
 
 
 def test_step_up_is_met_within_the_configured_delay() -> None:

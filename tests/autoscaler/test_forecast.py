@@ -11,6 +11,7 @@ import pytest
 
 from gemma_fleet.autoscaler.forecast import (
     JUMP_NOISE_SIGMAS,
+    Dispersion,
     HoltForecaster,
     RateForecaster,
     RecentRate,
@@ -202,3 +203,83 @@ def test_a_steady_fall_is_surely_falling_within_the_hour(seed: int) -> None:
         f.update(t, poisson(rng, rate * SCRAPE) / SCRAPE)
         assert t > 3600.0 or not f.falling(SCRAPE, 3.0)
     assert f.falling(SCRAPE, 3.0)
+
+
+def overdispersed(rng: random.Random, rate: float, n: int, dispersion: float) -> list[float]:
+    """`n` rates from counts `dispersion` times as variable as Poisson's (a Poisson count of a
+    gamma-distributed mean: traffic that arrives in bunches, as batch clients send it)."""
+    out = []
+    for _ in range(n):
+        mean = rng.gammavariate(rate * SCRAPE / (dispersion - 1.0), dispersion - 1.0)
+        count = 0
+        while mean > 0:  # the exact Poisson sampler above, in chunks it stays exact for
+            count += poisson(rng, min(mean, 300.0))
+            mean -= 300.0
+        out.append(count / SCRAPE)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("rate", "dispersion"),
+    [(0.2, 1.0), (5.0, 1.0), (20.0, 1.0), (0.45, 3.0), (5.0, 3.0), (20.0, 2.0)],
+)
+def test_the_dispersion_of_steady_counts_is_measured(rate: float, dispersion: float) -> None:
+    # 4 h of readings, 4 seeds: measured within 30% (an hour's weighted mean of squared
+    # differences spreads by about 13% over seeds); Poisson counts are measured as Poisson,
+    # from 6 requests a scrape to 600.
+    for seed in range(4):
+        rng = random.Random(seed)
+        series = (
+            readings(rng, rate, 480)
+            if dispersion == 1.0
+            else overdispersed(rng, rate, 480, dispersion)
+        )
+        f = forecaster()
+        fed(series, f)
+        assert f.dispersion.estimate == pytest.approx(dispersion, rel=0.3), seed
+
+
+def test_a_step_in_demand_is_not_taken_for_burstiness() -> None:
+    # Doubling the rate is one huge difference between two readings; weighed in full it would
+    # have read as a dispersion of about 3 for the next hour and widened the band for nothing.
+    for seed in range(4):
+        rng = random.Random(seed)
+        f = forecaster()
+        fed(readings(rng, 20.0, 240), f)
+        before = f.dispersion.index()
+        fed(readings(rng, 40.0, 2), f, start=240)
+        assert f.dispersion.index() < 1.1 * before, seed
+
+
+def test_bunched_arrivals_widen_the_noise_and_the_jump_test() -> None:
+    # 2 req/s in counts 3 times as variable as Poisson's, 8 h, 8 seeds. Judged as Poisson the
+    # level jumped on noise on every seed; judged with the measured dispersion, on one.
+    class Poisson(Dispersion):
+        def index(self) -> float:
+            return 1.0
+
+    as_measured = as_poisson = 0
+    for seed in range(8):
+        rng = random.Random(seed)
+        measuring, poisson_judged, slow = forecaster(), forecaster(), forecaster(jumps=False)
+        poisson_judged.dispersion = Poisson()
+        for k, r in enumerate(overdispersed(rng, 2.0, 960, 3.0)):
+            fed([r], measuring, poisson_judged, slow, start=k)
+        as_measured += measuring.smoothed() != slow.smoothed()
+        as_poisson += poisson_judged.smoothed() != slow.smoothed()
+    assert as_poisson == 8
+    assert as_measured <= 1
+    # The band's floor follows: the forecast's noise is sqrt(3) times the Poisson figure.
+    assert measuring.noise(SCRAPE) == pytest.approx(
+        math.sqrt(3.0) * poisson_judged.noise(SCRAPE), rel=0.15
+    )
+
+
+def test_a_burst_in_bunched_traffic_is_still_met_within_minutes() -> None:
+    # The jump test is wider for bursty traffic, so a burst is surer later, not never: 4 ->
+    # 8 req/s at 3 times Poisson's variance is most of the way up within 10 minutes.
+    for seed in range(4):
+        rng = random.Random(seed)
+        f = forecaster()
+        fed(overdispersed(rng, 4.0, 120, 3.0) + overdispersed(rng, 8.0, 20, 3.0), f)
+        assert (f.smoothed() or 0) > 6.5, seed
