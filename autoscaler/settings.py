@@ -89,7 +89,7 @@ class ControllerSettings(BaseModel):
         "around their trend over the last 30 minutes, at most scale_down_band, so smooth "
         "demand is not held a fixed band above its forecast all the way down; never below 1% "
         "nor, unless demand is surely falling, 5 standard deviations of the forecast's counting "
-        "noise (autoscaler/stabilise.py); "
+        "noise, widened for traffic burstier than Poisson (autoscaler/stabilise.py); "
         "null: always scale_down_band",
     )
     min_replica_lifetime_s: float = Field(
