@@ -326,9 +326,16 @@ def step_rate(trace: Trace, model: str, t: float) -> float:
     return trace.rate(model, max(0.0, t - STEP_S))
 
 
-def observed_rate(rng: random.Random, trace: Trace, model: str, t: float) -> float:
-    """The rate a metric sees over the step ending at `t`: Poisson counts over STEP_S."""
-    return poisson(rng, step_rate(trace, model, t) * STEP_S) / STEP_S
+def observed_rate(
+    rng: random.Random, trace: Trace, model: str, t: float, dispersion: float = 1.0
+) -> float:
+    """The rate a metric sees over the step ending at `t`: Poisson counts over STEP_S, or with
+    `dispersion` D > 1 counts D times as variable (Poisson counts of a gamma-distributed mean:
+    requests arriving in bunches)."""
+    mean = step_rate(trace, model, t) * STEP_S
+    if dispersion > 1.0 and mean > 0:
+        mean = rng.gammavariate(mean / (dispersion - 1.0), dispersion - 1.0)
+    return poisson(rng, mean) / STEP_S
 
 
 class TraceDemand:
@@ -351,6 +358,7 @@ class TraceDemand:
         clock: Callable[[], float],
         seed: int,
         noise: bool = True,
+        dispersion: float = 1.0,
     ) -> None:
         self.trace = trace
         self.fleet = fleet
@@ -360,13 +368,14 @@ class TraceDemand:
         self.clock = clock
         self.rng = random.Random(seed)
         self.noise = noise
+        self.dispersion = dispersion
 
     def read(self) -> DemandReading:
         now = self.clock()
         demand = {}
         for model in self.trace.rates:
             if self.noise:
-                rate = observed_rate(self.rng, self.trace, model, now)
+                rate = observed_rate(self.rng, self.trace, model, now, self.dispersion)
             else:
                 rate = step_rate(self.trace, model, now)
             demand[model] = ModelDemand(rate, *self.trace.mixes[model])
@@ -396,6 +405,7 @@ def controller_timeline(
     seed: int = 1,
     start_s: float = REPLICA_START_S,
     noise: bool = True,
+    dispersion: float = 1.0,
 ) -> Timeline:
     """Our controller, stepped every STEP_S on a simulated clock against an in-memory fleet
     that starts as the optimum of the first interval (a warm fleet, not a cold start). The
@@ -405,7 +415,9 @@ def controller_timeline(
     first = planner(fleet, caps, 1.0 + settings.headroom)(trace.demand_at(0))
     start = {p.name: first.replicas.get(p.name, 0) for p in fleet.model_pools}
     actuator = InMemoryActuator(FleetState(replicas=start, nodes=nodes_for(fleet, start)))
-    source = TraceDemand(trace, fleet, caps, curves, actuator, lambda: clock[0], seed, noise)
+    source = TraceDemand(
+        trace, fleet, caps, curves, actuator, lambda: clock[0], seed, noise, dispersion
+    )
 
     # The controller adds its own headroom, so the planner it calls adds none (as the CLI).
     def problem(demand: Mapping[str, ModelDemand]) -> Problem:
@@ -500,6 +512,7 @@ def ray_serve_timeline(
     *,
     start_s: float = REPLICA_START_S,
     seed: int = 1,
+    dispersion: float = 1.0,
 ) -> Timeline:
     """Ray Serve's default policy per deployment (one pool per model, `pools`): desired =
     ceil(ongoing requests / target_ongoing_requests), applied after the delay has held
@@ -526,7 +539,7 @@ def ray_serve_timeline(
         serving = warm.serving(t)
         for model, pool in pools.items():
             cap = caps[pool].requests_per_s
-            load = observed_rate(rng, trace, model, t)
+            load = observed_rate(rng, trace, model, t, dispersion)
             ready = max(1, serving.get(pool, 0))
             u = load / (ready * cap)
             ongoing = load * curves[pool].at(u)
@@ -936,7 +949,13 @@ def markdown(
         f"({result['machine']}). SLO: p95 TTFT <= {SLO.ttft_p95_s} s, p95 TPOT <= "
         f"{SLO.tpot_p95_s} s. Cost: GPU cost over the 24 h (illustrative prices, fleet.yaml). "
         f"Trace: each 5-minute interval's own swing (wobble) {result['wobble']:g}; "
-        f"noise seed {result['noise_seed']}.",
+        f"noise seed {result['noise_seed']}"
+        + (
+            "."
+            if result.get("dispersion", 1.0) == 1.0
+            else f"; request counts {result['dispersion']:g} times as variable as Poisson's "
+            "(bunched arrivals)."
+        ),
         "",
         "| policy | cost / day | vs optimum | vs static peak | SLO att. (excess misses) "
         "| SLO att. (short steps miss) | worst step | steps short "
@@ -1080,9 +1099,10 @@ def policies(
     *,
     tried: bool = False,
     seed: int = 1,
+    dispersion: float = 1.0,
 ) -> list[Timeline]:
-    """Every policy's timeline over the trace (`tried`: also the settings tried; `seed`: of
-    the Poisson counts the reactive policies read)."""
+    """Every policy's timeline over the trace (`tried`: also the settings tried; `seed` and
+    `dispersion`: of the request counts the reactive policies read, observed_rate)."""
     headroom = 1.0 + settings.headroom
     out: list[Timeline] = []
     say("per-interval optimum")
@@ -1115,7 +1135,15 @@ def policies(
 
     def ours(changed: ControllerSettings, name: str = OURS, noise: bool = True) -> Timeline:
         return controller_timeline(
-            fleet, trace, caps, curves, changed, name=name, seed=seed, noise=noise
+            fleet,
+            trace,
+            caps,
+            curves,
+            changed,
+            name=name,
+            seed=seed,
+            noise=noise,
+            dispersion=dispersion,
         )
 
     say("our controller (as shipped)")
@@ -1183,6 +1211,7 @@ def policies(
                 curves,
                 RayServeConfig(),
                 seed=seed,
+                dispersion=dispersion,
             ),
             "AutoscalingConfig defaults: target_ongoing_requests 2, upscale_delay_s 30, "
             "downscale_delay_s 600",
@@ -1205,6 +1234,7 @@ def policies(
                 curves,
                 RayServeConfig(target_ongoing_requests=tuned),
                 seed=seed,
+                dispersion=dispersion,
             ),
             "target_ongoing_requests per pool = its concurrency at 1/1.1 of SLO capacity: "
             + ", ".join(f"{p} {v:.1f}" for p, v in tuned.items()),
@@ -1236,6 +1266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the committed run; 0: the same day without it, a smooth curve and its bursts)",
     )
     parser.add_argument(
+        "--dispersion",
+        type=float,
+        default=1.0,
+        help="how many times Poisson's variance the request counts ours and Ray Serve's policy "
+        "read have (1: Poisson, the committed run; 3: bunched arrivals, bursty_counts/)",
+    )
+    parser.add_argument(
         "--tried",
         action="store_true",
         help="also run the settings tried and not shipped (incumbent_tolerance 0.05; "
@@ -1256,7 +1293,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, cap in caps.items():
         say(f"capacity {name}: {cap.requests_per_s:.3f} req/s ({cap.limit}) {cap.reason}")
     settings = ControllerSettings()
-    timelines = policies(fleet, trace, caps, settings, say, tried=args.tried, seed=args.noise_seed)
+    timelines = policies(
+        fleet,
+        trace,
+        caps,
+        settings,
+        say,
+        tried=args.tried,
+        seed=args.noise_seed,
+        dispersion=args.dispersion,
+    )
     pools = ray_pools(fleet, trace, caps)
     say("evaluating")
     outcomes = [evaluate(t, trace, caps) for t in timelines]
@@ -1278,6 +1324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "trace_interval_s": trace.interval_s,
         "replica_start_s": REPLICA_START_S,
         "noise_seed": args.noise_seed,
+        "dispersion": args.dispersion,
         "wobble": args.wobble,
         "controller_settings": settings.model_dump(),
         "workloads": [w.__dict__ for w in WORKLOADS],

@@ -16,6 +16,8 @@ every interval's demand.
 from __future__ import annotations
 
 import importlib.util
+import random
+import statistics
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -107,6 +109,22 @@ def test_no_policy_that_meets_its_load_pays_less_than_the_optimum(bench: ModuleT
 
 def pool_model(fleet: object, pool: str) -> str:
     return str(fleet.model_pool(pool).model)  # type: ignore[attr-defined]
+
+
+def test_bunched_counts_are_as_variable_as_asked(bench: ModuleType) -> None:
+    # `--dispersion`: the counts the reactive policies read vary D times as much as Poisson's
+    # around the same mean (2,000 draws of one step; within 15%).
+    trace = bench.make_trace(hours=2.0)
+    model, t = "gemma-4-E4B", 3600.0
+    mean = bench.step_rate(trace, model, t) * bench.STEP_S
+    for dispersion in (1.0, 3.0):
+        rng = random.Random(1)
+        counts = [
+            bench.observed_rate(rng, trace, model, t, dispersion) * bench.STEP_S
+            for _ in range(2000)
+        ]
+        assert statistics.fmean(counts) == pytest.approx(mean, rel=0.05)
+        assert statistics.variance(counts) / mean == pytest.approx(dispersion, rel=0.15)
 
 
 def test_a_new_replica_serves_only_after_it_has_loaded(bench: ModuleType) -> None:
