@@ -44,11 +44,11 @@ cannot show is how far a slow level drifts over hours, and a drift across a repl
 and back is a reversal. So the band is never below BAND_NOISE_SIGMAS times the forecast's own
 counting noise (forecast.RateForecaster.noise, widened for traffic burstier than Poisson,
 which the caller passes in), nor below `MIN_BAND`. The cap, `scale_down_band`, bounds only
-the measured spread: a model served at a
-fraction of a request per second counts so few requests that its forecast wanders by more
-than 10%, and capping the floor there brought the reversals back (steady 0.45 req/s on a
-one-replica boundary, 8 noise seeds, 4 h: 2 reversals on each of 2 seeds with the floor capped
-at 10%, none uncapped; benchmarks/autoscaler_trace/README.md).
+the measured spread: a model served at a fraction of a request per second counts so few
+requests that its forecast wanders by more than 10%, and capping the floor there brought the
+reversals back (steady 0.45 req/s on a one-replica boundary, 8 noise seeds, 4 h: 2 reversals
+on each of 2 seeds with the floor capped at 10%, none uncapped;
+benchmarks/autoscaler_trace/README.md).
 """
 
 from __future__ import annotations

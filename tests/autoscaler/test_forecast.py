@@ -212,7 +212,7 @@ def overdispersed(rng: random.Random, rate: float, n: int, dispersion: float) ->
     for _ in range(n):
         mean = rng.gammavariate(rate * SCRAPE / (dispersion - 1.0), dispersion - 1.0)
         count = 0
-        while mean > 0:  # the exact Poisson sampler above, in chunks it stays exact for
+        while mean > 0:  # in chunks: the sampler above is exact only up to a mean of ~700
             count += poisson(rng, min(mean, 300.0))
             mean -= 300.0
         out.append(count / SCRAPE)
