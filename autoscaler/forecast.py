@@ -164,6 +164,16 @@ class HoltForecaster:
         )
         return math.sqrt(gain / (rate * dt_s))
 
+    def settling(self) -> float:
+        """How many times noisier the level is now than once settled: a weighted mean of the
+        readings so far (weights falling by 1 - a per reading) has variance (2 - seen) / seen
+        times a settled EWMA's, so sqrt of that; 1 once settled (or before any reading).
+        Times `noise`, an upper bound while the level learns no slope (seen < 0.5; the
+        slope's wander is not there yet, measured 0.7 of it), then close (0.94 at an hour)."""
+        if not 0.0 < self.seen < 1.0:
+            return 1.0
+        return math.sqrt((2.0 - self.seen) / self.seen)
+
     def jump_to(self, value: float) -> None:
         """Set the level to `value`, keeping the slope: a step is not a trend."""
         self.level = value
@@ -308,13 +318,16 @@ class RateForecaster:
 
     def noise(self, dt_s: float) -> float:
         """Relative counting noise of the forecast at its level, read every `dt_s` seconds:
-        HoltForecaster.noise times the square root of the measured dispersion; 0 before the
-        first observation or at a level of 0, where there is no level to judge noise
-        against."""
+        HoltForecaster.noise times the square root of the measured dispersion, and times
+        HoltForecaster.settling while a new level is still the mean of a few readings (so a
+        (re)started controller does not give back a replica on a dip of its young level);
+        0 before the first observation or at a level of 0, where there is no level to judge
+        noise against."""
         level = self.holt.smoothed()
         if not level:
             return 0.0
-        return self.holt.noise(level, dt_s) * math.sqrt(self.dispersion.index())
+        steady = self.holt.noise(level, dt_s) * math.sqrt(self.dispersion.index())
+        return steady * self.holt.settling()
 
     def falling(self, dt_s: float, sigmas: float) -> bool:
         """Whether the level is surely falling: its slope over one time constant of the level

@@ -173,6 +173,22 @@ def test_a_new_level_forgets_a_high_first_reading_within_minutes(seed: int) -> N
     assert f.smoothed() == pytest.approx(5.0, rel=0.1)
 
 
+@pytest.mark.parametrize("n", [10, 30, 120])
+def test_a_new_level_is_as_noisy_as_its_settling_says(n: int) -> None:
+    # The level after n readings at 5 req/s, 400 seeds: its spread is at most the settled
+    # forecast's noise times `settling` and not far under it (0.66-0.94 measured: while the
+    # level learns no slope it has none of the slope's wander, which `noise` includes).
+    levels, h = [], HoltForecaster(900.0, 900.0, 120.0)
+    for seed in range(400):
+        h = HoltForecaster(900.0, 900.0, 120.0)
+        for k, r in enumerate(readings(random.Random(seed), 5.0, n)):
+            h.update(k * SCRAPE, r)
+        levels.append(h.forecast() or 0.0)
+    predicted = h.noise(5.0, SCRAPE) * h.settling()
+    assert 0.6 * predicted < statistics.pstdev(levels) / 5.0 < 1.05 * predicted
+    assert h.settling() > 1.0
+
+
 def test_a_new_level_has_no_trend_from_its_first_readings() -> None:
     # Two readings are a mean, not a ramp: the forecast does not project their difference.
     f = forecaster()
