@@ -99,7 +99,7 @@ def measure_mode(requests: int, warmup: int, port: int) -> dict[str, float]:
             if i >= warmup:
                 latencies.append(elapsed)
     cpu_ms = (ray_cpu() - cpu_before) * 1000 / requests
-    serve.shutdown()
+    serve.shutdown()  # type: ignore[no-untyped-call]
     ray.shutdown()
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
