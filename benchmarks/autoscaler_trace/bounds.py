@@ -127,10 +127,19 @@ class Clairvoyant:
         first = lo - 1 if before is not None else lo
         count, width = hi - first, 2 * len(pools) + 2 * len(nodes)
         # Per interval: s (serving), y (paid in its last steps), nodes for s, nodes for y.
-        s = lambda i, k: (i - first) * width + k  # noqa: E731
-        y = lambda i, k: s(i, k) + len(pools)  # noqa: E731
-        n = lambda i, j: s(i, j) + 2 * len(pools)  # noqa: E731
-        m = lambda i, j: n(i, j) + len(nodes)  # noqa: E731
+
+        def s(i: int, k: int) -> int:
+            return (i - first) * width + k
+
+        def y(i: int, k: int) -> int:
+            return s(i, k) + len(pools)
+
+        def n(i: int, j: int) -> int:
+            return s(i, j) + 2 * len(pools)
+
+        def m(i: int, j: int) -> int:
+            return n(i, j) + len(nodes)
+
         size = count * width
         steps = int(self.trace.interval_s / STEP_S)
         cost, lower, upper = np.zeros(size), np.zeros(size), np.zeros(size)

@@ -889,7 +889,8 @@ def plot(outcomes: Sequence[Outcome], trace: Trace, path_cost: Path, path_capaci
     fig, ax = plt.subplots(figsize=(13, 5))
     # tab20: a colour of its own for each of up to 20 policies (tab10 repeats after 10);
     # variants of ours dashed, so the shipped controller stands out among them.
-    colours = plt.get_cmap("tab20").colors
+    tab20 = plt.get_cmap("tab20")
+    colours = [tab20(k) for k in range(tab20.N)]
     for k, o in enumerate(outcomes):
         # The cost of each whole hour (its mean cost per hour): per-step lines are unreadable.
         edges = list(range(len(o.cost_by_hour) + 1))

@@ -74,7 +74,7 @@ def cpu_seconds(pid: int) -> float:
     for child in proc.children(recursive=True):
         with contextlib.suppress(psutil.NoSuchProcess):
             total += sum(child.cpu_times()[:2])
-    return total
+    return float(total)
 
 
 def measure(url: str, model: str, requests: int, warmup: int, pid: int | None) -> list[float]:
@@ -226,13 +226,13 @@ def main() -> None:
         wait_ready(f"http://127.0.0.1:{VLLM_ROUTER}/health")
         wait_ready(f"http://127.0.0.1:{LITELLM}/health/liveliness")
         base_p50 = base_p99 = 0.0
-        for name, url, model, proc in targets:
-            pid = procs[proc].pid if proc else None
+        for name, url, model, process in targets:
+            pid = procs[process].pid if process else None
             lat = measure(url, model, args.requests, args.warmup, pid)
             p50, p99 = pct(lat, 50), pct(lat, 99)
-            if proc is None:
+            if process is None:
                 base_p50, base_p99 = p50, p99
-            cpu = getattr(measure, "cpu_ms", None) if pid else None
+            cpu_ms = getattr(measure, "cpu_ms", None) if pid else None
             results.append(
                 Result(
                     name,
@@ -242,7 +242,7 @@ def main() -> None:
                     round(statistics.fmean(lat), 3),
                     round(p50 - base_p50, 3),
                     round(p99 - base_p99, 3),
-                    None if cpu is None else round(cpu, 3),
+                    None if cpu_ms is None else round(cpu_ms, 3),
                 )
             )
             print(results[-1], flush=True)

@@ -82,7 +82,7 @@ def time_callable(fn: Any, device: torch.device) -> dict[str, float]:
     samples = []
     for _ in range(n):
         if device.type == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
             begin.record()
             fn()
             end.record()
@@ -343,7 +343,7 @@ def measure_hf_prefill(
         torch.set_default_dtype(torch.bfloat16)
         start = time.perf_counter()
         with device:
-            model = Gemma4ForCausalLM(config).eval()
+            model = Gemma4ForCausalLM(config).eval()  # type: ignore[no-untyped-call]
         built_s = time.perf_counter() - start
         torch.set_default_dtype(torch.float32)
         params = sum(p.numel() for p in model.parameters())

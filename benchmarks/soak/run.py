@@ -32,7 +32,7 @@ import httpx
 from gemma_fleet.deployments.fleet.processes import process_tree, rss_bytes
 from gemma_fleet.deployments.fleet.run import run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
-from gemma_fleet.loadtest.gateway_counters import REQUESTS, Sample, delta, scrape
+from gemma_fleet.loadtest.gateway_counters import REQUESTS, Reading, delta, scrape
 from gemma_fleet.loadtest.provision import provisioned_teams
 from gemma_fleet.loadtest.workload import load_workload
 
@@ -306,10 +306,14 @@ def summarise(run: Run, warmup_s: float, counters: dict[str, float]) -> dict[str
     }
 
 
-def limited_counters(before: dict[Sample, float], after: dict[Sample, float]) -> dict[str, float]:
-    """The gateway's own count of the limited team's answers over the run."""
+def limited_counters(before: Reading, after: Reading) -> dict[str, float]:
+    """The gateway's own count of the limited team's answers over the run (SystemExit when a
+    scrape missed a gateway replica: its share would be missing from the count)."""
+    for reading in (before, after):
+        if not reading.complete:
+            raise SystemExit(f"heard {reading.heard} of {reading.running} gateway replicas")
     out = {"gateway_admitted": 0.0, "gateway_refused": 0.0}
-    for (name, labels), grown in delta(before, after).items():
+    for (name, labels), grown in delta(before.counters, after.counters).items():
         found = dict(labels)
         if name == REQUESTS and found.get("team") == "soak-limited":
             if found.get("status") == "200":
