@@ -204,10 +204,12 @@ class Controller:
         dt = self.settings.interval_s
         for model, d in forecast.items():
             rates = self._rates.get(model)
-            noise = 0.0
-            if rates is not None and not rates.falling(dt, FALL_NOISE_SIGMAS):
-                noise = rates.noise(dt)
-            planned = self.stabiliser.planned(model, at, d.requests_per_s, noise)
+            noise = unsettled = 0.0
+            if rates is not None:
+                unsettled = rates.unsettled_noise(dt)
+                if not rates.falling(dt, FALL_NOISE_SIGMAS):
+                    noise = rates.noise(dt)
+            planned = self.stabiliser.planned(model, at, d.requests_per_s, noise, unsettled)
             out[model] = replace(d, requests_per_s=planned)
         return out
 
@@ -271,6 +273,11 @@ class Controller:
             reading.running(),
             complete=reading.complete,
             serving=observed.serving,
+            # Their planned rate is discounted (stabilise.py), so it may sit under what a
+            # restarted controller found running: hold that until the level settles.
+            settling={
+                m for m, f in self._rates.items() if f.unsettled_noise(self.settings.interval_s)
+            },
         )
         replicas = {d.pool: d.target for d in decisions}
         nodes = self.nodes_for(replicas) if self.actuator.manages_nodes else {}

@@ -35,7 +35,9 @@ minutes after it could go (tests/autoscaler/test_controller.py, the smooth decli
 A new level (a controller just started or restarted) is the weighted mean of the readings it
 has, not a settled level's 2% step towards each: otherwise a first reading 6% high, one
 standard deviation of a 30 s count at 27 req/s, held an extra replica for most of an hour.
-It learns no slope until it has a half-life of history.
+It learns no slope until it has a half-life of history. Until then it is young: the part of
+its noise beyond a settled level's (`RateForecaster.unsettled_noise`) is what its rises are
+discounted by (stabilise.py).
 
 `HoltForecaster.noise` is the forecast's own spread on steady Poisson counts, the slope's
 wander included (1.47 times a plain EWMA's at the defaults); the scale-down band's floor is a
@@ -140,7 +142,7 @@ class HoltForecaster:
         # Until it has seen a half-life of history the level is the weighted mean of what it
         # has (weight a / seen: the first readings count in full rather than as a 15-minute
         # level's 2%), with no slope: a handful of counts have no trend to speak of.
-        settled = self.seen >= 0.5
+        settled = self.settled
         # Holt: project the level forward with the current slope, then pull it towards the
         # observation; the slope follows the level's own movement.
         predicted = self.level + self.slope * dt
@@ -149,6 +151,11 @@ class HoltForecaster:
             b = weight(dt, self.trend_half_life_s)
             self.slope += b * ((new_level - self.level) / dt - self.slope)
         self.level, self.last_t, self.last_value = new_level, t, value
+
+    @property
+    def settled(self) -> bool:
+        """Whether the level has seen a half-life of history (and so learns a slope)."""
+        return self.seen >= 0.5
 
     def noise(self, rate: float, dt_s: float) -> float:
         """Relative standard deviation of this forecast on a steady Poisson rate `rate` per
@@ -164,15 +171,20 @@ class HoltForecaster:
         )
         return math.sqrt(gain / (rate * dt_s))
 
-    def settling(self) -> float:
+    def settling(self, dt_s: float | None = None) -> float:
         """How many times noisier the level is now than once settled: a weighted mean of the
         readings so far (weights falling by 1 - a per reading) has variance (2 - seen) / seen
         times a settled EWMA's, so sqrt of that; 1 once settled (or before any reading).
         Times `noise`, an upper bound while the level learns no slope (seen < 0.5; the
-        slope's wander is not there yet, measured 0.7 of it), then close (0.94 at an hour)."""
-        if not 0.0 < self.seen < 1.0:
+        slope's wander is not there yet, measured 0.7 of it), then close (0.94 at an hour).
+        A level of one reading has seen nothing yet; given `dt_s`, the seconds that reading
+        counted, it counts as that much history."""
+        seen = self.seen
+        if seen == 0.0 and self.level is not None and dt_s is not None:
+            seen = weight(dt_s, self.level_half_life_s)
+        if not 0.0 < seen < 1.0:
             return 1.0
-        return math.sqrt((2.0 - self.seen) / self.seen)
+        return math.sqrt((2.0 - seen) / seen)
 
     def jump_to(self, value: float) -> None:
         """Set the level to `value`, keeping the slope: a step is not a trend."""
@@ -323,11 +335,21 @@ class RateForecaster:
         (re)started controller does not give back a replica on a dip of its young level);
         0 before the first observation or at a level of 0, where there is no level to judge
         noise against."""
+        return self._steady_noise(dt_s) * self.holt.settling(dt_s)
+
+    def unsettled_noise(self, dt_s: float) -> float:
+        """The part of `noise` that only a young level has (relative; 0 before the first
+        observation and once the level has settled, HoltForecaster.settled): how much a rise
+        of the young level must be discounted by (stabilise.py)."""
+        if self.holt.settled:
+            return 0.0
+        return self._steady_noise(dt_s) * (self.holt.settling(dt_s) - 1.0)
+
+    def _steady_noise(self, dt_s: float) -> float:
         level = self.holt.smoothed()
         if not level:
             return 0.0
-        steady = self.holt.noise(level, dt_s) * math.sqrt(self.dispersion.index())
-        return steady * self.holt.settling()
+        return self.holt.noise(level, dt_s) * math.sqrt(self.dispersion.index())
 
     def falling(self, dt_s: float, sigmas: float) -> bool:
         """Whether the level is surely falling: its slope over one time constant of the level

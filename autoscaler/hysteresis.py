@@ -10,6 +10,9 @@ at once. Down, per pool:
   controller's start is unknown), nor within `min_replica_lifetime_s` of the pool's last
   scale-up (and of the controller's start, since the ages of replicas it found are unknown);
 - only on a complete metrics reading, at most `max_scale_down_per_step` replicas at a time;
+- not while the model's demand level is still settling (the controller's first quarter hour of
+  it, forecast.HoltForecaster.settled) and its planned rate is discounted for that
+  (stabilise.py): the discount may put it under what a restarted controller found running;
 - make before break: not while another pool of the same model grows this step, added
   replicas less than `replica_start_s` ago, or - where the actuator reports replicas serving
   (FleetState.serving) - has fewer serving than its target. When the plan moves a model from
@@ -36,7 +39,7 @@ largest shortfall first, because missing capacity breaks SLOs and spare does not
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from gemma_fleet.autoscaler.settings import ControllerSettings
@@ -89,11 +92,13 @@ class Hysteresis:
         *,
         complete: bool,
         serving: Mapping[str, int] | None = None,
+        settling: Collection[str] = (),
     ) -> list[PoolDecision]:
         """Targets for every pool. `current` is what the actuator reports now, `recommended`
         the plan's replicas, `running` requests per pool (a missing pool blocks its
         scale-down), `complete` whether the metrics reading covered every source, `serving`
-        the replicas per pool that serve now where the actuator can tell."""
+        the replicas per pool that serve now where the actuator can tell, `settling` the
+        models whose demand level is still settling (their pools do not scale down)."""
         serving = serving or {}
         recs: dict[str, int] = {}
         for name in self.pools:
@@ -115,7 +120,16 @@ class Hysteresis:
                 have,
                 rec,
                 *self._propose(
-                    name, now, have, rec, self._history[name], running, complete, homes, loading
+                    name,
+                    now,
+                    have,
+                    rec,
+                    self._history[name],
+                    running,
+                    complete,
+                    self.pools[name].model in settling,
+                    homes,
+                    loading,
                 ),
             )
         return self._budget(wanted)
@@ -156,6 +170,7 @@ class Hysteresis:
         hist: _History,
         running: Mapping[str, float],
         complete: bool,
+        settling: bool,
         homes: Mapping[str, int],
         loading: Mapping[str, str],
     ) -> tuple[int, str]:
@@ -187,6 +202,9 @@ class Hysteresis:
             )
         if not complete:
             return have, f"plan wants {rec}; metrics incomplete, no scale-down"
+        if settling:
+            model = self.pools[name].model
+            return have, f"plan wants {rec}; demand of {model} still settling, no scale-down"
         busy = running.get(name)
         if busy is None:
             return have, f"plan wants {rec}; running requests unknown, no scale-down"

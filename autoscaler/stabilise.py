@@ -5,7 +5,8 @@ Kubernetes' HorizontalPodAutoscaler stabilises its replica recommendations per t
 controller does the same, but per model and on demand rather than per pool on replicas:
 
 - a rise passes once every forecast of the last `scale_up_delay_s` is above the planned rate
-  (the planned rate becomes the LOWEST of them; with the default 0, this step's forecast);
+  (the planned rate becomes the LOWEST of them; with the default 0, this step's forecast),
+  each discounted by the noise a young level has beyond a settled one's (`unsettled`);
 - a fall passes once every forecast of the last `scale_down_delay_s` is below it by more than
   the band (the planned rate becomes the HIGHEST of them, plus the band);
 - otherwise the planned rate stays.
@@ -49,6 +50,18 @@ requests that its forecast wanders by more than 10%, and capping the floor there
 reversals back (steady 0.45 req/s on a one-replica boundary, 8 noise seeds, 4 h: 2 reversals
 on each of 2 seeds with the floor capped at 10%, none uncapped;
 benchmarks/autoscaler_trace/README.md).
+
+Why a young level's rise is discounted: a (re)started controller's first forecasts are the
+mean of a few 30 s counts, several times noisier than the settled level the headroom and the
+band are sized for. Planned as they came, a first reading a few percent high bought a replica
+that the settled level gave back an hour or more later: with demand at 95% of a replica
+boundary, on 10 to 25% of starts (tests/autoscaler/test_controller.py, the restart and
+below-boundary tests). So a rise counts only past `unsettled`, the part of the forecast's
+relative noise that only a young level has (forecast.RateForecaster.unsettled_noise; 0 once
+the level has a half-life of history): the plan approaches the level from below as the noise
+shrinks, which is a rise or two, not a rise and a fall. The first forecast is discounted too,
+so a young plan may sit under what a restarted controller finds running; the controller
+therefore holds its pools from scaling down meanwhile (hysteresis.py).
 """
 
 from __future__ import annotations
@@ -107,21 +120,26 @@ class DemandStabiliser:
         self.band_spreads = band_spreads
         self._series: dict[str, _Series] = {}
 
-    def planned(self, model: str, at: float, forecast: float, noise: float = 0.0) -> float:
+    def planned(
+        self, model: str, at: float, forecast: float, noise: float = 0.0, unsettled: float = 0.0
+    ) -> float:
         """Take in `model`'s forecast rate at time `at` (seconds, monotonic) and return the
         rate to plan for; `noise` is the forecast's relative counting noise (forecast.
-        RateForecaster.noise), which the band does not go below BAND_NOISE_SIGMAS of.
-        The first forecast of a model is planned as it is."""
+        RateForecaster.noise), which the band does not go below BAND_NOISE_SIGMAS of, and
+        `unsettled` the part of it only a young level has, which a rise is discounted by.
+        The first forecast of a model is planned as it is, less that discount."""
+        # A young level's rise counts only past its unsettled noise (the module's rule).
+        young = max(0.0, 1.0 - unsettled)
         series = self._series.get(model)
         if series is None:
-            series = self._series[model] = _Series(planned=forecast)
+            series = self._series[model] = _Series(planned=forecast * young)
         series.forecasts.append((at, forecast))
         keep = max(self.scale_up_delay_s, self.scale_down_delay_s)
         if self.band_spreads is not None:
             keep = max(keep, SPREAD_WINDOW_S)
         while series.forecasts and series.forecasts[0][0] < at - keep:
             series.forecasts.popleft()
-        up = min(f for t, f in series.forecasts if t >= at - self.scale_up_delay_s)
+        up = young * min(f for t, f in series.forecasts if t >= at - self.scale_up_delay_s)
         down = max(f for t, f in series.forecasts if t >= at - self.scale_down_delay_s)
         if up > series.planned:
             series.planned = up

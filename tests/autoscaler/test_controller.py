@@ -244,13 +244,94 @@ def test_noisy_steady_load_on_a_replica_boundary_does_not_oscillate(
         if r.measured
     ]
     assert reversals(raw) >= 10, "the series must be noisy enough to tempt a naive controller"
-    held = [n for _, n in loop.series("gemma-4-e2b")]
+    series = loop.series("gemma-4-e2b")
+    held = [n for _, n in series]
     assert reversals(held) == 0
-    changes = sum(1 for a, b in pairwise(held) if a != b)
-    assert changes <= 2  # from the starting replica up to the level the noise asks for
-    assert held[-1] in (needed, needed + 1)
+    assert_a_calm_start(series, needed)
     # The idle pools never moved off their minimum.
     assert {n for _, n in loop.series("gemma-4-31b")} == {1}
+
+
+def assert_a_calm_start(series: list[tuple[float, int]], needed: int) -> None:
+    """From the starting replica up to the `needed` ones within a minute of the first step,
+    then at most one move more (to the replica the noise asks for), and ending on either.
+    (Until 2026-12-05 this was "at most 2 changes": the first reading bought all it asked
+    for at once. A young level's rise is now discounted by its extra noise, so the way up can
+    take two steps, 30 s apart: 2 of the 136 runs above.)"""
+    start = series[0][0]
+    reached = next(t for t, n in series if n >= needed)
+    assert reached - start <= 60.0
+    later = [(a, b) for (_, a), (t, b) in pairwise(series) if t > reached and a != b]
+    assert len(later) <= 1
+    assert series[-1][1] in (needed, needed + 1)
+
+
+# Steady load further under a boundary than BOUNDARIES' (90-97% of it with the headroom): a
+# cold controller's first readings, a few percent high, bought the last replica there and
+# gave it back once the level settled: from 2.7 req/s up, 1 reversal on 40 of 360 runs of
+# seeds 1-40, up to 12 of 40 at one load. With a young level's rise discounted by its
+# unsettled noise (stabilise.py) and held from scale-down meanwhile: 4 of 360, 2 of them
+# the same seed (24), which also reverses at 99% (see CALM_RUNS).
+BELOW_BOUNDARIES = [
+    (ratio * capacity * 3 / 1.1, capacity, 3)
+    for capacity in (1.0, CAPACITY, 7.4)
+    for ratio in (0.9, 0.95, 0.97)
+]
+
+
+@pytest.mark.parametrize("seed", range(1, 9))
+@pytest.mark.parametrize(("rate", "capacity", "needed"), BELOW_BOUNDARIES)
+def test_steady_load_below_a_replica_boundary_does_not_oscillate(
+    rate: float, capacity: float, needed: int, seed: int
+) -> None:
+    settings = ControllerSettings(interval_s=INTERVAL, headroom=0.1)
+    loop = Loop(steady({"gemma-4-E2B": rate}), settings, seed=seed, capacity=capacity)
+    loop.run(4 * 3600)
+    series = loop.series("gemma-4-e2b")
+    assert reversals([n for _, n in series]) == 0
+    assert_a_calm_start(series, needed)
+
+
+@pytest.mark.parametrize("capacity", [1.0, CAPACITY, 7.4])
+def test_a_restarted_controller_keeps_the_fleet_it_finds(capacity: float) -> None:
+    # A controller restarted (a rollout, a node drain) over a fleet already at the 3 replicas
+    # that demand at 95% of a boundary needs. Its first readings are a young level's: planned
+    # as they came, a few percent high bought a fourth replica within the hour on 17, 10 and
+    # 6 of these 40 seeds (at 1, 2 and 7.4 req/s a replica), given back within hours.
+    # Discounted by their unsettled noise, 2, 1 and 0 (measured). Nor may the discount shed a
+    # replica the fleet needs: its pools do not scale down while the level settles.
+    rate = 0.95 * capacity * 3 / 1.1
+    bought = 0
+    for seed in range(1, 41):
+        loop = Loop(
+            steady({"gemma-4-E2B": rate}),
+            ControllerSettings(interval_s=INTERVAL),
+            seed=seed,
+            capacity=capacity,
+        )
+        replicas = {**loop.actuator.state.replicas, "gemma-4-e2b": 3}
+        loop.actuator.state = FleetState(replicas=replicas, nodes=nodes_for(loop.fleet, replicas))
+        loop.run(3600)
+        held = [n for _, n in loop.series("gemma-4-e2b")]
+        assert min(held) == 3, seed
+        bought += max(held) > 3
+    assert bought <= 3
+
+
+def test_a_restarted_controller_holds_its_replicas_while_the_level_settles() -> None:
+    # Demand fell while the controller was away: the fleet it finds has a replica too many.
+    # It keeps it while the level of its first readings settles (the first quarter hour),
+    # saying why, then gives it back.
+    settings = ControllerSettings(interval_s=INTERVAL, headroom=0.1)
+    loop = Loop(steady({"gemma-4-E2B": 2.0}), settings, seed=3, capacity=1.0)  # 3 replicas
+    replicas = {**loop.actuator.state.replicas, "gemma-4-e2b": 4}
+    loop.actuator.state = FleetState(replicas=replicas, nodes=nodes_for(loop.fleet, replicas))
+    loop.run(600)
+    assert loop.actuator.state.replicas["gemma-4-e2b"] == 4
+    held = next(d for d in loop.reports[-1].decisions if d.pool == "gemma-4-e2b")
+    assert "still settling" in held.reason
+    loop.run(3600)
+    assert loop.actuator.state.replicas["gemma-4-e2b"] == 3
 
 
 @pytest.mark.parametrize("seed", range(1, 9))

@@ -173,20 +173,43 @@ def test_a_new_level_forgets_a_high_first_reading_within_minutes(seed: int) -> N
     assert f.smoothed() == pytest.approx(5.0, rel=0.1)
 
 
-@pytest.mark.parametrize("n", [10, 30, 120])
+@pytest.mark.parametrize("n", [1, 10, 30, 120])
 def test_a_new_level_is_as_noisy_as_its_settling_says(n: int) -> None:
     # The level after n readings at 5 req/s, 400 seeds: its spread is at most the settled
     # forecast's noise times `settling` and not far under it (0.66-0.94 measured: while the
-    # level learns no slope it has none of the slope's wander, which `noise` includes).
+    # level learns no slope it has none of the slope's wander, which `noise` includes). One
+    # reading has seen nothing yet; told the seconds it counted, it is one 30 s count.
     levels, h = [], HoltForecaster(900.0, 900.0, 120.0)
     for seed in range(400):
         h = HoltForecaster(900.0, 900.0, 120.0)
         for k, r in enumerate(readings(random.Random(seed), 5.0, n)):
             h.update(k * SCRAPE, r)
         levels.append(h.forecast() or 0.0)
-    predicted = h.noise(5.0, SCRAPE) * h.settling()
+    predicted = h.noise(5.0, SCRAPE) * h.settling(SCRAPE)
     assert 0.6 * predicted < statistics.pstdev(levels) / 5.0 < 1.05 * predicted
-    assert h.settling() > 1.0
+    assert h.settling(SCRAPE) > 1.0
+
+
+def test_only_a_young_level_has_unsettled_noise() -> None:
+    # The part of the noise a rise of the level is discounted by (stabilise.py): most at the
+    # first reading, shrinking as readings come in, none once the level has settled (a
+    # half-life of history) or at a level of 0, where there is nothing to discount.
+    rng = random.Random(3)
+    f = forecaster()
+    assert f.unsettled_noise(SCRAPE) == 0.0  # nothing read yet
+    seen = []
+    for k, r in enumerate(readings(rng, 5.0, 40)):
+        f.update(k * SCRAPE, r)
+        seen.append(f.unsettled_noise(SCRAPE))
+    assert seen[0] > 0.08  # one 30 s count at 5 req/s: 8% of Poisson noise, plus the margin
+    # (Not strictly falling reading by reading: the young dispersion estimate moves too.)
+    assert seen[0] > seen[10] > seen[20] > seen[28] > 0.0
+    assert seen[29:] == [0.0] * 11  # a half-life (15 min, 30 readings) in: settled
+    assert f.noise(SCRAPE) > 0.0  # the band's floor still has the settled noise
+    idle = forecaster()
+    for k in range(5):
+        idle.update(k * SCRAPE, 0.0)
+    assert idle.unsettled_noise(SCRAPE) == 0.0
 
 
 def test_a_new_level_has_no_trend_from_its_first_readings() -> None:

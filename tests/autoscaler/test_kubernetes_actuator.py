@@ -35,7 +35,7 @@ from gemma_fleet.autoscaler.actuators.kubernetes import (
 from gemma_fleet.autoscaler.controller import Controller
 from gemma_fleet.autoscaler.metrics_source import DemandReading, PoolTraffic
 from gemma_fleet.autoscaler.plan import ModelDemand, Plan
-from gemma_fleet.autoscaler.settings import ControllerSettings
+from gemma_fleet.autoscaler.settings import ControllerSettings, SmoothingSettings
 from gemma_fleet.deployments.pools import FleetSpec, default_fleet_path, load_fleet
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "helm" / "schemas" / "kuberay"
@@ -365,7 +365,13 @@ def test_a_relayout_keeps_the_old_pool_until_the_new_one_serves() -> None:
         OneReading(fleet, {"gemma-4-E4B": 1.0}),
         actuator,
         ControllerSettings(
-            scale_down_delay_s=0, min_replica_lifetime_s=0, replica_start_s=120, headroom=0.0
+            scale_down_delay_s=0,
+            min_replica_lifetime_s=0,
+            replica_start_s=120,
+            headroom=0.0,
+            # A level that settles within a minute: a young one holds every scale-down of its
+            # model (hysteresis.py), and this test is about the L4 pool's health alone.
+            smoothing=SmoothingSettings(level_half_life_s=30.0, trend_half_life_s=30.0),
         ),
         clock=lambda: clock[0],
     )
@@ -609,7 +615,10 @@ def test_controller_step_patches_the_rayservice_and_stays_idempotent(fleet: Flee
         )
 
     server = api_server(rayservice(fleet))
-    rates = {"gemma-4-E2B": 2.0, "gemma-4-E4B": 0.0, "gemma-4-26B-A4B": 0.0, "gemma-4-31B": 1.0}
+    # Rates half-way between the planner's steps: the first reading's discount (a young
+    # level's rise counts only past its unsettled noise, stabilise.py; 15-25% here) does not
+    # move them across one.
+    rates = {"gemma-4-E2B": 2.5, "gemma-4-E4B": 0.0, "gemma-4-26B-A4B": 0.0, "gemma-4-31B": 1.5}
     controller = Controller(
         fleet,
         planner,  # type: ignore[arg-type]

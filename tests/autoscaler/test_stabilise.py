@@ -63,6 +63,32 @@ def test_noise_never_lowers_the_plan_before_a_window_of_lower_forecasts() -> Non
     assert all(p >= f for p, f in zip(planned, series, strict=True))
 
 
+def test_a_young_levels_rise_counts_only_past_its_unsettled_noise() -> None:
+    # A (re)started controller's first readings are noisy beyond what the band and the
+    # headroom are sized for: planning on them at once bought a replica on a high first
+    # reading and gave it back an hour later. So its rises are discounted by the noise only a
+    # young level has: the first forecast is planned 20% low here, and a later one passes
+    # only once it beats the plan after the (smaller) discount.
+    stab = DemandStabiliser(0, 300)
+    assert stab.planned(M, 0.0, 10.0, unsettled=0.2) == pytest.approx(8.0)
+    assert stab.planned(M, 30.0, 9.5, unsettled=0.2) == pytest.approx(8.0)  # 7.6 < 8
+    assert stab.planned(M, 60.0, 9.5, unsettled=0.1) == pytest.approx(8.55)
+    assert stab.planned(M, 90.0, 9.5, unsettled=0.0) == pytest.approx(9.5)  # settled
+
+
+def test_the_unsettled_discount_does_not_touch_a_fall() -> None:
+    # A fall still waits for the down window and lands on its highest forecast (plus the
+    # band): the discount only ever holds a rise back.
+    series = [8.0] * 3 + [2.0] * 12
+    plain = feed(DemandStabiliser(0, 300), series)
+    stab = DemandStabiliser(0, 300)
+    young = [
+        stab.planned(M, k * 30.0, f, unsettled=0.0 if k < 3 else 0.3) for k, f in enumerate(series)
+    ]
+    assert young == plain
+    assert young[-1] == 2.0
+
+
 def test_models_are_stabilised_apart() -> None:
     stab = DemandStabiliser(0, 300)
     stab.planned("a", 0.0, 10.0)
