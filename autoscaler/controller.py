@@ -275,9 +275,7 @@ class Controller:
             serving=observed.serving,
             # Their planned rate is discounted (stabilise.py), so it may sit under what a
             # restarted controller found running: hold that until the level settles.
-            settling={
-                m for m, f in self._rates.items() if f.unsettled_noise(self.settings.interval_s)
-            },
+            settling={m for m, f in self._rates.items() if f.young},
         )
         replicas = {d.pool: d.target for d in decisions}
         nodes = self.nodes_for(replicas) if self.actuator.manages_nodes else {}

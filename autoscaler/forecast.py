@@ -337,11 +337,16 @@ class RateForecaster:
         noise against."""
         return self._steady_noise(dt_s) * self.holt.settling(dt_s)
 
+    @property
+    def young(self) -> bool:
+        """Whether there is a level above 0 that has not settled yet (HoltForecaster.settled):
+        exactly when `unsettled_noise` is above 0."""
+        return bool(self.holt.smoothed()) and not self.holt.settled
+
     def unsettled_noise(self, dt_s: float) -> float:
-        """The part of `noise` that only a young level has (relative; 0 before the first
-        observation and once the level has settled, HoltForecaster.settled): how much a rise
-        of the young level must be discounted by (stabilise.py)."""
-        if self.holt.settled:
+        """The part of `noise` that only a young level has (relative; 0 unless `young`): how
+        much a rise of the young level must be discounted by (stabilise.py)."""
+        if not self.young:
             return 0.0
         return self._steady_noise(dt_s) * (self.holt.settling(dt_s) - 1.0)
 
