@@ -26,8 +26,22 @@ The rule, each step, with C* the optimum's cost per hour and `tolerance` t:
    replaced whole pools that a plan within the tolerance could keep; on the trace it cost
    more (replicas loading beside the ones they replace) and moved more replicas.
 
-A plan therefore never costs more than (1 + t) x C*, never drops below a pool's minimum, and
-changes the layout only when the saving is worth it.
+   When the running replicas meet the need and only cost too much, the re-layout is a saving,
+   and it has a price: its new replicas are paid while they load beside the ones they
+   replace, `start_s` x the GPU cost per hour the two layouts together add over the running
+   one. It is put off - the running layout kept, the plan saying so - until the running layout
+   has cost that much more than the re-layout since it was first offered (the break-even or
+   rent-or-buy rule: whatever demand does next, the overpayment plus the price is at most
+   twice what the better of switching at once and never switching costs in hindsight; an
+   offer that lapses before then has cost less than switching would have). Taken at once, a
+   re-layout offered while demand was still moving was often replaced minutes later by another
+   (on the trace's seed 1 at 17:16, two A100 nodes bought and given back 6 minutes later), and
+   on a real cluster, where a new GPU node takes minutes, each re-layout costs more than the
+   simulation's 120 s: the price grows with the `replica_start_s` a user sets.
+
+A plan therefore never costs more than (1 + t) x C* - except while a re-layout waits to pay
+for itself - never drops below a pool's minimum, and changes the layout only when the saving
+is worth it.
 
 The bounded programs of rules 2 and 3 can take HiGHS far longer than the optimum on large
 fleets (up to ~10x at 600 nodes: benchmarks/planner/README.md), so together they get what is
@@ -41,6 +55,7 @@ takes longer (with 1 s for rules 2 and 3 on top of the optimum, one call took 1.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -127,10 +142,15 @@ def plan_near(
     current: Mapping[str, int],
     tolerance: float,
     time_limit_s: float | None = None,
+    *,
+    overpaid: float = math.inf,
+    start_s: float = 0.0,
 ) -> Plan:
     """The plan for `problem` given the running replicas `current` (the module's rule);
     `Plan.note` says which branch chose it. Rules 2 and 3 share `time_limit_s`; None: what the
-    optimum left of `CALL_TIME_LIMIT_S`, at least `MIN_NARROWED_TIME_S`."""
+    optimum left of `CALL_TIME_LIMIT_S`, at least `MIN_NARROWED_TIME_S`. `overpaid` is what
+    the running layout has cost so far above the re-layout rule 3 kept offering, `start_s`
+    how long a new replica loads (the break-even rule; the defaults re-lay out at once)."""
     started = time.perf_counter()
     best = solve(problem).plan
     if not best.feasible:
@@ -174,6 +194,10 @@ def plan_near(
         # Rule 3: of the layouts within the tolerance, the one adding least to what runs.
         outcome = solve_fewest_added(problem, have, limit, left)
         what = "re-laid out, adding least to the running layout"
+        if outcome is not None and meets and nodes is not None:
+            kept = _put_off(problem, have, nodes, outcome.plan, overpaid, start_s)
+            if kept is not None:
+                return kept
     if outcome is not None:
         near = outcome.plan
         return replace(near, note=_note(what, near.cost_per_hour, best.cost_per_hour, tolerance))
@@ -181,6 +205,38 @@ def plan_near(
         best,
         note=f"re-laid out to the optimum {best.cost_per_hour:.2f}/h: no layout nearer the "
         f"running one was found within {time_limit_s:.2f} s",
+    )
+
+
+def _put_off(
+    problem: Problem,
+    have: Mapping[str, int],
+    have_nodes: Mapping[str, int],
+    near: Plan,
+    overpaid: float,
+    start_s: float,
+) -> Plan | None:
+    """The running layout, kept, while re-laying out to `near` has not yet paid for itself
+    (the module's break-even rule); None when it has."""
+    cost = layout_cost(problem, have_nodes)
+    union = {p: max(have.get(p, 0), near.replicas.get(p, 0)) for p in have}
+    # What runs while the new replicas load: both layouts, on the nodes they need together
+    # (or, past a node pool's limit, on the larger of the two node counts).
+    both = layout_nodes(problem, union) or {
+        p: max(have_nodes[p], near.nodes.get(p, 0)) for p in have_nodes
+    }
+    price = (layout_cost(problem, both) - cost) * start_s / 3600.0
+    if overpaid >= price:
+        return None
+    return Plan(
+        replicas=dict(have),
+        nodes=dict(have_nodes),
+        cost_per_hour=cost,
+        note=f"kept the running layout, {cost:.2f}/h, for now: re-laying out to "
+        f"{near.cost_per_hour:.2f}/h pays {price:.2f} for replicas loading beside the running "
+        f"ones, and the running layout has cost {0.0 if math.isinf(overpaid) else overpaid:.2f} "
+        "more than it so far",
+        deferred_saving_per_hour=cost - near.cost_per_hour,
     )
 
 
@@ -201,9 +257,21 @@ class IncumbentPlanner:
         self,
         problem_for: Callable[[Mapping[str, ModelDemand]], Problem],
         tolerance: float | None,
+        *,
+        replica_start_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`replica_start_s` prices a re-layout for the break-even rule (0: re-lay out at
+        once); `clock` (seconds) times how long a put-off re-layout has been on offer."""
         self.problem_for = problem_for
         self.tolerance = tolerance
+        self.replica_start_s = replica_start_s
+        self.clock = clock
+        # What the running layout has cost above a put-off re-layout, and since when at what
+        # rate per hour: the break-even rule's account, cleared once nothing is put off.
+        self._overpaid = 0.0
+        self._saving = 0.0
+        self._since: float | None = None
 
     def __call__(self, demand: Mapping[str, ModelDemand]) -> Plan:
         """The optimum for `demand`, regardless of what runs."""
@@ -214,4 +282,19 @@ class IncumbentPlanner:
         problem = self.problem_for(demand)
         if self.tolerance is None:
             return solve(problem).plan
-        return plan_near(problem, current, self.tolerance)
+        now = self.clock()
+        if self._since is not None:
+            self._overpaid += self._saving * max(0.0, now - self._since) / 3600.0
+        plan = plan_near(
+            problem,
+            current,
+            self.tolerance,
+            overpaid=self._overpaid,
+            start_s=self.replica_start_s,
+        )
+        self._saving = plan.deferred_saving_per_hour
+        if self._saving > 0:
+            self._since = now
+        else:
+            self._overpaid, self._since = 0.0, None
+        return plan

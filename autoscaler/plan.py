@@ -49,3 +49,6 @@ class Plan:
     cost_per_model: Mapping[str, float] = field(default_factory=dict)
     # How this plan was chosen when not simply the optimum (autoscaler/incumbent.py).
     note: str = ""
+    # Per hour a re-layout would save that the incumbent rule put off because it has not yet
+    # paid for itself (incumbent.py's break-even rule); 0 when none is put off.
+    deferred_saving_per_hour: float = 0.0

@@ -119,7 +119,10 @@ class ControllerSettings(BaseModel):
         ge=0,
         description="how long a new replica takes to load and serve: a pool the plan empties "
         "may go while it still serves only once another pool of its model has had replicas "
-        "this long (and, where the actuator reports it, has all of them serving)",
+        "this long (and, where the actuator reports it, has all of them serving); a re-layout "
+        "that only saves money waits until the running layout has cost what its replicas "
+        "cost while they load this long (autoscaler/incumbent.py). Include the time a new GPU "
+        "node takes to join",
     )
     incumbent_tolerance: float | None = Field(
         0.02,

@@ -425,7 +425,12 @@ def controller_timeline(
 
     controller = Controller(
         fleet,
-        IncumbentPlanner(problem, settings.incumbent_tolerance),
+        IncumbentPlanner(
+            problem,
+            settings.incumbent_tolerance,
+            replica_start_s=settings.replica_start_s,
+            clock=lambda: clock[0],
+        ),
         source,
         actuator,
         settings.model_copy(update={"interval_s": STEP_S}),

@@ -61,7 +61,9 @@ def make_planner(fleet: FleetSpec, settings: ControllerSettings) -> IncumbentPla
     def problem(demand: Mapping[str, ModelDemand]) -> Problem:
         return problem_for(fleet, demand, slos, capacity, headroom=1.0)
 
-    return IncumbentPlanner(problem, settings.incumbent_tolerance)
+    return IncumbentPlanner(
+        problem, settings.incumbent_tolerance, replica_start_s=settings.replica_start_s
+    )
 
 
 def _check_urls(urls: list[str]) -> None:
