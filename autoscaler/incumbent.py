@@ -33,10 +33,13 @@ The rule, each step, with C* the optimum's cost per hour and `tolerance` t:
    has cost that much more than the re-layout since it was first offered (the break-even or
    rent-or-buy rule: whatever demand does next, the overpayment plus the price is at most
    twice what the better of switching at once and never switching costs in hindsight; an
-   offer that lapses before then has cost less than switching would have). Taken at once, a
-   re-layout offered while demand was still moving was often replaced minutes later by another
-   (on the trace's seed 1 at 17:16, two A100 nodes bought and given back 6 minutes later), and
-   on a real cluster, where a new GPU node takes minutes, each re-layout costs more than the
+   offer that lapses before then has cost less than switching would have). A re-layout
+   under way is not put off again: the change budget may spread it over several steps, each
+   offering the rest of it from a running layout that holds both, and putting that off kept
+   the dearest state of all for minutes. Why the rule: taken at once, a re-layout offered
+   while demand was still moving was often replaced minutes later by another (on the trace's
+   seed 1 at 17:16, two A100 nodes bought and given back 6 minutes later), and on a real
+   cluster, where a new GPU node takes minutes, each re-layout costs more than the
    simulation's 120 s: the price grows with the `replica_start_s` a user sets.
 
 A plan therefore never costs more than (1 + t) x C* - except while a re-layout waits to pay
@@ -60,7 +63,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
-from gemma_fleet.autoscaler.plan import ModelDemand, Plan
+from gemma_fleet.autoscaler.plan import ModelDemand, Plan, SavingRelayout
 from gemma_fleet.autoscaler.planner import (
     MIN_DEMAND,
     Problem,
@@ -195,9 +198,10 @@ def plan_near(
         outcome = solve_fewest_added(problem, have, limit, left)
         what = "re-laid out, adding least to the running layout"
         if outcome is not None and meets and nodes is not None:
-            kept = _put_off(problem, have, nodes, outcome.plan, overpaid, start_s)
-            if kept is not None:
-                return kept
+            relayout = _saving_relayout(problem, have, nodes, outcome.plan, start_s)
+            if overpaid < relayout.price:
+                return _put_off(have, nodes, outcome.plan, relayout, overpaid)
+            outcome = replace(outcome, plan=replace(outcome.plan, saving_relayout=relayout))
     if outcome is not None:
         near = outcome.plan
         return replace(near, note=_note(what, near.cost_per_hour, best.cost_per_hour, tolerance))
@@ -208,16 +212,15 @@ def plan_near(
     )
 
 
-def _put_off(
+def _saving_relayout(
     problem: Problem,
     have: Mapping[str, int],
     have_nodes: Mapping[str, int],
     near: Plan,
-    overpaid: float,
     start_s: float,
-) -> Plan | None:
-    """The running layout, kept, while re-laying out to `near` has not yet paid for itself
-    (the module's break-even rule); None when it has."""
+) -> SavingRelayout:
+    """What re-laying out from `have` (which meets demand) to `near` saves per hour and what
+    it costs while its replicas load (the module's break-even rule)."""
     cost = layout_cost(problem, have_nodes)
     union = {p: max(have.get(p, 0), near.replicas.get(p, 0)) for p in have}
     # What runs while the new replicas load: both layouts, on the nodes they need together
@@ -225,18 +228,30 @@ def _put_off(
     both = layout_nodes(problem, union) or {
         p: max(have_nodes[p], near.nodes.get(p, 0)) for p in have_nodes
     }
-    price = (layout_cost(problem, both) - cost) * start_s / 3600.0
-    if overpaid >= price:
-        return None
+    return SavingRelayout(
+        saving_per_hour=cost - near.cost_per_hour,
+        price=(layout_cost(problem, both) - cost) * start_s / 3600.0,
+        put_off=False,
+    )
+
+
+def _put_off(
+    have: Mapping[str, int],
+    have_nodes: Mapping[str, int],
+    near: Plan,
+    relayout: SavingRelayout,
+    overpaid: float,
+) -> Plan:
+    """The running layout, kept while re-laying out to `near` has not yet paid for itself."""
+    cost = near.cost_per_hour + relayout.saving_per_hour
     return Plan(
         replicas=dict(have),
         nodes=dict(have_nodes),
         cost_per_hour=cost,
         note=f"kept the running layout, {cost:.2f}/h, for now: re-laying out to "
-        f"{near.cost_per_hour:.2f}/h pays {price:.2f} for replicas loading beside the running "
-        f"ones, and the running layout has cost {0.0 if math.isinf(overpaid) else overpaid:.2f} "
-        "more than it so far",
-        deferred_saving_per_hour=cost - near.cost_per_hour,
+        f"{near.cost_per_hour:.2f}/h pays {relayout.price:.2f} for replicas loading beside the "
+        f"running ones, and the running layout has cost {overpaid:.2f} more than it so far",
+        saving_relayout=replace(relayout, put_off=True),
     )
 
 
@@ -267,8 +282,8 @@ class IncumbentPlanner:
         self.tolerance = tolerance
         self.replica_start_s = replica_start_s
         self.clock = clock
-        # What the running layout has cost above a put-off re-layout, and since when at what
-        # rate per hour: the break-even rule's account, cleared once nothing is put off.
+        # The break-even rule's account: what the running layout has cost above a put-off
+        # re-layout, and since when at what rate per hour it is accruing.
         self._overpaid = 0.0
         self._saving = 0.0
         self._since: float | None = None
@@ -292,9 +307,15 @@ class IncumbentPlanner:
             overpaid=self._overpaid,
             start_s=self.replica_start_s,
         )
-        self._saving = plan.deferred_saving_per_hour
-        if self._saving > 0:
-            self._since = now
+        relayout = plan.saving_relayout
+        if relayout is not None and relayout.put_off:
+            self._saving, self._since = relayout.saving_per_hour, now
         else:
-            self._overpaid, self._since = 0.0, None
+            self._saving, self._since = 0.0, None
+            # A re-layout under way keeps its account: the change budget or the hysteresis
+            # may take it several steps, each offering the rest of it from a running layout
+            # that now holds both, and putting that off again kept the dearest state of all
+            # (both layouts) for minutes. Anything else closes the account.
+            if relayout is None:
+                self._overpaid = 0.0
         return plan

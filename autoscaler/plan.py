@@ -49,6 +49,17 @@ class Plan:
     cost_per_model: Mapping[str, float] = field(default_factory=dict)
     # How this plan was chosen when not simply the optimum (autoscaler/incumbent.py).
     note: str = ""
-    # Per hour a re-layout would save that the incumbent rule put off because it has not yet
-    # paid for itself (incumbent.py's break-even rule); 0 when none is put off.
-    deferred_saving_per_hour: float = 0.0
+    # The re-layout that only saves money which this plan starts or puts off (incumbent.py's
+    # break-even rule); None when the plan is no such re-layout.
+    saving_relayout: SavingRelayout | None = None
+
+
+@dataclass(frozen=True)
+class SavingRelayout:
+    """A re-layout of replicas that already meet demand, to a cheaper layout: what it saves
+    per hour, what its replicas cost while they load beside the running ones, and whether
+    the plan puts it off (keeping the running layout) or starts it."""
+
+    saving_per_hour: float
+    price: float
+    put_off: bool

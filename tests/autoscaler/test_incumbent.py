@@ -1,9 +1,8 @@
 """The incumbent-aware planner (autoscaler/incumbent.py) on hand-made problems: it keeps the
 running layout while it is within the tolerance of the optimum, moves when the saving is
 larger (once a re-layout that only saves has paid for itself), only adds or only removes
-when that is close enough, never goes below a pool's
-minimum, and never costs more than (1 + tolerance) x the optimum (checked on generated
-instances against the exact planner)."""
+when that is close enough, never goes below a pool's minimum, and never costs more than
+(1 + tolerance) x the optimum (checked on generated instances against the exact planner)."""
 
 from __future__ import annotations
 
@@ -60,11 +59,11 @@ def test_moves_when_the_saving_exceeds_the_tolerance() -> None:
     assert exact.cost_per_hour == pytest.approx(3.0)
 
 
-def clocked_planner(clock: list[float]) -> IncumbentPlanner:
-    """The planner at a 3% tolerance, with replicas loading for 360 s, on the clock `clock[0]`."""
+def clocked_planner(clock: list[float], tolerance: float = 0.03) -> IncumbentPlanner:
+    """The planner with replicas loading for 360 s, on the clock `clock[0]`."""
     return IncumbentPlanner(
         lambda d: problem(d["m"].requests_per_s),
-        tolerance=0.03,
+        tolerance=tolerance,
         replica_start_s=360.0,
         clock=lambda: clock[0],
     )
@@ -82,7 +81,9 @@ def test_a_relayout_that_only_saves_waits_until_it_has_paid_for_itself() -> None
         plan = planner.plan_from(demand, running)
         assert dict(plan.replicas) == running, hours
         assert plan.cost_per_hour == pytest.approx(3.12)
-        assert plan.deferred_saving_per_hour == pytest.approx(0.04)
+        assert plan.saving_relayout is not None and plan.saving_relayout.put_off
+        assert plan.saving_relayout.saving_per_hour == pytest.approx(0.04)
+        assert plan.saving_relayout.price == pytest.approx(0.10)
         assert plan.note == (
             "kept the running layout, 3.12/h, for now: re-laying out to 3.08/h pays 0.10 for "
             f"replicas loading beside the running ones, and the running layout has cost "
@@ -91,24 +92,47 @@ def test_a_relayout_that_only_saves_waits_until_it_has_paid_for_itself() -> None
     clock[0] = 2.6 * 3600
     moved = planner.plan_from(demand, running)
     assert dict(moved.replicas) == {"m-cheap": 1, "m-dear": 2}
-    assert "re-laid out" in moved.note and moved.deferred_saving_per_hour == 0.0
-    # The account is closed: the next re-layout on offer starts from nothing.
+    assert "re-laid out" in moved.note
+    assert moved.saving_relayout is not None and not moved.saving_relayout.put_off
+    # Once the new layout runs, and is kept, the account is closed: the next re-layout on
+    # offer starts from nothing.
     clock[0] = 2.7 * 3600
-    assert dict(planner.plan_from(demand, running).replicas) == running
+    assert "kept the running layout:" in planner.plan_from(demand, moved.replicas).note
+    clock[0] = 2.8 * 3600
+    again = planner.plan_from(demand, running)
+    assert dict(again.replicas) == running and "has cost 0.00 more" in again.note
+
+
+def test_a_relayout_under_way_is_not_put_off_again() -> None:
+    # At no tolerance the re-layout goes all the way to 3 on "cheap" (saving 0.12/h); its
+    # price is 3 cheap nodes for 360 s, 0.30, paid back after 2.5 h. Say the controller's
+    # change budget then adds one replica a step: the next step finds 1 on "cheap" beside the
+    # 3 on "dear", and the rest of the re-layout (two more, 0.20) goes on at once.
+    clock = [0.0]
+    planner = clocked_planner(clock, tolerance=0.0)
+    demand = {"m": ModelDemand(3.0, 100, 100)}
+    assert planner.plan_from(demand, {"m-dear": 3}).note.startswith("kept the running layout,")
+    clock[0] = 2.6 * 3600
+    assert dict(planner.plan_from(demand, {"m-dear": 3}).replicas) == {"m-cheap": 3, "m-dear": 0}
+    clock[0] += 30
+    rest = planner.plan_from(demand, {"m-cheap": 1, "m-dear": 3})
+    assert dict(rest.replicas) == {"m-cheap": 3, "m-dear": 0}
+    assert rest.saving_relayout is not None and not rest.saving_relayout.put_off
+    assert rest.saving_relayout.price == pytest.approx(0.20)
 
 
 def test_an_offer_that_lapses_closes_the_account() -> None:
     clock = [0.0]
     planner = clocked_planner(clock)
     running = {"m-cheap": 0, "m-dear": 3}
-    assert planner.plan_from({"m": ModelDemand(3.0, 100, 100)}, running).deferred_saving_per_hour
+    assert planner.plan_from({"m": ModelDemand(3.0, 100, 100)}, running).saving_relayout
     # Demand rises past what runs: adding one replica is within the tolerance, no re-layout
     # is on offer, and the 0.08 overpaid in 2 h is forgotten (kept, it would reach the 0.10
     # price by 3 h).
     clock[0] = 2.0 * 3600
     rose = planner.plan_from({"m": ModelDemand(4.0, 100, 100)}, running)
     assert dict(rose.replicas) == {"m-cheap": 1, "m-dear": 3}
-    assert rose.deferred_saving_per_hour == 0.0
+    assert rose.saving_relayout is None
     clock[0] = 3.0 * 3600
     again = planner.plan_from({"m": ModelDemand(3.0, 100, 100)}, running)
     assert dict(again.replicas) == running
