@@ -62,6 +62,10 @@ SLOWER_LEVEL = "ours, level and trend half-life 1800 s"
 # Diagnostics (--tried): the controller fed the trace's true rates instead of noisy counts.
 TRUE_RATES = "ours, fed the true rates"
 TRUE_RATES_NO_RULES = "ours, fed the true rates, hysteresis off"
+WARMED = "ours, warmed on the evening before"
+# How long the warmed diagnostic runs the controller before 00:00, on the day's own last hours
+# (the day repeats): eight half-lives of its level, so it starts the day settled.
+WARM_S = 2 * 3600.0
 PLAN_ONLY = "ours, forecast + plan only"
 # The settings that turn off the down window, the replica lifetime and the change budget.
 NO_HYSTERESIS = {
@@ -322,7 +326,10 @@ def poisson(rng: random.Random, mean: float) -> int:
 
 
 def step_rate(trace: Trace, model: str, t: float) -> float:
-    """The trace's true rate over the step ending at `t`."""
+    """The trace's true rate over the step ending at `t`; before 00:00 (a warm-up), the
+    day's own end, as if the day repeated."""
+    if t < 0:
+        return trace.rate(model, (t - STEP_S) % trace.seconds)
     return trace.rate(model, max(0.0, t - STEP_S))
 
 
@@ -406,13 +413,18 @@ def controller_timeline(
     start_s: float = REPLICA_START_S,
     noise: bool = True,
     dispersion: float = 1.0,
+    warm_s: float = 0.0,
 ) -> Timeline:
     """Our controller, stepped every STEP_S on a simulated clock against an in-memory fleet
     that starts as the optimum of the first interval (a warm fleet, not a cold start). The
     planner is the exact one, told the running replicas (autoscaler/incumbent.py) with the
-    settings' `incumbent_tolerance`, as `gemma-fleet autoscale` binds it."""
-    clock = [0.0]
-    first = planner(fleet, caps, 1.0 + settings.headroom)(trace.demand_at(0))
+    settings' `incumbent_tolerance`, as `gemma-fleet autoscale` binds it. With `warm_s`, the
+    controller first runs that long before 00:00 on the day's own end (the fleet starting as
+    the optimum there, the counts drawn apart so the day's are those of the cold run), and
+    only the day is recorded: a controller that has been running, not one just started."""
+    clock = [-warm_s]
+    first_interval = int((-warm_s % trace.seconds) // trace.interval_s) if warm_s else 0
+    first = planner(fleet, caps, 1.0 + settings.headroom)(trace.demand_at(first_interval))
     start = {p.name: first.replicas.get(p.name, 0) for p in fleet.model_pools}
     actuator = InMemoryActuator(FleetState(replicas=start, nodes=nodes_for(fleet, start)))
     source = TraceDemand(
@@ -438,12 +450,18 @@ def controller_timeline(
     )
     warm = Warmup(start, start_s)
     timeline = Timeline(name, fleet)
-    for k in range(steps(trace)):
+    if warm_s:
+        source.rng = random.Random(f"warm-up {seed}")
+    for k in range(-round(warm_s / STEP_S), steps(trace)):
         t = k * STEP_S
         clock[0] = t
+        if k == 0:
+            source.rng = random.Random(seed)
         controller.step()
         state = actuator.observe()
         warm.set(t, state.replicas)
+        if k < 0:
+            continue
         timeline.paid.append(dict(state.replicas))
         timeline.serving.append(warm.serving(t))
         timeline.nodes.append(dict(state.nodes))
@@ -1139,7 +1157,9 @@ def policies(
     say("latency curves of every pool (running requests for ours, ongoing for Ray Serve's)")
     curves = latency_curves(fleet, trace, caps)
 
-    def ours(changed: ControllerSettings, name: str = OURS, noise: bool = True) -> Timeline:
+    def ours(
+        changed: ControllerSettings, name: str = OURS, noise: bool = True, warm_s: float = 0.0
+    ) -> Timeline:
         return controller_timeline(
             fleet,
             trace,
@@ -1150,6 +1170,7 @@ def policies(
             seed=seed,
             noise=noise,
             dispersion=dispersion,
+            warm_s=warm_s,
         )
 
     say("our controller (as shipped)")
@@ -1176,6 +1197,15 @@ def policies(
                 "scale_down_band_spreads": None,
                 "smoothing": settings.smoothing.model_copy(update={"level_half_life_s": 30.0}),
             }
+        )
+        # What the cold start at 00:00 costs: the same controller, already running.
+        say(f"{WARMED} (a diagnostic)")
+        out.append(
+            noted(
+                ours(settings, WARMED, warm_s=WARM_S),
+                f"as shipped, run for {WARM_S / 3600:g} h before 00:00 on the day's own end "
+                "(the day repeats), so it starts the day settled (a diagnostic)",
+            )
         )
         for name, changed, note in (
             (TRUE_RATES, settings, "as shipped, reading the true rates (a diagnostic)"),

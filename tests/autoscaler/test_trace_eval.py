@@ -107,6 +107,37 @@ def test_no_policy_that_meets_its_load_pays_less_than_the_optimum(bench: ModuleT
     assert checked > 200  # most steps of the three policies were compared
 
 
+def test_a_warmed_controller_starts_the_day_from_the_days_end(bench: ModuleType) -> None:
+    fleet = load_fleet(ROOT / "benchmarks" / "autoscaler_trace" / "fleet.yaml")
+    # 06:00-08:00 as a "day": it ends about a third busier than it starts.
+    trace = bench.make_trace(hours=8)
+    trace = bench.Trace(
+        trace.interval_s, {m: list(r[72:96]) for m, r in trace.rates.items()}, trace.mixes
+    )
+    model = "gemma-4-E2B"
+    # Before 00:00 the counts are those of the day's end, as if the day repeated.
+    assert bench.step_rate(trace, model, -60.0) == trace.rate(model, trace.seconds - 90.0)
+    assert bench.step_rate(trace, model, 0.0) == trace.rate(model, 0.0)
+    capacity = caps()
+    curves = dict.fromkeys(CAPACITY, bench.LatencyCurve((0.1, 1.0), (3.0, 6.0)))
+
+    def run(warm_s: float) -> Any:
+        return bench.controller_timeline(
+            fleet, trace, capacity, curves, ControllerSettings(), warm_s=warm_s
+        )
+
+    cold, warm = run(0.0), run(1800.0)
+    # Only the day is recorded, and the warmed controller starts it with the fleet it chose
+    # for the day's busier end, which the cold one never had.
+    assert len(warm.paid) == len(cold.paid) == bench.steps(trace)
+
+    def served(replicas: dict[str, int]) -> float:
+        return sum(n * CAPACITY[p] for p, n in replicas.items() if pool_model(fleet, p) == model)
+
+    assert served(warm.paid[0]) > served(cold.paid[0])
+    assert served(warm.paid[0]) >= trace.rate(model, trace.seconds - 1.0)
+
+
 def pool_model(fleet: object, pool: str) -> str:
     return str(fleet.model_pool(pool).model)  # type: ignore[attr-defined]
 
