@@ -121,8 +121,9 @@ class Loop:
         settings: ControllerSettings,
         start: Mapping[str, int],
         rate: Callable[[float], float] = lambda t: 0.0,
+        clock: Clock | None = None,
     ) -> None:
-        self.clock = Clock()
+        self.clock = clock or Clock()
         self.source = ScriptedSource(self.clock, rate)
         self.actuator = InMemoryActuator(
             FleetState(replicas=dict(start), nodes=nodes_for(FLEET, start))
@@ -145,6 +146,16 @@ class Loop:
 
     def reason(self, pool: str) -> str:
         return next(d.reason for d in self.reports[-1].decisions if d.pool == pool)
+
+
+def shipped_planner(settings: ControllerSettings, clock: Clock) -> IncumbentPlanner:
+    """The incumbent-aware planner as `gemma-fleet autoscale` binds it."""
+    return IncumbentPlanner(
+        exact_problem,
+        settings.incumbent_tolerance,
+        replica_start_s=settings.replica_start_s,
+        clock=clock,
+    )
 
 
 def fixed(replicas: Mapping[str, int]) -> Callable[[Mapping[str, ModelDemand]], Plan]:
@@ -286,11 +297,13 @@ def test_noisy_load_on_a_layout_boundary_does_not_flip_the_layout() -> None:
     # (7.20/h, 2.9% dearer). 25.45 req/s x headroom 1.1 = 28.0: Poisson noise over 30 s
     # (about +-4%) throws the bare optimum from one layout to the other all the time.
     settings = ControllerSettings(interval_s=INTERVAL)
+    clock = Clock()
     loop = Loop(
-        IncumbentPlanner(exact_problem, settings.incumbent_tolerance),
+        shipped_planner(settings, clock),
         settings,
         {"e4b-l4": 4, "e4b-h100": 1},
         rate=lambda t: 25.45,
+        clock=clock,
     )
     loop.source.running = {"e4b-l4": 20.0, "e4b-h100": 20.0}
     loop.run(2 * 3600)
@@ -324,11 +337,13 @@ def test_a_step_up_is_met_within_the_configured_delay_with_the_incumbent_planner
         scale_up_delay_s=delay,
         smoothing=SmoothingSettings(level_half_life_s=half_life),
     )
+    clock = Clock()
     loop = Loop(
-        IncumbentPlanner(exact_problem, settings.incumbent_tolerance),
+        shipped_planner(settings, clock),
         settings,
         {"e4b-l4": 2, "e4b-h100": 0},
         rate=lambda t: new if t > step_at else old,
+        clock=clock,
     )
     loop.source.running = {"e4b-l4": 4.0, "e4b-h100": 0.0}
     loop.run(1800)
