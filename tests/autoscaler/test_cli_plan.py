@@ -207,7 +207,7 @@ def test_negative_rate(tmp_path: Path) -> None:
 def test_png_needs_trace_and_bad_fleet(tmp_path: Path) -> None:
     d = write(tmp_path, "d.yaml", demand(1.0))
     assert "--trace" in one_line_error(run("-d", d, "--png", "x.png", cwd=tmp_path))
-    bad = {**FLEET, "node_pools": [{**FLEET["node_pools"][0], "gpus": 2}]}  # type: ignore[dict-item]
+    bad = {**FLEET, "node_pools": [{**FLEET["node_pools"][0], "gpus": 2}]}
     line = one_line_error(run("-d", d, "-f", write(tmp_path, "f.yaml", bad), cwd=tmp_path))
     assert "f.yaml" in line and "node_pools[l4].gpus: unknown key" in line
 

@@ -146,7 +146,7 @@ class FakeServerApiClient(client.ApiClient):
         super().__init__(configuration)
         self.server = server
 
-    def call_api(  # type: ignore[override]
+    def call_api(
         self,
         method: str,
         url: str,
@@ -495,7 +495,7 @@ def test_conflict_rereads_and_reapplies_keeping_the_other_writers_change(
     fleet: FleetSpec,
 ) -> None:
     server = api_server(rayservice(fleet, in_tree=True))
-    raced = []
+    raced: list[bool] = []
 
     def ray_autoscaler(s: FakeApiServer) -> None:
         # The Ray autoscaler scales the cluster between our read and our patch, once.
@@ -656,9 +656,10 @@ def serve_applied(
         class Pool:
             pass
 
+        # serve.deployment's stubs give a decorated class its own type, not Deployment's.
         return DeploymentInfo(
-            deployment_config=Pool._deployment_config,
-            replica_config=Pool._replica_config,
+            deployment_config=Pool._deployment_config,  # type: ignore[attr-defined]
+            replica_config=Pool._replica_config,  # type: ignore[attr-defined]
             start_time_ms=0,
             deployer_job_id="test",
         )

@@ -374,7 +374,8 @@ def test_fewest_added_matches_brute_force(case: tuple[Problem, dict[str, int], f
 def test_fewest_added_is_none_when_the_cap_is_below_every_plan() -> None:
     problem = Problem((node("g", 1, 1.0, 4),), (cand("p", "m", "g", 1, 1.0),), {"m": 2.0})
     assert solve_fewest_added(problem, {"p": 0}, 1.5) is None
-    assert dict(solve_fewest_added(problem, {"p": 0}, 2.0).plan.replicas) == {"p": 2}
+    out = solve_fewest_added(problem, {"p": 0}, 2.0)
+    assert out is not None and dict(out.plan.replicas) == {"p": 2}
 
 
 # ---- from a fleet, with simulated capacity -------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import jsonschema
 import pytest
@@ -71,7 +72,9 @@ def test_a_streamed_tool_call_is_reassembled_and_the_loop_completes(
     gateway: RunningGateway, session: requests.Session
 ) -> None:
     w = ToolCalling(name="t", kind="tool_calling", team="a", model="e2b", max_tokens=64)
-    messages = [{"role": "user", "content": "Search the docs for the quota policy."}]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "Search the docs for the quota policy."}
+    ]
     first = chat(session, gateway.url + "/v1", None, payloads.tool_step(w, messages), 60)
     assert first.error is None, first.message
     (call,) = first.tool_calls

@@ -287,7 +287,7 @@ def test_a_stop_string_is_reported_in_stop_reason_as_vllm_does() -> None:
 def test_a_schema_no_instance_satisfies_is_a_400_naming_the_field(stream: bool) -> None:
     schema = {"type": "object", "properties": {"a": False}, "required": ["a"]}
     tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
-    asks = {
+    asks: dict[str, dict[str, Any]] = {
         "tools[0].function.parameters": {"tools": tools, "tool_choice": "required"},
         "response_format.json_schema.schema": {
             "response_format": {

@@ -12,6 +12,7 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionResponse,
 )
 from ray.llm._internal.serve.core.server.builder import build_llm_deployment
+from ray.serve.handle import DeploymentResponse, DeploymentResponseGenerator
 
 from gemma_fleet.deployments.engines.simulator import (
     SimulatorConfig,
@@ -21,6 +22,12 @@ from gemma_fleet.deployments.engines.simulator import (
 
 pytestmark = pytest.mark.slow
 SERVE_HTTP_PORT = 8710  # this suite's range is 8710-8719
+
+
+def streamed(answer: DeploymentResponse[Any] | DeploymentResponseGenerator[Any]) -> list[Any]:
+    """What a handle with stream=True yields, as a list (its type admits a plain response)."""
+    assert isinstance(answer, DeploymentResponseGenerator)
+    return list(answer)
 
 
 def _request(**body: Any) -> ChatCompletionRequest:
@@ -45,13 +52,13 @@ def test_simulator_engine_serves_chat_behind_llm_server(ray_cluster: str) -> Non
         stream_handle = handle.options(stream=True)
 
         # Non-streaming: one ChatCompletionResponse.
-        [response] = list(stream_handle.chat.remote(_request(max_tokens=8, ignore_eos=True)))
+        [response] = streamed(stream_handle.chat.remote(_request(max_tokens=8, ignore_eos=True)))
         assert isinstance(response, ChatCompletionResponse)
         assert response.usage.completion_tokens == 8
         assert response.choices[0].finish_reason == "length"
 
         # Streaming: LLMServer batches the engine's SSE strings into lists.
-        batches = list(
+        batches = streamed(
             stream_handle.chat.remote(
                 _request(max_tokens=12, ignore_eos=True, stream=True,
                          stream_options={"include_usage": True})
@@ -68,4 +75,4 @@ def test_simulator_engine_serves_chat_behind_llm_server(ray_cluster: str) -> Non
         assert 'vllm:generation_tokens_total{engine="0",model_name="gemma-sim"} 20.0' in text
         handle.check_health.remote().result()
     finally:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]

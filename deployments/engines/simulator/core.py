@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,7 +187,7 @@ class SimulatorCore:
         prompt_token_ids: list[int],
         output_plan: list[int],
         finish_reason: str = "stop",
-    ) -> AsyncIterator[TokenEvent]:
+    ) -> AsyncGenerator[TokenEvent, None]:
         """Run a request and yield its tokens as they are produced. Closing the iterator early
         (client went away, task cancelled) aborts the request."""
         group = self.generate_group([(request_id, prompt_token_ids, output_plan, finish_reason)])
