@@ -184,7 +184,8 @@ def ongoing(replica: Replica) -> int:
     """Requests the replica is serving now, as it counts them (answered off its user code)."""
     import ray
 
-    actor = ray.get_actor(replica.actor_name, namespace="serve")
+    # Any: ActorHandle types its (dynamic) methods as Never.
+    actor: Any = ray.get_actor(replica.actor_name, namespace="serve")
     return int(ray.get(actor.get_num_ongoing_requests.remote(), timeout=5))
 
 

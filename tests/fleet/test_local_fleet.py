@@ -13,6 +13,11 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import (
+    ChatCompletionContentPartInputAudioParam,
+    ChatCompletionFunctionToolParam,
+)
+from openai.types.shared_params import ResponseFormatJSONSchema
 
 from gemma_fleet.deployments.fleet.cluster import NODE_ENVIRONMENT
 from gemma_fleet.deployments.fleet.processes import alive, process_tree
@@ -172,7 +177,7 @@ def test_alias_routes_by_need_through_the_fleet(client: openai.OpenAI) -> None:
     assert long.headers["x-gemma-fleet-pool"] == "gemma-4-26b-a4b"  # past the small pools' 32K
     buf = io.BytesIO()
     soundfile.write(buf, np.zeros(16_000, dtype=np.float32), 16_000, format="WAV")
-    audio = {
+    audio: ChatCompletionContentPartInputAudioParam = {
         "type": "input_audio",
         "input_audio": {"data": base64.b64encode(buf.getvalue()).decode(), "format": "wav"},
     }
@@ -191,17 +196,28 @@ def test_tools_and_json_schema_through_the_fleet(client: openai.OpenAI) -> None:
 
     import jsonschema
 
-    schema = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
-    tools = [{"type": "function", "function": {"name": "search", "parameters": schema}}]
+    schema: dict[str, object] = {
+        "type": "object",
+        "properties": {"q": {"type": "string"}},
+        "required": ["q"],
+    }
+    tools: list[ChatCompletionFunctionToolParam] = [
+        {"type": "function", "function": {"name": "search", "parameters": schema}}
+    ]
     call = client.chat.completions.create(
         model="gemma-4-31b",
         tools=tools,
         tool_choice="required",
         messages=[{"role": "user", "content": "find it"}],
     )
-    args = call.choices[0].message.tool_calls[0].function.arguments  # type: ignore[index]
+    tool_calls = call.choices[0].message.tool_calls
+    assert tool_calls and tool_calls[0].type == "function"  # as tool_choice="required" asks
+    args = tool_calls[0].function.arguments
     jsonschema.validate(json.loads(args), schema)
-    fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
+    fmt: ResponseFormatJSONSchema = {
+        "type": "json_schema",
+        "json_schema": {"name": "s", "schema": schema},
+    }
     out = client.chat.completions.create(
         model="gemma-4-26b-a4b",
         response_format=fmt,

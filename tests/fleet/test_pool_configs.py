@@ -60,6 +60,7 @@ def test_vllm_pool_on_gpus_runs_tensor_parallel_over_its_bundles() -> None:
     assert config.engine_kwargs["tensor_parallel_size"] == 2
     assert config.engine_kwargs["enable_chunked_prefill"] is True  # passed through
     assert config.engine_kwargs["tool_call_parser"] == "gemma4"
+    assert config.placement_group_config is not None
     bundles = config.placement_group_config["bundles"]
     assert [b["GPU"] for b in bundles] == [1.0, 1.0]
     assert config.placement_group_config["strategy"] == "STRICT_PACK"
@@ -72,5 +73,6 @@ def test_vllm_pool_on_a_cpu_host_runs_one_rank_pinned_to_its_pool(tmp_path: Path
     config = vllm_pool_config(BIG, H100, checkpoint=str(checkpoint), cpu_host=True)
     assert config.engine_kwargs["tensor_parallel_size"] == 1
     assert config.engine_kwargs["max_model_len"] == 4096  # capped to the checkpoint's context
+    assert config.placement_group_config is not None
     (bundle,) = config.placement_group_config["bundles"]
     assert "GPU" not in bundle and bundle["gpu_pool_h100"] == 1.0

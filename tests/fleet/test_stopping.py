@@ -196,7 +196,8 @@ def test_the_stopping_handle_is_warmed_when_the_fleet_is_up(
         is_initialized = True  # as if by an earlier call: kept as it is
 
         def __init__(self, answer: list[Any] | Exception) -> None:
-            self.answer, self.methods = answer, []
+            self.answer = answer
+            self.methods: list[str] = []
 
         def broadcast(self, method: str) -> Broadcast:
             self.methods.append(method)

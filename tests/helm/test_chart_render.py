@@ -100,7 +100,8 @@ def case(request: pytest.FixtureRequest, render: Render) -> tuple[dict[str, Any]
 
 
 def _rayservice(out: Rendered) -> dict[str, Any]:
-    return out.one("RayService")
+    rayservice: dict[str, Any] = out.one("RayService")  # mypy reads chart_support's types as Any
+    return rayservice
 
 
 def _serve_config(out: Rendered) -> dict[str, Any]:

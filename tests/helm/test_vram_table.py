@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -55,13 +56,15 @@ def test_limit_is_the_longest_context_the_profile_accepts(
     key = f"{kv}/{'text' if text_only else 'multimodal'}"
     limit = table["fit"][model][quant][gpu][key][str(tp)]
     context = table["models"][model]["context_length"]
-    kwargs = {"tp": tp, "kv_dtype": kv, "text_only": text_only}
+    profile_at = functools.partial(
+        profile, model, gpu, quant, tp=tp, kv_dtype=kv, text_only=text_only
+    )
     if limit == 0:
-        assert not profile(model, gpu, quant, max_model_len=1, **kwargs).fits
+        assert not profile_at(max_model_len=1).fits
         return
-    assert profile(model, gpu, quant, max_model_len=limit, **kwargs).fits
+    assert profile_at(max_model_len=limit).fits
     if limit < context:
-        assert not profile(model, gpu, quant, max_model_len=limit + 1, **kwargs).fits
+        assert not profile_at(max_model_len=limit + 1).fits
 
 
 def test_table_lists_only_valid_tp_degrees() -> None:

@@ -192,7 +192,7 @@ def test_values_an_engine_would_reject_are_refused_at_the_gateway(
 
 def test_completions_and_messages_share_the_engine_rules(fleet: Fleet) -> None:
     base = {"model": "gemma-4", "prompt": "hi", "max_tokens": 4}
-    rules = [
+    rules: list[tuple[dict[str, Any], str]] = [
         ({"seed": 2**64}, "seed"),
         ({"top_k": -2}, "top_k"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
@@ -201,7 +201,7 @@ def test_completions_and_messages_share_the_engine_rules(fleet: Fleet) -> None:
     for fields, word in rules:
         refused(fleet.team_call("POST", "/v1/completions", json={**base, **fields}), 400, word)
     msg = {"model": "gemma-4", "max_tokens": 4, "messages": [{"role": "user", "content": "x"}]}
-    anthropic_rules = [
+    anthropic_rules: list[tuple[dict[str, Any], str]] = [
         ({"top_k": 2**40}, "top_k"),
         ({"stop_sequences": ["a"] * 5}, "stop"),
         ({"tool_choice": {"type": "any"}}, "tool_choice"),

@@ -13,7 +13,7 @@ import logging
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis as sync_redis
@@ -245,19 +245,21 @@ def test_key_secrets_are_stored_only_as_digests(fleet: Fleet) -> None:
     assert fleet.call("GET", "/v1/usage", key).status_code == 200
     r = sync_redis.Redis.from_url(fleet.redis.url)
     dump: list[bytes] = []
+    # Without decode_responses every reply is bytes; redis-py's types allow str as well.
     for name in r.scan_iter(count=1000):
         dump.append(name)
         kind = r.type(name)
         if kind == b"string":
-            dump.append(r.get(name) or b"")
+            dump.append(cast(bytes | None, r.get(name)) or b"")
         elif kind == b"hash":
-            dump.extend(b for kv in r.hgetall(name).items() for b in kv)
+            dump.extend(b for kv in cast(dict[bytes, bytes], r.hgetall(name)).items() for b in kv)
         elif kind == b"set":
-            dump.extend(r.smembers(name))
+            dump.extend(cast(set[bytes], r.smembers(name)))
         elif kind == b"zset":
-            dump.extend(m for m, _ in r.zrange(name, 0, -1, withscores=True))
+            scored = cast(list[tuple[bytes, float]], r.zrange(name, 0, -1, withscores=True))
+            dump.extend(m for m, _ in scored)
         elif kind == b"list":
-            dump.extend(r.lrange(name, 0, -1))
+            dump.extend(cast(list[bytes], r.lrange(name, 0, -1)))
     everything = b"\n".join(dump)
     assert key_digest(key).encode() in everything
     for secret in (key, secret_part(key), secret_part(fleet.key), ADMIN_KEY):

@@ -66,7 +66,7 @@ def _busy_script(server: RedisServer) -> Callable[[], None]:
     return stop
 
 
-def refuse(kind: str, server: RedisServer) -> Callable[[], None]:
+def refuse(kind: str, server: RedisServer) -> Callable[[], object]:
     """Make Redis refuse writes as it does in production; returns what undoes it."""
     r = sync_redis.Redis(port=server.port)
     if kind == "out of memory":  # maxmemory reached with the noeviction policy
@@ -117,7 +117,8 @@ def test_redis_refusing_writes_is_down_and_accounting_waits_for_it(
 
         assert await access.flush() == 0
         assert await access.limiter.budget_used("t", limits) == 12
-        [row] = await access.meter.rows(*[datetime.now(UTC).date()] * 2, team="t")
+        today = datetime.now(UTC).date()
+        [row] = await access.meter.rows(today, today, team="t")
         assert (row.requests, row.prompt_tokens, row.completion_tokens) == (1, 5, 7)
         for _ in range(2):  # the concurrency slot was freed
             await access.admit(identity, 100)

@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 from gateway_harness import RunningGateway
+from openai.types.chat import ChatCompletionContentPartImageParam, ChatCompletionMessageParam
 from redis_server import RedisServer
 
 from gemma_fleet.teams.limits import Limiter, TeamLimits
@@ -44,7 +45,7 @@ def client(gw: RunningGateway, key: str) -> openai.OpenAI:
 
 
 def chat(gw: RunningGateway, key: str, model: str = "e2b", **kwargs: Any) -> Any:
-    messages = [{"role": "user", "content": "hello"}]
+    messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
     return client(gw, key).chat.completions.create(
         model=model, messages=messages, max_tokens=kwargs.pop("max_tokens", 8), **kwargs
     )
@@ -414,7 +415,10 @@ def test_a_name_no_team_can_have_is_404_on_every_team_route(
 def test_a_request_refused_after_admission_spends_no_request(gateway: RunningGateway) -> None:
     key = new_team(gateway, "refused-late", limits={"requests_per_minute": 1})
     within_one_minute()  # both requests
-    unreachable = {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/cat.png"}}
+    unreachable: ChatCompletionContentPartImageParam = {
+        "type": "image_url",
+        "image_url": {"url": "http://127.0.0.1:9/cat.png"},
+    }
     with pytest.raises(openai.BadRequestError):  # admitted, then its image cannot be fetched
         client(gateway, key).chat.completions.create(
             model="e4b",

@@ -10,12 +10,13 @@ import asyncio
 import anthropic
 import httpx
 import pytest
+from anthropic.types import MessageParam
 from gateway_harness import RunningGateway
 
 from .conftest import admin, within_one_minute
 from .test_api_teams import budget_used, in_redis, new_team
 
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[MessageParam] = [{"role": "user", "content": "hello"}]
 
 
 def sdk(gw: RunningGateway, key: str) -> anthropic.Anthropic:
@@ -31,6 +32,7 @@ def test_counting_is_held_to_the_teams_requests_per_minute(gateway: RunningGatew
     with pytest.raises(anthropic.RateLimitError) as refused:
         client.messages.count_tokens(model="e2b", messages=HELLO)
     assert refused.value.status_code == 429
+    assert isinstance(refused.value.body, dict)
     assert refused.value.body["type"] == "error"
     error = refused.value.body["error"]
     assert error["type"] == "rate_limit_error"
@@ -62,6 +64,7 @@ def test_counting_spends_no_generation_request_token_budget_or_slot(
     assert {c.input_tokens for c in counted} == {created[0].usage.input_tokens}
     with pytest.raises(anthropic.RateLimitError) as spent:
         client.messages.create(model="e2b", max_tokens=8, messages=HELLO)
+    assert isinstance(spent.value.body, dict)
     assert "token counting" not in spent.value.body["error"]["message"]
     used = sum(c.usage.input_tokens + c.usage.output_tokens for c in created)
     assert budget_used(gateway, "count-apart") == used

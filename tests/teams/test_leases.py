@@ -281,7 +281,7 @@ def test_a_request_the_gateway_dropped_without_settling_it_is_not_renewed_for_ev
 
 
 def test_a_renewal_does_not_bring_back_a_released_lease(redis_url: str) -> None:
-    async def scenario() -> tuple[int, int, int]:
+    async def scenario() -> tuple[Renewal, int, int]:
         redis = connect(redis_url)
         limiter = Limiter(redis, prefix="renew", lease_s=30)
         limits = TeamLimits(max_concurrent_requests=2)

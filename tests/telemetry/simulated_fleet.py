@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from gateway_harness import CATALOG, pool_info
+from gateway_harness import CATALOG as CATALOG  # re-exported: the suite's tests use it
+from gateway_harness import pool_info
 
 from gemma_fleet.deployments.engines.simulator.config import SimulatorConfig
 from gemma_fleet.deployments.engines.simulator.engine import SimulatorEngine, simulator_llm_config

@@ -68,6 +68,7 @@ def test_unit_test_series_are_the_ones_really_exported(rendered: dict[str, set[s
     for case in unit_tests()["tests"]:
         for series in case["input_series"]:
             selector = promql_parser.parse(series["series"])
+            assert isinstance(selector, promql_parser.VectorSelector), series["series"]
             labels = {m.name for m in selector.matchers.matchers} - TARGET_LABELS
             if selector.name not in rendered:
                 problems.append(f"no metric {selector.name}")

@@ -40,7 +40,10 @@ TEMP_DIR = "/tmp/ray-telemetry"
 def pool_handle() -> Iterator[tuple[Any, Receiver]]:
     """The "small" pool as one LLMServer replica whose OTEL_* env points at our receiver."""
     from ray import serve
-    from ray.serve.llm import build_llm_deployment
+
+    # The internal builder the public ray.serve.llm.build_llm_deployment delegates to: it is
+    # annotated with the LLMConfig class simulator_llm_config returns (as in serve_app.py).
+    from ray.llm._internal.serve.core.server.builder import build_llm_deployment
 
     from gemma_fleet.deployments.engines.simulator.engine import (
         simulator_bind_kwargs,
@@ -78,7 +81,7 @@ def pool_handle() -> Iterator[tuple[Any, Receiver]]:
         try:
             yield serve.run(app, name="telemetry-small", route_prefix=None), receiver
         finally:
-            serve.shutdown()
+            serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
 
 
 def _post(handle: Any, body: dict[str, Any]) -> httpx.Response:

@@ -32,8 +32,8 @@ def one_request_tree(
     assert request.attributes[names.HTTP_ROUTE] == route
     assert names.TEAM in request.attributes
     assert request.attributes[names.REQUEST_MODEL]
-    for child in (names.AUTH, names.ROUTE, names.DISPATCH):
-        assert by_name[child].parent_span_id == request.span_id, f"{child} not under request"
+    for step in (names.AUTH, names.ROUTE, names.DISPATCH):
+        assert by_name[step].parent_span_id == request.span_id, f"{step} not under request"
     assert engine.parent_span_id == dispatch.span_id, "engine.generate not under dispatch"
 
     routed = by_name[names.ROUTE].attributes

@@ -118,6 +118,7 @@ def test_gpu_llm_config_is_accepted_by_ray_serve_llm_and_places_tp_ranks() -> No
     )
     assert config.model_id == "gemma-4-31B"
     engine = config.get_engine_config()  # splits and validates every key against vLLM's args
+    assert engine is not None  # typed Optional, but it raises rather than return None
     assert engine.actual_hf_model_id == "google/gemma-4-31B-it"
     assert engine.frontend_kwargs == {"tool_call_parser": "gemma4", "enable_auto_tool_choice": True}
     assert engine.engine_kwargs["reasoning_parser"] == "gemma4"
@@ -137,6 +138,7 @@ def test_cpu_llm_config_defaults_to_a_cpu_bundle_and_passes_the_kv_env() -> None
         runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
     )
     engine = config.get_engine_config()
+    assert engine is not None
     assert engine.placement_bundles == [{"CPU": 1.0}]
     assert engine.placement_strategy == "STRICT_PACK"
     assert config.runtime_env == {

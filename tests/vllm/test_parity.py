@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,8 @@ PROMPTS = (
     "The quick brown fox jumps over",
     "Weather in Paris today? It is sunny and warm, about twenty degrees.",
 )
+# Per variant: its run (variant, model path, prompt token ids) and vLLM's greedy tokens per prompt.
+ParityRuns = dict[str, tuple[dict[str, Any], list[list[int]]]]
 
 
 def _hf_greedy(path: Path, prompts: list[list[int]]) -> list[list[int]]:
@@ -30,7 +33,7 @@ def _hf_greedy(path: Path, prompts: list[list[int]]) -> list[list[int]]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()  # type: ignore[no-untyped-call]
     out = []
     with torch.no_grad():
         for prompt in prompts:
@@ -43,10 +46,10 @@ def _hf_greedy(path: Path, prompts: list[list[int]]) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def parity_runs(checkpoint_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def parity_runs(checkpoint_root: Path, tmp_path_factory: pytest.TempPathFactory) -> ParityRuns:
     from transformers import AutoTokenizer
 
-    runs = []
+    runs: list[dict[str, Any]] = []
     for variant in VARIANTS:
         path = ensure_tiny_checkpoint(variant, checkpoint_root)
         tok = AutoTokenizer.from_pretrained(path)
@@ -68,7 +71,7 @@ def parity_runs(checkpoint_root: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_vllm_and_transformers_agree_token_for_token(variant: str, parity_runs: dict) -> None:
+def test_vllm_and_transformers_agree_token_for_token(variant: str, parity_runs: ParityRuns) -> None:
     run, vllm_ids = parity_runs[variant]
     hf_ids = _hf_greedy(Path(run["model"]), run["prompts"])
     assert all(len(ids) == NEW_TOKENS for ids in vllm_ids)

@@ -83,7 +83,7 @@ def pool_url(
         print(f"pool ready after {time.monotonic() - started:.1f} s")
         yield f"http://127.0.0.1:{serve_http_port}/v1"
     finally:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def _wav_base64(pcm: Any) -> str:
 def processor(multimodal_checkpoint: Path) -> Any:
     from transformers import AutoProcessor
 
-    return AutoProcessor.from_pretrained(multimodal_checkpoint)
+    return AutoProcessor.from_pretrained(multimodal_checkpoint)  # type: ignore[no-untyped-call]
 
 
 def _reference_prompt_tokens(processor: Any, content: list[dict[str, Any]], **media: Any) -> int:
