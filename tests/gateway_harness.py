@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anthropic
 import httpx
 import uvicorn
 
@@ -156,3 +157,10 @@ def fleet_settings(**overrides: Any) -> GatewaySettings:
         "max_body_bytes": 2 * 2**20,
     }
     return GatewaySettings(**{**defaults, **overrides})
+
+
+def anthropic_error_body(err: anthropic.APIStatusError) -> dict[str, Any]:
+    """An Anthropic SDK error's JSON body. The SDK types it as object; the gateway always
+    answers a JSON object."""
+    assert isinstance(err.body, dict)
+    return err.body

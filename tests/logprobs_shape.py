@@ -90,7 +90,8 @@ def completion_tokens_read(
         answer = client.completions.create(**body)
         [choice] = answer.choices
         return choice.text, answer.usage, choice.model_dump()["logprobs"]["tokens"]
-    text, usage, tokens = "", None, []
+    text, usage = "", None
+    tokens: list[str] = []
     for chunk in client.completions.create(
         stream=True, stream_options={"include_usage": True}, **body
     ):

@@ -5,13 +5,27 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import anthropic
 import jsonschema
 import openai
 import pytest
+from anthropic.types import (
+    ContentBlockParam,
+    ImageBlockParam,
+    MessageParam,
+    OutputConfigParam,
+    TextBlock,
+    ThinkingConfigParam,
+    ToolChoiceParam,
+    ToolParam,
+)
+from anthropic.types.message_create_params import MessageCreateParamsBase
+from gateway_harness import anthropic_error_body
 from PIL import Image
+from pydantic import BaseModel
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +54,7 @@ def test_stream(client: anthropic.Anthropic) -> None:
     ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
+    assert isinstance(final.content[0], TextBlock)
     assert text and final.content[0].text == text
     assert final.usage.output_tokens > 0
 
@@ -64,12 +79,12 @@ def test_an_alias_answer_names_the_pool_that_served_it_as_the_openai_api_does(
         assert stream.get_final_message().model == "e2b"
 
 
-SCHEMA = {
+SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "unit": {"enum": ["c", "f"]}},
     "required": ["city", "unit"],
 }
-TOOLS = [{"name": "forecast", "description": "weather", "input_schema": SCHEMA}]
+TOOLS: list[ToolParam] = [{"name": "forecast", "description": "weather", "input_schema": SCHEMA}]
 
 
 def test_tool_use_round_trip(client: anthropic.Anthropic) -> None:
@@ -90,7 +105,7 @@ def test_tool_use_round_trip(client: anthropic.Anthropic) -> None:
         tools=TOOLS,
         messages=[
             {"role": "user", "content": "weather in Oslo?"},
-            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "assistant", "content": as_sent(first.content)},
             {
                 "role": "user",
                 "content": [
@@ -118,7 +133,7 @@ def test_streamed_tool_use(client: anthropic.Anthropic) -> None:
 def test_image(client: anthropic.Anthropic) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (48, 48), "green").save(buf, format="PNG")
-    image = {
+    image: ImageBlockParam = {
         "type": "image",
         "source": {
             "type": "base64",
@@ -136,8 +151,8 @@ def test_image(client: anthropic.Anthropic) -> None:
         client.messages.create(
             model="dense", max_tokens=8, messages=[{"role": "user", "content": [image]}]
         )
-    assert err.value.body["error"]["type"] == "invalid_request_error"
-    assert "does not take image" in err.value.body["error"]["message"]
+    assert anthropic_error_body(err.value)["error"]["type"] == "invalid_request_error"
+    assert "does not take image" in anthropic_error_body(err.value)["error"]["message"]
 
 
 def test_errors_use_anthropics_format(client: anthropic.Anthropic) -> None:
@@ -145,22 +160,22 @@ def test_errors_use_anthropics_format(client: anthropic.Anthropic) -> None:
         client.messages.create(
             model="claude-9", max_tokens=8, messages=[{"role": "user", "content": "x"}]
         )
-    assert err.value.body["type"] == "error"
+    assert anthropic_error_body(err.value)["type"] == "error"
     with pytest.raises(anthropic.BadRequestError) as bad:
         client.messages.create(
             model="gemma-4", max_tokens=0, messages=[{"role": "user", "content": "x"}]
         )
-    assert "max_tokens" in bad.value.body["error"]["message"]
+    assert "max_tokens" in anthropic_error_body(bad.value)["error"]["message"]
 
 
 @pytest.mark.parametrize(
     "choice", [{"type": "tool", "name": "forecast"}, {"type": "any"}, {"type": "auto"}]
 )
 def test_a_turn_that_ends_in_a_tool_call_says_tool_use(
-    client: anthropic.Anthropic, choice: dict[str, Any]
+    client: anthropic.Anthropic, choice: ToolChoiceParam
 ) -> None:
     # OpenAI (and vLLM) finish a named tool call with "stop"; Anthropic says tool_use.
-    ask = {
+    ask: MessageCreateParamsBase = {
         "model": "gemma-4",
         "max_tokens": 64,
         "tools": TOOLS,
@@ -175,12 +190,13 @@ def test_a_turn_that_ends_in_a_tool_call_says_tool_use(
     assert [b.type for b in final.content] == ["tool_use"]
     assert final.stop_reason == "tool_use"
     # cut short by max_tokens, the call is incomplete: max_tokens, as Anthropic says
-    short = client.messages.create(**{**ask, "max_tokens": 2})
+    cut_short: MessageCreateParamsBase = {**ask, "max_tokens": 2}
+    short = client.messages.create(**cut_short)
     assert short.stop_reason == "max_tokens"
 
 
 def test_stop_sequences_say_which_one_stopped_the_text(client: anthropic.Anthropic) -> None:
-    ask = {
+    ask: MessageCreateParamsBase = {
         "model": "gemma-4",
         "max_tokens": 64,
         "stop_sequences": ["zq", "e"],  # "e" is in almost every word: it is what matches
@@ -188,16 +204,18 @@ def test_stop_sequences_say_which_one_stopped_the_text(client: anthropic.Anthrop
     }
     message = client.messages.create(**ask)
     assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "e")
+    assert isinstance(message.content[0], TextBlock)
     assert "e" not in message.content[0].text
     with client.messages.stream(**ask) as stream:
         final = stream.get_final_message()
     assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "e")
     # an answer that ends by itself is end_turn, with no sequence
-    natural = client.messages.create(**{**ask, "stop_sequences": ["zq"]})
+    ends_by_itself: MessageCreateParamsBase = {**ask, "stop_sequences": ["zq"]}
+    natural = client.messages.create(**ends_by_itself)
     assert natural.stop_reason in {"end_turn", "max_tokens"} and natural.stop_sequence is None
 
 
-HELLO = [{"role": "user", "content": "hello"}]
+HELLO: list[MessageParam] = [{"role": "user", "content": "hello"}]
 
 
 def test_fields_that_do_not_change_the_answer_are_accepted(client: anthropic.Anthropic) -> None:
@@ -208,6 +226,12 @@ def test_fields_that_do_not_change_the_answer_are_accepted(client: anthropic.Ant
         diagnostics={"previous_message_id": None},
     )  # fmt: skip
     assert message.content
+
+
+def as_sent(blocks: Iterable[BaseModel]) -> list[ContentBlockParam]:
+    """A turn's blocks as clients send them back: each one's model_dump()."""
+    # model_dump() is typed dict[str, Any]; a block dumps to the keys of its param type
+    return [cast(ContentBlockParam, b.model_dump()) for b in blocks]
 
 
 def chat_of(**fields: Any) -> dict[str, Any]:
@@ -222,7 +246,7 @@ def chat_of(**fields: Any) -> dict[str, Any]:
     "thinking", [{"type": "enabled", "budget_tokens": 1024}, {"type": "adaptive"}]
 )
 def test_thinking_asks_gemmas_template_to_think(
-    client: anthropic.Anthropic, thinking: dict[str, Any]
+    client: anthropic.Anthropic, thinking: ThinkingConfigParam
 ) -> None:
     assert chat_of(thinking=thinking)["chat_template_kwargs"] == {"enable_thinking": True}
     assert "chat_template_kwargs" not in chat_of(thinking={"type": "disabled"})
@@ -275,10 +299,10 @@ def test_thinking_comes_back_as_thinking_blocks(client: anthropic.Anthropic) -> 
         {"type": "thinking_delta", "thinking": "kind"},
     ]
     # sent back, a thinking block is that turn's reasoning, as vLLM reads it
-    turn = [b.model_dump() for b in message.content]
+    turn = as_sent(message.content)
     sent = chat_of(messages=[*HELLO, {"role": "assistant", "content": turn}, *HELLO])
     assert sent["messages"][1] == {"role": "assistant", "content": "Hi", "reasoning": "be kind"}
-    redacted = [{"type": "redacted_thinking", "data": "x"}, *turn[1:]]
+    redacted: list[ContentBlockParam] = [{"type": "redacted_thinking", "data": "x"}, *turn[1:]]
     sent = chat_of(messages=[*HELLO, {"role": "assistant", "content": redacted}, *HELLO])
     assert sent["messages"][1] == {"role": "assistant", "content": "Hi"}
     again = client.messages.create(
@@ -301,7 +325,7 @@ def test_disable_parallel_tool_use_is_parallel_tool_calls(client: anthropic.Anth
 
 
 def test_a_prefill_is_continued_not_answered_as_a_new_turn(client: anthropic.Anthropic) -> None:
-    prefill = [*HELLO, {"role": "assistant", "content": "{"}]
+    prefill: list[MessageParam] = [*HELLO, {"role": "assistant", "content": "{"}]
     sent = chat_of(messages=prefill)
     assert (sent["continue_final_message"], sent["add_generation_prompt"]) == (True, False)
     assert "continue_final_message" not in chat_of()
@@ -383,18 +407,18 @@ def test_count_tokens_counts_tools_and_system(client: anthropic.Anthropic) -> No
 def test_count_tokens_errors_in_anthropics_shape(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.NotFoundError) as unknown:
         client.messages.count_tokens(model="claude-9", **COUNTED["plain"])
-    assert unknown.value.body["type"] == "error"
-    assert unknown.value.body["error"]["type"] == "not_found_error"
-    assert "claude-9" in unknown.value.body["error"]["message"]
+    assert anthropic_error_body(unknown.value)["type"] == "error"
+    assert anthropic_error_body(unknown.value)["error"]["type"] == "not_found_error"
+    assert "claude-9" in anthropic_error_body(unknown.value)["error"]["message"]
     with pytest.raises(anthropic.BadRequestError) as image_to_text:
         client.messages.count_tokens(model="dense", **COUNTED["image"])
-    assert "does not take image" in image_to_text.value.body["error"]["message"]
+    assert "does not take image" in anthropic_error_body(image_to_text.value)["error"]["message"]
     with pytest.raises(anthropic.BadRequestError) as generation_field:
         client.messages.count_tokens(model="e2b", **COUNTED["plain"], extra_body={"max_tokens": 10})
-    assert "max_tokens" in generation_field.value.body["error"]["message"]
+    assert "max_tokens" in anthropic_error_body(generation_field.value)["error"]["message"]
     with pytest.raises(anthropic.BadRequestError) as empty:
         client.messages.count_tokens(model="e2b", messages=[])
-    assert empty.value.body["error"]["type"] == "invalid_request_error"
+    assert anthropic_error_body(empty.value)["error"]["type"] == "invalid_request_error"
 
 
 def test_count_tokens_takes_no_batch_slot(gateway_server: Any, client: anthropic.Anthropic) -> None:
@@ -407,7 +431,7 @@ def test_count_tokens_takes_no_batch_slot(gateway_server: Any, client: anthropic
 
 # ---- structured outputs: output_config.format ----------------------------------------------
 
-RECIPE = {
+RECIPE: dict[str, Any] = {
     "type": "object",
     "properties": {
         "name": {"type": "string"},
@@ -417,7 +441,7 @@ RECIPE = {
     "required": ["name", "minutes", "steps"],
     "additionalProperties": False,
 }
-JSON_OUTPUT = {"format": {"type": "json_schema", "schema": RECIPE}}
+JSON_OUTPUT: OutputConfigParam = {"format": {"type": "json_schema", "schema": RECIPE}}
 
 
 def test_output_config_format_answers_json_valid_for_the_schema(
@@ -465,9 +489,13 @@ def test_output_config_format_is_structured_output_as_openais_json_schema() -> N
 
 
 def test_output_config_refusals_name_the_field(client: anthropic.Anthropic) -> None:
-    bogus = {"format": {"type": "json_schema", "schema": {"type": "object",
-             "properties": {"a": {"type": "bogus"}}}}}  # fmt: skip
-    cases: list[tuple[dict[str, Any], list[dict[str, Any]], str]] = [
+    bogus: OutputConfigParam = {
+        "format": {
+            "type": "json_schema",
+            "schema": {"type": "object", "properties": {"a": {"type": "bogus"}}},
+        }
+    }
+    cases: list[tuple[OutputConfigParam, list[MessageParam], str]] = [
         (bogus, HELLO, "output_config.format.schema"),
         ({"effort": "low"}, HELLO, "output_config.effort"),
         (JSON_OUTPUT, [*HELLO, {"role": "assistant", "content": "{"}], "output_config.format"),
@@ -475,17 +503,15 @@ def test_output_config_refusals_name_the_field(client: anthropic.Anthropic) -> N
     for output_config, messages, field in cases:
         with pytest.raises(anthropic.BadRequestError) as created:
             client.messages.create(
-                model="gemma-4", max_tokens=64, messages=messages,
-                output_config=output_config,  # type: ignore[arg-type]
-            )  # fmt: skip
-        assert created.value.body["error"]["type"] == "invalid_request_error"
-        assert field in created.value.body["error"]["message"]
+                model="gemma-4", max_tokens=64, messages=messages, output_config=output_config
+            )
+        assert anthropic_error_body(created.value)["error"]["type"] == "invalid_request_error"
+        assert field in anthropic_error_body(created.value)["error"]["message"]
         with pytest.raises(anthropic.BadRequestError) as counted:
             client.messages.count_tokens(
-                model="gemma-4", messages=messages,
-                output_config=output_config,  # type: ignore[arg-type]
-            )  # fmt: skip
-        assert field in counted.value.body["error"]["message"]
+                model="gemma-4", messages=messages, output_config=output_config
+            )
+        assert field in anthropic_error_body(counted.value)["error"]["message"]
     # null is the SDK's unset
     assert client.messages.create(
         model="gemma-4", max_tokens=256, messages=HELLO,
@@ -514,8 +540,13 @@ def test_each_schema_of_an_anthropic_request_is_checked_once(
 
     walked: list[object] = []
     check = json_schema.check_json_schema
-    monkeypatch.setattr(json_schema, "check_json_schema", lambda s: (walked.append(s), check(s)))
-    tools = [*TOOLS, {"name": "other", "input_schema": {"type": "object"}}]
+
+    def recording_check(schema: Any) -> None:
+        walked.append(schema)
+        check(schema)
+
+    monkeypatch.setattr(json_schema, "check_json_schema", recording_check)
+    tools: list[ToolParam] = [*TOOLS, {"name": "other", "input_schema": {"type": "object"}}]
     message = client.messages.create(
         model="gemma-4", max_tokens=256, messages=HELLO, tools=tools, output_config=JSON_OUTPUT
     )

@@ -7,10 +7,29 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+from typing import Any, TypedDict, Unpack, cast
 
 import anthropic
 import pytest
+from anthropic.types import (
+    Base64ImageSourceParam,
+    Base64PDFSourceParam,
+    CitationsConfigParam,
+    ContentBlockParam,
+    ContentBlockSourceContentParam,
+    DocumentBlockParam,
+    ImageBlockParam,
+    MessageParam,
+    PlainTextSourceParam,
+    SearchResultBlockParam,
+    TextBlockParam,
+    ToolParam,
+    ToolResultBlockParam,
+    ToolUseBlockParam,
+    URLPDFSourceParam,
+)
+from anthropic.types.tool_result_block_param import Content as ToolResultContent
+from gateway_harness import anthropic_error_body
 from PIL import Image
 
 
@@ -20,26 +39,33 @@ def client(gateway_server: Any) -> anthropic.Anthropic:
 
 
 REPORT = "The harvest of 2026 was 41 tonnes of apples and 12 tonnes of pears. " * 8
-QUESTION = {"type": "text", "text": "How many tonnes of pears?"}
+QUESTION: TextBlockParam = {"type": "text", "text": "How many tonnes of pears?"}
 
 
-def _text_document(**fields: Any) -> dict[str, Any]:
-    source = {"type": "text", "media_type": "text/plain", "data": REPORT}
-    return {"type": "document", "source": source, **fields}
+class _DocumentFields(TypedDict, total=False):
+    title: str
+    context: str
+    citations: CitationsConfigParam
 
 
-def _png() -> dict[str, Any]:
+def _text_document(**fields: Unpack[_DocumentFields]) -> DocumentBlockParam:
+    source: PlainTextSourceParam = {"type": "text", "media_type": "text/plain", "data": REPORT}
+    # strict mypy takes ** of a TypedDict into another only if it names every optional key
+    return cast(DocumentBlockParam, {"type": "document", "source": source, **fields})
+
+
+def _png() -> Base64ImageSourceParam:
     buf = io.BytesIO()
     Image.new("RGB", (48, 48), "red").save(buf, format="PNG")
     data = base64.b64encode(buf.getvalue()).decode()
     return {"type": "base64", "media_type": "image/png", "data": data}
 
 
-def _user(*blocks: dict[str, Any]) -> list[dict[str, Any]]:
+def _user(*blocks: ContentBlockParam) -> list[MessageParam]:
     return [{"role": "user", "content": list(blocks)}]
 
 
-def _sent(*blocks: dict[str, Any]) -> dict[str, Any]:
+def _sent(*blocks: ContentBlockParam) -> dict[str, Any]:
     """The user turn the gateway sends a pool for `blocks`."""
     from gemma_fleet.gateway.anthropic import to_chat_request
     from gemma_fleet.gateway.anthropic_models import MessagesRequest
@@ -70,10 +96,14 @@ def test_a_text_document_is_read_with_its_title_and_context(client: anthropic.An
 def test_count_tokens_counts_a_document_as_messages_create_does(
     client: anthropic.Anthropic, model: str, kind: str
 ) -> None:
+    document: DocumentBlockParam
     if kind == "text":
         document = _text_document(title="Harvest report")
     elif kind == "content":
-        blocks = [{"type": "text", "text": REPORT}, {"type": "image", "source": _png()}]
+        blocks: list[ContentBlockSourceContentParam] = [
+            {"type": "text", "text": REPORT},
+            {"type": "image", "source": _png()},
+        ]
         document = {"type": "document", "source": {"type": "content", "content": blocks}}
     else:
         document = {"type": "document", "source": {"type": "content", "content": REPORT}}
@@ -89,18 +119,24 @@ def test_count_tokens_counts_a_document_as_messages_create_does(
 def test_a_document_with_an_image_goes_to_a_pool_that_reads_images(
     client: anthropic.Anthropic,
 ) -> None:
-    blocks = [{"type": "text", "text": "a photo:"}, {"type": "image", "source": _png()}]
-    document = {"type": "document", "source": {"type": "content", "content": blocks}}
+    blocks: list[ContentBlockSourceContentParam] = [
+        {"type": "text", "text": "a photo:"},
+        {"type": "image", "source": _png()},
+    ]
+    document: DocumentBlockParam = {
+        "type": "document",
+        "source": {"type": "content", "content": blocks},
+    }
     raw = client.messages.with_raw_response.create(
         model="gemma-4", max_tokens=8, messages=_user(document, QUESTION)
     )
     assert raw.headers["x-gemma-fleet-pool"] != "dense"  # the text-only pool
     with pytest.raises(anthropic.BadRequestError) as err:
         client.messages.create(model="dense", max_tokens=8, messages=_user(document, QUESTION))
-    assert "does not take image" in err.value.body["error"]["message"]
+    assert "does not take image" in anthropic_error_body(err.value)["error"]["message"]
 
 
-PDF_SOURCES = {
+PDF_SOURCES: dict[str, Base64PDFSourceParam | URLPDFSourceParam] = {
     "base64": {"type": "base64", "media_type": "application/pdf",
                "data": base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()},
     "url": {"type": "url", "url": "https://example.com/report.pdf"},
@@ -109,8 +145,12 @@ PDF_SOURCES = {
 
 @pytest.mark.parametrize("source", list(PDF_SOURCES))
 def test_a_pdf_is_refused_naming_the_block(client: anthropic.Anthropic, source: str) -> None:
-    pdf = {"type": "document", "source": PDF_SOURCES[source], "title": "report.pdf"}
-    messages = [
+    pdf: DocumentBlockParam = {
+        "type": "document",
+        "source": PDF_SOURCES[source],
+        "title": "report.pdf",
+    }
+    messages: list[MessageParam] = [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello."},
         {"role": "user", "content": [QUESTION, pdf]},
@@ -121,39 +161,61 @@ def test_a_pdf_is_refused_naming_the_block(client: anthropic.Anthropic, source: 
     ):
         with pytest.raises(anthropic.BadRequestError) as err:
             call()
-        error = err.value.body["error"]
+        error = anthropic_error_body(err.value)["error"]
         assert error["type"] == "invalid_request_error"
         assert "messages[2].content[1]" in error["message"]
         assert "PDF" in error["message"] and "text" in error["message"]
 
 
 def test_a_file_document_is_refused_naming_the_block(client: anthropic.Anthropic) -> None:
-    document = {"type": "document", "source": {"type": "file", "file_id": "file_011abc"}}
+    document: DocumentBlockParam = {
+        "type": "document",
+        "source": {"type": "file", "file_id": "file_011abc"},
+    }
     with pytest.raises(anthropic.BadRequestError) as err:
         client.messages.create(model="gemma-4", max_tokens=8, messages=_user(document))
-    message = err.value.body["error"]["message"]
+    message = anthropic_error_body(err.value)["error"]["message"]
     assert "messages[0].content[0]" in message and "Files API" in message
 
 
 def test_a_document_is_refused_in_an_assistant_turn(client: anthropic.Anthropic) -> None:
-    messages = [
+    messages: list[MessageParam] = [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": [_text_document()]},
         {"role": "user", "content": "Go on"},
     ]
     with pytest.raises(anthropic.BadRequestError) as err:
         client.messages.create(model="gemma-4", max_tokens=8, messages=messages)
-    assert "document" in err.value.body["error"]["message"]
+    assert "document" in anthropic_error_body(err.value)["error"]["message"]
 
 
 # ---- images inside tool_result ----------------------------------------------------------------
 
-SHOT_TOOL = {"name": "screenshot", "description": "the screen", "input_schema": {"type": "object"}}
+SHOT_TOOL: ToolParam = {
+    "name": "screenshot",
+    "description": "the screen",
+    "input_schema": {"type": "object"},
+}
 
 
-def _after_screenshot(*result: dict[str, Any], **fields: Any) -> list[dict[str, Any]]:
-    use = {"type": "tool_use", "id": "toolu_1", "name": "screenshot", "input": {}}
-    answer = {"type": "tool_result", "tool_use_id": "toolu_1", "content": list(result), **fields}
+class _ResultFields(TypedDict, total=False):
+    is_error: bool
+
+
+def _after_screenshot(
+    *result: ToolResultContent, **fields: Unpack[_ResultFields]
+) -> list[MessageParam]:
+    use: ToolUseBlockParam = {
+        "type": "tool_use",
+        "id": "toolu_1",
+        "name": "screenshot",
+        "input": {},
+    }
+    # strict mypy takes ** of a TypedDict into another only if it names every optional key
+    answer = cast(
+        ToolResultBlockParam,
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": list(result), **fields},
+    )
     return [
         {"role": "user", "content": "What is on my screen?"},
         {"role": "assistant", "content": [use]},
@@ -162,8 +224,8 @@ def _after_screenshot(*result: dict[str, Any], **fields: Any) -> list[dict[str, 
 
 
 def test_an_image_a_tool_returned_reaches_the_model(client: anthropic.Anthropic) -> None:
-    caption = {"type": "text", "text": "the screen now"}
-    image = {"type": "image", "source": _png()}
+    caption: TextBlockParam = {"type": "text", "text": "the screen now"}
+    image: ImageBlockParam = {"type": "image", "source": _png()}
     with_image = _after_screenshot(caption, image)
     text_only = _after_screenshot(caption)
     answer = client.messages.create(
@@ -195,14 +257,17 @@ def test_an_image_a_tool_returned_goes_only_to_pools_that_read_images(
     ):
         with pytest.raises(anthropic.BadRequestError) as err:
             call()
-        assert "does not take image" in err.value.body["error"]["message"]
+        assert "does not take image" in anthropic_error_body(err.value)["error"]["message"]
 
 
 def test_a_tool_results_image_follows_its_text_response() -> None:
     from gemma_fleet.gateway.anthropic import to_chat_request
     from gemma_fleet.gateway.anthropic_models import MessagesRequest
 
-    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/s.png"}}
+    image: ImageBlockParam = {
+        "type": "image",
+        "source": {"type": "url", "url": "https://example.com/s.png"},
+    }
     messages = _after_screenshot({"type": "text", "text": "a window"}, image)
     body = {"model": "e2b", "max_tokens": 8, "tools": [SHOT_TOOL], "messages": messages}
     chat = to_chat_request(MessagesRequest.model_validate(body)).model_dump(exclude_none=True)
@@ -220,12 +285,14 @@ def test_a_document_a_tool_returned_is_read_and_a_pdf_refused(client: anthropic.
         model="e2b", max_tokens=8, tools=[SHOT_TOOL], messages=_after_screenshot()
     )
     assert answer.usage.input_tokens > bare.usage.input_tokens + len(REPORT) // 8
-    pdf = {"type": "document", "source": PDF_SOURCES["base64"]}
+    pdf: DocumentBlockParam = {"type": "document", "source": PDF_SOURCES["base64"]}
     with pytest.raises(anthropic.BadRequestError) as err:
         client.messages.create(
             model="e2b", max_tokens=8, tools=[SHOT_TOOL], messages=_after_screenshot(pdf)
         )
-    assert "messages[2].content[0].content[0]" in err.value.body["error"]["message"]
+    assert (
+        "messages[2].content[0].content[0]" in anthropic_error_body(err.value)["error"]["message"]
+    )
 
 
 # ---- search_result blocks ----------------------------------------------------------------------
@@ -236,15 +303,19 @@ PASSAGES = [
 ]
 
 
-def _search_result(**fields: Any) -> dict[str, Any]:
-    return {
-        "type": "search_result",
-        "source": "https://farm.example/reports/2026",
-        "title": "Harvest report 2026",
-        "content": [{"type": "text", "text": p} for p in PASSAGES],
-        "citations": {"enabled": True},
-        **fields,
-    }
+def _search_result(**fields: Any) -> SearchResultBlockParam:
+    # fields: more of the block's keys, which mypy cannot check through **
+    return cast(
+        SearchResultBlockParam,
+        {
+            "type": "search_result",
+            "source": "https://farm.example/reports/2026",
+            "title": "Harvest report 2026",
+            "content": [{"type": "text", "text": p} for p in PASSAGES],
+            "citations": {"enabled": True},
+            **fields,
+        },
+    )
 
 
 def test_a_search_result_is_read_with_its_source_and_title(client: anthropic.Anthropic) -> None:
@@ -272,11 +343,19 @@ def test_count_tokens_counts_a_search_result_as_messages_create_does(
 
 
 def test_a_search_result_a_tool_returned_is_read(client: anthropic.Anthropic) -> None:
-    search = {"name": "search", "description": "web search", "input_schema": {"type": "object"}}
-    use = {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {}}
+    search: ToolParam = {
+        "name": "search",
+        "description": "web search",
+        "input_schema": {"type": "object"},
+    }
+    use: ToolUseBlockParam = {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {}}
 
-    def after(*result: dict[str, Any]) -> list[dict[str, Any]]:
-        answer = {"type": "tool_result", "tool_use_id": "toolu_1", "content": list(result)}
+    def after(*result: ToolResultContent) -> list[MessageParam]:
+        answer: ToolResultBlockParam = {
+            "type": "tool_result",
+            "tool_use_id": "toolu_1",
+            "content": list(result),
+        }
         return [
             {"role": "user", "content": "How many tonnes of pears?"},
             {"role": "assistant", "content": [use]},
@@ -300,7 +379,7 @@ def test_a_search_result_a_tool_returned_is_read(client: anthropic.Anthropic) ->
         assert shown in tool["content"]
 
 
-MALFORMED = {
+MALFORMED: dict[str, tuple[dict[str, Any], str]] = {
     "no source": ({"source": None}, "source"),
     "no title": ({"title": None}, "title"),
     "no content": ({"content": None}, "content"),
@@ -315,19 +394,24 @@ def test_a_malformed_search_result_is_refused_naming_the_block(
     client: anthropic.Anthropic, case: str
 ) -> None:
     change, field = MALFORMED[case]
+    # a malformed search_result, which the SDK's types rightly refuse: it is sent as it is
     block = {k: v for k, v in {**_search_result(), **change}.items() if v is not None}
-    in_tool = {"type": "tool_result", "tool_use_id": "toolu_1",
-               "content": [{"type": "text", "text": "found:"}, QUESTION, block]}  # fmt: skip
-    use = {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {}}
-    search = {"name": "search", "input_schema": {"type": "object"}}
-    for messages, where in (
-        (_user(QUESTION, block), "messages[0].content[1]"),
+    in_tool: ToolResultBlockParam = {
+        "type": "tool_result",
+        "tool_use_id": "toolu_1",
+        "content": [{"type": "text", "text": "found:"}, QUESTION, block],  # type: ignore[list-item]
+    }
+    use: ToolUseBlockParam = {"type": "tool_use", "id": "toolu_1", "name": "search", "input": {}}
+    search: ToolParam = {"name": "search", "input_schema": {"type": "object"}}
+    cases: tuple[tuple[list[MessageParam], str], ...] = (
+        (_user(QUESTION, block), "messages[0].content[1]"),  # type: ignore[arg-type]
         (
             [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": [use]},
              {"role": "user", "content": [in_tool]}],
             "messages[2].content[0].content[2]",
         ),
-    ):  # fmt: skip
+    )  # fmt: skip
+    for messages, where in cases:
         for count in (False, True):
             with pytest.raises(anthropic.BadRequestError) as err:
                 if count:
@@ -336,7 +420,7 @@ def test_a_malformed_search_result_is_refused_naming_the_block(
                     client.messages.create(
                         model="gemma-4", max_tokens=8, tools=[search], messages=messages
                     )
-            error = err.value.body["error"]
+            error = anthropic_error_body(err.value)["error"]
             assert error["type"] == "invalid_request_error"
             assert f"{where}.{field}" in error["message"], error["message"]
             if case == "an image in content":
@@ -344,11 +428,11 @@ def test_a_malformed_search_result_is_refused_naming_the_block(
 
 
 def test_a_search_result_is_refused_in_an_assistant_turn(client: anthropic.Anthropic) -> None:
-    messages = [
+    messages: list[MessageParam] = [
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": [_search_result()]},
         {"role": "user", "content": "Go on"},
     ]
     with pytest.raises(anthropic.BadRequestError) as err:
         client.messages.create(model="gemma-4", max_tokens=8, messages=messages)
-    assert "search_result" in err.value.body["error"]["message"]
+    assert "search_result" in anthropic_error_body(err.value)["error"]["message"]

@@ -9,7 +9,8 @@ from typing import Any
 
 import anthropic
 import pytest
-from gateway_harness import POOLS, fleet_settings, serve_gateway
+from anthropic.types import MessageParam
+from gateway_harness import POOLS, anthropic_error_body, fleet_settings, serve_gateway
 
 from gemma_fleet.gateway.pool_client import HttpPool, HttpPoolClient
 
@@ -26,12 +27,12 @@ def front(gateway_server: Any) -> Iterator[Any]:
 
 def test_count_tokens_on_a_pool_without_tokenize_says_so(front: Any) -> None:
     client = anthropic.Anthropic(base_url=front.url, api_key="x", max_retries=0)
-    messages = [{"role": "user", "content": "hello there"}]
+    messages: list[MessageParam] = [{"role": "user", "content": "hello there"}]
     assert client.messages.create(model="e2b", max_tokens=4, messages=messages).content
     for model in ("e2b", "gemma-4"):
         with pytest.raises(anthropic.BadRequestError) as err:
             client.messages.count_tokens(model=model, messages=messages)
-        error = err.value.body["error"]
+        error = anthropic_error_body(err.value)["error"]
         assert error["type"] == "invalid_request_error"
         assert "cannot count tokens" in error["message"] and "/tokenize" in error["message"]
         assert "pool e2b" in error["message"]  # the pool the alias chose, too

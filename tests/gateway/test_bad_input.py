@@ -75,7 +75,9 @@ def test_oversize_body(gateway_server: Any) -> None:
         ({"response_format": {"type": "xml"}}, 400, ["response_format"]),
     ],
 )  # fmt: skip
-def test_invalid_fields(gateway_server: Any, fields: dict, status: int, words: list[str]) -> None:
+def test_invalid_fields(
+    gateway_server: Any, fields: dict[str, Any], status: int, words: list[str]
+) -> None:
     expect(gateway_server.post(CHAT, json=chat_body(**fields)), status, *words)
 
 
@@ -97,7 +99,7 @@ def test_context_too_long_for_every_pool(gateway_server: Any) -> None:
         ({"type": "hologram"}, ["messages"]),
     ],
 )  # fmt: skip
-def test_undecodable_media(gateway_server: Any, part: dict, words: list[str]) -> None:
+def test_undecodable_media(gateway_server: Any, part: dict[str, Any], words: list[str]) -> None:
     body = chat_body(messages=[{"role": "user", "content": [part]}])
     expect(gateway_server.post(CHAT, json=body), 400, *words)
 
@@ -137,7 +139,7 @@ UNSATISFIABLE = {"type": "object", "properties": {"a": False}, "required": ["a"]
      (UNSATISFIABLE, "")],
 )  # fmt: skip
 def test_a_bad_json_schema_is_a_400_naming_the_field(
-    gateway_server: Any, schema: dict, where: str, stream: bool
+    gateway_server: Any, schema: dict[str, Any], where: str, stream: bool
 ) -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": schema}}]
     bodies = {

@@ -13,10 +13,22 @@ import httpx
 import openai
 import pytest
 from gateway_harness import RunningGateway, fleet_settings, serve_gateway, simulated_pools
+from openai.types.chat import (
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+    ChatCompletionToolParam,
+)
+from openai.types.chat.completion_create_params import CompletionCreateParamsBase as ChatParams
+from openai.types.completion_create_params import (
+    CompletionCreateParamsBase as CompletionParams,
+)
+from openai.types.completion_create_params import (
+    CompletionCreateParamsStreaming as StreamingCompletionParams,
+)
 
 from gemma_fleet.gateway.openai_models import MAX_CHOICES
 
-WEATHER = {
+WEATHER: ChatCompletionToolParam = {
     "type": "function",
     "function": {
         "name": "get_weather",
@@ -34,7 +46,7 @@ def client(gateway_server: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway_server.url + "/v1", api_key="unused", max_retries=0)
 
 
-def user(content: str) -> list[dict[str, Any]]:
+def user(content: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": content}]
 
 
@@ -61,7 +73,13 @@ def streamed_choices(client: openai.OpenAI, **body: Any) -> tuple[list[str], lis
 def test_n_chat_choices_with_their_indices_finishes_and_summed_usage(
     client: openai.OpenAI,
 ) -> None:
-    body = {"model": "gemma-4", "messages": user("tell me"), "n": 3, "seed": 4, "max_tokens": 40}
+    body: ChatParams = {
+        "model": "gemma-4",
+        "messages": user("tell me"),
+        "n": 3,
+        "seed": 4,
+        "max_tokens": 40,
+    }
     whole = client.chat.completions.create(**body)
     assert [c.index for c in whole.choices] == [0, 1, 2]
     contents = [c.message.content for c in whole.choices]
@@ -80,7 +98,13 @@ def test_n_chat_choices_with_their_indices_finishes_and_summed_usage(
 
 def test_the_sdks_stream_accumulation_rebuilds_each_choice(client: openai.OpenAI) -> None:
     # Room for every natural answer: the SDK's helper refuses a choice cut by max_tokens.
-    body = {"model": "e4b", "messages": user("a story"), "n": 4, "seed": 9, "max_tokens": 300}
+    body: ChatParams = {
+        "model": "e4b",
+        "messages": user("a story"),
+        "n": 4,
+        "seed": 9,
+        "max_tokens": 300,
+    }
     whole = client.chat.completions.create(**body)
     with client.chat.completions.stream(**body) as stream:
         final = stream.get_final_completion()
@@ -106,8 +130,10 @@ def test_streamed_chunks_of_different_choices_interleave(gateway_server: Any) ->
 
 
 def test_streamed_tool_calls_are_rebuilt_per_choice(client: openai.OpenAI) -> None:
-    body = {"model": "e2b", "messages": user("weather in Paris?"), "n": 2, "seed": 1,
-            "tools": [WEATHER], "tool_choice": "required", "max_tokens": 200}  # fmt: skip
+    body: ChatParams = {
+        "model": "e2b", "messages": user("weather in Paris?"), "n": 2, "seed": 1,
+        "tools": [WEATHER], "tool_choice": "required", "max_tokens": 200,
+    }  # fmt: skip
     whole = client.chat.completions.create(**body)
     with client.chat.completions.stream(**body) as stream:
         final = stream.get_final_completion()
@@ -115,6 +141,7 @@ def test_streamed_tool_calls_are_rebuilt_per_choice(client: openai.OpenAI) -> No
         assert streamed.finish_reason == plain.finish_reason == "tool_calls"
         [call] = streamed.message.tool_calls or []
         [expected] = plain.message.tool_calls or []
+        assert isinstance(expected, ChatCompletionMessageFunctionToolCall)
         assert (call.id, call.function.name, call.function.arguments) == (
             expected.id,
             expected.function.name,
@@ -125,14 +152,24 @@ def test_streamed_tool_calls_are_rebuilt_per_choice(client: openai.OpenAI) -> No
 
 
 def test_n_completions_streamed_and_not(client: openai.OpenAI) -> None:
-    body = {"model": "e2b", "prompt": "Once upon a time", "n": 3, "seed": 2, "max_tokens": 12}
+    body: CompletionParams = {
+        "model": "e2b",
+        "prompt": "Once upon a time",
+        "n": 3,
+        "seed": 2,
+        "max_tokens": 12,
+    }
     whole = client.completions.create(**body)
     assert [c.index for c in whole.choices] == [0, 1, 2]
     texts = ["", "", ""]
     usage = None
-    for chunk in client.completions.create(
-        **body, stream=True, stream_options={"include_usage": True}
-    ):
+    # stream_options is one of body's keys too: merged, not passed beside it
+    streaming: StreamingCompletionParams = {
+        **body,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    for chunk in client.completions.create(**streaming):
         usage = chunk.usage or usage
         for choice in chunk.choices:
             texts[choice.index] += choice.text

@@ -4,6 +4,7 @@ import base64
 import io
 import math
 import re
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,7 +37,7 @@ def png_data_url() -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def chat(*parts: dict, **extra: object) -> ChatCompletionRequest:
+def chat(*parts: dict[str, Any], **extra: object) -> ChatCompletionRequest:
     content = list(parts) if parts else "hello"
     return ChatCompletionRequest.model_validate(
         {"model": "gemma-4", "messages": [{"role": "user", "content": content}], **extra}
@@ -119,7 +120,7 @@ def test_structured_output_and_output_limit() -> None:
     [({"frobnicate": 1}, "frobnicate"), ({"n": 17}, "n"), ({"max_tokens": 0}, "max_tokens"),
      ({"temperature": 3}, "temperature")],
 )  # fmt: skip
-def test_bad_fields_are_named(extra: dict, field: str) -> None:
+def test_bad_fields_are_named(extra: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError, match=field):
         chat(**extra)
 

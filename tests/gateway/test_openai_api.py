@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import jsonschema
@@ -14,6 +14,14 @@ import numpy as np
 import openai
 import pytest
 import soundfile
+from openai.types.chat import (
+    ChatCompletionContentPartParam,
+    ChatCompletionMessageFunctionToolCall,
+    ChatCompletionMessageParam,
+    ChatCompletionMessageToolCallParam,
+    ChatCompletionToolMessageParam,
+    ChatCompletionToolParam,
+)
 from PIL import Image
 
 from gemma_fleet.gateway.service import MODEL_CREATED
@@ -24,7 +32,7 @@ def client(gateway_server: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway_server.url + "/v1", api_key="unused", max_retries=0)
 
 
-def user(content: Any) -> list[dict[str, Any]]:
+def user(content: str | list[ChatCompletionContentPartParam]) -> list[ChatCompletionMessageParam]:
     return [{"role": "user", "content": content}]
 
 
@@ -83,24 +91,31 @@ def test_long_context_goes_to_a_256k_pool(client: openai.OpenAI) -> None:
 
 
 def test_tool_call(client: openai.OpenAI) -> None:
-    schema = {
+    schema: dict[str, Any] = {
         "type": "object",
         "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
         "required": ["city", "days"],
     }
-    tools = [{"type": "function", "function": {"name": "forecast", "parameters": schema}}]
+    tools: list[ChatCompletionToolParam] = [
+        {"type": "function", "function": {"name": "forecast", "parameters": schema}}
+    ]
     out = client.chat.completions.create(
         model="gemma-4", messages=user("weather?"), tools=tools, tool_choice="required"
     )
     calls = out.choices[0].message.tool_calls
-    assert calls and calls[0].function.name == "forecast"
+    assert calls and isinstance(calls[0], ChatCompletionMessageFunctionToolCall)
+    assert calls[0].function.name == "forecast"
     jsonschema.validate(json.loads(calls[0].function.arguments), schema)
     # the round trip: the tool's result goes back and an answer comes out
     follow = client.chat.completions.create(
         model="gemma-4",
         messages=[
             *user("weather?"),
-            {"role": "assistant", "tool_calls": [calls[0].model_dump()]},
+            # model_dump() is typed dict[str, Any]; its keys are a tool call's
+            {
+                "role": "assistant",
+                "tool_calls": [cast(ChatCompletionMessageToolCallParam, calls[0].model_dump())],
+            },
             {"role": "tool", "tool_call_id": calls[0].id, "content": '{"temp": 21}'},
         ],
         tools=tools,
@@ -126,8 +141,10 @@ def test_json_schema_output(client: openai.OpenAI) -> None:
 
 
 def test_image_goes_to_a_vision_pool(client: openai.OpenAI) -> None:
-    content = [{"type": "text", "text": "what?"}, {"type": "image_url",
-               "image_url": {"url": png_url()}}]  # fmt: skip
+    content: list[ChatCompletionContentPartParam] = [
+        {"type": "text", "text": "what?"},
+        {"type": "image_url", "image_url": {"url": png_url()}},
+    ]
     raw = client.chat.completions.with_raw_response.create(
         model="gemma-4", messages=user(content), max_tokens=4
     )
@@ -135,14 +152,18 @@ def test_image_goes_to_a_vision_pool(client: openai.OpenAI) -> None:
 
 
 def test_image_to_a_text_only_pool_is_refused(client: openai.OpenAI) -> None:
-    content = [{"type": "image_url", "image_url": {"url": png_url()}}]
+    content: list[ChatCompletionContentPartParam] = [
+        {"type": "image_url", "image_url": {"url": png_url()}}
+    ]
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="dense", messages=user(content), max_tokens=4)
     assert "does not take image" in err.value.message
 
 
 def test_audio_goes_to_a_small_model(client: openai.OpenAI) -> None:
-    content = [{"type": "input_audio", "input_audio": {"data": wav_b64(1.5), "format": "wav"}}]
+    content: list[ChatCompletionContentPartParam] = [
+        {"type": "input_audio", "input_audio": {"data": wav_b64(1.5), "format": "wav"}}
+    ]
     raw = client.chat.completions.with_raw_response.create(
         model="gemma-4", messages=user(content), max_tokens=4
     )
@@ -173,7 +194,9 @@ def test_metrics_count_what_happened(gateway_server: Any, client: openai.OpenAI)
             for s in family.samples
         }
 
-    def value(samples: dict, name: str, **labels: str) -> float:
+    def value(
+        samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+    ) -> float:
         return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
     before = scrape()
@@ -248,8 +271,14 @@ def test_vllm_length_controls_pass_through(client: openai.OpenAI) -> None:
     assert out.usage is not None and out.usage.completion_tokens == 9
 
 
-TOOL_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
-FORECAST = [{"type": "function", "function": {"name": "forecast", "parameters": TOOL_SCHEMA}}]
+TOOL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+}
+FORECAST: list[ChatCompletionToolParam] = [
+    {"type": "function", "function": {"name": "forecast", "parameters": TOOL_SCHEMA}}
+]
 
 
 def test_the_returned_message_goes_back_as_it_came(client: openai.OpenAI) -> None:
@@ -261,10 +290,16 @@ def test_the_returned_message_goes_back_as_it_came(client: openai.OpenAI) -> Non
     )  # fmt: skip
     message = first.choices[0].message
     assert message.tool_calls
-    result = {"role": "tool", "tool_call_id": message.tool_calls[0].id, "content": "12C"}
+    result: ChatCompletionToolMessageParam = {
+        "role": "tool",
+        "tool_call_id": message.tool_calls[0].id,
+        "content": "12C",
+    }
     for sent in (message, message.model_dump(), message.model_dump(exclude_none=True)):
+        # the SDK's types take no message object (nor a model_dump), yet clients send both
         follow = client.chat.completions.create(
-            model="gemma-4", messages=[*user("weather?"), sent, result], tools=FORECAST,
+            model="gemma-4", messages=[*user("weather?"), sent, result],  # type: ignore[list-item]
+            tools=FORECAST,
             max_tokens=8,
         )  # fmt: skip
         assert follow.choices[0].message.content
@@ -273,7 +308,8 @@ def test_the_returned_message_goes_back_as_it_came(client: openai.OpenAI) -> Non
         {**message.model_dump(), "reasoning": "the user wants Oslo"}
     )
     follow = client.chat.completions.create(
-        model="gemma-4", messages=[*user("weather?"), thought, result], tools=FORECAST,
+        model="gemma-4", messages=[*user("weather?"), thought, result],  # type: ignore[list-item]
+        tools=FORECAST,
         max_tokens=8,
     )  # fmt: skip
     assert follow.choices[0].message.content
@@ -285,7 +321,8 @@ def test_assistant_message_fields_as_the_engine_reads_them() -> None:
     def sent(**fields: Any) -> dict[str, Any]:
         body = {"model": "m", "messages": [{"role": "assistant", "content": "x", **fields}]}
         dumped = ChatCompletionRequest.model_validate(body).model_dump(exclude_none=True)
-        return dumped["messages"][0]
+        message: dict[str, Any] = dumped["messages"][0]
+        return message
 
     assert sent(reasoning="r", annotations=[{"type": "url_citation"}], audio=None) == {
         "role": "assistant", "content": "x", "reasoning": "r",
@@ -315,12 +352,13 @@ def test_model_cards_are_openai_models_and_retrievable(client: openai.OpenAI) ->
 
 
 def test_fields_openai_clients_send_are_accepted(client: openai.OpenAI) -> None:
+    # a float logit bias, as clients send it: the SDK types the biases int
     out = client.chat.completions.create(
         model="gemma-4", messages=user("hi"), max_tokens=4, store=False,
         metadata={"run": "1"}, service_tier="auto", prompt_cache_key="k",
         safety_identifier="u1", user="u1", logit_bias={"1": -100, "42": 5.5},
         reasoning_effort="low",
-    )  # fmt: skip
+    )  # type: ignore[call-overload]  # fmt: skip
     assert out.choices[0].message.content
     stream = client.chat.completions.create(
         model="gemma-4", messages=user("hi"), max_tokens=4, stream=True,
@@ -328,7 +366,9 @@ def test_fields_openai_clients_send_are_accepted(client: openai.OpenAI) -> None:
     )  # fmt: skip
     chunks = list(stream)
     assert chunks[-1].usage is not None
-    content = [{"type": "image_url", "image_url": {"url": png_url(), "detail": "original"}}]
+    content: list[ChatCompletionContentPartParam] = [
+        {"type": "image_url", "image_url": {"url": png_url(), "detail": "original"}}
+    ]
     image = client.chat.completions.create(model="gemma-4", messages=user(content), max_tokens=4)
     assert image.choices[0].message.content
     assert (
@@ -380,6 +420,6 @@ def test_a_logit_bias_outside_the_vocabulary_is_the_engines_400(
         client.chat.completions.create(
             model="gemma-4", messages=user("hi"), max_tokens=4, stream=stream,
             logit_bias={"262144": 5},
-        )  # type: ignore[call-overload]  # fmt: skip
+        )  # fmt: skip
     assert err.value.param == "logit_bias"
     assert "out-of-vocab token ids. Vocabulary size: 262144" in err.value.message

@@ -9,6 +9,7 @@ from typing import Any
 import openai
 import pytest
 from logprobs_shape import check_wire
+from openai.types.chat import ChatCompletionMessageParam
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +17,7 @@ def client(gateway_server: Any) -> openai.OpenAI:
     return openai.OpenAI(base_url=gateway_server.url + "/v1", api_key="unused", max_retries=0)
 
 
-HELLO = [{"role": "user", "content": "Say hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 
 
 def test_chat_logprobs_come_back_with_every_token(client: openai.OpenAI) -> None:
@@ -41,9 +42,9 @@ def test_chat_logprobs_come_back_with_every_token(client: openai.OpenAI) -> None
         model="e2b", messages=HELLO, max_tokens=8, logprobs=True, top_logprobs=3, n=2,
         temperature=1.0, stream=True,
     ):  # fmt: skip
-        for choice in chunk.choices:
-            if choice.logprobs is not None:
-                streamed[choice.index] += choice.logprobs.content or []
+        for delta in chunk.choices:
+            if delta.logprobs is not None:
+                streamed[delta.index] += delta.logprobs.content or []
     assert streamed == [c.logprobs.content for c in answer.choices if c.logprobs]
 
 

@@ -57,7 +57,9 @@ def serve_url() -> Iterator[str]:
         serve.start(http_options={"host": "127.0.0.1", "port": HTTP_PORT})
         pools = {
             name: build_llm_deployment(
-                simulator_llm_config(name, cfg),
+                # simulator_llm_config is annotated with Ray's internal LLMConfig, the base
+                # of the public ray.serve.llm.LLMConfig that build_llm_deployment names
+                simulator_llm_config(name, cfg),  # type: ignore[arg-type]
                 bind_kwargs=simulator_bind_kwargs(),
                 name_prefix="pool-",
             )
@@ -73,7 +75,7 @@ def serve_url() -> Iterator[str]:
         serve.run(app, name="fleet", route_prefix="/")
         yield f"http://127.0.0.1:{HTTP_PORT}"
     finally:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
         ray.shutdown()
 
 
@@ -176,8 +178,11 @@ def test_each_gateway_replica_names_itself_and_counts_its_siblings(serve_url: st
 # Labels Ray's agent adds to every series: which process, node and session. Sums are over them.
 RAY_LABELS = {"Component", "NodeAddress", "SessionName", "Version", "WorkerId"}
 
+# (name without prefix, labels) -> value, for one gateway replica
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
-def _gateway_samples(text: str, prefix: str) -> dict[str, dict[tuple[str, frozenset], float]]:
+
+def _gateway_samples(text: str, prefix: str) -> dict[str, Samples]:
     """{gateway replica: {(name without prefix, labels): value}} for the gateway's counters
     and histograms in an exposition (`_created` and `_sum` left out: one is a timestamp, the
     other a float sum whose rounding may differ)."""
@@ -185,7 +190,7 @@ def _gateway_samples(text: str, prefix: str) -> dict[str, dict[tuple[str, frozen
 
     samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
     info = [s for s in samples if s.name == "gemma_fleet_gateway_replica_info"]
-    out: dict[str, dict[tuple[str, frozenset], float]] = {}
+    out: dict[str, Samples] = {}
     for sample in samples:
         if not sample.name.startswith(prefix + "gemma_fleet_gateway_") or not sample.name.endswith(
             ("_total", "_bucket", "_count")
@@ -215,8 +220,8 @@ def test_prometheus_reads_each_gateway_replica_once_from_rays_metrics_port(
         client.chat.completions.create(
             model="gemma-4", messages=[{"role": "user", "content": f"hi {n}"}], max_tokens=4
         )
-    own: dict[str, dict[tuple[str, frozenset], float]] = {}
-    exported: dict[str, dict[tuple[str, frozenset], float]] = {}
+    own: dict[str, Samples] = {}
+    exported: dict[str, Samples] = {}
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         own.update(_gateway_samples(httpx.get(serve_url + "/metrics", timeout=10).text, ""))

@@ -14,7 +14,16 @@ import anthropic
 import httpx
 import openai
 import pytest
-from gateway_harness import RunningGateway, fleet_settings, serve_gateway, simulated_pools
+from anthropic.types import MessageParam
+from gateway_harness import (
+    RunningGateway,
+    anthropic_error_body,
+    fleet_settings,
+    serve_gateway,
+    simulated_pools,
+)
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat.completion_create_params import CompletionCreateParamsBase
 from redis_server import RedisServer
 
 from gemma_fleet.gateway.auth import open_gate
@@ -23,7 +32,8 @@ from gemma_fleet.teams.redis_client import connect
 from gemma_fleet.teams.settings import TeamsSettings
 
 ADMIN = "admin-" + "q" * 40
-HELLO = [{"role": "user", "content": "hello"}]
+CHAT_HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hello"}]
+HELLO: list[MessageParam] = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +96,11 @@ def test_admission_reserves_n_times_max_tokens(gateway: RunningGateway) -> None:
     # 4 x 300 output tokens cannot fit a 1,000-token budget, whatever the prompt: refused for
     # good before any pool is asked, although one choice of 300 would fit.
     with pytest.raises(openai.BadRequestError) as refused:
-        client.chat.completions.create(model="e2b", messages=HELLO, n=4, max_tokens=300)
+        client.chat.completions.create(model="e2b", messages=CHAT_HELLO, n=4, max_tokens=300)
     assert refused.value.code == "request_too_large"
     assert "n choices" in refused.value.message and "lower max_tokens or n" in refused.value.message
     assert budget_used(gateway, "n-reserve") == 0
-    served = client.chat.completions.create(model="e2b", messages=HELLO, n=3, max_tokens=300)
+    served = client.chat.completions.create(model="e2b", messages=CHAT_HELLO, n=3, max_tokens=300)
     assert len(served.choices) == 3  # 3 x 300 and the prompt fit
 
 
@@ -99,7 +109,13 @@ def test_the_charge_is_every_choices_tokens(gateway: RunningGateway, stream: boo
     team = f"n-charge-{str(stream).lower()}"
     key = new_team(gateway, team, limits={"token_budget": 1_000_000})
     client = openai_client(gateway, key)
-    body = {"model": "e4b", "messages": HELLO, "n": 3, "seed": 8, "max_tokens": 64}
+    body: CompletionCreateParamsBase = {
+        "model": "e4b",
+        "messages": CHAT_HELLO,
+        "n": 3,
+        "seed": 8,
+        "max_tokens": 64,
+    }
     if stream:
         # Usage not asked for: the gateway reads the engine's usage chunk and keeps it back.
         chunks = list(client.chat.completions.create(**body, stream=True))
@@ -107,7 +123,8 @@ def test_the_charge_is_every_choices_tokens(gateway: RunningGateway, stream: boo
         assert {c.choices[0].index for c in chunks if c.choices} == {0, 1, 2}
     answer = client.chat.completions.create(**body)  # the same choices (same seed)
     assert answer.usage is not None
-    one = client.chat.completions.create(**{**body, "n": 1})
+    one_choice: CompletionCreateParamsBase = {**body, "n": 1}
+    one = client.chat.completions.create(**one_choice)
     assert one.usage is not None and answer.usage.completion_tokens > one.usage.completion_tokens
     spent = answer.usage.total_tokens * (2 if stream else 1) + one.usage.total_tokens
     assert budget_used(gateway, team) == spent
@@ -119,14 +136,14 @@ def test_count_tokens_needs_a_key_of_a_team_allowed_the_model(gateway: RunningGa
             model="e2b", messages=HELLO
         )
     assert no_key.value.status_code == 401
-    assert no_key.value.body["type"] == "error"
-    assert no_key.value.body["error"]["type"] == "authentication_error"
+    assert anthropic_error_body(no_key.value)["type"] == "error"
+    assert anthropic_error_body(no_key.value)["error"]["type"] == "authentication_error"
     key = new_team(gateway, "count-allowed", allowed_models=["e2b"])
     client = anthropic_client(gateway, key)
     assert client.messages.count_tokens(model="e2b", messages=HELLO).input_tokens > 0
     with pytest.raises(anthropic.PermissionDeniedError) as other_model:
         client.messages.count_tokens(model="e4b", messages=HELLO)
-    assert other_model.value.body["error"]["type"] == "permission_error"
+    assert anthropic_error_body(other_model.value)["error"]["type"] == "permission_error"
 
 
 def test_count_tokens_spends_no_request_and_no_token(gateway: RunningGateway) -> None:
@@ -145,7 +162,7 @@ def test_count_tokens_spends_no_request_and_no_token(gateway: RunningGateway) ->
     # not by generations, and the other way round.
     with pytest.raises(anthropic.RateLimitError) as counting:
         client.messages.count_tokens(model="e2b", messages=HELLO)
-    assert "token counting" in counting.value.body["error"]["message"]
+    assert "token counting" in anthropic_error_body(counting.value)["error"]["message"]
     used = created.usage.input_tokens + created.usage.output_tokens
     assert budget_used(gateway, "count-free") == used
     rows = admin(gateway, "GET", "/admin/usage?team=count-free").json()["data"]
