@@ -15,9 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-# mypy reads these as Any (tests/ is on pytest's path, not mypy's): the values taken from them
-# are annotated where they are returned.
 from faults.fault_load import (
     REQUEST_TIMEOUT_S,
     FaultFigures,
@@ -96,13 +93,11 @@ def root(fleet: RunningFleet) -> str:
 
 
 def retries(fleet: RunningFleet) -> float:
-    total: float = gateway_counter(root(fleet), "gemma_fleet_gateway_pool_retries_total")
-    return total
+    return gateway_counter(root(fleet), "gemma_fleet_gateway_pool_retries_total")
 
 
 def wait_full(timeout_s: float = RECOVERY_BOUND_S) -> float:
-    waited: float = wait_until(lambda: len(running(FLEET_APP_NAME, TARGET)) == REPLICAS, timeout_s)
-    return waited
+    return wait_until(lambda: len(running(FLEET_APP_NAME, TARGET)) == REPLICAS, timeout_s)
 
 
 def replaced(dead: set[str]) -> bool:
@@ -117,7 +112,7 @@ def busiest(at_least: int, timeout_s: float = 15) -> Replica:
     chosen: list[Replica] = []
 
     def found() -> bool:
-        counts: dict[Replica, int] = {r: ongoing(r) for r in running(FLEET_APP_NAME, TARGET)}
+        counts = {r: ongoing(r) for r in running(FLEET_APP_NAME, TARGET)}
         top = max(counts, key=lambda r: counts[r])
         chosen[:] = [top]
         return counts[top] >= at_least
@@ -128,8 +123,7 @@ def busiest(at_least: int, timeout_s: float = 15) -> Replica:
 
 def wait_in_flight(active: Load, at_least: int, timeout_s: float = 10) -> int:
     wait_until(lambda: active.in_flight() >= at_least, timeout_s, every_s=0.02)
-    in_flight: int = active.in_flight()
-    return in_flight
+    return active.in_flight()
 
 
 def assert_bounded(outcomes: list[Outcome]) -> None:

@@ -47,8 +47,7 @@ def _refusal(render: Render, values: dict[str, Any]) -> str:
     out = render(values=values)
     assert out.returncode != 0, "helm template accepted bad values"
     assert "Traceback" not in out.stderr and "panic" not in out.stderr
-    err: str = out.stderr  # mypy reads chart_support's types as Any
-    return err
+    return out.stderr
 
 
 def test_pool_that_does_not_fit_its_gpu_names_pool_gpu_and_a_fix(render: Render) -> None:

@@ -100,8 +100,7 @@ def case(request: pytest.FixtureRequest, render: Render) -> tuple[dict[str, Any]
 
 
 def _rayservice(out: Rendered) -> dict[str, Any]:
-    rayservice: dict[str, Any] = out.one("RayService")  # mypy reads chart_support's types as Any
-    return rayservice
+    return out.one("RayService")
 
 
 def _serve_config(out: Rendered) -> dict[str, Any]:

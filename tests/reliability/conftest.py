@@ -36,8 +36,7 @@ class Fleet:
 
     @property
     def url(self) -> str:
-        url: str = self.gw.url  # mypy reads the tests/ helpers' types as Any
-        return url
+        return self.gw.url
 
     def call(self, method: str, path: str, key: str | None = None, **kw: Any) -> httpx.Response:
         headers = {**({"authorization": f"Bearer {key}"} if key else {}), **kw.pop("headers", {})}

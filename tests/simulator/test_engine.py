@@ -601,8 +601,10 @@ def test_chat_logprobs_follow_the_tokens_streamed_and_not(top: int | None) -> No
     body: dict[str, Any] = {"max_tokens": 12, "logprobs": True, "seed": 4, "top_logprobs": top}
     [whole] = _chat(_engine(), **body)
     assert isinstance(whole, ChatCompletionResponse) and whole.usage is not None
+    tokens = whole.usage.completion_tokens
+    assert tokens is not None
     choice = _json(whole)["choices"][0]
-    entries = check_chat(choice["logprobs"], whole.usage.completion_tokens, top or 0)
+    entries = check_chat(choice["logprobs"], tokens, top or 0)
     assert "".join(e["token"] for e in entries) == choice["message"]["content"]
     for entry in entries:
         if top:
@@ -621,9 +623,11 @@ def test_chat_logprobs_of_a_tool_call_cover_every_token() -> None:
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
     [whole] = _chat(_engine(), tools=tools, tool_choice="required", logprobs=True, top_logprobs=2)
     assert isinstance(whole, ChatCompletionResponse) and whole.usage is not None
+    tokens = whole.usage.completion_tokens
+    assert tokens is not None
     choice = _json(whole)["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
-    check_chat(choice["logprobs"], whole.usage.completion_tokens, 2)
+    check_chat(choice["logprobs"], tokens, 2)
 
 
 @pytest.mark.parametrize("asked", [0, 1, 5])

@@ -35,8 +35,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 @pytest.fixture(scope="module")
 def redis_url(redis_server: RedisServer) -> str:
-    url: str = redis_server.url  # mypy reads the tests/ helpers' types as Any
-    return url
+    return redis_server.url
 
 
 @pytest.fixture(scope="module")

@@ -50,8 +50,7 @@ def ask(gw: RunningGateway, key: str) -> Any:
 
 def pending(gw: RunningGateway) -> int:
     assert gw.gate is not None and gw.gate.access is not None
-    count: int = gw.gate.access.pending  # mypy reads the tests/ helpers' types as Any
-    return count
+    return gw.gate.access.pending
 
 
 def wait_for(condition: Any, timeout_s: float = 15) -> bool:
