@@ -58,7 +58,6 @@ takes longer (with 1 s for rules 2 and 3 on top of the optimum, one call took 1.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -146,7 +145,7 @@ def plan_near(
     tolerance: float,
     time_limit_s: float | None = None,
     *,
-    overpaid: float = math.inf,
+    overpaid: float = 0.0,
     start_s: float = 0.0,
 ) -> Plan:
     """The plan for `problem` given the running replicas `current` (the module's rule);

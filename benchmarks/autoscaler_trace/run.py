@@ -423,7 +423,7 @@ def controller_timeline(
     the optimum there, the counts drawn apart so the day's are those of the cold run), and
     only the day is recorded: a controller that has been running, not one just started."""
     clock = [-warm_s]
-    first_interval = int((-warm_s % trace.seconds) // trace.interval_s) if warm_s else 0
+    first_interval = int((-warm_s % trace.seconds) // trace.interval_s)
     first = planner(fleet, caps, 1.0 + settings.headroom)(trace.demand_at(first_interval))
     start = {p.name: first.replicas.get(p.name, 0) for p in fleet.model_pools}
     actuator = InMemoryActuator(FleetState(replicas=start, nodes=nodes_for(fleet, start)))
@@ -455,7 +455,7 @@ def controller_timeline(
     for k in range(-round(warm_s / STEP_S), steps(trace)):
         t = k * STEP_S
         clock[0] = t
-        if k == 0:
+        if k == 0 and warm_s:
             source.rng = random.Random(seed)
         controller.step()
         state = actuator.observe()
