@@ -1,6 +1,7 @@
-"""One chat-completions call, timed as a user experiences it: time to first token (first
-content or tool-call delta), time per output token after it, end to end, tokens from the usage
-chunk, and the pool that served it (the gateway's header).
+"""One call of the gateway's APIs (chat completions, Anthropic Messages, OpenAI Responses),
+timed as a user experiences it: time to first token (first text or tool-call delta), time per
+output token after it, end to end, tokens from the answer's usage, and the pool that served it
+(the gateway's header).
 
 Plain `requests`: inside Locust it is cooperative (gevent patches sockets); outside, blocking.
 """
@@ -10,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
-from gemma_fleet.loadtest.records import EXPECTED_429
+from gemma_fleet.loadtest.apis import PATHS, Api
+from gemma_fleet.loadtest.records import CONCURRENCY_LIMITED, EXPECTED_429, QUOTA, RATE_LIMITED
 
 POOL_HEADER = "x-gemma-fleet-pool"
 ROUTE_HEADER = "x-gemma-fleet-route"
@@ -44,14 +47,15 @@ class Exchange:
         self.message = message[:200]
 
 
-def chat(
+def call(
     session: requests.Session,
     base_url: str,
     api_key: str | None,
     body: dict[str, Any],
     timeout_s: float,
+    api: Api = "chat",
 ) -> Exchange:
-    """POST `body` to `{base_url}/chat/completions` and measure it; never raises for HTTP or
+    """POST `body` to `api`'s path under `base_url` and measure it; never raises for HTTP or
     network failures (they become `error`)."""
     out = Exchange()
     headers = {"content-type": "application/json"}
@@ -60,7 +64,7 @@ def chat(
     started = time.perf_counter()
     try:
         with session.post(
-            f"{base_url}/chat/completions",
+            f"{base_url}{PATHS[api]}",
             data=json.dumps(body),
             headers=headers,
             stream=bool(body.get("stream")),
@@ -72,9 +76,9 @@ def chat(
             if response.status_code != 200:
                 _refused(out, response)
             elif body.get("stream"):
-                _read_stream(out, response, started)
+                _STREAM_READERS[api](out, response, started)
             else:
-                _read_json(out, response)
+                _read_answer(out, response, _JSON_READERS[api])
     except requests.Timeout as exc:
         out.fail("timeout", str(exc))
     except requests.ConnectionError as exc:
@@ -91,6 +95,8 @@ def _refused(out: Exchange, response: requests.Response) -> None:
         error = response.json().get("error", {})
         if isinstance(error, dict):
             code, message = str(error.get("code") or ""), str(error.get("message") or message)
+            if error.get("type") == "rate_limit_error" and not code:
+                code = _limit_code(message)
     except ValueError:
         pass
     retry = response.headers.get("retry-after")
@@ -103,68 +109,199 @@ def _refused(out: Exchange, response: requests.Response) -> None:
         out.fail(f"http_{response.status_code}", f"{code}: {message}" if code else message)
 
 
-def _read_json(out: Exchange, response: requests.Response) -> None:
+def _limit_code(message: str) -> str:
+    """The OpenAI error code of a team limit's 429 in Anthropic's shape, which has no code:
+    every 429 the gateway answers is a team limit, and its message names the limit
+    ("team token budget limit reached ...")."""
+    if "token budget" in message:
+        return QUOTA
+    if "concurrent requests" in message:
+        return CONCURRENCY_LIMITED
+    return RATE_LIMITED
+
+
+# -- whole answers --------------------------------------------------------------------------
+
+
+def _read_answer(
+    out: Exchange, response: requests.Response, read: Callable[[Exchange, Any], None]
+) -> None:
     try:
-        reply = response.json()
-        message = reply["choices"][0]["message"]
+        read(out, response.json())
     except (ValueError, KeyError, IndexError, TypeError):
-        out.fail("bad_response", "the answer is not a chat completion")
-        return
+        out.fail("bad_response", "the answer is not what the API answers")
+
+
+def _usage(out: Exchange, usage: Any, prompt: str, completion: str) -> None:
+    if isinstance(usage, dict):
+        out.prompt_tokens = int(usage.get(prompt) or out.prompt_tokens)
+        out.completion_tokens = int(usage.get(completion) or out.completion_tokens)
+
+
+def _chat_answer(out: Exchange, reply: Any) -> None:
+    message = reply["choices"][0]["message"]
     out.content = message.get("content") or ""
     out.tool_calls = list(message.get("tool_calls") or [])
-    usage = reply.get("usage") or {}
-    out.prompt_tokens = int(usage.get("prompt_tokens", 0))
-    out.completion_tokens = int(usage.get("completion_tokens", 0))
+    _usage(out, reply.get("usage"), "prompt_tokens", "completion_tokens")
 
 
-def _read_stream(out: Exchange, response: requests.Response, started: float) -> None:
-    first: float | None = None
-    last: float | None = None
-    deltas = 0
-    done = False
+def _messages_answer(out: Exchange, reply: Any) -> None:
+    out.content = "".join(b["text"] for b in reply["content"] if b["type"] == "text")
+    _usage(out, reply.get("usage"), "input_tokens", "output_tokens")
+
+
+def _responses_answer(out: Exchange, reply: Any) -> None:
+    out.content = "".join(
+        part["text"]
+        for item in reply["output"]
+        if item["type"] == "message"
+        for part in item["content"]
+        if part["type"] == "output_text"
+    )
+    _usage(out, reply.get("usage"), "input_tokens", "output_tokens")
+
+
+_JSON_READERS: dict[Api, Callable[[Exchange, Any], None]] = {
+    "chat": _chat_answer,
+    "messages": _messages_answer,
+    "responses": _responses_answer,
+}
+
+
+# -- streams --------------------------------------------------------------------------------
+
+
+class _Timing:
+    """When the first and last output deltas arrived, and how many there were."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.first: float | None = None
+        self.last: float | None = None
+        self.deltas = 0
+
+    def delta(self) -> None:
+        now = time.perf_counter()
+        self.first = now if self.first is None else self.first
+        self.last = now
+        self.deltas += 1
+
+    def close(self, out: Exchange) -> None:
+        if self.first is None:
+            return
+        out.ttft_s = self.first - self.started
+        tokens = out.completion_tokens or self.deltas
+        if self.last is not None and tokens > 1:
+            out.tpot_s = (self.last - self.first) / (tokens - 1)
+
+
+class _Events:
+    """The JSON payloads of a server-sent event stream, until `[DONE]` (`done`: it came); a
+    payload that is not JSON fails the exchange and ends the stream."""
+
+    def __init__(self, out: Exchange, response: requests.Response) -> None:
+        self.out = out
+        self.response = response
+        self.done = False
+
+    def __iter__(self) -> Iterator[Any]:
+        for line in self.response.iter_lines():
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                self.done = True
+                return
+            try:
+                yield json.loads(data)
+            except ValueError:
+                self.out.fail("bad_stream", f"an event is not JSON: {data[:80]!r}")
+                return
+
+
+def _read_chat_stream(out: Exchange, response: requests.Response, started: float) -> None:
+    timing = _Timing(started)
     calls: dict[int, dict[str, Any]] = {}
     content: list[str] = []
-    for line in response.iter_lines():
-        if not line.startswith(b"data:"):
-            continue
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            done = True
-            break
-        try:
-            event = json.loads(data)
-        except ValueError:
-            out.fail("bad_stream", f"an event is not JSON: {data[:80]!r}")
-            return
+    events = _Events(out, response)
+    for event in events:
         if "error" in event:
             error = event["error"]
             text = error.get("message", "") if isinstance(error, dict) else str(error)
             out.fail("stream_error", text)
             continue
-        now = time.perf_counter()
         for choice in event.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("content") or delta.get("tool_calls"):
-                first = now if first is None else first
-                last = now
-                deltas += 1
+                timing.delta()
             if delta.get("content"):
                 content.append(delta["content"])
             for call in delta.get("tool_calls") or []:
                 _merge_call(calls, call)
-        usage = event.get("usage")
-        if usage:
-            out.prompt_tokens = int(usage.get("prompt_tokens", 0))
-            out.completion_tokens = int(usage.get("completion_tokens", 0))
-    if not done and out.error is None:
-        out.fail("stream_incomplete", "the stream ended without [DONE]")
+        _usage(out, event.get("usage"), "prompt_tokens", "completion_tokens")
+    _ended(out, events.done, "the stream ended without [DONE]")
     out.content = "".join(content)
     out.tool_calls = [calls[i] for i in sorted(calls)]
-    if first is not None:
-        out.ttft_s = first - started
-        tokens = out.completion_tokens or deltas
-        if last is not None and tokens > 1:
-            out.tpot_s = (last - first) / (tokens - 1)
+    timing.close(out)
+
+
+def _read_messages_stream(out: Exchange, response: requests.Response, started: float) -> None:
+    timing = _Timing(started)
+    content: list[str] = []
+    done = False
+    for event in _Events(out, response):
+        kind = event.get("type")
+        if kind == "error":
+            out.fail("stream_error", str((event.get("error") or {}).get("message", "")))
+            break
+        if kind == "content_block_delta":
+            delta = event.get("delta") or {}
+            if delta.get("type") in ("text_delta", "input_json_delta"):
+                timing.delta()
+            if delta.get("type") == "text_delta":
+                content.append(delta.get("text", ""))
+        elif kind in ("message_start", "message_delta"):
+            usage = event.get("usage") or (event.get("message") or {}).get("usage")
+            _usage(out, usage, "input_tokens", "output_tokens")
+        elif kind == "message_stop":
+            done = True
+    _ended(out, done, "the stream ended without message_stop")
+    out.content = "".join(content)
+    timing.close(out)
+
+
+def _read_responses_stream(out: Exchange, response: requests.Response, started: float) -> None:
+    timing = _Timing(started)
+    content: list[str] = []
+    done = False
+    for event in _Events(out, response):
+        kind = event.get("type")
+        if kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+            timing.delta()
+            if kind == "response.output_text.delta":
+                content.append(event.get("delta", ""))
+        elif kind in ("response.completed", "response.incomplete"):
+            _usage(out, event["response"].get("usage"), "input_tokens", "output_tokens")
+            done = True
+        elif kind in ("response.failed", "error"):
+            error = (event.get("response") or event).get("error") or {}
+            out.fail("stream_error", str(error.get("message", "")))
+            break
+    _ended(out, done, "the stream ended without response.completed")
+    out.content = "".join(content)
+    timing.close(out)
+
+
+def _ended(out: Exchange, done: bool, why: str) -> None:
+    if not done and out.error is None:
+        out.fail("stream_incomplete", why)
+
+
+_STREAM_READERS: dict[Api, Callable[[Exchange, requests.Response, float], None]] = {
+    "chat": _read_chat_stream,
+    "messages": _read_messages_stream,
+    "responses": _read_responses_stream,
+}
 
 
 def _merge_call(calls: dict[int, dict[str, Any]], part: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
 
+from gemma_fleet.loadtest.apis import APIS
 from gemma_fleet.loadtest.records import QUOTA, STOPPED, RequestRecord
 
 REQUESTS = "gemma_fleet_gateway_requests_total"
@@ -146,11 +147,12 @@ class GatewayComparison(BaseModel):
 def _sum(
     grown: dict[Sample, float], name: str, keys: tuple[str, ...], **only: str
 ) -> Counter[tuple[str, ...]]:
-    """`name`'s growth summed by `keys`, over the chat endpoint's series matching `only`."""
+    """`name`'s growth summed by `keys`, over the series of the endpoints a load test calls
+    (chat completions, Messages, Responses) that match `only`."""
     out: Counter[tuple[str, ...]] = Counter()
     for (metric, labels), value in grown.items():
         as_dict = dict(labels)
-        if metric != name or as_dict.get("endpoint", "chat") != "chat":
+        if metric != name or as_dict.get("endpoint", "chat") not in APIS:
             continue
         if all(as_dict.get(k) == v for k, v in only.items()):
             out[tuple(as_dict.get(k, "") for k in keys)] += int(value)
@@ -191,9 +193,10 @@ def _merge_teams(counts: Counter[tuple[str, ...]]) -> Counter[tuple[str, ...]]:
 def compare(
     records: list[RequestRecord], grown: dict[Sample, float], *, teams_share_a_key: bool = False
 ) -> GatewayComparison:
-    """Set the client's counts beside the gateway's for the chat endpoint. When the workload's
-    teams share a key, the gateway counts their requests under the key's team, which the
-    client does not know: the rows then sum over every team on both sides (team ALL_TEAMS)."""
+    """Set the client's counts beside the gateway's for the endpoints a load test calls. When
+    the workload's teams share a key, the gateway counts their requests under the key's team,
+    which the client does not know: the rows then sum over every team on both sides (team
+    ALL_TEAMS)."""
     answers, refusals, tokens = client_counts(records)
     rows: list[CounterRow] = []
     answer_keys, refusal_keys, token_keys = (

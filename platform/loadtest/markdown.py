@@ -62,10 +62,10 @@ def render_markdown(report: LoadTestReport, plots: Sequence[str]) -> str:
         "",
     ]
     out += _table(
-        ["workload", "kind", "team", "SLO (TTFT / TPOT / e2e)", "served", "met", "attainment",
-         "holds", "pools"],
+        ["workload", "kind", "api", "team", "SLO (TTFT / TPOT / e2e)", "served", "met",
+         "attainment", "holds", "pools"],
         [
-            [w.name, w.kind, w.team,
+            [w.name, w.kind, w.api, w.team,
              f"{_s(w.slo.ttft_s)} / {_s(w.slo.tpot_s)} / {_s(w.slo.e2e_s)}", str(w.served),
              str(w.slo_met), percent(w.slo_attainment),
              {True: "yes", False: "**no**", None: "-"}[w.holds],

@@ -29,6 +29,7 @@ class RequestRecord(BaseModel):
     started_at: float = Field(description="Unix time the request was sent")
     workload: str
     kind: str
+    api: str = Field("chat", description="the API called: chat, messages or responses")
     team: str
     model: str = Field(description="the model the request named")
     step: int = Field(0, description="position within a multi-request task (turn, tool step)")

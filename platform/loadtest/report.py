@@ -64,6 +64,7 @@ class GroupStats(Model):
 
 class WorkloadStats(GroupStats):
     kind: str
+    api: str = "chat"
     team: str
     slo: Slo
     pools: dict[str, int] = Field(description="requests served per pool")
@@ -289,6 +290,7 @@ def build_report(
             WorkloadStats(
                 **stats.model_dump(),
                 kind=w.kind,
+                api=w.api,
                 team=w.team,
                 slo=slo_of(w.name),
                 pools=dict(Counter(r.pool for r in rs if r.ok)),

@@ -6,9 +6,10 @@ locustfile needs just:
     from gemma_fleet.loadtest.users import locust_classes
     globals().update(locust_classes())
 
-Every request becomes a Locust request event (type `chat`, named after its workload; expected
-429s are failures of type RateLimited), streamed ones two more (`TTFT` and `TPOT`, in ms), and a
-record in the records file the report is computed from.
+Every request becomes a Locust request event (its type is the API it called, `chat`, `messages`
+or `responses`; named after its workload; expected 429s are failures of type RateLimited),
+streamed ones two more (`TTFT` and `TPOT`, in ms), and a record in the records file the report
+is computed from.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from locust.exception import StopUser
 from locust.user.task import LOCUST_STATE_STOPPING
 
 from gemma_fleet.loadtest import payloads
-from gemma_fleet.loadtest.exchange import Exchange, chat
+from gemma_fleet.loadtest.apis import body_for
+from gemma_fleet.loadtest.exchange import Exchange, call
 from gemma_fleet.loadtest.records import EXPECTED_429, STOPPED, RecordWriter, RequestRecord
 from gemma_fleet.loadtest.settings import LocustSettings, settings_from_env
 from gemma_fleet.loadtest.workload import (
@@ -149,7 +151,14 @@ class FleetUser(User):
         w = self.workload
         result = Exchange()
         try:
-            result = chat(self.session, self.base_url, self.api_key, body, _Run.settings.timeout_s)
+            result = call(
+                self.session,
+                self.base_url,
+                self.api_key,
+                body_for(w.api, body),
+                _Run.settings.timeout_s,
+                w.api,
+            )
             if result.error is None:
                 _check_answer(w, result)
         except GreenletExit:
@@ -173,7 +182,7 @@ class FleetUser(User):
             # would split one error into many rows of Locust's failure table.
             exception = kind(result.error)
         fire(
-            request_type="chat",
+            request_type=w.api,
             name=w.name,
             response_time=result.e2e_s * 1000,
             response_length=result.completion_tokens,
@@ -192,6 +201,7 @@ class FleetUser(User):
             started_at=_now() - result.e2e_s,
             workload=w.name,
             kind=w.kind,
+            api=w.api,
             team=w.team,
             model=str(body.get("model", "")),
             step=step,
@@ -238,9 +248,9 @@ def _check_answer(w: Workload, result: Exchange) -> None:
             jsonschema.validate(json.loads(result.content), payloads.EXTRACTION_SCHEMA)
         except (ValueError, jsonschema.ValidationError) as exc:
             result.fail("invalid_json", str(exc))
-    for call in result.tool_calls:
+    for tool_call in result.tool_calls:
         try:
-            json.loads(call["function"]["arguments"] or "{}")
+            json.loads(tool_call["function"]["arguments"] or "{}")
         except (ValueError, KeyError, TypeError) as exc:
             result.fail("invalid_tool_call", str(exc))
 

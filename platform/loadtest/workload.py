@@ -12,6 +12,7 @@ teams:
 workloads:
   - {name: chat, kind: short_chat, weight: 5, team: lt-product}
   - {name: docs, kind: long_context, weight: 1, team: lt-product, context_tokens: [32000, 64000]}
+  - {name: claude-sdk, kind: short_chat, weight: 1, team: lt-product, api: messages}
 ```
 """
 
@@ -24,6 +25,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gemma_fleet.config_file import load_model
+from gemma_fleet.loadtest.apis import Api
 from gemma_fleet.teams.limits import TeamLimits
 
 # Team names become Redis key parts and metric labels on the gateway: a DNS label.
@@ -91,6 +93,11 @@ class WorkloadBase(Strict):
     weight: int = Field(1, ge=0, description="relative share of virtual users; 0 switches it off")
     team: str = Field(pattern=TEAM_NAME)
     model: str = Field("gemma-4", description="model, pool or alias the requests name")
+    api: Api = Field(
+        "chat",
+        description="the API the requests use: OpenAI chat completions (chat), Anthropic "
+        "Messages (messages) or OpenAI Responses (responses)",
+    )
     max_tokens: int = Field(128, ge=1)
     stream: bool = True
     think_time_s: FloatRange = (0.5, 2.0)
@@ -154,12 +161,26 @@ class Audio(WorkloadBase):
     kind: Literal["audio"]
     audio_seconds: FloatRange = (2.0, 30.0)
 
+    @model_validator(mode="after")
+    def _api(self) -> Audio:
+        if self.api == "messages":
+            raise ValueError("api: messages cannot send audio (Anthropic's Messages API has no "
+                             "audio blocks); use chat or responses")  # fmt: skip
+        return self
+
 
 class ToolCalling(WorkloadBase):
     """An agent step loop: the model calls a tool, gets its result, and answers."""
 
     kind: Literal["tool_calling"]
     max_steps: int = Field(3, ge=1, le=10, description="model calls per task, answer included")
+
+    @model_validator(mode="after")
+    def _api(self) -> ToolCalling:
+        if self.api != "chat":
+            raise ValueError(f"api: {self.api}: the tool loop speaks chat completions' tool "
+                             "calls; use api: chat")  # fmt: skip
+        return self
 
 
 class JsonExtraction(WorkloadBase):

@@ -1,10 +1,12 @@
 """What the load test measures per request, against the real gateway app on a loopback port
 with simulated pools (tests/gateway_harness.py): TTFT and TPOT agree with the gateway's own
-histograms, tool calls reassemble from their streamed pieces, refusals keep their type."""
+histograms on every API, tokens with its counters, tool calls reassemble from their streamed
+pieces, refusals keep their type."""
 
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,9 +16,10 @@ import requests
 from gateway_harness import RunningGateway, fleet_settings, serve_gateway, simulated_pools
 
 from gemma_fleet.loadtest import payloads
-from gemma_fleet.loadtest.exchange import chat
-from gemma_fleet.loadtest.gateway_counters import parse_counters
-from gemma_fleet.loadtest.workload import JsonExtraction, ToolCalling
+from gemma_fleet.loadtest.apis import APIS, Api, body_for
+from gemma_fleet.loadtest.exchange import call
+from gemma_fleet.loadtest.gateway_counters import TOKENS, delta, parse_counters
+from gemma_fleet.loadtest.workload import JsonExtraction, ShortChat, ToolCalling, Vision
 
 pytestmark = pytest.mark.slow
 
@@ -44,23 +47,31 @@ def _histogram_sum(gw: RunningGateway, name: str, pool: str) -> float:
     return 0.0
 
 
+def _tokens_metered(gw: RunningGateway) -> dict[Any, float]:
+    return parse_counters(requests.get(gw.url + "/metrics", timeout=10).text)
+
+
+@pytest.mark.parametrize("api", APIS)
 def test_streamed_timings_agree_with_the_gateways_histograms(
-    gateway: RunningGateway, session: requests.Session
+    gateway: RunningGateway, session: requests.Session, api: Api
 ) -> None:
     # The "slow" pool runs in real time (an E2B on an L4), so tokens are spaced by real steps.
     tpot_before = _histogram_sum(gateway, "gemma_fleet_gateway_time_per_output_token_seconds",
                                  "slow")  # fmt: skip
     body = {"model": "slow", "messages": [{"role": "user", "content": "count to forty"}],
-            "max_tokens": 40, "min_tokens": 40, "stream": True,
-            "stream_options": {"include_usage": True}}  # fmt: skip
-    out = chat(session, gateway.url + "/v1", None, body, timeout_s=60)
+            "max_tokens": 40, "stream": True}  # fmt: skip
+    if api == "chat":  # vLLM's extension: only chat completions take it
+        body |= {"min_tokens": 40, "stream_options": {"include_usage": True}}
+    out = call(session, gateway.url + "/v1", None, body_for(api, body), 60, api)
     assert out.error is None, out.message
-    assert (out.status, out.pool, out.completion_tokens) == (200, "slow", 40)
+    assert (out.status, out.pool) == (200, "slow")
+    n = out.completion_tokens
+    assert n == 40 if api == "chat" else 1 < n <= 40
     assert out.prompt_tokens > 0 and out.content
     assert out.ttft_s is not None and out.tpot_s is not None
     assert 0 < out.ttft_s < out.e2e_s
-    # first token + 39 more at TPOT each is the whole stream, to within the last event's trip
-    assert out.ttft_s + 39 * out.tpot_s == pytest.approx(out.e2e_s, abs=0.05)
+    # first token + n-1 more at TPOT each is the whole stream, to within the last event's trip
+    assert out.ttft_s + (n - 1) * out.tpot_s == pytest.approx(out.e2e_s, abs=0.05)
     gateway_tpot = (
         _histogram_sum(gateway, "gemma_fleet_gateway_time_per_output_token_seconds", "slow")
         - tpot_before
@@ -75,33 +86,62 @@ def test_a_streamed_tool_call_is_reassembled_and_the_loop_completes(
     messages: list[dict[str, Any]] = [
         {"role": "user", "content": "Search the docs for the quota policy."}
     ]
-    first = chat(session, gateway.url + "/v1", None, payloads.tool_step(w, messages), 60)
+    first = call(session, gateway.url + "/v1", None, payloads.tool_step(w, messages), 60)
     assert first.error is None, first.message
-    (call,) = first.tool_calls
-    assert call["function"]["name"] == "search_docs" and call["id"]
-    args = json.loads(call["function"]["arguments"])
+    (tool_call,) = first.tool_calls
+    assert tool_call["function"]["name"] == "search_docs" and tool_call["id"]
+    args = json.loads(tool_call["function"]["arguments"])
     schema = payloads.TOOLS[1]["function"]["parameters"]
     jsonschema.validate(args, schema)
-    import random
-
-    messages += [{"role": "assistant", "content": None, "tool_calls": [call]},
-                 payloads.tool_result(call, random.Random(0))]  # fmt: skip
-    answer = chat(session, gateway.url + "/v1", None, payloads.tool_step(w, messages), 60)
+    messages += [{"role": "assistant", "content": None, "tool_calls": [tool_call]},
+                 payloads.tool_result(tool_call, random.Random(0))]  # fmt: skip
+    answer = call(session, gateway.url + "/v1", None, payloads.tool_step(w, messages), 60)
     assert answer.error is None and not answer.tool_calls and answer.content
 
 
-def test_an_unstreamed_extraction_answers_json_of_the_schema(
-    gateway: RunningGateway, session: requests.Session
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_an_extraction_answers_json_of_the_schema(
+    gateway: RunningGateway, session: requests.Session, api: Api, stream: bool
 ) -> None:
-    import random
-
     w = JsonExtraction(name="j", kind="json_extraction", team="a", model="e4b",
-                       max_tokens=300, stream=False)  # fmt: skip
-    out = chat(
-        session, gateway.url + "/v1", None, payloads.json_extraction(w, random.Random(1)), 60
-    )
-    assert out.error is None and out.ttft_s is None and out.completion_tokens > 0
+                       max_tokens=300, stream=stream)  # fmt: skip
+    body = body_for(api, payloads.json_extraction(w, random.Random(1)))
+    out = call(session, gateway.url + "/v1", None, body, 60, api)
+    assert out.error is None and out.completion_tokens > 0, out.message
+    assert (out.ttft_s is not None) == stream
     jsonschema.validate(json.loads(out.content), payloads.EXTRACTION_SCHEMA)
+
+
+@pytest.mark.parametrize("api", APIS)
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_the_tokens_counted_are_the_ones_the_gateway_metered(
+    gateway: RunningGateway, session: requests.Session, api: Api, stream: bool
+) -> None:
+    before = _tokens_metered(gateway)
+    w = ShortChat(name="s", kind="short_chat", team="a", model="e2b", stream=stream)
+    out = call(session, gateway.url + "/v1", None,
+               body_for(api, payloads.short_chat(w, random.Random(5))), 60, api)  # fmt: skip
+    assert out.error is None and out.content, out.message
+    metered = {"prompt": 0.0, "completion": 0.0}
+    for (name, labels), grown in delta(before, _tokens_metered(gateway)).items():
+        if name == TOKENS:
+            metered[dict(labels)["kind"]] += grown
+    assert (out.prompt_tokens, out.completion_tokens) == (metered["prompt"], metered["completion"])
+    assert out.prompt_tokens > 0 and out.completion_tokens > 0
+
+
+@pytest.mark.parametrize("api", ["messages", "responses"])
+def test_images_reach_a_pool_that_reads_them_through_every_api(
+    gateway: RunningGateway, session: requests.Session, api: Api
+) -> None:
+    w = Vision(name="v", kind="vision", team="a", image_sizes=[(64, 48)], images_per_request=(2, 2))
+    body = body_for(api, payloads.vision(w, random.Random(2)))
+    images = body["messages" if api == "messages" else "input"][0]["content"][1:]
+    assert [p["type"] for p in images] == ["image" if api == "messages" else "input_image"] * 2
+    out = call(session, gateway.url + "/v1", None, body, 60, api)
+    assert out.error is None and out.content, out.message
+    assert out.pool in {"e2b", "e4b", "moe"}  # not the text-only dense pool
 
 
 def test_refusals_keep_their_status_and_message(
@@ -109,11 +149,14 @@ def test_refusals_keep_their_status_and_message(
 ) -> None:
     too_long = {"model": "e2b", "max_tokens": 8, "stream": True,
                 "messages": [{"role": "user", "content": "word " * 60_000}]}  # fmt: skip
-    out = chat(session, gateway.url + "/v1", None, too_long, 60)
+    out = call(session, gateway.url + "/v1", None, too_long, 60)
     assert (out.status, out.error) == (400, "http_400") and out.message
     unknown = {**too_long, "model": "gemma-4-7b", "messages": [{"role": "user", "content": "hi"}]}
-    assert chat(session, gateway.url + "/v1", None, unknown, 60).error == "http_404"
-    dead = chat(session, "http://127.0.0.1:9/v1", None, unknown, 5)
+    assert call(session, gateway.url + "/v1", None, unknown, 60).error == "http_404"
+    for api in ("messages", "responses"):
+        refused = call(session, gateway.url + "/v1", None, body_for(api, unknown), 60, api)
+        assert refused.error == "http_404" and "gemma-4-7b" in refused.message
+    dead = call(session, "http://127.0.0.1:9/v1", None, unknown, 5)
     assert (dead.status, dead.error) == (0, "connection")
 
 

@@ -66,6 +66,24 @@ def test_matching_counts_match_and_a_miscount_is_found() -> None:
     assert (row.report, row.gateway) == (3, 4)
 
 
+def test_every_api_the_load_test_calls_is_counted_and_nothing_else() -> None:
+    metrics = GatewayMetrics()
+    before = parse_counters(metrics.render().decode())
+    for endpoint in ("chat", "messages", "responses"):
+        metrics.answered(endpoint, "a", "gemma-4", "p1", "requested", time.perf_counter())
+        metrics.refused(endpoint, "b", 429, "rate_limit")
+    # another client of the same gateway, on an endpoint the load test never calls
+    metrics.answered("completions", "a", "gemma-4", "p1", "requested", time.perf_counter())
+    grown = delta(before, parse_counters(metrics.render().decode()))
+    records = [rec("a", "p1", 200) for _ in range(3)]
+    records += [rec("b", "", 429, "rate_limit_exceeded") for _ in range(3)]
+    result = compare(records, grown)
+    assert result.all_match, [r for r in result.rows if not r.matches]
+    found = {(r.what, tuple(r.labels.values())): r.gateway for r in result.rows}
+    assert found[("requests", ("a", "p1", "200"))] == 3
+    assert found[("429 refusals", ("b", "rate_limit"))] == 3
+
+
 def test_requests_cut_short_by_the_test_are_left_out_of_the_comparison() -> None:
     records = [rec("a", "", 0, "stopped_by_load_test"), rec("a", "", 0, "connection")]
     assert compare(records, {}).rows == []

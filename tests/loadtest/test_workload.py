@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from gemma_fleet.loadtest.apis import APIS
 from gemma_fleet.loadtest.workload import KINDS, WorkloadFileError, load_workload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,6 +26,11 @@ def test_the_mix_and_the_ci_workload_cover_every_kind_and_a_limited_team() -> No
         assert {w.kind for w in workload.active} == set(KINDS)
         limited = [t.name for t in workload.teams if t.rate_limited]
         assert limited and any(w.team in limited for w in workload.active)
+
+
+def test_the_mix_and_the_ci_workload_call_every_api() -> None:
+    for path in (ROOT / "loadtest" / "workloads" / "mix.yaml", CI_WORKLOAD):
+        assert {w.api for w in load_workload(path).active} == set(APIS)
 
 
 def test_workload_slo_overrides_only_the_fields_it_names() -> None:
@@ -59,6 +65,12 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("teams: [{name: Bad_Team}]\nworkloads: []", "teams.0.name"),
         ("teams: [{name: a, limits: {requests_per_min: 5}}]\nworkloads: []", "requests_per_min"),
         ("teams: [a", "not valid YAML"),
+        ("teams: [{name: a}]\nworkloads: [{name: x, kind: short_chat, team: a, api: grpc}]",
+         "workloads.0.api"),
+        ("teams: [{name: a}]\nworkloads: [{name: x, kind: audio, team: a, api: messages}]",
+         "api: messages cannot send audio"),
+        ("teams: [{name: a}]\nworkloads: [{name: x, kind: tool_calling, team: a,"
+         " api: responses}]", "the tool loop speaks chat completions"),
     ],
 )  # fmt: skip
 def test_bad_workload_files_are_refused_naming_the_problem(
