@@ -194,12 +194,15 @@ def _usage(usage: dict[str, Any] | None) -> dict[str, Any]:
     prompt = usage.get("prompt_tokens", 0)
     completion = usage.get("completion_tokens", 0)
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    # vLLM counts the thinking among the completion tokens, and apart when its reasoning parser
+    # is on (the fleet's engines run Gemma 4's).
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
     return {
         "input_tokens": prompt,
         # Prefix-cache hits are counted by vLLM; nothing is written to a cache a client pays for.
         "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": prompt + completion,
     }
 

@@ -239,12 +239,19 @@ def test_reasoning_effort_asks_gemma_to_think_and_thinking_comes_back() -> None:
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 2},
-    }
+        # vLLM, its reasoning parser on, counts the thinking apart
+        "usage": {"prompt_tokens": 3, "completion_tokens": 4,
+                  "completion_tokens_details": {"reasoning_tokens": 3}},
+    }  # fmt: skip
     body = to_response(chat, req, "e2b")
     response = openai.types.responses.Response.model_validate(body)
     assert [item.type for item in response.output] == ["reasoning", "message"]
     assert response.output_text == "Hi"
+    assert response.usage is not None
+    assert (
+        response.usage.output_tokens,
+        response.usage.output_tokens_details.reasoning_tokens,
+    ) == (4, 3)
 
     def chunk(**delta: Any) -> str:
         return f"data: {json.dumps({'choices': [{'index': 0, 'delta': delta}]})}\n\n"
@@ -253,6 +260,9 @@ def test_reasoning_effort_asks_gemma_to_think_and_thinking_comes_back() -> None:
         async def source() -> Any:
             for text in (chunk(reasoning="be "), chunk(reasoning="kind"), chunk(content="Hi")):
                 yield text
+            usage = {"prompt_tokens": 3, "completion_tokens": 4,
+                     "completion_tokens_details": {"reasoning_tokens": 3}}  # fmt: skip
+            yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
 
         out = [e async for e in to_response_stream(source(), req, "e2b")]
         return [json.loads(e.split("data: ", 1)[1]) for e in out]
@@ -262,6 +272,7 @@ def test_reasoning_effort_asks_gemma_to_think_and_thinking_comes_back() -> None:
     assert reasoning == ["be ", "kind"]
     done = streamed[-1]["response"]
     assert [item["type"] for item in done["output"]] == ["reasoning", "message"]
+    assert done["usage"]["output_tokens_details"] == {"reasoning_tokens": 3}
     # sent back, a reasoning item is the assistant turn's reasoning, as vLLM reads it
     sent = chat_of(input=[{"role": "user", "content": "hi"}, *done["output"]])["messages"]
     assert sent[1] == {"role": "assistant", "content": "Hi", "reasoning": "be kind"}
