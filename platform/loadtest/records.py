@@ -13,6 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gemma_fleet.loadtest.apis import Api
+
 # Error types: a bounded vocabulary, so "errors by type" stays readable.
 RATE_LIMITED = "rate_limit_exceeded"  # 429: requests or tokens per minute
 CONCURRENCY_LIMITED = "concurrency_limit_exceeded"  # 429: too many in flight
@@ -29,7 +31,7 @@ class RequestRecord(BaseModel):
     started_at: float = Field(description="Unix time the request was sent")
     workload: str
     kind: str
-    api: str = Field("chat", description="the API called: chat, messages or responses")
+    api: Api = Field("chat", description="the API called: chat, messages or responses")
     team: str
     model: str = Field(description="the model the request named")
     step: int = Field(0, description="position within a multi-request task (turn, tool step)")

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from gemma_fleet.loadtest.apis import Api
 from gemma_fleet.loadtest.gateway_counters import GatewayComparison
 from gemma_fleet.loadtest.records import STOPPED, RequestRecord
 from gemma_fleet.loadtest.shapes import ShapeSpec
@@ -64,7 +65,7 @@ class GroupStats(Model):
 
 class WorkloadStats(GroupStats):
     kind: str
-    api: str = "chat"
+    api: Api = "chat"
     team: str
     slo: Slo
     pools: dict[str, int] = Field(description="requests served per pool")
