@@ -33,6 +33,17 @@ HEALTH_CHECK_PERIOD_S = 2
 # requests cost little of the prefill saved, while a stalled replica holding a hot prefix must
 # not collect every request that shares it (request_router.py, tests/faults).
 IMBALANCE_THRESHOLD = 4
+# Ray Serve LLM's router keeps the text of every prompt it placed in a prefix tree (one actor
+# per pool) and, by default, never forgets any: in an hour of steady load the tree grew 5.7 MB
+# every 10 minutes, without end (benchmarks/soak). With eviction on, each replica's share of the
+# tree is checked every interval and, once past the bound, cut back to the target, least
+# recently matched first. 2M characters is about 500K tokens of English prompt: most of what an
+# 80 GB GPU's KV cache holds for 26B-A4B or 31B (750-835K tokens in the default fleet), so the
+# tree still remembers the prefixes a replica may have cached, where Ray's own default bound
+# (400K characters) would forget most of them.
+PREFIX_TREE_MAX_CHARS = 2_000_000
+PREFIX_TREE_TARGET_CHARS = 1_800_000
+PREFIX_TREE_EVICTION_INTERVAL_S = 10
 PREFIX_AWARE_ROUTER = "gemma_fleet.deployments.pools.request_router.PrefixAwareRouter"
 
 
@@ -58,7 +69,13 @@ def deployment_config(pool: ModelPool) -> dict[str, Any]:
         # unless that replica is much busier than the others (Ray Serve LLM's router).
         "request_router_config": {
             "request_router_class": PREFIX_AWARE_ROUTER,
-            "request_router_kwargs": {"imbalanced_threshold": IMBALANCE_THRESHOLD},
+            "request_router_kwargs": {
+                "imbalanced_threshold": IMBALANCE_THRESHOLD,
+                "do_eviction": True,
+                "eviction_threshold_chars": PREFIX_TREE_MAX_CHARS,
+                "eviction_target_chars": PREFIX_TREE_TARGET_CHARS,
+                "eviction_interval_secs": PREFIX_TREE_EVICTION_INTERVAL_S,
+            },
         },
         # A dead replica is noticed at its next health check: every 2 s rather than Ray Serve
         # LLM's 10, so the pool starts a replacement (and the gateway, which reads the live
