@@ -236,6 +236,17 @@ def _slope_per_10min(points: list[tuple[float, float]]) -> float:
     return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in points) / var * 600
 
 
+def window_means(points: list[tuple[float, float]]) -> list[float]:
+    """Mean MB of each whole 10-minute window of the run, warm-up included. A leak grows by
+    about the same step from one window to the next; warm-up (allocator arenas, caches) by
+    less each time."""
+    last = max((t for t, _ in points), default=0.0)
+    return [
+        round(statistics.fmean(v for t, v in points if k * 600 <= t < (k + 1) * 600), 1)
+        for k in range(int(last // 600))
+    ]
+
+
 def windows(records: list[Record], width_s: float) -> list[dict[str, Any]]:
     """Per window of `width_s` by send time: counts and latency percentiles."""
     out = []
@@ -279,6 +290,9 @@ def summarise(run: Run, warmup_s: float, counters: dict[str, float]) -> dict[str
             "end_mb": points[-1][1],
             "max_mb": max(v for _, v in points),
             "slope_mb_per_10min": round(_slope_per_10min(points), 1),
+            "window_means_mb": window_means(
+                [(m.at, m.rss_mb[name]) for m in run.memory if name in m.rss_mb]
+            ),
         }
     steady = [w for w in per_minute if w["start_s"] >= warmup_s and w["sent"]]
     first, last = (steady[0], steady[-1]) if steady else ({}, {})
@@ -360,6 +374,7 @@ def markdown(summary: dict[str, Any], seconds: float) -> str:
         if m["max_mb"] >= 20:  # skip tiny helpers (shells, pipes)
             slope = f"{m['slope_mb_per_10min']:+}"
             lines.append(_row(name, m["start_mb"], m["end_mb"], m["max_mb"], slope))
+    lines += _window_table(summary)
     lim = summary["limited"]
     lines += [
         "",
@@ -378,6 +393,29 @@ def markdown(summary: dict[str, Any], seconds: float) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _window_table(summary: dict[str, Any]) -> list[str]:
+    """Mean RSS per 10-minute window of the processes that grew, once a run has three windows
+    (two steps of growth to compare)."""
+    grew = {
+        name: m["window_means_mb"]
+        for name, m in summary["memory"].items()
+        if len(m["window_means_mb"]) >= 3 and m["end_mb"] - m["start_mb"] >= 5
+    }
+    if not grew:
+        return []
+    count = max(len(means) for means in grew.values())
+    heads = [f"{10 * k}-{10 * (k + 1)} min" for k in range(count)]
+    lines = [
+        "",
+        "## Memory per 10-minute window (mean RSS, MB, of the processes that grew 5 MB or more)",
+        "",
+        _row("process", *heads),
+        _row("---", *["---:"] * count),
+    ]
+    lines += [_row(name, *means) for name, means in grew.items()]
+    return lines
 
 
 def plot(summary: dict[str, Any], memory: list[MemorySample], path: Path) -> None:
