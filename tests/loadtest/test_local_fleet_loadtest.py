@@ -1,7 +1,7 @@
 """The CI load test: the local fleet with simulated engines (fleet-ci.yaml), started the way
 `gemma-fleet loadtest --local` starts it, a short headless Locust run of every workload kind
-(workload-ci.yaml) under a spike shape, and the report checked against the gateway's own
-Prometheus counters, scraped here independently before and after the run."""
+and API (workload-ci.yaml) under a spike shape, and the report checked against the gateway's
+own Prometheus counters, scraped here independently before and after the run."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
+from gemma_fleet.loadtest.apis import APIS
 from gemma_fleet.loadtest.records import EXPECTED_429
 from gemma_fleet.loadtest.report import LoadTestReport
 from gemma_fleet.loadtest.runner import LoadTestPlan, LoadTestResult, local_fleet_host, run_loadtest
@@ -54,13 +55,16 @@ def _scrape(root: str) -> Series:
     return out
 
 
-def _grown(before: Series, after: Series, name: str, **match: str) -> Counter[str]:
-    """Growth of `name` between the scrapes, by the one label not in `match` named `by`."""
-    by = match.pop("by")
+def _grown(
+    before: Series, after: Series, name: str, by: str, **match: str | tuple[str, ...]
+) -> Counter[str]:
+    """Growth of `name` between the scrapes, by the label `by`, over the series whose labels
+    match `match` (a tuple: any of its values)."""
+    wanted = {k: (v,) if isinstance(v, str) else v for k, v in match.items()}
     out: Counter[str] = Counter()
     for (metric, labels), value in after.items():
         d = dict(labels)
-        if metric == name and all(d.get(k) == v for k, v in match.items()):
+        if metric == name and all(d.get(k) in v for k, v in wanted.items()):
             grown = value - before.get((metric, labels), 0.0)
             if grown:
                 # sums in microseconds, so every count stays an integer
@@ -131,14 +135,14 @@ def test_the_reports_figures_match_the_gateways_counters(run: Run) -> None:
     report, before, after = run.report, run.before, run.after
     requests = "gemma_fleet_gateway_requests_total"
     by_team = {t.name: t for t in report.by_team}
-    assert _grown(before, after, requests, endpoint="chat", status="200", by="team") == {
+    assert _grown(before, after, requests, endpoint=APIS, status="200", by="team") == {
         t: s.succeeded for t, s in by_team.items() if s.succeeded
     }
-    assert _grown(before, after, requests, endpoint="chat", status="429", by="team") == {
+    assert _grown(before, after, requests, endpoint=APIS, status="429", by="team") == {
         t: s.rate_limited for t, s in by_team.items() if s.rate_limited
     }
     served = {p.name: p.succeeded for p in report.by_pool if p.succeeded}
-    assert _grown(before, after, requests, endpoint="chat", status="200", by="pool") == served
+    assert _grown(before, after, requests, endpoint=APIS, status="200", by="pool") == served
     rejected = _grown(before, after, "gemma_fleet_gateway_rejections_total", status="429",
                       reason="rate_limit", by="team")  # fmt: skip
     assert rejected == {t: sum(c.values()) for t, c in report.rate_limited_by_team.items()}
@@ -152,7 +156,7 @@ def test_the_reports_figures_match_the_gateways_counters(run: Run) -> None:
     ttft_count = _grown(before, after, "gemma_fleet_gateway_time_to_first_token_seconds_count",
                         by="pool")  # fmt: skip
     e2e_sum = _grown(before, after, "gemma_fleet_gateway_request_duration_seconds_sum",
-                     endpoint="chat", by="pool")  # fmt: skip
+                     endpoint=APIS, by="pool")  # fmt: skip
     for pool in report.by_pool:
         if not pool.succeeded:
             continue
