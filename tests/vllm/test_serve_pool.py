@@ -681,6 +681,26 @@ def test_responses_api_is_served_by_vllm_through_the_gateway(gateway: Any, strea
     assert gateway.responses.input_tokens.count(**count).input_tokens == chat.usage.prompt_tokens
 
 
+def test_thinking_is_counted_apart_as_the_responses_usage_reports_it(gateway: Any) -> None:
+    """vLLM's Gemma 4 reasoning parser runs in the pool, so the engine's usage counts the
+    thinking apart (completion_tokens_details), and the gateway's Responses usage carries that
+    count as output_tokens_details.reasoning_tokens. Greedy, both ask the same turn with
+    thinking on; random weights may not think at all, so the two counts are compared, not
+    their size."""
+    turn = "Why is the sky blue?"
+    chat = gateway.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": turn}], max_tokens=16, temperature=0,
+        extra_body={"chat_template_kwargs": {"enable_thinking": True}},
+    )  # fmt: skip
+    details = chat.usage.completion_tokens_details
+    assert details is not None and details.reasoning_tokens is not None
+    response = gateway.responses.create(
+        model=MODEL, input=turn, max_output_tokens=16, temperature=0, reasoning={"effort": "high"}
+    )
+    assert response.usage.output_tokens == chat.usage.completion_tokens
+    assert response.usage.output_tokens_details.reasoning_tokens == details.reasoning_tokens
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_vllm_logprobs_have_the_shape_the_simulator_gives(gateway_url: str, stream: bool) -> None:
     """The keys and counts tests/gateway holds the simulator to (tests/logprobs_shape.py),
