@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import openai
 import pytest
@@ -321,7 +321,8 @@ def test_the_routers_prefix_tree_forgets_the_oldest_prompts_past_its_bound(
             sent += len(prompts[0])
     assert sent > PREFIX_TREE_MAX_CHARS
     time.sleep(PREFIX_TREE_EVICTION_INTERVAL_S + 2)
-    counts = ray.get(tree.getattr.remote("tenant_to_char_count"))
+    # characters of prompt the tree holds per replica (Ray's PrefixTree attribute)
+    counts = cast(dict[str, int], ray.get(tree.getattr.remote("tenant_to_char_count")))
     assert counts and 0 < max(counts.values()) <= PREFIX_TREE_MAX_CHARS, counts
 
 
