@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,7 +76,7 @@ def call(
             if response.status_code != 200:
                 _refused(out, response)
             elif body.get("stream"):
-                _STREAM_READERS[api](out, response, started)
+                _read_stream(out, response, started, api)
             else:
                 _read_answer(out, response, _JSON_READERS[api])
     except requests.Timeout as exc:
@@ -171,136 +171,113 @@ _JSON_READERS: dict[Api, Callable[[Exchange, Any], None]] = {
 # -- streams --------------------------------------------------------------------------------
 
 
-class _Timing:
-    """When the first and last output deltas arrived, and how many there were."""
+@dataclass
+class _Stream:
+    """What a stream's events have said so far: the output deltas (when the first and last
+    came, how many), the text, tool calls by index, and whether the API's end came."""
 
-    def __init__(self, started: float) -> None:
-        self.started = started
-        self.first: float | None = None
-        self.last: float | None = None
-        self.deltas = 0
+    first: float | None = None
+    last: float | None = None
+    deltas: int = 0
+    content: list[str] = field(default_factory=list)
+    calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ended: bool = False
 
-    def delta(self) -> None:
+    def delta(self, text: str = "") -> None:
         now = time.perf_counter()
         self.first = now if self.first is None else self.first
         self.last = now
         self.deltas += 1
-
-    def close(self, out: Exchange) -> None:
-        if self.first is None:
-            return
-        out.ttft_s = self.first - self.started
-        tokens = out.completion_tokens or self.deltas
-        if self.last is not None and tokens > 1:
-            out.tpot_s = (self.last - self.first) / (tokens - 1)
+        if text:
+            self.content.append(text)
 
 
-class _Events:
-    """The JSON payloads of a server-sent event stream, until `[DONE]` (`done`: it came); a
-    payload that is not JSON fails the exchange and ends the stream."""
-
-    def __init__(self, out: Exchange, response: requests.Response) -> None:
-        self.out = out
-        self.response = response
-        self.done = False
-
-    def __iter__(self) -> Iterator[Any]:
-        for line in self.response.iter_lines():
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                self.done = True
-                return
-            try:
-                yield json.loads(data)
-            except ValueError:
-                self.out.fail("bad_stream", f"an event is not JSON: {data[:80]!r}")
-                return
-
-
-def _read_chat_stream(out: Exchange, response: requests.Response, started: float) -> None:
-    timing = _Timing(started)
-    calls: dict[int, dict[str, Any]] = {}
-    content: list[str] = []
-    events = _Events(out, response)
-    for event in events:
-        if "error" in event:
-            error = event["error"]
-            text = error.get("message", "") if isinstance(error, dict) else str(error)
-            out.fail("stream_error", text)
+def _read_stream(out: Exchange, response: requests.Response, started: float, api: Api) -> None:
+    """Read a server-sent event stream of `api` to its end: each JSON event goes to the API's
+    reader (which returns False when the stream failed and need not be read further)."""
+    stream = _Stream()
+    read = _EVENT_READERS[api]
+    for line in response.iter_lines():
+        if not line.startswith(b"data:"):
             continue
-        for choice in event.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if delta.get("content") or delta.get("tool_calls"):
-                timing.delta()
-            if delta.get("content"):
-                content.append(delta["content"])
-            for call in delta.get("tool_calls") or []:
-                _merge_call(calls, call)
-        _usage(out, event.get("usage"), "prompt_tokens", "completion_tokens")
-    _ended(out, events.done, "the stream ended without [DONE]")
-    out.content = "".join(content)
-    out.tool_calls = [calls[i] for i in sorted(calls)]
-    timing.close(out)
-
-
-def _read_messages_stream(out: Exchange, response: requests.Response, started: float) -> None:
-    timing = _Timing(started)
-    content: list[str] = []
-    done = False
-    for event in _Events(out, response):
-        kind = event.get("type")
-        if kind == "error":
-            out.fail("stream_error", str((event.get("error") or {}).get("message", "")))
+        data = line[5:].strip()
+        if data == b"[DONE]":  # chat completions' end; the other two APIs have their own
+            stream.ended = stream.ended or api == "chat"
             break
-        if kind == "content_block_delta":
-            delta = event.get("delta") or {}
-            if delta.get("type") in ("text_delta", "input_json_delta"):
-                timing.delta()
-            if delta.get("type") == "text_delta":
-                content.append(delta.get("text", ""))
-        elif kind in ("message_start", "message_delta"):
-            usage = event.get("usage") or (event.get("message") or {}).get("usage")
-            _usage(out, usage, "input_tokens", "output_tokens")
-        elif kind == "message_stop":
-            done = True
-    _ended(out, done, "the stream ended without message_stop")
-    out.content = "".join(content)
-    timing.close(out)
-
-
-def _read_responses_stream(out: Exchange, response: requests.Response, started: float) -> None:
-    timing = _Timing(started)
-    content: list[str] = []
-    done = False
-    for event in _Events(out, response):
-        kind = event.get("type")
-        if kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
-            timing.delta()
-            if kind == "response.output_text.delta":
-                content.append(event.get("delta", ""))
-        elif kind in ("response.completed", "response.incomplete"):
-            _usage(out, event["response"].get("usage"), "input_tokens", "output_tokens")
-            done = True
-        elif kind in ("response.failed", "error"):
-            error = (event.get("response") or event).get("error") or {}
-            out.fail("stream_error", str(error.get("message", "")))
+        try:
+            event = json.loads(data)
+        except ValueError:
+            out.fail("bad_stream", f"an event is not JSON: {data[:80]!r}")
             break
-    _ended(out, done, "the stream ended without response.completed")
-    out.content = "".join(content)
-    timing.close(out)
+        if not read(out, stream, event):
+            break
+    if not stream.ended and out.error is None:
+        out.fail("stream_incomplete", f"the stream ended without {_ENDS[api]}")
+    out.content = "".join(stream.content)
+    out.tool_calls = [stream.calls[i] for i in sorted(stream.calls)]
+    if stream.first is not None:
+        out.ttft_s = stream.first - started
+        tokens = out.completion_tokens or stream.deltas
+        if stream.last is not None and tokens > 1:
+            out.tpot_s = (stream.last - stream.first) / (tokens - 1)
 
 
-def _ended(out: Exchange, done: bool, why: str) -> None:
-    if not done and out.error is None:
-        out.fail("stream_incomplete", why)
+def _chat_event(out: Exchange, stream: _Stream, event: Any) -> bool:
+    if "error" in event:  # an error event, then [DONE]
+        error = event["error"]
+        text = error.get("message", "") if isinstance(error, dict) else str(error)
+        out.fail("stream_error", text)
+        return True
+    for choice in event.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls"):
+            stream.delta(delta.get("content") or "")
+        for call in delta.get("tool_calls") or []:
+            _merge_call(stream.calls, call)
+    _usage(out, event.get("usage"), "prompt_tokens", "completion_tokens")
+    return True
 
 
-_STREAM_READERS: dict[Api, Callable[[Exchange, requests.Response, float], None]] = {
-    "chat": _read_chat_stream,
-    "messages": _read_messages_stream,
-    "responses": _read_responses_stream,
+def _messages_event(out: Exchange, stream: _Stream, event: Any) -> bool:
+    kind = event.get("type")
+    if kind == "error":
+        out.fail("stream_error", str((event.get("error") or {}).get("message", "")))
+        return False
+    if kind == "content_block_delta":
+        delta = event.get("delta") or {}
+        if delta.get("type") in ("text_delta", "input_json_delta"):
+            stream.delta(delta.get("text", ""))
+    elif kind in ("message_start", "message_delta"):
+        usage = event.get("usage") or (event.get("message") or {}).get("usage")
+        _usage(out, usage, "input_tokens", "output_tokens")
+    elif kind == "message_stop":
+        stream.ended = True
+    return True
+
+
+def _responses_event(out: Exchange, stream: _Stream, event: Any) -> bool:
+    kind = event.get("type")
+    if kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+        stream.delta(event.get("delta", "") if kind == "response.output_text.delta" else "")
+    elif kind in ("response.completed", "response.incomplete"):
+        _usage(out, event["response"].get("usage"), "input_tokens", "output_tokens")
+        stream.ended = True
+    elif kind in ("response.failed", "error"):
+        error = (event.get("response") or event).get("error") or {}
+        out.fail("stream_error", str(error.get("message", "")))
+        return False
+    return True
+
+
+_EVENT_READERS: dict[Api, Callable[[Exchange, _Stream, Any], bool]] = {
+    "chat": _chat_event,
+    "messages": _messages_event,
+    "responses": _responses_event,
+}
+_ENDS: dict[Api, str] = {
+    "chat": "[DONE]",
+    "messages": "message_stop",
+    "responses": "response.completed",
 }
 
 
