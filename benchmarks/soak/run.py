@@ -25,13 +25,14 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
 from gemma_fleet.deployments.fleet.processes import process_tree, rss_bytes
 from gemma_fleet.deployments.fleet.run import run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
+from gemma_fleet.deployments.pools.serve_app import FLEET_APP_NAME, PREFIX_TREE_MAX_CHARS
 from gemma_fleet.loadtest.gateway_counters import REQUESTS, Reading, delta, scrape
 from gemma_fleet.loadtest.provision import provisioned_teams
 from gemma_fleet.loadtest.workload import load_workload
@@ -67,6 +68,8 @@ class Record:
 class MemorySample:
     at: float
     rss_mb: dict[str, float]
+    # characters of prompt each pool's prefix-aware router holds, per replica
+    tree_chars: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,21 +201,42 @@ def _label(cmd: str) -> str:
     return Path(cmd.split(" ")[0]).name
 
 
-def sample_memory(roots: list[int], at: float) -> MemorySample:
-    """RSS per process, named by role and pid (so two replicas of a pool stay apart)."""
+def prefix_tree_chars(pools: list[str]) -> dict[str, int]:
+    """Characters of prompt text each pool's prefix-aware router keeps, per replica: what its
+    eviction bounds (PREFIX_TREE_MAX_CHARS). Needs the fleet's Ray connection."""
+    import ray
+
+    out: dict[str, int] = {}
+    for pool in pools:
+        try:
+            tree = ray.get_actor("LlmPrefixTreeActor", namespace=f"serve::{FLEET_APP_NAME}::{pool}")
+        except ValueError:  # a pool without the prefix-aware router
+            continue
+        counts = cast(
+            dict[str, int], ray.get(tree.getattr.remote("tenant_to_char_count"), timeout=30)
+        )
+        # a replica is "SERVE_REPLICA::<app>#<deployment>#<id>"
+        out.update({f"{pool} #{replica.rsplit('#', 1)[-1]}": n for replica, n in counts.items()})
+    return out
+
+
+def sample_memory(roots: list[int], pools: list[str], at: float) -> MemorySample:
+    """RSS per process, named by role and pid (so two replicas of a pool stay apart), and the
+    size of the routers' prefix trees."""
     return MemorySample(
         at=at,
         rss_mb={
             f"{_label(cmd)} (pid {pid})": round(rss_bytes(pid) / 2**20, 1)
             for pid, cmd in process_tree(roots).items()
         },
+        tree_chars=prefix_tree_chars(pools),
     )
 
 
-async def sample_memory_every(roots: list[int], run: Run, every_s: float) -> None:
+async def sample_memory_every(roots: list[int], pools: list[str], run: Run, every_s: float) -> None:
     t0 = time.monotonic()
     while (at := time.monotonic() - t0) <= run.duration_s + every_s:
-        run.memory.append(await asyncio.to_thread(sample_memory, roots, at))
+        run.memory.append(await asyncio.to_thread(sample_memory, roots, pools, at))
         await asyncio.sleep(every_s)
 
 
@@ -244,6 +268,15 @@ def window_means(points: list[tuple[float, float]]) -> list[float]:
     return [
         round(statistics.fmean(v for t, v in points if k * 600 <= t < (k + 1) * 600), 1)
         for k in range(int(last // 600))
+    ]
+
+
+def window_maxima(points: list[tuple[float, int]]) -> list[int]:
+    """Largest value in each 10-minute window of the run (a partial last window included)."""
+    last = max((t for t, _ in points), default=-1.0)
+    return [
+        max((v for t, v in points if k * 600 <= t < (k + 1) * 600), default=0)
+        for k in range(int(last // 600) + 1)
     ]
 
 
@@ -294,6 +327,12 @@ def summarise(run: Run, warmup_s: float, counters: dict[str, float]) -> dict[str
                 [(m.at, m.rss_mb[name]) for m in run.memory if name in m.rss_mb]
             ),
         }
+    trees = {
+        name: window_maxima(
+            [(m.at, m.tree_chars[name]) for m in run.memory if name in m.tree_chars]
+        )
+        for name in sorted({k for m in run.memory for k in m.tree_chars})
+    }
     steady = [w for w in per_minute if w["start_s"] >= warmup_s and w["sent"]]
     first, last = (steady[0], steady[-1]) if steady else ({}, {})
     limited = list(run.limited.values())
@@ -308,6 +347,7 @@ def summarise(run: Run, warmup_s: float, counters: dict[str, float]) -> dict[str
         "latency_last_minute": last,
         "per_minute": per_minute,
         "memory": memory,
+        "prefix_tree_max_chars": trees,
         "limited": {
             "limit_per_minute": LIMIT_PER_MINUTE,
             "minutes": [asdict(m) for m in limited],
@@ -375,6 +415,7 @@ def markdown(summary: dict[str, Any], seconds: float) -> str:
             slope = f"{m['slope_mb_per_10min']:+}"
             lines.append(_row(name, m["start_mb"], m["end_mb"], m["max_mb"], slope))
     lines += _window_table(summary)
+    lines += _tree_table(summary)
     lim = summary["limited"]
     lines += [
         "",
@@ -418,6 +459,24 @@ def _window_table(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _tree_table(summary: dict[str, Any]) -> list[str]:
+    """The routers' prefix trees per 10-minute window, against the bound their eviction keeps."""
+    trees: dict[str, list[int]] = summary.get("prefix_tree_max_chars", {})
+    if not trees:
+        return []
+    count = max(len(chars) for chars in trees.values())
+    lines = [
+        "",
+        "## Router prefix trees per 10-minute window (most characters of prompt held per replica;"
+        f" eviction keeps each under {PREFIX_TREE_MAX_CHARS:,} once checked)",
+        "",
+        _row("pool and replica", *(f"{10 * k}-{10 * (k + 1)} min" for k in range(count))),
+        _row("---", *["---:"] * count),
+    ]
+    lines += [_row(name, *(f"{c:,}" for c in chars)) for name, chars in trees.items()]
+    return lines
+
+
 def plot(summary: dict[str, Any], memory: list[MemorySample], path: Path) -> None:
     import matplotlib
 
@@ -448,12 +507,14 @@ def plot(summary: dict[str, Any], memory: list[MemorySample], path: Path) -> Non
 # -- main ---------------------------------------------------------------------------------------
 
 
-async def soak(root: str, keys: dict[str, str], roots: list[int], args: argparse.Namespace) -> Run:
+async def soak(
+    root: str, keys: dict[str, str], roots: list[int], pools: list[str], args: argparse.Namespace
+) -> Run:
     run = Run(duration_s=args.duration, rate=args.rate)
     await asyncio.gather(
         steady_load(root, keys["soak-steady"], run, seed=args.seed),
         limited_load(root, keys["soak-limited"], run, rate=args.limited_rate),
-        sample_memory_every(roots, run, every_s=10.0),
+        sample_memory_every(roots, pools, run, every_s=10.0),
     )
     return run
 
@@ -478,7 +539,7 @@ def main() -> None:
         teams = load_workload(HERE / "teams.yaml")
         with provisioned_teams(root, fleet.teams.admin_key, teams) as keys:
             before = scrape(root)
-            run = asyncio.run(soak(root, keys, roots, args))
+            run = asyncio.run(soak(root, keys, roots, fleet.models, args))
             counters = limited_counters(before, scrape(root))
     summary = summarise(run, args.warmup, counters)
     args.out.mkdir(parents=True, exist_ok=True)
