@@ -1,12 +1,19 @@
 """What an answer cost, read from the answer itself: the engine's `usage` (JSON bodies and the
 final chunk of a stream, which the gateway always asks for). A stream cut before that chunk is
-charged its estimated prompt plus one token per content event it delivered."""
+charged its estimated prompt plus one token per event that delivered generated text: vLLM sends
+a token per event, and its events that carry none (each choice's opening role, a closing
+finish with an empty delta, the gateway's own error event) are not charged."""
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
+
+# A chat delta's or a completion's text field holding a non-empty string. Inside a JSON string
+# a quote is escaped, so the pattern cannot match text that merely mentions these names.
+_GENERATED = re.compile(r'"(?:content|reasoning|reasoning_content|arguments|name|text)":\s*"[^"]')
 
 
 @dataclass(frozen=True)
@@ -28,12 +35,14 @@ class StreamTally:
     def __init__(self, client_wants_usage: bool) -> None:
         self._keep_usage = client_wants_usage
         self.reported: Usage | None = None
-        self.content_events = 0
+        self.text_events = 0
 
     def see(self, chunk: str) -> str:
         """`chunk` as the client should get it: without the usage-only event unless asked."""
         if '"usage"' not in chunk or '"usage":null' in chunk.replace(" ", ""):
-            self.content_events += chunk.count("data: {")
+            self.text_events += sum(
+                1 for event in chunk.split("data: {")[1:] if _GENERATED.search(event)
+            )
             return chunk
         kept = []
         for event in chunk.split("\n\n"):
@@ -49,12 +58,12 @@ class StreamTally:
                     self.reported = found
                     if not body.get("choices") and not self._keep_usage:
                         continue
-            if event.startswith("data: {"):
-                self.content_events += 1
+            if event.startswith("data: {") and _GENERATED.search(event):
+                self.text_events += 1
             kept.append(event + "\n\n")
         return "".join(kept)
 
     def usage(self, prompt_estimate: int) -> Usage:
         if self.reported is not None:
             return self.reported
-        return Usage(prompt_estimate, self.content_events)
+        return Usage(prompt_estimate, self.text_events)
