@@ -103,6 +103,21 @@ def test_a_relayout_that_only_saves_waits_until_it_has_paid_for_itself() -> None
     assert dict(again.replicas) == running and "has cost 0.00 more" in again.note
 
 
+def test_a_relayout_that_has_paid_is_offered_at_every_step_until_it_runs() -> None:
+    # A dry run (or an actuator that failed) leaves the old layout running: each step after
+    # the offer paid says to re-lay out, as the level-triggered controller would act on it.
+    clock = [0.0]
+    planner = clocked_planner(clock)
+    demand = {"m": ModelDemand(3.0, 100, 100)}
+    running = {"m-cheap": 0, "m-dear": 3}
+    planner.plan_from(demand, running)
+    for hours in (2.6, 2.7, 3.5):
+        clock[0] = hours * 3600
+        plan = planner.plan_from(demand, running)
+        assert dict(plan.replicas) == {"m-cheap": 1, "m-dear": 2}, hours
+        assert plan.saving_relayout is not None and not plan.saving_relayout.put_off
+
+
 def test_a_relayout_under_way_is_not_put_off_again() -> None:
     # At no tolerance the re-layout goes all the way to 3 on "cheap" (saving 0.12/h); its
     # price is 3 cheap nodes for 360 s, 0.30, paid back after 2.5 h. Say the controller's
