@@ -39,10 +39,11 @@ class StreamTally:
 
     def see(self, chunk: str) -> str:
         """`chunk` as the client should get it: without the usage-only event unless asked."""
+        # The usage-only event carries no text, so counting before it is dropped is the same.
+        self.text_events += sum(
+            1 for event in chunk.split("data: {")[1:] if _GENERATED.search(event)
+        )
         if '"usage"' not in chunk or '"usage":null' in chunk.replace(" ", ""):
-            self.text_events += sum(
-                1 for event in chunk.split("data: {")[1:] if _GENERATED.search(event)
-            )
             return chunk
         kept = []
         for event in chunk.split("\n\n"):
@@ -58,8 +59,6 @@ class StreamTally:
                     self.reported = found
                     if not body.get("choices") and not self._keep_usage:
                         continue
-            if event.startswith("data: {") and _GENERATED.search(event):
-                self.text_events += 1
             kept.append(event + "\n\n")
         return "".join(kept)
 
