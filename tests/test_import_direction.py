@@ -45,6 +45,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "telemetry",
         "routing",
         "deployments.pools",
+        "deployments.engines",
     },
     "deployments.fleet": {
         "teams",

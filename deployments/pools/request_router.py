@@ -28,9 +28,14 @@ from typing import Any
 
 import ray
 from ray.actor import ActorHandle
+
+# The router's own module: ray.serve.llm's package imports vLLM, which this process (a gateway
+# replica, where the router runs) has no other use for.
+from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_aware_router import (
+    PrefixCacheAffinityRouter,
+)
 from ray.llm._internal.serve.routing_policies.prefix_aware.prefix_tree import PrefixTreeActor
 from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
-from ray.serve.llm.request_router import PrefixCacheAffinityRouter
 
 # Ray's own name for a deployment's tree actor; its namespace is Serve's, then app, deployment.
 TREE_ACTOR_NAME = "LlmPrefixTreeActor"

@@ -213,7 +213,7 @@ def build_pool_deployments(
         app = build_llm_deployment(
             llm_config,
             bind_kwargs=bind_kwargs,
-            # Applied after Ray Serve LLM's "LLMServer:" prefix: the deployment is the pool.
+            # Applied after Ray Serve LLM's "<server class>:" prefix: the deployment is the pool.
             override_serve_options={"name": pool.name},
         )
         out.append(PoolDeployment(pool=pool, llm_config=llm_config, app=app))

@@ -1,6 +1,6 @@
-"""How the gateway talks to pools. Every pool is a Ray Serve LLM `LLMServer` deployment,
-whichever engine is behind it, so one client serves both kinds. Replies are normalised here,
-so the gateway's core never touches vLLM's protocol types.
+"""How the gateway talks to pools. Every pool is a Ray Serve LLM deployment (PoolServer, an
+LLMServer) whichever engine is behind it, so one client serves both kinds. Requests and replies
+are plain data (deployments/engines/wire.py): the gateway's process never imports vLLM.
 
 Every client sends the caller's trace context on (W3C traceparent): as an HTTP header, or as
 the `RawRequestInfo` headers LLMServer hands to its engine, where the simulator opens its
@@ -12,54 +12,32 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
+from pydantic import ValidationError
+
+from gemma_fleet.deployments.engines.wire import (
+    EngineError,
+    JsonReply,
+    Method,
+    Reply,
+    SseReply,
+    engine_request,
+    invalid_request,
+    param_of,
+    pool_call,
+    raw_request_info,
+    replies,
+)
 from gemma_fleet.telemetry import inject_headers
 
-# What the gateway asks of an engine: generations, and counting a chat's prompt tokens
-# (LLMServer.tokenize with vLLM's chat tokenize request; `/tokenize` on a vLLM server).
-Method = Literal["chat", "completions", "tokenize"]
+__all__ = ["EngineError", "JsonReply", "Method", "Reply", "SseReply"]
+
 _HTTP_PATHS: dict[str, str] = {
     "chat": "/v1/chat/completions",
     "completions": "/v1/completions",
     "tokenize": "/tokenize",
 }
-
-
-@dataclass(frozen=True)
-class JsonReply:
-    """A whole (non-streamed) response body, kept as the bytes it arrived in: the gateway
-    passes it on unparsed unless it has to translate it."""
-
-    raw: bytes
-
-    @cached_property
-    def body(self) -> dict[str, Any]:
-        parsed: dict[str, Any] = json.loads(self.raw)
-        return parsed
-
-
-@dataclass(frozen=True)
-class SseReply:
-    """One or more server-sent events, already formatted ("data: ...\\n\\n")."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class EngineError:
-    """The engine refused or failed the request."""
-
-    status: int
-    message: str
-    type: str
-    # The request field the engine blames (vLLM's ErrorInfo.param), kept for the client: the
-    # OpenAI SDKs expose it as the error's `param`.
-    param: str | None = None
-
-
-Reply = JsonReply | SseReply | EngineError
 
 
 class PoolUnavailable(Exception):
@@ -70,43 +48,6 @@ class PoolClient(Protocol):
     def call(self, pool: str, method: Method, payload: dict[str, Any]) -> AsyncIterator[Reply]:
         """Send an OpenAI-format request body to `pool` and yield its replies."""
         ...
-
-
-def normalise(item: Any) -> list[Reply]:
-    """Turn what an LLMServer yields (strings, lists of them, response or error objects) into
-    replies."""
-    if isinstance(item, list):
-        return [r for sub in item for r in normalise(sub)]
-    if isinstance(item, str):
-        return [SseReply(item)]
-    error = getattr(item, "error", None)
-    if error is not None and hasattr(error, "code"):
-        param = getattr(error, "param", None)
-        return [EngineError(int(error.code), str(error.message), str(error.type), _param(param))]
-    return [JsonReply(item.model_dump_json().encode())]
-
-
-def raw_request_info() -> Any:
-    """What LLMServer passes to its engine besides the request: the trace context as request
-    headers (vLLM reads `traceparent` from there). None when there is no trace to carry."""
-    headers = inject_headers()
-    if not headers:
-        return None
-    from ray.llm._internal.serve.core.protocol import RawRequestInfo
-
-    return RawRequestInfo(headers=headers)
-
-
-def engine_request(method: Method, payload: dict[str, Any]) -> Any:
-    """The engine-side request object (vLLM's protocol model, as Ray Serve LLM passes it)."""
-    if method == "tokenize":
-        from ray.llm._internal.serve.core.configs.openai_api_models import TokenizeChatRequest
-
-        return TokenizeChatRequest.model_validate(payload)
-    from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
-
-    request_type = ChatCompletionRequest if method == "chat" else CompletionRequest
-    return request_type.model_validate(payload)
 
 
 class EnginePoolClient:
@@ -120,11 +61,16 @@ class EnginePoolClient:
     async def call(
         self, pool: str, method: Method, payload: dict[str, Any]
     ) -> AsyncIterator[Reply]:
-        request = engine_request(method, payload)
-        items = getattr(self._engines[pool], method)(request, raw_request_info())
+        call = pool_call(method, payload, inject_headers())
+        try:
+            request = engine_request(call)
+        except ValidationError as exc:
+            yield invalid_request(exc)
+            return
+        items = getattr(self._engines[pool], method)(request, raw_request_info(call.headers))
         try:
             async for item in items:
-                for reply in normalise(item):
+                for reply in replies(item):
                     yield reply
         finally:
             # A caller that stops reading (one JSON reply, a client gone mid-stream) ends the
@@ -214,7 +160,7 @@ def _http_error(status: int, raw: bytes) -> EngineError:
     kind = error.get("type") if isinstance(error, dict) else None
     param = error.get("param") if isinstance(error, dict) else None
     text = str(message or raw[:200].decode(errors="replace"))
-    return EngineError(status, text, str(kind), _param(param))
+    return EngineError(status, text, str(kind), param_of(param))
 
 
 def _no_tokenize(pool: str, error: EngineError) -> EngineError:
@@ -253,13 +199,8 @@ def opening_error(reply: SseReply) -> EngineError | None:
         code = error.get("code")
         status = code if isinstance(code, int) and 400 <= code <= 599 else 502
         message = str(error.get("message") or "the engine refused the request")
-        return EngineError(status, message, str(error.get("type")), _param(error.get("param")))
+        return EngineError(status, message, str(error.get("type")), param_of(error.get("param")))
     return None
-
-
-def _param(value: object) -> str | None:
-    """An engine's `param` as the client gets it: a non-empty string, else none."""
-    return value if isinstance(value, str) and value else None
 
 
 class ServePoolClient:
@@ -275,14 +216,13 @@ class ServePoolClient:
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-        request = engine_request(method, payload)
-        handle = self._handles[pool]
-        response = getattr(handle, method).remote(request, raw_request_info())
+        call = pool_call(method, payload, inject_headers())
+        response = self._handles[pool].answer.remote(call)
         started = finished = False
         try:
-            async for item in response:
+            async for batch in response:
                 started = True
-                for reply in normalise(item):
+                for reply in batch:
                     yield reply
             finished = True
         except (RayActorError, BackPressureError, DeploymentUnavailableError) as exc:

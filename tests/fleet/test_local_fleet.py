@@ -54,6 +54,10 @@ FLEET_VARIABLES = {
 }
 
 
+# A gateway replica's process title (Ray Serve names it after app and deployment).
+GATEWAY_REPLICA = "ray::ServeReplica:gemma-fleet:gateway"
+
+
 class Fleet:
     """The running fleet plus a way to stop it from inside a test."""
 
@@ -334,9 +338,11 @@ def gcs_task_events() -> collections.Counter[str]:
     from ray._private.grpc_utils import init_grpc_channel
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
-    channel = init_grpc_channel(ray.get_runtime_context().gcs_address)
-    stub = gcs_service_pb2_grpc.TaskInfoGcsServiceStub(channel)
-    reply = stub.GetTaskEvents(gcs_service_pb2.GetTaskEventsRequest(), timeout=30)
+    # Ray's generated gRPC modules come without type stubs.
+    service: Any = gcs_service_pb2_grpc
+    messages: Any = gcs_service_pb2
+    stub = service.TaskInfoGcsServiceStub(init_grpc_channel(ray.get_runtime_context().gcs_address))
+    reply = stub.GetTaskEvents(messages.GetTaskEventsRequest(), timeout=30)
     return collections.Counter(event.task_info.name for event in reply.events_by_task)
 
 
@@ -364,6 +370,18 @@ def test_the_routers_calls_to_its_prefix_tree_leave_no_task_events(
     events = gcs_task_events()
     assert events["witness"] == 1, events
     assert {name: n for name, n in events.items() if "PrefixTree" in name} == {}
+
+
+def test_the_gateway_replicas_never_load_vllm(fleet: Fleet) -> None:
+    """A gateway replica talks to pools in plain data (deployments/engines/wire.py): after
+    the chats, completions, streams and token counts of the tests above, its process has
+    mapped neither vLLM's nor torch's libraries (they took about 550 MB of its 820)."""
+    processes = process_tree(fleet.pids)
+    gateways = [pid for pid, cmd in processes.items() if cmd.startswith(GATEWAY_REPLICA)]
+    assert gateways, processes
+    for pid in gateways:
+        mapped = Path(f"/proc/{pid}/maps").read_text()
+        assert "libtorch" not in mapped and "/vllm/" not in mapped
 
 
 def test_shutdown_leaves_no_ray_processes(

@@ -19,6 +19,7 @@ from gemma_fleet.deployments.engines.simulator import (
     simulator_bind_kwargs,
     simulator_llm_config,
 )
+from gemma_fleet.deployments.engines.wire import ChatCall, EngineError, JsonReply, SseReply
 
 pytestmark = pytest.mark.slow
 SERVE_HTTP_PORT = 8710  # this suite's range is 8710-8719
@@ -70,9 +71,30 @@ def test_simulator_engine_serves_chat_behind_llm_server(ray_cluster: str) -> Non
         assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
         assert chunks[-1]["usage"]["completion_tokens"] == 12
 
+        # What the gateway calls: plain data in and out (engines/wire.py), so that its process
+        # needs none of vLLM's classes. A body vLLM's request model refuses is a 400 naming
+        # the field, not an exception in Ray.
+        body = {"model": "gemma-sim", "messages": [{"role": "user", "content": "Hi."}]}
+        [[whole]] = streamed(stream_handle.answer.remote(
+            ChatCall("chat", {**body, "max_tokens": 5, "ignore_eos": True})
+        ))  # fmt: skip
+        assert isinstance(whole, JsonReply) and whole.body["usage"]["completion_tokens"] == 5
+        events = [reply for batch in streamed(stream_handle.answer.remote(
+            ChatCall("chat", {**body, "max_tokens": 4, "ignore_eos": True, "stream": True})
+        )) for reply in batch]  # fmt: skip
+        assert all(isinstance(reply, SseReply) for reply in events)
+        assert "".join(r.text for r in events if isinstance(r, SseReply)).endswith("[DONE]\n\n")
+        [[counted]] = streamed(stream_handle.answer.remote(ChatCall("tokenize", body)))
+        assert isinstance(counted, JsonReply) and counted.body["count"] > 0
+        [[refused]] = streamed(stream_handle.answer.remote(
+            ChatCall("chat", {**body, "max_tokens": "many"})
+        ))  # fmt: skip
+        assert isinstance(refused, EngineError) and refused.status == 400
+        assert refused.param == "max_tokens", refused
+
         # Metrics and routing stats are reachable from the deployment.
         [text] = handle.collective_rpc.remote(method="prometheus_metrics").result()
-        assert 'vllm:generation_tokens_total{engine="0",model_name="gemma-sim"} 20.0' in text
+        assert 'vllm:generation_tokens_total{engine="0",model_name="gemma-sim"} 29.0' in text
         handle.check_health.remote().result()
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]

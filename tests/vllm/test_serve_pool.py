@@ -380,7 +380,7 @@ def gateway_url(pool_url: str) -> Iterator[str]:
     from gemma_fleet.gateway.service import GatewaySettings, PoolInfo
 
     deployments = serve.status().applications[APP].deployments
-    [name] = [d for d in deployments if d.startswith("LLMServer")]
+    [name] = [d for d in deployments if d.startswith("PoolServer")]
     handle = serve.get_deployment_handle(name, APP)
     pool = PoolInfo(
         name=MODEL,  # the pool is sent its own name as `model`: the served model name

@@ -928,6 +928,9 @@ def simulator_llm_config(
         "gpu_memory_utilization": config.gpu_memory_utilization,
         "enable_prefix_caching": config.enable_prefix_caching,
     }
+    from gemma_fleet.deployments.engines.server import PoolServer
+
+    llm_config_fields.setdefault("server_cls", PoolServer)
     return LLMConfig(
         model_loading_config={"model_id": name},
         engine_kwargs=engine_kwargs,

@@ -77,6 +77,8 @@ def build_llm_config(
     """
     from ray.serve.llm import LLMConfig
 
+    from gemma_fleet.deployments.engines.server import PoolServer
+
     deployment = copy.deepcopy(deployment_config or {})
     reserved = [k for k in _RESERVED_DEPLOYMENT_KEYS if k in deployment]
     if reserved:
@@ -111,4 +113,5 @@ def build_llm_config(
         placement_group_config=placement,
         deployment_config=deployment,
         runtime_env=env,
+        server_cls=PoolServer,
     )
