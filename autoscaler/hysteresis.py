@@ -9,6 +9,16 @@ at once. Down, per pool:
 - not before the pool has been watched for `scale_down_delay_s` (the history before the
   controller's start is unknown), nor within `min_replica_lifetime_s` of the pool's last
   scale-up (and of the controller's start, since the ages of replicas it found are unknown);
+- once the pool has bought back a replica within `replica_start_s` of giving one back, only
+  after the plan has wanted fewer of its replicas without a break for `scale_down_delay_s`,
+  doubled by each further such buy-back up to `MAX_HOLD_FACTOR` times, and back to no wait
+  once a removal has stood for `replica_start_s`. A removal bought back that soon saved less
+  GPU time than its replacement spends loading, and the pool was short meanwhile. Demand
+  swinging every few minutes across a replica boundary did that on every swing: with a
+  10-minute swing of +-30%, a replica given back at the end of each trough (when the demand
+  window had seen only low forecasts) and bought back 30-120 s later as the next peak came,
+  4-24 times in 3 hours (tests/autoscaler/test_controller.py). The plan wants fewer only for
+  moments in such a trough, so the replica is held through it;
 - only on a complete metrics reading, at most `max_scale_down_per_step` replicas at a time;
 - not while the model's demand level is still settling (the controller's first quarter hour of
   it, forecast.HoltForecaster.settled) and its planned rate is discounted for that
@@ -61,10 +71,20 @@ class PoolDecision:
         return self.target != self.current
 
 
+# The most the wait after a quick buy-back grows, in multiples of scale_down_delay_s.
+MAX_HOLD_FACTOR = 4
+
+
 @dataclass
 class _History:
     since: float
     last_scale_up: float
+    last_scale_down: float | None = None
+    # Since when the plan has wanted fewer replicas than the pool has, without a break.
+    fewer_since: float | None = None
+    # How long that must last before a scale-down: 0, or scale_down_delay_s doubled by each
+    # removal bought back within replica_start_s (see the module's docstring).
+    hold_s: float = 0.0
     # Since when the pool has had at least one replica (None: it has none now). Replicas found
     # at the controller's start count from then: their age is unknown.
     nonempty_since: float | None = None
@@ -111,6 +131,10 @@ class Hysteresis:
                 hist.nonempty_since = None
             elif hist.nonempty_since is None:
                 hist.nonempty_since = now
+            if rec >= have:
+                hist.fewer_since = None
+            elif hist.fewer_since is None:
+                hist.fewer_since = now
         wanted: dict[str, tuple[int, int, int, str]] = {}  # pool -> (have, rec, proposal, why)
         for name in self.pools:
             have, rec = current.get(name, 0), recs[name]
@@ -195,6 +219,12 @@ class Hysteresis:
                 f"plan wants {rec}; newest replicas {age:.0f} s old "
                 f"(< {s.min_replica_lifetime_s:.0f} s)"
             )
+        fewer_s = now - hist.fewer_since if hist.fewer_since is not None else 0.0
+        if fewer_s < hist.hold_s:
+            return have, (
+                f"plan wants {rec} for {fewer_s:.0f} of {hist.hold_s:.0f} s (a removal was "
+                f"bought back within {s.replica_start_s:.0f} s)"
+            )
         if loading:
             return have, (
                 f"plan wants {rec}; {', '.join(loading)} of the same model still loading "
@@ -272,7 +302,21 @@ class Hysteresis:
         return [decided[p] for p in self.pools]
 
     def applied(self, now: float, decisions: list[PoolDecision]) -> None:
-        """Record that `decisions` were applied at `now` (scale-ups restart the lifetime)."""
+        """Record that `decisions` were applied at `now`. A scale-up restarts the pool's
+        replica lifetime; one that buys back a replica given back less than `replica_start_s`
+        ago makes the next scale-down wait longer, and one after a removal that stood that
+        long ends the wait."""
+        s = self.settings
         for decision in decisions:
+            hist = self._history[decision.pool]
             if decision.target > decision.current:
-                self._history[decision.pool].last_scale_up = now
+                down = hist.last_scale_down
+                if down is not None and down > hist.last_scale_up:
+                    if now - down < s.replica_start_s:
+                        longest = MAX_HOLD_FACTOR * s.scale_down_delay_s
+                        hist.hold_s = min(longest, max(s.scale_down_delay_s, 2 * hist.hold_s))
+                    else:
+                        hist.hold_s = 0.0
+                hist.last_scale_up = now
+            elif decision.target < decision.current:
+                hist.last_scale_down = now

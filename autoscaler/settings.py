@@ -71,7 +71,9 @@ class ControllerSettings(BaseModel):
         ge=0,
         description="a model's forecast must stay below the planned rate this long before the "
         "plan shrinks (the highest forecast over the window is planned); also how long a pool "
-        "is watched before its first scale-down",
+        "is watched before its first scale-down, and how long, after it bought back a replica "
+        "within replica_start_s of giving one back, the plan must want fewer of its replicas "
+        "without a break before it scales down (autoscaler/hysteresis.py)",
     )
     scale_down_band: float = Field(
         0.10,
