@@ -1,7 +1,7 @@
 """What passes between the gateway and a pool's replicas: plain data only.
 
 vLLM's request and response classes would drag vLLM, torch and transformers into every process
-that builds or reads them; in the gateway's replicas that was about 550 MB of the 820 MB each
+that builds or reads them; in the gateway's replicas that was about 560 MB of the 820 MB each
 held (benchmarks/soak). So the gateway sends the OpenAI body as it is (`ChatCall`,
 `CompletionCall`), the pool's server (`engines.server.PoolServer`) builds vLLM's request from it
 and answers in the reply types below, and neither side of the Ray call needs the other's

@@ -375,7 +375,8 @@ def test_the_routers_calls_to_its_prefix_tree_leave_no_task_events(
 def test_the_gateway_replicas_never_load_vllm(fleet: Fleet) -> None:
     """A gateway replica talks to pools in plain data (deployments/engines/wire.py): after
     the chats, completions, streams and token counts of the tests above, its process has
-    mapped neither vLLM's nor torch's libraries (they took about 550 MB of its 820)."""
+    mapped neither vLLM's nor torch's libraries (they took about 560 MB of its 820 MB;
+    benchmarks/soak)."""
     processes = process_tree(fleet.pids)
     gateways = [pid for pid, cmd in processes.items() if cmd.startswith(GATEWAY_REPLICA)]
     assert gateways, processes
