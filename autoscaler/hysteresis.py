@@ -17,7 +17,7 @@ at once. Down, per pool:
   swinging every few minutes across a replica boundary did that on every swing: with a
   10-minute swing of +-30%, a replica given back at the end of each trough (when the demand
   window had seen only low forecasts) and bought back 30-120 s later as the next peak came,
-  4-24 times in 3 hours (tests/autoscaler/test_controller.py). The plan wants fewer only for
+  2-12 times in 4 hours (tests/autoscaler/test_controller.py). The plan wants fewer only for
   moments in such a trough, so the replica is held through it;
 - only on a complete metrics reading, at most `max_scale_down_per_step` replicas at a time;
 - not while the model's demand level is still settling (the controller's first quarter hour of
@@ -89,6 +89,12 @@ class _History:
     # at the controller's start count from then: their age is unknown.
     nonempty_since: float | None = None
 
+    def removal_standing(self, now: float) -> float | None:
+        """How long the pool's last removal has stood, or None if a scale-up came after it
+        (or none happened)."""
+        down = self.last_scale_down
+        return now - down if down is not None and down > self.last_scale_up else None
+
 
 class Hysteresis:
     """Remembers each pool's scale-ups and decides each step's targets."""
@@ -135,6 +141,9 @@ class Hysteresis:
                 hist.fewer_since = None
             elif hist.fewer_since is None:
                 hist.fewer_since = now
+            stood = hist.removal_standing(now)
+            if stood is not None and stood >= self.settings.replica_start_s:
+                hist.hold_s = 0.0  # the last removal paid
         wanted: dict[str, tuple[int, int, int, str]] = {}  # pool -> (have, rec, proposal, why)
         for name in self.pools:
             have, rec = current.get(name, 0), recs[name]
@@ -222,8 +231,8 @@ class Hysteresis:
         fewer_s = now - hist.fewer_since if hist.fewer_since is not None else 0.0
         if fewer_s < hist.hold_s:
             return have, (
-                f"plan wants {rec} for {fewer_s:.0f} of {hist.hold_s:.0f} s (a removal was "
-                f"bought back within {s.replica_start_s:.0f} s)"
+                f"plan wants {rec}; wanted for {fewer_s:.0f} of {hist.hold_s:.0f} s since a "
+                f"removal was bought back within {s.replica_start_s:.0f} s"
             )
         if loading:
             return have, (
@@ -303,20 +312,17 @@ class Hysteresis:
 
     def applied(self, now: float, decisions: list[PoolDecision]) -> None:
         """Record that `decisions` were applied at `now`. A scale-up restarts the pool's
-        replica lifetime; one that buys back a replica given back less than `replica_start_s`
-        ago makes the next scale-down wait longer, and one after a removal that stood that
-        long ends the wait."""
+        replica lifetime, and one that buys back a replica given back less than
+        `replica_start_s` ago makes the pool's next scale-down wait (decide ends the wait once
+        a removal has stood that long)."""
         s = self.settings
         for decision in decisions:
             hist = self._history[decision.pool]
             if decision.target > decision.current:
-                down = hist.last_scale_down
-                if down is not None and down > hist.last_scale_up:
-                    if now - down < s.replica_start_s:
-                        longest = MAX_HOLD_FACTOR * s.scale_down_delay_s
-                        hist.hold_s = min(longest, max(s.scale_down_delay_s, 2 * hist.hold_s))
-                    else:
-                        hist.hold_s = 0.0
+                stood = hist.removal_standing(now)
+                if stood is not None and stood < s.replica_start_s:
+                    longest = MAX_HOLD_FACTOR * s.scale_down_delay_s
+                    hist.hold_s = min(longest, max(s.scale_down_delay_s, 2 * hist.hold_s))
                 hist.last_scale_up = now
             elif decision.target < decision.current:
                 hist.last_scale_down = now
