@@ -585,7 +585,7 @@ def test_an_empty_prompt_list_is_refused_as_vllm_refuses_it() -> None:
 
 
 def _json(item: Any) -> dict[str, Any]:
-    """An answer as the gateway passes it on (pool_client.normalise)."""
+    """An answer as the gateway passes it on (deployments/engines/wire.py, replies)."""
     parsed: dict[str, Any] = json.loads(item.model_dump_json())
     return parsed
 
