@@ -32,6 +32,7 @@ import httpx
 from gemma_fleet.deployments.fleet.processes import process_tree, rss_bytes
 from gemma_fleet.deployments.fleet.run import run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
+from gemma_fleet.deployments.pools.request_router import TREE_ACTOR_NAME, tree_actor_namespace
 from gemma_fleet.deployments.pools.serve_app import FLEET_APP_NAME, PREFIX_TREE_MAX_CHARS
 from gemma_fleet.loadtest.gateway_counters import REQUESTS, Reading, delta, scrape
 from gemma_fleet.loadtest.provision import provisioned_teams
@@ -209,7 +210,9 @@ def prefix_tree_chars(pools: list[str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for pool in pools:
         try:
-            tree = ray.get_actor("LlmPrefixTreeActor", namespace=f"serve::{FLEET_APP_NAME}::{pool}")
+            tree = ray.get_actor(
+                TREE_ACTOR_NAME, namespace=tree_actor_namespace(FLEET_APP_NAME, pool)
+            )
         except ValueError:  # a pool without the prefix-aware router
             continue
         counts = cast(

@@ -101,8 +101,6 @@ Reply = JsonReply | SseReply | EngineError
 def replies(item: Any) -> list[Reply]:
     """An engine's output (LLMServer's: SSE strings, lists of them when it batches a stream,
     vLLM response models, ErrorResponse) as replies. Duck-typed, so vLLM is not imported."""
-    if isinstance(item, JsonReply | SseReply | EngineError):
-        return [item]
     if isinstance(item, list):
         return [reply for sub in item for reply in replies(sub)]
     if isinstance(item, str):
