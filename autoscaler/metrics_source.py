@@ -91,20 +91,26 @@ def parse_samples(text: str) -> dict[SeriesKey, float]:
 
 def http_fetch(timeout_s: float = 5.0, token: str | None = None) -> Fetch:
     """A fetch function that GETs a URL and returns its body (MetricsError on failure).
-    `token`: sent as `Authorization: Bearer`, which a gateway with GEMMA_FLEET_METRICS_TOKEN
-    set asks of every scrape of its /metrics (an engine's endpoint ignores it); without the
-    whitespace around it, as the gateway reads it (a Secret's trailing newline would make
-    httpx refuse the header with an error that quotes it)."""
+
+    `token`: the gateway's GEMMA_FLEET_METRICS_TOKEN, sent as `Authorization: Bearer` only to
+    a URL that has asked for it with a 401 (then on every scrape of that URL): an engine's or
+    any other open endpoint among the URLs never sees it. Sent without the whitespace around
+    it, as the gateway reads it (a Secret's trailing newline would make httpx refuse the
+    header with an error that quotes it)."""
     token = token.strip() if token else None
-    headers = {"authorization": f"Bearer {token}"} if token else {}
+    credential = {"authorization": f"Bearer {token}"} if token else {}
+    asked: set[str] = set()  # URLs that answered 401 without the token
 
     def fetch(url: str) -> str:
         import httpx
 
         try:
-            response = httpx.get(url, timeout=timeout_s, headers=headers)
+            response = httpx.get(url, timeout=timeout_s, headers=credential if url in asked else {})
+            if response.status_code == 401 and token and url not in asked:
+                asked.add(url)
+                response = httpx.get(url, timeout=timeout_s, headers=credential)
             if response.status_code == 401:
-                raise MetricsError(f"GET {url}: 401: {unauthorized_hint(bool(token))}")
+                raise MetricsError(f"GET {url}: 401: {unauthorized_hint(url in asked)}")
             response.raise_for_status()
         except httpx.HTTPError as exc:
             raise MetricsError(f"{url}: {exc}") from exc

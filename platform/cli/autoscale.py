@@ -145,8 +145,8 @@ def autoscale_command(
         None,
         "--metrics-token",
         envvar="GEMMA_FLEET_METRICS_TOKEN",
-        help="sent as Authorization: Bearer to every --metrics-url: the gateway's "
-        "GEMMA_FLEET_METRICS_TOKEN, when it sets one",
+        help="the gateway's GEMMA_FLEET_METRICS_TOKEN, when it sets one: sent as "
+        "Authorization: Bearer only to a --metrics-url that answers 401 without it",
     ),
     actuator: ActuatorKind = typer.Option(
         ActuatorKind.NONE, "--actuator", help="where decisions go: ray, kubernetes or none"

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from gateway_harness import RunningGateway, serve_with_metrics_token
 from prometheus_client.parser import text_string_to_metric_families
+from text_endpoint import TextEndpoint, serving_text
 
 from gemma_fleet.autoscaler.metrics_source import MetricsError, MetricsSource, http_fetch
 from gemma_fleet.cli.main import main
@@ -68,6 +69,31 @@ def test_the_token_reads_the_gateways_counters(guarded: RunningGateway, fleet: F
     assert reading is not None
     # Read and differenced: the gateway's pools (not the default fleet's) are named.
     assert reading.complete and "e2b" in reading.unknown_pools
+
+
+@pytest.fixture
+def open_endpoint() -> Iterator[TextEndpoint]:
+    """Any /metrics that needs no token (here vLLM-named series, as an engine's)."""
+    body = b'vllm:request_success_total{model_name="gemma-4-e2b"} 3.0\n'
+    with serving_text(lambda: body) as endpoint:
+        yield endpoint
+
+
+def test_the_token_goes_only_to_the_url_that_asks_for_it(
+    guarded: RunningGateway, fleet: FleetSpec, open_endpoint: TextEndpoint
+) -> None:
+    """Scraping the gateway and an open endpoint with one token: the gateway is read with it,
+    the open endpoint never receives it (it could log it, or be someone else's)."""
+    urls = [guarded.url + "/metrics", open_endpoint.url]
+    source = MetricsSource(urls, fleet, fetch=http_fetch(token=TOKEN))
+    assert source.read() is None
+    _chat(guarded)
+    time.sleep(0.05)
+    reading = source.read()
+    assert reading is not None and reading.complete, reading
+    assert "e2b" in reading.unknown_pools  # the gateway's counters were read
+    assert reading.pools["gemma-4-e2b"].completed_per_s == 0.0  # and the engine's
+    assert open_endpoint.authorizations == [None, None]
 
 
 def test_autoscale_once_without_the_token_is_one_line_naming_it(

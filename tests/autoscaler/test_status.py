@@ -11,16 +11,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from text_endpoint import serving_text
 
 from gemma_fleet.autoscaler.actuators import FleetState, InMemoryActuator
 from gemma_fleet.autoscaler.controller import Controller, StepReport
@@ -260,25 +259,8 @@ def free_port() -> int:
 def gateway_metrics() -> Iterator[str]:
     """A /metrics endpoint rendering the real gateway's metrics (no traffic yet)."""
     metrics = GatewayMetrics()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = metrics.render()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/metrics"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving_text(metrics.render) as endpoint:
+        yield endpoint.url
 
 
 def test_autoscale_serves_its_status_while_it_runs(gateway_metrics: str, tmp_path: Path) -> None:
