@@ -9,6 +9,7 @@ to watch what it would do). `--dry-run` prints each step's plan and diff and cha
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from collections.abc import Mapping
@@ -35,6 +36,11 @@ log = logging.getLogger("gemma_fleet.autoscaler")
 # `--once` has no earlier scrape to difference against: it scrapes, waits this long (or the
 # interval, if shorter), scrapes again and plans on the rate in between.
 ONCE_WINDOW_S = 10.0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM stops the loop as Ctrl-C does; a step cut short is redone by the next start."""
+    raise KeyboardInterrupt
 
 
 class ActuatorKind(StrEnum):
@@ -208,20 +214,24 @@ def autoscale_command(
                        "one step: drop one of them")  # fmt: skip
     if actuator is ActuatorKind.KUBERNETES and not (namespace and rayservice):
         raise CliError("--actuator kubernetes needs --namespace and --rayservice")
-    planner = make_planner(spec, settings)
     from gemma_fleet.autoscaler.metrics_source import MetricsError, MetricsSource, http_fetch
 
-    source = MetricsSource(
-        metrics_url,
-        spec,
-        fetch=http_fetch(token=metrics_token),
-        assumed_prompt_tokens=settings.assumed_prompt_tokens,
-        assumed_output_tokens=settings.assumed_output_tokens,
-        # Gateway replicas behind one URL are each reached by chance: ten missed scrapes in a
-        # row (1 in 1,000 with two replicas) before one is taken for gone.
-        replica_stale_s=max(300.0, 10 * settings.interval_s),
-    )
+    # The kubelet stops a pod with SIGTERM, and the chart's container runs this command as PID
+    # 1, which the kernel spares any signal it has no handler for: without one, every stop
+    # (an upgrade, a drained node) waited out the grace period for SIGKILL.
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
+        planner = make_planner(spec, settings)
+        source = MetricsSource(
+            metrics_url,
+            spec,
+            fetch=http_fetch(token=metrics_token),
+            assumed_prompt_tokens=settings.assumed_prompt_tokens,
+            assumed_output_tokens=settings.assumed_output_tokens,
+            # Gateway replicas behind one URL are each reached by chance: ten missed scrapes in
+            # a row (1 in 1,000 with two replicas) before one is taken for gone.
+            replica_stale_s=max(300.0, 10 * settings.interval_s),
+        )
         target = _actuator(actuator, spec, namespace, rayservice, ray_address)
         target.observe()  # fail fast on a misconfigured target instead of logging each step
         controller = Controller(spec, planner, source, target, settings, dry_run=dry_run)
@@ -245,3 +255,6 @@ def autoscale_command(
         raise CliError(str(exc)) from exc
     except KeyboardInterrupt:
         print("autoscaler stopped", file=sys.stderr)
+    finally:
+        if previous_sigterm is not None:  # None: set outside Python, not ours to put back
+            signal.signal(signal.SIGTERM, previous_sigterm)

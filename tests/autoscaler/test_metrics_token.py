@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from autoscale_process import stop
 from gateway_harness import RunningGateway, serve_with_metrics_token
 from prometheus_client.parser import text_string_to_metric_families
 from text_endpoint import TextEndpoint, serving_text
@@ -156,8 +156,7 @@ def test_autoscale_reads_with_the_token_from_the_environment(
         # The first scrape was read (waiting for a second one), not refused (failed).
         assert steps.get("waiting") == 1 and not steps.get("failed"), steps
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        err = stop(proc)
     assert "401" not in err
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from autoscale_process import stop
 from prometheus_client.parser import text_string_to_metric_families
 from text_endpoint import serving_text
 
@@ -306,10 +306,64 @@ def test_autoscale_serves_its_status_while_it_runs(gateway_metrics: str, tmp_pat
             with pytest.raises(httpx.ConnectError):
                 httpx.get(f"http://{lan}:{port}/healthz", timeout=5)
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        err = stop(proc)
     assert proc.returncode == 0, err
     assert f"status on port {port}" in err and "autoscaler stopped" in err
+
+
+def _first_process_of_a_new_pid_namespace() -> list[str]:
+    """The command prefix that runs a program as PID 1 of its own PID namespace, as a
+    container runs its command; skips the test where this kernel or user may not make one."""
+    prefix = ["unshare", "--pid", "--fork", "--kill-child"]
+    if shutil.which("unshare") is None:
+        pytest.skip("util-linux unshare is not installed")
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make a PID namespace here: {probe.stderr.strip()}")
+    return prefix
+
+
+def test_sigterm_stops_it_as_the_first_process_of_its_container(
+    gateway_metrics: str, tmp_path: Path
+) -> None:
+    """The chart runs `gemma-fleet autoscale` as its container's command, so as PID 1, which
+    the kernel spares any signal it has no handler for. The kubelet stops a pod with SIGTERM:
+    without a handler the autoscaler ignored it and every stop (an upgrade, a drained node)
+    waited out the grace period for SIGKILL. Here it runs as PID 1 of a new PID namespace and
+    gets SIGTERM from outside it, as from the container runtime."""
+    assert EXE is not None
+    prefix = _first_process_of_a_new_pid_namespace()
+    port = free_port()
+    args = ["autoscale", "--fleet", str(default_fleet_path()), "--metrics-url", gateway_metrics]
+    args += ["--interval", "300", "--status-port", str(port)]
+    proc = subprocess.Popen(
+        [*prefix, EXE, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+    )
+    autoscaler = None  # until found, SIGTERM goes to unshare, which then kills its child
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if sample(samples(f"http://127.0.0.1:{port}"), "steps_total", result="waiting"):
+                    break
+            except (httpx.TransportError, KeyError):
+                pass
+            time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()[1]
+        # unshare's one child is the autoscaler: PID 1 inside, an ordinary PID out here.
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        (autoscaler,) = (int(c) for c in children)
+        status = Path(f"/proc/{autoscaler}/status").read_text().splitlines()
+        (pids,) = (line.split()[1:] for line in status if line.startswith("NSpid:"))
+        assert pids[-1] == "1", pids  # its PID in the innermost namespace
+    finally:
+        err = stop(proc, pid=autoscaler)
+    assert proc.returncode == 0, err
+    assert "autoscaler stopped" in err
 
 
 def test_unreadable_metrics_are_failed_steps_not_waiting(tmp_path: Path) -> None:
@@ -343,8 +397,7 @@ def test_unreadable_metrics_are_failed_steps_not_waiting(tmp_path: Path) -> None
         assert sample(found, "steps_total", result="waiting") == 0
         assert math.isnan(sample(found, "plan_feasible"))
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        err = stop(proc)
     assert f"reconcile step failed: no metrics URL answered: {dead}" in err
     assert "Traceback" not in err
 
