@@ -346,14 +346,16 @@ def test_sigterm_stops_it_as_the_first_process_of_its_container(
     autoscaler = None  # until found, SIGTERM goes to unshare, which then kills its child
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
+        stepped = False  # its first step done: well past start-up, so the handler is set
+        while not stepped and time.monotonic() < deadline and proc.poll() is None:
             try:
-                if sample(samples(f"http://127.0.0.1:{port}"), "steps_total", result="waiting"):
-                    break
+                found = samples(f"http://127.0.0.1:{port}")
+                stepped = sample(found, "steps_total", result="waiting") == 1
             except (httpx.TransportError, KeyError):
                 pass
             time.sleep(0.5)
         assert proc.poll() is None, proc.communicate()[1]
+        assert stepped, "no step within 60 s"
         # unshare's one child is the autoscaler: PID 1 inside, an ordinary PID out here.
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         (autoscaler,) = (int(c) for c in children)
