@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -263,6 +263,27 @@ def gateway_metrics() -> Iterator[str]:
         yield endpoint.url
 
 
+def steps(found: Samples, result: str) -> float:
+    """steps_total{result} in `found`, 0 before the first such step."""
+    return found.get((PREFIX + "steps_total", (("result", result),))) or 0.0
+
+
+def watch(port: int, proc: subprocess.Popen[str], until: Callable[[Samples], bool]) -> Samples:
+    """The status samples of the autoscaler `proc` serves on `port`, read every 0.5 s until
+    `until` holds of them, the process exits or 60 s pass: the last read ({} if none)."""
+    deadline = time.monotonic() + 60
+    found: Samples = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            found = samples(f"http://127.0.0.1:{port}")
+        except httpx.TransportError:
+            found = {}
+        if until(found):
+            break
+        time.sleep(0.5)
+    return found
+
+
 def test_autoscale_serves_its_status_while_it_runs(gateway_metrics: str, tmp_path: Path) -> None:
     assert EXE is not None, "gemma-fleet is not installed next to this interpreter"
     port = free_port()
@@ -278,16 +299,7 @@ def test_autoscale_serves_its_status_while_it_runs(gateway_metrics: str, tmp_pat
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        found: Samples = {}
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                found = samples(base)
-            except httpx.TransportError:
-                found = {}
-            if found.get((PREFIX + "steps_total", (("result", "waiting"),))):
-                break
-            time.sleep(0.5)
+        found = watch(port, proc, lambda f: steps(f, "waiting") > 0)
         assert proc.poll() is None, proc.communicate()[1]
         assert sample(found, "steps_total", result="waiting") == 1
         assert sample(found, "replicas", pool="gemma-4-31b", state="observed") == 1
@@ -345,17 +357,10 @@ def test_sigterm_stops_it_as_the_first_process_of_its_container(
     )
     autoscaler = None  # until found, SIGTERM goes to unshare, which then kills its child
     try:
-        deadline = time.monotonic() + 60
-        stepped = False  # its first step done: well past start-up, so the handler is set
-        while not stepped and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                found = samples(f"http://127.0.0.1:{port}")
-                stepped = sample(found, "steps_total", result="waiting") == 1
-            except (httpx.TransportError, KeyError):
-                pass
-            time.sleep(0.5)
+        # Its first step done: well past start-up, so the handler is set.
+        found = watch(port, proc, lambda f: steps(f, "waiting") == 1)
         assert proc.poll() is None, proc.communicate()[1]
-        assert stepped, "no step within 60 s"
+        assert steps(found, "waiting") == 1, "no step within 60 s"
         # unshare's one child is the autoscaler: PID 1 inside, an ordinary PID out here.
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         (autoscaler,) = (int(c) for c in children)
@@ -384,16 +389,7 @@ def test_unreadable_metrics_are_failed_steps_not_waiting(tmp_path: Path) -> None
         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)},
     )
     try:
-        deadline = time.monotonic() + 60
-        found: Samples = {}
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                found = samples(f"http://127.0.0.1:{port}")
-            except httpx.TransportError:
-                found = {}
-            if (found.get((PREFIX + "steps_total", (("result", "failed"),))) or 0) >= 2:
-                break
-            time.sleep(0.5)
+        found = watch(port, proc, lambda f: steps(f, "failed") >= 2)
         assert proc.poll() is None, proc.communicate()[1]
         assert sample(found, "steps_total", result="failed") >= 2
         assert sample(found, "steps_total", result="waiting") == 0
