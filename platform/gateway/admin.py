@@ -86,39 +86,39 @@ def admin_router(gate: TeamGate, body_timeout_s: float) -> APIRouter:
     async def body(request: Request) -> dict[str, Any]:
         return await read_json(request, BODY_LIMIT, body_timeout_s)
 
-    def store_of(request: Request) -> Any:
-        gate.require_admin(request)
+    async def store_of(request: Request) -> Any:
+        await gate.require_admin(request)
         assert gate.access is not None  # require_admin refuses when there is no store
         return gate.access.store
 
     @router.post("/admin/teams", status_code=201)
     async def create_team(request: Request) -> Response:
-        store = store_of(request)
+        store = await store_of(request)
         spec = parse(TeamSpec, await body(request))
         return _json(await _store(store.create_team(spec)), 201)
 
     @router.get("/admin/teams")
     async def list_teams(request: Request) -> Response:
-        return _json(await _store(store_of(request).teams()))
+        return _json(await _store((await store_of(request)).teams()))
 
     @router.get("/admin/teams/{name}")
     async def show_team(request: Request, name: str) -> Response:
-        return _json(await _store(store_of(request).team(name)))
+        return _json(await _store((await store_of(request)).team(name)))
 
     @router.patch("/admin/teams/{name}")
     async def update_team(request: Request, name: str) -> Response:
-        store = store_of(request)
+        store = await store_of(request)
         update = parse(TeamUpdate, await body(request))
         return _json(await _store(store.update_team(name, update)))
 
     @router.delete("/admin/teams/{name}", status_code=204)
     async def delete_team(request: Request, name: str) -> Response:
-        await _store(store_of(request).delete_team(name))
+        await _store((await store_of(request)).delete_team(name))
         return Response(status_code=204)
 
     @router.post("/admin/teams/{name}/keys", status_code=201)
     async def issue_key(request: Request, name: str) -> Response:
-        store = store_of(request)
+        store = await store_of(request)
         ask = parse(KeyRequest, await body(request))
         if ask.expires_at is not None and ask.expires_at <= utcnow():
             raise ApiError(400, "expires_at must be in the future", param="expires_at")
@@ -126,17 +126,17 @@ def admin_router(gate: TeamGate, body_timeout_s: float) -> APIRouter:
 
     @router.get("/admin/teams/{name}/keys")
     async def list_keys(request: Request, name: str) -> Response:
-        store = store_of(request)
+        store = await store_of(request)
         await _store(store.team(name))
         return _json(await _store(store.keys(name)))
 
     @router.delete("/admin/keys/{key_id}")
     async def revoke_key(request: Request, key_id: str) -> Response:
-        return _json(await _store(store_of(request).revoke_key(key_id)))
+        return _json(await _store((await store_of(request)).revoke_key(key_id)))
 
     @router.get("/admin/usage")
     async def usage(request: Request) -> Response:
-        gate.require_admin(request)
+        await gate.require_admin(request)
         assert gate.access is not None
         start, end = _period(request)
         rows = await _store(

@@ -389,7 +389,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     async def prometheus(request: Request) -> Response:
         # Per-team counters: with GEMMA_FLEET_METRICS_TOKEN set, only its holder reads them
         # (port 8000 may face the internet through a LoadBalancer Service).
-        gate.require_metrics(request)
+        await gate.require_metrics(request)
         return Response(gateway.metrics_text(), media_type="text/plain; version=0.0.4")
 
     @app.get("/health")

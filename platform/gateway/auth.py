@@ -14,14 +14,17 @@ import hmac
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import Request
+from pydantic import SecretStr
 
 from gemma_fleet.gateway.classify import Classification
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.service import Caller
 from gemma_fleet.teams.access import StoreUnavailable, TeamAccess, Ticket, Unauthenticated
 from gemma_fleet.teams.bootstrap import apply_bootstrap, read_bootstrap
+from gemma_fleet.teams.credentials import Credential, CredentialUnavailable
 from gemma_fleet.teams.limits import UNLIMITED, LimitExceeded, MinuteWindow, RequestTooLarge
 from gemma_fleet.teams.redis_client import connect
 from gemma_fleet.teams.settings import TeamsSettings
@@ -106,21 +109,21 @@ class Admitted:
 
 class TeamGate:
     """Authentication and admission for the API routes; `access` None means auth is off.
-    `metrics_token` None leaves `/metrics` open."""
+    `metrics` None leaves `/metrics` open; `admin` None turns the admin API off."""
 
     def __init__(
         self,
         access: TeamAccess | None,
-        admin_key: str | None = None,
-        metrics_token: str | None = None,
+        admin: Credential | None = None,
+        metrics: Credential | None = None,
     ) -> None:
         self.access = access
-        self._admin_key = admin_key
-        self._metrics_token = metrics_token
+        self._admin = admin
+        self._metrics = metrics
 
     @property
     def metrics_protected(self) -> bool:
-        return self._metrics_token is not None
+        return self._metrics is not None
 
     async def identify(self, request: Request) -> Identity | None:
         if self.access is None:
@@ -165,28 +168,43 @@ class TeamGate:
         except StoreUnavailable as exc:
             raise store_error(exc) from exc
 
-    def require_admin(self, request: Request) -> None:
+    async def require_admin(self, request: Request) -> None:
         """401 unless the request carries the admin credential (compared in constant time)."""
-        if self._admin_key is None:
+        if self._admin is None:
             raise ApiError(404, "the admin API is off: set GEMMA_FLEET_ADMIN_KEY to enable it")
         if self.access is None:
             raise ApiError(503, "the admin API needs the team store (REDIS_URL)")
+        admin_key = await _current(self._admin, "admin")
         presented = presented_key(request) or ""
-        if not hmac.compare_digest(presented.encode(), self._admin_key.encode()):
+        if not hmac.compare_digest(presented.encode(), admin_key.encode()):
             raise ApiError(401, "admin routes need the admin credential", code="invalid_api_key")
 
-    def require_metrics(self, request: Request) -> None:
+    async def require_metrics(self, request: Request) -> None:
         """401 unless `/metrics` is open or the request carries the metrics token as
         `Authorization: Bearer` (compared in constant time). Prometheus and the fleet's own
         scrapers send it that way; a team key is never it."""
-        if self._metrics_token is None:
+        if self._metrics is None:
             return
+        token = await _current(self._metrics, "metrics")
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             message = "GET /metrics needs Authorization: Bearer <GEMMA_FLEET_METRICS_TOKEN>"
             raise metrics_refusal(message + "; none was sent")
-        if not hmac.compare_digest(value.strip().encode(), self._metrics_token.encode()):
+        if not hmac.compare_digest(value.strip().encode(), token.encode()):
             raise metrics_refusal("GET /metrics: the bearer token is not GEMMA_FLEET_METRICS_TOKEN")
+
+
+async def _current(credential: Credential, what: str) -> str:
+    """The credential's value, or a 503 while its file cannot be used: a fault of this
+    deployment, not of the caller, and the log says which file and why (not the caller)."""
+    try:
+        return await credential.current()
+    except CredentialUnavailable as exc:
+        raise ApiError(
+            503,
+            f"the gateway cannot read its {what} credential now; its log says why",
+            code="credential_unavailable",
+        ) from exc
 
 
 def metrics_refusal(message: str) -> ApiError:
@@ -209,9 +227,11 @@ class GateError(RuntimeError):
 def open_gate(settings: TeamsSettings) -> TeamGate:
     """The gate a gateway process serves with: connected to REDIS_URL, bootstrap file applied.
     Called once at start (not on an event loop: the bootstrap runs on a loop of its own)."""
-    metrics_token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+    metrics = _credential(
+        "GEMMA_FLEET_METRICS_TOKEN", settings.metrics_token, settings.metrics_token_file
+    )
     if not settings.store_needed:
-        return TeamGate(None, metrics_token=metrics_token)
+        return TeamGate(None, metrics=metrics)
     if settings.redis_url is None:
         raise GateError(
             "team keys are required (GEMMA_FLEET_AUTH=required) but REDIS_URL is not set; "
@@ -231,5 +251,15 @@ def open_gate(settings: TeamsSettings) -> TeamGate:
         with ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, apply()).result()
     access = TeamAccess(connect(url, timeout_s=settings.timeout_s), settings)
-    admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
-    return TeamGate(access, admin_key, metrics_token)
+    admin = _credential("GEMMA_FLEET_ADMIN_KEY", settings.admin_key, settings.admin_key_file)
+    return TeamGate(access, admin, metrics)
+
+
+def _credential(name: str, value: SecretStr | None, path: Path | None) -> Credential | None:
+    """The gate's credential set by `name` (from settings that have read and checked it), followed
+    in its file when it came from one."""
+    if value is None:
+        return None
+    if path is None:
+        return Credential(name, value.get_secret_value())
+    return Credential(f"{name}_FILE", value.get_secret_value(), path)

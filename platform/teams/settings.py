@@ -8,6 +8,8 @@ at start (the same variables locally, in Ray Serve replicas and in the Helm char
 | `REDIS_PASSWORD` | used when the URL carries no password (a Kubernetes Secret) |
 | `GEMMA_FLEET_ADMIN_KEY` | the admin credential for `/admin/...`; unset: the admin API is off |
 | `GEMMA_FLEET_METRICS_TOKEN` | bearer token `GET /metrics` needs; unset: open; blank: an error |
+| `GEMMA_FLEET_ADMIN_KEY_FILE` | or a file holding the admin key, re-read when it changes |
+| `GEMMA_FLEET_METRICS_TOKEN_FILE` | or a file holding the metrics token, re-read likewise |
 | `GEMMA_FLEET_BOOTSTRAP_TEAMS` | a YAML file of teams and keys applied at start |
 | `GEMMA_FLEET_REDIS_DOWN` | `fail-closed` (default) or `serve-cached-keys` (see docs/teams.md) |
 | `GEMMA_FLEET_REDIS_TIMEOUT_S` | bound on every store call, queueing included (default 2 s) |
@@ -22,6 +24,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from gemma_fleet.teams.credentials import check_credential, read_credential_file
 from gemma_fleet.teams.limits import LEASE_S
 
 
@@ -40,6 +43,10 @@ class TeamsSettings(BaseModel):
     redis_url: SecretStr | None = None
     admin_key: SecretStr | None = None
     metrics_token: SecretStr | None = None
+    # Where the credential above came from when it is a file, which the gateway then follows
+    # (teams/credentials.py): a mounted Secret can be rotated without restarting the pod.
+    admin_key_file: Path | None = None
+    metrics_token_file: Path | None = None
     bootstrap_file: Path | None = None
     redis_down: RedisDownPolicy = RedisDownPolicy.FAIL_CLOSED
     # Generous for a loopback round trip, but a burst queues for pooled connections and the
@@ -65,8 +72,10 @@ class TeamsSettings(BaseModel):
                 auth_required=auth == "required",
                 redis_url=url,
                 admin_key=_credential(env, "GEMMA_FLEET_ADMIN_KEY"),
+                admin_key_file=env.get("GEMMA_FLEET_ADMIN_KEY_FILE") or None,
                 # Blank would leave /metrics (every team's counters) open where a token was meant.
                 metrics_token=_credential(env, "GEMMA_FLEET_METRICS_TOKEN", blank_ok=False),
+                metrics_token_file=env.get("GEMMA_FLEET_METRICS_TOKEN_FILE") or None,
                 bootstrap_file=env.get("GEMMA_FLEET_BOOTSTRAP_TEAMS") or None,
                 redis_down=env.get("GEMMA_FLEET_REDIS_DOWN", RedisDownPolicy.FAIL_CLOSED),
                 timeout_s=env.get("GEMMA_FLEET_REDIS_TIMEOUT_S", 2.0),
@@ -80,34 +89,22 @@ class TeamsSettings(BaseModel):
         return self.auth_required or self.admin_key is not None
 
 
-# A credential an attacker may try online: 24 characters is the least either is given.
-MIN_CREDENTIAL_CHARS = 24
-
-
 def _credential(env: Mapping[str, str], name: str, *, blank_ok: bool = True) -> str | None:
-    """The credential in `env[name]` without the whitespace around it (None when unset, or when
-    blank and `blank_ok`); ValueError naming `name` when it cannot be one. A Secret made from a
-    file usually ends with a newline, which no HTTP header can carry: kept, it could never be
-    presented, and the clients' header would be refused. For the same reason a credential is
-    visible ASCII only. The error never quotes the value."""
+    """The credential `name` sets, from `env[name]` or from the file `env[name + "_FILE"]`
+    (teams/credentials.py), without the whitespace around it; None when neither is set, or
+    when the variable is blank and `blank_ok`. ValueError naming the variable when it cannot
+    be one, or when both are set. The error never quotes the value."""
+    file_name = f"{name}_FILE"
+    path = env.get(file_name) or None
+    if name in env and path is not None:
+        raise ValueError(f"set {name} or {file_name}, not both")
+    if path is not None:
+        return read_credential_file(file_name, Path(path))
     if name not in env:
         return None
-    value = env[name].strip()
-    if not value:
-        if blank_ok:
-            return None
-        raise ValueError(
-            f"{name} is set but empty (an empty Secret key?): give it a token of at least "
-            f"{MIN_CREDENTIAL_CHARS} characters, or unset it"
-        )
-    if len(value) < MIN_CREDENTIAL_CHARS:
-        raise ValueError(f"{name} must be at least {MIN_CREDENTIAL_CHARS} characters")
-    if not all("!" <= c <= "~" for c in value):
-        raise ValueError(
-            f"{name} must be visible ASCII characters only (no spaces or control characters): "
-            "it is sent in an HTTP header"
-        )
-    return value
+    if not env[name].strip() and blank_ok:
+        return None
+    return check_credential(name, env[name])
 
 
 def with_password(url: str, password: str) -> str:
