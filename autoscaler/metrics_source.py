@@ -37,6 +37,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gemma_fleet.autoscaler.plan import ModelDemand
 from gemma_fleet.deployments.pools import FleetSpec
@@ -89,28 +90,37 @@ def parse_samples(text: str) -> dict[SeriesKey, float]:
     return out
 
 
-def http_fetch(timeout_s: float = 5.0, token: str | None = None) -> Fetch:
+def http_fetch(
+    timeout_s: float = 5.0, token: str | None = None, token_file: Path | None = None
+) -> Fetch:
     """A fetch function that GETs a URL and returns its body (MetricsError on failure).
 
     `token`: the gateway's GEMMA_FLEET_METRICS_TOKEN, sent as `Authorization: Bearer` only to
     a URL that has asked for it with a 401 (then on every scrape of that URL): an engine's or
     any other open endpoint among the URLs never sees it. Sent without the whitespace around
     it, as the gateway reads it (a Secret's trailing newline would make httpx refuse the
-    header with an error that quotes it)."""
-    token = token.strip() if token else None
-    credential = {"authorization": f"Bearer {token}"} if token else {}
+    header with an error that quotes it). `token_file`: instead of `token`, a file holding it,
+    read again for every scrape that sends it, so a token rotated in a mounted Secret is
+    taken up without a restart (the gateway follows its own copy the same way)."""
+    option = "--metrics-token-file / GEMMA_FLEET_METRICS_TOKEN_FILE" if token_file else None
+    fixed = token.strip() if token else None
     asked: set[str] = set()  # URLs that answered 401 without the token
+
+    def credential() -> dict[str, str]:
+        value = read_token_file(token_file) if token_file is not None else fixed
+        return {"authorization": f"Bearer {value}"} if value else {}
 
     def fetch(url: str) -> str:
         import httpx
 
         try:
-            response = httpx.get(url, timeout=timeout_s, headers=credential if url in asked else {})
-            if response.status_code == 401 and token and url not in asked:
+            headers = credential() if url in asked else {}
+            response = httpx.get(url, timeout=timeout_s, headers=headers)
+            if response.status_code == 401 and (fixed or token_file) and url not in asked:
                 asked.add(url)
-                response = httpx.get(url, timeout=timeout_s, headers=credential)
+                response = httpx.get(url, timeout=timeout_s, headers=credential())
             if response.status_code == 401:
-                raise MetricsError(f"GET {url}: 401: {unauthorized_hint(url in asked)}")
+                raise MetricsError(f"GET {url}: 401: {unauthorized_hint(url in asked, option)}")
             response.raise_for_status()
         except httpx.HTTPError as exc:
             raise MetricsError(f"{url}: {exc}") from exc
@@ -119,11 +129,26 @@ def http_fetch(timeout_s: float = 5.0, token: str | None = None) -> Fetch:
     return fetch
 
 
-def unauthorized_hint(token_sent: bool) -> str:
-    """What to do about a 401 from a gateway's /metrics: it wants the metrics token."""
+def read_token_file(path: Path) -> str:
+    """The token in `path`, without the whitespace around it; MetricsError naming the file when
+    it cannot be read or is empty."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise MetricsError(f"the metrics token file {path}: {reason}") from None
+    if not value:
+        raise MetricsError(f"the metrics token file {path} is empty")
+    return value
+
+
+def unauthorized_hint(token_sent: bool, option: str | None = None) -> str:
+    """What to do about a 401 from a gateway's /metrics: it wants the metrics token. `option`
+    names where the token came from (default: --metrics-token)."""
+    option = option or "--metrics-token / GEMMA_FLEET_METRICS_TOKEN"
     if token_sent:
-        return "the metrics token was refused: check --metrics-token / GEMMA_FLEET_METRICS_TOKEN"
-    return "set --metrics-token / GEMMA_FLEET_METRICS_TOKEN (the gateway's metrics token)"
+        return f"the metrics token was refused: check {option}"
+    return f"set {option} (the gateway's metrics token)"
 
 
 @dataclass(frozen=True)

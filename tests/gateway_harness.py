@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -129,10 +130,17 @@ def serve_gateway(
 
 
 @contextmanager
-def serve_with_metrics_token(token: str) -> Iterator[RunningGateway]:
-    """An open API (no team keys) whose /metrics needs `token`: the gate built from the
-    environment a Ray Serve replica reads (GEMMA_FLEET_METRICS_TOKEN)."""
-    env = {"GEMMA_FLEET_AUTH": "disabled", "GEMMA_FLEET_METRICS_TOKEN": token}
+def serve_with_metrics_token(
+    token: str | None = None, *, token_file: Path | None = None
+) -> Iterator[RunningGateway]:
+    """An open API (no team keys) whose /metrics needs `token`, or the token in `token_file`
+    (followed while it runs): the gate built from the environment a Ray Serve replica reads
+    (GEMMA_FLEET_METRICS_TOKEN, or GEMMA_FLEET_METRICS_TOKEN_FILE as the Helm chart sets)."""
+    env = {"GEMMA_FLEET_AUTH": "disabled"}
+    if token is not None:
+        env["GEMMA_FLEET_METRICS_TOKEN"] = token
+    if token_file is not None:
+        env["GEMMA_FLEET_METRICS_TOKEN_FILE"] = str(token_file)
     settings = TeamsSettings.from_env(env)
     with serve_gateway(fleet_settings(), simulated_pools, lambda: open_gate(settings)) as gw:
         yield gw

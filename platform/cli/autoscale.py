@@ -154,6 +154,13 @@ def autoscale_command(
         help="the gateway's GEMMA_FLEET_METRICS_TOKEN, when it sets one: sent as "
         "Authorization: Bearer only to a --metrics-url that answers 401 without it",
     ),
+    metrics_token_file: Path | None = typer.Option(
+        None,
+        "--metrics-token-file",
+        envvar="GEMMA_FLEET_METRICS_TOKEN_FILE",
+        help="instead of --metrics-token: a file holding it (a mounted Secret), read again for "
+        "every scrape that sends it, so a rotated token is taken up without a restart",
+    ),
     actuator: ActuatorKind = typer.Option(
         ActuatorKind.NONE, "--actuator", help="where decisions go: ray, kubernetes or none"
     ),
@@ -206,6 +213,8 @@ def autoscale_command(
             raise CliError(f"--interval {interval}: must be positive")
         settings = settings.model_copy(update={"interval_s": interval})
     _check_urls(metrics_url)
+    if metrics_token and metrics_token_file:
+        raise CliError("set --metrics-token or --metrics-token-file, not both")
     if status_port is not None and not 0 < status_port < 65536:
         raise CliError(f"--status-port {status_port}: expected a port in 1-65535")
     if once and status_port is not None:
@@ -214,7 +223,18 @@ def autoscale_command(
                        "one step: drop one of them")  # fmt: skip
     if actuator is ActuatorKind.KUBERNETES and not (namespace and rayservice):
         raise CliError("--actuator kubernetes needs --namespace and --rayservice")
-    from gemma_fleet.autoscaler.metrics_source import MetricsError, MetricsSource, http_fetch
+    from gemma_fleet.autoscaler.metrics_source import (
+        MetricsError,
+        MetricsSource,
+        http_fetch,
+        read_token_file,
+    )
+
+    if metrics_token_file is not None:
+        try:
+            read_token_file(metrics_token_file)  # fail at start, not at the first 401
+        except MetricsError as exc:
+            raise CliError(str(exc)) from exc
 
     # The kubelet stops a pod with SIGTERM, and the chart's container runs this command as PID
     # 1, which the kernel spares any signal it has no handler for: without one, every stop
@@ -225,7 +245,7 @@ def autoscale_command(
         source = MetricsSource(
             metrics_url,
             spec,
-            fetch=http_fetch(token=metrics_token),
+            fetch=http_fetch(token=metrics_token, token_file=metrics_token_file),
             assumed_prompt_tokens=settings.assumed_prompt_tokens,
             assumed_output_tokens=settings.assumed_output_tokens,
             # Gateway replicas behind one URL are each reached by chance: ten missed scrapes in

@@ -17,11 +17,13 @@ import pytest
 from autoscale_process import stop
 from gateway_harness import RunningGateway, serve_with_metrics_token
 from prometheus_client.parser import text_string_to_metric_families
+from secret_volume import SecretVolume
 from text_endpoint import TextEndpoint, serving_text
 
 from gemma_fleet.autoscaler.metrics_source import MetricsError, MetricsSource, http_fetch
 from gemma_fleet.cli.main import main
 from gemma_fleet.deployments.pools import FleetSpec, default_fleet_path, load_fleet
+from gemma_fleet.teams.credentials import RECHECK_S
 
 TOKEN = "metrics-" + "t" * 32
 EXE = shutil.which("gemma-fleet", path=str(Path(sys.executable).parent))
@@ -173,3 +175,65 @@ def test_a_token_with_a_trailing_newline_reads_and_never_reaches_the_log() -> No
             assert TOKEN not in str(exc)  # the defect's worst half
             raise
         assert "gemma_fleet_gateway_replicas" in text
+
+
+def test_a_rotated_token_file_is_taken_up_without_a_restart(tmp_path: Path) -> None:
+    """As the chart runs both: the gateway and the autoscaler each read the token from their
+    own pod's mount of one Secret (GEMMA_FLEET_METRICS_TOKEN_FILE), which the kubelet updates
+    in each pod at its own moment. While the gateway has the new token and the autoscaler the
+    old, its scrapes are refused with the 401's remedy; once its file has the new token, the
+    same running fetcher reads again."""
+    new = "metrics-new-" + "n" * 30
+    gateway_mount = SecretVolume(tmp_path / "gateway", {"metrics-token": TOKEN})
+    autoscaler_mount = SecretVolume(tmp_path / "autoscaler", {"metrics-token": TOKEN + "\n"})
+    with serve_with_metrics_token(token_file=gateway_mount.path("metrics-token")) as gw:
+        url = gw.url + "/metrics"
+        fetch = http_fetch(token_file=autoscaler_mount.path("metrics-token"))
+        assert "gemma_fleet_gateway_replicas" in fetch(url)
+        gateway_mount.update({"metrics-token": new})
+        refused = ""
+        deadline = time.monotonic() + 5 * RECHECK_S
+        while not refused and time.monotonic() < deadline:
+            try:
+                fetch(url)
+                time.sleep(0.2)
+            except MetricsError as exc:
+                refused = str(exc)
+        assert refused == (
+            f"GET {url}: 401: the metrics token was refused: "
+            "check --metrics-token-file / GEMMA_FLEET_METRICS_TOKEN_FILE"
+        )
+        autoscaler_mount.update({"metrics-token": new})
+        assert "gemma_fleet_gateway_replicas" in fetch(url)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        (["--metrics-token-file", "{missing}"], "the metrics token file {missing}: No such file"),
+        (["--metrics-token-file", "{empty}"], "the metrics token file {empty} is empty"),
+        (
+            ["--metrics-token-file", "{empty}", "--metrics-token", TOKEN],
+            "set --metrics-token or --metrics-token-file, not both",
+        ),
+    ],
+    ids=["missing", "empty", "both"],
+)
+def test_autoscale_refuses_a_token_file_it_cannot_use_at_start(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    problem: str,
+) -> None:
+    monkeypatch.delenv("GEMMA_FLEET_METRICS_TOKEN", raising=False)
+    monkeypatch.delenv("GEMMA_FLEET_METRICS_TOKEN_FILE", raising=False)
+    paths = {"missing": tmp_path / "missing", "empty": tmp_path / "empty"}
+    paths["empty"].write_text("\n")
+    args = [a.format(**paths) for a in args]
+    url = "http://127.0.0.1:9/metrics"  # never reached: the check comes first
+    with pytest.raises(SystemExit) as exited:
+        main(["autoscale", "--fleet", str(default_fleet_path()), "--metrics-url", url, *args])
+    assert exited.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert problem.format(**paths) in line
