@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import yaml
@@ -116,3 +116,19 @@ def run_tool(cmd: Sequence[str]) -> Rendered:
 
 
 Render = Callable[..., Rendered]
+
+
+def secret_behind_file(pod_spec: dict[str, Any], variable: str) -> dict[str, str]:
+    """The Secret and key the file named by the container's `variable` (a `..._FILE`) is
+    mounted from, as a secretKeyRef would name them. Asserts what lets the kubelet update the
+    file in place when the Secret changes: a read-only Secret volume at the file's folder, not
+    a subPath mount (whose files are never updated), and never the value in the pod spec."""
+    (container,) = pod_spec["containers"]
+    env = {e["name"]: e for e in container.get("env", [])}
+    assert variable.removesuffix("_FILE") not in env, "the value itself in a variable"
+    path = PurePosixPath(env[variable]["value"])
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    assert "subPath" not in mount and mount["readOnly"] is True, mount
+    (volume,) = [v for v in pod_spec["volumes"] if v["name"] == mount["name"]]
+    (item,) = [i for i in volume["secret"]["items"] if i["path"] == path.name]
+    return {"name": volume["secret"]["secretName"], "key": item["key"]}

@@ -29,6 +29,7 @@ from chart_support import (
     Render,
     Rendered,
     run_tool,
+    secret_behind_file,
 )
 
 from gemma_fleet.cli.main import app as cli_app
@@ -315,9 +316,15 @@ def test_ray_pods_get_settings_and_secrets_only_by_reference(
         assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"]["value"] == "1"
         assert env["GEMMA_FLEET_REDIS_DOWN"]["value"] == values["gateway"]["redisDown"]
         assert env["REDIS_URL"]["value"].startswith(("redis://", "rediss://"))
-        for secret_var in ("GEMMA_FLEET_ADMIN_KEY", "REDIS_PASSWORD"):
-            assert "value" not in env[secret_var]
-            assert env[secret_var]["valueFrom"]["secretKeyRef"]["name"]
+        assert "value" not in env["REDIS_PASSWORD"]
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
+        admin = secret_behind_file(template["spec"], "GEMMA_FLEET_ADMIN_KEY_FILE")
+        own = values["admin"]["existingSecret"]
+        assert admin == (
+            {"name": own, "key": values["admin"]["existingSecretKey"]}
+            if own
+            else {"name": f"{RELEASE}-gemma-fleet-admin", "key": "admin-key"}
+        )
         otlp = values["observability"]["otlp"]["endpoint"]
         assert env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") == (otlp or None)
         teams = bool(values["teams"]["existingSecret"] or values["teams"]["bootstrap"])

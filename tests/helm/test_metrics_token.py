@@ -1,7 +1,8 @@
 """The chart guards the gateway's /metrics (per-team counters, on port 8000, which a LoadBalancer
 Service publishes) with a bearer token: a Secret it generates and keeps like the admin key, or
 one the user names, reaching the gateway (every Ray pod) and the autoscaler (which scrapes
-/metrics) by secretKeyRef only, under the variable both read. Offline: `helm template`."""
+/metrics) as a file of a Secret volume, named by the variable both read (a rotated Secret
+reaches running pods; docs/helm.md "Rotating credentials"). Offline: `helm template`."""
 
 from __future__ import annotations
 
@@ -12,34 +13,37 @@ from typing import Any
 import chart_support
 import pytest
 import typer.main
-from chart_support import CHART, EXAMPLES, NAMESPACE, RELEASE, Render, Rendered
+from chart_support import (
+    CHART,
+    EXAMPLES,
+    NAMESPACE,
+    RELEASE,
+    Render,
+    Rendered,
+    secret_behind_file,
+)
 
 from gemma_fleet.cli.main import app as cli_app
 from gemma_fleet.teams.settings import TeamsSettings
 
-VARIABLE = "GEMMA_FLEET_METRICS_TOKEN"
+VARIABLE = "GEMMA_FLEET_METRICS_TOKEN_FILE"
 CASES = [CHART / "values.yaml", *EXAMPLES]
 
 
-def _containers(out: Rendered) -> dict[str, dict[str, Any]]:
-    """The Ray head's, every worker group's and the autoscaler's container, by a name."""
+def _pod_specs(out: Rendered) -> dict[str, dict[str, Any]]:
+    """The Ray head's, every worker group's and the autoscaler's pod spec, by a name."""
     cluster = out.one("RayService")["spec"]["rayClusterConfig"]
-    found = {"head": cluster["headGroupSpec"]["template"]["spec"]["containers"][0]}
+    found = {"head": cluster["headGroupSpec"]["template"]["spec"]}
     for group in cluster["workerGroupSpecs"]:
-        found["worker " + group["groupName"]] = group["template"]["spec"]["containers"][0]
+        found["worker " + group["groupName"]] = group["template"]["spec"]
     for deployment in out.all("Deployment"):
-        found["autoscaler"] = deployment["spec"]["template"]["spec"]["containers"][0]
+        found["autoscaler"] = deployment["spec"]["template"]["spec"]
     return found
 
 
 def _token_refs(out: Rendered) -> dict[str, dict[str, str]]:
-    """Per container: the secretKeyRef its GEMMA_FLEET_METRICS_TOKEN comes from."""
-    refs = {}
-    for where, container in _containers(out).items():
-        (entry,) = [e for e in container.get("env", []) if e["name"] == VARIABLE]
-        assert "value" not in entry, where  # never the token itself in a pod spec
-        refs[where] = entry["valueFrom"]["secretKeyRef"]
-    return refs
+    """Per pod: the Secret and key its GEMMA_FLEET_METRICS_TOKEN_FILE is mounted from."""
+    return {where: secret_behind_file(spec, VARIABLE) for where, spec in _pod_specs(out).items()}
 
 
 def _ok(out: Rendered) -> Rendered:
@@ -65,23 +69,26 @@ def test_a_generated_token_reaches_the_gateway_and_the_autoscaler(
 
 
 def test_the_variable_is_the_one_the_gateway_and_the_autoscaler_read(
-    render: Render, monkeypatch: pytest.MonkeyPatch
+    render: Render, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """What the pods get under that name turns /metrics' token on in the gateway's settings and
-    is `--metrics-token` of the command the autoscaler Deployment runs."""
+    """The file the pods get under that name turns /metrics' token on in the gateway's settings
+    and is `--metrics-token-file` of the command the autoscaler Deployment runs."""
     token = "t" * 30
     out = _ok(render(values={"gateway": {"metrics": {"token": token}}}))
     secret = out.one("Secret", f"{RELEASE}-gemma-fleet-metrics")
     assert base64.b64decode(secret["data"]["metrics-token"]).decode() == token
-    settings = TeamsSettings.from_env({VARIABLE: token, "GEMMA_FLEET_AUTH": "disabled"})
+    mounted = tmp_path / "metrics-token"  # what the kubelet writes from the Secret's key
+    mounted.write_text(token)
+    settings = TeamsSettings.from_env({VARIABLE: str(mounted), "GEMMA_FLEET_AUTH": "disabled"})
     assert settings.metrics_token is not None
     assert settings.metrics_token.get_secret_value() == token
+    assert settings.metrics_token_file == mounted
     (deployment,) = out.all("Deployment")
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[:2] == ["gemma-fleet", "autoscale"] and "--metrics-token" not in command
-    monkeypatch.setenv(VARIABLE, token)
+    monkeypatch.setenv(VARIABLE, str(mounted))
     autoscale = typer.main.get_command(cli_app).commands["autoscale"]  # type: ignore[attr-defined]
-    assert autoscale.make_context("autoscale", command[2:]).params["metrics_token"] == token
+    assert autoscale.make_context("autoscale", command[2:]).params["metrics_token_file"] == mounted
 
 
 def test_an_existing_secret_is_used_and_none_is_generated(render: Render) -> None:
@@ -113,7 +120,8 @@ def test_install_notes_say_how_to_read_the_metrics_token(
     assert out.returncode == 0, out.stderr
     notes = out.stdout.split("NOTES:", 1)[1]
     assert (
-        f"export {VARIABLE}=$(kubectl -n {NAMESPACE} get secret {RELEASE}-gemma-fleet-metrics "
+        f"export GEMMA_FLEET_METRICS_TOKEN=$(kubectl -n {NAMESPACE} get secret "
+        f"{RELEASE}-gemma-fleet-metrics "
         "-o jsonpath='{.data.metrics-token}' | base64 -d)"
     ) in notes
-    assert f'-H "Authorization: Bearer ${VARIABLE}"' in notes
+    assert '-H "Authorization: Bearer $GEMMA_FLEET_METRICS_TOKEN"' in notes

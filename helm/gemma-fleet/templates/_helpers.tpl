@@ -149,15 +149,42 @@ data:
 {{- end }}
 
 {{/*
-GEMMA_FLEET_METRICS_TOKEN: the gateway asks it of every scrape of its /metrics, and the
-autoscaler, which scrapes it, sends it.
+The gateway's own credentials reach their pods as files of Secret volumes, not as variables: the
+kubelet updates a mounted Secret's files in place (never through a subPath mount) within about
+a minute of a change, and the gateway and the autoscaler follow the files, so a rotation needs
+no restart (docs/helm.md "Rotating credentials"). A variable from a secretKeyRef is fixed
+until the container restarts, which for the Ray pods means a new Ray cluster.
+Call credentialFile/credentialMount/credentialVolume with (list $ "admin"|"metrics").
+*/}}
+{{- define "gemma-fleet.credentialFile" -}}
+{{- $what := index . 1 -}}
+/var/run/secrets/gemma-fleet/{{ $what }}/{{ ternary "admin-key" "metrics-token" (eq $what "admin") }}
+{{- end }}
+{{- define "gemma-fleet.credentialMount" -}}
+{{- $what := index . 1 -}}
+- name: {{ $what }}-credential
+  mountPath: /var/run/secrets/gemma-fleet/{{ $what }}
+  readOnly: true
+{{- end }}
+{{- define "gemma-fleet.credentialVolume" -}}
+{{- $root := index . 0 }}
+{{- $what := index . 1 -}}
+- name: {{ $what }}-credential
+  secret:
+    secretName: {{ include (printf "gemma-fleet.%sSecretName" $what) $root }}
+    defaultMode: 0440
+    items:
+      - key: {{ include (printf "gemma-fleet.%sSecretKey" $what) $root }}
+        path: {{ base (include "gemma-fleet.credentialFile" .) }}
+{{- end }}
+
+{{/*
+GEMMA_FLEET_METRICS_TOKEN_FILE: the gateway asks the token in it of every scrape of its
+/metrics, and the autoscaler, which scrapes it, sends it.
 */}}
 {{- define "gemma-fleet.metricsTokenEnv" -}}
-- name: GEMMA_FLEET_METRICS_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "gemma-fleet.metricsSecretName" . }}
-      key: {{ include "gemma-fleet.metricsSecretKey" . }}
+- name: GEMMA_FLEET_METRICS_TOKEN_FILE
+  value: {{ include "gemma-fleet.credentialFile" (list . "metrics") }}
 {{- end }}
 
 {{/*
@@ -183,11 +210,8 @@ the gateway replicas and engines see these wherever they are placed.
       name: {{ include "gemma-fleet.redisPasswordSecretName" . }}
       key: {{ include "gemma-fleet.redisPasswordSecretKey" . }}
 {{- end }}
-- name: GEMMA_FLEET_ADMIN_KEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "gemma-fleet.adminSecretName" . }}
-      key: {{ include "gemma-fleet.adminSecretKey" . }}
+- name: GEMMA_FLEET_ADMIN_KEY_FILE
+  value: {{ include "gemma-fleet.credentialFile" (list . "admin") }}
 {{ include "gemma-fleet.metricsTokenEnv" . }}
 {{- if include "gemma-fleet.teamsEnabled" . }}
 - name: GEMMA_FLEET_BOOTSTRAP_TEAMS
@@ -224,6 +248,8 @@ the gateway replicas and engines see these wherever they are placed.
   mountPath: /dev/shm
 - name: model-cache
   mountPath: /models
+{{ include "gemma-fleet.credentialMount" (list . "admin") }}
+{{ include "gemma-fleet.credentialMount" (list . "metrics") }}
 {{- if include "gemma-fleet.teamsEnabled" . }}
 - name: teams
   mountPath: /etc/gemma-fleet/teams
@@ -252,6 +278,8 @@ the gateway replicas and engines see these wherever they are placed.
   emptyDir:
     sizeLimit: {{ $root.Values.ray.modelCache.sizeLimit }}
 {{- end }}
+{{ include "gemma-fleet.credentialVolume" (list $root "admin") }}
+{{ include "gemma-fleet.credentialVolume" (list $root "metrics") }}
 {{- if include "gemma-fleet.teamsEnabled" $root }}
 - name: teams
   secret:
