@@ -88,15 +88,6 @@ class Credential:
     _stamp: tuple[int, int, int, int] | None = field(default=None, repr=False)
     _checked: float = field(default_factory=time.monotonic, repr=False)
 
-    @classmethod
-    def from_file(cls, name: str, path: Path, recheck_s: float = RECHECK_S) -> Credential:
-        """The credential in `path`, followed from now on; ValueError when it cannot be one."""
-        try:
-            stamp = _stamp(path)  # before the read: a change in between is seen next time
-        except OSError as exc:
-            raise ValueError(f"{name}: cannot read {path}: {exc.strerror}") from None
-        return cls(name, read_credential_file(name, path), path, recheck_s, _stamp=stamp)
-
     async def current(self) -> str:
         """The credential now; CredentialUnavailable while its file cannot be used."""
         if self.path is not None and time.monotonic() - self._checked >= self.recheck_s:
@@ -117,12 +108,12 @@ class Credential:
             return
         if stamp == self._stamp:
             return
-        self._stamp = stamp
         try:
             value = read_credential_file(self.name, self.path)
         except ValueError as exc:
             self._set_problem(str(exc))
             return
+        self._stamp = stamp
         if self._problem is not None or value != self.value:
             log.warning("%s: took in a changed credential from %s", self.name, self.path)
         self.value, self._problem = value, None
@@ -130,4 +121,6 @@ class Credential:
     def _set_problem(self, problem: str) -> None:
         if problem != self._problem:  # once per problem, not once per check
             log.error("%s is unavailable, refusing what needs it: %s", self.name, problem)
-        self._problem = problem
+        # Forgotten, so the file is read again at the next check even if it comes back
+        # unchanged (the same file, after a moment of being unreadable).
+        self._problem, self._stamp = problem, None
