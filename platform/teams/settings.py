@@ -1,5 +1,6 @@
 """How the gateway's team layer is configured: one typed model, read from the environment once
-at start (the same variables locally, in Ray Serve replicas and in the Helm chart's pods).
+at start (the same variables locally, in Ray Serve replicas and in the Helm chart's pods). The
+two credentials given as files are then followed while the gateway runs (teams/credentials.py).
 
 | variable | meaning |
 | --- | --- |
