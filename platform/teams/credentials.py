@@ -102,11 +102,10 @@ class Credential:
         """Take in the file's content if the file changed (blocking: a stat, maybe a read)."""
         assert self.path is not None
         try:
-            stamp = _stamp(self.path)
-        except OSError as exc:
-            self._set_problem(f"{self.name}: cannot read {self.path}: {exc.strerror}")
-            return
-        if stamp == self._stamp:
+            stamp: tuple[int, int, int, int] | None = _stamp(self.path)
+        except OSError:
+            stamp = None  # gone: the read below says so, in the words it uses at start
+        if stamp is not None and stamp == self._stamp:
             return
         try:
             value = read_credential_file(self.name, self.path)
