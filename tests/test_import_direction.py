@@ -65,6 +65,7 @@ MAY_IMPORT: dict[str, set[str]] = {
         "deployments.checkpoints",
         "deployments.pools",
         "deployments.fleet",
+        "teams",  # the gateway's rules for a credential file, for the client commands
     },
 }
 

@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
+from gemma_fleet.cli.credential_options import credential_from, file_option
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.ports import require_free_ports, require_free_state_dir
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
@@ -42,6 +43,9 @@ def loadtest_command(
         envvar="GEMMA_FLEET_ADMIN_KEY",
         help="create the workload's teams and keys through the admin API",
     ),
+    admin_key_file: Path | None = file_option(
+        "--admin-key", "GEMMA_FLEET_ADMIN_KEY", "the admin credential"
+    ),
     api_key: str | None = typer.Option(
         None,
         "--api-key",
@@ -54,6 +58,9 @@ def loadtest_command(
         envvar="GEMMA_FLEET_METRICS_TOKEN",
         help="the gateway's metrics token, for the cross-check against its /metrics (when it "
         "sets GEMMA_FLEET_METRICS_TOKEN)",
+    ),
+    metrics_token_file: Path | None = file_option(
+        "--metrics-token", "GEMMA_FLEET_METRICS_TOKEN", "the gateway's metrics token"
     ),
     request_timeout: float = typer.Option(300, "--request-timeout", help="seconds per request"),
     local: bool = typer.Option(
@@ -96,6 +103,15 @@ def loadtest_command(
         load_workload(workload)
     except WorkloadFileError as exc:
         raise CliError(str(exc)) from exc
+    admin_key = credential_from(
+        admin_key, admin_key_file, option="--admin-key", variable="GEMMA_FLEET_ADMIN_KEY"
+    )
+    metrics_token = credential_from(
+        metrics_token,
+        metrics_token_file,
+        option="--metrics-token",
+        variable="GEMMA_FLEET_METRICS_TOKEN",
+    )
     out = out or Path("loadtest-report") / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     with ExitStack() as stack:
         if local:

@@ -1,7 +1,8 @@
 """`gemma-fleet teams|keys|usage`: administer teams through a running gateway's admin API.
 
-Every command talks HTTP to `--url` with the admin credential (`--admin-key`, or the
-GEMMA_FLEET_ADMIN_KEY variable, or the local fleet's `~/.gemma-fleet/admin-key`), so the same
+Every command talks HTTP to `--url` with the admin credential (`--admin-key` or the
+GEMMA_FLEET_ADMIN_KEY variable; `--admin-key-file` or GEMMA_FLEET_ADMIN_KEY_FILE, which the
+chart's Ray pods already set; else the local fleet's `~/.gemma-fleet/admin-key`), so the same
 commands manage a laptop fleet and a cluster.
 """
 
@@ -17,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gemma_fleet.cli.credential_options import credential_from, file_option
 from gemma_fleet.cli.errors import CliError
 
 LOCAL_ADMIN_KEY = Path.home() / ".gemma-fleet" / "admin-key"
@@ -37,17 +39,24 @@ ADMIN_KEY = typer.Option(
     help="admin credential (default: the local fleet's ~/.gemma-fleet/admin-key)",
     show_default=False,
 )
+ADMIN_KEY_FILE = file_option("--admin-key", "GEMMA_FLEET_ADMIN_KEY", "the admin credential")
 AS_JSON = typer.Option(False, "--json", help="print the API's JSON answer")
 
 
 class AdminApi:
     """The admin API over HTTP; every failure becomes a one-line CliError."""
 
-    def __init__(self, url: str, admin_key: str | None) -> None:
+    def __init__(self, url: str, admin_key: str | None, admin_key_file: Path | None) -> None:
+        admin_key = credential_from(
+            admin_key, admin_key_file, option="--admin-key", variable="GEMMA_FLEET_ADMIN_KEY"
+        )
         if admin_key is None and LOCAL_ADMIN_KEY.exists():
             admin_key = LOCAL_ADMIN_KEY.read_text().strip()
         if not admin_key:
-            raise CliError("no admin key: pass --admin-key or set GEMMA_FLEET_ADMIN_KEY")
+            raise CliError(
+                "no admin key: pass --admin-key or --admin-key-file, or set "
+                "GEMMA_FLEET_ADMIN_KEY or GEMMA_FLEET_ADMIN_KEY_FILE"
+            )
         # The admin API is at the root; `up` prints the OpenAI base URL (…/v1), which users
         # paste here, and loadtest's --host takes either.
         self._http = httpx.Client(
@@ -143,6 +152,7 @@ def create_team(
     priority: int = typer.Option(0, "--priority", help="0-9, higher is more important"),
     url: str = URL,
     admin_key: str | None = ADMIN_KEY,
+    admin_key_file: Path | None = ADMIN_KEY_FILE,
     as_json: bool = AS_JSON,
 ) -> None:
     """Create a team."""
@@ -152,7 +162,7 @@ def create_team(
     limits = _limits(rpm, tpm, concurrent, budget, budget_period)
     if limits:
         body["limits"] = limits
-    record = AdminApi(url, admin_key).call("POST", "/admin/teams", body)
+    record = AdminApi(url, admin_key, admin_key_file).call("POST", "/admin/teams", body)
     _print(record, as_json, TEAM_COLUMNS, "team created")
 
 
@@ -168,6 +178,7 @@ def update_team(
     priority: int | None = typer.Option(None, "--priority"),
     url: str = URL,
     admin_key: str | None = ADMIN_KEY,
+    admin_key_file: Path | None = ADMIN_KEY_FILE,
     as_json: bool = AS_JSON,
 ) -> None:
     """Change a team: only what is given changes (a limit not named keeps its value; -1 makes a
@@ -182,30 +193,52 @@ def update_team(
         body["priority"] = priority
     if not body:
         raise CliError("nothing to change: give --models, a limit or --priority")
-    record = AdminApi(url, admin_key).call("PATCH", f"/admin/teams/{name}", body)
+    record = AdminApi(url, admin_key, admin_key_file).call("PATCH", f"/admin/teams/{name}", body)
     _print(record, as_json, TEAM_COLUMNS, "team updated")
 
 
 @teams_app.command("list")
-def list_teams(url: str = URL, admin_key: str | None = ADMIN_KEY, as_json: bool = AS_JSON) -> None:
+def list_teams(
+    url: str = URL,
+    admin_key: str | None = ADMIN_KEY,
+    admin_key_file: Path | None = ADMIN_KEY_FILE,
+    as_json: bool = AS_JSON,
+) -> None:
     """List every team with its limits."""
-    _print(AdminApi(url, admin_key).call("GET", "/admin/teams"), as_json, TEAM_COLUMNS, "teams")
+    _print(
+        AdminApi(url, admin_key, admin_key_file).call("GET", "/admin/teams"),
+        as_json,
+        TEAM_COLUMNS,
+        "teams",
+    )
 
 
 @teams_app.command("show")
 def show_team(
-    name: str, url: str = URL, admin_key: str | None = ADMIN_KEY, as_json: bool = AS_JSON
+    name: str,
+    url: str = URL,
+    admin_key: str | None = ADMIN_KEY,
+    admin_key_file: Path | None = ADMIN_KEY_FILE,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Show one team."""
     _print(
-        AdminApi(url, admin_key).call("GET", f"/admin/teams/{name}"), as_json, TEAM_COLUMNS, name
+        AdminApi(url, admin_key, admin_key_file).call("GET", f"/admin/teams/{name}"),
+        as_json,
+        TEAM_COLUMNS,
+        name,
     )
 
 
 @teams_app.command("delete")
-def delete_team(name: str, url: str = URL, admin_key: str | None = ADMIN_KEY) -> None:
+def delete_team(
+    name: str,
+    url: str = URL,
+    admin_key: str | None = ADMIN_KEY,
+    admin_key_file: Path | None = ADMIN_KEY_FILE,
+) -> None:
     """Delete a team and revoke all its keys (its usage history stays)."""
-    AdminApi(url, admin_key).call("DELETE", f"/admin/teams/{name}")
+    AdminApi(url, admin_key, admin_key_file).call("DELETE", f"/admin/teams/{name}")
     Console().print(f"team {name} deleted; its keys are revoked")
 
 
@@ -226,6 +259,7 @@ def create_key(
     expires_in_days: float | None = typer.Option(None, "--expires-in-days"),
     url: str = URL,
     admin_key: str | None = ADMIN_KEY,
+    admin_key_file: Path | None = ADMIN_KEY_FILE,
     as_json: bool = AS_JSON,
 ) -> None:
     """Issue a key. Its secret is printed once and cannot be shown again."""
@@ -234,7 +268,9 @@ def create_key(
         if expires_in_days <= 0:
             raise CliError("--expires-in-days must be positive")
         body["expires_at"] = (datetime.now(UTC) + timedelta(days=expires_in_days)).isoformat()
-    issued = AdminApi(url, admin_key).call("POST", f"/admin/teams/{team}/keys", body)
+    issued = AdminApi(url, admin_key, admin_key_file).call(
+        "POST", f"/admin/teams/{team}/keys", body
+    )
     if as_json:
         print(json.dumps(issued, indent=2))
         return
@@ -248,17 +284,23 @@ def list_keys(
     team: str = typer.Option(..., "--team"),
     url: str = URL,
     admin_key: str | None = ADMIN_KEY,
+    admin_key_file: Path | None = ADMIN_KEY_FILE,
     as_json: bool = AS_JSON,
 ) -> None:
     """List a team's keys (ids and dates; never secrets)."""
-    keys = AdminApi(url, admin_key).call("GET", f"/admin/teams/{team}/keys")
+    keys = AdminApi(url, admin_key, admin_key_file).call("GET", f"/admin/teams/{team}/keys")
     _print(keys, as_json, KEY_COLUMNS, f"keys of {team}")
 
 
 @keys_app.command("revoke")
-def revoke_key(key_id: str, url: str = URL, admin_key: str | None = ADMIN_KEY) -> None:
+def revoke_key(
+    key_id: str,
+    url: str = URL,
+    admin_key: str | None = ADMIN_KEY,
+    admin_key_file: Path | None = ADMIN_KEY_FILE,
+) -> None:
     """Revoke a key by its id (the part after gfk_); the next request with it is refused."""
-    record = AdminApi(url, admin_key).call("DELETE", f"/admin/keys/{key_id}")
+    record = AdminApi(url, admin_key, admin_key_file).call("DELETE", f"/admin/keys/{key_id}")
     Console().print(f"key {record['id']} of team {record['team']} revoked")
 
 
@@ -281,12 +323,13 @@ def usage_command(
     end: str | None = typer.Option(None, "--end", help="last day, YYYY-MM-DD (default today)"),
     url: str = URL,
     admin_key: str | None = ADMIN_KEY,
+    admin_key_file: Path | None = ADMIN_KEY_FILE,
     as_json: bool = AS_JSON,
 ) -> None:
     """Usage per team x model x day (default: the last 7 days)."""
     query = {"team": team, "model": model, "start": start, "end": end}
     params = {k: v for k, v in query.items() if v}
-    rows = AdminApi(url, admin_key).call("GET", "/admin/usage", params=params)
+    rows = AdminApi(url, admin_key, admin_key_file).call("GET", "/admin/usage", params=params)
     _print(rows, as_json, USAGE_COLUMNS, "usage")
 
 

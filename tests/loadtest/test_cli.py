@@ -20,6 +20,23 @@ CI_WORKLOAD = str(Path(__file__).with_name("workload-ci.yaml"))
         (["--workload", CI_WORKLOAD, "--host", "http://x", "--duration", "soon"], "duration"),
         (["--workload", CI_WORKLOAD, "--host", "http://x", "--users", "0"], "--users"),
         (["--workload", "absent.yaml", "--host", "http://x"], "absent.yaml: cannot read"),
+        (
+            ["--workload", CI_WORKLOAD, "--host", "http://x", "--metrics-token-file", "absent"],
+            "--metrics-token-file: cannot read absent: No such file or directory",
+        ),
+        (
+            [
+                "--workload",
+                CI_WORKLOAD,
+                "--host",
+                "http://x",
+                "--admin-key",
+                "k" * 24,
+                "--admin-key-file",
+                CI_WORKLOAD,
+            ],
+            "--admin-key (GEMMA_FLEET_ADMIN_KEY) and --admin-key-file",
+        ),
         # nothing listens on port 9: said plainly, after the inputs were checked
         (["--workload", CI_WORKLOAD, "--host", "http://127.0.0.1:9"], "does not answer"),
     ],

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from gateway_harness import RunningGateway, serve_with_metrics_token
+from secret_volume import SecretVolume
 
 from gemma_fleet.cli.main import main
 from gemma_fleet.loadtest.gateway_counters import REQUESTS, ScrapeRefused, scrape
@@ -78,13 +79,22 @@ def test_loadtest_without_the_token_reports_the_401_and_the_remedy(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("given_as", ["variable", "file"])
 def test_loadtest_with_the_token_checks_the_gateways_counters(
     guarded: RunningGateway,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    given_as: str,
 ) -> None:
-    monkeypatch.setenv("GEMMA_FLEET_METRICS_TOKEN", TOKEN)
+    """The token as a value, or as the file a chart pod's GEMMA_FLEET_METRICS_TOKEN_FILE names
+    (a Secret's trailing newline and all)."""
+    if given_as == "variable":
+        monkeypatch.setenv("GEMMA_FLEET_METRICS_TOKEN", TOKEN)
+    else:
+        monkeypatch.delenv("GEMMA_FLEET_METRICS_TOKEN", raising=False)
+        secret = SecretVolume(tmp_path / "metrics", {"metrics-token": TOKEN + "\n"})
+        monkeypatch.setenv("GEMMA_FLEET_METRICS_TOKEN_FILE", str(secret.path("metrics-token")))
     report, _ = _loadtest(guarded, tmp_path, capsys)
     gateway = report["gateway"]
     assert isinstance(gateway, dict) and gateway["rows"], report["gateway_note"]

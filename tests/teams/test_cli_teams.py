@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import openai
 import pytest
 from gateway_harness import RunningGateway
+from secret_volume import SecretVolume
 
 from gemma_fleet.cli.main import main
 
 from .conftest import ADMIN
 
 
-def cli(capsys: pytest.CaptureFixture[str], gw: RunningGateway, *args: str) -> tuple[int, str]:
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """Run the CLI in-process; (exit status, stdout + stderr)."""
     try:
-        main([*args, "--url", gw.url, "--admin-key", ADMIN])
+        main(list(args))
         code = 0
     except SystemExit as exc:
         code = int(exc.code or 0)
     out = capsys.readouterr()
     return code, out.out + out.err
+
+
+def cli(capsys: pytest.CaptureFixture[str], gw: RunningGateway, *args: str) -> tuple[int, str]:
+    """`run` against `gw` with the admin key."""
+    return run(capsys, *args, "--url", gw.url, "--admin-key", ADMIN)
 
 
 def test_a_team_and_key_made_with_the_cli_serve_and_show_usage(
@@ -114,3 +121,63 @@ def test_the_openai_base_url_that_up_prints_works_as_url(
         pytest.fail(f"exit {exc.code}: {capsys.readouterr().err}")
     out = capsys.readouterr().out
     assert "│ cli-a-rather-long-team-name " in out, out
+
+
+def test_the_admin_key_file_a_chart_pod_names_is_what_the_cli_sends(
+    gateway: RunningGateway,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """In a chart's Ray pod GEMMA_FLEET_ADMIN_KEY_FILE names the mounted Secret: the CLI run
+    there sends what the file holds now (a Secret's trailing newline dropped), and after a
+    rotation the new content, not a key it read before or the local fleet's."""
+    secret = SecretVolume(tmp_path / "admin", {"admin-key": ADMIN + "\n"})
+    monkeypatch.delenv("GEMMA_FLEET_ADMIN_KEY", raising=False)
+    monkeypatch.setenv("GEMMA_FLEET_ADMIN_KEY_FILE", str(secret.path("admin-key")))
+    cli(capsys, gateway, "teams", "delete", "cli-from-file")
+    code, out = run(capsys, "teams", "create", "cli-from-file", "--url", gateway.url)
+    assert code == 0 and "cli-from-file" in out, out
+    secret.update({"admin-key": "not-the-admin-key-" + "q" * 24})
+    code, out = run(capsys, "teams", "show", "cli-from-file", "--url", gateway.url)
+    assert code == 2 and "401" in out, out
+    monkeypatch.delenv("GEMMA_FLEET_ADMIN_KEY_FILE")
+    other = SecretVolume(tmp_path / "other", {"admin-key": ADMIN})
+    code, out = run(
+        capsys, "teams", "show", "cli-from-file", "--url", gateway.url,
+        "--admin-key-file", str(other.path("admin-key")),
+    )  # fmt: skip
+    assert code == 0 and "cli-from-file" in out, out
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "says"),
+    [
+        (None, [], "--admin-key-file: cannot read {path}: No such file or directory"),
+        ("\n", [], "--admin-key-file ({path}) is set but empty"),
+        ("short", [], "--admin-key-file ({path}) must be at least 24 characters"),
+        (ADMIN, ["--admin-key", ADMIN], "--admin-key (GEMMA_FLEET_ADMIN_KEY) and --admin-key-file"),
+    ],
+)
+def test_an_admin_key_file_that_cannot_be_used_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    content: str | None,
+    extra: list[str],
+    says: str,
+) -> None:
+    monkeypatch.delenv("GEMMA_FLEET_ADMIN_KEY", raising=False)
+    path = tmp_path / "admin-key"
+    if content is not None:
+        path.write_text(content)
+    # Nothing listens on port 9: the key is refused before any call is tried.
+    code, out = run(
+        capsys, "teams", "list", "--url", "http://127.0.0.1:9", "--admin-key-file", str(path),
+        *extra,
+    )  # fmt: skip
+    assert code == 2
+    assert says.format(path=path) in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
+    if content and content.strip():
+        assert content.strip() not in out  # never the value itself
