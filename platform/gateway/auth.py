@@ -24,7 +24,7 @@ from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.service import Caller
 from gemma_fleet.teams.access import StoreUnavailable, TeamAccess, Ticket, Unauthenticated
 from gemma_fleet.teams.bootstrap import apply_bootstrap, read_bootstrap
-from gemma_fleet.teams.credentials import Credential, CredentialUnavailable
+from gemma_fleet.teams.credentials import Credential, CredentialUnavailable, read_password_file
 from gemma_fleet.teams.limits import UNLIMITED, LimitExceeded, MinuteWindow, RequestTooLarge
 from gemma_fleet.teams.redis_client import connect
 from gemma_fleet.teams.settings import TeamsSettings
@@ -238,11 +238,12 @@ def open_gate(settings: TeamsSettings) -> TeamGate:
             "point it at Redis, or set GEMMA_FLEET_AUTH=disabled for an open endpoint"
         )
     url = settings.redis_url.get_secret_value()
+    password = _redis_password(settings)
     if settings.bootstrap_file is not None:
         bootstrap = read_bootstrap(settings.bootstrap_file)
 
         async def apply() -> None:
-            redis = connect(url, max_connections=2, timeout_s=5.0)
+            redis = connect(url, password=password, max_connections=2, timeout_s=5.0)
             try:
                 await apply_bootstrap(TeamStore(redis), bootstrap)
             finally:
@@ -250,9 +251,21 @@ def open_gate(settings: TeamsSettings) -> TeamGate:
 
         with ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, apply()).result()
-    access = TeamAccess(connect(url, timeout_s=settings.timeout_s), settings)
+    access = TeamAccess(connect(url, password=password, timeout_s=settings.timeout_s), settings)
     admin = _credential("GEMMA_FLEET_ADMIN_KEY", settings.admin_key, settings.admin_key_file)
     return TeamGate(access, admin, metrics)
+
+
+def _redis_password(settings: TeamsSettings) -> Credential | None:
+    """The Redis password followed in REDIS_PASSWORD_FILE, when the settings name one."""
+    if settings.redis_password is None or settings.redis_password_file is None:
+        return None
+    return Credential(
+        "REDIS_PASSWORD_FILE",
+        settings.redis_password.get_secret_value(),
+        settings.redis_password_file,
+        read=read_password_file,
+    )
 
 
 def _credential(name: str, value: SecretStr | None, path: Path | None) -> Credential | None:

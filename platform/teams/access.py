@@ -31,12 +31,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from redis.exceptions import ClusterDownError, OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gemma_fleet.teams.keys import key_digest, key_id, looks_like_key
 from gemma_fleet.teams.limits import Admission, Limiter
+from gemma_fleet.teams.redis_client import PasswordUnavailable
 from gemma_fleet.teams.settings import RedisDownPolicy, TeamsSettings
 from gemma_fleet.teams.store import Identity, TeamStore
 from gemma_fleet.teams.usage import UsageDelta, UsageMeter
@@ -110,6 +117,7 @@ class TeamAccess:
         # settling it (a bug, a response never started) is not renewed for ever.
         self._leases: weakref.WeakValueDictionary[str, Ticket] = weakref.WeakValueDictionary()
         self._renewer: asyncio.Task[None] | None = None
+        self._login_refused: str | None = None  # what Redis said, logged once until it passes
 
     @property
     def pending(self) -> int:
@@ -129,6 +137,7 @@ class TeamAccess:
         except Exception as exc:
             if not store_down(exc):
                 raise
+            self._say_if_login_refused(exc)
             cached = self._seen.get(digest)
             policy = self.settings.redis_down
             if policy is RedisDownPolicy.SERVE_CACHED_KEYS and cached is not None:
@@ -136,6 +145,7 @@ class TeamAccess:
                 if time.monotonic() - seen_at < self.settings.cached_key_ttl_s:
                     return identity
             raise StoreUnavailable(self.settings.retry_after_s) from exc
+        self._login_refused = None
         if identity is None:
             self._seen.pop(digest, None)
             raise Unauthenticated(
@@ -182,6 +192,22 @@ class TeamAccess:
             if not store_down(exc):
                 raise
             self._refuse_unless_serving_cached_keys(exc)
+
+    def _say_if_login_refused(self, down: BaseException) -> None:
+        """Log, once until it passes, that Redis is up but refuses the gateway's password: to
+        clients it is the store being unavailable like any outage, but only the operator can
+        fix it (a rotation the gateway's password file has not caught up with, a wrong
+        Secret)."""
+        if not isinstance(down, AuthenticationError) or isinstance(down, PasswordUnavailable):
+            return  # not a refusal, or the password file's own problem (logged where found)
+        if str(down) == self._login_refused:
+            return
+        self._login_refused = str(down)
+        log.error(
+            "Redis refuses the gateway's login (%s): check REDIS_PASSWORD or "
+            "REDIS_PASSWORD_FILE against the password Redis has",
+            down,
+        )
 
     def _refuse_unless_serving_cached_keys(self, down: BaseException) -> None:
         """Redis is down (`down`): raise StoreUnavailable, unless the policy serves a known key

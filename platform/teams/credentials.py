@@ -1,5 +1,6 @@
-"""The gateway's own credentials (the admin key, the metrics token): checked once at start, and,
-when they come from a file, followed while the gateway runs.
+"""The gateway's own credentials (the admin key and metrics token it checks callers against, the
+Redis password it presents): checked once at start, and, when they come from a file, followed
+while the gateway runs.
 
 A file is how a credential can change without a restart. Kubernetes updates the files of a
 mounted Secret in place (it swaps a symlink to a new directory of files, within about a minute
@@ -20,6 +21,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,15 +59,29 @@ def check_credential(name: str, value: str) -> str:
     return value
 
 
-def read_credential_file(name: str, path: Path) -> str:
-    """The credential in the file `path` (named by the variable `name` in messages);
-    ValueError naming both when it cannot be read or cannot be a credential."""
+def _read_text(name: str, path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ValueError(f"{name}: cannot read {path}: {reason}") from None
-    return check_credential(f"{name} ({path})", text)
+
+
+def read_credential_file(name: str, path: Path) -> str:
+    """The credential in the file `path` (named by the variable `name` in messages);
+    ValueError naming both when it cannot be read or cannot be a credential."""
+    return check_credential(f"{name} ({path})", _read_text(name, path))
+
+
+def read_password_file(name: str, path: Path) -> str:
+    """The password in the file `path`, without the whitespace around it; ValueError naming
+    `name` and the path when it cannot be read or is empty. Unlike the gateway's own
+    credentials, a password is whatever the server it opens was given: no rule on its length
+    or characters."""
+    value = _read_text(name, path).strip()
+    if not value:
+        raise ValueError(f"{name} ({path}) is empty (an empty Secret key?)")
+    return value
 
 
 def _stamp(path: Path) -> tuple[int, int, int, int]:
@@ -76,14 +92,15 @@ def _stamp(path: Path) -> tuple[int, int, int, int]:
 
 @dataclass
 class Credential:
-    """One credential the gateway checks callers against: `value` fixed for the process's life,
-    or, with `path`, followed in that file (module docstring). `name` is the variable that set
-    it, for messages."""
+    """One credential of the gateway's: `value` fixed for the process's life, or, with `path`,
+    followed in that file (module docstring), read by `read` (which checks it as at start).
+    `name` is the variable that set it, for messages."""
 
     name: str
     value: str
     path: Path | None = None
     recheck_s: float = RECHECK_S
+    read: Callable[[str, Path], str] = read_credential_file
     _problem: str | None = field(default=None, repr=False)
     _stamp: tuple[int, int, int, int] | None = field(default=None, repr=False)
     _checked: float = field(default_factory=time.monotonic, repr=False)
@@ -108,7 +125,7 @@ class Credential:
         if stamp is not None and stamp == self._stamp:
             return
         try:
-            value = read_credential_file(self.name, self.path)
+            value = self.read(self.name, self.path)
         except ValueError as exc:
             self._set_problem(str(exc))
             return

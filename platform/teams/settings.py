@@ -7,6 +7,7 @@ two credentials given as files are then followed while the gateway runs (teams/c
 | `GEMMA_FLEET_AUTH` | `required` (default): every API call needs a team key; `disabled`: open |
 | `REDIS_URL` | the store: `redis://host:port/db`, `rediss://` for TLS, `unix:///path.sock` |
 | `REDIS_PASSWORD` | used when the URL carries no password (a Kubernetes Secret) |
+| `REDIS_PASSWORD_FILE` | or a file holding it, read again for each new connection if changed |
 | `GEMMA_FLEET_ADMIN_KEY` | the admin credential for `/admin/...`; unset: the admin API is off |
 | `GEMMA_FLEET_METRICS_TOKEN` | bearer token `GET /metrics` needs; unset: open; blank: an error |
 | `GEMMA_FLEET_ADMIN_KEY_FILE` | or a file holding the admin key, re-read when it changes |
@@ -25,7 +26,11 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from gemma_fleet.teams.credentials import check_credential, read_credential_file
+from gemma_fleet.teams.credentials import (
+    check_credential,
+    read_credential_file,
+    read_password_file,
+)
 from gemma_fleet.teams.limits import LEASE_S
 
 
@@ -42,6 +47,10 @@ class TeamsSettings(BaseModel):
 
     auth_required: bool = True
     redis_url: SecretStr | None = None
+    # The Redis password from REDIS_PASSWORD_FILE (the URL then carries none): the value read at
+    # start, and the file, which new connections follow so Redis's password can be rotated.
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None
     admin_key: SecretStr | None = None
     metrics_token: SecretStr | None = None
     # Where the credential above came from when it is a file, which the gateway then follows
@@ -66,12 +75,24 @@ class TeamsSettings(BaseModel):
         if auth not in ("required", "disabled"):
             raise ValueError(f"GEMMA_FLEET_AUTH must be 'required' or 'disabled', got {auth!r}")
         url = env.get("REDIS_URL") or None
-        if url and env.get("REDIS_PASSWORD"):
+        password_file = env.get("REDIS_PASSWORD_FILE") or None
+        password = None
+        if password_file is not None:
+            if env.get("REDIS_PASSWORD"):
+                raise ValueError("set REDIS_PASSWORD or REDIS_PASSWORD_FILE, not both")
+            if url and urlsplit(url).password:
+                raise ValueError(
+                    "REDIS_URL carries a password and REDIS_PASSWORD_FILE is set: give one"
+                )
+            password = read_password_file("REDIS_PASSWORD_FILE", Path(password_file))
+        elif url and env.get("REDIS_PASSWORD"):
             url = with_password(url, env["REDIS_PASSWORD"])
         try:
             return cls(
                 auth_required=auth == "required",
                 redis_url=url,
+                redis_password=password,
+                redis_password_file=password_file,
                 admin_key=_credential(env, "GEMMA_FLEET_ADMIN_KEY"),
                 admin_key_file=env.get("GEMMA_FLEET_ADMIN_KEY_FILE") or None,
                 # Blank would leave /metrics (every team's counters) open where a token was meant.
