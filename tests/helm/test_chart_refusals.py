@@ -111,6 +111,18 @@ def test_external_redis_without_url_is_refused(render: Render) -> None:
     assert "redis.external.url: required when redis.enabled is false" in err
 
 
+@pytest.mark.parametrize("url", ["redis://:pw@redis:6379/0", "rediss://gw:pw@redis:6380/0"])
+def test_an_external_redis_password_in_two_places_is_refused(render: Render, url: str) -> None:
+    """The gateway would refuse to start on both (REDIS_URL with a password and
+    REDIS_PASSWORD_FILE); a user alone in the URL (an ACL user) is fine."""
+    external = {"url": url, "existingSecret": "redis-pw"}
+    err = _refusal(render, {"redis": {"enabled": False, "external": external}})
+    assert "redis.external: the URL carries a password and existingSecret is set" in err
+    user_only = {"url": "rediss://gw@redis:6380/0", "existingSecret": "redis-pw"}
+    accepted = render(values={"redis": {"enabled": False, "external": user_only}})
+    assert accepted.returncode == 0, accepted.stderr
+
+
 def test_all_problems_are_reported_at_once(render: Render) -> None:
     values = {"fleet": _fleet("L4", 1, tp=2), "admin": {"generate": False}}
     err = _refusal(render, values)

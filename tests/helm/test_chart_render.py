@@ -316,8 +316,8 @@ def test_ray_pods_get_settings_and_secrets_only_by_reference(
         assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"]["value"] == "1"
         assert env["GEMMA_FLEET_REDIS_DOWN"]["value"] == values["gateway"]["redisDown"]
         assert env["REDIS_URL"]["value"].startswith(("redis://", "rediss://"))
-        assert "value" not in env["REDIS_PASSWORD"]
-        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
+        redis = secret_behind_file(template["spec"], "REDIS_PASSWORD_FILE")
+        assert redis["name"] and redis["key"]
         admin = secret_behind_file(template["spec"], "GEMMA_FLEET_ADMIN_KEY_FILE")
         own = values["admin"]["existingSecret"]
         assert admin == (
@@ -458,9 +458,10 @@ def test_redis_is_persistent_password_protected_and_reachable_only_from_ray(
     values, out = case
     if not values["redis"]["enabled"]:
         assert not out.all("StatefulSet")
-        env = _env(_ray_pod_templates(out)[0]["spec"]["containers"][0])
+        ray_spec = _ray_pod_templates(out)[0]["spec"]
+        env = _env(ray_spec["containers"][0])
         assert env["REDIS_URL"]["value"] == values["redis"]["external"]["url"]
-        ref = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        ref = secret_behind_file(ray_spec, "REDIS_PASSWORD_FILE")
         assert ref == {
             "name": values["redis"]["external"]["existingSecret"],
             "key": values["redis"]["external"]["existingSecretKey"],
@@ -471,8 +472,9 @@ def test_redis_is_persistent_password_protected_and_reachable_only_from_ray(
     script = " ".join(container["args"])
     assert "--appendonly yes" in script and '--requirepass "$REDIS_PASSWORD"' in script
     password_ref = _env(container)["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    ray_ref = _env(_ray_pod_templates(out)[0]["spec"]["containers"][0])["REDIS_PASSWORD"]
-    assert ray_ref["valueFrom"]["secretKeyRef"] == password_ref
+    # The gateway follows the same Secret as a file, so that a rotation reaches it.
+    ray_ref = secret_behind_file(_ray_pod_templates(out)[0]["spec"], "REDIS_PASSWORD_FILE")
+    assert ray_ref == password_ref
     (claim,) = sts["spec"]["volumeClaimTemplates"]
     assert claim["metadata"]["name"] == "data"
     assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]

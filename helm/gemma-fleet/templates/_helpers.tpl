@@ -91,14 +91,14 @@ block has existingSecret and existingSecretKey; call with (list $ block suffix) 
 {{- .Values.redis.external.url }}
 {{- end }}
 {{- end }}
-{{- define "gemma-fleet.redisPasswordSecretName" -}}
+{{- define "gemma-fleet.redisSecretName" -}}
 {{- if .Values.redis.enabled }}
 {{- default (include "gemma-fleet.redisName" .) .Values.redis.auth.existingSecret }}
 {{- else }}
 {{- .Values.redis.external.existingSecret }}
 {{- end }}
 {{- end }}
-{{- define "gemma-fleet.redisPasswordSecretKey" -}}
+{{- define "gemma-fleet.redisSecretKey" -}}
 {{- if .Values.redis.enabled }}
 {{- if .Values.redis.auth.existingSecret }}{{ .Values.redis.auth.existingSecretKey }}{{ else }}redis-password{{ end }}
 {{- else }}
@@ -149,16 +149,17 @@ data:
 {{- end }}
 
 {{/*
-The gateway's own credentials reach their pods as files of Secret volumes, not as variables: the
-kubelet updates a mounted Secret's files in place (never through a subPath mount) within about
-a minute of a change, and the gateway and the autoscaler follow the files, so a rotation needs
-no restart (docs/helm.md "Rotating credentials"). A variable from a secretKeyRef is fixed
-until the container restarts, which for the Ray pods means a new Ray cluster.
-Call credentialFile/credentialMount/credentialVolume with (list $ "admin"|"metrics").
+The gateway's credentials (its admin key and metrics token, and the Redis password it logs in
+with) reach their pods as files of Secret volumes, not as variables: the kubelet updates a
+mounted Secret's files in place (never through a subPath mount) within about a minute of a
+change, and the gateway and the autoscaler follow the files, so a rotation needs no restart
+(docs/helm.md "Rotating credentials"). A variable from a secretKeyRef is fixed until the
+container restarts, which for the Ray pods means a new Ray cluster.
+Call credentialFile/credentialMount/credentialVolume with (list $ "admin"|"metrics"|"redis").
 */}}
 {{- define "gemma-fleet.credentialFile" -}}
 {{- $what := index . 1 -}}
-/var/run/secrets/gemma-fleet/{{ $what }}/{{ ternary "admin-key" "metrics-token" (eq $what "admin") }}
+/var/run/secrets/gemma-fleet/{{ $what }}/{{ get (dict "admin" "admin-key" "metrics" "metrics-token" "redis" "redis-password") $what }}
 {{- end }}
 {{- define "gemma-fleet.credentialMount" -}}
 {{- $what := index . 1 -}}
@@ -188,8 +189,9 @@ GEMMA_FLEET_METRICS_TOKEN_FILE: the gateway asks the token in it of every scrape
 {{- end }}
 
 {{/*
-Environment every Ray pod gets: Ray Serve tuning, the gateway's team settings (secrets only by
-secretKeyRef) and OpenTelemetry. Ray's worker processes inherit the raylet's environment, so
+Environment every Ray pod gets: Ray Serve tuning, the gateway's team settings (its credentials
+as files of the Secret volumes above, the HF token by secretKeyRef; never a literal value) and
+OpenTelemetry. Ray's worker processes inherit the raylet's environment, so
 the gateway replicas and engines see these wherever they are placed.
 */}}
 {{- define "gemma-fleet.rayEnv" -}}
@@ -203,12 +205,9 @@ the gateway replicas and engines see these wherever they are placed.
   value: /home/ray/.cache
 - name: REDIS_URL
   value: {{ include "gemma-fleet.redisUrl" . | quote }}
-{{- if include "gemma-fleet.redisPasswordSecretName" . }}
-- name: REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "gemma-fleet.redisPasswordSecretName" . }}
-      key: {{ include "gemma-fleet.redisPasswordSecretKey" . }}
+{{- if include "gemma-fleet.redisSecretName" . }}
+- name: REDIS_PASSWORD_FILE
+  value: {{ include "gemma-fleet.credentialFile" (list . "redis") }}
 {{- end }}
 - name: GEMMA_FLEET_ADMIN_KEY_FILE
   value: {{ include "gemma-fleet.credentialFile" (list . "admin") }}
@@ -250,6 +249,9 @@ the gateway replicas and engines see these wherever they are placed.
   mountPath: /models
 {{ include "gemma-fleet.credentialMount" (list . "admin") }}
 {{ include "gemma-fleet.credentialMount" (list . "metrics") }}
+{{- if include "gemma-fleet.redisSecretName" . }}
+{{ include "gemma-fleet.credentialMount" (list . "redis") }}
+{{- end }}
 {{- if include "gemma-fleet.teamsEnabled" . }}
 - name: teams
   mountPath: /etc/gemma-fleet/teams
@@ -280,6 +282,9 @@ the gateway replicas and engines see these wherever they are placed.
 {{- end }}
 {{ include "gemma-fleet.credentialVolume" (list $root "admin") }}
 {{ include "gemma-fleet.credentialVolume" (list $root "metrics") }}
+{{- if include "gemma-fleet.redisSecretName" $root }}
+{{ include "gemma-fleet.credentialVolume" (list $root "redis") }}
+{{- end }}
 {{- if include "gemma-fleet.teamsEnabled" $root }}
 - name: teams
   secret:

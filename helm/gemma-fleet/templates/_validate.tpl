@@ -142,6 +142,10 @@ idleTimeoutSeconds unless the Ray autoscaler runs as v2, and then builds no clus
 {{- if and (not .Values.redis.enabled) (not .Values.redis.external.url) }}
   {{- $errors = append $errors "redis.external.url: required when redis.enabled is false (redis://host:6379/0 or rediss://host:6380/0)" }}
 {{- end }}
+{{- $external := .Values.redis.external }}
+{{- if and (not .Values.redis.enabled) $external.url $external.existingSecret (contains ":" (get (urlParse $external.url) "userinfo")) }}
+  {{- $errors = append $errors "redis.external: the URL carries a password and existingSecret is set; give the password in one place (the Secret lets it be rotated without restarts)" }}
+{{- end }}
 {{- if and .Values.teams.existingSecret .Values.teams.bootstrap }}
   {{- $errors = append $errors "teams: both teams.existingSecret and teams.bootstrap are set; the Secret would win silently, so choose one" }}
 {{- end }}
