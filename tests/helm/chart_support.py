@@ -118,14 +118,18 @@ def run_tool(cmd: Sequence[str]) -> Rendered:
 Render = Callable[..., Rendered]
 
 
-def secret_behind_file(pod_spec: dict[str, Any], variable: str) -> dict[str, str]:
+def secret_behind_file(
+    pod_spec: dict[str, Any], variable: str, value_variable: str | None = None
+) -> dict[str, str]:
     """The Secret and key the file named by the container's `variable` (a `..._FILE`) is
     mounted from, as a secretKeyRef would name them. Asserts what lets the kubelet update the
     file in place when the Secret changes: a read-only Secret volume at the file's folder, not
-    a subPath mount (whose files are never updated), and never the value in the pod spec."""
+    a subPath mount (whose files are never updated), and never the value in the pod spec (in
+    `value_variable`, by default `variable` without `_FILE`)."""
     (container,) = pod_spec["containers"]
     env = {e["name"]: e for e in container.get("env", [])}
-    assert variable.removesuffix("_FILE") not in env, "the value itself in a variable"
+    value_variable = value_variable or variable.removesuffix("_FILE")
+    assert value_variable not in env, "the value itself in a variable"
     path = PurePosixPath(env[variable]["value"])
     (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent)]
     assert "subPath" not in mount and mount["readOnly"] is True, mount

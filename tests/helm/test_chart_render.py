@@ -325,6 +325,14 @@ def test_ray_pods_get_settings_and_secrets_only_by_reference(
             if own
             else {"name": f"{RELEASE}-gemma-fleet-admin", "key": "admin-key"}
         )
+        hf = values["huggingface"]
+        if hf["existingSecret"]:
+            # A file huggingface_hub reads at each download (HF_TOKEN_PATH), so a rotated token
+            # reaches replicas started on running pods (tests/helm/test_hf_token_file.py).
+            token = secret_behind_file(template["spec"], "HF_TOKEN_PATH", "HF_TOKEN")
+            assert token == {"name": hf["existingSecret"], "key": hf["existingSecretKey"]}
+        else:
+            assert "HF_TOKEN_PATH" not in env and "HF_TOKEN" not in env
         otlp = values["observability"]["otlp"]["endpoint"]
         assert env.get("OTEL_EXPORTER_OTLP_ENDPOINT", {}).get("value") == (otlp or None)
         teams = bool(values["teams"]["existingSecret"] or values["teams"]["bootstrap"])

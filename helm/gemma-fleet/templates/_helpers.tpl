@@ -155,11 +155,20 @@ mounted Secret's files in place (never through a subPath mount) within about a m
 change, and the gateway and the autoscaler follow the files, so a rotation needs no restart
 (docs/helm.md "Rotating credentials"). A variable from a secretKeyRef is fixed until the
 container restarts, which for the Ray pods means a new Ray cluster.
-Call credentialFile/credentialMount/credentialVolume with (list $ "admin"|"metrics"|"redis").
+The Hugging Face token goes the same way (HF_TOKEN_PATH, which huggingface_hub reads at each
+download), so replicas started on a running pod after a rotation download with the new token.
+Call credentialFile/credentialMount/credentialVolume with
+(list $ "admin"|"metrics"|"redis"|"huggingface").
 */}}
 {{- define "gemma-fleet.credentialFile" -}}
 {{- $what := index . 1 -}}
-/var/run/secrets/gemma-fleet/{{ $what }}/{{ get (dict "admin" "admin-key" "metrics" "metrics-token" "redis" "redis-password") $what }}
+/var/run/secrets/gemma-fleet/{{ $what }}/{{ get (dict "admin" "admin-key" "metrics" "metrics-token" "redis" "redis-password" "huggingface" "token") $what }}
+{{- end }}
+{{- define "gemma-fleet.huggingfaceSecretName" -}}
+{{ .Values.huggingface.existingSecret }}
+{{- end }}
+{{- define "gemma-fleet.huggingfaceSecretKey" -}}
+{{ .Values.huggingface.existingSecretKey }}
 {{- end }}
 {{- define "gemma-fleet.credentialMount" -}}
 {{- $what := index . 1 -}}
@@ -189,9 +198,8 @@ GEMMA_FLEET_METRICS_TOKEN_FILE: the gateway asks the token in it of every scrape
 {{- end }}
 
 {{/*
-Environment every Ray pod gets: Ray Serve tuning, the gateway's team settings (its credentials
-as files of the Secret volumes above, the HF token by secretKeyRef; never a literal value) and
-OpenTelemetry. Ray's worker processes inherit the raylet's environment, so
+Environment every Ray pod gets: Ray Serve tuning, the gateway's team settings and the HF token
+(credentials as files of the Secret volumes above, never a value) and OpenTelemetry. Ray's worker processes inherit the raylet's environment, so
 the gateway replicas and engines see these wherever they are placed.
 */}}
 {{- define "gemma-fleet.rayEnv" -}}
@@ -219,11 +227,8 @@ the gateway replicas and engines see these wherever they are placed.
 - name: GEMMA_FLEET_REDIS_DOWN
   value: {{ .Values.gateway.redisDown | quote }}
 {{- if .Values.huggingface.existingSecret }}
-- name: HF_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ .Values.huggingface.existingSecret }}
-      key: {{ .Values.huggingface.existingSecretKey }}
+- name: HF_TOKEN_PATH
+  value: {{ include "gemma-fleet.credentialFile" (list . "huggingface") }}
 {{- end }}
 {{- with .Values.observability.otlp.endpoint }}
 - name: OTEL_EXPORTER_OTLP_ENDPOINT
@@ -251,6 +256,9 @@ the gateway replicas and engines see these wherever they are placed.
 {{ include "gemma-fleet.credentialMount" (list . "metrics") }}
 {{- if include "gemma-fleet.redisSecretName" . }}
 {{ include "gemma-fleet.credentialMount" (list . "redis") }}
+{{- end }}
+{{- if .Values.huggingface.existingSecret }}
+{{ include "gemma-fleet.credentialMount" (list . "huggingface") }}
 {{- end }}
 {{- if include "gemma-fleet.teamsEnabled" . }}
 - name: teams
@@ -284,6 +292,9 @@ the gateway replicas and engines see these wherever they are placed.
 {{ include "gemma-fleet.credentialVolume" (list $root "metrics") }}
 {{- if include "gemma-fleet.redisSecretName" $root }}
 {{ include "gemma-fleet.credentialVolume" (list $root "redis") }}
+{{- end }}
+{{- if $root.Values.huggingface.existingSecret }}
+{{ include "gemma-fleet.credentialVolume" (list $root "huggingface") }}
 {{- end }}
 {{- if include "gemma-fleet.teamsEnabled" $root }}
 - name: teams
