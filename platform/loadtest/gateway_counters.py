@@ -96,7 +96,8 @@ def scrape(
         if response.status_code == 401:
             what = "the metrics token was refused" if token else "no metrics token was sent"
             raise ScrapeRefused(
-                f"GET {url}: 401: {what}; set --metrics-token / GEMMA_FLEET_METRICS_TOKEN"
+                f"GET {url}: 401: {what}; set --metrics-token / GEMMA_FLEET_METRICS_TOKEN "
+                "(or --metrics-token-file / GEMMA_FLEET_METRICS_TOKEN_FILE)"
             )
         response.raise_for_status()
         counters, replica, told = _parse(response.text)

@@ -16,7 +16,10 @@ from gemma_fleet.cli.main import main
 from gemma_fleet.loadtest.gateway_counters import REQUESTS, ScrapeRefused, scrape
 
 TOKEN = "metrics-" + "l" * 32
-HINT = "set --metrics-token / GEMMA_FLEET_METRICS_TOKEN"
+HINT = (
+    "set --metrics-token / GEMMA_FLEET_METRICS_TOKEN "
+    "(or --metrics-token-file / GEMMA_FLEET_METRICS_TOKEN_FILE)"
+)
 WORKLOAD = """\
 seed: 3
 teams: [{name: lt-a}, {name: lt-b}]
