@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-# Test modules import chart_support by name; this folder is not on sys.path by itself.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from chart_support import (
     CHART,
     NAMESPACE,

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "gemma-fleet"
 EXAMPLES = sorted((CHART / "examples").glob("*.yaml"))
 KUBERAY_SCHEMAS = REPO / "helm" / "schemas" / "kuberay"
