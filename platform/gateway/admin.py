@@ -86,6 +86,10 @@ def admin_router(gate: TeamGate, body_timeout_s: float) -> APIRouter:
     async def body(request: Request) -> dict[str, Any]:
         return await read_json(request, BODY_LIMIT, body_timeout_s)
 
+    async def stored(call: Awaitable[T]) -> T:
+        assert gate.access is not None  # every caller was let in only with a store
+        return await _store(gate.access.watched(call))
+
     async def store_of(request: Request) -> Any:
         await gate.require_admin(request)
         assert gate.access is not None  # require_admin refuses when there is no store
@@ -95,25 +99,25 @@ def admin_router(gate: TeamGate, body_timeout_s: float) -> APIRouter:
     async def create_team(request: Request) -> Response:
         store = await store_of(request)
         spec = parse(TeamSpec, await body(request))
-        return _json(await _store(store.create_team(spec)), 201)
+        return _json(await stored(store.create_team(spec)), 201)
 
     @router.get("/admin/teams")
     async def list_teams(request: Request) -> Response:
-        return _json(await _store((await store_of(request)).teams()))
+        return _json(await stored((await store_of(request)).teams()))
 
     @router.get("/admin/teams/{name}")
     async def show_team(request: Request, name: str) -> Response:
-        return _json(await _store((await store_of(request)).team(name)))
+        return _json(await stored((await store_of(request)).team(name)))
 
     @router.patch("/admin/teams/{name}")
     async def update_team(request: Request, name: str) -> Response:
         store = await store_of(request)
         update = parse(TeamUpdate, await body(request))
-        return _json(await _store(store.update_team(name, update)))
+        return _json(await stored(store.update_team(name, update)))
 
     @router.delete("/admin/teams/{name}", status_code=204)
     async def delete_team(request: Request, name: str) -> Response:
-        await _store((await store_of(request)).delete_team(name))
+        await stored((await store_of(request)).delete_team(name))
         return Response(status_code=204)
 
     @router.post("/admin/teams/{name}/keys", status_code=201)
@@ -122,24 +126,24 @@ def admin_router(gate: TeamGate, body_timeout_s: float) -> APIRouter:
         ask = parse(KeyRequest, await body(request))
         if ask.expires_at is not None and ask.expires_at <= utcnow():
             raise ApiError(400, "expires_at must be in the future", param="expires_at")
-        return _json(await _store(store.issue_key(name, ask)), 201)
+        return _json(await stored(store.issue_key(name, ask)), 201)
 
     @router.get("/admin/teams/{name}/keys")
     async def list_keys(request: Request, name: str) -> Response:
         store = await store_of(request)
-        await _store(store.team(name))
-        return _json(await _store(store.keys(name)))
+        await stored(store.team(name))
+        return _json(await stored(store.keys(name)))
 
     @router.delete("/admin/keys/{key_id}")
     async def revoke_key(request: Request, key_id: str) -> Response:
-        return _json(await _store((await store_of(request)).revoke_key(key_id)))
+        return _json(await stored((await store_of(request)).revoke_key(key_id)))
 
     @router.get("/admin/usage")
     async def usage(request: Request) -> Response:
         await gate.require_admin(request)
         assert gate.access is not None
         start, end = _period(request)
-        rows = await _store(
+        rows = await stored(
             gate.access.meter.rows(
                 start,
                 end,
@@ -159,7 +163,7 @@ def admin_router(gate: TeamGate, body_timeout_s: float) -> APIRouter:
         if asked is not None and asked != identity.team.name:
             raise ApiError(403, "a team key can read only its own team's usage", param="team")
         start, end = _period(request)
-        rows = await _store(
+        rows = await stored(
             gate.access.meter.rows(
                 start, end, team=identity.team.name, model=request.query_params.get("model")
             )

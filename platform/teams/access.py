@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.exceptions import (
     AuthenticationError,
@@ -49,6 +49,7 @@ from gemma_fleet.teams.store import Identity, TeamStore
 from gemma_fleet.teams.usage import UsageDelta, UsageMeter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # What "the store did not answer" looks like from redis-py and asyncio.
 _NO_ANSWER = (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError)
@@ -133,11 +134,12 @@ class TeamAccess:
             raise Unauthenticated("missing or malformed API key")
         digest = key_digest(key)
         try:
-            identity: Identity | None = await self._bounded(self.store.authenticate(key))
+            identity: Identity | None = await self.watched(
+                self._bounded(self.store.authenticate(key))
+            )
         except Exception as exc:
             if not store_down(exc):
                 raise
-            self._say_if_login_refused(exc)
             cached = self._seen.get(digest)
             policy = self.settings.redis_down
             if policy is RedisDownPolicy.SERVE_CACHED_KEYS and cached is not None:
@@ -145,7 +147,6 @@ class TeamAccess:
                 if time.monotonic() - seen_at < self.settings.cached_key_ttl_s:
                     return identity
             raise StoreUnavailable(self.settings.retry_after_s) from exc
-        self._login_refused = None
         if identity is None:
             self._seen.pop(digest, None)
             raise Unauthenticated(
@@ -192,6 +193,19 @@ class TeamAccess:
             if not store_down(exc):
                 raise
             self._refuse_unless_serving_cached_keys(exc)
+
+    async def watched(self, call: Awaitable[T]) -> T:
+        """`call` to the store, its result or failure unchanged, except that a login Redis
+        refuses is logged (once until a call passes): every caller of the store, the API's
+        key checks and the admin routes alike, leaves that trace for the operator."""
+        try:
+            result = await call
+        except Exception as exc:
+            if store_down(exc):
+                self._say_if_login_refused(exc)
+            raise
+        self._login_refused = None
+        return result
 
     def _say_if_login_refused(self, down: BaseException) -> None:
         """Log, once until it passes, that Redis is up but refuses the gateway's password: to

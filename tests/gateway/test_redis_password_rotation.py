@@ -115,6 +115,27 @@ def test_a_rotated_redis_password_is_taken_up_without_a_restart(
     assert rotating.admin_status() == 200
 
 
+def test_the_admin_api_alone_leaves_the_same_trace(
+    rotating: Rotating, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator fixing things through the admin API or CLI while no team traffic flows
+    (the API's key checks log nothing then): its 503s leave the same single line."""
+    caplog.set_level(logging.ERROR, logger="gemma_fleet.teams.access")
+    rotating.rotate_redis(OLD_PASSWORD, NEW_PASSWORD)
+    for _ in range(3):
+        assert rotating.admin_status() == 503
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1, logged
+    assert "Redis refuses the gateway's login" in logged[0]
+
+    rotating.password.update({"redis-password": NEW_PASSWORD})
+    _within(TAKEN_UP_WITHIN_S, lambda: rotating.admin_status() == 200)
+    # A call that passed ends the episode: the next refusal is news and is logged again.
+    rotating.rotate_redis(NEW_PASSWORD, OLD_PASSWORD)
+    assert rotating.admin_status() == 503
+    assert len(caplog.records) == 2, [r.getMessage() for r in caplog.records]
+
+
 def test_connections_already_open_outlive_the_file_changing_first(rotating: Rotating) -> None:
     """The other order, as with a managed Redis that accepts both passwords for a while, or
     the chart's Redis restarted after its Secret changed: the file changes first. The
