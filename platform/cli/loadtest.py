@@ -9,9 +9,9 @@ from pathlib import Path
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
 
+from gemma_fleet.cli.console import new_console
 from gemma_fleet.cli.credential_options import credential_from, file_option
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.ports import require_free_ports, require_free_state_dir
@@ -81,7 +81,7 @@ def loadtest_command(
     ),
 ) -> None:
     """Load-test an endpoint with Locust and report whether the SLOs hold."""
-    console = Console()
+    console = new_console()
     if (host is None) == (not local):
         raise CliError("give either --host URL or --local")
     if shape not in SHAPES:

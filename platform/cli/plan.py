@@ -33,6 +33,7 @@ from gemma_fleet.autoscaler.demand_file import (
 )
 from gemma_fleet.autoscaler.planner import PlanOutcome, plan_fleet
 from gemma_fleet.catalog import load_catalog
+from gemma_fleet.cli.console import new_console
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.deployments.pools.load import FleetError, load_fleet
 from gemma_fleet.deployments.pools.schema import EngineKind, FleetSpec
@@ -102,7 +103,7 @@ def plan_command(
         settings=SimulationSettings(requests=requests),
         cache_path=None if no_cache else (cache or default_cache_path()),
     )
-    console = Console()
+    console = new_console()
     status = 0
     if demand_file is not None:
         outcome = plan_fleet(

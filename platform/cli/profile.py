@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Collection
 from itertools import product
 
@@ -12,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gemma_fleet.catalog import Catalog, load_catalog
+from gemma_fleet.cli.console import new_console
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.vram import (
     DEFAULT_MAX_MODEL_LEN,
@@ -229,8 +229,7 @@ def profile_command(
 ) -> None:
     """Which Gemma 4 size fits which GPU, at which quantization and TP, with what KV cache."""
     catalog = load_catalog()
-    # Piped output (files, CI logs) gets a wide table instead of rich's 80-column default.
-    console = Console() if sys.stdout.isatty() else Console(width=200)
+    console = new_console()
     if claims:
         _claims(console, catalog, as_json)
         return

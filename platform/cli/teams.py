@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gemma_fleet.cli.console import new_console
 from gemma_fleet.cli.credential_options import credential_from, file_option
 from gemma_fleet.cli.errors import CliError
 
@@ -239,7 +240,7 @@ def delete_team(
 ) -> None:
     """Delete a team and revoke all its keys (its usage history stays)."""
     AdminApi(url, admin_key, admin_key_file).call("DELETE", f"/admin/teams/{name}")
-    Console().print(f"team {name} deleted; its keys are revoked")
+    new_console().print(f"team {name} deleted; its keys are revoked")
 
 
 KEY_COLUMNS = {
@@ -274,7 +275,7 @@ def create_key(
     if as_json:
         print(json.dumps(issued, indent=2))
         return
-    console = Console()
+    console = new_console()
     console.print(f"key {issued['id']} for team {team} (shown once, store it now):")
     print(issued["key"])
 
@@ -301,7 +302,7 @@ def revoke_key(
 ) -> None:
     """Revoke a key by its id (the part after gfk_); the next request with it is refused."""
     record = AdminApi(url, admin_key, admin_key_file).call("DELETE", f"/admin/keys/{key_id}")
-    Console().print(f"key {record['id']} of team {record['team']} revoked")
+    new_console().print(f"key {record['id']} of team {record['team']} revoked")
 
 
 USAGE_COLUMNS = {
@@ -338,4 +339,4 @@ def _print(answer: Any, as_json: bool, columns: Columns, title: str) -> None:
         print(json.dumps(answer, indent=2))
         return
     records = answer["data"] if isinstance(answer, dict) and "data" in answer else [answer]
-    _show(Console(), records, columns, title)
+    _show(new_console(), records, columns, title)

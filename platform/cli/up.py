@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from gemma_fleet.cli.console import new_console
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.ports import require_free_ports, require_free_state_dir
 from gemma_fleet.deployments.fleet.progress import FleetProgress, FleetStartError
@@ -122,7 +123,7 @@ def up_command(
     ),
 ) -> None:
     """Run a fleet locally (GPU simulator by default) until Ctrl-C or SIGTERM."""
-    console = Console()
+    console = new_console()
     try:
         spec = load_fleet(fleet or default_fleet_path())
     except FleetError as exc:

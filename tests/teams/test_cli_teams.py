@@ -11,6 +11,7 @@ from gateway_harness import RunningGateway
 from secret_volume import SecretVolume
 
 from gemma_fleet.cli.main import main
+from gemma_fleet.cli.teams import USAGE_COLUMNS
 
 from .conftest import ADMIN
 
@@ -32,7 +33,7 @@ def cli(capsys: pytest.CaptureFixture[str], gw: RunningGateway, *args: str) -> t
 
 
 def test_a_team_and_key_made_with_the_cli_serve_and_show_usage(
-    gateway: RunningGateway, capsys: pytest.CaptureFixture[str]
+    gateway: RunningGateway, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cli(capsys, gateway, "teams", "delete", "cli-team")
     code, out = cli(
@@ -49,6 +50,11 @@ def test_a_team_and_key_made_with_the_cli_serve_and_show_usage(
     )
     code, out = cli(capsys, gateway, "usage", "--team", "cli-team", "--json")
     assert code == 0 and '"requests": 1' in out
+    # Piped (a file, a log), rich's 80 columns split the headers: "reque" over "sts".
+    monkeypatch.delenv("COLUMNS", raising=False)
+    code, out = cli(capsys, gateway, "usage", "--team", "cli-team")
+    header = next(line for line in out.splitlines() if "day" in line)
+    assert code == 0 and all(f" {name} " in header for name in USAGE_COLUMNS), out
     code, out = cli(capsys, gateway, "keys", "list", "--team", "cli-team")
     key_id = key.split("_")[1]
     assert code == 0 and key_id in out and key not in out
