@@ -37,8 +37,10 @@ TERM_OF = [
 
 
 def _transformers_counts(model: str) -> Counter[str]:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    # Imported here, not at the top: torch takes seconds, which every collection would pay.
+    import torch
+    import transformers
+
     spec = CATALOG.model(model)
     config = transformers.Gemma4TextConfig(**real_size_text_config(spec, CATALOG.family.vocab_size))
     with torch.device("meta"):

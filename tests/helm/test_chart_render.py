@@ -32,6 +32,8 @@ from chart_support import (
     secret_behind_file,
 )
 
+from gemma_fleet.autoscaler.actuators import kubernetes as actuator
+from gemma_fleet.autoscaler.settings import load_settings
 from gemma_fleet.cli.main import app as cli_app
 from gemma_fleet.deployments.pools.load import parse_fleet
 
@@ -425,19 +427,25 @@ def test_autoscaler_command_follows_the_cli_contract(
         assert yaml.safe_load(config["data"]["autoscaler-settings.yaml"]) == settings
 
 
+SETTINGS_CASES = [p for p in CASES if _values(p)["autoscaler"]["settings"]]
+
+
+def test_an_example_sets_autoscaler_settings() -> None:
+    """The check below needs one; without it, the settings file the chart writes is untested."""
+    assert SETTINGS_CASES
+
+
+@pytest.mark.parametrize("path", SETTINGS_CASES, ids=lambda p: p.stem)
 def test_autoscaler_settings_are_a_valid_settings_file(
-    case: tuple[dict[str, Any], Rendered], tmp_path: Path
+    path: Path, render: Render, tmp_path: Path
 ) -> None:
     """What the chart mounts is what `gemma-fleet autoscale --settings` loads."""
-    settings_module = pytest.importorskip("gemma_fleet.autoscaler.settings")
-    _, out = case
+    out = render(path)
+    assert out.returncode == 0, out.stderr
     (config,) = [c for c in out.all("ConfigMap") if "fleet.yaml" in c["data"]]
-    text = config["data"].get("autoscaler-settings.yaml")
-    if text is None:
-        pytest.skip("this values file sets no autoscaler settings")
-    path = tmp_path / "autoscaler-settings.yaml"
-    path.write_text(text)
-    settings_module.load_settings(path)
+    settings = tmp_path / "autoscaler-settings.yaml"
+    settings.write_text(config["data"]["autoscaler-settings.yaml"])
+    load_settings(settings)
 
 
 def test_pods_run_non_root_with_read_only_root_filesystems(
@@ -663,8 +671,6 @@ def test_autoscaler_actuator_reads_the_rendered_rayservice(
     pool's worker group where the chart put them (in the RayService, and in the RayCluster
     KubeRay makes from its rayClusterConfig), sees nothing to change at the start, and its
     patches for a scale-up still satisfy the KubeRay and Ray Serve schemas."""
-    actuator = pytest.importorskip("gemma_fleet.autoscaler.actuators.kubernetes")
-
     values, out = case
     fleet = parse_fleet(values["fleet"])
     service = _rayservice(out)
@@ -707,7 +713,6 @@ def test_a_pool_starting_at_zero_is_rendered_as_serve_accepts_it(
     """`gemma-fleet plan --values-out` writes replicas.initial: 0 for a pool the plan leaves
     empty. Serve refuses num_replicas: 0 (and the whole application with it); the chart
     writes the actuator's zero form, which the actuator reads back as 0."""
-    actuator = pytest.importorskip("gemma_fleet.autoscaler.actuators.kubernetes")
     values, _ = case
     fleet = copy.deepcopy(values["fleet"])
     empty = fleet["model_pools"][0]
