@@ -1,6 +1,7 @@
 """`gemma-fleet profile` as a user runs it: a real subprocess of the installed command."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,9 +16,15 @@ REQUIRED_KEYS = {
 }  # fmt: skip
 
 
+# Output piped, as into a file or a log, with no COLUMNS: what a user's shell gives a command.
+# An explicit environment, because the one children inherit by default is not os.environ here:
+# pytest imports readline, which exports COLUMNS=80 at C level, and the command honours it.
+PIPED_ENV = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+
+
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     assert EXE is not None, "gemma-fleet is not installed next to this interpreter"
-    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([EXE, *args], capture_output=True, text=True, timeout=120, env=PIPED_ENV)
 
 
 def test_json_single_profile() -> None:
