@@ -33,7 +33,8 @@ from gemma_fleet.deployments.fleet.processes import process_tree, rss_bytes
 from gemma_fleet.deployments.fleet.run import run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.pools.request_router import TREE_ACTOR_NAME, tree_actor_namespace
-from gemma_fleet.deployments.pools.serve_app import FLEET_APP_NAME, PREFIX_TREE_MAX_CHARS
+from gemma_fleet.deployments.pools.schema import FleetSpec
+from gemma_fleet.deployments.pools.serve_app import FLEET_APP_NAME, prefix_tree_bound_chars
 from gemma_fleet.loadtest.gateway_counters import REQUESTS, Reading, delta, scrape
 from gemma_fleet.loadtest.provision import provisioned_teams
 from gemma_fleet.loadtest.workload import load_workload
@@ -204,7 +205,7 @@ def _label(cmd: str) -> str:
 
 def prefix_tree_chars(pools: list[str]) -> dict[str, int]:
     """Characters of prompt text each pool's prefix-aware router keeps, per replica: what its
-    eviction bounds (PREFIX_TREE_MAX_CHARS). Needs the fleet's Ray connection."""
+    eviction bounds (`prefix_tree_bound_chars`). Needs the fleet's Ray connection."""
     import ray
 
     out: dict[str, int] = {}
@@ -312,7 +313,16 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-def summarise(run: Run, warmup_s: float, counters: dict[str, float]) -> dict[str, Any]:
+def tree_bounds(fleet: FleetSpec) -> dict[str, int]:
+    """Characters per replica each pool's router keeps before its eviction cuts back."""
+    return {
+        p.name: prefix_tree_bound_chars(p, fleet.node_pool(p.node_pool)) for p in fleet.model_pools
+    }
+
+
+def summarise(
+    run: Run, warmup_s: float, counters: dict[str, float], bounds: dict[str, int]
+) -> dict[str, Any]:
     per_minute = windows(run.records, 60.0)
     failures = Counter(
         f"{r.status} {r.error}".strip() for r in run.records if r.status != 200 or r.error
@@ -351,6 +361,7 @@ def summarise(run: Run, warmup_s: float, counters: dict[str, float]) -> dict[str
         "per_minute": per_minute,
         "memory": memory,
         "prefix_tree_max_chars": trees,
+        "prefix_tree_bounds": bounds,
         "limited": {
             "limit_per_minute": LIMIT_PER_MINUTE,
             "minutes": [asdict(m) for m in limited],
@@ -465,18 +476,21 @@ def _window_table(summary: dict[str, Any]) -> list[str]:
 def _tree_table(summary: dict[str, Any]) -> list[str]:
     """The routers' prefix trees per 10-minute window, against the bound their eviction keeps."""
     trees: dict[str, list[int]] = summary.get("prefix_tree_max_chars", {})
+    bounds: dict[str, int] = summary.get("prefix_tree_bounds", {})
     if not trees:
         return []
     count = max(len(chars) for chars in trees.values())
     lines = [
         "",
         "## Router prefix trees per 10-minute window (most characters of prompt held per replica;"
-        f" eviction keeps each under {PREFIX_TREE_MAX_CHARS:,} once checked)",
+        " eviction keeps each under its pool's bound once checked)",
         "",
-        _row("pool and replica", *(f"{10 * k}-{10 * (k + 1)} min" for k in range(count))),
-        _row("---", *["---:"] * count),
+        _row("pool and replica", "bound", *(f"{10 * k}-{10 * (k + 1)} min" for k in range(count))),
+        _row("---", *["---:"] * (count + 1)),
     ]
-    lines += [_row(name, *(f"{c:,}" for c in chars)) for name, chars in trees.items()]
+    for name, chars in trees.items():
+        bound = bounds.get(name.split(" #")[0])
+        lines.append(_row(name, f"{bound:,}" if bound else "?", *(f"{c:,}" for c in chars)))
     return lines
 
 
@@ -544,7 +558,8 @@ def main() -> None:
             before = scrape(root)
             run = asyncio.run(soak(root, keys, roots, fleet.models, args))
             counters = limited_counters(before, scrape(root))
-    summary = summarise(run, args.warmup, counters)
+        bounds = tree_bounds(fleet.fleet)
+    summary = summarise(run, args.warmup, counters, bounds)
     args.out.mkdir(parents=True, exist_ok=True)
     seconds = time.monotonic() - started
     (args.out / "results.json").write_text(

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gemma_fleet.catalog import load_catalog
 from gemma_fleet.deployments.pools.placement import replica_placement
 from gemma_fleet.deployments.pools.schema import EngineKind, FleetSpec, ModelPool, NodePool
+from gemma_fleet.deployments.pools.validate import pool_profile
 
 if TYPE_CHECKING:
     # The internal class: what Ray Serve LLM's own functions are annotated with; the public
@@ -37,12 +39,15 @@ IMBALANCE_THRESHOLD = 4
 # per pool) and, by default, never forgets any: in an hour of steady load the tree grew 5.7 MB
 # every 10 minutes, without end (benchmarks/soak). With eviction on, each replica's share of the
 # tree is checked every interval and, once past the bound, cut back to the target, least
-# recently matched first. 2M characters is about 500K tokens of English prompt: most of what an
-# 80 GB GPU's KV cache holds for 26B-A4B or 31B (750-835K tokens in the default fleet), so the
-# tree still remembers the prefixes a replica may have cached, where Ray's own default bound
-# (400K characters) would forget most of them.
-PREFIX_TREE_MAX_CHARS = 2_000_000
-PREFIX_TREE_TARGET_CHARS = 1_800_000
+# recently matched first. The bound is what the replica's KV cache holds (the VRAM profile), at
+# about 4 characters of prompt a token: a larger tree claims prefixes the engine has already
+# evicted, a smaller one forgets prefixes it still has (one 2M-character bound for every pool
+# remembered 3x an E4B-on-L4 cache and 40% of an E2B one). The ceiling caps the actor's memory
+# where a cache is huge: short prompts cost up to 14 bytes a character, about 110 MB per replica
+# at the ceiling (benchmarks/prefix_tree).
+PREFIX_TREE_CHARS_PER_TOKEN = 4
+PREFIX_TREE_CEILING_CHARS = 8_000_000
+PREFIX_TREE_TARGET_SHARE = 0.9
 PREFIX_TREE_EVICTION_INTERVAL_S = 10
 PREFIX_AWARE_ROUTER = "gemma_fleet.deployments.pools.request_router.PrefixAwareRouter"
 
@@ -56,12 +61,23 @@ class PoolDeployment:
     app: Application
 
 
-def deployment_config(pool: ModelPool) -> dict[str, Any]:
-    """Ray Serve options of a pool's deployment: its starting replica count, router, health
-    check and drain time. The count is fixed, not Ray Serve's autoscaling: replicas are the GPU
-    bill, and our autoscaler (which knows VRAM, node pools and cost) sets them within the pool's
-    min/max through Serve's external-scaler API. The placement group is not here; Ray Serve LLM
+def prefix_tree_bound_chars(pool: ModelPool, node_pool: NodePool) -> int:
+    """Characters of prompt the router's prefix tree keeps per replica of `pool`: what one
+    replica's KV cache holds on `node_pool`'s GPU (the VRAM profile, every sequence at
+    `max_model_len`), capped at PREFIX_TREE_CEILING_CHARS. A vLLM pool on a CPU host keeps the
+    bound of the GPU its node pool declares."""
+    tokens = pool_profile(pool, node_pool, load_catalog()).kv_capacity_tokens
+    return max(1, min(tokens * PREFIX_TREE_CHARS_PER_TOKEN, PREFIX_TREE_CEILING_CHARS))
+
+
+def deployment_config(pool: ModelPool, node_pool: NodePool) -> dict[str, Any]:
+    """Ray Serve options of a pool's deployment: its starting replica count, router (whose
+    prefix tree remembers what a replica on `node_pool` can cache), health check and drain
+    time. The count is fixed, not Ray Serve's autoscaling: replicas are the GPU bill, and our
+    autoscaler (which knows VRAM, node pools and cost) sets them within the pool's min/max
+    through Serve's external-scaler API. The placement group is not here; Ray Serve LLM
     derives it from `placement_group_config`."""
+    tree_chars = prefix_tree_bound_chars(pool, node_pool)
     return {
         # An explicit count also drops Ray Serve LLM's default autoscaling_config.
         "num_replicas": pool.replicas.start,
@@ -72,8 +88,8 @@ def deployment_config(pool: ModelPool) -> dict[str, Any]:
             "request_router_kwargs": {
                 "imbalanced_threshold": IMBALANCE_THRESHOLD,
                 "do_eviction": True,
-                "eviction_threshold_chars": PREFIX_TREE_MAX_CHARS,
-                "eviction_target_chars": PREFIX_TREE_TARGET_CHARS,
+                "eviction_threshold_chars": tree_chars,
+                "eviction_target_chars": int(tree_chars * PREFIX_TREE_TARGET_SHARE),
                 "eviction_interval_secs": PREFIX_TREE_EVICTION_INTERVAL_S,
             },
         },
@@ -124,7 +140,7 @@ def simulator_pool_config(pool: ModelPool, node_pool: NodePool) -> tuple[LLMConf
         pool.name,
         simulator_config(pool, node_pool),
         placement_group_config=replica_placement(pool, node_pool).as_llm_config(),
-        deployment_config=deployment_config(pool),
+        deployment_config=deployment_config(pool, node_pool),
     )
     return llm_config, simulator_bind_kwargs()
 
@@ -159,7 +175,7 @@ def vllm_pool_config(
     placement = replica_placement(pool.model_copy(update={"tp": tp}), node_pool, gpu=not cpu_host)
     llm_config = build_llm_config(
         spec,
-        deployment_config=deployment_config(pool),
+        deployment_config=deployment_config(pool, node_pool),
         placement_group_config=placement.as_llm_config(),
     )
     # The pool's extra engine arguments pass through unchanged; Ray Serve LLM checks each
@@ -194,8 +210,6 @@ def build_pool_deployments(
     # The internal builder the public ray.serve.llm.build_llm_deployment delegates to: it is
     # annotated with the LLMConfig class both engine helpers return.
     from ray.llm._internal.serve.core.server.builder import build_llm_deployment
-
-    from gemma_fleet.catalog import load_catalog
 
     checkpoints = checkpoints or {}
     catalog = load_catalog()

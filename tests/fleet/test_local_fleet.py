@@ -28,7 +28,7 @@ from gemma_fleet.deployments.fleet.run import CPU_VLLM_ENV, RunningFleet, run_fl
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.pools.serve_app import (
     PREFIX_TREE_EVICTION_INTERVAL_S,
-    PREFIX_TREE_MAX_CHARS,
+    prefix_tree_bound_chars,
 )
 
 pytestmark = pytest.mark.slow
@@ -302,33 +302,37 @@ def test_the_local_fleet_requires_keys_and_meters_usage(
 
 
 def test_the_routers_prefix_tree_forgets_the_oldest_prompts_past_its_bound(
-    client: openai.OpenAI,
+    fleet: Fleet, client: openai.OpenAI
 ) -> None:
     """Ray Serve LLM's prefix tree kept every prompt routed to a pool, a leak of 5.7 MB per 10
-    minutes in the hour-long soak. Sent 1.4x the bound in unique prompts, the one E2B replica's
-    share is back under it by the next eviction round."""
+    minutes in the hour-long soak. Sent 1.4x its bound in unique prompts, the one E4B replica's
+    share is back under it by the next eviction round. The bound is what an E4B replica's KV
+    cache holds on its L4 (about 611K characters), not the 2M characters other pools keep."""
     import ray
 
-    tree = ray.get_actor("LlmPrefixTreeActor", namespace="serve::gemma-fleet::gemma-4-e2b")
+    pool = next(p for p in fleet.running.fleet.model_pools if p.name == "gemma-4-e4b")
+    bound = prefix_tree_bound_chars(pool, fleet.running.fleet.node_pool(pool.node_pool))
+    assert bound < 2_000_000  # an L4's share after 16 GB of E4B weights
+    tree = ray.get_actor("LlmPrefixTreeActor", namespace=f"serve::gemma-fleet::{pool.name}")
     # 12,000 characters a prompt (about 2,500 tokens, within the pool's 32K), unique from its
     # first characters so that no two share a branch of the tree.
     filler = " ".join(["reading the quarterly report in full"] * 330)
     sent = 0
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        prompts = [f"{i:06d} {filler}" for i in range(PREFIX_TREE_MAX_CHARS * 14 // 10 // 12_000)]
-        for answer in pool.map(
+    with concurrent.futures.ThreadPoolExecutor(8) as threads:
+        prompts = [f"{i:06d} {filler}" for i in range(bound * 14 // 10 // 12_000)]
+        for answer in threads.map(
             lambda text: client.chat.completions.create(
-                model="gemma-4-e2b", messages=[{"role": "user", "content": text}], max_tokens=1
+                model=pool.name, messages=[{"role": "user", "content": text}], max_tokens=1
             ),
             prompts,
         ):
             assert answer.choices
             sent += len(prompts[0])
-    assert sent > PREFIX_TREE_MAX_CHARS
+    assert sent > bound
     time.sleep(PREFIX_TREE_EVICTION_INTERVAL_S + 2)
     # characters of prompt the tree holds per replica (Ray's PrefixTree attribute)
     counts = cast(dict[str, int], ray.get(tree.getattr.remote("tenant_to_char_count")))
-    assert counts and 0 < max(counts.values()) <= PREFIX_TREE_MAX_CHARS, counts
+    assert counts and 0 < max(counts.values()) <= bound, counts
 
 
 def gcs_task_events() -> collections.Counter[str]:
