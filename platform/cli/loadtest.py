@@ -16,7 +16,7 @@ from gemma_fleet.cli.credential_options import credential_from, file_option
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.ports import require_free_ports, require_free_state_dir
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
-from gemma_fleet.loadtest.markdown import percent
+from gemma_fleet.loadtest.markdown import not_run_warning, percent
 from gemma_fleet.loadtest.provision import ProvisionError
 from gemma_fleet.loadtest.runner import LoadTestError, LoadTestPlan, local_fleet_host, run_loadtest
 from gemma_fleet.loadtest.shapes import SHAPES, ShapeSpec, parse_duration
@@ -144,6 +144,8 @@ def loadtest_command(
         f"{percent(t.slo_attainment)} (target {percent(r.slo_target)}), goodput "
         f"{t.goodput_rps:.2f} req/s, {t.rate_limited} 429s, {t.errors} other errors"
     )
+    if (warning := not_run_warning(r)) is not None:
+        console.print(f"[yellow]{escape(warning)}[/yellow]", highlight=False)
     if r.gateway is None:
         console.print(f"[yellow]{escape(r.gateway_note)}[/yellow]", highlight=False)
     elif not r.gateway.all_match:

@@ -42,6 +42,23 @@ def _groups(groups: Sequence[GroupStats]) -> list[str]:
     )  # fmt: skip
 
 
+def not_run_warning(report: LoadTestReport) -> str | None:
+    """One sentence naming the workloads the verdict does not cover, if any."""
+    names = report.not_run
+    if not names:
+        return None
+    return (
+        f"Not tested: {', '.join(names)} sent no request (too few users or too short a test for "
+        f"{'its' if len(names) == 1 else 'their'} weight), so the verdict does not cover "
+        f"{'it' if len(names) == 1 else 'them'}."
+    )
+
+
+def not_run_lines(report: LoadTestReport) -> list[str]:
+    warning = not_run_warning(report)
+    return [] if warning is None else ["", f"**{warning}**"]
+
+
 def render_markdown(report: LoadTestReport, plots: Sequence[str]) -> str:
     """The whole report; `plots` are PNG file names relative to the report."""
     t = report.totals
@@ -57,6 +74,7 @@ def render_markdown(report: LoadTestReport, plots: Sequence[str]) -> str:
         f"(429), {t.errors} other errors. SLO attainment {percent(t.slo_attainment)} (target "
         f"{percent(report.slo_target)}), goodput {t.goodput_rps:.2f} req/s of "
         f"{t.throughput_rps:.2f} req/s served.",
+        *not_run_lines(report),
         "",
         "## SLOs by workload",
         "",

@@ -122,6 +122,11 @@ class LoadTestReport(Model):
     totals_timeline: list[WindowTotals]
     gateway: GatewayComparison | None = None
     gateway_note: str = ""
+    not_run: list[str] = Field(
+        default_factory=list,
+        description="workloads switched on (weight > 0) that sent no request: too few users or "
+        "too short a test for their weight; the verdict does not cover them",
+    )
 
     @property
     def workloads_ran(self) -> list[str]:
@@ -317,6 +322,11 @@ def build_report(
         seed=workload.seed,
         slo_target=workload.slo_target,
         verdict=verdict,
+        not_run=[
+            w.name
+            for w, stats in zip(workload.workloads, by_workload, strict=True)
+            if w.weight and not stats.requests
+        ],
         totals=totals,
         by_workload=by_workload,
         by_pool=[

@@ -129,3 +129,28 @@ def test_records_round_trip_and_the_report_files_are_written(tmp_path: Path) -> 
         assert plot.read_bytes().startswith(b"\x89PNG") and plot.name in text
     assert {p.name for p in result.plots} >= {"latency_ttft.png", "throughput.png"}
     assert '"verdict": "SLOs missed"' in result.report_json.read_text()
+
+
+def test_the_report_names_workloads_that_sent_no_request(tmp_path: Path) -> None:
+    """With fewer users than workloads, Locust leaves some workloads without a user: a verdict
+    of "SLOs hold" says nothing about them, and the report says so. A workload switched off
+    (weight 0) is not meant to run and is not named."""
+    workloads = [
+        *WORKLOAD.model_dump()["workloads"],
+        {"name": "vision", "kind": "vision", "team": "a"},
+        {"name": "off", "kind": "short_chat", "team": "a", "weight": 0},
+    ]
+    wide = WORKLOAD.model_validate({**WORKLOAD.model_dump(), "workloads": workloads})
+    records = [r for r in RECORDS if r.ok]
+    report = build_report(
+        records, workload=wide, workload_file="w.yaml", host="http://gw",
+        shape=ShapeSpec(kind="constant", duration_s=20, users=3), started=T0, ended=T0 + 20,
+    )  # fmt: skip
+    assert report.not_run == ["vision"]
+    text = write_report(report, tmp_path, tmp_path / "r.jsonl", tmp_path / "l.log").report_md
+    assert "Not tested: vision sent no request" in text.read_text()
+    # a report where every workload ran says nothing of the kind
+    assert _report().not_run == []
+    (tmp_path / "all").mkdir()
+    every = write_report(_report(), tmp_path / "all", tmp_path / "r.jsonl", tmp_path / "l.log")
+    assert "Not tested" not in every.report_md.read_text()
