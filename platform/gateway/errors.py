@@ -102,8 +102,9 @@ def field_path(loc: tuple[Any, ...], body: Any) -> str:
 def validation_error(exc: ValidationError, body: Any = None) -> ApiError:
     """A request body that failed validation: name the field and what is wrong. A union (a
     message's content may be a string or a list of parts) fails once per branch; the deepest
-    location is the branch the client meant."""
-    first = max(exc.errors(), key=lambda e: len(e["loc"]))
+    location is the branch the client meant; at equal depth, a branch of the value's own type
+    (a list of five stop sequences is too long, not "a valid string")."""
+    first = max(exc.errors(), key=lambda e: (len(e["loc"]), not e["type"].endswith("_type")))
     # A validator's own words, without pydantic's label for the exception class.
     reason = str(first["msg"]).removeprefix("Value error, ")
     where = (

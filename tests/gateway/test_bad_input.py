@@ -73,6 +73,8 @@ def test_oversize_body(gateway_server: Any) -> None:
         ({"tools": [{"type": "function", "function": {"name": "f", "parameters":
                     {"type": "array"}}}]}, 400, ["type object"]),
         ({"response_format": {"type": "xml"}}, 400, ["response_format"]),
+        # a union (a string or a list): the list's own error, not "should be a valid string"
+        ({"stop": ["a", "b", "c", "d", "e"]}, 400, ["stop", "at most 4 items"]),
     ],
 )  # fmt: skip
 def test_invalid_fields(
