@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gemma_fleet.gateway.unserved import UNSERVED
+
 # OpenAI error `type` by HTTP status, as its API answers them.
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -114,6 +116,8 @@ def validation_error(exc: ValidationError, body: Any = None) -> ApiError:
     )
     if first["type"] == "extra_forbidden":
         message = f"Unrecognized request argument supplied: {where}"
+    elif first["type"] == UNSERVED:
+        message = f"{where} is not served by this gateway: {reason}"
     elif first["type"] == "missing":
         message = f"Missing required parameter: {where}"
     elif not where:  # a rule across fields: its message names them

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from gemma_fleet.gateway.json_schema import valid_json_schema
+from gemma_fleet.gateway.unserved import unserved
 
 # OpenAI's rule for function names; Gemma's tool-call syntax parses the same characters.
 FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -255,6 +256,23 @@ class ChatCompletionRequest(Strict):
     # starting a new turn (Anthropic's prefill is sent this way).
     add_generation_prompt: bool | None = None
     continue_final_message: bool | None = None
+    # Gemma answers in text: asking for text alone is accepted (and dropped).
+    modalities: list[Literal["text"]] | None = Field(None, exclude=True)
+    # OpenAI's fields no Gemma pool can honour: refused, saying why (gateway/unserved.py).
+    audio: Annotated[Any, unserved("Gemma 4 answers in text only; it generates no audio")] = None
+    functions: Annotated[Any, unserved("OpenAI deprecated it; send `tools`")] = None
+    function_call: Annotated[Any, unserved("OpenAI deprecated it; send `tool_choice`")] = None
+    prediction: Annotated[
+        Any, unserved("predicted outputs are not taken per request (a pool's engine settings)")
+    ] = None
+    verbosity: Annotated[
+        Any,
+        unserved("it has no Gemma equivalent; ask for the length in the prompt or set max_tokens"),
+    ] = None
+    web_search_options: Annotated[
+        Any,
+        unserved("no web search runs here; give the model a search tool of your own in `tools`"),
+    ] = None
 
     @property
     def output_limit(self) -> int | None:
@@ -326,6 +344,12 @@ class CompletionRequest(Strict):
     repetition_penalty: float | None = Field(None, gt=0)
     ignore_eos: bool | None = None
     min_tokens: int | None = Field(None, ge=0)
+    suffix: Annotated[
+        Any, unserved("Gemma 4's checkpoints have no fill-in-the-middle format to insert with")
+    ] = None
+    best_of: Annotated[
+        Any, unserved("vLLM no longer serves it; ask for n completions with logprobs and choose")
+    ] = None
 
     @field_validator("prompt", mode="before")
     @classmethod

@@ -357,7 +357,7 @@ def test_fields_openai_clients_send_are_accepted(client: openai.OpenAI) -> None:
         model="gemma-4", messages=user("hi"), max_tokens=4, store=False,
         metadata={"run": "1"}, service_tier="auto", prompt_cache_key="k",
         safety_identifier="u1", user="u1", logit_bias={"1": -100, "42": 5.5},
-        reasoning_effort="low",
+        reasoning_effort="low", modalities=["text"], audio=None, prediction=None,
     )  # type: ignore[call-overload]  # fmt: skip
     assert out.choices[0].message.content
     stream = client.chat.completions.create(
@@ -378,6 +378,48 @@ def test_fields_openai_clients_send_are_accepted(client: openai.OpenAI) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("api", "fields", "words"),
+    [
+        ("chat", {"functions": [{"name": "f", "parameters": {}}]}, ["`tools`"]),
+        ("chat", {"function_call": "auto"}, ["`tool_choice`"]),
+        ("chat", {"audio": {"voice": "alloy", "format": "wav"}}, ["text only"]),
+        ("chat", {"prediction": {"type": "content", "content": "x"}}, ["per request"]),
+        ("chat", {"verbosity": "low"}, ["max_tokens"]),
+        ("chat", {"web_search_options": {}}, ["search tool"]),
+        ("completions", {"suffix": " and so on."}, ["fill-in-the-middle"]),
+        ("completions", {"best_of": 3}, ["n completions"]),
+    ],
+)  # fmt: skip
+def test_openai_fields_no_gemma_pool_can_honour_are_refused_saying_why(
+    client: openai.OpenAI, api: str, fields: dict[str, Any], words: list[str]
+) -> None:
+    """Fields of OpenAI's own reference were refused as "Unrecognized request argument": a
+    client could not tell an unsupported feature from a typo. Through the SDK, as sent."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        if api == "chat":
+            client.chat.completions.create(
+                model="gemma-4", messages=user("hi"), max_tokens=4, extra_body=fields
+            )
+        else:
+            client.completions.create(
+                model="gemma-4", prompt="Once", max_tokens=4, extra_body=fields
+            )
+    error = cast(dict[str, Any], refused.value.body)
+    (name,) = fields
+    assert error["message"].startswith(f"{name} is not served by this gateway: "), error
+    assert error["param"] == name
+    for word in words:
+        assert word in error["message"], error
+
+
+def test_a_request_for_audio_output_is_refused_by_its_modalities(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError, match=r"modalities\[1\]"):
+        client.chat.completions.create(
+            model="gemma-4", messages=user("hi"), max_tokens=4, modalities=["text", "audio"]
+        )
+
+
 def test_what_changes_the_answer_is_passed_on_and_the_rest_dropped() -> None:
     from gemma_fleet.gateway.openai_models import ChatCompletionRequest
 
@@ -386,6 +428,7 @@ def test_what_changes_the_answer_is_passed_on_and_the_rest_dropped() -> None:
         "service_tier": "flex", "prompt_cache_key": "k", "safety_identifier": "s",
         "logit_bias": {"5": 2}, "reasoning_effort": "high", "stream": True,
         "stream_options": {"include_usage": True, "include_obfuscation": True},
+        "modalities": ["text"], "audio": None, "functions": None,
     }  # fmt: skip
     sent = ChatCompletionRequest.model_validate(body).model_dump(exclude_none=True)
     assert sent == {

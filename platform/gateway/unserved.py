@@ -1,0 +1,26 @@
+"""Fields of the OpenAI and Anthropic APIs that Gemma pools cannot honour.
+
+Refused by name, with why and what to send instead: as unknown fields ("Unrecognized request
+argument") they puzzled a client reading the provider's own reference, where they exist.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
+
+# The error type `errors.validation_error` words as "<field> is not served by this gateway".
+UNSERVED = "unserved"
+
+
+def unserved(reason: str) -> AfterValidator:
+    """The validator of a field this gateway refuses whenever it is set (null is accepted, as
+    the SDKs send it); `reason` says why and what to send instead."""
+
+    def refuse(value: Any) -> None:
+        if value is not None:
+            raise PydanticCustomError(UNSERVED, reason)
+
+    return AfterValidator(refuse)
