@@ -253,7 +253,14 @@ def test_thinking_asks_gemmas_template_to_think(
     message = client.messages.create(
         model="gemma-4", max_tokens=2048, messages=HELLO, thinking=thinking
     )
-    assert message.content
+    # the simulated pool thinks as Gemma 4 does when asked, and its reasoning comes back first
+    assert [b.type for b in message.content] == ["thinking", "text"]
+    assert message.content[0].thinking  # type: ignore[union-attr]
+    with client.messages.stream(
+        model="gemma-4", max_tokens=2048, messages=HELLO, thinking=thinking
+    ) as stream:
+        deltas = [e.delta.type for e in stream if e.type == "content_block_delta"]
+    assert deltas[0] == "thinking_delta" and deltas[-1] == "text_delta"
     with pytest.raises(anthropic.BadRequestError, match="budget_tokens"):
         client.messages.create(
             model="gemma-4", max_tokens=1024, messages=HELLO,

@@ -226,6 +226,19 @@ def test_logprobs(client: openai.OpenAI) -> None:
     assert not message.content[0].logprobs  # type: ignore[union-attr]
 
 
+def test_a_simulated_pool_thinks_when_reasoning_is_asked_for(client: openai.OpenAI) -> None:
+    """End to end: reasoning.effort turns Gemma's thinking on, and the pool's reasoning comes
+    back as a reasoning item before the message, counted in the output tokens."""
+    response = client.responses.create(
+        model="gemma-4", input="hi", reasoning={"effort": "high"}, max_output_tokens=2000
+    )
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    assert response.usage is not None
+    assert 0 < response.usage.output_tokens_details.reasoning_tokens < response.usage.output_tokens
+    plain = client.responses.create(model="gemma-4", input="hi", max_output_tokens=2000)
+    assert [item.type for item in plain.output] == ["message"]
+
+
 def test_reasoning_effort_asks_gemma_to_think_and_thinking_comes_back() -> None:
     assert chat_of(reasoning={"effort": "high"})["chat_template_kwargs"] == {
         "enable_thinking": True

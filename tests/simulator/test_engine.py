@@ -782,3 +782,62 @@ def test_echo_with_max_tokens_0_answers_the_prompt_alone_as_vllm_does(stream: bo
     error = _refused(_complete(_engine(), prompt=prompt, max_tokens=0, stream=stream), False)
     assert (error.error.code, error.error.param) == (400, "max_tokens")
     assert error.error.message == "max_tokens must be at least 1, got 0."
+
+
+THINK = {"chat_template_kwargs": {"enable_thinking": True}}
+
+
+def test_a_thinking_request_reasons_first_and_counts_its_thoughts_as_output() -> None:
+    """Gemma 4 thinks when its chat template is asked to: vLLM's reasoning parser returns the
+    thinking as `reasoning`, before the answer, and usage counts both."""
+    [plain] = _chat(_engine(), seed=3, max_tokens=2000)
+    [thought] = _chat(_engine(), seed=3, max_tokens=2000, **THINK)
+    assert plain.choices[0].message.reasoning is None
+    message = thought.choices[0].message
+    assert message.reasoning and message.content
+    assert thought.choices[0].finish_reason == "stop"
+    thinking = len(tokenizer.pieces(message.reasoning))
+    assert thought.usage.completion_tokens > thinking > 0
+    assert thought.usage.completion_tokens == thinking + len(tokenizer.pieces(message.content))
+    # as vLLM with Gemma 4's reasoning parser: the thinking counted apart, 0 when none
+    assert thought.usage.completion_tokens_details.reasoning_tokens == thinking
+    assert plain.usage.completion_tokens_details.reasoning_tokens == 0
+
+
+def test_a_thinking_stream_sends_reasoning_deltas_before_the_answer() -> None:
+    out = _chat(
+        _engine(), seed=3, max_tokens=2000, stream=True, stream_options={"include_usage": True},
+        **THINK,
+    )  # fmt: skip
+    *tokens, usage = _chunks(out)[1:]
+    deltas = [c["choices"][0]["delta"] for c in tokens]
+    kinds = ["reasoning" if "reasoning" in d else "content" for d in deltas]
+    assert kinds[0] == "reasoning" and kinds[-1] == "content"
+    assert kinds == sorted(kinds, key=["reasoning", "content"].index)  # all thought, then answer
+    [whole] = _chat(_engine(), seed=3, max_tokens=2000, **THINK)
+    streamed = "".join(d["reasoning"] for d in deltas if "reasoning" in d)
+    assert streamed == whole.choices[0].message.reasoning
+    assert usage["usage"]["completion_tokens_details"]["reasoning_tokens"] == kinds.count(
+        "reasoning"
+    )
+
+
+def test_thinking_counts_against_max_tokens_and_can_use_them_all() -> None:
+    [cut] = _chat(_engine(), seed=3, max_tokens=5, **THINK)
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.usage.completion_tokens == 5
+    assert cut.choices[0].message.reasoning and cut.choices[0].message.content is None
+
+
+def test_a_tool_call_comes_after_the_thinking() -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}]
+    [r] = _chat(_engine(), tools=tools, tool_choice="required", max_tokens=2000, **THINK)
+    message = r.choices[0].message
+    assert message.reasoning and r.choices[0].finish_reason == "tool_calls"
+    jsonschema.validate(json.loads(message.tool_calls[0].function.arguments), WEATHER)
+    chunks = _chunks(
+        _chat(_engine(), tools=tools, tool_choice="required", stream=True, max_tokens=2000, **THINK)
+    )
+    calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert calls[0]["function"]["name"] == "get_weather" and calls[0]["id"]
+    jsonschema.validate(json.loads("".join(tc["function"]["arguments"] for tc in calls)), WEATHER)

@@ -8,6 +8,11 @@
   appears in the last user message, unless the last message is a tool result (then the model
   answers in text); "none" never calls. Arguments are generated from the tool's JSON schema.
 - response_format json_schema / json_object: a JSON document valid for the schema.
+- Thinking (chat_template_kwargs.enable_thinking, Gemma 4's switch): reasoning text comes
+  first, of its own natural length drawn like the text's, and counts against max_tokens as
+  vLLM counts it; what vLLM's reasoning parser returns as `reasoning`. A request that runs
+  out of tokens while thinking has reasoning and no answer. Stop strings are looked for in
+  the answer only.
 The output is a list of token-sized pieces; the token count is the number of pieces.
 """
 
@@ -16,7 +21,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gemma_fleet.deployments.engines.simulator import tokenizer
@@ -40,6 +45,7 @@ class AnswerPlan:
     tool_name: str | None = None
     tool_call_id: str | None = None
     header_tokens: int = 0  # tool calls: leading tokens that carry the name, not arguments
+    reasoning_tokens: int = 0  # leading tokens of thinking, before the answer (and header)
     # The stop string the text was cut at, which vLLM reports as the choice's stop_reason.
     stop_reason: str | None = None
     token_ids: list[int] = field(default_factory=list)
@@ -50,7 +56,22 @@ class AnswerPlan:
 
     @property
     def text(self) -> str:
-        return "".join(self.pieces[self.header_tokens :])
+        return "".join(self.pieces[self.reasoning_tokens + self.header_tokens :])
+
+    @property
+    def reasoning(self) -> str | None:
+        """The thinking vLLM's reasoning parser would return; None when the model did not
+        think."""
+        return "".join(self.pieces[: self.reasoning_tokens]) if self.reasoning_tokens else None
+
+    def kind_of(self, index: int) -> str:
+        """What output token `index` is: "reasoning", "header" (a tool call's name) or
+        "answer"."""
+        if index < self.reasoning_tokens:
+            return "reasoning"
+        if index < self.reasoning_tokens + self.header_tokens:
+            return "header"
+        return "answer"
 
 
 @dataclass(frozen=True)
@@ -66,6 +87,7 @@ class AnswerSpec:
     last_role: str = "user"
     last_user_text: str = ""
     response_format: dict[str, Any] | None = None
+    thinking: bool = False
 
 
 def text_pieces(rng: random.Random, n: int) -> list[str]:
@@ -127,6 +149,30 @@ def _instance(schema: Any, rng: random.Random, param: str) -> Any:
 
 def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, int]) -> AnswerPlan:
     """The deterministic answer to a request described by `spec` (rng seeded per request)."""
+    if not spec.thinking:
+        return _plan_reply(spec, rng, length_range)
+    lo, hi = length_range
+    # Thinking first, then the reply in what max_tokens leaves (with an independent draw, so
+    # the reply is the one it would be after any amount of thinking).
+    thought = text_pieces(rng, min(rng.randint(lo, max(lo, hi)), spec.max_tokens))
+    left = spec.max_tokens - len(thought)
+    if left == 0:
+        return AnswerPlan("text", thought, "length", reasoning_tokens=len(thought))
+    reply = _plan_reply(
+        replace(spec, max_tokens=left, min_tokens=max(0, spec.min_tokens - len(thought))),
+        rng,
+        length_range,
+    )
+    return replace(
+        reply,
+        pieces=thought + reply.pieces,
+        token_ids=[tokenizer.token_id(p) for p in thought] + reply.token_ids,
+        reasoning_tokens=len(thought),
+    )
+
+
+def _plan_reply(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, int]) -> AnswerPlan:
+    """The answer after any thinking: a tool call, a JSON document or text."""
     tool = choose_tool(spec)
     if tool is not None:
         index = next(i for i, t in enumerate(spec.tools) if t is tool)

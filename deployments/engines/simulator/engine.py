@@ -80,7 +80,11 @@ from vllm.entrypoints.openai.completion.protocol import (
     CompletionResponseChoice,
     CompletionResponseStreamChoice,
 )
-from vllm.entrypoints.serve.engine.protocol import PromptTokenUsageInfo, UsageInfo
+from vllm.entrypoints.serve.engine.protocol import (
+    CompletionTokenUsageInfo,
+    PromptTokenUsageInfo,
+    UsageInfo,
+)
 from vllm.logprobs import Logprob
 
 from gemma_fleet.catalog import load_catalog
@@ -294,7 +298,12 @@ class SimulatorEngine(LLMEngine):
         return self.core.generate_group(children), {i: k for k, i in enumerate(ids)}
 
     async def _run_to_end(
-        self, traced: Span, events: AsyncIterator[Any], prompt: int, plans: list[AnswerPlan]
+        self,
+        traced: Span,
+        events: AsyncIterator[Any],
+        prompt: int,
+        plans: list[AnswerPlan],
+        chat: bool,
     ) -> UsageInfo:
         """Run a non-streamed request's sequences to the end: its usage over every choice."""
         cached = 0
@@ -302,14 +311,22 @@ class SimulatorEngine(LLMEngine):
             cached = max(cached, event.num_cached_tokens)
         completion = sum(len(p.pieces) for p in plans)
         traced.set_attribute(names.OUTPUT_TOKENS, completion)
-        return self._usage(prompt, completion, cached)
+        reasoning = sum(p.reasoning_tokens for p in plans) if chat else None
+        return self._usage(prompt, completion, cached, reasoning)
 
-    def _usage(self, prompt: int, completion: int, cached: int) -> UsageInfo:
+    def _usage(
+        self, prompt: int, completion: int, cached: int, reasoning: int | None = None
+    ) -> UsageInfo:
+        """Usage as vLLM reports it; `reasoning` is set on chat answers, where a pool's
+        reasoning parser (Gemma 4's) has vLLM count the thinking tokens apart."""
         return UsageInfo(
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=prompt + completion,
             prompt_tokens_details=PromptTokenUsageInfo(cached_tokens=cached),
+            completion_tokens_details=None
+            if reasoning is None
+            else CompletionTokenUsageInfo(reasoning_tokens=reasoning),
         )
 
     def _generate_span(
@@ -428,12 +445,13 @@ class SimulatorEngine(LLMEngine):
                 ChatCompletionStreamResponse,
                 {"id": response_id, "object": "chat.completion.chunk", "created": created},
                 choice,
+                {seq: plans[index] for seq, index in choice_of.items()},
             )
             async with aclosing(tokens):  # a caller that hangs up frees the sequences now
                 async for sse in tokens:
                     yield sse
             return
-        usage = await self._run_to_end(traced, events, len(prompt), plans)
+        usage = await self._run_to_end(traced, events, len(prompt), plans, chat=True)
         yield ChatCompletionResponse(
             id=response_id,
             created=created,
@@ -451,16 +469,19 @@ class SimulatorEngine(LLMEngine):
         )
 
     def _chat_delta(self, plan: AnswerPlan, index: int) -> DeltaMessage:
+        part = plan.kind_of(index)
+        if part == "reasoning":
+            return DeltaMessage(reasoning=plan.pieces[index])
         if plan.kind != "tool_call":
             return DeltaMessage(content=plan.pieces[index])
-        if index == 0:
+        if index == plan.reasoning_tokens:
             call = DeltaToolCall(
                 index=0,
                 id=plan.tool_call_id,
                 type="function",
                 function=DeltaFunctionCall(name=plan.tool_name, arguments=""),
             )
-        elif index < plan.header_tokens:
+        elif part == "header":
             return DeltaMessage()
         else:
             call = DeltaToolCall(index=0, function=DeltaFunctionCall(arguments=plan.pieces[index]))
@@ -485,6 +506,8 @@ class SimulatorEngine(LLMEngine):
             tool_choice=tool_choice,
             rendered=rendered,
             response_format=request.response_format,
+            # Gemma 4's chat template thinks when asked to (the catalog's `thinking`)
+            thinking=bool((request.chat_template_kwargs or {}).get("enable_thinking")),
         )
         return rendered.token_ids, self._plans(request, rendered.token_ids, spec)
 
@@ -528,10 +551,12 @@ class SimulatorEngine(LLMEngine):
         chunk_type: Any,
         fields: dict[str, Any],
         choice_for: Callable[[Any], Any],
+        chat_plans: dict[str, AnswerPlan] | None = None,
     ) -> AsyncGenerator[str, None]:
         """One server-sent chunk per token event (of whichever choice made it, as vLLM sends
-        them), then the usage chunk if asked (every choice's tokens), then [DONE]. `usage`
-        stays unset on token chunks: they serialise with exclude_unset, as vLLM's do."""
+        them), then the usage chunk if asked (every choice's tokens; on chat, `chat_plans` by
+        sequence id count the thinking among them), then [DONE]. `usage` stays unset on token
+        chunks: they serialise with exclude_unset, as vLLM's do."""
         made: dict[str, int] = {}
         cached = 0
         try:
@@ -545,7 +570,10 @@ class SimulatorEngine(LLMEngine):
             traced.set_attribute(names.OUTPUT_TOKENS, sum(made.values()))
         completion = sum(made.values())
         if include_usage:
-            usage = self._usage(prompt_tokens, completion, cached)
+            reasoning = None
+            if chat_plans is not None:
+                reasoning = sum(min(k, chat_plans[i].reasoning_tokens) for i, k in made.items())
+            usage = self._usage(prompt_tokens, completion, cached, reasoning)
             yield _sse_usage(chunk_type(**fields, model=self.model_id, choices=[], usage=usage))
         yield "data: [DONE]\n\n"
 
@@ -627,7 +655,7 @@ class SimulatorEngine(LLMEngine):
                 async for sse in tokens:
                     yield sse
             return
-        usage = await self._run_to_end(traced, events, prompt_tokens, plans)
+        usage = await self._run_to_end(traced, events, prompt_tokens, plans, chat=False)
         choices = []
         for index, (plan, echo) in enumerate(zip(plans, echo_of, strict=True)):
             text = plan.text if echo is None else echo.text + ("" if echo_only else plan.text)
@@ -877,11 +905,12 @@ def _soft_tokens(request: Any) -> int:
 
 
 def _chat_message(plan: AnswerPlan) -> ChatMessage:
-    """The whole message of one choice: its text, or its tool call."""
+    """The whole message of one choice: its text, or its tool call, after any reasoning."""
     if plan.kind == "tool_call" and plan.tool_name is not None:
         return ChatMessage(
             role="assistant",
             content="",
+            reasoning=plan.reasoning,
             tool_calls=[
                 ToolCall(
                     id=plan.tool_call_id,
@@ -889,7 +918,9 @@ def _chat_message(plan: AnswerPlan) -> ChatMessage:
                 )
             ],
         )
-    return ChatMessage(role="assistant", content=plan.text)
+    # vLLM's reasoning parser leaves no content when the tokens ran out while thinking
+    content = plan.text if plan.text or plan.reasoning is None else None
+    return ChatMessage(role="assistant", content=content, reasoning=plan.reasoning)
 
 
 def simulator_llm_config(

@@ -154,6 +154,7 @@ def answer_spec(
     tool_choice: Any,
     rendered: RenderedPrompt | None,
     response_format: Any,
+    thinking: bool = False,
 ) -> AnswerSpec:
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     fmt = _dump(response_format) if response_format is not None else None
@@ -167,4 +168,5 @@ def answer_spec(
         last_role=rendered.last_role if rendered else "user",
         last_user_text=rendered.last_user_text if rendered else "",
         response_format=fmt,
+        thinking=thinking,
     )
