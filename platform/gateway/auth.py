@@ -62,10 +62,23 @@ def ratelimit_headers(window: MinuteWindow | None) -> dict[str, str]:
 
 
 def limit_error(exc: LimitExceeded) -> ApiError:
+    limit = exc.limit.replace("_", " ")
+    if exc.fits_smaller:
+        # Room is left, only not for this reservation: say so, or a client with 80 tokens of
+        # budget left waits a month rather than asking for 50.
+        message = (
+            f"team {limit} limit: {exc.used:,} of {exc.allowed:,} used, {exc.allowed - exc.used:,}"
+            f" left, and this request reserves {exc.requested:,} (its prompt and output limit);"
+            f" ask for fewer output tokens or retry after {exc.retry_after_s} s"
+        )
+    else:
+        message = (
+            f"team {limit} limit reached ({exc.used:,} of {exc.allowed:,}); "
+            f"retry after {exc.retry_after_s} s"
+        )
     return ApiError(
         429,
-        f"team {exc.limit.replace('_', ' ')} limit reached ({exc.used:,} of {exc.allowed:,}); "
-        f"retry after {exc.retry_after_s} s",
+        message,
         code=_LIMIT_CODES.get(exc.limit, "rate_limit_exceeded"),
         retry_after_s=exc.retry_after_s,
         extra_headers=ratelimit_headers(exc.window),

@@ -250,6 +250,10 @@ class Renewal(NamedTuple):
     restored: int
 
 
+# The limits a request's tokens count against (its prompt estimate and n x its output limit).
+TOKEN_LIMITS = ("tokens_per_minute", "token_budget")
+
+
 @dataclass
 class LimitExceeded(Exception):
     """The request would break `limit`; answer 429 with Retry-After `retry_after_s`."""
@@ -259,9 +263,16 @@ class LimitExceeded(Exception):
     allowed: int
     retry_after_s: int
     window: MinuteWindow | None = None
+    requested: int = 0  # tokens the request would take (token limits only)
 
     def __str__(self) -> str:
         return f"{self.limit} limit reached ({self.used} of {self.allowed})"
+
+    @property
+    def fits_smaller(self) -> bool:
+        """A token limit with room left, only not for this request's reservation: a request
+        asking for fewer output tokens could be admitted now."""
+        return self.limit in TOKEN_LIMITS and self.requested > 0 and self.used < self.allowed
 
 
 @dataclass
@@ -329,8 +340,9 @@ class Limiter:
         estimated tokens, or raise LimitExceeded (or RequestTooLarge when `tokens` exceed a
         token limit itself: checked before Redis). With `once_key`, the same admit sent again
         takes nothing more, and one sent after `withdraw` under that key takes nothing."""
-        for limit, allowed in (("tokens_per_minute", limits.tokens_per_minute),
-                               ("token_budget", limits.token_budget)):  # fmt: skip
+        for limit, allowed in zip(
+            TOKEN_LIMITS, (limits.tokens_per_minute, limits.token_budget), strict=True
+        ):
             if allowed != UNLIMITED and tokens > allowed:
                 raise RequestTooLarge(limit, tokens, allowed)
         now = time.time() if now is None else now
@@ -364,7 +376,7 @@ class Limiter:
             limit = name.decode() if isinstance(name, bytes) else str(name)
             retry = {"requests_per_minute": minute_left_s, "tokens_per_minute": minute_left_s,
                      "token_budget": budget_left_s}.get(limit, 1)  # fmt: skip
-            raise LimitExceeded(limit, int(used), int(allowed), retry, window)
+            raise LimitExceeded(limit, int(used), int(allowed), retry, window, tokens)
         return Admission(team, tokens, keys, window, request_id)
 
     async def admit_count(self, team: str, limits: TeamLimits, now: float | None = None) -> None:

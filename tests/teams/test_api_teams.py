@@ -186,11 +186,20 @@ def test_a_spent_budget_is_refused_with_insufficient_quota(gateway: RunningGatew
     limits = TeamLimits(token_budget=100, budget_period="day")
     key = new_team(gateway, "small-budget", limits=limits.model_dump())
     assert chat(gateway, key, max_tokens=8).choices
-    spend_budget(gateway, "small-budget", limits, 80)  # what is left is less than a request
+    spend_budget(gateway, "small-budget", limits, 60)  # what is left is less than a request
     with pytest.raises(openai.RateLimitError) as refused:
         chat(gateway, key, max_tokens=60)  # fits the budget, not what is left of it
     assert refused.value.code == "insufficient_quota"
     assert int(refused.value.response.headers["retry-after"]) >= 1
+    # The answer says a smaller request fits now, rather than only "wait for the next period"
+    message = refused.value.body["message"]  # type: ignore[index]
+    left = 100 - in_redis(gateway, lambda redis: Limiter(redis).budget_used("small-budget", limits))
+    assert f"{left} left" in message and "fewer output tokens" in message, message
+    assert chat(gateway, key, max_tokens=1).choices  # and it does
+    spend_budget(gateway, "small-budget", limits, 100)
+    with pytest.raises(openai.RateLimitError, match=r"limit reached \(\d+ of 100\)") as spent:
+        chat(gateway, key, max_tokens=2)  # nothing left: only waiting helps
+    assert "fewer output tokens" not in spent.value.body["message"]  # type: ignore[index]
 
 
 @pytest.mark.parametrize(
