@@ -50,6 +50,8 @@ def messages_body(chat_body: dict[str, Any]) -> dict[str, Any]:
     }
     if system:
         body["system"] = system
+    if _thinks(chat_body):
+        body["thinking"] = {"type": "adaptive"}  # no budget_tokens, which Gemma cannot keep
     schema = _json_schema(chat_body)
     if schema is not None:
         body["output_config"] = {"format": {"type": "json_schema", "schema": schema["schema"]}}
@@ -89,6 +91,8 @@ def responses_body(chat_body: dict[str, Any]) -> dict[str, Any]:
     }
     if system:
         body["instructions"] = system
+    if _thinks(chat_body):
+        body["reasoning"] = {"effort": "high"}
     schema = _json_schema(chat_body)
     if schema is not None:
         body["text"] = {"format": {"type": "json_schema", **schema}}
@@ -110,6 +114,11 @@ def _responses_content(role: str, content: str | list[dict[str, Any]]) -> Any:
         else:
             raise ValueError(f"no Responses part for a chat {part['type']} part")
     return parts
+
+
+def _thinks(chat_body: dict[str, Any]) -> bool:
+    """Whether the chat request asks Gemma 4 to think (its chat template's switch)."""
+    return bool((chat_body.get("chat_template_kwargs") or {}).get("enable_thinking"))
 
 
 def _json_schema(chat_body: dict[str, Any]) -> dict[str, Any] | None:

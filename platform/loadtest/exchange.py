@@ -1,7 +1,7 @@
 """One call of the gateway's APIs (chat completions, Anthropic Messages, OpenAI Responses),
-timed as a user experiences it: time to first token (first text or tool-call delta), time per
-output token after it, end to end, tokens from the answer's usage, and the pool that served it
-(the gateway's header).
+timed as a user experiences it: time to first token (first thinking, text or tool-call delta),
+time per output token after it, end to end, tokens from the answer's usage, and the pool that
+served it (the gateway's header).
 
 Plain `requests`: inside Locust it is cooperative (gevent patches sockets); outside, blocking.
 """
@@ -230,6 +230,8 @@ def _chat_event(out: Exchange, stream: _Stream, event: Any) -> bool:
         return True
     for choice in event.get("choices") or []:
         delta = choice.get("delta") or {}
+        if delta.get("reasoning") or delta.get("reasoning_content"):
+            stream.delta()  # thinking: output tokens, though not the answer's text
         if delta.get("content") or delta.get("tool_calls"):
             stream.delta(delta.get("content") or "")
         for call in delta.get("tool_calls") or []:
@@ -245,7 +247,7 @@ def _messages_event(out: Exchange, stream: _Stream, event: Any) -> bool:
         return False
     if kind == "content_block_delta":
         delta = event.get("delta") or {}
-        if delta.get("type") in ("text_delta", "input_json_delta"):
+        if delta.get("type") in ("text_delta", "input_json_delta", "thinking_delta"):
             stream.delta(delta.get("text", ""))
     elif kind in ("message_start", "message_delta"):
         usage = event.get("usage") or (event.get("message") or {}).get("usage")
@@ -257,7 +259,11 @@ def _messages_event(out: Exchange, stream: _Stream, event: Any) -> bool:
 
 def _responses_event(out: Exchange, stream: _Stream, event: Any) -> bool:
     kind = event.get("type")
-    if kind in ("response.output_text.delta", "response.function_call_arguments.delta"):
+    if kind in (
+        "response.output_text.delta",
+        "response.function_call_arguments.delta",
+        "response.reasoning_text.delta",
+    ):
         stream.delta(event.get("delta", "") if kind == "response.output_text.delta" else "")
     elif kind in ("response.completed", "response.incomplete"):
         _usage(out, event["response"].get("usage"), "input_tokens", "output_tokens")

@@ -176,6 +176,8 @@ def _base(workload: Any, messages: list[dict[str, Any]]) -> dict[str, Any]:
     if workload.stream:
         # The usage chunk gives exact token counts, the same ones the gateway meters.
         body["stream_options"] = {"include_usage": True}
+    if workload.thinking:
+        body["chat_template_kwargs"] = {"enable_thinking": True}
     return body
 
 

@@ -99,6 +99,12 @@ class WorkloadBase(Strict):
         "Messages (messages) or OpenAI Responses (responses)",
     )
     max_tokens: int = Field(128, ge=1)
+    thinking: bool = Field(
+        False,
+        description="ask Gemma 4 to think before it answers (chat: chat_template_kwargs."
+        "enable_thinking; messages: thinking adaptive; responses: reasoning.effort high); the "
+        "thinking counts against max_tokens",
+    )
     stream: bool = True
     think_time_s: FloatRange = (0.5, 2.0)
     slo: SloOverride = SloOverride()

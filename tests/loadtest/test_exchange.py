@@ -79,6 +79,35 @@ def test_streamed_timings_agree_with_the_gateways_histograms(
     assert out.tpot_s == pytest.approx(gateway_tpot, rel=0.15)
 
 
+@pytest.mark.parametrize("api", APIS)
+def test_a_thinking_workload_is_timed_from_its_first_thought(
+    gateway: RunningGateway, session: requests.Session, api: Api
+) -> None:
+    """A workload with `thinking` asks each API for Gemma 4's thinking. Its reasoning deltas
+    are output tokens a user waits through: TTFT ends at the first one and TPOT spans them all,
+    as the gateway's histograms count them."""
+    w = ShortChat(name="t", kind="short_chat", team="a", model="slow", max_tokens=600,
+                  thinking=True)  # fmt: skip
+    body = body_for(api, payloads.short_chat(w, random.Random(3)))
+    asked = {"chat": "chat_template_kwargs", "messages": "thinking", "responses": "reasoning"}
+    assert asked[api] in body
+    tpot_before = _histogram_sum(gateway, "gemma_fleet_gateway_time_per_output_token_seconds",
+                                 "slow")  # fmt: skip
+    out = call(session, gateway.url + "/v1", None, body, 60, api)
+    assert out.error is None and out.content, out.message
+    n = out.completion_tokens
+    assert out.ttft_s is not None and out.tpot_s is not None
+    assert out.ttft_s + (n - 1) * out.tpot_s == pytest.approx(out.e2e_s, abs=0.05)
+    gateway_tpot = (
+        _histogram_sum(gateway, "gemma_fleet_gateway_time_per_output_token_seconds", "slow")
+        - tpot_before
+    )
+    assert out.tpot_s == pytest.approx(gateway_tpot, rel=0.15)
+    # The first thought comes a step or two after the prompt's prefill; the answer's first
+    # text only after at least 16 steps of thinking (the pool's shortest).
+    assert out.ttft_s < 8 * out.tpot_s
+
+
 def test_a_streamed_tool_call_is_reassembled_and_the_loop_completes(
     gateway: RunningGateway, session: requests.Session
 ) -> None:
