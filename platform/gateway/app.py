@@ -158,10 +158,12 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         first_at: float | None = None
         try:
             async for event in events:
-                if first_at is None:
+                out = tally.see(event)
+                # The first token is the first event that carries generated text, thinking or
+                # a tool call: an engine may open the stream with an empty role chunk first.
+                if first_at is None and tally.text_events:
                     first_at = time.perf_counter()
                     metrics.first_token(pool, started)
-                out = tally.see(event)
                 if out:
                     yield out
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from typing import Any, cast
 
 import httpx
@@ -229,6 +230,52 @@ def test_metrics_count_what_happened(gateway_server: Any, client: openai.OpenAI)
     )
     assert value(after, "gemma_fleet_gateway_in_flight_requests", pool="e2b") == 0
     assert not any("nope" in str(key) for key in after)  # client strings never become labels
+
+
+def test_time_to_first_token_ends_at_the_first_token_not_the_first_event(
+    gateway_server: Any,
+) -> None:
+    """vLLM opens a chat stream with the role chunk when its first token is out, after the
+    prefill; the simulator used to send it at once, and the gateway timed TTFT to any first
+    event, so its histogram showed about 0 s for a prompt that took 0.2 s to prefill. The
+    "slow" pool runs in real time: both the stream's first event and the gateway's TTFT now
+    wait for the prefill."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def ttft_sum() -> float:
+        text = httpx.get(gateway_server.url + "/metrics").text
+        return next(
+            (
+                s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "gemma_fleet_gateway_time_to_first_token_seconds_sum"
+                and s.labels.get("pool") == "slow"
+            ),
+            0.0,  # no stream of the pool was timed yet
+        )
+
+    before = ttft_sum()
+    # thousands of tokens no earlier request shared (the prefix cache would skip the prefill)
+    prompt = f"{time.time_ns()} " + " ".join(["word"] * 2500)
+    body = {"model": "slow", "messages": user(prompt), "max_tokens": 4, "stream": True}
+    started = time.perf_counter()
+    first_event = first_text = None
+    with httpx.stream("POST", gateway_server.url + "/v1/chat/completions", json=body,
+                      timeout=60) as answer:  # fmt: skip
+        assert answer.status_code == 200, answer.read()
+        for line in answer.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            now = time.perf_counter() - started
+            first_event = first_event if first_event is not None else now
+            if json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                first_text = now
+                break
+    assert first_event is not None and first_text is not None
+    assert first_text > 0.1  # the prefill took its time
+    assert first_event > 0.8 * first_text  # the role chunk came with the first token
+    assert ttft_sum() - before == pytest.approx(first_text, rel=0.2)
 
 
 def test_client_disconnect_cancels_the_engine_work(gateway_server: Any) -> None:

@@ -408,22 +408,27 @@ class SimulatorEngine(LLMEngine):
         top = width or 0  # chat: the first top_logprobs candidates, none when unset
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
-            for index in range(len(plans)):  # as vLLM: each choice opens with its role
-                first = ChatCompletionStreamResponse(
-                    id=response_id,
-                    object="chat.completion.chunk",
-                    created=created,
-                    model=self.model_id,
-                    choices=[
-                        ChatCompletionResponseStreamChoice(
-                            index=index,
-                            delta=DeltaMessage(role="assistant", content=""),
-                            logprobs=None,
-                            finish_reason=None,
-                        )
-                    ],
+            # As vLLM: each choice opens with its role, sent with the engine's first output
+            # (after the prefill), so the stream's first event marks the first token.
+            roles = [
+                _sse(
+                    ChatCompletionStreamResponse(
+                        id=response_id,
+                        object="chat.completion.chunk",
+                        created=created,
+                        model=self.model_id,
+                        choices=[
+                            ChatCompletionResponseStreamChoice(
+                                index=index,
+                                delta=DeltaMessage(role="assistant", content=""),
+                                logprobs=None,
+                                finish_reason=None,
+                            )
+                        ],
+                    )
                 )
-                yield _sse(first)
+                for index in range(len(plans))
+            ]
 
             def choice(event: Any) -> ChatCompletionResponseStreamChoice:
                 index = choice_of[event.request_id]
@@ -446,6 +451,7 @@ class SimulatorEngine(LLMEngine):
                 {"id": response_id, "object": "chat.completion.chunk", "created": created},
                 choice,
                 {seq: plans[index] for seq, index in choice_of.items()},
+                roles,
             )
             async with aclosing(tokens):  # a caller that hangs up frees the sequences now
                 async for sse in tokens:
@@ -552,16 +558,21 @@ class SimulatorEngine(LLMEngine):
         fields: dict[str, Any],
         choice_for: Callable[[Any], Any],
         chat_plans: dict[str, AnswerPlan] | None = None,
+        opening: list[str] | None = None,
     ) -> AsyncGenerator[str, None]:
         """One server-sent chunk per token event (of whichever choice made it, as vLLM sends
         them), then the usage chunk if asked (every choice's tokens; on chat, `chat_plans` by
-        sequence id count the thinking among them), then [DONE]. `usage` stays unset on token
-        chunks: they serialise with exclude_unset, as vLLM's do."""
+        sequence id count the thinking among them), then [DONE]. `opening` (chat's role chunks)
+        goes just before the first token's chunk. `usage` stays unset on token chunks: they
+        serialise with exclude_unset, as vLLM's do."""
         made: dict[str, int] = {}
         cached = 0
         try:
             async with aclosing(events):
                 async for event in events:
+                    if opening and not made:
+                        for sse in opening:
+                            yield sse
                     made[event.request_id] = event.index + 1
                     cached = max(cached, event.num_cached_tokens)
                     chunk = chunk_type(**fields, model=self.model_id, choices=[choice_for(event)])
