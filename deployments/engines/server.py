@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import ValidationError
+from ray._common.usage.usage_lib import usage_stats_enabled
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 
 from gemma_fleet.deployments.engines.wire import (
@@ -26,6 +27,19 @@ from gemma_fleet.deployments.engines.wire import (
 
 
 class PoolServer(LLMServer):
+    async def _start_engine(self) -> None:
+        """Start the engine. LLMServer also pushes Ray Serve LLM's usage telemetry here, which
+        starts a detached TelemetryAgent actor on the head node: a Python worker of about
+        385 MB (benchmarks/soak) whose tags nobody reads when Ray's usage stats are off, as
+        the local fleet and the chart set them. Only then is it skipped; Ray's whole start
+        runs otherwise (tests/fleet/test_pool_server.py pins the method this replaces)."""
+        if usage_stats_enabled():
+            await super()._start_engine()  # type: ignore[no-untyped-call]  # Ray: unannotated
+            return
+        if self.engine is None:
+            raise ValueError("Engine is not set")
+        await self.engine.start()  # type: ignore[no-untyped-call]  # Ray: unannotated
+
     async def answer(self, call: PoolCall) -> AsyncIterator[list[Reply]]:
         """Run `call` on the engine and yield its output as replies, a batch at a time (a
         stream's events arrive in LLMServer's batches: one Ray message each)."""

@@ -335,6 +335,19 @@ def test_the_routers_prefix_tree_forgets_the_oldest_prompts_past_its_bound(
     assert counts and 0 < max(counts.values()) <= bound, counts
 
 
+def test_no_usage_telemetry_actor_runs_with_usage_stats_off(client: openai.OpenAI) -> None:
+    """Ray Serve LLM starts a detached TelemetryAgent on the head node from every replica's
+    engine start, a Python worker of about 385 MB, although with RAY_USAGE_STATS_ENABLED=0 (the
+    local fleet's setting) nothing reads its tags. PoolServer skips it; the pools serve."""
+    import ray
+
+    assert client.chat.completions.create(
+        model="gemma-4-e2b", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    ).choices
+    with pytest.raises(ValueError, match="Failed to look up actor"):
+        ray.get_actor("llm_serve_telemetry", namespace="llm_serve_telemetry")
+
+
 def gcs_task_events() -> collections.Counter[str]:
     """Task events the cluster's GCS holds, by task name (the dashboard, which would serve
     them too, is off in a local fleet)."""
