@@ -375,13 +375,22 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
 
     app.include_router(admin_router(gate, read_timeout))
 
-    @app.get("/v1/models")
-    async def models() -> JSONResponse:
-        return JSONResponse(gateway.models(), headers=SECURITY_HEADERS)
+    # Open routes: without a key they list every pool and alias; with a team's key, what the
+    # team may call, as OpenAI lists the models a key can use.
+    bad_key = error_response("a team key was sent and is not valid (no key: the whole list)")
 
-    @app.get("/v1/models/{model_id:path}", responses={404: error_response("no such model")})
-    async def model(model_id: str) -> JSONResponse:
-        return JSONResponse(gateway.model(model_id), headers=SECURITY_HEADERS)
+    @app.get("/v1/models", responses={401: bad_key})
+    async def models(request: Request) -> JSONResponse:
+        allowed = await gate.listing_scope(request)
+        return JSONResponse(gateway.models(allowed), headers=SECURITY_HEADERS)
+
+    @app.get(
+        "/v1/models/{model_id:path}",
+        responses={401: bad_key, 404: error_response("no such model (for the key's team)")},
+    )
+    async def model(model_id: str, request: Request) -> JSONResponse:
+        allowed = await gate.listing_scope(request)
+        return JSONResponse(gateway.model(model_id, allowed), headers=SECURITY_HEADERS)
 
     @app.get(
         "/metrics",

@@ -148,6 +148,20 @@ class TeamGate:
         except StoreUnavailable as exc:
             raise store_error(exc) from exc
 
+    async def listing_scope(self, request: Request) -> frozenset[str] | None:
+        """What `/v1/models` lists for this request: the team's allow-list when it presents a
+        key (checked as on any route: a bad one is a 401), None (everything) when it presents
+        none, when auth is off, or when the team store cannot be reached (the list is open)."""
+        if self.access is None or presented_key(request) is None:
+            return None
+        try:
+            identity = await self.identify(request)
+        except ApiError as exc:
+            if exc.status == 401:
+                raise
+            return None
+        return None if identity is None else identity.team.allowed()
+
     def caller(self, identity: Identity | None, admitted: list[Admitted]) -> Caller:
         """The Caller the gateway serves: the team's allow-list, and an admission that puts
         its ticket in `admitted` (so the request can be settled however it ends)."""

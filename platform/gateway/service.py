@@ -54,7 +54,14 @@ from gemma_fleet.gateway.pool_client import (
     opening_error,
 )
 from gemma_fleet.gateway.pool_state import PoolState
-from gemma_fleet.routing import PoolView, RequestNeeds, RouteDecision, RoutingError, route
+from gemma_fleet.routing import (
+    PoolView,
+    RequestNeeds,
+    RouteDecision,
+    RoutingError,
+    permits,
+    route,
+)
 from gemma_fleet.telemetry import (
     Span,
     current,
@@ -213,19 +220,29 @@ class Gateway:
             )
             self.state.add(view, info.capacity)
 
-    def models(self) -> dict[str, Any]:
-        """OpenAI's model list: every pool and alias, with what it can take."""
+    def models(self, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+        """OpenAI's model list: every pool and alias, with what it can take. With a team's
+        `allowed` models, only what the team may call, and an alias with the pools it may
+        reach through it (the ones routing would choose among)."""
         data = []
         for info in self.settings.pools:
-            data.append(_model_card(info.name, [info]))
+            if allowed is None or permits(allowed, info.name, info.name, info.model):
+                data.append(_model_card(info.name, [info]))
         for alias, members in self.settings.aliases.items():
-            pools = [p for p in self.settings.pools if p.name in members or p.model in members]
-            data.append(_model_card(alias, pools))
+            pools = [
+                p
+                for p in self.settings.pools
+                if (p.name in members or p.model in members)
+                and (allowed is None or permits(allowed, alias, p.name, p.model))
+            ]
+            if pools:
+                data.append(_model_card(alias, pools))
         return {"object": "list", "data": data}
 
-    def model(self, name: str) -> dict[str, Any]:
-        """One card of `models()` (OpenAI's models.retrieve); 404 for a name not served."""
-        for card in self.models()["data"]:
+    def model(self, name: str, allowed: frozenset[str] | None = None) -> dict[str, Any]:
+        """One card of `models()` (OpenAI's models.retrieve); 404 for a name not served (to
+        the team, with `allowed`)."""
+        for card in self.models(allowed)["data"]:
             if card["id"] == name:
                 return dict(card)
         raise ApiError(404, f"model {name!r} does not exist", param="model", code="model_not_found")

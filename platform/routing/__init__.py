@@ -6,7 +6,16 @@ from gemma_fleet.routing.policy import (
     RequestNeeds,
     RouteDecision,
     RoutingError,
+    permits,
     route,
 )
 
-__all__ = ["SATURATED", "PoolView", "RequestNeeds", "RouteDecision", "RoutingError", "route"]
+__all__ = [
+    "SATURATED",
+    "PoolView",
+    "RequestNeeds",
+    "RouteDecision",
+    "RoutingError",
+    "permits",
+    "route",
+]

@@ -205,7 +205,13 @@ def route(
 
 
 def _allowed(pool: PoolView, requested: str, allowed: frozenset[str]) -> bool:
-    return bool({pool.name, pool.model, requested} & allowed)
+    return permits(allowed, requested, pool.name, pool.model)
+
+
+def permits(allowed: frozenset[str], requested: str, pool: str, model: str) -> bool:
+    """Whether a team allowed `allowed` (pools, catalog models or aliases) may have a request
+    naming `requested` served by `pool` (which serves `model`)."""
+    return bool({pool, model, requested} & allowed)
 
 
 def _explain(chosen: PoolView, healthy: list[PoolView], choice: bool) -> str:

@@ -4,6 +4,7 @@ administrators see them: real redis-server, real SDKs, simulated pools in-proces
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -127,6 +128,26 @@ def test_a_team_cannot_use_models_it_is_not_allowed(gateway: RunningGateway) -> 
     assert answer.headers["x-gemma-fleet-pool"] == "e2b"
 
 
+def test_a_teams_key_lists_the_models_the_team_may_call(gateway: RunningGateway) -> None:
+    """As OpenAI lists what a key can use: a product team's SDK no longer offers it pools
+    that answer 403. Without a key the list stays open and whole."""
+    key = new_team(gateway, "lists-e2b", allowed_models=["e2b"])
+    listed = {m.id: m for m in client(gateway, key).models.list()}
+    assert set(listed) == {"e2b", "gemma-4"}
+    assert (listed["gemma-4"].model_extra or {})["pools"] == ["e2b"]  # what the alias reaches
+    with pytest.raises(openai.NotFoundError):
+        client(gateway, key).models.retrieve("e4b")
+    everything = httpx.get(gateway.url + "/v1/models", timeout=10).json()["data"]
+    assert {m["id"] for m in everything} >= {"e2b", "e4b", "moe", "dense", "slow", "gemma-4"}
+    assert httpx.get(gateway.url + "/v1/models/e4b", timeout=10).status_code == 200
+    unrestricted = new_team(gateway, "lists-all")
+    assert {m.id for m in client(gateway, unrestricted).models.list()} == {
+        m["id"] for m in everything
+    }
+    bad = httpx.get(gateway.url + "/v1/models", headers={"authorization": "Bearer gfk_x_y"})
+    assert bad.status_code == 401 and "API key" in bad.json()["error"]["message"]
+
+
 def test_a_team_key_cannot_read_another_team_or_call_admin_routes(gateway: RunningGateway) -> None:
     key_a = new_team(gateway, "team-a")
     key_b = new_team(gateway, "team-b")
@@ -168,7 +189,9 @@ def test_200_concurrent_requests_against_50_per_minute_admit_exactly_50(
 
     answers = asyncio.run(burst())
     statuses = [a.status_code for a in answers]
-    assert statuses.count(200) == 50 and statuses.count(429) == 150
+    assert statuses.count(200) == 50 and statuses.count(429) == 150, collections.Counter(
+        f"{a.status_code} {a.text[:120]}" for a in answers if a.status_code not in (200, 429)
+    )
     refused = next(a for a in answers if a.status_code == 429)
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
