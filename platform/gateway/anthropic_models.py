@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gemma_fleet.gateway.json_schema import valid_json_schema
+from gemma_fleet.gateway.unserved import unserved
 
 
 class Strict(BaseModel):
@@ -297,6 +298,14 @@ class MessagesRequest(Conversation):
     # Asks Anthropic to explain prompt-cache misses against an earlier message; Gemma pools
     # keep no such record, so the answer carries no diagnostics.
     diagnostics: dict[str, Any] | None = None
+    # Anthropic's beta features no Gemma pool can honour: refused, saying why
+    # (gateway/unserved.py).
+    mcp_servers: Annotated[
+        Any, unserved("no MCP connector runs here; call your MCP tools and send them as `tools`")
+    ] = None
+    context_management: Annotated[
+        Any, unserved("nothing edits the context here; send the conversation the model should see")
+    ] = None
 
     @model_validator(mode="after")
     def _budget_within_max_tokens(self) -> MessagesRequest:

@@ -228,6 +228,25 @@ def test_fields_that_do_not_change_the_answer_are_accepted(client: anthropic.Ant
     assert message.content
 
 
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}]}, "`tools`"),
+        ({"context_management": {"edits": []}}, "conversation"),
+    ],
+)
+def test_beta_features_no_gemma_pool_can_honour_are_refused_saying_why(
+    client: anthropic.Anthropic, fields: dict[str, Any], words: str
+) -> None:
+    """They were answered "Unrecognized request argument", as if misspelt."""
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(model="gemma-4", max_tokens=8, messages=HELLO, extra_body=fields)
+    (name,) = fields
+    message = refused.value.message
+    assert f"{name} is not served by this gateway" in message and words in message, message
+    assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+
+
 def as_sent(blocks: Iterable[BaseModel]) -> list[ContentBlockParam]:
     """A turn's blocks as clients send them back: each one's model_dump()."""
     # model_dump() is typed dict[str, Any]; a block dumps to the keys of its param type
