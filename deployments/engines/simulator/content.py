@@ -152,8 +152,7 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
     if not spec.thinking:
         return _plan_reply(spec, rng, length_range)
     lo, hi = length_range
-    # Thinking first, then the reply in what max_tokens leaves (with an independent draw, so
-    # the reply is the one it would be after any amount of thinking).
+    # Thinking first, then the reply in what max_tokens leaves (min_tokens counts both).
     thought = text_pieces(rng, min(rng.randint(lo, max(lo, hi)), spec.max_tokens))
     left = spec.max_tokens - len(thought)
     if left == 0:
