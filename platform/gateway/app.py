@@ -24,6 +24,7 @@ from gemma_fleet.gateway.anthropic import (
     to_message,
     to_message_stream,
 )
+from gemma_fleet.gateway.anthropic_model_list import model_info, model_page, wants_anthropic
 from gemma_fleet.gateway.anthropic_models import CountTokensRequest, MessagesRequest
 from gemma_fleet.gateway.auth import Admitted, TeamGate, success_headers
 from gemma_fleet.gateway.bodies import parse, read_json
@@ -232,7 +233,10 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         # Anthropic's clients read Anthropic's error shape; everyone else OpenAI's.
-        anthropic = request.url.path.startswith(ANTHROPIC_PREFIX)
+        path = request.url.path
+        anthropic = path.startswith(ANTHROPIC_PREFIX) or (
+            path.startswith("/v1/models") and wants_anthropic(request.headers)
+        )
         body = exc.anthropic_body() if anthropic else exc.openai_body()
         headers = {**SECURITY_HEADERS, **exc.headers()}
         return JSONResponse(body, status_code=exc.status, headers=headers)
@@ -376,13 +380,20 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     app.include_router(admin_router(gate, read_timeout))
 
     # Open routes: without a key they list every pool and alias; with a team's key, what the
-    # team may call, as OpenAI lists the models a key can use.
+    # team may call, as OpenAI lists the models a key can use. Anthropic's SDKs (which send
+    # anthropic-version) get Anthropic's shapes at the same URLs.
     bad_key = error_response("a team key was sent and is not valid (no key: the whole list)")
 
     @app.get("/v1/models", responses={401: bad_key})
     async def models(request: Request) -> JSONResponse:
         allowed = await gate.listing_scope(request)
-        return JSONResponse(gateway.models(allowed), headers=SECURITY_HEADERS)
+        cards: dict[str, Any] = gateway.models(allowed)
+        if wants_anthropic(request.headers):
+            query = request.query_params
+            cards = model_page(
+                cards["data"], query.get("limit"), query.get("after_id"), query.get("before_id")
+            )
+        return JSONResponse(cards, headers=SECURITY_HEADERS)
 
     @app.get(
         "/v1/models/{model_id:path}",
@@ -390,7 +401,10 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     )
     async def model(model_id: str, request: Request) -> JSONResponse:
         allowed = await gate.listing_scope(request)
-        return JSONResponse(gateway.model(model_id, allowed), headers=SECURITY_HEADERS)
+        card = gateway.model(model_id, allowed)
+        if wants_anthropic(request.headers):
+            card = model_info(card)
+        return JSONResponse(card, headers=SECURITY_HEADERS)
 
     @app.get(
         "/metrics",

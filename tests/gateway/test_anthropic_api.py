@@ -581,3 +581,25 @@ def test_each_schema_of_an_anthropic_request_is_checked_once(
     walked.clear()
     client.messages.count_tokens(model="gemma-4", messages=HELLO, tools=tools)
     assert walked == [SCHEMA, {"type": "object"}]
+
+
+def test_the_anthropic_sdk_lists_and_pages_the_models(client: anthropic.Anthropic) -> None:
+    """The SDK's models.list and retrieve read Anthropic's shapes (type, display_name,
+    created_at, has_more): OpenAI's list left them None, and has_more unset."""
+    everything = [m.id for m in client.models.list()]
+    assert set(everything) >= {"e2b", "e4b", "moe", "dense", "gemma-4"}
+    first = client.models.list(limit=2)
+    assert [m.id for m in first.data] == everything[:2] and first.has_more is True
+    assert first.first_id == everything[0] and first.last_id == everything[1]
+    # auto-pagination follows after_id page by page to the same list
+    assert [m.id for m in client.models.list(limit=2)] == everything
+    before = client.models.list(before_id=everything[2], limit=5)
+    assert [m.id for m in before.data] == everything[:2] and before.has_more is False
+    info = client.models.retrieve("e2b")
+    assert (info.type, info.display_name, info.max_input_tokens) == ("model", "e2b", 32_768)
+    assert info.created_at.year == 2026
+    with pytest.raises(anthropic.NotFoundError) as missing:
+        client.models.retrieve("gemma-4-7b")
+    assert missing.value.body["type"] == "error"  # type: ignore[index]  # Anthropic's shape
+    with pytest.raises(anthropic.BadRequestError, match="limit"):
+        client.models.list(limit=0)
