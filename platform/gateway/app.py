@@ -105,6 +105,13 @@ def respond(answer: Answer) -> Response:
     return StreamingResponse(answer.events, media_type="text/event-stream", headers=headers)
 
 
+# What an SDK calling an API route the fleet lacks is told it does serve.
+SERVED_APIS = (
+    "this gateway serves /v1/chat/completions, /v1/completions, /v1/responses, /v1/messages "
+    "(and their token counting), /v1/models and /v1/usage"
+)
+
+
 def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     """The OpenAI- and Anthropic-compatible HTTP app over `gateway`; `gate` (None: open, no
     team keys) authenticates callers and holds them to their team's limits."""
@@ -246,7 +253,12 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         # Starlette's own refusals (no such route, method not allowed) in the API's shape.
         if exc.status_code < 400:
             return Response(status_code=exc.status_code, headers=exc.headers)
-        error = ApiError(exc.status_code, str(exc.detail), extra_headers=dict(exc.headers or {}))
+        message = str(exc.detail)
+        if exc.status_code == 404 and request.url.path.startswith("/v1/"):
+            # An OpenAI or Anthropic SDK calling an API the fleet does not serve (embeddings,
+            # audio, images, files, batches...): say which it does, not just "Not Found".
+            message = f"{request.method} {request.url.path} is not served here; {SERVED_APIS}"
+        error = ApiError(exc.status_code, message, extra_headers=dict(exc.headers or {}))
         return await _api_error(request, error)
 
     @app.exception_handler(Exception)

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 CHAT = "/v1/chat/completions"
@@ -114,6 +115,26 @@ def test_unsupported_modality_for_the_named_model(gateway_server: Any) -> None:
 
 def test_completions_bad_input(gateway_server: Any) -> None:
     expect(gateway_server.post("/v1/completions", json={"model": "gemma-4"}), 400, "prompt")
+
+
+@pytest.mark.parametrize(
+    ("call", "path"),
+    [
+        (lambda c: c.embeddings.create(model="gemma-4", input="hi"), "/v1/embeddings"),
+        (lambda c: c.images.generate(prompt="a cat"), "/v1/images/generations"),
+        (lambda c: c.moderations.create(input="hi"), "/v1/moderations"),
+    ],
+    ids=["embeddings", "images", "moderations"],
+)
+def test_an_api_the_fleet_does_not_serve_says_which_it_does(
+    gateway_server: Any, call: Any, path: str
+) -> None:
+    """An SDK method for an API the fleet lacks got a bare "Not Found"."""
+    client = openai.OpenAI(base_url=gateway_server.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as refused:
+        call(client)
+    message = refused.value.message
+    assert f"POST {path} is not served here" in message and "/v1/chat/completions" in message
 
 
 def test_security_headers(gateway_server: Any) -> None:
