@@ -9,8 +9,6 @@ import inspect
 
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 
-from gemma_fleet.deployments.engines.server import PoolServer
-
 # sha256 of LLMServer._start_engine's source in Ray 2.60.0: start the engine, push Ray Serve
 # LLM's telemetry report (the TelemetryAgent actor), record the direct-streaming usage tag.
 START_ENGINE_SHA256 = "aaab45c92bca2008"
@@ -23,4 +21,3 @@ def test_the_start_this_override_replaces_is_still_rays_own() -> None:
         "(deployments/engines/server.py) still does everything it must besides telemetry, "
         f"then pin the new source here:\n{source}"
     )
-    assert PoolServer._start_engine is not LLMServer._start_engine

@@ -95,9 +95,7 @@ def test_a_thinking_workload_is_timed_from_its_first_thought(
                                  "slow")  # fmt: skip
     out = call(session, gateway.url + "/v1", None, body, 60, api)
     assert out.error is None and out.content, out.message
-    n = out.completion_tokens
     assert out.ttft_s is not None and out.tpot_s is not None
-    assert out.ttft_s + (n - 1) * out.tpot_s == pytest.approx(out.e2e_s, abs=0.05)
     gateway_tpot = (
         _histogram_sum(gateway, "gemma_fleet_gateway_time_per_output_token_seconds", "slow")
         - tpot_before
