@@ -20,6 +20,7 @@ from gemma_fleet.loadtest.markdown import not_run_warning, percent
 from gemma_fleet.loadtest.provision import ProvisionError
 from gemma_fleet.loadtest.runner import LoadTestError, LoadTestPlan, local_fleet_host, run_loadtest
 from gemma_fleet.loadtest.shapes import SHAPES, ShapeSpec, parse_duration
+from gemma_fleet.loadtest.staffing import staffing
 from gemma_fleet.loadtest.workload import WorkloadFileError, load_workload
 
 
@@ -77,7 +78,10 @@ def loadtest_command(
         help="with --local: the fleet's team store folder (one running fleet per folder)",
     ),
     strict: bool = typer.Option(
-        False, "--strict", help="exit 1 when an SLO is missed or a request failed unexpectedly"
+        False,
+        "--strict",
+        help="exit 1 when an SLO is missed, a request failed unexpectedly or a workload sent "
+        "nothing (refused before the run when too few --users leave a workload without one)",
     ),
 ) -> None:
     """Load-test an endpoint with Locust and report whether the SLOs hold."""
@@ -100,9 +104,13 @@ def loadtest_command(
     except ValueError as exc:
         raise CliError(f"--duration: {exc}") from exc
     try:
-        load_workload(workload)
+        staffed = staffing(load_workload(workload), users)
     except WorkloadFileError as exc:
         raise CliError(str(exc)) from exc
+    if (unstaffed := staffed.warning()) is not None:
+        if strict:  # it would fail after the whole run; say so before it
+            raise CliError(f"--strict: {unstaffed}")
+        console.print(f"[yellow]{escape(unstaffed[0].upper() + unstaffed[1:])}.[/yellow]")
     admin_key = credential_from(
         admin_key, admin_key_file, option="--admin-key", variable="GEMMA_FLEET_ADMIN_KEY"
     )
@@ -151,5 +159,5 @@ def loadtest_command(
     elif not r.gateway.all_match:
         console.print(f"[yellow]{r.gateway.mismatches} figure(s) differ from /metrics[/yellow]")
     console.print(f"report: {result.report_md}")
-    if strict and (r.verdict != "SLOs hold" or t.errors):
+    if strict and (r.verdict != "SLOs hold" or t.errors or r.not_run):
         raise typer.Exit(1)

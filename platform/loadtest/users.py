@@ -47,6 +47,7 @@ from gemma_fleet.loadtest.workload import (
     Vision,
     Workload,
     WorkloadFile,
+    user_class_name,
 )
 
 DEFAULT_WORKLOAD = Path("loadtest/workloads/mix.yaml")
@@ -263,10 +264,6 @@ class FleetShape(LoadTestShape):
         return _Run.settings.shape.tick(self.get_run_time())  # type: ignore[no-untyped-call]
 
 
-def _class_name(workload: str) -> str:
-    return "".join(part.capitalize() for part in workload.replace("-", "_").split("_")) + "User"
-
-
 def locust_classes(env: dict[str, str] | None = None) -> dict[str, type]:
     """The user classes of the configured workload file (one per workload with a weight), and
     the shape class when a shape is configured: what a locustfile exposes to Locust."""
@@ -275,7 +272,7 @@ def locust_classes(env: dict[str, str] | None = None) -> dict[str, type]:
     _Run.workload = settings.load_workload()
     classes: dict[str, type] = {}
     for w in _Run.workload.active:
-        name = _class_name(w.name)
+        name = user_class_name(w.name)
         classes[name] = type(name, (FleetUser,), {"workload": w, "weight": w.weight})
     if settings.shape is not None:
         classes["FleetShape"] = FleetShape

@@ -34,6 +34,11 @@ TEAM_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 WORKLOAD_NAME = r"^[a-z][a-z0-9_-]{0,47}$"
 
 
+def user_class_name(workload: str) -> str:
+    """The Locust user class that runs `workload`: 'long-docs' -> 'LongDocsUser'."""
+    return "".join(word.capitalize() for word in workload.replace("-", "_").split("_")) + "User"
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -230,6 +235,14 @@ class WorkloadFile(Strict):
         names = [w.name for w in self.workloads]
         if len(set(names)) != len(names):
             raise ValueError("workloads: a workload name is used twice")
+        classes: dict[str, str] = {}
+        for name in names:
+            if (other := classes.setdefault(user_class_name(name), name)) != name:
+                # Locust would run one class under both names and drop the other workload.
+                raise ValueError(
+                    f"workloads {other!r} and {name!r} differ only in '-' or '_': "
+                    "rename one (Locust runs each under a class named after it)"
+                )
         for w in self.workloads:
             if w.team not in teams:
                 raise ValueError(f"workload {w.name!r} names team {w.team!r}, not in teams")

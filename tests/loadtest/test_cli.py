@@ -37,6 +37,12 @@ CI_WORKLOAD = str(Path(__file__).with_name("workload-ci.yaml"))
             ],
             "--admin-key (GEMMA_FLEET_ADMIN_KEY) and --admin-key-file",
         ),
+        # a CI gate that would fail after the whole run says so before it: 2 users leave six of
+        # the CI workload's eight workloads without one
+        (
+            ["--workload", CI_WORKLOAD, "--host", "http://127.0.0.1:9", "--users", "2", "--strict"],
+            "--strict: at 2 users Locust gives no user to long-context, vision, audio, tool-loop",
+        ),
         # nothing listens on port 9: said plainly, after the inputs were checked
         (["--workload", CI_WORKLOAD, "--host", "http://127.0.0.1:9"], "does not answer"),
     ],
@@ -50,3 +56,15 @@ def test_bad_input_is_one_line_and_exit_2(
     err = capsys.readouterr().err.strip()
     assert err.startswith("gemma-fleet: error:") and "\n" not in err
     assert says in err
+
+
+def test_too_few_users_are_warned_of_before_the_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["loadtest", "--workload", CI_WORKLOAD, "--host", "http://127.0.0.1:9",
+              "--users", "3", "--out", str(tmp_path)])  # fmt: skip
+    assert done.value.code == 2  # nothing listens on port 9: the warning came first
+    out = " ".join(capsys.readouterr().out.split())
+    assert "At 3 users Locust gives no user to" in out
+    assert "--users 8 runs every workload" in out

@@ -179,8 +179,13 @@ def test_the_cli_runs_a_shape_against_the_same_fleet(run: Run, tmp_path: Path) -
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert str(out / "report.md") in done.stdout.replace("\n", "")
+    # 4 users leave four of the eight workloads without one: said before the run, and so it was
+    said = " ".join(done.stdout.split())
+    left_out = "long-context, vision, tool-loop, limited-chat"
+    assert f"At 4 users Locust gives no user to {left_out}" in said
     report = LoadTestReport.model_validate_json((out / "report.json").read_text())
     assert report.shape.kind == "step" and report.totals.requests > 0
+    assert {"long-context", "vision", "tool-loop", "limited-chat"} <= set(report.not_run)
 
 
 def test_strict_exits_1_when_an_slo_is_missed(run: Run, tmp_path: Path) -> None:
@@ -188,6 +193,8 @@ def test_strict_exits_1_when_an_slo_is_missed(run: Run, tmp_path: Path) -> None:
     root command used to drop the exit status, so a missed SLO exited 0)."""
     workload = yaml.safe_load(WORKLOAD.read_text())
     workload["slo"] = {"ttft_s": 1e-6, "tpot_s": 1e-6, "e2e_s": 1e-6}  # nothing meets it
+    for w in workload["workloads"][1:]:  # one workload, so that 2 users run all of it
+        w["weight"] = 0
     impossible = tmp_path / "impossible.yaml"
     impossible.write_text(yaml.safe_dump(workload))
     done = subprocess.run(

@@ -71,6 +71,9 @@ def _write(tmp_path: Path, text: str) -> Path:
          "api: messages cannot send audio"),
         ("teams: [{name: a}]\nworkloads: [{name: x, kind: tool_calling, team: a,"
          " api: responses}]", "the tool loop speaks chat completions"),
+        # one Locust class for both: one workload would silently never run
+        ("teams: [{name: a}]\nworkloads: [{name: chat-1, kind: short_chat, team: a},"
+         " {name: chat_1, kind: short_chat, team: a}]", "'chat-1' and 'chat_1' differ only in"),
     ],
 )  # fmt: skip
 def test_bad_workload_files_are_refused_naming_the_problem(

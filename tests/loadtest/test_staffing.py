@@ -1,0 +1,88 @@
+"""Who gets a virtual user: the pre-run check agrees with the installed Locust's dispatcher, so
+`gemma-fleet loadtest` can say before a test which workloads it would leave out."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from gemma_fleet.loadtest.staffing import deal, staffing
+from gemma_fleet.loadtest.workload import load_workload, user_class_name
+
+ROOT = Path(__file__).resolve().parents[2]
+MIX = ROOT / "loadtest" / "workloads" / "mix.yaml"
+CI_WORKLOAD = Path(__file__).with_name("workload-ci.yaml")
+MAX_USERS = 30
+
+# Locust's LocalRunner deals users through this dispatcher on one worker node. It runs in a
+# child process: importing Locust monkey-patches the whole interpreter with gevent.
+LOCUST_DEAL = """
+import json, sys
+from locust.dispatch import UsersDispatcher
+from locust.runners import WorkerNode
+from gemma_fleet.loadtest.workload import user_class_name
+
+answers = []
+for weights in json.loads(sys.stdin.read()):
+    classes = [
+        type(user_class_name(name), (), {"weight": w, "fixed_count": 0})
+        for name, w in weights.items() if w > 0
+    ]
+    per_count = []
+    for users in range(1, int(sys.argv[1]) + 1):
+        dispatcher = UsersDispatcher(worker_nodes=[WorkerNode("one")], user_classes=classes)
+        dispatcher.new_dispatch(target_user_count=users, spawn_rate=users)
+        dispatcher._wait_between_dispatch = 0
+        final = {}
+        for final in dispatcher:
+            pass
+        per_count.append(final["one"])
+    answers.append(per_count)
+print(json.dumps(answers))
+"""
+
+
+def _weights(path: Path) -> dict[str, int]:
+    return {w.name: w.weight for w in load_workload(path).workloads}
+
+
+def _random_weights(rng: random.Random) -> dict[str, int]:
+    weights = {f"load-{i}": rng.choice([0, 1, 1, 2, 3, 5, 8, 20]) for i in range(rng.randint(2, 9))}
+    weights["load-0"] = max(1, weights["load-0"])  # Locust needs one class with users
+    return weights
+
+
+def test_the_deal_is_locusts_for_every_user_count_up_to_30() -> None:
+    rng = random.Random(7)
+    cases = [
+        _weights(MIX),
+        _weights(CI_WORKLOAD),
+        {f"w{i}": 1 for i in range(6)},  # all tied: the class name decides
+        {"chat-a": 3, "chat_b": 3, "docs": 0, "zz": 1},
+        *(_random_weights(rng) for _ in range(12)),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", LOCUST_DEAL, str(MAX_USERS)],
+        input=json.dumps(cases), capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    by_locust = json.loads(done.stdout)
+    for weights, locust_counts in zip(cases, by_locust, strict=True):
+        for users, theirs in enumerate(locust_counts, start=1):
+            ours = {user_class_name(name): n for name, n in deal(weights, users).items()}
+            assert ours == theirs, (weights, users)
+
+
+def test_the_mix_at_8_users_leaves_three_workloads_out_and_12_run_them_all() -> None:
+    """The case that was found by hand: an 8-user spike on mix.yaml never ran three of its ten
+    workloads, and the verdict said the SLOs held."""
+    mix = load_workload(MIX)
+    at_8 = staffing(mix, 8)
+    assert at_8.unstaffed == ["responses-chat", "long-context", "limited-batch"]
+    assert at_8.users_for_all == 12
+    assert staffing(mix, 12).unstaffed == [] and staffing(mix, 12).warning() is None
+    warning = at_8.warning()
+    assert warning is not None
+    assert "responses-chat, long-context, limited-batch" in warning and "--users 12" in warning
