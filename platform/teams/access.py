@@ -111,6 +111,7 @@ class TeamAccess:
         self.meter = UsageMeter(redis, prefix)
         self._prefix = prefix
         self._seen: dict[str, tuple[Identity, float]] = {}
+        self._lookups: dict[str, asyncio.Task[Identity | None]] = {}  # by key digest, in flight
         self._pending: deque[Callable[[], Awaitable[None]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
@@ -134,9 +135,7 @@ class TeamAccess:
             raise Unauthenticated("missing or malformed API key")
         digest = key_digest(key)
         try:
-            identity: Identity | None = await self.watched(
-                self._bounded(self.store.authenticate(key))
-            )
+            identity = await asyncio.shield(self._lookup(key, digest))
         except Exception as exc:
             if not store_down(exc):
                 raise
@@ -155,6 +154,28 @@ class TeamAccess:
         if self.settings.redis_down is RedisDownPolicy.SERVE_CACHED_KEYS:
             self._seen[digest] = (identity, time.monotonic())
         return identity
+
+    def _lookup(self, key: str, digest: str) -> asyncio.Task[Identity | None]:
+        """The store's answer for `key`, shared by every request that asks while it is on its
+        way: a burst of requests from one team costs Redis one key lookup, not one per
+        request, and a gateway short of CPU has one reply to wait for, not hundreds racing the
+        store's timeout. A task, so that a caller that goes away (its client hung up) does not
+        cancel the lookup the others wait on. A key revoked meanwhile is refused from the next
+        lookup on."""
+        task = self._lookups.get(digest)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(
+                self.watched(self._bounded(self.store.authenticate(key)))
+            )
+            self._lookups[digest] = task
+            task.add_done_callback(lambda done: self._lookup_done(digest, done))
+        return task
+
+    def _lookup_done(self, digest: str, task: asyncio.Task[Identity | None]) -> None:
+        if self._lookups.get(digest) is task:
+            del self._lookups[digest]
+        if not task.cancelled():
+            task.exception()  # its callers have it; asyncio would log it if none waited
 
     async def admit(self, identity: Identity, tokens: int) -> Ticket:
         """Reserve one request and `tokens` against the team's limits (LimitExceeded if not)."""

@@ -15,7 +15,7 @@ import pytest
 import redis as sync_redis
 from redis_server import RedisServer
 
-from gemma_fleet.teams.access import StoreUnavailable, TeamAccess
+from gemma_fleet.teams.access import StoreUnavailable, TeamAccess, Unauthenticated
 from gemma_fleet.teams.limits import Limiter, TeamLimits
 from gemma_fleet.teams.records import KeyRequest, TeamSpec
 from gemma_fleet.teams.redis_client import connect
@@ -177,3 +177,42 @@ def test_a_charge_sent_twice_under_one_once_key_counts_once(own_redis: RedisServ
         return used
 
     assert asyncio.run(scenario()) == 42
+
+
+def _script_calls(server: RedisServer) -> int:
+    stats = sync_redis.Redis(port=server.port).info("commandstats")
+    return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("eval", "evalsha"))
+
+
+def test_a_burst_from_one_key_costs_redis_one_lookup(own_redis: RedisServer) -> None:
+    """200 requests at once from two teams' keys read each key once; a caller that hangs up
+    does not fail the others; and the next lookup reads Redis again (a revoked key is
+    refused)."""
+
+    async def scenario() -> None:
+        settings = TeamsSettings(auth_required=True, redis_url=own_redis.url)
+        access = TeamAccess(connect(own_redis.url), settings)
+        issued = []
+        for team in ("search", "mail"):
+            await access.store.create_team(TeamSpec(name=team))
+            issued.append(await access.store.issue_key(team, KeyRequest()))
+        keys = [i.key for i in issued]
+        await access.authenticate(keys[0])  # Redis has the script from now on
+
+        before = _script_calls(own_redis)
+        found = await asyncio.gather(*(access.authenticate(k) for k in keys * 100))
+        assert _script_calls(own_redis) - before == 2
+        assert [i.team.name for i in found] == ["search", "mail"] * 100
+
+        first = asyncio.create_task(access.authenticate(keys[0]))
+        second = asyncio.create_task(access.authenticate(keys[0]))
+        await asyncio.sleep(0)  # both wait on one lookup
+        first.cancel()
+        assert (await second).team.name == "search"
+
+        await access.store.revoke_key(issued[0].id)
+        with pytest.raises(Unauthenticated):
+            await access.authenticate(keys[0])
+        await access.close()
+
+    asyncio.run(scenario())
