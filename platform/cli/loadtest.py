@@ -19,9 +19,11 @@ from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.loadtest.markdown import not_run_warning, percent
 from gemma_fleet.loadtest.provision import ProvisionError
 from gemma_fleet.loadtest.runner import LoadTestError, LoadTestPlan, local_fleet_host, run_loadtest
-from gemma_fleet.loadtest.shapes import SHAPES, ShapeSpec, parse_duration
-from gemma_fleet.loadtest.staffing import staffing
+from gemma_fleet.loadtest.shapes import MAX_USERS, SHAPES, ShapeSpec, parse_duration
+from gemma_fleet.loadtest.staffing import staffing, users_to_run_all
 from gemma_fleet.loadtest.workload import WorkloadFileError, load_workload
+
+DEFAULT_USERS = 10
 
 
 def loadtest_command(
@@ -33,7 +35,12 @@ def loadtest_command(
     ),
     shape: str = typer.Option("constant", "--shape", help="constant, step, spike or diurnal"),
     duration: str = typer.Option("5m", "--duration", help="how long, e.g. 90s, 10m, 1h"),
-    users: int = typer.Option(10, "--users", help="peak virtual users"),
+    users: int | None = typer.Option(
+        None,
+        "--users",
+        help=f"peak virtual users (default: {DEFAULT_USERS}, or as many as it takes to give every "
+        "workload one)",
+    ),
     spawn_rate: float = typer.Option(5.0, "--spawn-rate", help="users started per second"),
     out: Path | None = typer.Option(
         None, "--out", help="report folder; default loadtest-report/<UTC time>"
@@ -91,6 +98,12 @@ def loadtest_command(
     if shape not in SHAPES:
         raise CliError(f"--shape {shape!r}: one of {', '.join(SHAPES)}")
     try:
+        loaded = load_workload(workload)
+    except WorkloadFileError as exc:
+        raise CliError(str(exc)) from exc
+    if users is None:
+        users = min(MAX_USERS, max(DEFAULT_USERS, users_to_run_all(loaded)))
+    try:
         spec = ShapeSpec(
             kind=shape,
             duration_s=parse_duration(duration),
@@ -103,11 +116,7 @@ def loadtest_command(
         raise CliError(f"{name}: {first['msg']}") from exc
     except ValueError as exc:
         raise CliError(f"--duration: {exc}") from exc
-    try:
-        staffed = staffing(load_workload(workload), users)
-    except WorkloadFileError as exc:
-        raise CliError(str(exc)) from exc
-    if (unstaffed := staffed.warning()) is not None:
+    if (unstaffed := staffing(loaded, users).warning()) is not None:
         if strict:  # it would fail after the whole run; say so before it
             raise CliError(f"--strict: {unstaffed}")
         console.print(f"[yellow]{escape(unstaffed[0].upper() + unstaffed[1:])}.[/yellow]")

@@ -68,3 +68,16 @@ def test_too_few_users_are_warned_of_before_the_run(
     out = " ".join(capsys.readouterr().out.split())
     assert "At 3 users Locust gives no user to" in out
     assert "--users 8 runs every workload" in out
+
+
+def test_without_users_every_workload_gets_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The shipped mix needs 12 users to run all ten workloads: the default takes 12, not 10."""
+    mix = str(Path(__file__).parents[2] / "loadtest" / "workloads" / "mix.yaml")
+    with pytest.raises(SystemExit):
+        main(
+            ["loadtest", "--workload", mix, "--host", "http://127.0.0.1:9", "--out", str(tmp_path)]
+        )
+    out = " ".join(capsys.readouterr().out.split())
+    assert "up to 12 users" in out and "gives no user" not in out
