@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import random
+import re
 import statistics
 import tempfile
 import time
@@ -48,6 +49,8 @@ SETTINGS = LocalFleetSettings(
     temp_dir=Path("/tmp/ray-soak"),
     ready_timeout_s=600,
 )
+# TTFT ends at the first chunk whose delta carries text: the role chunk's empty content is not it.
+FIRST_TEXT = re.compile(r'"content":\s*"[^"]')
 WORDS = ["fleet", "gateway", "replica", "budget", "token", "window", "stream", "pool", "quota"]
 LIMIT_PER_MINUTE = 30  # teams.yaml's soak-limited
 REQUEST_TIMEOUT_S = 60.0
@@ -115,7 +118,7 @@ async def _one(client: httpx.AsyncClient, key: str, body: dict[str, Any], t0: fl
             record.status = r.status_code
             record.pool = r.headers.get("x-gemma-fleet-pool", "")
             async for chunk in r.aiter_text():
-                if record.ttft_s is None and body["stream"] and '"content"' in chunk:
+                if record.ttft_s is None and body["stream"] and FIRST_TEXT.search(chunk):
                     record.ttft_s = time.monotonic() - sent
                 if body["stream"] and '"error"' in chunk:
                     record.error = "error event in stream"
