@@ -841,3 +841,19 @@ def test_a_tool_call_comes_after_the_thinking() -> None:
     calls = [tc for c in chunks for tc in c["choices"][0]["delta"].get("tool_calls", [])]
     assert calls[0]["function"]["name"] == "get_weather" and calls[0]["id"]
     jsonschema.validate(json.loads("".join(tc["function"]["arguments"] for tc in calls)), WEATHER)
+
+
+def test_a_stop_string_in_the_thinking_ends_the_answer_there_as_vllm_does() -> None:
+    """vLLM looks for stop strings in everything it generates, thinking included: one found
+    there ends the output in the thinking, which the reasoning parser returns with no
+    content."""
+    [whole] = _chat(_engine(), seed=3, max_tokens=2000, **THINK)
+    reasoning = whole.choices[0].message.reasoning
+    assert reasoning is not None
+    stop = reasoning.split()[len(reasoning.split()) // 2]  # a word from the middle of it
+    [cut] = _chat(_engine(), seed=3, max_tokens=2000, stop=[stop], **THINK)
+    choice = cut.choices[0]
+    assert (choice.finish_reason, choice.stop_reason) == ("stop", stop)
+    assert choice.message.content is None
+    assert choice.message.reasoning == reasoning[: reasoning.index(stop)]
+    assert cut.usage.completion_tokens_details.reasoning_tokens == cut.usage.completion_tokens

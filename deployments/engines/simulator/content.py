@@ -11,8 +11,8 @@
 - Thinking (chat_template_kwargs.enable_thinking, Gemma 4's switch): reasoning text comes
   first, of its own natural length drawn like the text's, and counts against max_tokens as
   vLLM counts it; what vLLM's reasoning parser returns as `reasoning`. A request that runs
-  out of tokens while thinking has reasoning and no answer. Stop strings are looked for in
-  the answer only.
+  out of tokens while thinking has reasoning and no answer; so has one whose thinking holds a
+  stop string, since vLLM looks for them in everything it generates.
 The output is a list of token-sized pieces; the token count is the number of pieces.
 """
 
@@ -154,6 +154,11 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
     lo, hi = length_range
     # Thinking first, then the reply in what max_tokens leaves (min_tokens counts both).
     thought = text_pieces(rng, min(rng.randint(lo, max(lo, hi)), spec.max_tokens))
+    if (cut := _cut_at_stop(thought, spec.stop)) is not None:
+        # vLLM looks for stop strings in all it generates, thinking included: the answer ends
+        # there, all reasoning, with nothing for the content.
+        kept, matched = cut
+        return AnswerPlan("text", kept, "stop", reasoning_tokens=len(kept), stop_reason=matched)
     left = spec.max_tokens - len(thought)
     if left == 0:
         return AnswerPlan("text", thought, "length", reasoning_tokens=len(thought))
@@ -168,6 +173,25 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
         token_ids=[tokenizer.token_id(p) for p in thought] + reply.token_ids,
         reasoning_tokens=len(thought),
     )
+
+
+def _cut_at_stop(pieces: list[str], stop: tuple[str, ...]) -> tuple[list[str], str] | None:
+    """`pieces` up to the first stop string in their text, and that string; None if none is
+    there. Of two stop strings starting at one place, the one listed first."""
+    text = "".join(pieces)
+    found = [(i, k, s) for k, s in enumerate(stop) if s and (i := text.find(s)) >= 0]
+    if not found:
+        return None
+    cut, _, matched = min(found)
+    kept: list[str] = []
+    size = 0
+    for p in pieces:
+        if size + len(p) > cut:
+            kept.append(p[: cut - size])  # the token that completed the stop string
+            break
+        kept.append(p)
+        size += len(p)
+    return kept, matched
 
 
 def _plan_reply(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, int]) -> AnswerPlan:
@@ -201,19 +225,7 @@ def _plan_reply(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
         n = min(wanted, spec.max_tokens)
         reason = "stop" if wanted < spec.max_tokens else "length"
     pieces = text_pieces(rng, n)
-    if spec.stop:
-        text = "".join(pieces)
-        # The first place any stop string appears; of two starting there, the one listed first.
-        found = [(i, k, s) for k, s in enumerate(spec.stop) if s and (i := text.find(s)) >= 0]
-        if found:
-            cut, _, matched = min(found)
-            kept: list[str] = []
-            size = 0
-            for p in pieces:
-                if size + len(p) > cut:
-                    kept.append(p[: cut - size])  # the token that completed the stop string
-                    break
-                kept.append(p)
-                size += len(p)
-            return AnswerPlan("text", kept, "stop", stop_reason=matched)
+    if (cut := _cut_at_stop(pieces, spec.stop)) is not None:
+        kept, matched = cut
+        return AnswerPlan("text", kept, "stop", stop_reason=matched)
     return AnswerPlan("text", pieces, reason)
