@@ -283,6 +283,39 @@ def test_a_stop_string_is_reported_in_stop_reason_as_vllm_does() -> None:
     assert streamed[-1]["choices"][0]["stop_reason"] == "e"
 
 
+def _vllm_stop(text: str, stop: list[str], held: int) -> tuple[str, str] | None:
+    """vLLM's rule, read off its detokenizer: the text is checked as it grows, past the first
+    `held` characters; the first stop string to be complete ends it (ties: list order)."""
+    for end in range(held + 1, len(text) + 1):
+        for s in stop:
+            if end - len(s) >= 0 and text[end - len(s) : end] == s:
+                return text[: end - len(s)], s
+    return None
+
+
+def test_of_overlapping_stop_strings_the_one_that_ends_first_stops_the_text() -> None:
+    [plain] = _chat(_engine(), seed=3, max_tokens=2000)
+    text = plain.choices[0].message.content
+    # a word whose middle appears nowhere before it: it starts first, its middle ends first
+    word = next(w for w in text.split() if len(w) >= 5 and text.find(w[1:3]) == text.find(w) + 1)
+    stop = [word, word[1:3]]
+    [cut] = _chat(_engine(), seed=3, max_tokens=2000, stop=stop)
+    assert _vllm_stop(text, stop, 0) == (text[: text.find(word) + 1], word[1:3])
+    assert (cut.choices[0].message.content, cut.choices[0].stop_reason) == _vllm_stop(text, stop, 0)
+
+
+def test_min_tokens_hold_back_stop_strings_as_vllm_does() -> None:
+    [plain] = _chat(_engine(), seed=3, max_tokens=2000)
+    text = plain.choices[0].message.content
+    held = len("".join(tokenizer.pieces(text)[:5]))
+    # a word that ends within the first 5 tokens and comes again later
+    first = next(w for w in text.split() if text.find(w) + len(w) <= held and text.count(w) >= 2)
+    [cut] = _chat(_engine(), seed=3, max_tokens=2000, min_tokens=5, stop=[first])
+    expected = _vllm_stop(text, [first], held)
+    assert expected is not None and expected[0]  # not cut at the start
+    assert (cut.choices[0].message.content, cut.choices[0].stop_reason) == expected
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_schema_no_instance_satisfies_is_a_400_naming_the_field(stream: bool) -> None:
     schema = {"type": "object", "properties": {"a": False}, "required": ["a"]}

@@ -154,7 +154,7 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
     lo, hi = length_range
     # Thinking first, then the reply in what max_tokens leaves (min_tokens counts both).
     thought = text_pieces(rng, min(rng.randint(lo, max(lo, hi)), spec.max_tokens))
-    if (cut := _cut_at_stop(thought, spec.stop)) is not None:
+    if (cut := _cut_at_stop(thought, spec.stop, spec.min_tokens)) is not None:
         # vLLM looks for stop strings in all it generates, thinking included: the answer ends
         # there, all reasoning, with nothing for the content.
         kept, matched = cut
@@ -175,14 +175,23 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
     )
 
 
-def _cut_at_stop(pieces: list[str], stop: tuple[str, ...]) -> tuple[list[str], str] | None:
+def _cut_at_stop(
+    pieces: list[str], stop: tuple[str, ...], min_tokens: int
+) -> tuple[list[str], str] | None:
     """`pieces` up to the first stop string in their text, and that string; None if none is
-    there. Of two stop strings starting at one place, the one listed first."""
+    there. As vLLM reads its output, the stop string that ends first wins (of two ending at one
+    place, the one listed first), and one counts only if it ends past the first `min_tokens`
+    tokens."""
     text = "".join(pieces)
-    found = [(i, k, s) for k, s in enumerate(stop) if s and (i := text.find(s)) >= 0]
+    held = len("".join(pieces[:min_tokens]))  # vLLM's check starts after these characters
+    found = [
+        (i + len(s), k, i, s)
+        for k, s in enumerate(stop)
+        if s and (i := text.find(s, max(0, held - len(s) + 1))) >= 0
+    ]
     if not found:
         return None
-    cut, _, matched = min(found)
+    _, _, cut, matched = min(found)
     kept: list[str] = []
     size = 0
     for p in pieces:
@@ -225,7 +234,7 @@ def _plan_reply(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
         n = min(wanted, spec.max_tokens)
         reason = "stop" if wanted < spec.max_tokens else "length"
     pieces = text_pieces(rng, n)
-    if (cut := _cut_at_stop(pieces, spec.stop)) is not None:
+    if (cut := _cut_at_stop(pieces, spec.stop, spec.min_tokens)) is not None:
         kept, matched = cut
         return AnswerPlan("text", kept, "stop", stop_reason=matched)
     return AnswerPlan("text", pieces, reason)
