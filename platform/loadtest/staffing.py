@@ -2,11 +2,11 @@
 
 Locust gives each workload (one user class each) users in proportion to its weight, dealing
 them one at a time: the next user goes to the class whose share of users falls furthest short
-of its share of the weight (measured as Kullback-Leibler divergence), classes taken in name
-order. With fewer users than the weights need, the lightest workloads get none and send
-nothing, and a load test's verdict then says nothing about them. Importing Locust would
-monkey-patch this process with gevent, so the rule is restated here; a test holds it to the
-installed Locust's own dispatcher.
+of its share of the weight (measured as Kullback-Leibler divergence), a tie going to the class
+whose name sorts first. With fewer users than the weights need, the lightest workloads get
+none and send nothing, and a load test's verdict then says nothing about them. Importing
+Locust would monkey-patch this process with gevent, so the rule is restated here; a test
+holds it to the installed Locust's own dispatcher.
 """
 
 from __future__ import annotations
