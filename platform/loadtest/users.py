@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import random
 import threading
@@ -37,6 +38,7 @@ from gemma_fleet.loadtest.apis import body_for
 from gemma_fleet.loadtest.exchange import Exchange, call
 from gemma_fleet.loadtest.records import EXPECTED_429, STOPPED, RecordWriter, RequestRecord
 from gemma_fleet.loadtest.settings import LocustSettings, settings_from_env
+from gemma_fleet.loadtest.staffing import staffing
 from gemma_fleet.loadtest.workload import (
     Audio,
     JsonExtraction,
@@ -61,12 +63,16 @@ class RateLimited(RequestFailed):
     """An expected 429 (rate limit, concurrency limit or token budget)."""
 
 
+log = logging.getLogger(__name__)
+
+
 class _Run:
     """This process's settings and records file, shared by every virtual user."""
 
     settings: LocustSettings
     workload: WorkloadFile
     writer: RecordWriter | None = None
+    warned_at = 0  # the user count staffing was last checked for
     lock = threading.Lock()
     counter = itertools.count()
 
@@ -291,5 +297,21 @@ def _close_records(**_: Any) -> None:
         _Run.writer = None
 
 
+def _warn_of_unstaffed(user_count: int, **_: Any) -> None:
+    """Plain Locust (-u, its web UI) has no pre-run check like `gemma-fleet loadtest`'s: say
+    which workloads get no user once the users are out, for the shape's peak when a shape
+    runs (its early steps are meant to be small), once per count."""
+    settings: LocustSettings | None = getattr(_Run, "settings", None)
+    if settings is None:
+        return
+    peak = settings.shape.users if settings.shape is not None else user_count
+    if peak <= _Run.warned_at:
+        return
+    _Run.warned_at = peak
+    if (warning := staffing(_Run.workload, peak).warning()) is not None:
+        log.warning("Gemma Fleet: %s.", warning)
+
+
 events.test_start.add_listener(_open_records)  # type: ignore[no-untyped-call]
 events.quitting.add_listener(_close_records)  # type: ignore[no-untyped-call]
+events.spawning_complete.add_listener(_warn_of_unstaffed)  # type: ignore[no-untyped-call]

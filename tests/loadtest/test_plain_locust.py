@@ -1,0 +1,55 @@
+"""The locustfile for plain Locust (`locust -f loadtest/locustfile.py`, docs/loadtest.md) runs
+the workload, and says which workloads its user count leaves without a user, which
+`gemma-fleet loadtest` says before a run but plain Locust has no place for."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CI_WORKLOAD = Path(__file__).with_name("workload-ci.yaml")
+
+
+def _locust(users: int, **env: str) -> str:
+    """Plain Locust for 3 s against a port nothing listens on (the requests fail; only the
+    staffing matters here); its log."""
+    done = subprocess.run(
+        [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
+         "--headless", "-u", str(users), "-r", str(users), "-t", "3s", "--only-summary",
+         "--exit-code-on-error", "0", "--host", "http://127.0.0.1:9"],
+        env={**os.environ, "GEMMA_FLEET_API_KEY": "gfk_x_y", "GEMMA_FLEET_LOADTEST_WORKLOAD":
+             str(CI_WORKLOAD), **env},
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return " ".join((done.stdout + done.stderr).split())
+
+
+@pytest.mark.parametrize(
+    ("users", "left_out"),
+    [(2, "long-context, vision, audio, tool-loop, json-extract, limited-chat"), (8, None)],
+)
+def test_plain_locust_names_the_workloads_its_users_leave_out(
+    users: int, left_out: str | None
+) -> None:
+    log = _locust(users)
+    assert "Spawning is complete" in log or "All users spawned" in log, log[-1500:]
+    if left_out is None:
+        assert "gives no user" not in log
+    else:
+        assert f"Gemma Fleet: at {users} users Locust gives no user to {left_out}" in log
+
+
+def test_with_a_shape_the_peak_is_what_counts() -> None:
+    """A step shape starts small on purpose: only its peak is checked (8 users run all)."""
+    log = _locust(1, GEMMA_FLEET_LOADTEST_SHAPE="step", GEMMA_FLEET_LOADTEST_DURATION="3s",
+                  GEMMA_FLEET_LOADTEST_USERS="8")  # fmt: skip
+    assert "gives no user" not in log
+    log = _locust(1, GEMMA_FLEET_LOADTEST_SHAPE="step", GEMMA_FLEET_LOADTEST_DURATION="3s",
+                  GEMMA_FLEET_LOADTEST_USERS="4")  # fmt: skip
+    assert "Gemma Fleet: at 4 users Locust gives no user to long-context" in log
