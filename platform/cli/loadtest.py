@@ -16,7 +16,7 @@ from gemma_fleet.cli.credential_options import credential_from, file_option
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.ports import require_free_ports, require_free_state_dir
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
-from gemma_fleet.loadtest.markdown import not_run_warning, percent
+from gemma_fleet.loadtest.markdown import coverage_warnings, percent
 from gemma_fleet.loadtest.provision import ProvisionError
 from gemma_fleet.loadtest.runner import LoadTestError, LoadTestPlan, local_fleet_host, run_loadtest
 from gemma_fleet.loadtest.shapes import MAX_USERS, SHAPES, ShapeSpec, parse_duration
@@ -87,8 +87,8 @@ def loadtest_command(
     strict: bool = typer.Option(
         False,
         "--strict",
-        help="exit 1 when an SLO is missed, a request failed unexpectedly or a workload sent "
-        "nothing (refused before the run when too few --users leave a workload without one)",
+        help="exit 1 when an SLO is missed, a request failed unexpectedly or a workload went "
+        "unmeasured (refused before the run when too few --users leave a workload without one)",
     ),
 ) -> None:
     """Load-test an endpoint with Locust and report whether the SLOs hold."""
@@ -161,12 +161,12 @@ def loadtest_command(
         f"{percent(t.slo_attainment)} (target {percent(r.slo_target)}), goodput "
         f"{t.goodput_rps:.2f} req/s, {t.rate_limited} 429s, {t.errors} other errors"
     )
-    if (warning := not_run_warning(r)) is not None:
+    for warning in coverage_warnings(r):
         console.print(f"[yellow]{escape(warning)}[/yellow]", highlight=False)
     if r.gateway is None:
         console.print(f"[yellow]{escape(r.gateway_note)}[/yellow]", highlight=False)
     elif not r.gateway.all_match:
         console.print(f"[yellow]{r.gateway.mismatches} figure(s) differ from /metrics[/yellow]")
     console.print(f"report: {result.report_md}")
-    if strict and (r.verdict != "SLOs hold" or t.errors or r.not_run):
+    if strict and (r.verdict != "SLOs hold" or t.errors or r.not_run or r.cut_short):
         raise typer.Exit(1)

@@ -42,21 +42,30 @@ def _groups(groups: Sequence[GroupStats]) -> list[str]:
     )  # fmt: skip
 
 
-def not_run_warning(report: LoadTestReport) -> str | None:
-    """One sentence naming the workloads the verdict does not cover, if any."""
-    names = report.not_run
-    if not names:
-        return None
-    return (
-        f"Not tested: {', '.join(names)} sent no request (too few users or too short a test for "
-        f"{'its' if len(names) == 1 else 'their'} weight), so the verdict does not cover "
-        f"{'it' if len(names) == 1 else 'them'}."
-    )
+def coverage_warnings(report: LoadTestReport) -> list[str]:
+    """A sentence for each kind of workload the verdict does not cover, if any."""
+
+    def them(names: list[str]) -> str:
+        return "it" if len(names) == 1 else "them"
+
+    out = []
+    if names := report.not_run:
+        out.append(
+            f"Not tested: {', '.join(names)} sent no request (too few users or too short a "
+            f"test for {'its' if len(names) == 1 else 'their'} weight), so the verdict does "
+            f"not cover {them(names)}."
+        )
+    if names := report.cut_short:
+        out.append(
+            f"Not measured: every request {', '.join(names)} sent was cut short when the test "
+            f"stopped its users (at the end, or ramping down), so the verdict does not cover "
+            f"{them(names)}; a longer test would."
+        )
+    return out
 
 
-def not_run_lines(report: LoadTestReport) -> list[str]:
-    warning = not_run_warning(report)
-    return [] if warning is None else ["", f"**{warning}**"]
+def coverage_lines(report: LoadTestReport) -> list[str]:
+    return [line for warning in coverage_warnings(report) for line in ("", f"**{warning}**")]
 
 
 def render_markdown(report: LoadTestReport, plots: Sequence[str]) -> str:
@@ -74,7 +83,7 @@ def render_markdown(report: LoadTestReport, plots: Sequence[str]) -> str:
         f"(429), {t.errors} other errors. SLO attainment {percent(t.slo_attainment)} (target "
         f"{percent(report.slo_target)}), goodput {t.goodput_rps:.2f} req/s of "
         f"{t.throughput_rps:.2f} req/s served.",
-        *not_run_lines(report),
+        *coverage_lines(report),
         "",
         "## SLOs by workload",
         "",

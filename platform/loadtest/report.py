@@ -127,6 +127,11 @@ class LoadTestReport(Model):
         description="workloads switched on (weight > 0) that sent no request: too few users or "
         "too short a test for their weight; the verdict does not cover them",
     )
+    cut_short: list[str] = Field(
+        default_factory=list,
+        description="workloads that sent requests and had every one cut short when the test "
+        "stopped its users (at the end, or ramping down): the verdict does not cover them either",
+    )
 
     @property
     def workloads_ran(self) -> list[str]:
@@ -326,6 +331,11 @@ def build_report(
             w.name
             for w, stats in zip(workload.workloads, by_workload, strict=True)
             if w.weight and not stats.requests
+        ],
+        cut_short=[
+            w.name
+            for w in workload.workloads
+            if (sent := grouped.get(w.name)) and all(r.error == STOPPED for r in sent)
         ],
         totals=totals,
         by_workload=by_workload,

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gemma_fleet.loadtest.records import RecordWriter, RequestRecord, read_records
+from gemma_fleet.loadtest.records import STOPPED, RecordWriter, RequestRecord, read_records
 from gemma_fleet.loadtest.report import build_report, meets
 from gemma_fleet.loadtest.runner import write_report
 from gemma_fleet.loadtest.shapes import ShapeSpec
@@ -150,7 +150,23 @@ def test_the_report_names_workloads_that_sent_no_request(tmp_path: Path) -> None
     text = write_report(report, tmp_path, tmp_path / "r.jsonl", tmp_path / "l.log").report_md
     assert "Not tested: vision sent no request" in text.read_text()
     # a report where every workload ran says nothing of the kind
-    assert _report().not_run == []
+    assert _report().not_run == [] and _report().cut_short == []
     (tmp_path / "all").mkdir()
     every = write_report(_report(), tmp_path / "all", tmp_path / "r.jsonl", tmp_path / "l.log")
     assert "Not tested" not in every.report_md.read_text()
+
+
+def test_the_report_names_workloads_whose_every_request_was_cut_short(tmp_path: Path) -> None:
+    """A long-context request still running when the test ends is left out of attainment: a
+    workload with only such requests sent something, yet the verdict says nothing of it."""
+    stopped: dict[str, Any] = dict(status=0, error=STOPPED, pool="", ttft_s=None, tpot_s=None,
+                                   e2e_s=0.9, completion_tokens=0)  # fmt: skip
+    records = [r for r in RECORDS if r.workload != "docs"] + [rec("docs", 19, **stopped)]
+    report = build_report(
+        records, workload=WORKLOAD, workload_file="w.yaml", host="http://gw",
+        shape=ShapeSpec(kind="constant", duration_s=20, users=3), started=T0, ended=T0 + 20,
+    )  # fmt: skip
+    assert (report.not_run, report.cut_short) == ([], ["docs"])
+    assert report.verdict == "SLOs missed"  # chat's 2 of 4 are below 75%, whatever docs did
+    text = write_report(report, tmp_path, tmp_path / "r.jsonl", tmp_path / "l.log").report_md
+    assert "Not measured: every request docs sent was cut short" in text.read_text()
