@@ -120,6 +120,18 @@ def loadtest_command(
         if strict:  # it would fail after the whole run; say so before it
             raise CliError(f"--strict: {unstaffed}")
         console.print(f"[yellow]{escape(unstaffed[0].upper() + unstaffed[1:])}.[/yellow]")
+    # A user thinks before each request, its first included: a test shorter than the longest
+    # think may end before the workload sends anything.
+    if slow := [w for w in loaded.active if w.think_time_s[1] > spec.duration_s]:
+        console.print(
+            "[yellow]"
+            + escape(
+                f"A {spec.duration_s:g} s test may end before "
+                + ", ".join(f"{w.name} (think {w.think_time_s[1]:g} s)" for w in slow)
+                + " sends a first request: each user thinks before every request."
+            )
+            + "[/yellow]"
+        )
     admin_key = credential_from(
         admin_key, admin_key_file, option="--admin-key", variable="GEMMA_FLEET_ADMIN_KEY"
     )

@@ -49,11 +49,16 @@ def coverage_warnings(report: LoadTestReport) -> list[str]:
         return "it" if len(names) == 1 else "them"
 
     out = []
-    if names := report.not_run:
+    if names := [n for n in report.not_run if n in report.no_user]:
         out.append(
-            f"Not tested: {', '.join(names)} sent no request (too few users or too short a "
-            f"test for {'its' if len(names) == 1 else 'their'} weight), so the verdict does "
-            f"not cover {them(names)}."
+            f"Not tested: {', '.join(names)} got no user at {report.shape.users} users (too "
+            f"small a share of the weight), so the verdict does not cover {them(names)}."
+        )
+    if names := [n for n in report.not_run if n not in report.no_user]:
+        out.append(
+            f"Not tested: {', '.join(names)} had users that sent no request before the test "
+            "ended (a user thinks for its think_time_s before each request), so the verdict "
+            f"does not cover {them(names)}; a longer test would."
         )
     if names := report.cut_short:
         out.append(

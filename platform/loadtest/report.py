@@ -24,6 +24,7 @@ from gemma_fleet.loadtest.apis import Api
 from gemma_fleet.loadtest.gateway_counters import GatewayComparison
 from gemma_fleet.loadtest.records import STOPPED, RequestRecord
 from gemma_fleet.loadtest.shapes import ShapeSpec
+from gemma_fleet.loadtest.staffing import staffing
 from gemma_fleet.loadtest.workload import Slo, WorkloadFile
 
 
@@ -126,6 +127,11 @@ class LoadTestReport(Model):
         default_factory=list,
         description="workloads switched on (weight > 0) that sent no request: too few users or "
         "too short a test for their weight; the verdict does not cover them",
+    )
+    no_user: list[str] = Field(
+        default_factory=list,
+        description="of not_run, the workloads Locust gave no user at the shape's peak (too "
+        "small a share of the weight); the others had users that sent nothing before the end",
     )
     cut_short: list[str] = Field(
         default_factory=list,
@@ -332,6 +338,7 @@ def build_report(
             for w, stats in zip(workload.workloads, by_workload, strict=True)
             if w.weight and not stats.requests
         ],
+        no_user=staffing(workload, shape.users).unstaffed,
         cut_short=[
             w.name
             for w in workload.workloads

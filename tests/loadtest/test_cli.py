@@ -81,3 +81,20 @@ def test_without_users_every_workload_gets_one(
         )
     out = " ".join(capsys.readouterr().out.split())
     assert "up to 12 users" in out and "gives no user" not in out
+
+
+def test_a_test_shorter_than_a_think_time_is_warned_of(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """mix.yaml's long-context users think 10-30 s before each request: in a 20 s test one sent
+    nothing, which the report could only say afterwards."""
+    mix = str(Path(__file__).parents[2] / "loadtest" / "workloads" / "mix.yaml")
+    with pytest.raises(SystemExit):
+        main(["loadtest", "--workload", mix, "--host", "http://127.0.0.1:9", "--duration", "20s",
+              "--out", str(tmp_path)])  # fmt: skip
+    out = " ".join(capsys.readouterr().out.split())
+    assert "A 20 s test may end before long-context (think 30 s) sends a first request" in out
+    with pytest.raises(SystemExit):
+        main(["loadtest", "--workload", mix, "--host", "http://127.0.0.1:9", "--duration", "1m",
+              "--out", str(tmp_path)])  # fmt: skip
+    assert "may end before" not in capsys.readouterr().out

@@ -146,9 +146,18 @@ def test_the_report_names_workloads_that_sent_no_request(tmp_path: Path) -> None
         records, workload=wide, workload_file="w.yaml", host="http://gw",
         shape=ShapeSpec(kind="constant", duration_s=20, users=3), started=T0, ended=T0 + 20,
     )  # fmt: skip
-    assert report.not_run == ["vision"]
+    assert report.not_run == ["vision"] and report.no_user == ["vision"]  # 4th of 3 users
     text = write_report(report, tmp_path, tmp_path / "r.jsonl", tmp_path / "l.log").report_md
-    assert "Not tested: vision sent no request" in text.read_text()
+    assert "Not tested: vision got no user at 3 users" in text.read_text()
+    # with a user of its own it still sent nothing: its user was thinking when the test ended
+    staffed = build_report(
+        records, workload=wide, workload_file="w.yaml", host="http://gw",
+        shape=ShapeSpec(kind="constant", duration_s=20, users=4), started=T0, ended=T0 + 20,
+    )  # fmt: skip
+    assert staffed.not_run == ["vision"] and staffed.no_user == []
+    (tmp_path / "staffed").mkdir()
+    later = write_report(staffed, tmp_path / "staffed", tmp_path / "r.jsonl", tmp_path / "l.log")
+    assert "Not tested: vision had users that sent no request" in later.report_md.read_text()
     # a report where every workload ran says nothing of the kind
     assert _report().not_run == [] and _report().cut_short == []
     (tmp_path / "all").mkdir()
