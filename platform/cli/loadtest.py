@@ -20,7 +20,7 @@ from gemma_fleet.loadtest.markdown import coverage_warnings, percent
 from gemma_fleet.loadtest.provision import ProvisionError
 from gemma_fleet.loadtest.runner import LoadTestError, LoadTestPlan, local_fleet_host, run_loadtest
 from gemma_fleet.loadtest.shapes import MAX_USERS, SHAPES, ShapeSpec, parse_duration
-from gemma_fleet.loadtest.staffing import staffing, users_to_run_all
+from gemma_fleet.loadtest.staffing import staffing
 from gemma_fleet.loadtest.workload import WorkloadFileError, load_workload
 
 DEFAULT_USERS = 10
@@ -102,7 +102,7 @@ def loadtest_command(
     except WorkloadFileError as exc:
         raise CliError(str(exc)) from exc
     if users is None:
-        users = min(MAX_USERS, max(DEFAULT_USERS, users_to_run_all(loaded)))
+        users = min(MAX_USERS, max(DEFAULT_USERS, staffing(loaded, DEFAULT_USERS).users_for_all))
     try:
         spec = ShapeSpec(
             kind=shape,
@@ -123,15 +123,12 @@ def loadtest_command(
     # A user thinks before each request, its first included: a test shorter than the longest
     # think may end before the workload sends anything.
     if slow := [w for w in loaded.active if w.think_time_s[1] > spec.duration_s]:
-        console.print(
-            "[yellow]"
-            + escape(
-                f"A {spec.duration_s:g} s test may end before "
-                + ", ".join(f"{w.name} (think {w.think_time_s[1]:g} s)" for w in slow)
-                + " sends a first request: each user thinks before every request."
-            )
-            + "[/yellow]"
+        names = ", ".join(f"{w.name} (think {w.think_time_s[1]:g} s)" for w in slow)
+        warning = (
+            f"A {spec.duration_s:g} s test may end before {names} sends a first request: "
+            "each user thinks before every request."
         )
+        console.print(f"[yellow]{escape(warning)}[/yellow]")
     admin_key = credential_from(
         admin_key, admin_key_file, option="--admin-key", variable="GEMMA_FLEET_ADMIN_KEY"
     )

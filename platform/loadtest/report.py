@@ -125,8 +125,8 @@ class LoadTestReport(Model):
     gateway_note: str = ""
     not_run: list[str] = Field(
         default_factory=list,
-        description="workloads switched on (weight > 0) that sent no request: too few users or "
-        "too short a test for their weight; the verdict does not cover them",
+        description="workloads switched on (weight > 0) that sent no request: no user (see "
+        "no_user), or users that sent nothing before the end; the verdict does not cover them",
     )
     no_user: list[str] = Field(
         default_factory=list,

@@ -65,23 +65,12 @@ class Staffing:
         )
 
 
-def _first_users(workload: WorkloadFile) -> dict[str, int]:
-    """For each workload with a weight, the user count at which Locust gives it its first."""
-    first: dict[str, int] = {}
+def staffing(workload: WorkloadFile, users: int) -> Staffing:
+    """The workloads of `workload` left without a user at a peak of `users` users."""
+    first: dict[str, int] = {}  # the user count at which each workload gets its first
     for n, name in enumerate(_deal_order({w.name: w.weight for w in workload.workloads}), 1):
         first.setdefault(name, n)
         if len(first) == len(workload.active):
             break
-    return first
-
-
-def users_to_run_all(workload: WorkloadFile) -> int:
-    """The fewest users with which Locust gives every workload of `workload` one."""
-    return max(_first_users(workload).values(), default=0)
-
-
-def staffing(workload: WorkloadFile, users: int) -> Staffing:
-    """The workloads of `workload` left without a user at a peak of `users` users."""
-    first = _first_users(workload)
     unstaffed = [w.name for w in workload.active if first[w.name] > users]
     return Staffing(users, unstaffed, max(first.values(), default=0))

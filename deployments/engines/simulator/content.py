@@ -196,7 +196,7 @@ def _cut_at_stop(
     size = 0
     for p in pieces:
         if size + len(p) > cut:
-            kept.append(p[: cut - size])  # the token that completed the stop string
+            kept.append(p[: cut - size])  # the token the stop string starts in, cut there
             break
         kept.append(p)
         size += len(p)
