@@ -60,6 +60,16 @@ class RedisServer:
     def stop(self) -> None:
         self._signal(signal.SIGTERM)
 
+    def pause(self) -> None:
+        """SIGSTOP: Redis stays connected and answers nothing (a hung host, a long GC-like
+        stall); `resume` lets it go on."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
     def _signal(self, sig: signal.Signals) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:

@@ -26,6 +26,7 @@ from gemma_fleet.teams.access import StoreUnavailable, TeamAccess, Ticket, Unaut
 from gemma_fleet.teams.bootstrap import apply_bootstrap, read_bootstrap
 from gemma_fleet.teams.credentials import Credential, CredentialUnavailable, read_password_file
 from gemma_fleet.teams.limits import UNLIMITED, LimitExceeded, MinuteWindow, RequestTooLarge
+from gemma_fleet.teams.loop_lag import CEILING as LAG_CEILING
 from gemma_fleet.teams.redis_client import connect
 from gemma_fleet.teams.settings import TeamsSettings
 from gemma_fleet.teams.store import Identity, TeamStore
@@ -278,7 +279,10 @@ def open_gate(settings: TeamsSettings) -> TeamGate:
 
         with ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, apply()).result()
-    access = TeamAccess(connect(url, password=password, timeout_s=settings.timeout_s), settings)
+    # TeamAccess bounds each call by the settings' timeout, stretched while the event loop runs
+    # late; the client's own timeouts must not cut in first.
+    redis = connect(url, password=password, timeout_s=settings.timeout_s * LAG_CEILING)
+    access = TeamAccess(redis, settings)
     admin = _credential("GEMMA_FLEET_ADMIN_KEY", settings.admin_key, settings.admin_key_file)
     return TeamGate(access, admin, metrics)
 

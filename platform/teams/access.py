@@ -1,6 +1,7 @@
 """The team layer as the gateway uses it: who is calling, may they start this request, and
-what did it cost. Every store call is bounded by a timeout; what happens when Redis does not
-answer is the configured RedisDownPolicy.
+what did it cost. Every store call is bounded by a timeout (plus however late the gateway's own
+event loop ran meanwhile: loop_lag.py); what happens when Redis does not answer is the
+configured RedisDownPolicy.
 
 Accounting after a request (releasing its concurrency slot, correcting its token reservation,
 metering its usage) is never lost to a store outage: a write that fails is kept in memory and
@@ -43,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gemma_fleet.teams.keys import key_digest, key_id, looks_like_key
 from gemma_fleet.teams.limits import Admission, Limiter
+from gemma_fleet.teams.loop_lag import LoopLag
 from gemma_fleet.teams.redis_client import PasswordUnavailable
 from gemma_fleet.teams.settings import RedisDownPolicy, TeamsSettings
 from gemma_fleet.teams.store import Identity, TeamStore
@@ -120,6 +122,7 @@ class TeamAccess:
         self._leases: weakref.WeakValueDictionary[str, Ticket] = weakref.WeakValueDictionary()
         self._renewer: asyncio.Task[None] | None = None
         self._login_refused: str | None = None  # what Redis said, logged once until it passes
+        self._lag = LoopLag()  # store calls wait out the loop's own lateness
 
     @property
     def pending(self) -> int:
@@ -127,8 +130,7 @@ class TeamAccess:
         return len(self._pending)
 
     async def _bounded(self, call: Awaitable[Any]) -> Any:
-        async with asyncio.timeout(self.settings.timeout_s):
-            return await call
+        return await self._lag.within(call, self.settings.timeout_s)
 
     async def authenticate(self, key: str | None) -> Identity:
         if not key or not looks_like_key(key):
@@ -362,4 +364,5 @@ class TeamAccess:
         for task in (self._flusher, self._renewer):
             if task is not None:
                 task.cancel()
+        self._lag.close()
         await self.redis.aclose()

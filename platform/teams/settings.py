@@ -59,8 +59,9 @@ class TeamsSettings(BaseModel):
     metrics_token_file: Path | None = None
     bootstrap_file: Path | None = None
     redis_down: RedisDownPolicy = RedisDownPolicy.FAIL_CLOSED
-    # Generous for a loopback round trip, but a burst queues for pooled connections and the
-    # event loop inside this bound; a dead Redis is still answered 503 within it.
+    # Generous for a loopback round trip, but a burst queues for pooled connections inside this
+    # bound; a dead Redis is answered 503 within it (later while the event loop runs late:
+    # loop_lag.py).
     timeout_s: float = Field(2.0, gt=0, le=30)
     cached_key_ttl_s: float = Field(300, gt=0)
     retry_after_s: int = Field(5, ge=1, description="what a 503 tells clients while Redis is down")

@@ -10,11 +10,14 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis as sync_redis
+from redis.asyncio.connection import AbstractConnection
 from redis_server import RedisServer
 
+from gemma_fleet.gateway.auth import open_gate
 from gemma_fleet.teams.access import StoreUnavailable, TeamAccess, Unauthenticated
 from gemma_fleet.teams.limits import Limiter, TeamLimits
 from gemma_fleet.teams.records import KeyRequest, TeamSpec
@@ -213,6 +216,53 @@ def test_a_burst_from_one_key_costs_redis_one_lookup(own_redis: RedisServer) -> 
         await access.store.revoke_key(issued[0].id)
         with pytest.raises(Unauthenticated):
             await access.authenticate(keys[0])
+        await access.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_event_loop_is_not_taken_for_redis_being_down(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis answers within a millisecond, but the gateway's event loop is busy past the store's
+    timeout right after sending the command (a replica short of CPU, a burst parsing bodies), so
+    the timer and the answer are both due when it comes back: the key is checked and the request
+    admitted, not answered 503 "Redis unavailable". A Redis that stops answering is still found
+    out within the timeout while the loop keeps time. Through open_gate, so that the Redis
+    client's own timeouts are the gateway's too."""
+    settings = TeamsSettings(auth_required=True, redis_url=own_redis.url, timeout_s=0.5)
+    access = open_gate(settings).access
+    assert access is not None
+    stalls: list[float] = []
+    send = AbstractConnection.send_packed_command
+
+    async def send_then_stall(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        await send(self, *args, **kwargs)
+        if stalls:
+            time.sleep(stalls.pop())  # noqa: ASYNC251 blocks the loop, as a burst of work does
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", send_then_stall)
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        await access.store.create_team(TeamSpec(name="t"))
+        key = (await access.store.issue_key("t", KeyRequest())).key
+        identity = await access.authenticate(key)
+
+        stalls.append(1.5)  # 3x the timeout
+        assert (await access.admit(identity, 10)).admission is not None
+        stalls.append(1.5)
+        assert (await access.authenticate(key)).team.name == "t"
+
+        own_redis.pause()
+        try:
+            began = loop.time()
+            with pytest.raises(StoreUnavailable):
+                await access.admit(identity, 10)
+            waited = loop.time() - began
+        finally:
+            own_redis.resume()
+        assert 0.5 <= waited < 1.0, waited
         await access.close()
 
     asyncio.run(scenario())
