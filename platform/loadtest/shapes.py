@@ -65,6 +65,17 @@ class ShapeSpec(BaseModel):
         level = DIURNAL[low] + (DIURNAL[(low + 1) % 24] - DIURNAL[low]) * (hour - int(hour))
         return max(base, round(self.users * level))
 
+    def most_users_started(self) -> int:
+        """The most users Locust can have started before the test ends: from none at
+        `spawn_rate`, in Locust's batches of floor(rate) users (at least one), the first batch
+        at once; never more than `users`. A spike's peak arrives at once. An upper bound: a
+        shape whose peak comes late has less time to reach it."""
+        if self.kind == "spike":
+            return self.users
+        batch = max(1, math.floor(self.spawn_rate))
+        batches = math.ceil(self.duration_s * self.spawn_rate / batch)
+        return min(self.users, batch * batches)
+
     def tick(self, elapsed_s: float) -> tuple[int, float] | None:
         """Locust's LoadTestShape.tick answer: (users, spawn rate), or None to stop. A spike
         arrives at once (that is what a spike is); other changes ramp at `spawn_rate`."""

@@ -9,6 +9,9 @@ import pytest
 from gemma_fleet.cli.main import main
 
 CI_WORKLOAD = str(Path(__file__).with_name("workload-ci.yaml"))
+# Users enough for every workload of the CI workload, but started one every 10 s.
+SLOW_START = ["--workload", CI_WORKLOAD, "--host", "http://127.0.0.1:9", "--users", "8",
+              "--spawn-rate", "0.1"]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -42,6 +45,11 @@ CI_WORKLOAD = str(Path(__file__).with_name("workload-ci.yaml"))
         (
             ["--workload", CI_WORKLOAD, "--host", "http://127.0.0.1:9", "--users", "2", "--strict"],
             "--strict: at 2 users Locust gives no user to long-context, vision, audio, tool-loop",
+        ),
+        # 8 users are enough, but at 0.1 a second only 3 start in 30 s
+        (
+            [*SLOW_START, "--duration", "30s", "--strict"],
+            "--strict: at --spawn-rate 0.1 a 30 s test starts at most 3 of its 8 users",
         ),
         # nothing listens on port 9: said plainly, after the inputs were checked
         (["--workload", CI_WORKLOAD, "--host", "http://127.0.0.1:9"], "does not answer"),
@@ -98,3 +106,23 @@ def test_a_test_shorter_than_a_think_time_is_warned_of(
         main(["loadtest", "--workload", mix, "--host", "http://127.0.0.1:9", "--duration", "1m",
               "--out", str(tmp_path)])  # fmt: skip
     assert "may end before" not in capsys.readouterr().out
+
+
+def test_too_slow_a_spawn_rate_is_warned_of_before_the_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Locust starts users at --spawn-rate, the lightest workloads' last: in a short test they
+    may never start, though --users would give them one."""
+    args = ["loadtest", *SLOW_START, "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        main([*args, "--duration", "30s"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert (
+        "At --spawn-rate 0.1 a 30 s test starts at most 3 of its 8 users, and Locust starts "
+        "those of long-context, vision, tool-loop, json-extract, limited-chat last" in out
+    )
+    assert "--spawn-rate 0.27 starts 8 users before the end" in out
+    for enough in (["--duration", "80s"], ["--duration", "30s", "--shape", "spike"]):
+        with pytest.raises(SystemExit):  # 8 start in 80 s; a spike starts all at once
+            main([*args, *enough])
+        assert "--spawn-rate" not in capsys.readouterr().out

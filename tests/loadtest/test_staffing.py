@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import subprocess
 import sys
 from pathlib import Path
 
+from gemma_fleet.loadtest.shapes import ShapeSpec
 from gemma_fleet.loadtest.staffing import deal, staffing
 from gemma_fleet.loadtest.workload import load_workload, user_class_name
 
@@ -86,3 +88,39 @@ def test_the_mix_at_8_users_leaves_three_workloads_out_and_12_run_them_all() -> 
     warning = at_8.warning()
     assert warning is not None
     assert "responses-chat, long-context, limited-batch" in warning and "--users 12" in warning
+
+
+# When each of Locust's dispatches lands, ramping from none at a spawn rate (real waits).
+LOCUST_RAMP = """
+import json, sys, time
+from locust.dispatch import UsersDispatcher
+from locust.runners import WorkerNode
+
+answers = []
+for users, rate in json.loads(sys.stdin.read()):
+    user = type("User", (), {"weight": 1, "fixed_count": 0})
+    dispatcher = UsersDispatcher(worker_nodes=[WorkerNode("one")], user_classes=[user])
+    dispatcher.new_dispatch(target_user_count=users, spawn_rate=rate)
+    began, landed = time.monotonic(), []
+    for dispatch in dispatcher:
+        landed.append((time.monotonic() - began, dispatch["one"]["User"]))
+    answers.append(landed)
+print(json.dumps(answers))
+"""
+
+
+def test_the_users_started_in_a_test_are_as_many_as_locusts_ramp_starts() -> None:
+    """A slow --spawn-rate in a short test leaves the last-dealt workloads without a user: the
+    pre-run bound is the installed Locust's ramp, batch sizes and waits included."""
+    cases = [(8, 2.5), (7, 4.0), (3, 1.0)]
+    done = subprocess.run(
+        [sys.executable, "-c", LOCUST_RAMP],
+        input=json.dumps(cases), capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    for (users, rate), landed in zip(cases, json.loads(done.stdout), strict=True):
+        times = [at for at, _ in landed]
+        # Halfway between two dispatches (and past the last): clear of the waits' jitter.
+        ends = [(a + b) / 2 for a, b in itertools.pairwise(times)] + [times[-1] + 0.5]
+        for end, (_, started) in zip(ends, landed, strict=True):
+            spec = ShapeSpec(duration_s=end, users=users, spawn_rate=rate)
+            assert spec.most_users_started() == started, (users, rate, end)
