@@ -4,6 +4,7 @@ tool calls that validate against the tool schema, JSON that validates against th
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 from typing import Any
@@ -314,6 +315,34 @@ def test_min_tokens_hold_back_stop_strings_as_vllm_does() -> None:
     expected = _vllm_stop(text, [first], held)
     assert expected is not None and expected[0]  # not cut at the start
     assert (cut.choices[0].message.content, cut.choices[0].stop_reason) == expected
+
+
+def test_a_stop_string_over_three_tokens_counts_all_three_as_vllm_does() -> None:
+    """vLLM cuts the text where a stop string starts, but keeps and counts every token up to
+    the one that completes it: usage, and the time the answer takes, include them."""
+    [plain] = _chat(_engine(), seed=3, max_tokens=2000, logprobs=True)
+    text = plain.choices[0].message.content
+    tokens = [t.token for t in plain.choices[0].logprobs.content]
+    assert "".join(tokens) == text
+    ends = list(itertools.accumulate(len(t) for t in tokens))
+    # the last character of one token, the whole next, the first character of the one after
+    i, stop = next(
+        (i, spanning)
+        for i in range(1, len(tokens) - 2)
+        if tokens[i + 2]
+        and text.find(spanning := tokens[i][-1] + tokens[i + 1] + tokens[i + 2][0]) == ends[i] - 1
+    )
+    assert _vllm_stop(text, [stop], 0) == (text[: ends[i] - 1], stop)
+    [cut] = _chat(_engine(), seed=3, max_tokens=2000, stop=[stop])
+    assert cut.choices[0].message.content == text[: ends[i] - 1]
+    assert cut.usage.completion_tokens == i + 3  # tokens 0 to i + 2
+    chunks = _chunks(
+        _chat(_engine(), seed=3, max_tokens=2000, stop=[stop], stream=True,
+              stream_options={"include_usage": True})
+    )  # fmt: skip
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("content") or "" for d in deltas) == text[: ends[i] - 1]
+    assert chunks[-1]["usage"]["completion_tokens"] == i + 3
 
 
 @pytest.mark.parametrize("stream", [False, True])

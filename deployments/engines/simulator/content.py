@@ -49,20 +49,26 @@ class AnswerPlan:
     # The stop string the text was cut at, which vLLM reports as the choice's stop_reason.
     stop_reason: str | None = None
     token_ids: list[int] = field(default_factory=list)
+    # What each token adds to the text: its piece, except at a stop string, where vLLM cuts the
+    # text where the string starts but keeps (and counts) the tokens up to the one completing
+    # it. Logprobs name the tokens themselves.
+    shown: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.token_ids:
             self.token_ids = [tokenizer.token_id(p) for p in self.pieces]
+        if not self.shown:
+            self.shown = list(self.pieces)
 
     @property
     def text(self) -> str:
-        return "".join(self.pieces[self.reasoning_tokens + self.header_tokens :])
+        return "".join(self.shown[self.reasoning_tokens + self.header_tokens :])
 
     @property
     def reasoning(self) -> str | None:
         """The thinking vLLM's reasoning parser would return; None when the model did not
         think."""
-        return "".join(self.pieces[: self.reasoning_tokens]) if self.reasoning_tokens else None
+        return "".join(self.shown[: self.reasoning_tokens]) if self.reasoning_tokens else None
 
     def kind_of(self, index: int) -> str:
         """What output token `index` is: "reasoning", "header" (a tool call's name) or
@@ -157,8 +163,10 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
     if (cut := _cut_at_stop(thought, spec.stop, spec.min_tokens)) is not None:
         # vLLM looks for stop strings in all it generates, thinking included: the answer ends
         # there, all reasoning, with nothing for the content.
-        kept, matched = cut
-        return AnswerPlan("text", kept, "stop", reasoning_tokens=len(kept), stop_reason=matched)
+        kept, shown, matched = cut
+        return AnswerPlan(
+            "text", kept, "stop", reasoning_tokens=len(kept), stop_reason=matched, shown=shown
+        )
     left = spec.max_tokens - len(thought)
     if left == 0:
         return AnswerPlan("text", thought, "length", reasoning_tokens=len(thought))
@@ -170,6 +178,7 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
     return replace(
         reply,
         pieces=thought + reply.pieces,
+        shown=thought + reply.shown,
         token_ids=[tokenizer.token_id(p) for p in thought] + reply.token_ids,
         reasoning_tokens=len(thought),
     )
@@ -177,11 +186,12 @@ def plan_answer(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
 
 def _cut_at_stop(
     pieces: list[str], stop: tuple[str, ...], min_tokens: int
-) -> tuple[list[str], str] | None:
-    """`pieces` up to the first stop string in their text, and that string; None if none is
-    there. As vLLM reads its output, the stop string that ends first wins (of two ending at one
-    place, the one listed first), and one counts only if it ends past the first `min_tokens`
-    tokens."""
+) -> tuple[list[str], list[str], str] | None:
+    """At the first stop string in the text of `pieces`: the pieces up to the one that
+    completes it, what each shows of the text (none of the string or after it), and the
+    string; None if none is there. As vLLM reads its output, the stop string that ends first
+    wins (of two ending at one place, the one listed first), and one counts only if it ends
+    past the first `min_tokens` tokens."""
     text = "".join(pieces)
     held = len("".join(pieces[:min_tokens]))  # vLLM's check starts after these characters
     found = [
@@ -191,16 +201,17 @@ def _cut_at_stop(
     ]
     if not found:
         return None
-    _, _, cut, matched = min(found)
+    end, _, cut, matched = min(found)
     kept: list[str] = []
+    shown: list[str] = []
     size = 0
     for p in pieces:
-        if size + len(p) > cut:
-            kept.append(p[: cut - size])  # the token the stop string starts in, cut there
-            break
         kept.append(p)
+        shown.append(p[: max(0, cut - size)])
         size += len(p)
-    return kept, matched
+        if size >= end:
+            break
+    return kept, shown, matched
 
 
 def _plan_reply(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, int]) -> AnswerPlan:
@@ -235,6 +246,6 @@ def _plan_reply(spec: AnswerSpec, rng: random.Random, length_range: tuple[int, i
         reason = "stop" if wanted < spec.max_tokens else "length"
     pieces = text_pieces(rng, n)
     if (cut := _cut_at_stop(pieces, spec.stop, spec.min_tokens)) is not None:
-        kept, matched = cut
-        return AnswerPlan("text", kept, "stop", stop_reason=matched)
+        kept, shown, matched = cut
+        return AnswerPlan("text", kept, "stop", stop_reason=matched, shown=shown)
     return AnswerPlan("text", pieces, reason)

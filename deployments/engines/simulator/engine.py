@@ -477,9 +477,9 @@ class SimulatorEngine(LLMEngine):
     def _chat_delta(self, plan: AnswerPlan, index: int) -> DeltaMessage:
         part = plan.kind_of(index)
         if part == "reasoning":
-            return DeltaMessage(reasoning=plan.pieces[index])
+            return DeltaMessage(reasoning=plan.shown[index])
         if plan.kind != "tool_call":
-            return DeltaMessage(content=plan.pieces[index])
+            return DeltaMessage(content=plan.shown[index])
         if index == plan.reasoning_tokens:
             call = DeltaToolCall(
                 index=0,
@@ -635,16 +635,16 @@ class SimulatorEngine(LLMEngine):
                 at = event.index
                 fields: dict[str, Any] = {}
                 if echo is None:
-                    text, span = plan.pieces[at], slice(at, at + 1)
+                    text, span = plan.shown[at], slice(at, at + 1)
                 elif at == 0:
                     # vLLM's first chunk of an echoed choice: the prompt and the first token
                     # (the prompt alone when echo-only), with the prompt's ids
-                    first = "" if echo_only else plan.pieces[0]
+                    first = "" if echo_only else plan.shown[0]
                     text, span = echo.text + first, slice(0, len(echo.pieces) + (not echo_only))
                     fields["prompt_token_ids"] = echo.token_ids
                 else:
                     lead = len(echo.pieces)
-                    text, span = plan.pieces[at], slice(lead + at, lead + at + 1)
+                    text, span = plan.shown[at], slice(lead + at, lead + at + 1)
                 return CompletionResponseStreamChoice(
                     index=index,
                     text=text,
