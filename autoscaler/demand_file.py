@@ -37,7 +37,9 @@ from gemma_fleet.config_file import load_model
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are refused as not finite: NaN would otherwise be reported against a
+    # bound it does not break (`requests_per_s: .nan` read "greater than or equal to 0").
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SloSpec(_Strict):
@@ -48,8 +50,10 @@ class SloSpec(_Strict):
         return Slo(ttft_p95_s=self.ttft_p95_s, tpot_p95_s=self.tpot_p95_s)
 
 
-Tokens = Annotated[float, Field(gt=0, description="mean tokens per request")]
-Rate = Annotated[float, Field(ge=0, description="requests per second")]
+# Upper bounds far past any fleet, so that a slip of the exponent (1e30) is named as such
+# rather than planned for and printed in full.
+Tokens = Annotated[float, Field(gt=0, le=10_000_000, description="mean tokens per request")]
+Rate = Annotated[float, Field(ge=0, le=1_000_000, description="requests per second")]
 
 
 class ModelLoad(_Strict):

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from gemma_fleet.deployments.pools.schema import FleetSpec
@@ -202,6 +203,26 @@ def test_unknown_model(tmp_path: Path) -> None:
 def test_negative_rate(tmp_path: Path) -> None:
     line = one_line_error(run("-d", write(tmp_path, "d.yaml", demand(-1.0)), cwd=tmp_path))
     assert "models.gemma-4-E4B.requests_per_s" in line and "greater than or equal to 0" in line
+
+
+@pytest.mark.parametrize(
+    ("rate", "says"),
+    [
+        (float("nan"), "Input should be a finite number"),
+        (float("inf"), "Input should be a finite number"),
+        (1e300, "less than or equal to 1000000"),
+    ],
+)
+def test_a_rate_no_fleet_could_have_is_named(tmp_path: Path, rate: float, says: str) -> None:
+    line = one_line_error(run("-d", write(tmp_path, "d.yaml", demand(rate)), cwd=tmp_path))
+    assert "models.gemma-4-E4B.requests_per_s" in line and says in line
+
+
+def test_an_infinite_gpu_cost_is_named_not_a_solver_traceback(tmp_path: Path) -> None:
+    free = {**FLEET, "node_pools": [{**FLEET["node_pools"][0], "cost_per_gpu_hour": float("inf")}]}
+    d = write(tmp_path, "d.yaml", demand(1.0))
+    line = one_line_error(run("-d", d, "-f", write(tmp_path, "f.yaml", free), cwd=tmp_path))
+    assert "node_pools[l4].cost_per_gpu_hour: Input should be a finite number" in line
 
 
 def test_png_needs_trace_and_bad_fleet(tmp_path: Path) -> None:
