@@ -37,9 +37,7 @@ from gemma_fleet.config_file import load_model
 
 
 class _Strict(BaseModel):
-    # NaN and infinity are refused as not finite: NaN would otherwise be reported against a
-    # bound it does not break (`requests_per_s: .nan` read "greater than or equal to 0").
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class SloSpec(_Strict):

@@ -7,6 +7,7 @@ Each caller passes its own exception type, so a CLI can catch the one its comman
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,7 +31,26 @@ def read_yaml(path: Path, error: type[Exception], kind: str, *, mapping: bool = 
         data = {}
     if mapping and not isinstance(data, dict):
         raise error(f"{path}: the {kind} must be a mapping at its top level")
+    if (at := _not_finite(data)) is not None:
+        raise error(f"{path}: {at}: not a finite number (YAML's .nan or .inf)")
     return data
+
+
+def _not_finite(data: Any, at: str = "") -> str | None:
+    """Where in `data` the first NaN or infinity is, or None. YAML writes them .nan and .inf;
+    no setting of ours means either, and `.inf` passes a `ge=0` bound (a node pool costing
+    .inf reached the planner's solver as a traceback)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return at or "top level"
+    if isinstance(data, dict):
+        items: Any = data.items()
+    else:
+        items = enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        # dotted, list indices included, as pydantic names fields in the other errors
+        if (found := _not_finite(value, f"{at}.{key}" if at else str(key))) is not None:
+            return found
+    return None
 
 
 def problem(exc: ValidationError, kind: str, where: Callable[[str], str] = str) -> str:

@@ -27,9 +27,7 @@ NodePoolName = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])
 
 
 class Strict(BaseModel):
-    # Infinity passes a `ge=0` bound: a cost of .inf reached the planner's solver as a
-    # traceback. NaN and infinity are refused as not finite.
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class EngineKind(StrEnum):

@@ -71,6 +71,9 @@ def _write(tmp_path: Path, text: str) -> Path:
          "api: messages cannot send audio"),
         ("teams: [{name: a}]\nworkloads: [{name: x, kind: tool_calling, team: a,"
          " api: responses}]", "the tool loop speaks chat completions"),
+        # a user that thinks for ever never sends; YAML's .inf is refused wherever it is
+        ("teams: [{name: a}]\nworkloads: [{name: x, kind: short_chat, team: a,"
+         " think_time_s: [1, .inf]}]", "workloads.0.think_time_s.1: not a finite number"),
         # one Locust class for both: one workload would silently never run
         ("teams: [{name: a}]\nworkloads: [{name: chat-1, kind: short_chat, team: a},"
          " {name: chat_1, kind: short_chat, team: a}]", "'chat-1' and 'chat_1' differ only in"),
