@@ -3,7 +3,6 @@ and write the SLO report (report.md with PNG plots, report.json)."""
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -21,8 +20,8 @@ from gemma_fleet.loadtest.markdown import coverage_warnings, percent
 from gemma_fleet.loadtest.provision import ProvisionError
 from gemma_fleet.loadtest.runner import LoadTestError, LoadTestPlan, local_fleet_host, run_loadtest
 from gemma_fleet.loadtest.shapes import MAX_USERS, SHAPES, ShapeSpec, parse_duration
-from gemma_fleet.loadtest.staffing import staffing
-from gemma_fleet.loadtest.workload import WorkloadFile, WorkloadFileError, load_workload
+from gemma_fleet.loadtest.staffing import staffing, unstaffed_warning
+from gemma_fleet.loadtest.workload import WorkloadFileError, load_workload
 
 DEFAULT_USERS = 10
 
@@ -117,7 +116,7 @@ def loadtest_command(
         raise CliError(f"{name}: {first['msg']}") from exc
     except ValueError as exc:
         raise CliError(f"--duration: {exc}") from exc
-    if (unstaffed := _staffing_warning(loaded, spec)) is not None:
+    if (unstaffed := unstaffed_warning(loaded, spec)) is not None:
         if strict:  # it would fail after the whole run; say so before it
             raise CliError(f"--strict: {unstaffed}")
         console.print(f"[yellow]{escape(unstaffed[0].upper() + unstaffed[1:])}.[/yellow]")
@@ -180,25 +179,3 @@ def loadtest_command(
     console.print(f"report: {result.report_md}")
     if strict and (r.verdict != "SLOs hold" or t.errors or r.not_run or r.cut_short):
         raise typer.Exit(1)
-
-
-def _staffing_warning(loaded: WorkloadFile, spec: ShapeSpec) -> str | None:
-    """Why some workloads will get no user, or None: too few users for their weights, or too
-    slow a spawn rate to start enough of them before the end (Locust starts the lightest
-    workloads' users last)."""
-    started = spec.most_users_started()
-    at_peak = staffing(loaded, spec.users)
-    if started >= spec.users or at_peak.unstaffed:
-        return at_peak.warning()
-    short = staffing(loaded, started)
-    if not short.unstaffed:
-        return None
-    needed = math.ceil(100 * at_peak.users_for_all / spec.duration_s) / 100
-    return (
-        f"at --spawn-rate {spec.spawn_rate:g} a {spec.duration_s:g} s test starts at most "
-        f"{started} of its {spec.users} users, and Locust starts those of "
-        f"{', '.join(short.unstaffed)} last, so the test will not cover "
-        f"{'it' if len(short.unstaffed) == 1 else 'them'}; --spawn-rate {needed:g} starts "
-        f"{at_peak.users_for_all} users before the end, the last only just: a faster rate or a "
-        "longer test gives them time to send"
-    )

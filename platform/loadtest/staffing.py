@@ -1,4 +1,5 @@
-"""How Locust shares its virtual users among the workloads, known before a test starts.
+"""How Locust shares its virtual users among the workloads and how many it starts in time,
+known before a test starts.
 
 Locust gives each workload (one user class each) users in proportion to its weight, dealing
 them one at a time: the next user goes to the class whose share of users falls furthest short
@@ -17,6 +18,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from gemma_fleet.loadtest.shapes import ShapeSpec
 from gemma_fleet.loadtest.workload import WorkloadFile, user_class_name
 
 
@@ -74,3 +76,25 @@ def staffing(workload: WorkloadFile, users: int) -> Staffing:
             break
     unstaffed = [w.name for w in workload.active if first[w.name] > users]
     return Staffing(users, unstaffed, max(first.values(), default=0))
+
+
+def unstaffed_warning(workload: WorkloadFile, spec: ShapeSpec) -> str | None:
+    """Why some workloads will get no user, or None: too few users for their weights, or too
+    slow a spawn rate to start enough of them before the end (Locust starts the lightest
+    workloads' users last)."""
+    started = spec.most_users_started()
+    at_peak = staffing(workload, spec.users)
+    if started >= spec.users or at_peak.unstaffed:
+        return at_peak.warning()
+    short = staffing(workload, started)
+    if not short.unstaffed:
+        return None
+    needed = math.ceil(100 * at_peak.users_for_all / spec.duration_s) / 100
+    return (
+        f"at --spawn-rate {spec.spawn_rate:g} a {spec.duration_s:g} s test starts at most "
+        f"{started} of its {spec.users} users, and Locust starts those of "
+        f"{', '.join(short.unstaffed)} last, so the test will not cover "
+        f"{'it' if len(short.unstaffed) == 1 else 'them'}; --spawn-rate {needed:g} starts "
+        f"{at_peak.users_for_all} users before the end, the last only just: a faster rate or a "
+        "longer test gives them time to send"
+    )
