@@ -130,8 +130,9 @@ class LoadTestReport(Model):
     )
     no_user: list[str] = Field(
         default_factory=list,
-        description="of not_run, the workloads Locust gave no user at the shape's peak (too "
-        "small a share of the weight); the others had users that sent nothing before the end",
+        description="of not_run, the workloads Locust gave no user: too small a share of the "
+        "weight at the shape's peak, or dealt past the most users the spawn rate starts before "
+        "the end; the others had users that sent nothing before the end",
     )
     cut_short: list[str] = Field(
         default_factory=list,
@@ -315,6 +316,11 @@ def build_report(
             )
         )
     totals = group_stats("all", records, slo_of, duration)
+    not_run = [
+        w.name
+        for w, stats in zip(workload.workloads, by_workload, strict=True)
+        if w.weight and not stats.requests
+    ]
     limited: dict[str, dict[str, int]] = defaultdict(dict)
     for r in records:
         if r.expected_429 and r.error is not None:
@@ -333,12 +339,10 @@ def build_report(
         seed=workload.seed,
         slo_target=workload.slo_target,
         verdict=verdict,
-        not_run=[
-            w.name
-            for w, stats in zip(workload.workloads, by_workload, strict=True)
-            if w.weight and not stats.requests
+        not_run=not_run,
+        no_user=[
+            n for n in staffing(workload, shape.most_users_started()).unstaffed if n in not_run
         ],
-        no_user=staffing(workload, shape.users).unstaffed,
         cut_short=[
             w.name
             for w in workload.workloads

@@ -158,6 +158,19 @@ def test_the_report_names_workloads_that_sent_no_request(tmp_path: Path) -> None
     (tmp_path / "staffed").mkdir()
     later = write_report(staffed, tmp_path / "staffed", tmp_path / "r.jsonl", tmp_path / "l.log")
     assert "Not tested: vision had users that sent no request" in later.report_md.read_text()
+    # four users are enough, but at one user every 10 s only two start in 20 s
+    (tmp_path / "slow").mkdir()
+    slow = build_report(
+        records, workload=wide, workload_file="w.yaml", host="http://gw",
+        shape=ShapeSpec(kind="constant", duration_s=20, users=4, spawn_rate=0.1),
+        started=T0, ended=T0 + 20,
+    )  # fmt: skip
+    assert slow.not_run == ["vision"] and slow.no_user == ["vision"]
+    told = write_report(slow, tmp_path / "slow", tmp_path / "r.jsonl", tmp_path / "l.log")
+    assert (
+        "Not tested: vision got no user: at --spawn-rate 0.1 at most 2 of 4 users start in 20 s"
+        in told.report_md.read_text()
+    )
     # a report where every workload ran says nothing of the kind
     assert _report().not_run == [] and _report().cut_short == []
     (tmp_path / "all").mkdir()
