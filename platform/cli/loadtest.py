@@ -3,6 +3,7 @@ and write the SLO report (report.md with PNG plots, report.json)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -93,6 +94,9 @@ def loadtest_command(
 ) -> None:
     """Load-test an endpoint with Locust and report whether the SLOs hold."""
     console = new_console()
+    # A line per admin call and /metrics read is noise (Ray's driver logging, which --local
+    # sets up, would print them; "409 Conflict" for a team that already exists looks alarming).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if (host is None) == (not local):
         raise CliError("give either --host URL or --local")
     if shape not in SHAPES:
