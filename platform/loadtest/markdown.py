@@ -50,20 +50,20 @@ def coverage_warnings(report: LoadTestReport) -> list[str]:
 
     out = []
     shape = report.shape
-    if (names := [n for n in report.not_run if n in report.no_user]) and (
-        started := shape.most_users_started()
-    ) < shape.users:
-        out.append(
-            f"Not tested: {', '.join(names)} got no user: at --spawn-rate {shape.spawn_rate:g} "
-            f"at most {started} of {shape.users} users start in {shape.duration_s:g} s, and "
-            f"Locust deals the lightest workloads' users last, so the verdict does not cover "
-            f"{them(names)}; a faster spawn rate or a longer test would."
-        )
-    elif names:
-        out.append(
-            f"Not tested: {', '.join(names)} got no user at {shape.users} users (too "
-            f"small a share of the weight), so the verdict does not cover {them(names)}."
-        )
+    if names := [n for n in report.not_run if n in report.no_user]:
+        if (started := shape.most_users_started()) < shape.users:
+            why = (
+                f"got no user: at --spawn-rate {shape.spawn_rate:g} at most {started} of "
+                f"{shape.users} users start in {shape.duration_s:g} s, and Locust deals the "
+                "lightest workloads' users last, so the verdict does not cover "
+                f"{them(names)}; a faster spawn rate or a longer test would."
+            )
+        else:
+            why = (
+                f"got no user at {shape.users} users (too small a share of the weight), so "
+                f"the verdict does not cover {them(names)}."
+            )
+        out.append(f"Not tested: {', '.join(names)} {why}")
     if names := [n for n in report.not_run if n not in report.no_user]:
         out.append(
             f"Not tested: {', '.join(names)} had users that sent no request before the test "

@@ -50,19 +50,21 @@ class LoopLag:
         last = start + timeout_s * CEILING
         try:
             async with asyncio.timeout(None) as bound:
+                timer: asyncio.TimerHandle
 
                 def check() -> None:
+                    nonlocal timer
                     deadline = min(start + timeout_s + self.late_s() - late_at_start, last)
                     if loop.time() >= deadline:
                         bound.reschedule(loop.time())  # expire now
                     else:
-                        timer[0] = loop.call_at(deadline, check)
+                        timer = loop.call_at(deadline, check)
 
-                timer = [loop.call_at(start + timeout_s, check)]
+                timer = loop.call_at(start + timeout_s, check)
                 try:
                     return await call
                 finally:
-                    timer[0].cancel()
+                    timer.cancel()
         finally:
             self._waiting -= 1
 

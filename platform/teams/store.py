@@ -139,7 +139,7 @@ class TeamStore:
         await self.team(name)
         now = utcnow()
         # One transaction whatever the number of keys: revoking them one call at a time cost
-        # three round trips a key, and a deletion cut short left some revoked and some not.
+        # four round trips a key, and a deletion cut short left some revoked and some not.
         async with self._redis.pipeline(transaction=True) as pipe:
             for digest, key in await self._keys_by_digest(name):
                 if key.revoked_at is None:
