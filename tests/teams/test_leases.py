@@ -42,7 +42,9 @@ class HoldingProxy:
         self._lock = threading.Lock()
         self._holding = False
         self._held: list[tuple[socket.socket, bytes | None]] = []  # None: the client closed
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._open: list[socket.socket] = []
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def hold(self) -> None:
         with self._lock:
@@ -60,7 +62,16 @@ class HoldingProxy:
                 upstream.sendall(data)
 
     def close(self) -> None:
+        """Stop listening and drop every proxied connection, so that nothing outlives the test.
+        On Linux, closing a socket another thread is blocked in accept() on leaves it listening:
+        shutdown is what wakes that thread."""
+        self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
+        self._acceptor.join(timeout=5)
+        with self._lock:
+            proxied, self._open = self._open, []
+        for sock in proxied:
+            sock.close()
 
     def _accept(self) -> None:
         while True:
@@ -68,7 +79,13 @@ class HoldingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(("127.0.0.1", self._redis_port))
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self._redis_port))
+            except OSError:
+                client.close()  # Redis is gone: the client sees its connection dropped
+                continue
+            with self._lock:
+                self._open += [client, upstream]
             threading.Thread(target=self._to_redis, args=(client, upstream), daemon=True).start()
             threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
 
@@ -84,10 +101,13 @@ class HoldingProxy:
                     if data is None:
                         return
                     continue
-            if data is None:
-                upstream.shutdown(socket.SHUT_WR)
-                return
-            upstream.sendall(data)
+            try:
+                if data is None:
+                    upstream.shutdown(socket.SHUT_WR)
+                    return
+                upstream.sendall(data)
+            except OSError:
+                return  # the proxy was closed under this connection
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
