@@ -66,15 +66,43 @@ class ShapeSpec(BaseModel):
         return max(base, round(self.users * level))
 
     def most_users_started(self) -> int:
-        """The most users Locust can have started before the test ends: from none at
-        `spawn_rate`, in Locust's batches of floor(rate) users (at least one), the first batch
-        at once; never more than `users`. A spike's peak arrives at once. An upper bound: a
-        shape whose peak comes late has less time to reach it."""
+        """The most users Locust runs at once before the test ends. Its local runner asks the
+        shape once a second and, whenever the answer changes, restarts its ramp from the users
+        it has: a batch of floor(rate) users (at least one) at once, then a batch every
+        floor(rate)/rate seconds until the target. So a spike's peak arrives at once, a step
+        gains a batch at each step, and a diurnal shape, whose target moves most seconds,
+        gains one nearly every second whatever the rate."""
+        return _most_running(self._targets(), self._ramp_rate(), self.users, self.duration_s)
+
+    def spawn_rate_to_start(self, users: int) -> float:
+        """A spawn rate, to the hundredth, at which `users` users are running before the end:
+        the slowest, where a faster rate never starts fewer (true of every shape here but at
+        the edges of a batch size)."""
         if self.kind == "spike":
-            return self.users
-        batch = max(1, math.floor(self.spawn_rate))
-        batches = math.ceil(self.duration_s * self.spawn_rate / batch)
-        return min(self.users, batch * batches)
+            return self.spawn_rate  # a spike starts its users at once, whatever the rate
+        targets = self._targets()
+        low, high = 1, 100 * users  # hundredths of a user a second; `users` a second starts all
+        while low < high:
+            mid = (low + high) // 2
+            if _most_running(targets, mid / 100, users, self.duration_s) >= users:
+                high = mid
+            else:
+                low = mid + 1
+        return low / 100
+
+    def _ramp_rate(self) -> float:
+        return float(self.users) if self.kind == "spike" else self.spawn_rate
+
+    def _targets(self) -> list[tuple[int, int]]:
+        """(second, users wanted) at each whole second at which the users wanted change: when
+        Locust, asking once a second, starts a new ramp."""
+        changes: list[tuple[int, int]] = []
+        for second in range(math.ceil(self.duration_s)):
+            users = self.users_at(second)
+            assert users is not None  # every second before the end has a count
+            if not changes or changes[-1][1] != users:
+                changes.append((second, users))
+        return changes
 
     def tick(self, elapsed_s: float) -> tuple[int, float] | None:
         """Locust's LoadTestShape.tick answer: (users, spawn rate), or None to stop. A spike
@@ -82,12 +110,31 @@ class ShapeSpec(BaseModel):
         users = self.users_at(elapsed_s)
         if users is None:
             return None
-        rate = float(self.users) if self.kind == "spike" else self.spawn_rate
-        return users, rate
+        return users, self._ramp_rate()
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _most_running(
+    targets: list[tuple[int, int]], rate: float, users: int, duration_s: float
+) -> int:
+    """The most users running at once when Locust ramps to each (second, users) target in
+    turn at `rate`, each ramp's first batch at once; never more than `users`."""
+    batch = max(1, math.floor(rate))
+    wait = batch / rate
+    running = peak = 0
+    for (began, goal), (ends, _) in zip(targets, [*targets[1:], (duration_s, 0)], strict=True):
+        # batches land at began + k * wait for k = 0, 1, ...; those before `ends` count (the
+        # epsilon keeps a batch due exactly at the end out, as float division may not)
+        landed = math.ceil((ends - began) / wait - 1e-9)
+        change = min(landed * batch, abs(goal - running))
+        running += change if goal > running else -change
+        peak = max(peak, running)
+        if peak >= users:
+            return users
+    return peak
 
 
 def parse_duration(text: str) -> float:

@@ -89,7 +89,7 @@ def unstaffed_warning(workload: WorkloadFile, spec: ShapeSpec) -> str | None:
     short = staffing(workload, started)
     if not short.unstaffed:
         return None
-    needed = math.ceil(100 * at_peak.users_for_all / spec.duration_s) / 100
+    needed = spec.spawn_rate_to_start(at_peak.users_for_all)
     return (
         f"at --spawn-rate {spec.spawn_rate:g} a {spec.duration_s:g} s test starts at most "
         f"{started} of its {spec.users} users, and Locust starts those of "

@@ -38,7 +38,8 @@ from gemma_fleet.loadtest.apis import body_for
 from gemma_fleet.loadtest.exchange import Exchange, call
 from gemma_fleet.loadtest.records import EXPECTED_429, STOPPED, RecordWriter, RequestRecord
 from gemma_fleet.loadtest.settings import LocustSettings, settings_from_env
-from gemma_fleet.loadtest.staffing import staffing
+from gemma_fleet.loadtest.shapes import ShapeSpec
+from gemma_fleet.loadtest.staffing import staffing, unstaffed_warning
 from gemma_fleet.loadtest.workload import (
     Audio,
     JsonExtraction,
@@ -312,6 +313,29 @@ def _warn_of_unstaffed(user_count: int, **_: Any) -> None:
         log.warning("Gemma Fleet: %s.", warning)
 
 
+def _warn_of_a_slow_start(environment: Environment, **_: Any) -> None:
+    """Headless plain Locust knows its users, spawn rate and run time before the first user
+    starts: say then, as `gemma-fleet loadtest` does, which workloads too slow a spawn rate
+    (or too few users) leaves without one. A test without a run time has time to start them
+    all; the web UI's numbers are not known here, so it waits for spawning_complete."""
+    settings: LocustSettings | None = getattr(_Run, "settings", None)
+    options = environment.parsed_options
+    if settings is None or options is None or not options.headless:
+        return
+    if settings.shape is not None:
+        spec = settings.shape
+    elif options.run_time:
+        spec = ShapeSpec(
+            duration_s=options.run_time, users=options.num_users, spawn_rate=options.spawn_rate
+        )
+    else:
+        return
+    if (warning := unstaffed_warning(_Run.workload, spec)) is not None:
+        _Run.warned_at = spec.users  # said once: not again when spawning completes
+        log.warning("Gemma Fleet: %s.", warning)
+
+
 events.test_start.add_listener(_open_records)  # type: ignore[no-untyped-call]
+events.test_start.add_listener(_warn_of_a_slow_start)  # type: ignore[no-untyped-call]
 events.quitting.add_listener(_close_records)  # type: ignore[no-untyped-call]
 events.spawning_complete.add_listener(_warn_of_unstaffed)  # type: ignore[no-untyped-call]

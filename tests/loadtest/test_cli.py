@@ -121,8 +121,15 @@ def test_too_slow_a_spawn_rate_is_warned_of_before_the_run(
         "At --spawn-rate 0.1 a 30 s test starts at most 3 of its 8 users, and Locust starts "
         "those of long-context, vision, tool-loop, json-extract, limited-chat last" in out
     )
-    assert "--spawn-rate 0.27 starts 8 users before the end" in out
-    for enough in (["--duration", "80s"], ["--duration", "30s", "--shape", "spike"]):
-        with pytest.raises(SystemExit):  # 8 start in 80 s; a spike starts all at once
+    assert "--spawn-rate 0.24 starts 8 users before the end" in out
+    with pytest.raises(SystemExit):  # the later --spawn-rate wins; 0.23 starts 7 in 30 s
+        main([*args, "--duration", "30s", "--spawn-rate", "0.23"])
+    assert "starts at most 7 of its 8 users" in " ".join(capsys.readouterr().out.split())
+    for enough in (
+        ["--duration", "80s"],  # 8 start in 80 s
+        ["--duration", "30s", "--spawn-rate", "0.24"],  # the 8th at 29.2 s
+        ["--duration", "30s", "--shape", "spike"],  # a spike starts all at once
+    ):
+        with pytest.raises(SystemExit):
             main([*args, *enough])
         assert "--spawn-rate" not in capsys.readouterr().out

@@ -15,12 +15,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CI_WORKLOAD = Path(__file__).with_name("workload-ci.yaml")
 
 
-def _locust(users: int, **env: str) -> str:
+def _locust(users: int, rate: float | None = None, **env: str) -> str:
     """Plain Locust for 3 s against a port nothing listens on (the requests fail; only the
-    staffing matters here); its log."""
+    staffing matters here), starting all its users at once unless `rate` says; its log."""
     done = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
-         "--headless", "-u", str(users), "-r", str(users), "-t", "3s", "--only-summary",
+         "--headless", "-u", str(users), "-r", str(rate or users), "-t", "3s", "--only-summary",
          "--exit-code-on-error", "0", "--host", "http://127.0.0.1:9"],
         env={**os.environ, "GEMMA_FLEET_API_KEY": "gfk_x_y", "GEMMA_FLEET_LOADTEST_WORKLOAD":
              str(CI_WORKLOAD), **env},
@@ -53,3 +53,17 @@ def test_with_a_shape_the_peak_is_what_counts() -> None:
     log = _locust(1, GEMMA_FLEET_LOADTEST_SHAPE="step", GEMMA_FLEET_LOADTEST_DURATION="3s",
                   GEMMA_FLEET_LOADTEST_USERS="4")  # fmt: skip
     assert "Gemma Fleet: at 4 users Locust gives no user to long-context" in log
+
+
+def test_too_slow_a_spawn_rate_is_named_before_the_first_user_starts() -> None:
+    """At -r 1 a 3 s test starts 3 of its 8 users: the log says so before any of them runs (a
+    slow ramp never reaches spawning_complete), naming the workloads Locust deals last."""
+    log = _locust(8, rate=1)
+    warning = (
+        "Gemma Fleet: at --spawn-rate 1 a 3 s test starts at most 3 of its 8 users, and Locust "
+        "starts those of long-context, vision, tool-loop, json-extract, limited-chat last"
+    )
+    assert warning in log, log[-1500:]
+    assert log.index(warning) < log.index("Ramping to 8 users")
+    # batches of 2 every 2/2.01 s: the 4th lands at 2.99 s
+    assert "--spawn-rate 2.01 starts 8 users before the end" in log

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gemma_fleet.loadtest.shapes import ShapeSpec
 from gemma_fleet.loadtest.staffing import deal, staffing
 from gemma_fleet.loadtest.workload import load_workload, user_class_name
@@ -124,3 +126,72 @@ def test_the_users_started_in_a_test_are_as_many_as_locusts_ramp_starts() -> Non
         for end, (_, started) in zip(ends, landed, strict=True):
             spec = ShapeSpec(duration_s=end, users=users, spawn_rate=rate)
             assert spec.most_users_started() == started, (users, rate, end)
+
+
+# The most users Locust's local runner has at once while a shape runs it (real waits): it asks
+# the shape once a second and restarts its ramp whenever the answer changes.
+LOCUST_SHAPE_RUN = """
+import json, sys
+import gevent
+from locust import LoadTestShape, User, constant, task
+from locust.env import Environment
+from gemma_fleet.loadtest.shapes import ShapeSpec
+
+answers = []
+for raw in json.loads(sys.stdin.read()):
+    spec = ShapeSpec.model_validate(raw)
+
+    class Idle(User):
+        wait_time = constant(600)
+
+        @task
+        def nothing(self):
+            pass
+
+    class Shape(LoadTestShape):
+        def tick(self):
+            return spec.tick(self.get_run_time())
+
+    runner = Environment(user_classes=[Idle], shape_class=Shape()).create_local_runner()
+    runner.start_shape()
+    peak = 0
+    while runner.state not in ("stopped", "quitting"):
+        peak = max(peak, runner.user_count)
+        gevent.sleep(0.05)
+    runner.quit()
+    answers.append(peak)
+print(json.dumps(answers))
+"""
+
+
+@pytest.mark.slow
+def test_a_shape_that_moves_starts_users_as_locusts_runner_does() -> None:
+    """Each change of a step or diurnal shape's target restarts Locust's ramp with a batch at
+    once, so at a slow rate such a shape runs more users than a ramp from a standing start
+    (1 and 3 here), and the pre-run check must count them as Locust does."""
+    specs = [
+        ShapeSpec(kind="step", duration_s=9, users=6, steps=3, spawn_rate=0.1),
+        ShapeSpec(kind="diurnal", duration_s=12, users=8, spawn_rate=0.2),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-c", LOCUST_SHAPE_RUN],
+        input=json.dumps([s.model_dump() for s in specs]),
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    peaks = json.loads(done.stdout)
+    assert peaks == [3, 5]
+    assert [s.most_users_started() for s in specs] == peaks
+
+
+def test_the_spawn_rate_suggested_is_the_slowest_that_starts_them_all() -> None:
+    for spec in (
+        ShapeSpec(duration_s=30, users=8, spawn_rate=0.1),
+        ShapeSpec(kind="step", duration_s=20, users=8, spawn_rate=0.1),
+        ShapeSpec(kind="diurnal", duration_s=60, users=12, spawn_rate=0.05),
+    ):
+        rate = spec.spawn_rate_to_start(spec.users)
+        assert spec.model_copy(update={"spawn_rate": rate}).most_users_started() == spec.users
+        slower = spec.model_copy(update={"spawn_rate": rate - 0.01})
+        assert slower.most_users_started() < spec.users, (spec.kind, rate)
+    # 8 users in 30 s: the first at once, the 8th after 7 waits of 1/0.24 s, at 29.2 s
+    assert ShapeSpec(duration_s=30, users=8, spawn_rate=0.1).spawn_rate_to_start(8) == 0.24
