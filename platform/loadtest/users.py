@@ -31,6 +31,7 @@ from gevent import GreenletExit
 from locust import LoadTestShape, User, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
+from locust.runners import WorkerRunner
 from locust.user.task import LOCUST_STATE_STOPPING
 
 from gemma_fleet.loadtest import payloads
@@ -74,6 +75,7 @@ class _Run:
     workload: WorkloadFile
     writer: RecordWriter | None = None
     warned_at = 0  # the user count staffing was last checked for
+    is_worker = False  # a worker of --processes: its master speaks for the test
     lock = threading.Lock()
     counter = itertools.count()
 
@@ -303,7 +305,7 @@ def _warn_of_unstaffed(user_count: int, **_: Any) -> None:
     which workloads get no user once the users are out, for the shape's peak when a shape
     runs (its early steps are meant to be small), once per count."""
     settings: LocustSettings | None = getattr(_Run, "settings", None)
-    if settings is None:
+    if settings is None or _Run.is_worker:
         return
     peak = settings.shape.users if settings.shape is not None else user_count
     if peak <= _Run.warned_at:
@@ -320,7 +322,7 @@ def _warn_of_a_slow_start(environment: Environment, **_: Any) -> None:
     all; the web UI's numbers are not known here, so it waits for spawning_complete."""
     settings: LocustSettings | None = getattr(_Run, "settings", None)
     options = environment.parsed_options
-    if settings is None or options is None or not options.headless:
+    if settings is None or options is None or not options.headless or _Run.is_worker:
         return
     if settings.shape is not None:
         spec = settings.shape
@@ -335,6 +337,13 @@ def _warn_of_a_slow_start(environment: Environment, **_: Any) -> None:
         log.warning("Gemma Fleet: %s.", warning)
 
 
+def _note_the_role(environment: Environment, **_: Any) -> None:
+    # Each worker of --processes fires test_start and spawning_complete too, for its share of
+    # the users: the warnings would repeat, with the share's count.
+    _Run.is_worker = isinstance(environment.runner, WorkerRunner)
+
+
+events.init.add_listener(_note_the_role)  # type: ignore[no-untyped-call]
 events.test_start.add_listener(_open_records)  # type: ignore[no-untyped-call]
 events.test_start.add_listener(_warn_of_a_slow_start)  # type: ignore[no-untyped-call]
 events.quitting.add_listener(_close_records)  # type: ignore[no-untyped-call]

@@ -15,13 +15,13 @@ ROOT = Path(__file__).resolve().parents[2]
 CI_WORKLOAD = Path(__file__).with_name("workload-ci.yaml")
 
 
-def _locust(users: int, rate: float | None = None, **env: str) -> str:
+def _locust(users: int, rate: float | None = None, *extra: str, **env: str) -> str:
     """Plain Locust for 3 s against a port nothing listens on (the requests fail; only the
     staffing matters here), starting all its users at once unless `rate` says; its log."""
     done = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
          "--headless", "-u", str(users), "-r", str(rate or users), "-t", "3s", "--only-summary",
-         "--exit-code-on-error", "0", "--host", "http://127.0.0.1:9"],
+         "--exit-code-on-error", "0", "--host", "http://127.0.0.1:9", *extra],
         env={**os.environ, "GEMMA_FLEET_API_KEY": "gfk_x_y", "GEMMA_FLEET_LOADTEST_WORKLOAD":
              str(CI_WORKLOAD), **env},
         capture_output=True, text=True, timeout=120, cwd=ROOT,
@@ -67,3 +67,11 @@ def test_too_slow_a_spawn_rate_is_named_before_the_first_user_starts() -> None:
     assert log.index(warning) < log.index("Ramping to 8 users")
     # batches of 2 every 2/2.01 s: the 4th lands at 2.99 s
     assert "--spawn-rate 2.01 starts 8 users before the end" in log
+
+
+def test_with_processes_only_the_master_warns() -> None:
+    """Each worker of --processes fires the same events for its share of the users: the
+    warning is the master's, once, with the test's user count."""
+    log = _locust(4, None, "--processes", "2")
+    assert log.count("Gemma Fleet:") == 1, log[-1500:]
+    assert "Gemma Fleet: at 4 users Locust gives no user to" in log
