@@ -3,6 +3,7 @@ validation and metrics on; with --redis-url also team auth, quota admission, set
 usage metering against a real Redis (the key comes from --key, as a bootstrap file would)."""
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import uvicorn
 import yaml
 
 from gemma_fleet.catalog import load_catalog
+from gemma_fleet.gateway import service
 from gemma_fleet.gateway.app import create_app
 from gemma_fleet.gateway.auth import open_gate
 from gemma_fleet.gateway.pool_client import HttpPool, HttpPoolClient
@@ -22,7 +24,14 @@ if __name__ == "__main__":
     parser.add_argument("--backend", required=True)
     parser.add_argument("--redis-url", help="require team keys, with this Redis as the store")
     parser.add_argument("--key", help="the benchmark team's key (with --redis-url)")
+    parser.add_argument(
+        "--inline-media",
+        action="store_true",
+        help="decode inline media on the event loop, as before 2026-12-06 (gateway_media_stall)",
+    )
     args = parser.parse_args()
+    if args.inline_media:
+        service.OFFLOAD_MEDIA_CHARS = sys.maxsize
     catalog = load_catalog()
     settings = GatewaySettings(
         pools=[

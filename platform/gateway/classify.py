@@ -123,6 +123,20 @@ def check_image_data_url(url: str) -> None:
         raise InvalidMedia(f"image of {width}x{height} pixels exceeds {MAX_IMAGE_PIXELS:,} pixels")
 
 
+def inline_media_chars(request: ChatCompletionRequest) -> int:
+    """How many characters of base64 media (data: URL images, input_audio) `request` carries:
+    what classifying it has to decode."""
+    size = 0
+    for message in request.messages:
+        if isinstance(message.content, list):
+            for part in message.content:
+                if isinstance(part, ImagePart) and part.image_url.url.startswith("data:"):
+                    size += len(part.image_url.url)
+                elif isinstance(part, AudioPart):
+                    size += len(part.input_audio.data)
+    return size
+
+
 def completion_prompt_tokens(request: CompletionRequest) -> list[int]:
     """Each prompt's tokens: a token-id prompt's exactly (the engine reads the ids as given,
     adding nothing), a text prompt's estimate plus its BOS token."""

@@ -25,6 +25,7 @@ from gemma_fleet.gateway.classify import (
     check_image_data_url,
     classify_chat,
     completion_prompt_tokens,
+    inline_media_chars,
 )
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.media_fetch import (
@@ -181,6 +182,10 @@ ANYONE = Caller()
 # off the event loop): each pool's, and the gateway's own under `own_deployment`.
 ReplicaCounts = Callable[[], Mapping[str, int | None]]
 WATCH_INTERVAL_S = 1.5
+# Inline media over this many base64 characters is decoded and checked in a worker thread: a
+# 15 MB PNG takes tens of ms (benchmarks/gateway_media_stall), against the thread hop's tens
+# of microseconds, which small media would pay for nothing.
+OFFLOAD_MEDIA_CHARS = 256 * 1024
 
 
 class Gateway:
@@ -266,10 +271,7 @@ class Gateway:
         return any(v.healthy for v in self.state.views())
 
     async def chat(self, request: ChatCompletionRequest, caller: Caller = ANYONE) -> Answer:
-        try:
-            classified = classify_chat(request, self._facts)
-        except InvalidMedia as exc:
-            raise ApiError(400, str(exc), param="messages") from exc
+        classified = await self._classify(request)
         needs = classified.needs
         decision = self._route(needs, request.model, caller)
         if caller.admit is not None:
@@ -309,10 +311,7 @@ class Gateway:
         serve it: its chat template, tokenizer and media processing, the same rendering a
         generation's usage.prompt_tokens counts. Routed like a generation (model, team policy,
         capability, health) but not admitted: it takes no quota and no batch slot."""
-        try:
-            classified = classify_chat(request, self._facts)
-        except InvalidMedia as exc:
-            raise ApiError(400, str(exc), param="messages") from exc
+        classified = await self._classify(request)
         needs = replace(classified.needs, max_output_tokens=1)  # nothing is generated
         decision = self._route(needs, request.model, caller)
         await self._inline_remote_media(request)  # the engine counts the media it would see
@@ -322,6 +321,17 @@ class Gateway:
         if not isinstance(answer, JsonAnswer) or not isinstance(answer.body.get("count"), int):
             raise ApiError(502, f"pool {decision.pool} answered the token count without one")
         return int(answer.body["count"])
+
+    async def _classify(self, request: ChatCompletionRequest) -> Classification:
+        """classify_chat, in a worker thread when the request carries much inline media:
+        decoding and checking it takes milliseconds a megabyte, a stall of every stream this
+        replica serves if it ran on the event loop."""
+        try:
+            if inline_media_chars(request) > OFFLOAD_MEDIA_CHARS:
+                return await asyncio.to_thread(classify_chat, request, self._facts)
+            return classify_chat(request, self._facts)
+        except InvalidMedia as exc:
+            raise ApiError(400, str(exc), param="messages") from exc
 
     def _ensure_watcher(self) -> None:
         """Start the pool-health watcher on the serving event loop, once (lazily: the loop
@@ -378,7 +388,7 @@ class Gateway:
             for (part, _, _), (body, content_type) in zip(remote, fetched, strict=True):
                 if isinstance(part, ImagePart):
                     part.image_url.url = data_url(body, content_type)
-                    check_image_data_url(part.image_url.url)
+                    await _check_image(part.image_url.url)
                 else:
                     part.video_url.url = data_url(body, content_type)
         except (MediaFetchError, InvalidMedia) as exc:
@@ -567,3 +577,11 @@ def _model_card(name: str, pools: list[PoolInfo]) -> dict[str, Any]:
         "modalities": modalities,
         "max_model_len": max(p.max_model_len for p in pools),
     }
+
+
+async def _check_image(url: str) -> None:
+    """check_image_data_url, in a worker thread for a large image (see Gateway._classify)."""
+    if len(url) > OFFLOAD_MEDIA_CHARS:
+        await asyncio.to_thread(check_image_data_url, url)
+    else:
+        check_image_data_url(url)
