@@ -103,8 +103,13 @@ def check_image_data_url(url: str) -> None:
     header, _, payload = url.partition(",")
     if not header.startswith("data:image/") or ";base64" not in header:
         raise InvalidMedia("image data URL must look like data:image/<type>;base64,<data>")
-    raw = _decode_base64(payload, "image data URL")
-    from PIL import Image
+    check_image(_decode_base64(payload, "image data URL"), "image data URL")
+
+
+def check_image(raw: bytes, what: str) -> None:
+    """`raw` must be an image Pillow decodes, of at most MAX_IMAGE_PIXELS pixels; `what` names
+    it in the InvalidMedia raised otherwise (the data URL, or the address it was fetched from)."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
@@ -113,14 +118,19 @@ def check_image_data_url(url: str) -> None:
                 width, height = image.size
                 image.verify()
     except Image.DecompressionBombError as exc:
-        raise InvalidMedia(f"image data URL declares too many pixels: {exc}") from exc
+        raise InvalidMedia(f"{what} declares too many pixels: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        # Pillow's own message names its in-memory file object, which tells a caller nothing.
+        raise InvalidMedia(f"{what} is not a decodable image: no image format recognised") from exc
     except Exception as exc:
         # Pillow's decoders answer hostile bytes with many exception types (OSError,
         # SyntaxError, ValueError, struct.error, EOFError...): all mean "not an image".
-        raise InvalidMedia(f"image data URL is not a decodable image: {exc}") from exc
+        raise InvalidMedia(f"{what} is not a decodable image: {exc}") from exc
     if width * height > MAX_IMAGE_PIXELS:
         # A few bytes can declare an image an engine would need gigabytes to decode.
-        raise InvalidMedia(f"image of {width}x{height} pixels exceeds {MAX_IMAGE_PIXELS:,} pixels")
+        raise InvalidMedia(
+            f"{what}: image of {width}x{height} pixels exceeds {MAX_IMAGE_PIXELS:,} pixels"
+        )
 
 
 def inline_media_chars(request: ChatCompletionRequest) -> int:

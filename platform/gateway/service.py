@@ -22,7 +22,7 @@ from gemma_fleet.catalog.schema import Family
 from gemma_fleet.gateway.classify import (
     Classification,
     InvalidMedia,
-    check_image_data_url,
+    check_image,
     classify_chat,
     completion_prompt_tokens,
     inline_media_chars,
@@ -182,9 +182,10 @@ ANYONE = Caller()
 # off the event loop): each pool's, and the gateway's own under `own_deployment`.
 ReplicaCounts = Callable[[], Mapping[str, int | None]]
 WATCH_INTERVAL_S = 1.5
-# Inline media over this many base64 characters is decoded and checked in a worker thread: a
-# 15 MB PNG takes tens of ms (benchmarks/gateway_media_stall), against the thread hop's tens
-# of microseconds, which small media would pay for nothing.
+# Inline media over this many base64 characters (a fetched image over this many bytes) is
+# decoded and checked in a worker thread: a 15 MB PNG takes tens of ms
+# (benchmarks/gateway_media_stall), against the thread hop's tens of microseconds, which small
+# media would pay for nothing.
 OFFLOAD_MEDIA_CHARS = 256 * 1024
 
 
@@ -385,10 +386,10 @@ class Gateway:
                     for _, url, kind in remote
                 )
             )
-            for (part, _, _), (body, content_type) in zip(remote, fetched, strict=True):
+            for (part, url, _), (body, content_type) in zip(remote, fetched, strict=True):
                 if isinstance(part, ImagePart):
+                    await _check_image(body, f"image at {url}")
                     part.image_url.url = data_url(body, content_type)
-                    await _check_image(part.image_url.url)
                 else:
                     part.video_url.url = data_url(body, content_type)
         except (MediaFetchError, InvalidMedia) as exc:
@@ -579,9 +580,9 @@ def _model_card(name: str, pools: list[PoolInfo]) -> dict[str, Any]:
     }
 
 
-async def _check_image(url: str) -> None:
-    """check_image_data_url, in a worker thread for a large image (see Gateway._classify)."""
-    if len(url) > OFFLOAD_MEDIA_CHARS:
-        await asyncio.to_thread(check_image_data_url, url)
+async def _check_image(raw: bytes, what: str) -> None:
+    """check_image, in a worker thread for a large image (see Gateway._classify)."""
+    if len(raw) > OFFLOAD_MEDIA_CHARS:
+        await asyncio.to_thread(check_image, raw, what)
     else:
-        check_image_data_url(url)
+        check_image(raw, what)

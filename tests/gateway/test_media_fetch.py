@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from gateway_harness import fleet_settings, serve_gateway, simulated_pools
 from PIL import Image
 
 from gemma_fleet.gateway.media_fetch import FetchPolicy, MediaFetchError, fetch, refusal
@@ -31,6 +32,7 @@ class Handler(BaseHTTPRequestHandler):
             "/img.png": (200, "image/png", PNG.getvalue()),
             "/page": (200, "text/html", b"<html>"),
             "/big.png": (200, "image/png", b"\0" * 5000),
+            "/garbage.png": (200, "image/png", b"not an image at all"),
         }
         if self.path in routes:
             status, kind, body = routes[self.path]
@@ -161,3 +163,24 @@ def test_gateway_refuses_inner_image_urls(gateway_server: Any, server: str) -> N
     r = gateway_server.post("/v1/chat/completions", json=body)
     assert r.status_code == 400
     assert "loopback" in r.json()["error"]["message"]
+
+
+def test_a_fetched_image_is_checked_and_a_bad_one_named_by_its_address(server: str) -> None:
+    """From a network the operator allows, a real image is served; bytes that are no image
+    are refused with a 400 that names the address they came from (not a data URL the caller
+    never sent)."""
+    settings = fleet_settings(media={"allowed_networks": ["127.0.0.1/32"]})
+
+    def ask(path: str) -> Any:
+        part = {"type": "image_url", "image_url": {"url": server + path}}
+        messages = [{"role": "user", "content": [{"type": "text", "text": "what?"}, part]}]
+        body = {"model": "gemma-4", "max_tokens": 4, "messages": messages}
+        return gateway.post("/v1/chat/completions", json=body)
+
+    with serve_gateway(settings, simulated_pools) as gateway:
+        assert ask("/img.png").status_code == 200
+        refused = ask("/garbage.png")
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["message"] == (
+        f"image at {server}/garbage.png is not a decodable image: no image format recognised"
+    )

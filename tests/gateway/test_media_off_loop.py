@@ -90,4 +90,6 @@ def test_a_large_undecodable_image_is_still_a_400_naming_it(
         "/v1/chat/completions", json=image_request("data:image/png;base64," + garbage)
     )
     assert reply.status_code == 400, reply.text
-    assert "image data URL is not a decodable image" in reply.json()["error"]["message"]
+    assert reply.json()["error"]["message"] == (
+        "image data URL is not a decodable image: no image format recognised"
+    )
