@@ -79,7 +79,11 @@ def audio_seconds(audio: InputAudio) -> float:
     raw = _decode_base64(audio.data, "input_audio.data")
     try:
         info = soundfile.info(io.BytesIO(raw))
-    except (RuntimeError, soundfile.LibsndfileError) as exc:
+    except soundfile.LibsndfileError as exc:
+        # str(exc) names the in-memory file object ("Error opening <_io.BytesIO ...>")
+        why = exc.error_string.rstrip(".")
+        raise InvalidMedia(f"input_audio is not decodable {audio.format} audio: {why}") from exc
+    except RuntimeError as exc:
         raise InvalidMedia(f"input_audio is not decodable {audio.format} audio: {exc}") from exc
     if info.samplerate <= 0 or info.frames < 0:
         raise InvalidMedia("input_audio has no samples")
