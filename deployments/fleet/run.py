@@ -215,7 +215,9 @@ def _stop(
     handle, once the fleet came up): new requests get a 503 the SDKs retry, where the deleted
     application's missing route would answer a 404 they do not. Then the application is deleted (its
     replicas drain whatever is left while Serve's proxy still carries it, which
-    `serve.shutdown` alone cuts: it stops the proxy first) and the rest of Serve shut down."""
+    `serve.shutdown` alone cuts: it stops the proxy first). Serve's controller and proxies then
+    go with the nodes: `serve.shutdown` would kill the controller under its own pending calls,
+    which Ray prints as two "Task ServeController... failed" lines on the console."""
     import ray
     from ray import serve
 
@@ -236,7 +238,6 @@ def _stop(
                     break
                 if cut_drain.wait(0.5):
                     break
-            serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
     except Exception:  # a failed step must not leave the nodes running
         log.exception("serve shutdown failed; stopping the nodes anyway")
     finally:
