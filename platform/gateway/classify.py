@@ -15,6 +15,7 @@ import binascii
 import io
 import json
 import math
+import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,7 +123,13 @@ def check_image(raw: bytes, what: str) -> None:
                 width, height = image.size
                 image.verify()
     except Image.DecompressionBombError as exc:
-        raise InvalidMedia(f"{what} declares too many pixels: {exc}") from exc
+        # Pillow refuses at twice its limit (ours) and words it with that doubled limit: say
+        # what the caller sent against the limit the gateway holds it to.
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(declared.group(1)):,}" if declared else "more"
+        raise InvalidMedia(
+            f"{what}: image of {pixels} pixels exceeds {MAX_IMAGE_PIXELS:,} pixels"
+        ) from exc
     except UnidentifiedImageError as exc:
         # Pillow's own message names its in-memory file object, which tells a caller nothing.
         raise InvalidMedia(f"{what} is not a decodable image: no image format recognised") from exc
