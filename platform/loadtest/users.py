@@ -39,7 +39,7 @@ from gemma_fleet.loadtest.apis import body_for
 from gemma_fleet.loadtest.exchange import Exchange, call
 from gemma_fleet.loadtest.records import EXPECTED_429, STOPPED, RecordWriter, RequestRecord
 from gemma_fleet.loadtest.settings import LocustSettings, settings_from_env
-from gemma_fleet.loadtest.shapes import ShapeSpec
+from gemma_fleet.loadtest.shapes import MAX_DURATION_S, MAX_USERS, ShapeSpec
 from gemma_fleet.loadtest.staffing import staffing, unstaffed_warning
 from gemma_fleet.loadtest.workload import (
     Audio,
@@ -316,19 +316,21 @@ def _warn_of_unstaffed(user_count: int, **_: Any) -> None:
 
 
 def _warn_of_a_slow_start(environment: Environment, **_: Any) -> None:
-    """Headless plain Locust knows its users, spawn rate and run time before the first user
-    starts: say then, as `gemma-fleet loadtest` does, which workloads too slow a spawn rate
-    (or too few users) leaves without one. A test without a run time has time to start them
-    all; the web UI's numbers are not known here, so it waits for spawning_complete."""
+    """Plain Locust knows its users, spawn rate and run time before the first user starts
+    (from the command line, or the web UI's form, which Locust writes into parsed_options):
+    say then, as `gemma-fleet loadtest` does, which workloads too few users, or too slow a
+    spawn rate for the run time, leaves without one."""
     settings: LocustSettings | None = getattr(_Run, "settings", None)
     options = environment.parsed_options
-    if settings is None or options is None or not options.headless or _Run.is_worker:
+    if settings is None or options is None or _Run.is_worker:
         return
     if settings.shape is not None:
         spec = settings.shape
-    elif options.run_time:
+    elif options.num_users and options.spawn_rate:  # the web UI takes 0 users
         spec = ShapeSpec(
-            duration_s=options.run_time, users=options.num_users, spawn_rate=options.spawn_rate
+            duration_s=min(options.run_time or MAX_DURATION_S, MAX_DURATION_S),
+            users=min(options.num_users, MAX_USERS),
+            spawn_rate=options.spawn_rate,
         )
     else:
         return

@@ -5,14 +5,23 @@ the workload, and says which workloads its user count leaves without a user, whi
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CI_WORKLOAD = Path(__file__).with_name("workload-ci.yaml")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _locust(users: int, rate: float | None = None, *extra: str, **env: str) -> str:
@@ -75,3 +84,38 @@ def test_with_processes_only_the_master_warns() -> None:
     log = _locust(4, None, "--processes", "2")
     assert log.count("Gemma Fleet:") == 1, log[-1500:]
     assert "Gemma Fleet: at 4 users Locust gives no user to" in log
+
+
+def test_the_web_ui_warns_when_its_form_starts_the_test(tmp_path: Path) -> None:
+    """The web UI's form (users, spawn rate, run time) reaches Locust before the first user
+    starts: the same warning is logged then."""
+    port = _free_port()
+    log_path = tmp_path / "locust.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"),
+             "--web-host", "127.0.0.1", "--web-port", str(port)],
+            env={**os.environ, "GEMMA_FLEET_API_KEY": "gfk_x_y",
+                 "GEMMA_FLEET_LOADTEST_WORKLOAD": str(CI_WORKLOAD)},
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )  # fmt: skip
+    try:
+        ui = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(ui, timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, log_path.read_text()[-1500:]
+                time.sleep(0.3)
+        form = {"user_count": "8", "spawn_rate": "1", "run_time": "3s",
+                "host": "http://127.0.0.1:9"}  # fmt: skip
+        assert httpx.post(ui + "/swarm", data=form, timeout=10).json()["success"]
+        warning = "Gemma Fleet: at --spawn-rate 1 a 3 s test starts at most 3 of its 8 users"
+        while warning not in " ".join(log_path.read_text().split()):
+            assert time.monotonic() < deadline, log_path.read_text()[-1500:]
+            time.sleep(0.3)
+    finally:
+        proc.terminate()
+        proc.wait(30)
