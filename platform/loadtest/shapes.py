@@ -97,6 +97,8 @@ class ShapeSpec(BaseModel):
     def _targets(self) -> list[tuple[int, int]]:
         """(second, users wanted) at each whole second at which the users wanted change: when
         Locust, asking once a second, starts a new ramp."""
+        if self.kind == "constant":
+            return [(0, self.users)]  # a week-long test need not be walked second by second
         changes: list[tuple[int, int]] = []
         for second in range(math.ceil(self.duration_s)):
             users = self.users_at(second)

@@ -325,17 +325,20 @@ def _warn_of_a_slow_start(environment: Environment, **_: Any) -> None:
     if settings is None or options is None or _Run.is_worker:
         return
     if settings.shape is not None:
-        spec = settings.shape
-    elif options.num_users and options.spawn_rate:  # the web UI takes 0 users
+        warning = unstaffed_warning(_Run.workload, settings.shape)
+    elif not options.num_users or not options.spawn_rate:  # the web UI takes 0 users
+        return
+    elif not options.run_time:  # no end: every user starts in time
+        warning = staffing(_Run.workload, options.num_users).warning()
+    else:
         spec = ShapeSpec(
-            duration_s=min(options.run_time or MAX_DURATION_S, MAX_DURATION_S),
+            duration_s=min(options.run_time, MAX_DURATION_S),
             users=min(options.num_users, MAX_USERS),
             spawn_rate=options.spawn_rate,
         )
-    else:
-        return
-    if (warning := unstaffed_warning(_Run.workload, spec)) is not None:
-        _Run.warned_at = spec.users  # said once: not again when spawning completes
+        warning = unstaffed_warning(_Run.workload, spec)
+    if warning is not None:
+        _Run.warned_at = options.num_users if settings.shape is None else settings.shape.users
         log.warning("Gemma Fleet: %s.", warning)
 
 
