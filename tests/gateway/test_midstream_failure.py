@@ -58,6 +58,7 @@ def front() -> Iterator[Any]:
 
     with serve_gateway(fleet_settings(), http_pools) as running:
         yield running
+    sock.shutdown(socket.SHUT_RDWR)  # wakes accept(); close() alone leaves it listening
     sock.close()
 
 
