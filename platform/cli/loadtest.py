@@ -146,7 +146,8 @@ def loadtest_command(
     with ExitStack() as stack:
         if local:
             settings = LocalFleetSettings(http_port=port, gcs_port=ray_port, state_dir=state_dir)
-            require_free_ports(settings.http_host, port, ray_port)
+            for claim in require_free_ports(settings.http_host, port, ray_port):
+                stack.callback(claim.close)  # held while the fleet runs: see require_free_ports
             require_free_state_dir(state_dir)
             console.print("starting the local fleet ...")
             root, local_admin = stack.enter_context(local_fleet_host(fleet, settings))

@@ -10,6 +10,7 @@ names. A plain bind (no SO_REUSEPORT) is refused by any listener, so it finds bo
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 from gemma_fleet.cli.errors import CliError
@@ -28,18 +29,53 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def require_free_ports(http_host: str, http_port: int, ray_port: int) -> None:
-    """Raise a one-line CliError naming each option whose port another process listens on."""
-    busy = []
-    if port_in_use(http_host, http_port):
-        busy.append(f"--port {http_port} (HTTP API on {http_host})")
-    if port_in_use("", ray_port):
-        busy.append(f"--ray-port {ray_port} (Ray GCS)")
-    if busy:
-        raise CliError(
-            f"already in use: {', '.join(busy)}; another fleet or service listens there "
-            "(`ss -ltnp` shows which): stop it or pick free ports with those options"
+def require_free_ports(http_host: str, http_port: int, ray_port: int) -> list[socket.socket]:
+    """Raise a one-line CliError naming each option whose port another process listens on, or
+    that another fleet command on this machine has claimed. Return this command's claims:
+    Ray binds the ports up to a minute after this check, and until the claims are closed (at
+    the latest when the process ends) a second `up` or `loadtest --local` cannot pass it."""
+    claims, claimed, listened = [], [], []
+    for option, port, what, host in (
+        ("--port", http_port, f"HTTP API on {http_host}", http_host),
+        ("--ray-port", ray_port, "Ray GCS", ""),
+    ):
+        if (claim := _claim(port)) is None:
+            claimed.append(f"{option} {port} ({what})")
+            continue
+        claims.append(claim)
+        if port_in_use(host, port):
+            listened.append(f"{option} {port} ({what})")
+    problems = []
+    if listened:
+        problems.append(
+            f"already in use: {', '.join(listened)}; another fleet or service listens there "
+            "(`ss -ltnp` shows which)"
         )
+    if claimed:
+        problems.append(
+            "taken by another fleet on this machine, starting or running (`gemma-fleet up` "
+            f"or `loadtest --local`): {', '.join(claimed)}"
+        )
+    if problems:
+        for claim in claims:
+            claim.close()
+        raise CliError(f"{'; '.join(problems)}: stop it or pick free ports with those options")
+    return claims
+
+
+def _claim(port: int) -> socket.socket | None:
+    """A socket bound to an abstract Unix name for `port` (Linux: no file, released when the
+    process ends however it ends); None when another process holds it. Elsewhere nothing is
+    claimed (an empty socket), and only the listening check applies."""
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if sys.platform != "linux":
+        return claim
+    try:
+        claim.bind(f"\0gemma-fleet-port-{port}")
+    except OSError:
+        claim.close()
+        return None
+    return claim
 
 
 def require_free_state_dir(state_dir: Path) -> None:

@@ -144,7 +144,8 @@ def up_command(
         raise CliError(
             f"--worker-ports {worker_ports!r}: expected LOW-HIGH, e.g. 23000-23999"
         ) from exc
-    require_free_ports(settings.http_host, port, ray_port)
+    # Held until this command ends: a second fleet started meanwhile on these ports is refused.
+    claims = require_free_ports(settings.http_host, port, ray_port)  # noqa: F841
     if auth:
         require_free_state_dir(state_dir)
     stop = threading.Event()
