@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from redis_server import free_port
 
 from gemma_fleet.cli.errors import CliError
 from gemma_fleet.cli.ports import require_free_ports
@@ -20,12 +21,6 @@ claims = require_free_ports("127.0.0.1", int(sys.argv[1]), int(sys.argv[2]))
 print("held", flush=True)
 sys.stdin.read()  # until the test closes our stdin
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

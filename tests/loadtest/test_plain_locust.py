@@ -5,7 +5,6 @@ the workload, and says which workloads its user count leaves without a user, whi
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CI_WORKLOAD = Path(__file__).with_name("workload-ci.yaml")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _locust(users: int, rate: float | None = None, *extra: str, **env: str) -> str:
@@ -89,7 +83,7 @@ def test_with_processes_only_the_master_warns() -> None:
 def test_the_web_ui_warns_when_its_form_starts_the_test(tmp_path: Path) -> None:
     """The web UI's form (users, spawn rate, run time) reaches Locust before the first user
     starts: the same warning is logged then."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path / "locust.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
