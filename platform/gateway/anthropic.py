@@ -16,6 +16,7 @@ from gemma_fleet.gateway.anthropic_models import (
     DocumentBlock,
     ImageBlock,
     MessagesRequest,
+    PdfBase64Source,
     PlainTextSource,
     RedactedThinkingBlock,
     SearchResultBlock,
@@ -27,7 +28,7 @@ from gemma_fleet.gateway.anthropic_models import (
 )
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest
-from gemma_fleet.gateway.translation import chat_chunks, chat_tool, validated_chat
+from gemma_fleet.gateway.translation import ORIGIN, chat_chunks, chat_tool, validated_chat
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
 
@@ -91,11 +92,11 @@ def _tool_result(block: ToolResultBlock, where: str) -> tuple[str, list[dict[str
 
 
 def _document(block: DocumentBlock, where: str) -> list[dict[str, Any]]:
-    """A text document as parts of the user's turn: its text (or its text and images) inside
-    <document> tags, with its title and context, so the model can tell the document from the
-    question around it and knows what it is. Gemma 4 reads no PDFs here (the engines take
-    text, images and audio), and the gateway keeps no uploaded files: those are refused,
-    naming the block, with what to send instead."""
+    """A document as parts of the user's turn: its text (or its text and images, or a PDF the
+    gateway reads into pages of text and pictures) inside <document> tags, with its title and
+    context, so the model can tell the document from the question around it and knows what it
+    is. The gateway keeps no uploaded files and fetches no PDFs: those are refused, naming the
+    block, with what to send instead."""
     source = block.source
     if isinstance(source, PlainTextSource):
         body: list[dict[str, Any]] = [{"type": "text", "text": source.data}]
@@ -105,16 +106,19 @@ def _document(block: DocumentBlock, where: str) -> list[dict[str, Any]]:
             body = [{"type": "text", "text": blocks}]
         else:
             body = [_part(b) for b in blocks]
+    elif isinstance(source, PdfBase64Source):
+        file_data = f"data:{source.media_type};base64,{source.data}"
+        body = [{"type": "file", "file": {"file_data": file_data}, ORIGIN: where}]
     else:
         what = (
             "a document from Anthropic's Files API (source type file): this gateway keeps no files"
             if source.type == "file"
-            else "PDF documents are not supported: Gemma 4 reads text and images, not PDFs"
+            else "a PDF by URL: this gateway does not fetch documents"
         )
         raise ApiError(
             400,
-            f"{where}: {what}; send the document's text instead (a document with source "
-            'type "text", or a text block)',
+            f"{where}: {what}; send the PDF itself (source type base64) or its text (a "
+            'document with source type "text", or a text block)',
             param=where,
         )
     head = "<document>\n"

@@ -27,6 +27,7 @@ from gemma_fleet.gateway.openai_models import (
     AudioPart,
     ChatCompletionRequest,
     CompletionRequest,
+    FilePart,
     ImagePart,
     InputAudio,
     TextPart,
@@ -66,7 +67,8 @@ class Classification:
     videos: int
 
 
-def _decode_base64(data: str, what: str) -> bytes:
+def decode_base64(data: str, what: str) -> bytes:
+    """`data` as bytes; InvalidMedia naming `what` if it is not base64."""
     try:
         return base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -77,7 +79,7 @@ def audio_seconds(audio: InputAudio) -> float:
     """Duration of an input_audio part, read from its header (nothing is decoded in full)."""
     import soundfile  # local: only gateways that take audio need libsndfile
 
-    raw = _decode_base64(audio.data, "input_audio.data")
+    raw = decode_base64(audio.data, "input_audio.data")
     try:
         info = soundfile.info(io.BytesIO(raw))
     except soundfile.LibsndfileError as exc:
@@ -108,7 +110,7 @@ def check_image_data_url(url: str) -> None:
     header, _, payload = url.partition(",")
     if not header.startswith("data:image/") or ";base64" not in header:
         raise InvalidMedia("image data URL must look like data:image/<type>;base64,<data>")
-    check_image(_decode_base64(payload, "image data URL"), "image data URL")
+    check_image(decode_base64(payload, "image data URL"), "image data URL")
 
 
 def check_image(raw: bytes, what: str) -> None:
@@ -200,6 +202,10 @@ def classify_chat(
                     modalities.add(Modality.VIDEO)
                     videos += 1
                     tokens += video_tokens
+                elif isinstance(part, FilePart):
+                    # The gateway reads a PDF into text and images before classifying it
+                    # (Gateway._read_documents): what it comes to is known only then.
+                    raise TypeError("a file part is classified once read (documents.py)")
         if isinstance(message, AssistantMessage) and message.tool_calls:
             tokens += count(json.dumps([c.model_dump() for c in message.tool_calls]))
 

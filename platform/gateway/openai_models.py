@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictInt,
     ValidationInfo,
     field_validator,
@@ -85,7 +86,37 @@ class VideoPart(Strict):
     video_url: VideoURL
 
 
-ContentPart = Annotated[TextPart | ImagePart | AudioPart | VideoPart, Field(discriminator="type")]
+class FileData(Strict):
+    """A file in a `file` part. The gateway reads PDFs given inline (`file_data`, base64 or a
+    data: URL) and keeps no uploaded files, so `file_id` is refused."""
+
+    file_data: str | None = Field(None, min_length=1)
+    file_id: str | None = None
+    filename: str | None = None
+
+    @model_validator(mode="after")
+    def _inline(self) -> FileData:
+        if self.file_id is not None:
+            raise ValueError(
+                "files from OpenAI's Files API are not supported (this gateway keeps no "
+                "files): send the PDF itself as file_data"
+            )
+        if self.file_data is None:
+            raise ValueError("file_data is required: the PDF, base64 or as a data: URL")
+        return self
+
+
+class FilePart(Strict):
+    """A PDF for the model to read; the gateway turns it into its pages' text and pictures
+    (documents.py) before the request is classified."""
+
+    type: Literal["file"]
+    file: FileData
+
+
+ContentPart = Annotated[
+    TextPart | ImagePart | AudioPart | VideoPart | FilePart, Field(discriminator="type")
+]
 
 
 class FunctionCall(Strict):
@@ -274,10 +305,18 @@ class ChatCompletionRequest(Strict):
         unserved("no web search runs here; give the model a search tool of your own in `tools`"),
     ] = None
 
+    # Where a translated request's content parts came from in the caller's own request
+    # (Anthropic's, the Responses API's): errors about a part name the field the caller sent.
+    _part_origins: dict[tuple[int, int], str] = PrivateAttr(default_factory=dict)
+
     @property
     def output_limit(self) -> int | None:
         """The client's output token limit (the newer field wins)."""
         return self.max_completion_tokens or self.max_tokens
+
+    def part_name(self, message: int, part: int) -> str:
+        """The caller's name for content part `part` of message `message`."""
+        return self._part_origins.get((message, part), f"messages[{message}].content[{part}]")
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:

@@ -30,7 +30,7 @@ from gemma_fleet.gateway.responses_models import (
     TextFormatJsonObject,
     TextFormatJsonSchema,
 )
-from gemma_fleet.gateway.translation import chat_chunks, chat_tool, validated_chat
+from gemma_fleet.gateway.translation import ORIGIN, chat_chunks, chat_tool, validated_chat
 
 # Efforts that ask a reasoning model to think; Gemma 4 thinks or does not (enable_thinking).
 THINKING_EFFORTS = {"low", "medium", "high", "xhigh"}
@@ -54,12 +54,23 @@ def _part(part: Any, where: str) -> dict[str, Any]:
     if isinstance(part, InputAudioPart):
         return {"type": "input_audio", "input_audio": part.input_audio.model_dump()}
     assert isinstance(part, InputFile)
-    raise ApiError(
-        400,
-        f"{where}: input_file is not supported: Gemma 4 reads text, images and audio here, and "
-        "this gateway keeps no files; send the file's text as input_text",
-        param=where,
-    )
+    if part.file_data is None:
+        why = (
+            "files from OpenAI's Files API are not supported (this gateway keeps no files)"
+            if part.file_id is not None
+            else "files by URL are not fetched here"
+            if part.file_url is not None
+            else "an input_file needs file_data"
+        )
+        raise ApiError(
+            400,
+            f"{where}: {why}; send the PDF itself as file_data, or the file's text as input_text",
+            param=where,
+        )
+    file = {"file_data": part.file_data}
+    if part.filename is not None:
+        file["filename"] = part.filename
+    return {"type": "file", "file": file, ORIGIN: where}
 
 
 def _text_only(parts: list[dict[str, Any]], where: str, role: str) -> str:

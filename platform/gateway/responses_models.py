@@ -56,10 +56,15 @@ class InputImage(Loose):
 
 
 class InputFile(Loose):
-    """A file for the model to read: refused when the request is translated (responses.py),
-    which names the part; Gemma 4 reads text, images and audio here, not files."""
+    """A file for the model to read: a PDF given inline (`file_data`), which the gateway reads
+    into its pages' text and pictures. Files by id or URL are refused when the request is
+    translated (responses.py), which names the part."""
 
     type: Literal["input_file"]
+    file_data: str | None = Field(None, min_length=1)
+    file_id: str | None = None
+    file_url: str | None = None
+    filename: str | None = None
 
 
 class InputAudioPart(Loose):

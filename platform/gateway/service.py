@@ -27,6 +27,7 @@ from gemma_fleet.gateway.classify import (
     completion_prompt_tokens,
     inline_media_chars,
 )
+from gemma_fleet.gateway.documents import DocumentPart, read_pdf
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.media_fetch import (
     FetchPolicy,
@@ -40,7 +41,10 @@ from gemma_fleet.gateway.metrics import GatewayMetrics
 from gemma_fleet.gateway.openai_models import (
     ChatCompletionRequest,
     CompletionRequest,
+    ContentPart,
+    FilePart,
     ImagePart,
+    TextPart,
     UserMessage,
     VideoPart,
 )
@@ -272,6 +276,7 @@ class Gateway:
         return any(v.healthy for v in self.state.views())
 
     async def chat(self, request: ChatCompletionRequest, caller: Caller = ANYONE) -> Answer:
+        await self._read_documents(request)
         classified = await self._classify(request)
         needs = classified.needs
         decision = self._route(needs, request.model, caller)
@@ -312,6 +317,7 @@ class Gateway:
         serve it: its chat template, tokenizer and media processing, the same rendering a
         generation's usage.prompt_tokens counts. Routed like a generation (model, team policy,
         capability, health) but not admitted: it takes no quota and no batch slot."""
+        await self._read_documents(request)
         classified = await self._classify(request)
         needs = replace(classified.needs, max_output_tokens=1)  # nothing is generated
         decision = self._route(needs, request.model, caller)
@@ -322,6 +328,37 @@ class Gateway:
         if not isinstance(answer, JsonAnswer) or not isinstance(answer.body.get("count"), int):
             raise ApiError(502, f"pool {decision.pool} answered the token count without one")
         return int(answer.body["count"])
+
+    async def _read_documents(self, request: ChatCompletionRequest) -> None:
+        """Replace each PDF (`file` part) by its pages' text and pictures, so that the request
+        is classified, routed and metered on what the engine will read."""
+        for i, message in enumerate(request.messages):
+            if not isinstance(message, UserMessage) or isinstance(message.content, str):
+                continue
+            if not any(isinstance(part, FilePart) for part in message.content):
+                continue
+            parts: list[ContentPart] = []
+            for j, part in enumerate(message.content):
+                if isinstance(part, FilePart):
+                    parts += await self._read_document(part, request.part_name(i, j))
+                else:
+                    parts.append(part)
+            message.content = parts
+
+    async def _read_document(self, part: FilePart, where: str) -> list[DocumentPart]:
+        assert part.file.file_data is not None  # FileData refuses a part without it
+        with span(names.DOCUMENT_READ) as traced:
+            try:
+                pages = await read_pdf(part.file.file_data, where)
+            except InvalidMedia as exc:
+                raise ApiError(400, str(exc), param=where) from exc
+            traced.set_attribute(names.DOCUMENT_PAGES, sum(p.type == "image_url" for p in pages))
+        if part.file.filename is None:
+            return pages
+        # The name a user may refer to ("summarise report.pdf") goes with its pages.
+        name = part.file.filename.replace('"', "'")
+        head = TextPart(type="text", text=f'<document name="{name}">\n')
+        return [head, *pages, TextPart(type="text", text="</document>\n")]
 
     async def _classify(self, request: ChatCompletionRequest) -> Classification:
         """classify_chat, in a worker thread when the request carries much inline media:

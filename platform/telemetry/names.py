@@ -10,6 +10,7 @@ from __future__ import annotations
 # The span tree of one request (docs/observability.md draws it).
 REQUEST = "gateway.request"  # SERVER, root
 AUTH = "gateway.auth"
+DOCUMENT_READ = "gateway.document_read"
 QUOTA = "gateway.quota"
 ROUTE = "gateway.route"
 MEDIA_FETCH = "gateway.media_fetch"
@@ -26,6 +27,7 @@ MAX_OUTPUT_TOKENS = "gemma_fleet.max_output_tokens"
 DISPATCH_ATTEMPTS = "gemma_fleet.dispatch.attempts"
 STREAM = "gemma_fleet.stream"
 MEDIA_ITEMS = "gemma_fleet.media_items"
+DOCUMENT_PAGES = "gemma_fleet.document_pages"
 REQUEST_MODEL = "gen_ai.request.model"
 RESPONSE_MODEL = "gen_ai.response.model"
 OPERATION = "gen_ai.operation.name"

@@ -1,7 +1,8 @@
 """Anthropic document blocks and tool results with images, through the official SDK: text
-documents are read as part of the user's turn (title and context included) and counted like
-the rest of it, PDFs and uploaded files are refused with a 400 naming the block; images a tool
-returned reach the model and route the request to a pool that reads images."""
+documents and PDFs (pages of text and pictures) are read as part of the user's turn (title and
+context included) and counted like the rest of it; PDFs by URL, unreadable ones and uploaded
+files are refused with a 400 naming the block; images a tool returned reach the model and
+route the request to a pool that reads images."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from anthropic.types import (
 )
 from anthropic.types.tool_result_block_param import Content as ToolResultContent
 from gateway_harness import anthropic_error_body
+from pdf_files import text_pdf
 from PIL import Image
 
 
@@ -136,15 +138,48 @@ def test_a_document_with_an_image_goes_to_a_pool_that_reads_images(
     assert "does not take image" in anthropic_error_body(err.value)["error"]["message"]
 
 
+def _pdf(raw: bytes) -> Base64PDFSourceParam:
+    return {
+        "type": "base64",
+        "media_type": "application/pdf",
+        "data": base64.b64encode(raw).decode(),
+    }
+
+
 PDF_SOURCES: dict[str, Base64PDFSourceParam | URLPDFSourceParam] = {
-    "base64": {"type": "base64", "media_type": "application/pdf",
-               "data": base64.b64encode(b"%PDF-1.4\n%%EOF\n").decode()},
+    "unreadable": _pdf(b"%PDF-1.4\n%%EOF\n"),
     "url": {"type": "url", "url": "https://example.com/report.pdf"},
-}  # fmt: skip
+}
+PDF_REFUSALS = {
+    "unreadable": "messages[2].content[1] is not a readable PDF: data format error",
+    "url": "messages[2].content[1]: a PDF by URL: this gateway does not fetch documents; send "
+    "the PDF itself (source type base64)",
+}
+
+
+def test_a_pdf_is_read_as_its_pages_text_and_pictures(client: anthropic.Anthropic) -> None:
+    """Counted and metered on what the engine reads: per page its text and a picture (an
+    image's 280 soft tokens and two boundaries in the simulated pool)."""
+
+    def tokens(*blocks: ContentBlockParam) -> tuple[int, int]:
+        messages = _user(*blocks, QUESTION)
+        counted = client.messages.count_tokens(model="e2b", messages=messages).input_tokens
+        used = client.messages.create(model="e2b", max_tokens=8, messages=messages).usage
+        return counted, used.input_tokens
+
+    report: DocumentBlockParam = {
+        "type": "document", "source": _pdf(text_pdf([REPORT[:80], REPORT[80:160]])),
+        "title": "Harvest report",
+    }  # fmt: skip
+    question, with_pdf = tokens(), tokens(report)
+    assert with_pdf[0] == with_pdf[1]  # count_tokens says what a generation is metered
+    assert with_pdf[1] > question[1] + 2 * (280 + 2) + 160 // 4
 
 
 @pytest.mark.parametrize("source", list(PDF_SOURCES))
-def test_a_pdf_is_refused_naming_the_block(client: anthropic.Anthropic, source: str) -> None:
+def test_a_pdf_it_cannot_read_is_refused_naming_the_block(
+    client: anthropic.Anthropic, source: str
+) -> None:
     pdf: DocumentBlockParam = {
         "type": "document",
         "source": PDF_SOURCES[source],
@@ -156,15 +191,17 @@ def test_a_pdf_is_refused_naming_the_block(client: anthropic.Anthropic, source: 
         {"role": "user", "content": [QUESTION, pdf]},
     ]
     for call in (
-        lambda: client.messages.create(model="gemma-4", max_tokens=8, messages=messages),
+        lambda: client.messages.create(
+            model="gemma-4", max_tokens=8, system="Be brief.", messages=messages
+        ),
         lambda: client.messages.count_tokens(model="gemma-4", messages=messages),
     ):
         with pytest.raises(anthropic.BadRequestError) as err:
             call()
         error = anthropic_error_body(err.value)["error"]
         assert error["type"] == "invalid_request_error"
-        assert "messages[2].content[1]" in error["message"]
-        assert "PDF" in error["message"] and "text" in error["message"]
+        # the block's place in the caller's request, which the system prompt does not shift
+        assert error["message"].startswith(PDF_REFUSALS[source])
 
 
 def test_a_file_document_is_refused_naming_the_block(client: anthropic.Anthropic) -> None:
@@ -278,14 +315,16 @@ def test_a_tool_results_image_follows_its_text_response() -> None:
     ]  # fmt: skip
 
 
-def test_a_document_a_tool_returned_is_read_and_a_pdf_refused(client: anthropic.Anthropic) -> None:
+def test_a_document_a_tool_returned_is_read_and_a_bad_pdf_refused(
+    client: anthropic.Anthropic,
+) -> None:
     found = _after_screenshot(_text_document(title="Harvest report"))
     answer = client.messages.create(model="e2b", max_tokens=8, tools=[SHOT_TOOL], messages=found)
     bare = client.messages.create(
         model="e2b", max_tokens=8, tools=[SHOT_TOOL], messages=_after_screenshot()
     )
     assert answer.usage.input_tokens > bare.usage.input_tokens + len(REPORT) // 8
-    pdf: DocumentBlockParam = {"type": "document", "source": PDF_SOURCES["base64"]}
+    pdf: DocumentBlockParam = {"type": "document", "source": PDF_SOURCES["unreadable"]}
     with pytest.raises(anthropic.BadRequestError) as err:
         client.messages.create(
             model="e2b", max_tokens=8, tools=[SHOT_TOOL], messages=_after_screenshot(pdf)

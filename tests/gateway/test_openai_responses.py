@@ -322,7 +322,7 @@ def test_a_pool_failing_mid_answer_fails_the_response() -> None:
         (
             {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
             "input[0].content[0]",
-            "input_file is not supported",
+            "this gateway keeps no files",
         ),
         (
             {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from pdf_files import text_pdf
 
 from gemma_fleet.catalog import Modality
 from gemma_fleet.deployments.engines.vllm import VllmEngineSpec
@@ -160,6 +161,12 @@ CASES: dict[str, dict[str, Any]] = {
             {"type": "text", "text": REPORT}, _png()]}},
         QUESTION,
     ]}]},
+    "pdf-document": {"messages": [{"role": "user", "content": [
+        {"type": "document", "title": "Harvest report", "source": {
+            "type": "base64", "media_type": "application/pdf",
+            "data": base64.b64encode(text_pdf([REPORT[:90], REPORT[90:180]])).decode()}},
+        QUESTION,
+    ]}]},
 }  # fmt: skip
 
 
@@ -192,6 +199,13 @@ def test_a_document_is_in_the_prompt(counted: dict[str, tuple[int, int]]) -> Non
     assert counted["text-document"][1] > question + 20
     # its image outweighs the text document's title
     assert counted["content-document"][1] > counted["text-document"][1]
+
+
+def test_a_pdf_is_in_the_prompt_as_its_pages_text_and_pictures(
+    counted: dict[str, tuple[int, int]],
+) -> None:
+    # two pages: each an image of 70 soft tokens here (image_soft_tokens), and its text
+    assert counted["pdf-document"][1] > counted["question"][1] + 2 * 70 + 180 // 8
 
 
 def test_vllm_would_take_an_image_inside_a_tool_message(vllm_url: str) -> None:

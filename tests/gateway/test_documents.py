@@ -1,0 +1,275 @@
+"""PDFs: read by the gateway into each page's text and a picture of the page, through the
+official OpenAI SDK (chat `file` parts, Responses `input_file`), so that the request is routed
+and metered on what the engine reads; bad PDFs are a 400 naming the part, and a PDF being read
+holds up nobody else. (Anthropic's document blocks: test_anthropic_blocks.py.)"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import openai
+import pytest
+from gateway_harness import RunningGateway
+from openai.types.chat import ChatCompletionContentPartParam, ChatCompletionMessageParam
+from openai.types.chat.chat_completion_content_part_param import FileFile
+from openai.types.responses import (
+    ResponseInputContentParam,
+    ResponseInputFileParam,
+    ResponseInputTextParam,
+)
+from pdf_files import scanned_pdf, text_pdf
+from PIL import Image
+
+from gemma_fleet.gateway import documents
+from gemma_fleet.gateway.classify import InvalidMedia
+from gemma_fleet.gateway.documents import MAX_PDF_PAGES, PAGE_LONG_SIDE_PX, pdf_bytes, pdf_parts
+from gemma_fleet.gateway.openai_models import ImagePart, TextPart
+
+# What the simulated E2B pool counts for an image: its soft tokens and their two boundaries.
+IMAGE_TOKENS = 280 + 2
+HARVEST = "Harvest of 2026\nApples: 41 tonnes\nPears: 12 tonnes"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _picture(part: ImagePart) -> Image.Image:
+    header, _, data = part.image_url.url.partition(",")
+    assert header == "data:image/jpeg;base64"
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+# ---- reading a PDF ------------------------------------------------------------------------------
+
+
+def test_each_page_is_its_text_then_its_picture_in_order() -> None:
+    parts = pdf_parts(text_pdf([HARVEST, "Orchard map on the next page"]), "doc")
+    kinds: list[type] = [TextPart, ImagePart, TextPart]
+    assert [type(p) for p in parts] == kinds * 2
+    assert isinstance(parts[0], TextPart) and isinstance(parts[3], TextPart)
+    assert parts[0].text == '<page number="1">\n' + HARVEST + "\n"
+    assert parts[3].text.startswith('<page number="2">\nOrchard map')
+    assert isinstance(parts[1], ImagePart)
+    picture = _picture(parts[1])
+    # US Letter (612 x 792 points), its long side at PAGE_LONG_SIDE_PX (PDFium rounds up)
+    assert picture.size == (math.ceil(612 * PAGE_LONG_SIDE_PX / 792), PAGE_LONG_SIDE_PX)
+    # the page is drawn: dark text on white, not a blank picture
+    assert picture.convert("L").getextrema() == (0, 255)
+
+
+def test_a_scanned_page_has_no_text_but_its_picture() -> None:
+    parts = pdf_parts(scanned_pdf(), "scan")
+    assert isinstance(parts[0], TextPart) and parts[0].text == '<page number="1">\n\n'
+    assert isinstance(parts[1], ImagePart)
+    assert max(_picture(parts[1]).size) == PAGE_LONG_SIDE_PX
+
+
+def test_a_hairline_page_still_renders() -> None:
+    parts = pdf_parts(text_pdf(["x"], size=(2000, 1)), "strip")
+    assert isinstance(parts[1], ImagePart)
+    width, height = _picture(parts[1]).size
+    assert width == PAGE_LONG_SIDE_PX and height >= 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"hello", "doc is not a PDF: it does not start with %PDF-"),
+        (b"%PDF-1.4\n%%EOF\n", "doc is not a readable PDF: data format error"),
+        (text_pdf(["."] * (MAX_PDF_PAGES + 1)), f"doc has 101 pages; at most {MAX_PDF_PAGES}"),
+    ],
+    ids=["not-a-pdf", "broken", "too-many-pages"],
+)
+def test_a_bad_pdf_is_named_with_what_is_wrong(raw: bytes, message: str) -> None:
+    with pytest.raises(InvalidMedia) as err:
+        pdf_parts(raw, "doc")
+    assert str(err.value).startswith(message)
+
+
+def test_text_beyond_the_limit_is_refused_at_the_page_that_passes_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(documents, "MAX_DOCUMENT_TEXT_CHARS", 60)
+    with pytest.raises(InvalidMedia) as err:
+        pdf_parts(text_pdf([HARVEST, HARVEST]), "doc")
+    assert str(err.value) == "doc holds more than 60 characters of text (reached on page 2)"
+
+
+@pytest.mark.parametrize(
+    ("file_data", "message"),
+    [
+        ("data:text/plain;base64,aGk=", "the file is text/plain, and only PDFs"),
+        ("data:application/pdf,%PDF-1.4", "a file's data URL must look like data:application/pdf"),
+        ("not base64!", "the PDF's data is not valid base64"),
+    ],
+)
+def test_file_data_that_is_not_a_pdf_is_named(file_data: str, message: str) -> None:
+    with pytest.raises(InvalidMedia) as err:
+        pdf_bytes(file_data, "messages[0].content[1]")
+    assert str(err.value).startswith("messages[0].content[1]: " + message)
+
+
+def test_file_data_is_a_data_url_or_bare_base64() -> None:
+    raw = text_pdf([HARVEST])
+    assert pdf_bytes("data:application/pdf;base64," + _b64(raw), "doc") == raw
+    assert pdf_bytes(_b64(raw), "doc") == raw
+
+
+# ---- through the API ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client(gateway_server: RunningGateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway_server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def _with_pdf(raw: bytes, filename: str | None = None) -> list[ChatCompletionMessageParam]:
+    file: FileFile = {"file_data": "data:application/pdf;base64," + _b64(raw)}
+    if filename is not None:
+        file["filename"] = filename
+    content: list[ChatCompletionContentPartParam] = [
+        {"type": "text", "text": "How many tonnes of pears?"},
+        {"type": "file", "file": file},
+    ]
+    return [{"role": "user", "content": content}]
+
+
+def _prompt_tokens(client: openai.OpenAI, messages: list[ChatCompletionMessageParam]) -> int:
+    answer = client.chat.completions.create(model="e2b", max_tokens=2, messages=messages)
+    assert answer.usage is not None
+    return answer.usage.prompt_tokens
+
+
+def test_a_pdf_is_metered_as_its_pages_pictures_and_text(client: openai.OpenAI) -> None:
+    question = _prompt_tokens(client, [{"role": "user", "content": "How many tonnes of pears?"}])
+    one = _prompt_tokens(client, _with_pdf(text_pdf([HARVEST])))
+    three = _prompt_tokens(client, _with_pdf(text_pdf([HARVEST] * 3)))
+    assert one > question + IMAGE_TOKENS + len(HARVEST) // 4
+    # each page more: a picture and its text
+    assert three - one >= 2 * (IMAGE_TOKENS + len(HARVEST) // 4)
+    named = _prompt_tokens(client, _with_pdf(text_pdf([HARVEST]), filename="harvest.pdf"))
+    assert named > one  # the file's name goes with its pages
+
+
+def test_pdfs_read_at_once_each_come_to_their_own_pages(client: openai.OpenAI) -> None:
+    """PDFium reads one document at a time (documents.py); requests that arrive together
+    still each get their own pages back."""
+    pages = [1, 4, 2, 5, 3]
+    with ThreadPoolExecutor(len(pages)) as pool:
+        counts = list(
+            pool.map(lambda n: _prompt_tokens(client, _with_pdf(text_pdf([HARVEST] * n))), pages)
+        )
+    by_pages = dict(zip(pages, counts, strict=True))
+    per_page = by_pages[2] - by_pages[1]
+    assert per_page > IMAGE_TOKENS
+    for n in pages:
+        assert by_pages[n] == by_pages[1] + (n - 1) * per_page
+
+
+def test_a_bad_pdf_is_a_400_naming_the_part(client: openai.OpenAI) -> None:
+    broken: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "Hi"},
+        *_with_pdf(b"%PDF-1.4\n%%EOF\n"),
+    ]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="e2b", max_tokens=2, messages=broken)
+    assert isinstance(err.value.body, dict)
+    assert err.value.body["message"] == (
+        "messages[1].content[1] is not a readable PDF: data format error"
+    )
+    assert err.value.body["param"] == "messages[1].content[1]"
+
+
+def test_a_file_by_id_is_refused_with_what_to_send(client: openai.OpenAI) -> None:
+    content: list[ChatCompletionContentPartParam] = [
+        {"type": "file", "file": {"file_id": "file-abc123"}}
+    ]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="e2b", max_tokens=2, messages=[{"role": "user", "content": content}]
+        )
+    assert "this gateway keeps no files" in err.value.message
+    assert "file_data" in err.value.message
+
+
+def test_a_text_only_pool_is_not_sent_a_pdf(client: openai.OpenAI) -> None:
+    """Each page is a picture, so a PDF goes to pools that read images."""
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="dense", max_tokens=2, messages=_with_pdf(text_pdf([HARVEST]))
+        )
+    assert "does not take image" in err.value.message
+
+
+def test_responses_input_file_is_read(client: openai.OpenAI) -> None:
+    def usage(*content: ResponseInputContentParam) -> int:
+        answer = client.responses.create(
+            model="e2b", max_output_tokens=16, input=[{"role": "user", "content": list(content)}]
+        )
+        assert answer.usage is not None
+        return answer.usage.input_tokens
+
+    question: ResponseInputTextParam = {"type": "input_text", "text": "How many tonnes of pears?"}
+    pdf: ResponseInputFileParam = {"type": "input_file", "filename": "harvest.pdf",
+           "file_data": "data:application/pdf;base64," + _b64(text_pdf([HARVEST]))}  # fmt: skip
+    assert usage(question, pdf) > usage(question) + IMAGE_TOKENS
+
+
+@pytest.mark.parametrize(
+    ("file", "message"),
+    [
+        ({"file_id": "file-abc123"}, "this gateway keeps no files"),
+        ({"file_url": "https://example.com/harvest.pdf"}, "files by URL are not fetched here"),
+        ({"file_data": "data:application/pdf;base64," + _b64(b"%PDF-1.4\n")},
+         "input[0].content[1] is not a readable PDF"),
+    ],
+    ids=["id", "url", "broken"],
+)  # fmt: skip
+def test_responses_input_file_refusals_name_the_part(
+    client: openai.OpenAI, file: dict[str, str], message: str
+) -> None:
+    content = [{"type": "input_text", "text": "Summarise"}, {"type": "input_file", **file}]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.responses.create(
+            model="e2b",
+            max_output_tokens=16,
+            input=cast(Any, [{"role": "user", "content": content}]),  # bad on purpose
+        )
+    assert message in err.value.message
+    assert "input[0].content[1]" in err.value.message
+
+
+def test_a_pdf_being_read_holds_up_no_other_request(
+    gateway_server: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read_s = 1.0  # far beyond a small request's answer
+    started = threading.Event()
+    ended_at = 0.0
+    real = documents.pdf_parts
+
+    def slow(raw: bytes, what: str) -> list[Any]:
+        nonlocal ended_at
+        started.set()
+        time.sleep(read_s)  # blocks PDFium's thread, as a long document would
+        parts = real(raw, what)
+        ended_at = time.monotonic()
+        return parts
+
+    monkeypatch.setattr(documents, "pdf_parts", slow)
+    body = {"model": "e2b", "max_tokens": 2, "messages": _with_pdf(text_pdf([HARVEST]))}
+    text = {"model": "e2b", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    with ThreadPoolExecutor(1) as pool:
+        pdf = pool.submit(gateway_server.post, "/v1/chat/completions", json=body)
+        assert started.wait(30)
+        answer = gateway_server.post("/v1/chat/completions", json=text)
+        answered_at = time.monotonic()
+        assert answer.status_code == 200, answer.text
+        assert pdf.result().status_code == 200, pdf.result().text
+    assert answered_at < ended_at
