@@ -56,11 +56,12 @@ def _image_url(block: ImageBlock) -> str:
     return source.url
 
 
-def _part(block: TextBlock | ImageBlock) -> dict[str, Any]:
-    """A text or image block as an OpenAI content part."""
+def _part(block: TextBlock | ImageBlock, where: str) -> dict[str, Any]:
+    """A text or image block as an OpenAI content part; an image keeps `where`, its place in
+    the caller's request, for the errors about it."""
     if isinstance(block, TextBlock):
         return {"type": "text", "text": block.text}
-    return {"type": "image_url", "image_url": {"url": _image_url(block)}}
+    return {"type": "image_url", "image_url": {"url": _image_url(block)}, ORIGIN: where}
 
 
 def _text(blocks: str | list[TextBlock]) -> str:
@@ -84,7 +85,7 @@ def _tool_result(block: ToolResultBlock, where: str) -> tuple[str, list[dict[str
             elif isinstance(item, SearchResultBlock):
                 parts.append(_search_result(item))
             else:
-                parts.append(_part(item))
+                parts.append(_part(item, f"{where}.content[{k}]"))
         texts = [p["text"] for p in parts if p["type"] == "text"]
         images = [p for p in parts if p["type"] != "text"]
     text = "".join(texts)
@@ -105,7 +106,7 @@ def _document(block: DocumentBlock, where: str) -> list[dict[str, Any]]:
         if isinstance(blocks, str):
             body = [{"type": "text", "text": blocks}]
         else:
-            body = [_part(b) for b in blocks]
+            body = [_part(b, f"{where}.source.content[{k}]") for k, b in enumerate(blocks)]
     elif isinstance(source, PdfBase64Source):
         file_data = f"data:{source.media_type};base64,{source.data}"
         body = [{"type": "file", "file": {"file_data": file_data}, ORIGIN: where}]
@@ -185,7 +186,7 @@ def _conversation(req: Conversation) -> dict[str, Any]:
             elif isinstance(block, RedactedThinkingBlock) and message.role == "assistant":
                 continue
             elif isinstance(block, TextBlock | ImageBlock):
-                parts.append(_part(block))
+                parts.append(_part(block, f"messages[{i}].content[{j}]"))
             elif isinstance(block, DocumentBlock) and message.role == "user":
                 parts += _document(block, f"messages[{i}].content[{j}]")
             elif isinstance(block, SearchResultBlock) and message.role == "user":

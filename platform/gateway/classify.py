@@ -51,7 +51,8 @@ TokenCounter = Callable[[str], int]
 
 
 class InvalidMedia(ValueError):
-    """A media part cannot be decoded; the gateway answers 400 with this message."""
+    """A media part cannot be decoded; the gateway answers 400 with this message, which
+    begins with the part's place in the caller's request."""
 
 
 def estimate_tokens(text: str) -> int:
@@ -75,47 +76,55 @@ def decode_base64(data: str, what: str) -> bytes:
         raise InvalidMedia(f"{what} is not valid base64: {exc}") from exc
 
 
-def audio_seconds(audio: InputAudio) -> float:
-    """Duration of an input_audio part, read from its header (nothing is decoded in full)."""
+def audio_seconds(audio: InputAudio, where: str) -> float:
+    """Duration of an input_audio part, read from its header (nothing is decoded in full);
+    `where` names the part in errors."""
     import soundfile  # local: only gateways that take audio need libsndfile
 
-    raw = decode_base64(audio.data, "input_audio.data")
+    raw = decode_base64(audio.data, f"{where}: input_audio.data")
     try:
         info = soundfile.info(io.BytesIO(raw))
     except soundfile.LibsndfileError as exc:
         # str(exc) names the in-memory file object ("Error opening <_io.BytesIO ...>")
         why = exc.error_string.rstrip(".")
-        raise InvalidMedia(f"input_audio is not decodable {audio.format} audio: {why}") from exc
+        raise InvalidMedia(
+            f"{where}: input_audio is not decodable {audio.format} audio: {why}"
+        ) from exc
     except RuntimeError as exc:
-        raise InvalidMedia(f"input_audio is not decodable {audio.format} audio: {exc}") from exc
+        raise InvalidMedia(
+            f"{where}: input_audio is not decodable {audio.format} audio: {exc}"
+        ) from exc
     if info.samplerate <= 0 or info.frames < 0:
-        raise InvalidMedia("input_audio has no samples")
+        raise InvalidMedia(f"{where}: input_audio has no samples")
     seconds = float(info.frames) / float(info.samplerate)
     if seconds > MAX_AUDIO_SECONDS:
         # A few bytes at a 1 Hz sample rate declare days of audio, which an engine would
         # resample to 16 kHz in memory (and the team would be metered for).
         raise InvalidMedia(
-            f"input_audio lasts {seconds:,.0f} s ({info.samplerate} Hz); "
+            f"{where}: input_audio lasts {seconds:,.0f} s ({info.samplerate} Hz); "
             f"at most {MAX_AUDIO_SECONDS} s per clip"
         )
     return seconds
 
 
-def check_image_data_url(url: str) -> None:
-    """A data: URL must hold a decodable image; http(s) URLs are checked when fetched."""
+def check_image_data_url(url: str, where: str) -> None:
+    """A data: URL must hold a decodable image; http(s) URLs are checked when fetched.
+    `where` names the part in errors."""
     if not url.startswith("data:"):
         if not url.startswith(("http://", "https://")):
-            raise InvalidMedia("image_url.url must be an http(s) URL or a data: URL")
+            raise InvalidMedia(f"{where}: image_url.url must be an http(s) URL or a data: URL")
         return
     header, _, payload = url.partition(",")
     if not header.startswith("data:image/") or ";base64" not in header:
-        raise InvalidMedia("image data URL must look like data:image/<type>;base64,<data>")
-    check_image(decode_base64(payload, "image data URL"), "image data URL")
+        raise InvalidMedia(
+            f"{where}: an image data URL must look like data:image/<type>;base64,<data>"
+        )
+    check_image(decode_base64(payload, f"{where}: the image's data"), where)
 
 
 def check_image(raw: bytes, what: str) -> None:
-    """`raw` must be an image Pillow decodes, of at most MAX_IMAGE_PIXELS pixels; `what` names
-    it in the InvalidMedia raised otherwise (the data URL, or the address it was fetched from)."""
+    """`raw` must be an image Pillow decodes, of at most MAX_IMAGE_PIXELS pixels; `what` begins
+    the InvalidMedia raised otherwise (the part, and the address an image was fetched from)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -134,11 +143,11 @@ def check_image(raw: bytes, what: str) -> None:
         ) from exc
     except UnidentifiedImageError as exc:
         # Pillow's own message names its in-memory file object, which tells a caller nothing.
-        raise InvalidMedia(f"{what} is not a decodable image: no image format recognised") from exc
+        raise InvalidMedia(f"{what}: not a decodable image: no image format recognised") from exc
     except Exception as exc:
         # Pillow's decoders answer hostile bytes with many exception types (OSError,
         # SyntaxError, ValueError, struct.error, EOFError...): all mean "not an image".
-        raise InvalidMedia(f"{what} is not a decodable image: {exc}") from exc
+        raise InvalidMedia(f"{what}: not a decodable image: {exc}") from exc
     if width * height > MAX_IMAGE_PIXELS:
         # A few bytes can declare an image an engine would need gigabytes to decode.
         raise InvalidMedia(
@@ -179,22 +188,22 @@ def classify_chat(
     per_second = 1000 / facts.audio.ms_per_token
     video_tokens = facts.video.frames_default * facts.video.tokens_per_frame
 
-    for message in request.messages:
+    for i, message in enumerate(request.messages):
         tokens += TURN_OVERHEAD_TOKENS
         content = message.content
         if isinstance(content, str):
             tokens += count(content)
         elif content is not None:
-            for part in content:
+            for j, part in enumerate(content):
                 if isinstance(part, TextPart):
                     tokens += count(part.text)
                 elif isinstance(part, ImagePart):
-                    check_image_data_url(part.image_url.url)
+                    check_image_data_url(part.image_url.url, request.part_name(i, j))
                     modalities.add(Modality.IMAGE)
                     images += 1
                     tokens += image_tokens
                 elif isinstance(part, AudioPart):
-                    clip = audio_seconds(part.input_audio)
+                    clip = audio_seconds(part.input_audio, request.part_name(i, j))
                     modalities.add(Modality.AUDIO)
                     seconds += clip
                     tokens += min(math.ceil(clip * per_second), facts.audio.max_tokens)

@@ -50,9 +50,9 @@ def _part(part: Any, where: str) -> dict[str, Any]:
         image: dict[str, Any] = {"url": part.image_url}
         if part.detail is not None:
             image["detail"] = part.detail
-        return {"type": "image_url", "image_url": image}
+        return {"type": "image_url", "image_url": image, ORIGIN: where}
     if isinstance(part, InputAudioPart):
-        return {"type": "input_audio", "input_audio": part.input_audio.model_dump()}
+        return {"type": "input_audio", "input_audio": part.input_audio.model_dump(), ORIGIN: where}
     assert isinstance(part, InputFile)
     if part.file_data is None:
         why = (

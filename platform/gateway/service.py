@@ -150,6 +150,10 @@ class GatewaySettings(BaseModel):
     media: MediaSettings = MediaSettings()
 
 
+# A part whose media is fetched: the part, its URL, the media type it must be, its name.
+RemoteMedia = tuple[ImagePart | VideoPart, str, str, str]
+
+
 @dataclass
 class JsonAnswer:
     reply: JsonReply
@@ -401,31 +405,34 @@ class Gateway:
     async def _inline_remote_media(self, request: ChatCompletionRequest) -> None:
         """Fetch http(s) media under the SSRF policy and pass it on as data: URLs, so no
         engine ever fetches a URL a client chose."""
-        targets: list[tuple[ImagePart | VideoPart, str, str]] = []
-        for message in request.messages:
+        targets: list[RemoteMedia] = []
+        for i, message in enumerate(request.messages):
             if isinstance(message, UserMessage) and isinstance(message.content, list):
-                for part in message.content:
+                for j, part in enumerate(message.content):
                     if isinstance(part, ImagePart):
-                        targets.append((part, part.image_url.url, "image/"))
+                        url, kind = part.image_url.url, "image/"
                     elif isinstance(part, VideoPart):
-                        targets.append((part, part.video_url.url, "video/"))
+                        url, kind = part.video_url.url, "video/"
+                    else:
+                        continue
+                    targets.append((part, url, kind, request.part_name(i, j)))
         remote = [t for t in targets if t[1].startswith(("http://", "https://"))]
         if not remote:
             return
         with span(names.MEDIA_FETCH, attributes={names.MEDIA_ITEMS: len(remote)}):
             await self._fetch_media(remote)
 
-    async def _fetch_media(self, remote: list[tuple[ImagePart | VideoPart, str, str]]) -> None:
+    async def _fetch_media(self, remote: list[RemoteMedia]) -> None:
         try:
             fetched = await asyncio.gather(
                 *(
                     fetch(url, self._fetch_policy, accept=(kind,), resolve=self._resolve)
-                    for _, url, kind in remote
+                    for _, url, kind, _ in remote
                 )
             )
-            for (part, url, _), (body, content_type) in zip(remote, fetched, strict=True):
+            for (part, url, _, where), (body, content_type) in zip(remote, fetched, strict=True):
                 if isinstance(part, ImagePart):
-                    await _check_image(body, f"image at {url}")
+                    await _check_image(body, f"{where}: image at {url}")
                     part.image_url.url = data_url(body, content_type)
                 else:
                     part.video_url.url = data_url(body, content_type)

@@ -204,6 +204,39 @@ def test_a_pdf_it_cannot_read_is_refused_naming_the_block(
         assert error["message"].startswith(PDF_REFUSALS[source])
 
 
+def test_a_bad_image_is_refused_naming_its_block(client: anthropic.Anthropic) -> None:
+    """By its place in the Anthropic request (a system prompt shifts the chat request's
+    messages by one), and without naming a data URL the caller never sent."""
+    garbage = base64.b64encode(b"not an image").decode()
+    image: ImageBlockParam = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": garbage},
+    }
+    in_document: DocumentBlockParam = {
+        "type": "document",
+        "source": {"type": "content", "content": [{"type": "text", "text": "Map:"}, image]},
+    }
+    messages: list[MessageParam] = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+    ]
+    cases: list[tuple[list[ContentBlockParam], str]] = [
+        ([QUESTION, image], "messages[2].content[1]"),
+        ([in_document, QUESTION], "messages[2].content[0].source.content[1]"),
+    ]
+    for blocks, where in cases:
+        with pytest.raises(anthropic.BadRequestError) as err:
+            client.messages.create(
+                model="e2b",
+                max_tokens=8,
+                system="Be brief.",
+                messages=[*messages, {"role": "user", "content": blocks}],
+            )
+        assert anthropic_error_body(err.value)["error"]["message"] == (
+            f"{where}: not a decodable image: no image format recognised"
+        )
+
+
 def test_a_file_document_is_refused_naming_the_block(client: anthropic.Anthropic) -> None:
     document: DocumentBlockParam = {
         "type": "document",

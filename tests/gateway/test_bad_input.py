@@ -107,6 +107,9 @@ def test_undecodable_media(gateway_server: Any, part: dict[str, Any], words: lis
     reply = gateway_server.post(CHAT, json=body)
     expect(reply, 400, *words)
     assert " object at 0x" not in reply.text  # a decoder's in-memory file says nothing to a caller
+    if part["type"] in ("image_url", "input_audio") and "format" not in words:
+        # the part's place leads the message
+        assert reply.json()["error"]["message"].startswith("messages[0].content[0]: ")
 
 
 def test_unsupported_modality_for_the_named_model(gateway_server: Any) -> None:

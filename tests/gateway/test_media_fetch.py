@@ -182,5 +182,6 @@ def test_a_fetched_image_is_checked_and_a_bad_one_named_by_its_address(server: s
         refused = ask("/garbage.png")
     assert refused.status_code == 400, refused.text
     assert refused.json()["error"]["message"] == (
-        f"image at {server}/garbage.png is not a decodable image: no image format recognised"
+        f"messages[0].content[1]: image at {server}/garbage.png: not a decodable image: "
+        "no image format recognised"
     )

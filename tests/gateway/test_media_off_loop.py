@@ -55,10 +55,10 @@ def slow_image_check(monkeypatch: pytest.MonkeyPatch) -> CheckWindow:
     real = classify.check_image_data_url
     window = CheckWindow()
 
-    def slow(url: str) -> None:
+    def slow(url: str, where: str) -> None:
         window.started.set()
         time.sleep(CHECK_S)  # blocks whichever thread runs the check, as decoding would
-        real(url)
+        real(url, where)
         window.ended_at = time.monotonic()
 
     monkeypatch.setattr(classify, "check_image_data_url", slow)
@@ -91,5 +91,5 @@ def test_a_large_undecodable_image_is_still_a_400_naming_it(
     )
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["message"] == (
-        "image data URL is not a decodable image: no image format recognised"
+        "messages[0].content[1]: not a decodable image: no image format recognised"
     )

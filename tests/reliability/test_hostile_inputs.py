@@ -300,7 +300,7 @@ def test_anthropic_image_bomb(fleet: Fleet) -> None:
     r = fleet.team_call("POST", "/v1/messages", json=body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["message"] == (
-        "image data URL: image of 3,600,000,000 pixels exceeds 89,478,485 pixels"
+        "messages[0].content[0]: image of 3,600,000,000 pixels exceeds 89,478,485 pixels"
     )
 
 
