@@ -41,6 +41,8 @@ MAX_CHOICES = 16
 Choices = Annotated[int, Field(ge=1, le=MAX_CHOICES)]
 # vLLM's threshold for greedy sampling (vllm.sampling_params._SAMPLING_EPS).
 GREEDY_TEMPERATURE = 1e-5
+# OpenAI's moderation runs its own classifier over the input and the answer; none runs here.
+NO_MODERATION = "no moderation model runs here; moderate the input and the answer yourself"
 # OpenAI's logit_bias: token ids (as strings) to a bias in [-100, 100]; the engine refuses an
 # id outside its vocabulary.
 LogitBias = dict[
@@ -52,7 +54,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TextPart(Strict):
+class Part(Strict):
+    """A content part. `prompt_cache_breakpoint` (the SDK's explicit prompt-cache marker) is
+    accepted and dropped: vLLM caches prompt prefixes without being told where they end."""
+
+    prompt_cache_breakpoint: dict[str, Any] | None = Field(None, exclude=True)
+
+
+class TextPart(Part):
     type: Literal["text"]
     text: str
 
@@ -62,7 +71,7 @@ class ImageURL(Strict):
     detail: Literal["auto", "low", "high", "original"] | None = None
 
 
-class ImagePart(Strict):
+class ImagePart(Part):
     type: Literal["image_url"]
     image_url: ImageURL
 
@@ -72,7 +81,7 @@ class InputAudio(Strict):
     format: Literal["wav", "mp3", "flac", "ogg"]
 
 
-class AudioPart(Strict):
+class AudioPart(Part):
     type: Literal["input_audio"]
     input_audio: InputAudio
 
@@ -81,7 +90,7 @@ class VideoURL(Strict):
     url: str = Field(min_length=1)
 
 
-class VideoPart(Strict):
+class VideoPart(Part):
     type: Literal["video_url"]
     video_url: VideoURL
 
@@ -106,7 +115,7 @@ class FileData(Strict):
         return self
 
 
-class FilePart(Strict):
+class FilePart(Part):
     """A PDF for the model to read; the gateway turns it into its pages' text and pictures
     (documents.py) before the request is classified."""
 
@@ -270,6 +279,10 @@ class ChatCompletionRequest(Strict):
         None, exclude=True
     )
     prompt_cache_key: str | None = Field(None, exclude=True)
+    # Prompt-cache hints: vLLM caches every prompt's prefix blocks on its own, so there is
+    # nothing to mark or to keep longer.
+    prompt_cache_options: dict[str, Any] | None = Field(None, exclude=True)
+    prompt_cache_retention: str | None = Field(None, exclude=True)
     safety_identifier: str | None = Field(None, exclude=True)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -296,6 +309,7 @@ class ChatCompletionRequest(Strict):
     prediction: Annotated[
         Any, unserved("predicted outputs are not taken per request (a pool's engine settings)")
     ] = None
+    moderation: Annotated[Any, unserved(NO_MODERATION)] = None
     verbosity: Annotated[
         Any,
         unserved("it has no Gemma equivalent; ask for the length in the prompt or set max_tokens"),

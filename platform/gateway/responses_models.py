@@ -21,7 +21,8 @@ from pydantic import (
 )
 
 from gemma_fleet.gateway.json_schema import valid_json_schema
-from gemma_fleet.gateway.openai_models import FunctionName, InputAudio, Strict
+from gemma_fleet.gateway.openai_models import NO_MODERATION, FunctionName, InputAudio, Strict
+from gemma_fleet.gateway.unserved import unserved
 
 NO_STATE = (
     "this gateway stores no responses or conversations: send the whole conversation in `input`"
@@ -253,9 +254,24 @@ class ResponsesRequest(Conversation):
     safety_identifier: str | None = None
     prompt_cache_key: str | None = None
     prompt_cache_retention: str | None = None
+    prompt_cache_options: dict[str, Any] | None = None  # vLLM caches prefixes unasked
     service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
     include: list[str] | None = None
     stream_options: dict[str, Any] | None = None
+    access_programs: dict[str, Any] | None = None  # OpenAI's own access tiers
+    image: dict[str, Any] | None = None  # OpenAI's image compression; Gemma's is its budget
+    # Bounds calls to built-in tools, which are refused (`tools`): nothing to bound.
+    max_tool_calls: int | None = Field(None, ge=0)
+    background_options: dict[str, Any] | None = None  # only with background, refused below
+    # Refused: what OpenAI runs around the model, and no pool can.
+    moderation: Annotated[Any, unserved(NO_MODERATION)] = None
+    context_management: Annotated[
+        Any,
+        unserved(
+            "no context compaction runs here (the gateway keeps no conversation): send a "
+            "conversation that fits the model's context"
+        ),
+    ] = None
     # Refused: stored templates and runs this gateway does not keep.
     prompt: dict[str, Any] | None = None
     background: bool | None = None

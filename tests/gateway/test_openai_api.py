@@ -405,8 +405,17 @@ def test_fields_openai_clients_send_are_accepted(client: openai.OpenAI) -> None:
         metadata={"run": "1"}, service_tier="auto", prompt_cache_key="k",
         safety_identifier="u1", user="u1", logit_bias={"1": -100, "42": 5.5},
         reasoning_effort="low", modalities=["text"], audio=None, prediction=None,
+        prompt_cache_options={"mode": "explicit", "ttl": "30m"}, prompt_cache_retention="24h",
     )  # type: ignore[call-overload]  # fmt: skip
     assert out.choices[0].message.content
+    # the SDK's explicit prompt-cache marker, on a system and a user text part
+    marked: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief.",
+                                        "prompt_cache_breakpoint": {"mode": "explicit"}}]},
+        {"role": "user", "content": [{"type": "text", "text": "hi",
+                                      "prompt_cache_breakpoint": {"mode": "explicit"}}]},
+    ]  # fmt: skip
+    assert client.chat.completions.create(model="gemma-4", messages=marked, max_tokens=4)
     stream = client.chat.completions.create(
         model="gemma-4", messages=user("hi"), max_tokens=4, stream=True,
         stream_options={"include_usage": True, "include_obfuscation": False},
@@ -434,6 +443,7 @@ def test_fields_openai_clients_send_are_accepted(client: openai.OpenAI) -> None:
         ("chat", {"prediction": {"type": "content", "content": "x"}}, ["per request"]),
         ("chat", {"verbosity": "low"}, ["max_tokens"]),
         ("chat", {"web_search_options": {}}, ["search tool"]),
+        ("chat", {"moderation": {"model": "omni-moderation-latest"}}, ["moderate"]),
         ("completions", {"suffix": " and so on."}, ["fill-in-the-middle"]),
         ("completions", {"best_of": 3}, ["n completions"]),
     ],

@@ -330,6 +330,8 @@ def test_a_pool_failing_mid_answer_fails_the_response() -> None:
             "image_url",
         ),
         ({"tools": [{"type": "web_search"}]}, "tools[0].type", "function"),
+        ({"moderation": {"model": "omni-moderation-latest"}}, "moderation", "moderate"),
+        ({"context_management": [{"type": "compaction"}]}, "context_management", "compaction"),
         ({"input": []}, "input", "input is empty"),
         ({"max_output_tokens": 0}, "max_output_tokens", "greater than or equal to 1"),
         ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": 3}}}},
@@ -360,6 +362,9 @@ def test_bookkeeping_fields_are_accepted(client: openai.OpenAI) -> None:
         user="u", safety_identifier="s", prompt_cache_key="p", service_tier="auto",
         truncation="disabled", include=["reasoning.encrypted_content"],
         reasoning={"effort": "none", "summary": "auto"}, text={"verbosity": "low"},
+        prompt_cache_options={"mode": "explicit"}, max_tool_calls=3,
+        image={"context_compression": "auto"}, access_programs={"cyber": "standard"},
+        background_options={"completion_window": "soonest"},
     )  # fmt: skip
     assert response.output
     # nothing was stored, whatever was asked (the SDK's Response model has no store field;
