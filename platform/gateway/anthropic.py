@@ -17,6 +17,7 @@ from gemma_fleet.gateway.anthropic_models import (
     ImageBlock,
     MessagesRequest,
     PdfBase64Source,
+    PdfUrlSource,
     PlainTextSource,
     RedactedThinkingBlock,
     SearchResultBlock,
@@ -96,8 +97,8 @@ def _document(block: DocumentBlock, where: str) -> list[dict[str, Any]]:
     """A document as parts of the user's turn: its text (or its text and images, or a PDF the
     gateway reads into pages of text and pictures) inside <document> tags, with its title and
     context, so the model can tell the document from the question around it and knows what it
-    is. The gateway keeps no uploaded files and fetches no PDFs: those are refused, naming the
-    block, with what to send instead."""
+    is. The gateway keeps no uploaded files: those are refused, naming the block, with what
+    to send instead."""
     source = block.source
     if isinstance(source, PlainTextSource):
         body: list[dict[str, Any]] = [{"type": "text", "text": source.data}]
@@ -110,15 +111,13 @@ def _document(block: DocumentBlock, where: str) -> list[dict[str, Any]]:
     elif isinstance(source, PdfBase64Source):
         file_data = f"data:{source.media_type};base64,{source.data}"
         body = [{"type": "file", "file": {"file_data": file_data}, ORIGIN: where}]
+    elif isinstance(source, PdfUrlSource):
+        body = [{"type": "file", "file": {"file_url": source.url}, ORIGIN: where}]
     else:
-        what = (
-            "a document from Anthropic's Files API (source type file): this gateway keeps no files"
-            if source.type == "file"
-            else "a PDF by URL: this gateway does not fetch documents"
-        )
         raise ApiError(
             400,
-            f"{where}: {what}; send the PDF itself (source type base64) or its text (a "
+            f"{where}: a document from Anthropic's Files API (source type file): this gateway "
+            "keeps no files; send the PDF itself (source type base64 or url) or its text (a "
             'document with source type "text", or a text block)',
             param=where,
         )

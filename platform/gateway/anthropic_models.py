@@ -76,10 +76,9 @@ class FileSource(Strict):
 
 class DocumentBlock(Loose):
     """A document for the model to read. Text documents (a string, or text and image blocks)
-    and base64 PDFs (read into pages of text and pictures) become part of the user's turn;
-    PDFs by URL and uploaded files are refused when the request is translated (anthropic.py),
-    which names the block. `citations` is accepted and ignored (Loose): answers carry no
-    citations."""
+    and PDFs (read into pages of text and pictures) become part of the user's turn; uploaded
+    files are refused when the request is translated (anthropic.py), which names the block.
+    `citations` is accepted and ignored (Loose): answers carry no citations."""
 
     type: Literal["document"]
     source: Annotated[

@@ -38,6 +38,8 @@ PAGE_JPEG_QUALITY = 85
 MAX_DOCUMENT_TEXT_CHARS = 4_000_000
 PDF_MEDIA_TYPE = "application/pdf"
 PDF_DATA_URL = "data:application/pdf;base64,<data>"
+# What a server may call a PDF it serves: many serve files as bytes of no particular kind.
+PDF_CONTENT_TYPES = (PDF_MEDIA_TYPE, "application/octet-stream")
 
 # One thread for the process: PDFium keeps global state, and two documents read at once from
 # two threads can crash the process (pypdfium2's documentation says so).
@@ -63,12 +65,12 @@ def pdf_bytes(file_data: str, what: str) -> bytes:
     return decode_base64(payload, f"{what}: the PDF's data")
 
 
-async def read_pdf(file_data: str, where: str) -> list[DocumentPart]:
-    """The pages of the PDF in a `file` part's `file_data` (`pdf_bytes`, `pdf_parts`), read on
-    PDFium's own thread; `where` names the part in errors."""
+async def read_pdf(pdf: bytes | str, where: str) -> list[DocumentPart]:
+    """The pages of a PDF (`pdf_parts`), given as its bytes or as a `file_data` value
+    (`pdf_bytes`), read on PDFium's own thread; `where` names the part in errors."""
 
     def read() -> list[DocumentPart]:
-        return pdf_parts(pdf_bytes(file_data, where), where)
+        return pdf_parts(pdf if isinstance(pdf, bytes) else pdf_bytes(pdf, where), where)
 
     return await asyncio.get_running_loop().run_in_executor(_PDFIUM, read)
 

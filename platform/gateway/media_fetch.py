@@ -1,6 +1,6 @@
 """Fetch remote media for a request without letting it reach inside the network (SSRF).
 
-The gateway fetches http(s) image URLs itself and passes them on as data: URLs, so engines never
+The gateway fetches http(s) media URLs itself and passes them on as data: URLs, so engines never
 fetch anything. Each hop is checked after DNS resolution: every address the name resolves to
 must be public (not loopback, private, link-local, multicast, reserved or a cloud metadata
 address). The connection then goes to the checked address, never to a second lookup that DNS

@@ -96,22 +96,27 @@ class VideoPart(Part):
 
 
 class FileData(Strict):
-    """A file in a `file` part. The gateway reads PDFs given inline (`file_data`, base64 or a
-    data: URL) and keeps no uploaded files, so `file_id` is refused."""
+    """A file in a `file` part: a PDF given inline (`file_data`, base64 or a data: URL) or,
+    beyond OpenAI's fields, by http(s) URL (`file_url`, as the Responses API and Anthropic
+    take one), fetched under the media policy. The gateway keeps no uploaded files, so
+    `file_id` is refused."""
 
     file_data: str | None = Field(None, min_length=1)
+    file_url: str | None = Field(None, min_length=1)
     file_id: str | None = None
     filename: str | None = None
 
     @model_validator(mode="after")
-    def _inline(self) -> FileData:
+    def _one_source(self) -> FileData:
         if self.file_id is not None:
             raise ValueError(
                 "files from OpenAI's Files API are not supported (this gateway keeps no "
                 "files): send the PDF itself as file_data"
             )
-        if self.file_data is None:
-            raise ValueError("file_data is required: the PDF, base64 or as a data: URL")
+        if (self.file_data is None) == (self.file_url is None):
+            raise ValueError(
+                "give the PDF as file_data (base64 or a data: URL) or file_url, one of the two"
+            )
         return self
 
 

@@ -54,20 +54,19 @@ def _part(part: Any, where: str) -> dict[str, Any]:
     if isinstance(part, InputAudioPart):
         return {"type": "input_audio", "input_audio": part.input_audio.model_dump(), ORIGIN: where}
     assert isinstance(part, InputFile)
-    if part.file_data is None:
+    if part.file_id is not None or (part.file_data is None) == (part.file_url is None):
         why = (
             "files from OpenAI's Files API are not supported (this gateway keeps no files)"
             if part.file_id is not None
-            else "files by URL are not fetched here"
-            if part.file_url is not None
-            else "an input_file needs file_data"
+            else "an input_file takes file_data or file_url, one of the two"
         )
         raise ApiError(
             400,
-            f"{where}: {why}; send the PDF itself as file_data, or the file's text as input_text",
+            f"{where}: {why}; send the PDF itself as file_data or file_url, or the file's text "
+            "as input_text",
             param=where,
         )
-    file = {"file_data": part.file_data}
+    file = {"file_data": part.file_data} if part.file_url is None else {"file_url": part.file_url}
     if part.filename is not None:
         file["filename"] = part.filename
     return {"type": "file", "file": file, ORIGIN: where}

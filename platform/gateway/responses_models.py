@@ -57,9 +57,9 @@ class InputImage(Loose):
 
 
 class InputFile(Loose):
-    """A file for the model to read: a PDF given inline (`file_data`), which the gateway reads
-    into its pages' text and pictures. Files by id or URL are refused when the request is
-    translated (responses.py), which names the part."""
+    """A file for the model to read: a PDF given inline (`file_data`) or by URL (`file_url`),
+    which the gateway reads into its pages' text and pictures. Files by id are refused when
+    the request is translated (responses.py), which names the part."""
 
     type: Literal["input_file"]
     file_data: str | None = Field(None, min_length=1)

@@ -27,7 +27,7 @@ from gemma_fleet.gateway.classify import (
     completion_prompt_tokens,
     inline_media_chars,
 )
-from gemma_fleet.gateway.documents import DocumentPart, read_pdf
+from gemma_fleet.gateway.documents import PDF_CONTENT_TYPES, DocumentPart, read_pdf
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.media_fetch import (
     FetchPolicy,
@@ -117,7 +117,7 @@ class PoolInfo(BaseModel):
 
 
 class MediaSettings(BaseModel):
-    """Limits on media the gateway fetches for a request (http(s) image and video URLs)."""
+    """Limits on media the gateway fetches for a request (http(s) image, video and PDF URLs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -350,10 +350,13 @@ class Gateway:
             message.content = parts
 
     async def _read_document(self, part: FilePart, where: str) -> list[DocumentPart]:
-        assert part.file.file_data is not None  # FileData refuses a part without it
+        pdf: bytes | str | None = part.file.file_data
+        if pdf is None:  # FileData holds file_data or file_url
+            assert part.file.file_url is not None
+            pdf = await self._fetch_pdf(part.file.file_url, where)
         with span(names.DOCUMENT_READ) as traced:
             try:
-                pages = await read_pdf(part.file.file_data, where)
+                pages = await read_pdf(pdf, where)
             except InvalidMedia as exc:
                 raise ApiError(400, str(exc), param=where) from exc
             traced.set_attribute(names.DOCUMENT_PAGES, sum(p.type == "image_url" for p in pages))
@@ -363,6 +366,17 @@ class Gateway:
         name = part.file.filename.replace('"', "'")
         head = TextPart(type="text", text=f'<document name="{name}">\n')
         return [head, *pages, TextPart(type="text", text="</document>\n")]
+
+    async def _fetch_pdf(self, url: str, where: str) -> bytes:
+        """A PDF by URL, fetched under the same SSRF policy and limits as media."""
+        with span(names.MEDIA_FETCH, attributes={names.MEDIA_ITEMS: 1}):
+            try:
+                body, _ = await fetch(
+                    url, self._fetch_policy, accept=PDF_CONTENT_TYPES, resolve=self._resolve
+                )
+            except MediaFetchError as exc:
+                raise ApiError(400, f"{where}: {exc}", param=where) from exc
+        return body
 
     async def _classify(self, request: ChatCompletionRequest) -> Classification:
         """classify_chat, in a worker thread when the request carries much inline media:

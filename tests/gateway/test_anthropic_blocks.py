@@ -148,12 +148,13 @@ def _pdf(raw: bytes) -> Base64PDFSourceParam:
 
 PDF_SOURCES: dict[str, Base64PDFSourceParam | URLPDFSourceParam] = {
     "unreadable": _pdf(b"%PDF-1.4\n%%EOF\n"),
-    "url": {"type": "url", "url": "https://example.com/report.pdf"},
+    # fetched as media are, under a policy that refuses loopback addresses by default
+    "loopback-url": {"type": "url", "url": "http://127.0.0.1:9/report.pdf"},
 }
 PDF_REFUSALS = {
     "unreadable": "messages[2].content[1] is not a readable PDF: data format error",
-    "url": "messages[2].content[1]: a PDF by URL: this gateway does not fetch documents; send "
-    "the PDF itself (source type base64)",
+    "loopback-url": "messages[2].content[1]: media URL host 127.0.0.1 resolves to 127.0.0.1, "
+    "a loopback address",
 }
 
 

@@ -188,6 +188,7 @@ def test_a_bad_pdf_is_a_400_naming_the_part(client: openai.OpenAI) -> None:
 
 
 def test_a_file_by_id_is_refused_with_what_to_send(client: openai.OpenAI) -> None:
+    """(A PDF by URL: tests/gateway/test_media_fetch.py.)"""
     content: list[ChatCompletionContentPartParam] = [
         {"type": "file", "file": {"file_id": "file-abc123"}}
     ]
@@ -226,11 +227,13 @@ def test_responses_input_file_is_read(client: openai.OpenAI) -> None:
     ("file", "message"),
     [
         ({"file_id": "file-abc123"}, "this gateway keeps no files"),
-        ({"file_url": "https://example.com/harvest.pdf"}, "files by URL are not fetched here"),
+        # fetched under the media policy, which refuses the loopback address by default
+        ({"file_url": "http://127.0.0.1:9/harvest.pdf"}, "127.0.0.1, a loopback address"),
+        ({"file_url": "http://127.0.0.1:9/a.pdf", "file_data": "JVBERi0="}, "one of the two"),
         ({"file_data": "data:application/pdf;base64," + _b64(b"%PDF-1.4\n")},
          "input[0].content[1] is not a readable PDF"),
     ],
-    ids=["id", "url", "broken"],
+    ids=["id", "url", "url-and-data", "broken"],
 )  # fmt: skip
 def test_responses_input_file_refusals_name_the_part(
     client: openai.OpenAI, file: dict[str, str], message: str

@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 from gateway_harness import fleet_settings, serve_gateway, simulated_pools
+from pdf_files import text_pdf
 from PIL import Image
 
 from gemma_fleet.gateway.media_fetch import FetchPolicy, MediaFetchError, fetch, refusal
 
 PNG = io.BytesIO()
 Image.new("RGB", (8, 8), "red").save(PNG, format="PNG")
+REPORT_PDF = text_pdf(["Harvest of 2026", "Pears: 12 tonnes"])
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -33,6 +35,8 @@ class Handler(BaseHTTPRequestHandler):
             "/page": (200, "text/html", b"<html>"),
             "/big.png": (200, "image/png", b"\0" * 5000),
             "/garbage.png": (200, "image/png", b"not an image at all"),
+            "/report.pdf": (200, "application/pdf", REPORT_PDF),
+            "/download": (200, "application/octet-stream", REPORT_PDF),
         }
         if self.path in routes:
             status, kind, body = routes[self.path]
@@ -185,3 +189,48 @@ def test_a_fetched_image_is_checked_and_a_bad_one_named_by_its_address(server: s
         f"messages[0].content[1]: image at {server}/garbage.png: not a decodable image: "
         "no image format recognised"
     )
+
+
+def test_a_pdf_by_url_is_fetched_under_the_policy_and_read(
+    gateway_server: Any, server: str
+) -> None:
+    """A PDF by URL (OpenAI chat's `file_url`, Anthropic's url source) is fetched as media are:
+    from a network the operator allows it is read like an inline one (two pages: each a
+    picture and its text), served as a PDF or as bytes of no particular kind; the default
+    policy refuses the loopback address; a page that is no PDF is named by its part."""
+
+    def chat(url: str) -> dict[str, Any]:
+        part = {"type": "file", "file": {"file_url": url}}
+        content = [{"type": "text", "text": "How many pears?"}, part]
+        return {"model": "e2b", "max_tokens": 2, "messages": [{"role": "user", "content": content}]}
+
+    def anthropic_url(url: str) -> dict[str, Any]:
+        block = {"type": "document", "source": {"type": "url", "url": url}}
+        content = [block, {"type": "text", "text": "How many pears?"}]
+        return {"model": "e2b", "max_tokens": 2, "system": "Be brief.",
+                "messages": [{"role": "user", "content": content}]}  # fmt: skip
+
+    settings = fleet_settings(media={"allowed_networks": ["127.0.0.1/32"]})
+    with serve_gateway(settings, simulated_pools) as gateway:
+        bare = gateway.post(
+            "/v1/chat/completions",
+            json={"model": "e2b", "max_tokens": 2,
+                  "messages": [{"role": "user", "content": "How many pears?"}]},
+        )  # fmt: skip
+        read = gateway.post("/v1/chat/completions", json=chat(server + "/report.pdf"))
+        untyped = gateway.post("/v1/chat/completions", json=chat(server + "/download"))
+        anthropic = gateway.post("/v1/messages", json=anthropic_url(server + "/report.pdf"))
+        html = gateway.post("/v1/messages", json=anthropic_url(server + "/page"))
+    assert read.status_code == untyped.status_code == anthropic.status_code == 200, read.text
+    grown = read.json()["usage"]["prompt_tokens"] - bare.json()["usage"]["prompt_tokens"]
+    assert grown > 2 * (280 + 2)
+    assert untyped.json()["usage"]["prompt_tokens"] == read.json()["usage"]["prompt_tokens"]
+    assert anthropic.json()["usage"]["input_tokens"] > 2 * (280 + 2)
+    assert html.status_code == 400
+    assert html.json()["error"]["message"] == "messages[0].content[0]: media URL returned text/html"
+
+    refused = gateway_server.post("/v1/chat/completions", json=chat(server + "/report.pdf"))
+    assert refused.status_code == 400
+    message = refused.json()["error"]["message"]
+    assert message.startswith("messages[0].content[1]: media URL host 127.0.0.1 resolves to")
+    assert "loopback" in message
