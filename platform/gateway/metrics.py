@@ -114,6 +114,9 @@ class _Metric:
     def set(self, value: float) -> None:
         self.labels().set(value)
 
+    def observe(self, value: float) -> None:
+        self.labels().observe(value)
+
 
 class GatewayMetrics:
     """Label values stay bounded: models and pools are the ones the gateway serves, teams the
@@ -204,6 +207,17 @@ class GatewayMetrics:
             "gemma_fleet_gateway_pool_live_replicas",
             "Running replicas of each pool as the gateway last read them (-1: unknown)",
             ["pool"],
+        )
+        self.document_pages = self._counter(
+            "gemma_fleet_gateway_document_pages",
+            "PDF pages read into text and pictures (each page an image for the engine)",
+            [],
+        )
+        self.document_read = self._histogram(
+            "gemma_fleet_gateway_document_read_duration_seconds",
+            "Time to read one PDF, its wait for the replica's one PDF-reading thread included",
+            [],
+            LATENCY_BUCKETS,
         )
         self.store_pending = self._gauge(
             "gemma_fleet_gateway_store_pending_writes",

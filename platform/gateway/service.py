@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -355,11 +356,16 @@ class Gateway:
             assert part.file.file_url is not None
             pdf = await self._fetch_pdf(part.file.file_url, where)
         with span(names.DOCUMENT_READ) as traced:
+            started = time.monotonic()
             try:
                 pages = await read_pdf(pdf, where)
             except InvalidMedia as exc:
                 raise ApiError(400, str(exc), param=where) from exc
-            traced.set_attribute(names.DOCUMENT_PAGES, sum(p.type == "image_url" for p in pages))
+            finally:
+                self.metrics.document_read.observe(time.monotonic() - started)
+            count = sum(p.type == "image_url" for p in pages)
+            traced.set_attribute(names.DOCUMENT_PAGES, count)
+            self.metrics.document_pages.inc(count)
         if part.file.filename is None:
             return pages
         # The name a user may refer to ("summarise report.pdf") goes with its pages.

@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
+import httpx
 import openai
 import pytest
 from gateway_harness import RunningGateway
@@ -171,6 +172,32 @@ def test_pdfs_read_at_once_each_come_to_their_own_pages(client: openai.OpenAI) -
     assert per_page > IMAGE_TOKENS
     for n in pages:
         assert by_pages[n] == by_pages[1] + (n - 1) * per_page
+
+
+def _scrape(gateway_server: RunningGateway) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(gateway_server.url + "/metrics", timeout=10).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("gemma_fleet_gateway_document_") and not sample.labels
+    }
+
+
+def test_pages_read_and_reading_time_are_metered(
+    client: openai.OpenAI, gateway_server: RunningGateway
+) -> None:
+    before = _scrape(gateway_server)
+    _prompt_tokens(client, _with_pdf(text_pdf([HARVEST] * 3)))
+    with pytest.raises(openai.BadRequestError):
+        _prompt_tokens(client, _with_pdf(b"%PDF-1.4\n%%EOF\n"))
+    after = _scrape(gateway_server)
+    pages = "gemma_fleet_gateway_document_pages_total"
+    reads = "gemma_fleet_gateway_document_read_duration_seconds_count"
+    assert after[pages] - before.get(pages, 0) == 3  # the broken PDF has no page read
+    assert after[reads] - before.get(reads, 0) == 2  # each PDF's reading took time
 
 
 def test_a_bad_pdf_is_a_400_naming_the_part(client: openai.OpenAI) -> None:
