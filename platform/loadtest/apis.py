@@ -71,6 +71,11 @@ def _anthropic_content(content: str | list[dict[str, Any]]) -> str | list[dict[s
             media_type = head.removeprefix("data:").removesuffix(";base64")
             source = {"type": "base64", "media_type": media_type, "data": data}
             blocks.append({"type": "image", "source": source})
+        elif part["type"] == "file":
+            # payloads.py sends PDFs as data: URLs, "data:application/pdf;base64,<data>"
+            data = part["file"]["file_data"].partition(",")[2]
+            source = {"type": "base64", "media_type": "application/pdf", "data": data}
+            blocks.append({"type": "document", "source": source, "title": part["file"]["filename"]})
         else:  # the workload file refuses audio for this API (workload.py)
             raise ValueError(f"Anthropic's Messages API has no {part['type']} blocks")
     return blocks
@@ -111,6 +116,8 @@ def _responses_content(role: str, content: str | list[dict[str, Any]]) -> Any:
             parts.append({"type": "input_image", "image_url": part["image_url"]["url"]})
         elif part["type"] == "input_audio":
             parts.append({"type": "input_audio", "input_audio": part["input_audio"]})
+        elif part["type"] == "file":
+            parts.append({"type": "input_file", **part["file"]})
         else:
             raise ValueError(f"no Responses part for a chat {part['type']} part")
     return parts

@@ -17,8 +17,10 @@ import struct
 import wave
 from typing import Any
 
+from gemma_fleet.loadtest.pdf import WORDS_PER_LINE, text_pdf
 from gemma_fleet.loadtest.workload import (
     Audio,
+    Documents,
     JsonExtraction,
     LongContext,
     MultiTurnChat,
@@ -217,6 +219,21 @@ def vision(w: Vision, rng: random.Random) -> dict[str, Any]:
     for _ in range(_between(rng, w.images_per_request)):
         width, height = rng.choice(w.image_sizes)
         parts.append({"type": "image_url", "image_url": {"url": png_data_url(width, height)}})
+    return _base(w, [{"role": "user", "content": parts}])
+
+
+def documents(w: Documents, rng: random.Random) -> dict[str, Any]:
+    """A question about a PDF report of random pages of prose."""
+    pages = []
+    for _ in range(_between(rng, w.pages)):
+        text = words(rng, _between(rng, w.words_per_page)).split()
+        lines = [
+            " ".join(text[i : i + WORDS_PER_LINE]) for i in range(0, len(text), WORDS_PER_LINE)
+        ]
+        pages.append("\n".join(lines))
+    data = base64.b64encode(text_pdf(pages)).decode()
+    file = {"file_data": f"data:application/pdf;base64,{data}", "filename": "report.pdf"}
+    parts = [{"type": "text", "text": rng.choice(QUESTIONS)}, {"type": "file", "file": file}]
     return _base(w, [{"role": "user", "content": parts}])
 
 

@@ -43,6 +43,7 @@ from gemma_fleet.loadtest.shapes import MAX_DURATION_S, MAX_USERS, ShapeSpec
 from gemma_fleet.loadtest.staffing import staffing, unstaffed_warning
 from gemma_fleet.loadtest.workload import (
     Audio,
+    Documents,
     JsonExtraction,
     LongContext,
     MultiTurnChat,
@@ -245,6 +246,8 @@ def _single(w: Workload, rng: random.Random) -> dict[str, Any]:
         return payloads.vision(w, rng)
     if isinstance(w, Audio):
         return payloads.audio(w, rng)
+    if isinstance(w, Documents):
+        return payloads.documents(w, rng)
     if isinstance(w, JsonExtraction):
         return payloads.json_extraction(w, rng)
     raise TypeError(f"workload kind {w.kind} is not a single request")

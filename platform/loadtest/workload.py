@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gemma_fleet.config_file import load_model
 from gemma_fleet.loadtest.apis import Api
+from gemma_fleet.loadtest.pdf import MAX_PDF_PAGES, WORDS_PER_LINE, lines_per_page
 from gemma_fleet.teams.limits import TeamLimits
 
 # Team names become Redis key parts and metric labels on the gateway: a DNS label.
@@ -194,6 +195,25 @@ class ToolCalling(WorkloadBase):
         return self
 
 
+class Documents(WorkloadBase):
+    """Questions about PDF reports (file parts, `document` blocks, `input_file`): the gateway
+    reads each page into its text and a picture, so a page costs an image's tokens too."""
+
+    kind: Literal["documents"]
+    pages: IntRange = (1, 8)
+    words_per_page: IntRange = (120, 400)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Documents:
+        low, high = self.pages
+        if not 1 <= low <= high <= MAX_PDF_PAGES:
+            raise ValueError(f"pages must be [low, high] within 1-{MAX_PDF_PAGES}")
+        most = WORDS_PER_LINE * lines_per_page()
+        if not 1 <= self.words_per_page[0] <= self.words_per_page[1] <= most:
+            raise ValueError(f"words_per_page must be [low, high] within 1-{most} (a full page)")
+        return self
+
+
 class JsonExtraction(WorkloadBase):
     """Structured extraction from a short document into a JSON schema (response_format)."""
 
@@ -202,7 +222,14 @@ class JsonExtraction(WorkloadBase):
 
 
 Workload = Annotated[
-    ShortChat | MultiTurnChat | LongContext | Vision | Audio | ToolCalling | JsonExtraction,
+    ShortChat
+    | MultiTurnChat
+    | LongContext
+    | Vision
+    | Audio
+    | Documents
+    | ToolCalling
+    | JsonExtraction,
     Field(discriminator="kind"),
 ]
 KINDS = (
@@ -211,6 +238,7 @@ KINDS = (
     "long_context",
     "vision",
     "audio",
+    "documents",
     "tool_calling",
     "json_extraction",
 )
@@ -275,5 +303,5 @@ def load_workload(path: Path) -> WorkloadFile:
 
 def _where(loc: str) -> str:
     # pydantic names the tagged-union member (workloads.0.short_chat.weight); the file has none.
-    return re.sub(r"\.(short_chat|multi_turn|long_context|vision|audio|tool_calling|"
-                  r"json_extraction)\b", "", loc)  # fmt: skip
+    return re.sub(r"\.(short_chat|multi_turn|long_context|vision|audio|documents|"
+                  r"tool_calling|json_extraction)\b", "", loc)  # fmt: skip

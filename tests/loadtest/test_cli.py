@@ -81,14 +81,15 @@ def test_too_few_users_are_warned_of_before_the_run(
 def test_without_users_every_workload_gets_one(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """The shipped mix needs 12 users to run all ten workloads: the default takes 12, not 10."""
+    """The shipped mix needs 13 users to run all eleven workloads: the default takes 13, not
+    10."""
     mix = str(Path(__file__).parents[2] / "loadtest" / "workloads" / "mix.yaml")
     with pytest.raises(SystemExit):
         main(
             ["loadtest", "--workload", mix, "--host", "http://127.0.0.1:9", "--out", str(tmp_path)]
         )
     out = " ".join(capsys.readouterr().out.split())
-    assert "up to 12 users" in out and "gives no user" not in out
+    assert "up to 13 users" in out and "gives no user" not in out
 
 
 def test_a_test_shorter_than_a_think_time_is_warned_of(
@@ -119,7 +120,7 @@ def test_too_slow_a_spawn_rate_is_warned_of_before_the_run(
     out = " ".join(capsys.readouterr().out.split())
     assert (
         "At --spawn-rate 0.1 a 30 s test starts at most 3 of its 8 users, and Locust starts "
-        "those of long-context, vision, tool-loop, json-extract, limited-chat last" in out
+        "those of long-context, vision, tool-loop, json-extract, limited-pdf last" in out
     )
     assert "--spawn-rate 0.24 starts 8 users before the end" in out
     with pytest.raises(SystemExit):  # the later --spawn-rate wins; 0.23 starts 7 in 30 s

@@ -19,7 +19,13 @@ from gemma_fleet.loadtest import payloads
 from gemma_fleet.loadtest.apis import APIS, Api, body_for
 from gemma_fleet.loadtest.exchange import call
 from gemma_fleet.loadtest.gateway_counters import TOKENS, delta, parse_counters
-from gemma_fleet.loadtest.workload import JsonExtraction, ShortChat, ToolCalling, Vision
+from gemma_fleet.loadtest.workload import (
+    Documents,
+    JsonExtraction,
+    ShortChat,
+    ToolCalling,
+    Vision,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -169,6 +175,20 @@ def test_images_reach_a_pool_that_reads_them_through_every_api(
     out = call(session, gateway.url + "/v1", None, body, 60, api)
     assert out.error is None and out.content, out.message
     assert out.pool in {"e2b", "e4b", "moe"}  # not the text-only dense pool
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_pdf_reports_are_read_through_every_api(
+    gateway: RunningGateway, session: requests.Session, api: Api
+) -> None:
+    """Each page is read into its text and a picture: the prompt holds a picture's tokens (280
+    soft tokens and 2 boundaries) and the page's words for every page sent."""
+    w = Documents(name="d", kind="documents", team="a", pages=(3, 3), words_per_page=(60, 60))
+    body = body_for(api, payloads.documents(w, random.Random(4)))
+    out = call(session, gateway.url + "/v1", None, body, 60, api)
+    assert out.error is None and out.content, out.message
+    assert out.pool in {"e2b", "e4b", "moe"}  # not the text-only dense pool
+    assert out.prompt_tokens > 3 * (280 + 2 + 60)
 
 
 def test_refusals_keep_their_status_and_message(

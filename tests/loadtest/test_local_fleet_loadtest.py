@@ -181,11 +181,11 @@ def test_the_cli_runs_a_shape_against_the_same_fleet(run: Run, tmp_path: Path) -
     assert str(out / "report.md") in done.stdout.replace("\n", "")
     # 4 users leave four of the eight workloads without one: said before the run, and so it was
     said = " ".join(done.stdout.split())
-    left_out = "long-context, vision, tool-loop, limited-chat"
+    left_out = "long-context, vision, tool-loop, limited-pdf"
     assert f"At 4 users Locust gives no user to {left_out}" in said
     report = LoadTestReport.model_validate_json((out / "report.json").read_text())
     assert report.shape.kind == "step" and report.totals.requests > 0
-    assert {"long-context", "vision", "tool-loop", "limited-chat"} <= set(report.not_run)
+    assert {"long-context", "vision", "tool-loop", "limited-pdf"} <= set(report.not_run)
 
 
 def test_strict_exits_1_when_an_slo_is_missed(run: Run, tmp_path: Path) -> None:

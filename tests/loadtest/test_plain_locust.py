@@ -35,7 +35,7 @@ def _locust(users: int, rate: float | None = None, *extra: str, **env: str) -> s
 
 @pytest.mark.parametrize(
     ("users", "left_out"),
-    [(2, "long-context, vision, audio, tool-loop, json-extract, limited-chat"), (8, None)],
+    [(2, "long-context, vision, audio, tool-loop, json-extract, limited-pdf"), (8, None)],
 )
 def test_plain_locust_names_the_workloads_its_users_leave_out(
     users: int, left_out: str | None
@@ -64,7 +64,7 @@ def test_too_slow_a_spawn_rate_is_named_before_the_first_user_starts() -> None:
     log = _locust(8, rate=1)
     warning = (
         "Gemma Fleet: at --spawn-rate 1 a 3 s test starts at most 3 of its 8 users, and Locust "
-        "starts those of long-context, vision, tool-loop, json-extract, limited-chat last"
+        "starts those of long-context, vision, tool-loop, json-extract, limited-pdf last"
     )
     assert warning in log, log[-1500:]
     assert log.index(warning) < log.index("Ramping to 8 users")

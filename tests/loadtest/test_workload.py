@@ -71,6 +71,10 @@ def _write(tmp_path: Path, text: str) -> Path:
          "api: messages cannot send audio"),
         ("teams: [{name: a}]\nworkloads: [{name: x, kind: tool_calling, team: a,"
          " api: responses}]", "the tool loop speaks chat completions"),
+        ("teams: [{name: a}]\nworkloads: [{name: x, kind: documents, team: a,"
+         " pages: [1, 101]}]", "pages must be [low, high] within 1-100"),
+        ("teams: [{name: a}]\nworkloads: [{name: x, kind: documents, team: a,"
+         " words_per_page: [100, 5000]}]", "words_per_page must be [low, high] within 1-564"),
         # a user that thinks for ever never sends; YAML's .inf is refused wherever it is
         ("teams: [{name: a}]\nworkloads: [{name: x, kind: short_chat, team: a,"
          " think_time_s: [1, .inf]}]", "workloads.0.think_time_s.1: not a finite number"),
@@ -91,3 +95,11 @@ def test_bad_workload_files_are_refused_naming_the_problem(
 def test_a_missing_workload_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(WorkloadFileError, match="cannot read"):
         load_workload(tmp_path / "absent.yaml")
+
+
+def test_the_page_limit_is_the_gateways() -> None:
+    """A documents workload may ask for as many pages as the gateway reads, and no more."""
+    from gemma_fleet.gateway import documents
+    from gemma_fleet.loadtest import pdf
+
+    assert pdf.MAX_PDF_PAGES == documents.MAX_PDF_PAGES

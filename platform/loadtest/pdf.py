@@ -1,0 +1,60 @@
+"""PDF reports for the `documents` workload: pages of text in Helvetica, a text layer the
+gateway's PDF reader extracts, written directly (a few hundred bytes of structure per page), so
+the load generator needs no PDF library and stays cheap."""
+
+from __future__ import annotations
+
+import io
+
+# US Letter, in points; text starts an inch from the top left, 14 pt apart.
+LETTER = (612, 792)
+LINE_POINTS = 14
+# The most pages the gateway reads of one PDF (gateway/documents.py; the load tests cannot
+# import the gateway, and a test holds the two equal): a longer report would be refused.
+MAX_PDF_PAGES = 100
+# Words of the load generator's word list (payloads.WORDS) that fit a line of 12 pt text.
+WORDS_PER_LINE = 12
+
+
+def _escaped(line: str) -> str:
+    return line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+def text_pdf(pages: list[str], size: tuple[int, int] = LETTER) -> bytes:
+    """A PDF with one page per string, each of its lines drawn as a line of 12 pt text."""
+    width, height = size
+    count = len(pages)
+    # objects: 1 catalog, 2 page tree, 3 font, then a page and its content stream per page
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(count))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {count} >>".encode(),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    for i, text in enumerate(pages):
+        lines = " T* ".join(f"({_escaped(line)}) Tj" for line in text.split("\n"))
+        stream = f"BT /F1 12 Tf {LINE_POINTS} TL 72 {height - 72} Td {lines} ET".encode("latin-1")
+        objects.append(
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {width} {height}] "
+            f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode()
+        )
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n%s\nendobj\n" % (number, body))
+    xref = out.tell()
+    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
+    for offset in offsets:
+        out.write(f"{offset:010d} 00000 n \n".encode())
+    out.write(
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    return out.getvalue()
+
+
+def lines_per_page(size: tuple[int, int] = LETTER) -> int:
+    """How many lines fit between an inch of margin at the top and at the bottom."""
+    return (size[1] - 144) // LINE_POINTS + 1
