@@ -1,0 +1,181 @@
+"""What reading PDFs costs a gateway replica, and its other callers.
+
+Part 1 reads 100-page PDFs with the gateway's own reader (`gateway/documents.py`: each page's
+text and a 1024 px JPEG of it), three kinds of page: dense text (47 lines of 12 words), one
+short line, and a picture with no text layer. Part 2 sends small text chat requests one after
+another to the gateway of ../gateway_overhead (in front of its 5 ms mock backend), first alone
+and then while a second process sends 20-page dense PDFs back to back, and reports the text
+requests' latency both ways and how long each PDF request took.
+
+    .venv/bin/python benchmarks/gateway_pdf_read/run.py            # about 1 minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib.util
+import io
+import json
+import multiprocessing
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image, ImageDraw
+
+from gemma_fleet.gateway.documents import pdf_parts
+from gemma_fleet.loadtest.payloads import WORDS
+from gemma_fleet.loadtest.pdf import WORDS_PER_LINE, lines_per_page, text_pdf
+
+HERE = Path(__file__).resolve().parent
+SERVERS = HERE.parent / "gateway_overhead"
+
+# The stall benchmark's client and summary, so the two measure text requests the same way.
+_spec = importlib.util.spec_from_file_location(
+    "media_stall", HERE.parent / "gateway_media_stall" / "run.py"
+)
+assert _spec is not None and _spec.loader is not None
+media_stall = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(media_stall)
+summary, text_latencies, wait_ready = (
+    media_stall.summary,
+    media_stall.text_latencies,
+    media_stall.wait_ready,
+)
+
+BACKEND, GATEWAY = 18581, 18582
+TEXT = {"model": "gemma-4", "max_tokens": 8, "messages": [{"role": "user", "content": "Say ok"}]}
+
+
+def dense_page(rng: random.Random) -> str:
+    lines = [" ".join(rng.choices(WORDS, k=WORDS_PER_LINE)) for _ in range(lines_per_page())]
+    return "\n".join(lines)
+
+
+def picture_pdf(pages: int) -> bytes:
+    """`pages` pages that are pictures only (a scan): nothing for the reader to extract."""
+    images = []
+    for n in range(pages):
+        image = Image.new("RGB", (850, 1100), "white")
+        draw = ImageDraw.Draw(image)
+        for row in range(40):
+            draw.text((60, 60 + 25 * row), f"scanned page {n + 1}, row {row + 1} " * 3, "black")
+        images.append(image)
+    out = io.BytesIO()
+    images[0].save(out, format="PDF", resolution=100, save_all=True, append_images=images[1:])
+    return out.getvalue()
+
+
+def read_cost(name: str, raw: bytes, repeats: int = 3) -> dict[str, Any]:
+    took = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        parts = pdf_parts(raw, name)
+        took.append(time.perf_counter() - t0)
+    pages = sum(p.type == "image_url" for p in parts)
+    pictures = sum(len(p.image_url.url) for p in parts if p.type == "image_url")
+    text = sum(len(p.text) for p in parts if p.type == "text")
+    return {
+        "page": name,
+        "pages": pages,
+        "pdf_kb": round(len(raw) / 1024, 1),
+        "ms_per_page": round(1000 * min(took) / pages, 2),
+        "picture_kb_per_page": round(pictures / pages / 1024, 1),
+        "text_chars_per_page": round(text / pages),
+    }
+
+
+def pdf_body(raw: bytes) -> bytes:
+    file = {"file_data": "data:application/pdf;base64," + base64.b64encode(raw).decode()}
+    content = [{"type": "text", "text": "Summarise it"}, {"type": "file", "file": file}]
+    return json.dumps({**TEXT, "messages": [{"role": "user", "content": content}]}).encode()
+
+
+def send_pdfs(url: str, body: bytes, until: float, out: Any) -> None:
+    """Post `body` back to back until `until` (time.time()); put each request's seconds."""
+    took = []
+    with httpx.Client(timeout=120, headers={"content-type": "application/json"}) as client:
+        while time.time() < until:
+            t0 = time.perf_counter()
+            reply = client.post(url + "/v1/chat/completions", content=body)
+            if reply.status_code != 200:
+                raise RuntimeError(f"PDF request: HTTP {reply.status_code}: {reply.text[:300]}")
+            took.append(time.perf_counter() - t0)
+    out.put(took)
+
+
+def stall(body: bytes, seconds: float, logs: Path) -> dict[str, Any]:
+    backend = subprocess.Popen(
+        [sys.executable, str(SERVERS / "mock_backend.py"), "--port", str(BACKEND),
+         "--delay-ms", "5"],
+        stdout=(logs / "backend.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, str(SERVERS / "gateway_server.py"), "--port", str(GATEWAY),
+         "--backend", f"http://127.0.0.1:{BACKEND}"],
+        stdout=(logs / "gateway.log").open("ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{GATEWAY}"
+    try:
+        with httpx.Client(base_url=url, timeout=120) as client:
+            wait_ready(client)
+            text_latencies(client, 2)  # warm-up
+            quiet = text_latencies(client, seconds)
+            queue: Any = multiprocessing.Queue()
+            sender = multiprocessing.Process(
+                target=send_pdfs, args=(url, body, time.time() + seconds, queue)
+            )
+            sender.start()
+            loaded = text_latencies(client, seconds)
+            pdfs = queue.get(timeout=300)
+            sender.join(30)
+    finally:
+        for process in (server, backend):
+            process.terminate()
+            process.wait(30)
+    return {
+        "text, no PDFs": summary(quiet),
+        "text, with PDFs": summary(loaded),
+        "PDF requests": len(pdfs),
+        "PDF request mean_ms": round(1000 * statistics.fmean(pdfs), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=20, help="per phase of part 2")
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+    rng = random.Random(1)
+    reads = [
+        read_cost("dense text", text_pdf([dense_page(rng) for _ in range(100)])),
+        read_cost("one short line", text_pdf([f"Page {n}" for n in range(100)])),
+        read_cost("picture only", picture_pdf(100)),
+    ]
+    raw = text_pdf([dense_page(rng) for _ in range(20)])
+    body = pdf_body(raw)
+    logs = Path(tempfile.mkdtemp(prefix="pdf-read-"))
+    report = {
+        "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "read_100_pages": reads,
+        "stall": {
+            "pdf_pages": 20,
+            "pdf_kb": round(len(raw) / 1024, 1),
+            "body_kb": round(len(body) / 1024, 1),
+            "seconds_per_phase": args.seconds,
+            **stall(body, args.seconds, logs),
+        },
+    }
+    (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
