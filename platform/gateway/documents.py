@@ -87,7 +87,10 @@ def pdf_parts(raw: bytes, what: str) -> list[DocumentPart]:
     try:
         document = pdfium.PdfDocument(raw)
     except pdfium.PdfiumError as exc:
-        raise InvalidMedia(f"{what} is not a readable PDF: {_pdfium_reason(exc)}") from exc
+        reason = _pdfium_reason(exc)
+        if "password" in reason:  # PDFium opens with the empty password, which did not fit
+            raise InvalidMedia(f"{what} is password-protected: send it unlocked") from exc
+        raise InvalidMedia(f"{what} is not a readable PDF: {reason}") from exc
     try:
         pages = len(document)
         if pages == 0:

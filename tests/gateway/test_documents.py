@@ -24,7 +24,7 @@ from openai.types.responses import (
     ResponseInputFileParam,
     ResponseInputTextParam,
 )
-from pdf_files import scanned_pdf, text_pdf
+from pdf_files import locked_pdf, scanned_pdf, text_pdf
 from PIL import Image
 
 from gemma_fleet.gateway import documents
@@ -85,8 +85,9 @@ def test_a_hairline_page_still_renders() -> None:
         (b"hello", "doc is not a PDF: it does not start with %PDF-"),
         (b"%PDF-1.4\n%%EOF\n", "doc is not a readable PDF: data format error"),
         (text_pdf(["."] * (MAX_PDF_PAGES + 1)), f"doc has 101 pages; at most {MAX_PDF_PAGES}"),
+        (locked_pdf(), "doc is password-protected: send it unlocked"),
     ],
-    ids=["not-a-pdf", "broken", "too-many-pages"],
+    ids=["not-a-pdf", "broken", "too-many-pages", "locked"],
 )
 def test_a_bad_pdf_is_named_with_what_is_wrong(raw: bytes, message: str) -> None:
     with pytest.raises(InvalidMedia) as err:
