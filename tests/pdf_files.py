@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import io
 import re
+import zlib
 
 from PIL import Image, ImageDraw
 
 from gemma_fleet.loadtest.pdf import text_pdf
 
-__all__ = ["locked_pdf", "scanned_pdf", "text_pdf"]
+__all__ = ["huge_image_pdf", "locked_pdf", "scanned_pdf", "text_pdf"]
 
 
 def scanned_pdf(caption: str = "scanned") -> bytes:
@@ -49,3 +50,35 @@ def locked_pdf() -> bytes:
         + trailer
         + (b"startxref\n%d\n%%%%EOF\n" % xref)
     )
+
+
+def huge_image_pdf(side: int) -> bytes:
+    """A one-page PDF whose page draws a side x side RGB image of zeros: side**2 * 3 bytes once
+    decoded (1.2 GB at 20,000), a thousandth of that compressed."""
+    packer = zlib.compressobj(1)
+    row = bytes(side * 3)
+    image = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    draw = b"q 612 0 0 792 0 0 cm /Im1 Do Q"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        b"/Resources << /XObject << /Im1 5 0 R >> >> /Contents 4 0 R >>",
+        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(draw), draw),
+        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
+        b"/BitsPerComponent 8 /Filter /FlateDecode /Length %d >>\nstream\n%s\nendstream"
+        % (side, side, len(image), image),
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(objects) + 1,
+        xref,
+    )
+    return bytes(out)

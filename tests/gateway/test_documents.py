@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import resource
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from openai.types.responses import (
     ResponseInputFileParam,
     ResponseInputTextParam,
 )
-from pdf_files import locked_pdf, scanned_pdf, text_pdf
+from pdf_files import huge_image_pdf, locked_pdf, scanned_pdf, text_pdf
 from PIL import Image
 
 from gemma_fleet.gateway import documents
@@ -70,6 +71,17 @@ def test_a_scanned_page_has_no_text_but_its_picture() -> None:
     assert isinstance(parts[0], TextPart) and parts[0].text == '<page number="1">\n\n'
     assert isinstance(parts[1], ImagePart)
     assert max(_picture(parts[1]).size) == PAGE_LONG_SIDE_PX
+
+
+def test_a_page_drawing_a_huge_image_is_read_without_decoding_it_whole() -> None:
+    """1.2 GB of pixels once decoded: PDFium decodes an image at the size the page draws it,
+    so the reader's memory stays far below that (measured: benchmarks/gateway_pdf_read)."""
+    raw = huge_image_pdf(20_000)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    parts = pdf_parts(raw, "poster")
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before) / 1024
+    assert isinstance(parts[1], ImagePart) and max(_picture(parts[1]).size) == PAGE_LONG_SIDE_PX
+    assert grown_mib < 400, f"the process's peak memory grew by {grown_mib:.0f} MiB"
 
 
 def test_a_hairline_page_still_renders() -> None:
