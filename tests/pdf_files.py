@@ -1,15 +1,15 @@
 """PDF files for the tests: pages of text (the load generator's writer, a text layer PDFium
-extracts), and a scan-like page (an image and no text) by way of Pillow."""
+extracts), a scan-like page (an image and no text) by way of Pillow, a password-protected
+file, and a page that draws an image far larger than itself."""
 
 from __future__ import annotations
 
 import io
-import re
 import zlib
 
 from PIL import Image, ImageDraw
 
-from gemma_fleet.loadtest.pdf import text_pdf
+from gemma_fleet.loadtest.pdf import pdf_file, stream_object, text_objects, text_pdf
 
 __all__ = ["huge_image_pdf", "locked_pdf", "scanned_pdf", "text_pdf"]
 
@@ -26,30 +26,12 @@ def scanned_pdf(caption: str = "scanned") -> bytes:
 def locked_pdf() -> bytes:
     """A one-page PDF encrypted with a user password (not the empty one PDFium tries): the
     standard security handler's dictionary, with an /U entry no empty password matches."""
-    body = text_pdf(["secret"]).rpartition(b"xref")[0]
-    offsets = [m.start() for m in re.finditer(rb"(?m)^\d+ 0 obj$", body)]
-    offsets.append(len(body))
-    body += b"%d 0 obj\n<< /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P -4 >>\nendobj\n" % (
-        len(offsets),
-        b"ab" * 32,
-        b"cd" * 32,
+    objects = text_objects(["secret"])
+    objects.append(
+        b"<< /Filter /Standard /V 1 /R 2 /O <%s> /U <%s> /P -4 >>" % (b"ab" * 32, b"cd" * 32)
     )
-    size = len(offsets) + 1
-    table = b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    trailer = b"trailer\n<< /Size %d /Root 1 0 R /Encrypt %d 0 R /ID [<%s><%s>] >>\n" % (
-        size,
-        len(offsets),
-        b"11" * 16,
-        b"11" * 16,
-    )
-    xref = len(body)
-    return (
-        body
-        + b"xref\n0 %d\n0000000000 65535 f \n" % size
-        + table
-        + trailer
-        + (b"startxref\n%d\n%%%%EOF\n" % xref)
-    )
+    ids = b"11" * 16
+    return pdf_file(objects, b"/Encrypt %d 0 R /ID [<%s><%s>] " % (len(objects), ids, ids))
 
 
 def huge_image_pdf(side: int) -> bytes:
@@ -58,27 +40,17 @@ def huge_image_pdf(side: int) -> bytes:
     packer = zlib.compressobj(1)
     row = bytes(side * 3)
     image = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    draw = b"q 612 0 0 792 0 0 cm /Im1 Do Q"
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
-        b"/Resources << /XObject << /Im1 5 0 R >> >> /Contents 4 0 R >>",
-        b"<< /Length %d >>\nstream\n%s\nendstream" % (len(draw), draw),
-        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
-        b"/BitsPerComponent 8 /Filter /FlateDecode /Length %d >>\nstream\n%s\nendstream"
-        % (side, side, len(image), image),
-    ]
-    out = bytearray(b"%PDF-1.4\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(objects) + 1,
-        xref,
+    pixels = b"/Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB " % (
+        side,
+        side,
     )
-    return bytes(out)
+    return pdf_file(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+            b"/Resources << /XObject << /Im1 5 0 R >> >> /Contents 4 0 R >>",
+            stream_object(b"", b"q 612 0 0 792 0 0 cm /Im1 Do Q"),
+            stream_object(pixels + b"/BitsPerComponent 8 /Filter /FlateDecode", image),
+        ]
+    )

@@ -22,13 +22,17 @@ def _escaped(line: str) -> str:
 
 def text_pdf(pages: list[str], size: tuple[int, int] = LETTER) -> bytes:
     """A PDF with one page per string, each of its lines drawn as a line of 12 pt text."""
+    return pdf_file(text_objects(pages, size))
+
+
+def text_objects(pages: list[str], size: tuple[int, int] = LETTER) -> list[bytes]:
+    """The objects of `text_pdf`, in order: catalog, page tree, font, then each page and its
+    content stream."""
     width, height = size
-    count = len(pages)
-    # objects: 1 catalog, 2 page tree, 3 font, then a page and its content stream per page
-    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(count))
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
-        f"<< /Type /Pages /Kids [{kids}] /Count {count} >>".encode(),
+        f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode(),
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
     for i, text in enumerate(pages):
@@ -38,7 +42,18 @@ def text_pdf(pages: list[str], size: tuple[int, int] = LETTER) -> bytes:
             f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {width} {height}] "
             f"/Resources << /Font << /F1 3 0 R >> >> /Contents {5 + 2 * i} 0 R >>".encode()
         )
-        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
+        objects.append(stream_object(b"", stream))
+    return objects
+
+
+def stream_object(entries: bytes, data: bytes) -> bytes:
+    """A stream object's body: its dictionary (`entries` and the length) and `data`."""
+    return b"<< %s /Length %d >>\nstream\n%s\nendstream" % (entries, len(data), data)
+
+
+def pdf_file(objects: list[bytes], trailer: bytes = b"") -> bytes:
+    """A PDF of `objects` (numbered from 1, the first the catalog) with its cross-reference
+    table; `trailer` adds entries to the trailer dictionary."""
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n")
     offsets = []
@@ -46,12 +61,11 @@ def text_pdf(pages: list[str], size: tuple[int, int] = LETTER) -> bytes:
         offsets.append(out.tell())
         out.write(b"%d 0 obj\n%s\nendobj\n" % (number, body))
     xref = out.tell()
-    out.write(f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode())
-    for offset in offsets:
-        out.write(f"{offset:010d} 00000 n \n".encode())
-    out.write(
-        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    )
+    size = len(objects) + 1
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % size)
+    out.write(b"".join(b"%010d 00000 n \n" % offset for offset in offsets))
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R %s>>\n" % (size, trailer))
+    out.write(b"startxref\n%d\n%%%%EOF\n" % xref)
     return out.getvalue()
 
 
