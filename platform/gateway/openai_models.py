@@ -337,6 +337,16 @@ class ChatCompletionRequest(Strict):
         """The caller's name for content part `part` of message `message`."""
         return self._part_origins.get((message, part), f"messages[{message}].content[{part}]")
 
+    def replace_parts(self, message: int, named: list[tuple[ContentPart, str]]) -> None:
+        """Give user message `message` these content parts, each with the caller's name for
+        it (the parts a PDF was read into carry the PDF's), so that part_name keeps naming
+        what the caller sent once the parts have moved."""
+        target = self.messages[message]
+        assert isinstance(target, UserMessage)
+        target.content = [part for part, _ in named]
+        self._part_origins = {k: v for k, v in self._part_origins.items() if k[0] != message}
+        self._part_origins.update({(message, j): name for j, (_, name) in enumerate(named)})
+
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
         """Rules across fields that OpenAI and the engines enforce: refused here with a 400

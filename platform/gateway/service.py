@@ -342,13 +342,14 @@ class Gateway:
                 continue
             if not any(isinstance(part, FilePart) for part in message.content):
                 continue
-            parts: list[ContentPart] = []
+            named: list[tuple[ContentPart, str]] = []
             for j, part in enumerate(message.content):
+                name = request.part_name(i, j)
                 if isinstance(part, FilePart):
-                    parts += await self._read_document(part, request.part_name(i, j))
+                    named += [(page, name) for page in await self._read_document(part, name)]
                 else:
-                    parts.append(part)
-            message.content = parts
+                    named.append((part, name))
+            request.replace_parts(i, named)
 
     async def _read_document(self, part: FilePart, where: str) -> list[DocumentPart]:
         pdf: bytes | str | None = part.file.file_data

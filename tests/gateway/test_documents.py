@@ -94,7 +94,7 @@ def test_a_hairline_page_still_renders() -> None:
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (b"hello", "doc is not a PDF: it does not start with %PDF-"),
+        (b"hello", "doc is not a PDF: no %PDF- header in its first 1,024 bytes"),
         (b"%PDF-1.4\n%%EOF\n", "doc is not a readable PDF: data format error"),
         (text_pdf(["."] * (MAX_PDF_PAGES + 1)), f"doc has 101 pages; at most {MAX_PDF_PAGES}"),
         (locked_pdf(), "doc is password-protected: send it unlocked"),
@@ -225,6 +225,34 @@ def test_a_bad_pdf_is_a_400_naming_the_part(client: openai.OpenAI) -> None:
         "messages[1].content[1] is not a readable PDF: data format error"
     )
     assert err.value.body["param"] == "messages[1].content[1]"
+
+
+def test_a_part_after_a_pdf_keeps_its_name(gateway_server: RunningGateway) -> None:
+    """A PDF's pages take the place of one part; a bad image after it is still named where
+    the caller put it, in OpenAI's request and in Anthropic's (whose system prompt is no
+    message of its own)."""
+    pdf = "data:application/pdf;base64," + _b64(text_pdf([HARVEST, HARVEST]))
+    garbage = _b64(b"not an image")
+    chat = [
+        {"type": "file", "file": {"file_data": pdf}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + garbage}},
+    ]
+    blocks = [{"type": "document", "source": {"type": "base64", "media_type": "application/pdf",
+                                              "data": pdf.partition(",")[2]}},
+              {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                                           "data": garbage}}]  # fmt: skip
+    for path, body in (
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": chat}]}),
+        (
+            "/v1/messages",
+            {"system": "Be brief.", "messages": [{"role": "user", "content": blocks}]},
+        ),
+    ):
+        reply = gateway_server.post(path, json={"model": "e2b", "max_tokens": 2, **body})
+        assert reply.status_code == 400, reply.text
+        assert reply.json()["error"]["message"] == (
+            "messages[0].content[1]: not a decodable image: no image format recognised"
+        )
 
 
 def test_a_file_by_id_is_refused_with_what_to_send(client: openai.OpenAI) -> None:
