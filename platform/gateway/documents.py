@@ -8,15 +8,19 @@ Each page therefore costs an image's soft tokens (280 by default) on top of its 
 
 PDFium is not thread-safe, so every call into it runs on one worker thread of its own: a
 replica reads one PDF at a time, off the event loop, while it keeps serving other requests.
+The pages of PDFs read recently are kept (PageCache): a conversation about a document sends
+it again with every question.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gemma_fleet.gateway.classify import InvalidMedia, decode_base64
 from gemma_fleet.gateway.openai_models import ImagePart, ImageURL, TextPart
@@ -41,12 +45,44 @@ PDF_MEDIA_TYPE = "application/pdf"
 PDF_DATA_URL = "data:application/pdf;base64,<data>"
 # What a server may call a PDF it serves: many serve files as bytes of no particular kind.
 PDF_CONTENT_TYPES = (PDF_MEDIA_TYPE, "application/octet-stream")
+# Pages kept of recently read PDFs, in characters of their parts (mostly base64 pictures): a
+# couple of 100-page reports, or dozens of short ones, per gateway replica.
+PAGE_CACHE_CHARS = 64 * 2**20
 
 # One thread for the process: PDFium keeps global state, and two documents read at once from
 # two threads can crash the process (pypdfium2's documentation says so).
 _PDFIUM = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pdfium")
 
 DocumentPart = TextPart | ImagePart
+
+
+class PageCache:
+    """The parts of recently read PDFs, by the SHA-256 of their bytes, least recently used
+    first out past `max_chars`. A conversation about a document sends the document again
+    with every question: read once, it costs a hash after that. Used only on PDFium's
+    thread, so it needs no lock."""
+
+    def __init__(self, max_chars: int = PAGE_CACHE_CHARS) -> None:
+        self.max_chars = max_chars
+        self._parts: OrderedDict[bytes, tuple[list[DocumentPart], int]] = OrderedDict()
+        self._chars = 0
+
+    def get(self, key: bytes) -> list[DocumentPart] | None:
+        found = self._parts.get(key)
+        if found is None:
+            return None
+        self._parts.move_to_end(key)
+        return list(found[0])
+
+    def put(self, key: bytes, parts: list[DocumentPart]) -> None:
+        size = sum(len(p.text) if isinstance(p, TextPart) else len(p.image_url.url) for p in parts)
+        if size > self.max_chars or key in self._parts:
+            return
+        self._parts[key] = (list(parts), size)
+        self._chars += size
+        while self._chars > self.max_chars:
+            _, (_, dropped) = self._parts.popitem(last=False)
+            self._chars -= dropped
 
 
 def pdf_bytes(file_data: str, what: str) -> bytes:
@@ -66,12 +102,25 @@ def pdf_bytes(file_data: str, what: str) -> bytes:
     return decode_base64(payload, f"{what}: the PDF's data")
 
 
-async def read_pdf(pdf: bytes | str, where: str) -> list[DocumentPart]:
-    """The pages of a PDF (`pdf_parts`), given as its bytes or as a `file_data` value
-    (`pdf_bytes`), read on PDFium's own thread; `where` names the part in errors."""
+class ReadPdf(NamedTuple):
+    parts: list[DocumentPart]
+    cached: bool  # found in the cache: no page was read
 
-    def read() -> list[DocumentPart]:
-        return pdf_parts(pdf if isinstance(pdf, bytes) else pdf_bytes(pdf, where), where)
+
+async def read_pdf(pdf: bytes | str, where: str, cache: PageCache) -> ReadPdf:
+    """The pages of a PDF (`pdf_parts`), given as its bytes or as a `file_data` value
+    (`pdf_bytes`), read on PDFium's own thread, or found in `cache`; `where` names the part
+    in errors."""
+
+    def read() -> ReadPdf:
+        raw = pdf if isinstance(pdf, bytes) else pdf_bytes(pdf, where)
+        key = hashlib.sha256(raw).digest()
+        parts = cache.get(key)
+        if parts is not None:
+            return ReadPdf(parts, cached=True)
+        parts = pdf_parts(raw, where)
+        cache.put(key, parts)
+        return ReadPdf(parts, cached=False)
 
     return await asyncio.get_running_loop().run_in_executor(_PDFIUM, read)
 

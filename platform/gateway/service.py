@@ -28,7 +28,7 @@ from gemma_fleet.gateway.classify import (
     completion_prompt_tokens,
     inline_media_chars,
 )
-from gemma_fleet.gateway.documents import PDF_CONTENT_TYPES, DocumentPart, read_pdf
+from gemma_fleet.gateway.documents import PDF_CONTENT_TYPES, DocumentPart, PageCache, read_pdf
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.media_fetch import (
     FetchPolicy,
@@ -219,6 +219,7 @@ class Gateway:
         self._client = client
         self._facts = facts
         self._fetch_policy = settings.media.policy()
+        self._pdf_pages = PageCache()
         self.metrics = metrics or GatewayMetrics()
         if live_replicas is not None and own_deployment is not None:
             self.metrics.gateway_replicas.set(-1)  # unknown until the watcher has read it
@@ -359,14 +360,15 @@ class Gateway:
         with span(names.DOCUMENT_READ) as traced:
             started = time.monotonic()
             try:
-                pages = await read_pdf(pdf, where)
+                pages, cached = await read_pdf(pdf, where, self._pdf_pages)
             except InvalidMedia as exc:
                 raise ApiError(400, str(exc), param=where) from exc
             finally:
                 self.metrics.document_read.observe(time.monotonic() - started)
             count = sum(p.type == "image_url" for p in pages)
-            traced.set_attribute(names.DOCUMENT_PAGES, count)
-            self.metrics.document_pages.inc(count)
+            traced.set_attributes({names.DOCUMENT_PAGES: count, names.DOCUMENT_CACHED: cached})
+            if not cached:
+                self.metrics.document_pages.inc(count)
         if part.file.filename is None:
             return pages
         # The name a user may refer to ("summarise report.pdf") goes with its pages.

@@ -11,6 +11,7 @@ import math
 import resource
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
@@ -30,7 +31,14 @@ from PIL import Image
 
 from gemma_fleet.gateway import documents
 from gemma_fleet.gateway.classify import InvalidMedia
-from gemma_fleet.gateway.documents import MAX_PDF_PAGES, PAGE_LONG_SIDE_PX, pdf_bytes, pdf_parts
+from gemma_fleet.gateway.documents import (
+    MAX_PDF_PAGES,
+    PAGE_LONG_SIDE_PX,
+    DocumentPart,
+    PageCache,
+    pdf_bytes,
+    pdf_parts,
+)
 from gemma_fleet.gateway.openai_models import ImagePart, TextPart
 
 # What the simulated E2B pool counts for an image: its soft tokens and their two boundaries.
@@ -199,11 +207,16 @@ def _scrape(gateway_server: RunningGateway) -> dict[str, float]:
     }
 
 
+def _unique(pages: int) -> bytes:
+    """A PDF no other test sends: the gateway keeps the pages of PDFs it has read."""
+    return text_pdf([f"{HARVEST}\n{uuid.uuid4()}"] * pages)
+
+
 def test_pages_read_and_reading_time_are_metered(
     client: openai.OpenAI, gateway_server: RunningGateway
 ) -> None:
     before = _scrape(gateway_server)
-    _prompt_tokens(client, _with_pdf(text_pdf([HARVEST] * 3)))
+    _prompt_tokens(client, _with_pdf(_unique(3)))
     with pytest.raises(openai.BadRequestError):
         _prompt_tokens(client, _with_pdf(b"%PDF-1.4\n%%EOF\n"))
     after = _scrape(gateway_server)
@@ -211,6 +224,45 @@ def test_pages_read_and_reading_time_are_metered(
     reads = "gemma_fleet_gateway_document_read_duration_seconds_count"
     assert after[pages] - before.get(pages, 0) == 3  # the broken PDF has no page read
     assert after[reads] - before.get(reads, 0) == 2  # each PDF's reading took time
+
+
+def test_a_pdf_sent_again_is_not_read_again(
+    client: openai.OpenAI, gateway_server: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversation about a document sends it with every question: the pages read the first
+    time are used again, and the prompt is the same."""
+    reads: list[str] = []
+    real = documents.pdf_parts
+
+    def counted(raw: bytes, what: str) -> list[Any]:
+        reads.append(what)
+        return real(raw, what)
+
+    monkeypatch.setattr(documents, "pdf_parts", counted)
+    report = _unique(4)
+    before = _scrape(gateway_server)
+    first = _prompt_tokens(client, _with_pdf(report))
+    again = _prompt_tokens(client, _with_pdf(report))
+    _prompt_tokens(client, _with_pdf(_unique(4)))
+    assert len(reads) == 2  # the report once, the other PDF once
+    assert first == again
+    pages = "gemma_fleet_gateway_document_pages_total"
+    assert _scrape(gateway_server)[pages] - before.get(pages, 0) == 8  # pages read, not reused
+
+
+def test_the_cache_keeps_the_most_recently_used_within_its_size() -> None:
+    def parts(chars: int) -> list[DocumentPart]:
+        return [TextPart(type="text", text="x" * chars)]
+
+    cache = PageCache(max_chars=250)
+    cache.put(b"a", parts(100))
+    cache.put(b"b", parts(100))
+    assert cache.get(b"a") is not None  # now the most recent
+    cache.put(b"c", parts(100))  # 300 > 250: the least recently used goes
+    assert cache.get(b"b") is None
+    assert cache.get(b"a") is not None and cache.get(b"c") is not None
+    cache.put(b"big", parts(300))  # larger than the whole cache: not kept, nothing dropped
+    assert cache.get(b"big") is None and cache.get(b"a") is not None
 
 
 def test_a_bad_pdf_is_a_400_naming_the_part(client: openai.OpenAI) -> None:
@@ -334,7 +386,7 @@ def test_a_pdf_being_read_holds_up_no_other_request(
         return parts
 
     monkeypatch.setattr(documents, "pdf_parts", slow)
-    body = {"model": "e2b", "max_tokens": 2, "messages": _with_pdf(text_pdf([HARVEST]))}
+    body = {"model": "e2b", "max_tokens": 2, "messages": _with_pdf(_unique(1))}
     text = {"model": "e2b", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
     with ThreadPoolExecutor(1) as pool:
         pdf = pool.submit(gateway_server.post, "/v1/chat/completions", json=body)
