@@ -42,6 +42,14 @@ CPU_VLLM_ENV = {
 }
 
 
+def _quiet_driver_logs() -> None:
+    """The fleet prints its own progress; Ray Serve's driver lines (every deployment's options,
+    a handle's internals, "Deleting app") and vLLM's import-time Triton lines on a CPU host
+    are nothing a fleet's user acts on. Their warnings and errors still show."""
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
+
+
 @dataclass(frozen=True)
 class RunningFleet:
     """A fleet that is up: where to send requests and what runs it."""
@@ -150,7 +158,13 @@ def _run_on_cluster(
                 # This process was connected to another cluster (an earlier fleet, a test's
                 # Ray): the fleet's driver must talk to the cluster it just started.
                 ray.shutdown()
-            ray.init(address=cluster.address, namespace="gemma-fleet", log_to_driver=False)
+            ray.init(
+                address=cluster.address,
+                namespace="gemma-fleet",
+                log_to_driver=False,
+                logging_level=logging.WARNING,  # not "Connecting to existing Ray cluster"
+            )
+        _quiet_driver_logs()
         serve.start(
             # One proxy on the head: nodes share this machine, so a proxy per node (Serve's
             # default) would bind the same port several times.
