@@ -114,9 +114,6 @@ class _Metric:
     def set(self, value: float) -> None:
         self.labels().set(value)
 
-    def observe(self, value: float) -> None:
-        self.labels().observe(value)
-
 
 class GatewayMetrics:
     """Label values stay bounded: models and pools are the ones the gateway serves, teams the
@@ -210,13 +207,15 @@ class GatewayMetrics:
         )
         self.document_pages = self._counter(
             "gemma_fleet_gateway_document_pages",
-            "PDF pages read into text and pictures (each page an image for the engine)",
-            [],
+            "PDF pages taken in as text and pictures (each page an image for the engine), by "
+            "source: read, or found in the replica's cache of recently read PDFs",
+            ["source"],
         )
         self.document_read = self._histogram(
             "gemma_fleet_gateway_document_read_duration_seconds",
-            "Time to read one PDF, its wait for the replica's one PDF-reading thread included",
-            [],
+            "Time to take in one PDF, its wait for the replica's one PDF-reading thread "
+            "included, by source (read, or cache)",
+            ["source"],
             LATENCY_BUCKETS,
         )
         self.store_pending = self._gauge(

@@ -362,13 +362,13 @@ class Gateway:
             try:
                 pages, cached = await read_pdf(pdf, where, self._pdf_pages)
             except InvalidMedia as exc:
+                self.metrics.document_read.labels("read").observe(time.monotonic() - started)
                 raise ApiError(400, str(exc), param=where) from exc
-            finally:
-                self.metrics.document_read.observe(time.monotonic() - started)
+            source = "cache" if cached else "read"
+            self.metrics.document_read.labels(source).observe(time.monotonic() - started)
             count = sum(p.type == "image_url" for p in pages)
             traced.set_attributes({names.DOCUMENT_PAGES: count, names.DOCUMENT_CACHED: cached})
-            if not cached:
-                self.metrics.document_pages.inc(count)
+            self.metrics.document_pages.labels(source).inc(count)
         if part.file.filename is None:
             return pages
         # The name a user may refer to ("summarise report.pdf") goes with its pages.

@@ -195,15 +195,28 @@ def test_pdfs_read_at_once_each_come_to_their_own_pages(client: openai.OpenAI) -
         assert by_pages[n] == by_pages[1] + (n - 1) * per_page
 
 
-def _scrape(gateway_server: RunningGateway) -> dict[str, float]:
+PAGES = "gemma_fleet_gateway_document_pages_total"
+READS = "gemma_fleet_gateway_document_read_duration_seconds_count"
+
+
+def _scrape(gateway_server: RunningGateway) -> dict[tuple[str, str], float]:
+    """The document metrics' samples by (name, source), buckets left out."""
     from prometheus_client.parser import text_string_to_metric_families
 
     text = httpx.get(gateway_server.url + "/metrics", timeout=10).text
     return {
-        sample.name: sample.value
+        (sample.name, sample.labels["source"]): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name.startswith("gemma_fleet_gateway_document_") and not sample.labels
+        if sample.name in (PAGES, READS)
+    }
+
+
+def _grown(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> Any:
+    return {
+        key: value - before.get(key, 0)
+        for key, value in after.items()
+        if value != before.get(key, 0)
     }
 
 
@@ -219,11 +232,8 @@ def test_pages_read_and_reading_time_are_metered(
     _prompt_tokens(client, _with_pdf(_unique(3)))
     with pytest.raises(openai.BadRequestError):
         _prompt_tokens(client, _with_pdf(b"%PDF-1.4\n%%EOF\n"))
-    after = _scrape(gateway_server)
-    pages = "gemma_fleet_gateway_document_pages_total"
-    reads = "gemma_fleet_gateway_document_read_duration_seconds_count"
-    assert after[pages] - before.get(pages, 0) == 3  # the broken PDF has no page read
-    assert after[reads] - before.get(reads, 0) == 2  # each PDF's reading took time
+    # each PDF's reading took time; the broken one has no page read
+    assert _grown(before, _scrape(gateway_server)) == {(PAGES, "read"): 3, (READS, "read"): 2}
 
 
 def test_a_pdf_sent_again_is_not_read_again(
@@ -246,8 +256,12 @@ def test_a_pdf_sent_again_is_not_read_again(
     _prompt_tokens(client, _with_pdf(_unique(4)))
     assert len(reads) == 2  # the report once, the other PDF once
     assert first == again
-    pages = "gemma_fleet_gateway_document_pages_total"
-    assert _scrape(gateway_server)[pages] - before.get(pages, 0) == 8  # pages read, not reused
+    assert _grown(before, _scrape(gateway_server)) == {
+        (PAGES, "read"): 8,
+        (READS, "read"): 2,
+        (PAGES, "cache"): 4,
+        (READS, "cache"): 1,
+    }
 
 
 def test_the_cache_keeps_the_most_recently_used_within_its_size() -> None:
