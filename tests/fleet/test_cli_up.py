@@ -175,6 +175,10 @@ def test_up_serves_until_sigterm_then_stops_everything(tmp_path: Path) -> None:
     # Serve's controller goes with the nodes, not killed under its own calls (which Ray
     # reports on the console as failed tasks)
     assert "Task ServeController" not in output
+    # nor Ray's and Serve's driver chatter (each deployment's options, a handle's internals),
+    # nor vLLM's Triton lines on a CPU host: the fleet's own lines say what a user acts on
+    for chatter in ("Deployment Options", "SharedRouterLongPollClient", "Triton", "Connecting"):
+        assert chatter not in output, chatter
     assert not up.ready.exists()
     assert [pid for pid in running if alive(pid)] == []
 
