@@ -89,18 +89,7 @@ def run(mode: str, body: bytes, seconds: float, logs: Path) -> dict[str, Any]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{GATEWAY}"
     try:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            wait_ready(client)
-            text_latencies(client, 2)  # warm-up
-            quiet = text_latencies(client, seconds)
-            queue: Any = multiprocessing.Queue()
-            sender = multiprocessing.Process(
-                target=send_images, args=(url, body, time.time() + seconds, queue)
-            )
-            sender.start()
-            loaded = text_latencies(client, seconds)
-            images = queue.get(timeout=120)
-            sender.join(30)
+        quiet, loaded, images = text_beside(url, body, seconds)
     finally:
         server.terminate()
         server.wait(30)
@@ -111,6 +100,24 @@ def run(mode: str, body: bytes, seconds: float, logs: Path) -> dict[str, Any]:
         "image requests": len(images),
         "image request mean_ms": round(1000 * statistics.fmean(images), 1),
     }
+
+
+def text_beside(url: str, body: bytes, seconds: float) -> tuple[list[float], list[float], Any]:
+    """Against the gateway at `url`: text latencies for `seconds` alone, then for `seconds`
+    while another process posts `body` back to back; and that process's request seconds."""
+    with httpx.Client(base_url=url, timeout=60) as client:
+        wait_ready(client)
+        text_latencies(client, 2)  # warm-up
+        quiet = text_latencies(client, seconds)
+        queue: Any = multiprocessing.Queue()
+        sender = multiprocessing.Process(
+            target=send_images, args=(url, body, time.time() + seconds, queue)
+        )
+        sender.start()
+        loaded = text_latencies(client, seconds)
+        heavy = queue.get(timeout=120)
+        sender.join(30)
+    return quiet, loaded, heavy
 
 
 def wait_ready(client: httpx.Client) -> None:

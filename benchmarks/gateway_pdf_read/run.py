@@ -17,7 +17,6 @@ import base64
 import importlib.util
 import io
 import json
-import multiprocessing
 import random
 import statistics
 import subprocess
@@ -27,7 +26,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 from PIL import Image, ImageDraw
 
 from gemma_fleet.gateway.documents import pdf_parts
@@ -37,18 +35,14 @@ from gemma_fleet.loadtest.pdf import WORDS_PER_LINE, lines_per_page, text_pdf
 HERE = Path(__file__).resolve().parent
 SERVERS = HERE.parent / "gateway_overhead"
 
-# The stall benchmark's client and summary, so the two measure text requests the same way.
+# The stall benchmark's clients and summary, so the two measure text requests the same way.
 _spec = importlib.util.spec_from_file_location(
     "media_stall", HERE.parent / "gateway_media_stall" / "run.py"
 )
 assert _spec is not None and _spec.loader is not None
 media_stall = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(media_stall)
-summary, text_latencies, wait_ready = (
-    media_stall.summary,
-    media_stall.text_latencies,
-    media_stall.wait_ready,
-)
+summary, text_beside = media_stall.summary, media_stall.text_beside
 
 BACKEND, GATEWAY = 18581, 18582
 TEXT = {"model": "gemma-4", "max_tokens": 8, "messages": [{"role": "user", "content": "Say ok"}]}
@@ -98,19 +92,6 @@ def pdf_body(raw: bytes) -> bytes:
     return json.dumps({**TEXT, "messages": [{"role": "user", "content": content}]}).encode()
 
 
-def send_pdfs(url: str, body: bytes, until: float, out: Any) -> None:
-    """Post `body` back to back until `until` (time.time()); put each request's seconds."""
-    took = []
-    with httpx.Client(timeout=120, headers={"content-type": "application/json"}) as client:
-        while time.time() < until:
-            t0 = time.perf_counter()
-            reply = client.post(url + "/v1/chat/completions", content=body)
-            if reply.status_code != 200:
-                raise RuntimeError(f"PDF request: HTTP {reply.status_code}: {reply.text[:300]}")
-            took.append(time.perf_counter() - t0)
-    out.put(took)
-
-
 def stall(body: bytes, seconds: float, logs: Path) -> dict[str, Any]:
     backend = subprocess.Popen(
         [sys.executable, str(SERVERS / "mock_backend.py"), "--port", str(BACKEND),
@@ -122,20 +103,8 @@ def stall(body: bytes, seconds: float, logs: Path) -> dict[str, Any]:
          "--backend", f"http://127.0.0.1:{BACKEND}"],
         stdout=(logs / "gateway.log").open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{GATEWAY}"
     try:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            wait_ready(client)
-            text_latencies(client, 2)  # warm-up
-            quiet = text_latencies(client, seconds)
-            queue: Any = multiprocessing.Queue()
-            sender = multiprocessing.Process(
-                target=send_pdfs, args=(url, body, time.time() + seconds, queue)
-            )
-            sender.start()
-            loaded = text_latencies(client, seconds)
-            pdfs = queue.get(timeout=300)
-            sender.join(30)
+        quiet, loaded, pdfs = text_beside(f"http://127.0.0.1:{GATEWAY}", body, seconds)
     finally:
         for process in (server, backend):
             process.terminate()
