@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import itertools
 import json
 import multiprocessing
 import os
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +50,14 @@ def png_body(width: int, height: int) -> bytes:
     return json.dumps({**TEXT, "messages": [{"role": "user", "content": content}]}).encode()
 
 
-def send_images(url: str, body: bytes, until: float, out: Any) -> None:
-    """Post `body` back to back until `until` (time.time()); put each request's seconds."""
+def send_images(url: str, bodies: Sequence[bytes], until: float, out: Any) -> None:
+    """Post `bodies` in turn (from the first again after the last), back to back until `until`
+    (time.time()); put each request's seconds."""
     took = []
     with httpx.Client(timeout=60, headers={"content-type": "application/json"}) as client:
-        while time.time() < until:
+        for body in itertools.cycle(bodies):
+            if time.time() >= until:
+                break
             t0 = time.perf_counter()
             reply = client.post(url + "/v1/chat/completions", content=body)
             if reply.status_code != 200:
@@ -89,7 +94,7 @@ def run(mode: str, body: bytes, seconds: float, logs: Path) -> dict[str, Any]:
     )  # fmt: skip
     url = f"http://127.0.0.1:{GATEWAY}"
     try:
-        quiet, loaded, images = text_beside(url, body, seconds)
+        quiet, loaded, images = text_beside(url, [body], seconds)
     finally:
         server.terminate()
         server.wait(30)
@@ -102,16 +107,18 @@ def run(mode: str, body: bytes, seconds: float, logs: Path) -> dict[str, Any]:
     }
 
 
-def text_beside(url: str, body: bytes, seconds: float) -> tuple[list[float], list[float], Any]:
+def text_beside(
+    url: str, bodies: Sequence[bytes], seconds: float
+) -> tuple[list[float], list[float], Any]:
     """Against the gateway at `url`: text latencies for `seconds` alone, then for `seconds`
-    while another process posts `body` back to back; and that process's request seconds."""
+    while another process posts `bodies` back to back; and that process's request seconds."""
     with httpx.Client(base_url=url, timeout=60) as client:
         wait_ready(client)
         text_latencies(client, 2)  # warm-up
         quiet = text_latencies(client, seconds)
         queue: Any = multiprocessing.Queue()
         sender = multiprocessing.Process(
-            target=send_images, args=(url, body, time.time() + seconds, queue)
+            target=send_images, args=(url, bodies, time.time() + seconds, queue)
         )
         sender.start()
         loaded = text_latencies(client, seconds)

@@ -4,8 +4,9 @@ Part 1 reads 100-page PDFs with the gateway's own reader (`gateway/documents.py`
 text and a 1024 px JPEG of it), three kinds of page: dense text (47 lines of 12 words), one
 short line, and a picture with no text layer. Part 2 sends small text chat requests one after
 another to the gateway of ../gateway_overhead (in front of its 5 ms mock backend), first alone
-and then while a second process sends 20-page dense PDFs back to back, and reports the text
-requests' latency both ways and how long each PDF request took.
+and then while a second process sends 20-page dense PDFs back to back (each different, so the
+gateway's page cache does not answer them), and reports the text requests' latency both ways,
+how long each PDF request took, and the pages the gateway read and took from its cache.
 
     .venv/bin/python benchmarks/gateway_pdf_read/run.py            # about 1 minute
 """
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 from PIL import Image, ImageDraw
 
 from gemma_fleet.gateway.documents import pdf_parts
@@ -45,6 +47,7 @@ _spec.loader.exec_module(media_stall)
 summary, text_beside = media_stall.summary, media_stall.text_beside
 
 BACKEND, GATEWAY = 18581, 18582
+PAGES_METRIC = "gemma_fleet_gateway_document_pages_total"
 TEXT = {"model": "gemma-4", "max_tokens": 8, "messages": [{"role": "user", "content": "Say ok"}]}
 
 
@@ -92,7 +95,19 @@ def pdf_body(raw: bytes) -> bytes:
     return json.dumps({**TEXT, "messages": [{"role": "user", "content": content}]}).encode()
 
 
-def stall(body: bytes, seconds: float, logs: Path) -> dict[str, Any]:
+def pages_by_source(client: httpx.Client) -> dict[str, float]:
+    """The gateway's PDF pages so far, by where they came from (`read` or `cache`)."""
+    found = {"read": 0.0, "cache": 0.0}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(PAGES_METRIC + "{"):
+            labels, _, value = line.rpartition(" ")
+            for source in found:
+                if f'source="{source}"' in labels:
+                    found[source] = float(value)
+    return found
+
+
+def stall(bodies: list[bytes], seconds: float, logs: Path) -> dict[str, Any]:
     backend = subprocess.Popen(
         [sys.executable, str(SERVERS / "mock_backend.py"), "--port", str(BACKEND),
          "--delay-ms", "5"],
@@ -103,8 +118,11 @@ def stall(body: bytes, seconds: float, logs: Path) -> dict[str, Any]:
          "--backend", f"http://127.0.0.1:{BACKEND}"],
         stdout=(logs / "gateway.log").open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
+    url = f"http://127.0.0.1:{GATEWAY}"
     try:
-        quiet, loaded, pdfs = text_beside(f"http://127.0.0.1:{GATEWAY}", body, seconds)
+        quiet, loaded, pdfs = text_beside(url, bodies, seconds)
+        with httpx.Client(base_url=url) as client:
+            pages = pages_by_source(client)
     finally:
         for process in (server, backend):
             process.terminate()
@@ -114,6 +132,8 @@ def stall(body: bytes, seconds: float, logs: Path) -> dict[str, Any]:
         "text, with PDFs": summary(loaded),
         "PDF requests": len(pdfs),
         "PDF request mean_ms": round(1000 * statistics.fmean(pdfs), 1),
+        "PDF pages read": int(pages["read"]),
+        "PDF pages from the cache": int(pages["cache"]),
     }
 
 
@@ -128,18 +148,20 @@ def main() -> None:
         read_cost("one short line", text_pdf([f"Page {n}" for n in range(100)])),
         read_cost("picture only", picture_pdf(100)),
     ]
-    raw = text_pdf([dense_page(rng) for _ in range(20)])
-    body = pdf_body(raw)
+    # More PDFs than the sender gets through (about 4 a second), and it starts again from the
+    # first only after the cache (about 8 such PDFs) has long dropped it.
+    raws = [text_pdf([dense_page(rng) for _ in range(20)]) for _ in range(int(10 * args.seconds))]
+    bodies = [pdf_body(raw) for raw in raws]
     logs = Path(tempfile.mkdtemp(prefix="pdf-read-"))
     report = {
         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "read_100_pages": reads,
         "stall": {
             "pdf_pages": 20,
-            "pdf_kb": round(len(raw) / 1024, 1),
-            "body_kb": round(len(body) / 1024, 1),
+            "pdf_kb": round(statistics.fmean(map(len, raws)) / 1024, 1),
+            "body_kb": round(statistics.fmean(map(len, bodies)) / 1024, 1),
             "seconds_per_phase": args.seconds,
-            **stall(body, args.seconds, logs),
+            **stall(bodies, args.seconds, logs),
         },
     }
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
