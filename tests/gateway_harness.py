@@ -32,6 +32,7 @@ from gemma_fleet.teams.settings import TeamsSettings
 from gemma_fleet.vram import text_params
 
 CATALOG = load_catalog()
+PDF_PAGES = "gemma_fleet_gateway_document_pages_total"
 SPEEDUP = 500.0
 
 POOLS = {
@@ -75,6 +76,20 @@ class RunningGateway:
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
         return httpx.post(self.url + path, timeout=30, **kwargs)
+
+    def pdf_pages_read(self) -> float:
+        """PDF pages this gateway has read so far (not those its page cache answered)."""
+        for line in httpx.get(self.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith(PDF_PAGES + "{") and 'source="read"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+
+def within_one_minute(seconds_needed: float = 10) -> None:
+    """Wait for the next minute window if this one ends before the test would: limits count
+    per minute, so a test whose requests straddle two minutes sees two windows."""
+    if time.time() % 60 > 60 - seconds_needed:
+        time.sleep(61 - time.time() % 60)
 
 
 def _free_port() -> int:

@@ -181,7 +181,15 @@ class TeamGate:
             except StoreUnavailable as exc:
                 raise store_error(exc) from exc
 
-        return Caller(allowed_models=identity.team.allowed(), admit=admit)
+        async def check() -> None:
+            try:
+                await access.check(identity)
+            except LimitExceeded as exc:
+                raise limit_error(exc) from exc
+            except StoreUnavailable as exc:
+                raise store_error(exc) from exc
+
+        return Caller(allowed_models=identity.team.allowed(), admit=admit, check=check)
 
     async def admit_count(self, identity: Identity | None) -> None:
         """Hold a token count (/v1/messages/count_tokens, /v1/responses/input_tokens) to the

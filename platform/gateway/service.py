@@ -45,6 +45,7 @@ from gemma_fleet.gateway.openai_models import (
     ContentPart,
     FilePart,
     ImagePart,
+    Message,
     TextPart,
     UserMessage,
     VideoPart,
@@ -177,12 +178,15 @@ Answer = JsonAnswer | StreamAnswer
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling, as far as serving goes: the models their team may use (None: any) and
-    the team's quota admission, awaited once a request is known to be servable (so a request
-    that is refused for its content never spends quota). Admission raises ApiError (429)."""
+    """Who is calling, as far as serving goes: the models their team may use (None: any); the
+    team's quota admission, awaited once a request is known to be servable (so a request
+    that is refused for its content never spends quota); and a check that takes nothing,
+    awaited before work that a refusal would waste (fetching and reading a PDF). Both raise
+    ApiError (429)."""
 
     allowed_models: frozenset[str] | None = None
     admit: Callable[[Classification], Awaitable[None]] | None = None
+    check: Callable[[], Awaitable[None]] | None = None
 
 
 ANYONE = Caller()
@@ -282,6 +286,11 @@ class Gateway:
         return any(v.healthy for v in self.state.views())
 
     async def chat(self, request: ChatCompletionRequest, caller: Caller = ANYONE) -> Answer:
+        if caller.check is not None and _has_documents(request):
+            # A PDF decides the route and the tokens, so it is read before admission; a team
+            # already over its limits must not make this replica fetch and read it first.
+            with span(names.QUOTA):
+                await caller.check()
         await self._read_documents(request)
         classified = await self._classify(request)
         needs = classified.needs
@@ -339,12 +348,11 @@ class Gateway:
         """Replace each PDF (`file` part) by its pages' text and pictures, so that the request
         is classified, routed and metered on what the engine will read."""
         for i, message in enumerate(request.messages):
-            if not isinstance(message, UserMessage) or isinstance(message.content, str):
-                continue
-            if not any(isinstance(part, FilePart) for part in message.content):
+            parts = _parts_with_documents(message)
+            if parts is None:
                 continue
             named: list[tuple[ContentPart, str]] = []
-            for j, part in enumerate(message.content):
+            for j, part in enumerate(parts):
                 name = request.part_name(i, j)
                 if isinstance(part, FilePart):
                     named += [(page, name) for page in await self._read_document(part, name)]
@@ -626,6 +634,20 @@ def _ask_for_usage(payload: dict[str, Any]) -> None:
     the stream really cost. The HTTP layer drops it again for clients that did not ask."""
     if payload.get("stream"):
         payload["stream_options"] = {**payload.get("stream_options", {}), "include_usage": True}
+
+
+def _parts_with_documents(message: Message) -> list[ContentPart] | None:
+    """The parts of `message` if one of them is a PDF (a `file` part; only a user message
+    takes one), else None."""
+    if not isinstance(message, UserMessage) or isinstance(message.content, str):
+        return None
+    if any(isinstance(part, FilePart) for part in message.content):
+        return message.content
+    return None
+
+
+def _has_documents(request: ChatCompletionRequest) -> bool:
+    return any(_parts_with_documents(message) is not None for message in request.messages)
 
 
 async def _close(replies: AsyncIterator[Reply]) -> None:

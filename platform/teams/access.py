@@ -205,13 +205,25 @@ class TeamAccess:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
         return ticket
 
+    async def check(self, identity: Identity) -> None:
+        """LimitExceeded if the team would be refused any request now (Limiter.check), taking
+        nothing. With Redis down, the policy decides as for admit: a request that may be
+        served without limits passes, one that may not is refused now."""
+        team = identity.team
+        await self._unless_down(self.limiter.check(team.name, team.limits))
+
     async def admit_count(self, identity: Identity) -> None:
         """Take one of the team's token-counting requests this minute (LimitExceeded if none is
         left). With Redis down, the policy decides as for admit; nothing needs withdrawing: a
         count whose reply was lost took one request of one minute, and nothing else."""
         team = identity.team
+        await self._unless_down(self.limiter.admit_count(team.name, team.limits))
+
+    async def _unless_down(self, call: Awaitable[None]) -> None:
+        """`call` within the store timeout; if Redis cannot answer, StoreUnavailable unless
+        the policy serves known keys without limits (then nothing is raised)."""
         try:
-            await self._bounded(self.limiter.admit_count(team.name, team.limits))
+            await self._bounded(call)
         except Exception as exc:
             if not store_down(exc):
                 raise

@@ -35,7 +35,7 @@ _ADMIT = """
 -- KEYS: leases (sorted set: request id -> lease expiry, ms of Redis's clock), requests/min,
 -- tokens/min, budget[, once]
 -- ARGV: max_concurrent, rpm, tpm, budget, tokens, minute_ttl_s, budget_ttl_s, lease_ms,
--- request id, seconds the once-key is kept
+-- request id, seconds the once-key is kept, 1 to check only (take nothing)
 -- Returns {admitted, refused limit, its use, its limit, requests this minute, tokens this minute}.
 -- Under a once-key an admit is applied at most once (a client's retry after a timeout sends it
 -- again), and not at all once the request was released or withdrawn (the gateway gave up on
@@ -63,6 +63,7 @@ for i = 1, 4 do
     return {0, names[i], used[i], limits[i], used[2], used[3]}
   end
 end
+if ARGV[11] == "1" then return {1, "", 0, 0, used[2], used[3]} end
 -- The first write may need memory: Redis before 7.0 checks maxmemory at a script's first write
 -- only, so a write that frees memory (ZREMRANGEBYSCORE) first would let a full Redis admit.
 redis.call("ZADD", KEYS[1], now + lease_ms, ARGV[9])
@@ -348,6 +349,30 @@ class Limiter:
         now = time.time() if now is None else now
         request_id = request_id or uuid.uuid4().hex
         keys = self._keys(team, limits, now)
+        window = await self._run_admit(keys, limits, tokens, now, request_id, once_key)
+        return Admission(team, tokens, keys, window, request_id)
+
+    async def check(
+        self, team: str, limits: TeamLimits, tokens: int = 1, now: float | None = None
+    ) -> None:
+        """Raise LimitExceeded if a request of `tokens` would be refused now, taking nothing:
+        the gateway asks before work a refusal would waste (reading a PDF), and admits after.
+        By the same rule as `admit`, so it refuses only what an admit would at this instant."""
+        now = time.time() if now is None else now
+        keys = self._keys(team, limits, now)
+        await self._run_admit(keys, limits, tokens, now, "", None, check_only=True)
+
+    async def _run_admit(
+        self,
+        keys: tuple[str, str, str, str],
+        limits: TeamLimits,
+        tokens: int,
+        now: float,
+        request_id: str,
+        once_key: str | None,
+        check_only: bool = False,
+    ) -> MinuteWindow:
+        """The admission script: where the minute stands, or LimitExceeded."""
         _, budget_left_s = _period_key(limits.budget_period, now)
         minute_left_s = 60 - int(now % 60)
         ok, name, used, allowed, rpm_used, tpm_used = await self._admit(
@@ -363,6 +388,7 @@ class Limiter:
                 self._lease_ms,
                 request_id,
                 ONCE_TTL_S,
+                int(check_only),
             ],
         )
         window = MinuteWindow(
@@ -377,7 +403,7 @@ class Limiter:
             retry = {"requests_per_minute": minute_left_s, "tokens_per_minute": minute_left_s,
                      "token_budget": budget_left_s}.get(limit, 1)  # fmt: skip
             raise LimitExceeded(limit, int(used), int(allowed), retry, window, tokens)
-        return Admission(team, tokens, keys, window, request_id)
+        return window
 
     async def admit_count(self, team: str, limits: TeamLimits, now: float | None = None) -> None:
         """Take one of the minute's token-counting requests (/v1/messages/count_tokens), or

@@ -1,14 +1,19 @@
-"""What n and count_tokens cost a team: a real redis-server, team keys required, the official
-SDKs against simulated pools. Admission reserves the prompt plus n x max_tokens; the charge is
-the engine's usage over every choice; counting tokens authenticates and spends only counting
-requests of its own."""
+"""What n, count_tokens and PDFs cost a team: a real redis-server, team keys required, the
+official SDKs against simulated pools. Admission reserves the prompt plus n x max_tokens; the
+charge is the engine's usage over every choice; counting tokens authenticates and spends only
+counting requests of its own; a team over its limits is refused before its PDF is fetched or
+read. A loopback HTTP server, allowed by the media policy, plays the host of PDFs."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import threading
 import time
+import uuid
 from collections.abc import Iterator
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
 
 import anthropic
 import httpx
@@ -21,9 +26,11 @@ from gateway_harness import (
     fleet_settings,
     serve_gateway,
     simulated_pools,
+    within_one_minute,
 )
 from openai.types.chat import ChatCompletionMessageParam
 from openai.types.chat.completion_create_params import CompletionCreateParamsBase
+from pdf_files import text_pdf
 from redis_server import RedisServer
 
 from gemma_fleet.gateway.auth import open_gate
@@ -36,15 +43,42 @@ CHAT_HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hel
 HELLO: list[MessageParam] = [{"role": "user", "content": "hello"}]
 
 
+class PdfHost(BaseHTTPRequestHandler):
+    """Serves a two-page PDF of its own for each path: the gateway keeps the pages of PDFs it
+    has read, and one test's reading must not answer another's."""
+
+    fetched: ClassVar[list[str]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        PdfHost.fetched.append(self.path)
+        report = text_pdf([f"Harvest of 2026 ({self.path})", "Pears: 12 tonnes"])
+        self.send_response(200)
+        self.send_header("content-type", "application/pdf")
+        self.send_header("content-length", str(len(report)))
+        self.end_headers()
+        self.wfile.write(report)
+
+
+@pytest.fixture(scope="module")
+def pdf_host() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), PdfHost)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     try:
-        settings = TeamsSettings(auth_required=True, redis_url=server.url, admin_key=ADMIN)
-        with serve_gateway(
-            fleet_settings(), simulated_pools, lambda: open_gate(settings)
-        ) as running:
+        teams = TeamsSettings(auth_required=True, redis_url=server.url, admin_key=ADMIN)
+        settings = fleet_settings(media={"allowed_networks": ["127.0.0.1/32"]})
+        with serve_gateway(settings, simulated_pools, lambda: open_gate(teams)) as running:
             yield running
     finally:
         server.stop()
@@ -150,8 +184,7 @@ def test_count_tokens_spends_no_request_and_no_token(gateway: RunningGateway) ->
     limits = {"requests_per_minute": 1, "token_budget": 10_000, "budget_period": "month"}
     key = new_team(gateway, "count-free", limits=limits)
     client = anthropic_client(gateway, key)
-    if time.time() % 60 > 50:  # keep the requests below inside one minute window
-        time.sleep(61 - time.time() % 60)
+    within_one_minute()  # the requests below
     count = client.messages.count_tokens(model="e2b", messages=HELLO)  # the minute's one count
     assert budget_used(gateway, "count-free") == 0
     created = client.messages.create(model="e2b", max_tokens=8, messages=HELLO)  # the minute's one
@@ -177,8 +210,7 @@ def test_responses_are_limited_and_metered_and_counting_shares_the_count_counter
     limits = {"requests_per_minute": 1, "token_budget": 10_000, "budget_period": "month"}
     key = new_team(gateway, "responses", limits=limits)
     client = openai_client(gateway, key)
-    if time.time() % 60 > 50:  # keep the requests below inside one minute window
-        time.sleep(61 - time.time() % 60)
+    within_one_minute()  # the requests below
     count = client.responses.input_tokens.count(model="e2b", input="hello")  # the one count
     created = client.responses.create(model="e2b", input="hello", max_output_tokens=8)
     assert created.usage is not None and count.input_tokens == created.usage.input_tokens
@@ -209,3 +241,58 @@ def test_admission_reserves_every_prompt_of_a_batch_and_its_sequences(
     )
     assert len(served.choices) == 4 and served.usage is not None
     assert budget_used(gateway, "batch") == served.usage.total_tokens  # charged what was used
+
+
+def url_document(url: str) -> list[anthropic.types.MessageParam]:
+    block: Any = {"type": "document", "source": {"type": "url", "url": url}}
+    return [{"role": "user", "content": [block, {"type": "text", "text": "How many pears?"}]}]
+
+
+def test_a_team_over_its_limit_is_refused_before_its_pdf_is_fetched_or_read(
+    gateway: RunningGateway, pdf_host: str
+) -> None:
+    key = new_team(gateway, "one-a-minute", limits={"requests_per_minute": 1})
+    chat = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    messages = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+    within_one_minute()  # both requests below
+    chat.chat.completions.create(
+        model="e2b", max_tokens=2, messages=[{"role": "user", "content": "hello"}]
+    )  # the minute's one request
+    PdfHost.fetched.clear()
+    read_before = gateway.pdf_pages_read()
+
+    with pytest.raises(anthropic.RateLimitError) as by_url:
+        messages.messages.create(
+            model="e2b", max_tokens=2, messages=url_document(f"{pdf_host}/{uuid.uuid4()}.pdf")
+        )
+    pdf = base64.b64encode(text_pdf([f"Harvest {uuid.uuid4()}"])).decode()
+    file: Any = {"type": "file", "file": {"file_data": "data:application/pdf;base64," + pdf}}
+    with pytest.raises(openai.RateLimitError) as inline_refused:
+        chat.chat.completions.create(
+            model="e2b", max_tokens=2, messages=[{"role": "user", "content": [file]}]
+        )
+
+    for refused in (by_url.value, inline_refused.value):
+        assert "team requests per minute limit reached (1 of 1)" in refused.message
+        assert int(refused.response.headers["retry-after"]) >= 1
+    assert PdfHost.fetched == []
+    assert gateway.pdf_pages_read() == read_before
+
+
+def test_a_team_within_its_limits_has_its_pdf_fetched_and_read(
+    gateway: RunningGateway, pdf_host: str
+) -> None:
+    """The other side of the check: it takes nothing, so a team with room for one request
+    gets that one PDF request served."""
+    key = new_team(gateway, "one-pdf-a-minute", limits={"requests_per_minute": 1})
+    messages = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+    within_one_minute()
+    PdfHost.fetched.clear()
+    read_before = gateway.pdf_pages_read()
+    path = f"/{uuid.uuid4()}.pdf"
+    served = messages.messages.create(
+        model="e2b", max_tokens=2, messages=url_document(pdf_host + path)
+    )
+    assert served.usage.input_tokens > 2 * 280  # both pages' pictures
+    assert PdfHost.fetched == [path]
+    assert gateway.pdf_pages_read() == read_before + 2

@@ -3,7 +3,6 @@ required in front of simulated pools, using it."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,13 +15,6 @@ from gemma_fleet.gateway.auth import open_gate
 from gemma_fleet.teams.settings import TeamsSettings
 
 ADMIN = "admin-" + "x" * 40
-
-
-def within_one_minute(seconds_needed: float = 10) -> None:
-    """Wait for the next minute window if this one ends before the test would: limits count
-    per minute, so a test whose requests straddle two minutes sees two windows."""
-    if time.time() % 60 > 60 - seconds_needed:
-        time.sleep(61 - time.time() % 60)
 
 
 @pytest.fixture(scope="module")

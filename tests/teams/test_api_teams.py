@@ -14,14 +14,14 @@ import anthropic
 import httpx
 import openai
 import pytest
-from gateway_harness import RunningGateway
+from gateway_harness import RunningGateway, within_one_minute
 from openai.types.chat import ChatCompletionContentPartImageParam, ChatCompletionMessageParam
 from redis_server import RedisServer
 
 from gemma_fleet.teams.limits import Limiter, TeamLimits
 from gemma_fleet.teams.redis_client import connect
 
-from .conftest import ADMIN, admin, within_one_minute
+from .conftest import ADMIN, admin
 
 T = TypeVar("T")
 

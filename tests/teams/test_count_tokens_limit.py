@@ -11,9 +11,9 @@ import anthropic
 import httpx
 import pytest
 from anthropic.types import MessageParam
-from gateway_harness import RunningGateway
+from gateway_harness import RunningGateway, within_one_minute
 
-from .conftest import admin, within_one_minute
+from .conftest import admin
 from .test_api_teams import budget_used, in_redis, new_team
 
 HELLO: list[MessageParam] = [{"role": "user", "content": "hello"}]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from gateway_harness import within_one_minute
 
 from gemma_fleet.teams.access import StoreUnavailable, TeamAccess
 from gemma_fleet.teams.limits import Admission, Limiter, LimitExceeded, Renewal, TeamLimits
@@ -23,7 +24,6 @@ from gemma_fleet.teams.settings import TeamsSettings
 from gemma_fleet.teams.store import Identity
 from gemma_fleet.teams.usage import UsageDelta
 
-from .conftest import within_one_minute
 from .test_limits import in_flight_and_counters
 
 LEASE_S = 1.0  # renewed every 1/3 s

@@ -114,6 +114,40 @@ def test_refusal_takes_nothing(redis_url: str) -> None:
 @pytest.mark.parametrize(
     ("limits", "name"),
     [
+        (TeamLimits(requests_per_minute=2), "requests_per_minute"),
+        (TeamLimits(max_concurrent_requests=2), "concurrent_requests"),
+        (TeamLimits(tokens_per_minute=20), "tokens_per_minute"),
+        (TeamLimits(token_budget=20), "token_budget"),
+    ],
+)
+def test_a_check_refuses_what_an_admit_would_and_takes_nothing(
+    redis_url: str, limits: TeamLimits, name: str
+) -> None:
+    """The check the gateway makes before reading a PDF: while the team has room it passes
+    (any number of times, taking nothing); once an admit would be refused, it is refused
+    with the same limit, and the counters stay where the admits left them."""
+
+    async def body(limiter: Limiter, client: Any) -> list[Any]:
+        keys = limiter._keys("t", limits, NOW)
+        for _ in range(5):
+            await limiter.check("t", limits, now=NOW)
+        assert await in_flight_and_counters(client, keys) == [0, None, None, None]
+        await limiter.admit("t", limits, 10, now=NOW)
+        await limiter.check("t", limits, now=NOW)
+        await limiter.admit("t", limits, 10, now=NOW)
+        with pytest.raises(LimitExceeded) as refused:
+            await limiter.check("t", limits, now=NOW)
+        assert refused.value.limit == name
+        with pytest.raises(LimitExceeded, match=name):
+            await limiter.admit("t", limits, 1, now=NOW)
+        return await in_flight_and_counters(client, keys)
+
+    assert run(redis_url, body) == [2, b"2", b"20", b"20"]
+
+
+@pytest.mark.parametrize(
+    ("limits", "name"),
+    [
         (TeamLimits(tokens_per_minute=50), "tokens_per_minute"),
         (TeamLimits(token_budget=50), "token_budget"),
     ],

@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 import requests
-from gateway_harness import RunningGateway
+from gateway_harness import RunningGateway, within_one_minute
 
 from gemma_fleet.loadtest.apis import APIS, Api, body_for
 from gemma_fleet.loadtest.exchange import Exchange, call
 from gemma_fleet.loadtest.records import CONCURRENCY_LIMITED, QUOTA, RATE_LIMITED
 from gemma_fleet.teams.limits import TeamLimits
 
-from .conftest import within_one_minute
 from .test_api_teams import new_team, spend_budget
 
 pytestmark = pytest.mark.slow

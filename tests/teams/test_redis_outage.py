@@ -4,7 +4,9 @@ module's own redis-server (the `redis_server` fixture is per module) is the one 
 
 from __future__ import annotations
 
+import base64
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -12,13 +14,20 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from gateway_harness import RunningGateway, fleet_settings, serve_gateway, simulated_pools
+from gateway_harness import (
+    RunningGateway,
+    fleet_settings,
+    serve_gateway,
+    simulated_pools,
+    within_one_minute,
+)
+from pdf_files import text_pdf
 from redis_server import RedisServer
 
 from gemma_fleet.gateway.auth import open_gate
 from gemma_fleet.teams.settings import RedisDownPolicy, TeamsSettings
 
-from .conftest import ADMIN, admin, within_one_minute
+from .conftest import ADMIN, admin
 
 pytestmark = pytest.mark.slow  # kills and restarts Redis, waits on real-time streams
 
@@ -45,6 +54,19 @@ def sdk(gw: RunningGateway, key: str) -> openai.OpenAI:
 def ask(gw: RunningGateway, key: str) -> Any:
     return sdk(gw, key).chat.completions.create(
         model="e2b", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+
+
+def ask_about_a_pdf(gw: RunningGateway, key: str) -> httpx.Response:
+    """A chat request with a PDF no other request sends (the gateway keeps the pages of
+    PDFs it has read), whatever its answer."""
+    pdf = base64.b64encode(text_pdf([f"Report {uuid.uuid4()}"])).decode()
+    file = {"type": "file", "file": {"file_data": "data:application/pdf;base64," + pdf}}
+    return httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": "e2b", "max_tokens": 4, "messages": [{"role": "user", "content": [file]}]},
+        timeout=30,
     )
 
 
@@ -96,6 +118,10 @@ def test_fail_closed_answers_503_then_recovers_and_loses_no_usage(
         assert int(refused.headers["retry-after"]) >= 1
         assert "Redis" in refused.json()["error"]["message"]
         assert pending(gw) >= 1  # the stream's accounting waits in the buffer
+        # Refused at the key check, before its PDF is read.
+        pages_read = gw.pdf_pages_read()
+        assert ask_about_a_pdf(gw, key).status_code == 503
+        assert gw.pdf_pages_read() == pages_read
 
         redis_server.start()
         assert wait_for(lambda: pending(gw) == 0), "buffered accounting never flushed"
@@ -113,6 +139,8 @@ def test_serve_cached_keys_keeps_known_keys_working_during_an_outage(
         redis_server.kill()
         for _ in range(3):
             assert ask(gw, known).choices
+        pdf = ask_about_a_pdf(gw, known)  # checked against limits first, and let through
+        assert pdf.status_code == 200, pdf.text
         with pytest.raises(openai.InternalServerError) as refused:
             ask(gw, stranger)
         assert refused.value.status_code == 503
@@ -120,7 +148,7 @@ def test_serve_cached_keys_keeps_known_keys_working_during_an_outage(
 
         redis_server.start()
         assert wait_for(lambda: pending(gw) == 0), "buffered accounting never flushed"
-        assert requests_metered(gw, "cached") == 4
+        assert requests_metered(gw, "cached") == 5
         assert ask(gw, stranger).choices
 
 
