@@ -1,8 +1,9 @@
 """What reading PDFs costs a gateway replica, and its other callers.
 
-Part 1 reads 100-page PDFs with the gateway's own reader (`gateway/documents.py`: each page's
-text and a 1024 px JPEG of it), three kinds of page: dense text (47 lines of 12 words), one
-short line, and a picture with no text layer. Part 2 sends small text chat requests one after
+Part 1 reads 100-page PDFs with the gateway's own reader, here in this process
+(`gateway/pdf_render.py`, the gateway runs it in a child: each page's text and a 1024 px JPEG
+of it, in base64), three kinds of page: dense text (47 lines of 12 words), one short line, and
+a picture with no text layer. Part 2 sends small text chat requests one after
 another to the gateway of ../gateway_overhead (in front of its 5 ms mock backend), first alone
 and then while a second process sends 20-page dense PDFs back to back (each different, so the
 gateway's page cache does not answer them), and reports the text requests' latency both ways,
@@ -30,7 +31,8 @@ from typing import Any
 import httpx
 from PIL import Image, ImageDraw
 
-from gemma_fleet.gateway.documents import pdf_parts
+from gemma_fleet.gateway.documents import page_parts
+from gemma_fleet.gateway.pdf_render import render_pages
 from gemma_fleet.loadtest.payloads import WORDS
 from gemma_fleet.loadtest.pdf import WORDS_PER_LINE, lines_per_page, text_pdf
 
@@ -74,7 +76,7 @@ def read_cost(name: str, raw: bytes, repeats: int = 3) -> dict[str, Any]:
     took = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        parts = pdf_parts(raw, name)
+        parts = page_parts(render_pages(raw, name))
         took.append(time.perf_counter() - t0)
     pages = sum(p.type == "image_url" for p in parts)
     pictures = sum(len(p.image_url.url) for p in parts if p.type == "image_url")

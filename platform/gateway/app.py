@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -115,7 +116,13 @@ SERVED_APIS = (
 def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     """The OpenAI- and Anthropic-compatible HTTP app over `gateway`; `gate` (None: open, no
     team keys) authenticates callers and holds them to their team's limits."""
-    app = FastAPI(title="Gemma Fleet gateway", docs_url=None, redoc_url=None)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await gateway.aclose()
+
+    app = FastAPI(title="Gemma Fleet gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
     gate = gate or TeamGate(None)
     app.openapi = gateway_openapi(app, gate.metrics_protected)  # type: ignore[method-assign]
     app.add_middleware(SecurityHeaders)

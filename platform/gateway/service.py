@@ -50,6 +50,7 @@ from gemma_fleet.gateway.openai_models import (
     UserMessage,
     VideoPart,
 )
+from gemma_fleet.gateway.pdf_process import PDF_READ_TIMEOUT_S, PdfReader
 from gemma_fleet.gateway.pool_client import (
     EngineError,
     JsonReply,
@@ -150,6 +151,12 @@ class GatewaySettings(BaseModel):
         30.0, gt=0, le=3600, description="408 when a request body takes longer to arrive"
     )
     media: MediaSettings = MediaSettings()
+    pdf_read_timeout_s: float = Field(
+        PDF_READ_TIMEOUT_S,
+        gt=0,
+        le=600,
+        description="400 when reading one PDF takes longer (its reader process is killed)",
+    )
 
 
 # A part whose media is fetched: the part, its URL, the media type it must be, its name.
@@ -224,6 +231,7 @@ class Gateway:
         self._facts = facts
         self._fetch_policy = settings.media.policy()
         self._pdf_pages = PageCache()
+        self._pdf_reader = PdfReader(settings.pdf_read_timeout_s)
         self.metrics = metrics or GatewayMetrics()
         if live_replicas is not None and own_deployment is not None:
             self.metrics.gateway_replicas.set(-1)  # unknown until the watcher has read it
@@ -281,6 +289,10 @@ class Gateway:
             self.metrics.in_flight.labels(name).set(pool.in_flight)
             live = pool.live_replicas
             self.metrics.live_replicas.labels(name).set(-1 if live is None else live)
+
+    async def aclose(self) -> None:
+        """Stop what this gateway started beside its requests (the PDF reader's process)."""
+        await self._pdf_reader.aclose()
 
     def ready(self) -> bool:
         return any(v.healthy for v in self.state.views())
@@ -368,7 +380,7 @@ class Gateway:
         with span(names.DOCUMENT_READ) as traced:
             started = time.monotonic()
             try:
-                pages, cached = await read_pdf(pdf, where, self._pdf_pages)
+                pages, cached = await read_pdf(pdf, where, self._pdf_pages, self._pdf_reader)
             except InvalidMedia as exc:
                 self.metrics.document_read.labels("read").observe(time.monotonic() - started)
                 raise ApiError(400, str(exc), param=where) from exc

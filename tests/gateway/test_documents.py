@@ -9,10 +9,11 @@ import base64
 import io
 import math
 import resource
-import threading
+import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -29,17 +30,17 @@ from openai.types.responses import (
 from pdf_files import huge_image_pdf, locked_pdf, scanned_pdf, text_pdf
 from PIL import Image
 
-from gemma_fleet.gateway import documents
+from gemma_fleet.gateway import pdf_render
 from gemma_fleet.gateway.classify import InvalidMedia
-from gemma_fleet.gateway.documents import (
+from gemma_fleet.gateway.documents import DocumentPart, PageCache, page_parts, pdf_bytes
+from gemma_fleet.gateway.openai_models import ImagePart, TextPart
+from gemma_fleet.gateway.pdf_process import PdfReader
+from gemma_fleet.gateway.pdf_render import (
     MAX_PDF_PAGES,
     PAGE_LONG_SIDE_PX,
-    DocumentPart,
-    PageCache,
-    pdf_bytes,
-    pdf_parts,
+    UnreadablePdf,
+    render_pages,
 )
-from gemma_fleet.gateway.openai_models import ImagePart, TextPart
 
 # What the simulated E2B pool counts for an image: its soft tokens and their two boundaries.
 IMAGE_TOKENS = 280 + 2
@@ -57,6 +58,12 @@ def _picture(part: ImagePart) -> Image.Image:
 
 
 # ---- reading a PDF ------------------------------------------------------------------------------
+
+
+def pdf_parts(raw: bytes, what: str) -> list[DocumentPart]:
+    """What the gateway makes of a PDF, read in this process (the gateway's child reads it
+    the same way: test_pdf_process.py)."""
+    return page_parts(render_pages(raw, what))
 
 
 def test_each_page_is_its_text_then_its_picture_in_order() -> None:
@@ -110,7 +117,7 @@ def test_a_hairline_page_still_renders() -> None:
     ids=["not-a-pdf", "broken", "too-many-pages", "locked"],
 )
 def test_a_bad_pdf_is_named_with_what_is_wrong(raw: bytes, message: str) -> None:
-    with pytest.raises(InvalidMedia) as err:
+    with pytest.raises(UnreadablePdf) as err:
         pdf_parts(raw, "doc")
     assert str(err.value).startswith(message)
 
@@ -118,8 +125,8 @@ def test_a_bad_pdf_is_named_with_what_is_wrong(raw: bytes, message: str) -> None
 def test_text_beyond_the_limit_is_refused_at_the_page_that_passes_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(documents, "MAX_DOCUMENT_TEXT_CHARS", 60)
-    with pytest.raises(InvalidMedia) as err:
+    monkeypatch.setattr(pdf_render, "MAX_DOCUMENT_TEXT_CHARS", 60)
+    with pytest.raises(UnreadablePdf) as err:
         pdf_parts(text_pdf([HARVEST, HARVEST]), "doc")
     assert str(err.value) == "doc holds more than 60 characters of text (reached on page 2)"
 
@@ -242,13 +249,14 @@ def test_a_pdf_sent_again_is_not_read_again(
     """A conversation about a document sends it with every question: the pages read the first
     time are used again, and the prompt is the same."""
     reads: list[str] = []
-    real = documents.pdf_parts
+    reader = gateway_server.gateway._pdf_reader
+    real = reader.read
 
-    def counted(raw: bytes, what: str) -> list[Any]:
+    async def counted(raw: bytes, what: str) -> list[pdf_render.Page]:
         reads.append(what)
-        return real(raw, what)
+        return await real(raw, what)
 
-    monkeypatch.setattr(documents, "pdf_parts", counted)
+    monkeypatch.setattr(reader, "read", counted)
     report = _unique(4)
     before = _scrape(gateway_server)
     first = _prompt_tokens(client, _with_pdf(report))
@@ -386,27 +394,20 @@ def test_responses_input_file_refusals_name_the_part(
 def test_a_pdf_being_read_holds_up_no_other_request(
     gateway_server: RunningGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    read_s = 1.0  # far beyond a small request's answer
-    started = threading.Event()
-    ended_at = 0.0
-    real = documents.pdf_parts
-
-    def slow(raw: bytes, what: str) -> list[Any]:
-        nonlocal ended_at
-        started.set()
-        time.sleep(read_s)  # blocks PDFium's thread, as a long document would
-        parts = real(raw, what)
-        ended_at = time.monotonic()
-        return parts
-
-    monkeypatch.setattr(documents, "pdf_parts", slow)
-    body = {"model": "e2b", "max_tokens": 2, "messages": _with_pdf(_unique(1))}
+    """While the reader takes its time over a PDF (here a child that sleeps on it), the
+    replica answers other requests."""
+    worker = (sys.executable, str(Path(__file__).parents[1] / "pdf_worker_faults.py"))
+    monkeypatch.setattr(gateway_server.gateway, "_pdf_reader", PdfReader(1.0, command=worker))
+    body = {"model": "e2b", "max_tokens": 2, "messages": _with_pdf(text_pdf(["SLOW"]))}
     text = {"model": "e2b", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
     with ThreadPoolExecutor(1) as pool:
         pdf = pool.submit(gateway_server.post, "/v1/chat/completions", json=body)
-        assert started.wait(30)
+        time.sleep(0.5)  # the child started and is reading it
         answer = gateway_server.post("/v1/chat/completions", json=text)
-        answered_at = time.monotonic()
         assert answer.status_code == 200, answer.text
-        assert pdf.result().status_code == 200, pdf.result().text
-    assert answered_at < ended_at
+        assert not pdf.done()
+        abandoned = pdf.result()
+    assert abandoned.status_code == 400
+    assert abandoned.json()["error"]["message"].startswith(
+        "messages[0].content[1] was not read within 1 s"
+    )

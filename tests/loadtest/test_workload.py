@@ -99,7 +99,7 @@ def test_a_missing_workload_file_is_named(tmp_path: Path) -> None:
 
 def test_the_page_limit_is_the_gateways() -> None:
     """A documents workload may ask for as many pages as the gateway reads, and no more."""
-    from gemma_fleet.gateway import documents
+    from gemma_fleet.gateway import pdf_render
     from gemma_fleet.loadtest import pdf
 
-    assert pdf.MAX_PDF_PAGES == documents.MAX_PDF_PAGES
+    assert pdf.MAX_PDF_PAGES == pdf_render.MAX_PDF_PAGES

@@ -1,0 +1,225 @@
+"""The gateway's PDF reader: PDFium in a child process of its own.
+
+PDFium parses untrusted files in C. Inside the gateway's process, a PDF that crashed it would
+take down every request the replica was answering, and one that sent it into a loop would
+hold the reader for good. In a child process a crash costs the one request that caused it, a
+read past the time limit is killed, and the next PDF gets a fresh child. PDFium is not
+thread-safe either, so a replica reads one PDF at a time: PDFs queue for the child in arrival
+order. The child also does the base64 of the pictures, work the gateway's event loop would
+otherwise share the interpreter with.
+
+On the pipes, frames of an 8-byte big-endian length and then that many bytes. Gateway to
+child: a JSON header {"what": <the part's name>}, then the PDF. Child to gateway: a JSON
+header, {"pages": n} followed by n pairs of frames (the page's text in UTF-8, its JPEG in
+base64), or {"error": <message>} for a PDF it cannot read, or {"failed": <exception>} for a
+bug. The gateway reads only data from the child, never pickles: whatever a PDF does to the
+child, it cannot run code in the gateway.
+
+    python -m gemma_fleet.gateway.pdf_process    # the child; the gateway starts it
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import struct
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from typing import BinaryIO
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gemma_fleet.gateway.pdf_render import MAX_PDF_PAGES, Page, UnreadablePdf, render_pages
+
+# How long one PDF may take to read. 100 dense pages take about 1 s on one core
+# (benchmarks/gateway_pdf_read); a PDF that takes 30 times that is made to.
+PDF_READ_TIMEOUT_S = 30.0
+# How long the child may take to start (an interpreter and PDFium: about 0.2 s).
+START_TIMEOUT_S = 20.0
+_LENGTH = struct.Struct(">Q")
+# The most one frame may hold: a page's picture is under 1 MB, a PDF within the body limit.
+MAX_FRAME_BYTES = 256 * 2**20
+READY = b'{"ready": true}'
+
+
+class ReaderFailed(RuntimeError):
+    """The child broke its side of the wire, or could not start: a fault of the gateway."""
+
+
+class _Reply(BaseModel):
+    """The child's header for one PDF: exactly one of the three."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pages: int | None = Field(None, ge=1, le=MAX_PDF_PAGES)
+    error: str | None = None
+    failed: str | None = None
+
+
+class PdfReader:
+    """Reads PDFs in a child process (started at the first PDF, again after one it could not
+    survive), one at a time, each within `timeout_s`. `command` starts the child; by default
+    this module under the gateway's own interpreter."""
+
+    def __init__(
+        self, timeout_s: float = PDF_READ_TIMEOUT_S, command: Sequence[str] | None = None
+    ) -> None:
+        self.timeout_s = timeout_s
+        self._command = tuple(command or (sys.executable, "-m", __name__))
+        self._child: asyncio.subprocess.Process | None = None
+        self._turn = asyncio.Lock()
+
+    @property
+    def pid(self) -> int | None:
+        """The running child's process id (None before the first PDF, or after a kill)."""
+        return None if self._child is None else self._child.pid
+
+    async def read(self, raw: bytes, what: str) -> list[Page]:
+        """The pages of the PDF in `raw` (`render_pages`, in the child). UnreadablePdf, naming
+        `what`, for a PDF the child cannot read, one that takes longer than the time limit or
+        one it dies on; ReaderFailed if the child cannot start or breaks the wire."""
+        async with self._turn:  # the wait for an earlier PDF does not count against the limit
+            child = await self._running()
+            try:
+                return await asyncio.wait_for(self._exchange(child, raw, what), self.timeout_s)
+            except UnreadablePdf:
+                raise  # the child said so, and is ready for the next PDF
+            except TimeoutError:
+                await self._stop()
+                raise UnreadablePdf(
+                    f"{what} was not read within {self.timeout_s:g} s (a 100-page PDF takes "
+                    "about a second); it was abandoned"
+                ) from None
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                status = await self._stop()
+                raise UnreadablePdf(
+                    f"{what} could not be read: the PDF reader stopped on it ({status})"
+                ) from exc
+            except BaseException:  # cancelled, or a broken wire: its state is unknown
+                await self._stop()
+                raise
+
+    async def aclose(self) -> None:
+        """Stop the child, if one runs."""
+        async with self._turn:
+            await self._stop()
+
+    async def _running(self) -> asyncio.subprocess.Process:
+        if self._child is not None and self._child.returncode is None:
+            return self._child
+        self._child = await asyncio.create_subprocess_exec(
+            *self._command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        try:
+            assert self._child.stdout is not None
+            ready = await asyncio.wait_for(_read_frame(self._child.stdout), START_TIMEOUT_S)
+            if ready != READY:
+                raise ReaderFailed(f"the PDF reader started with {ready[:80]!r}, not ready")
+        except (TimeoutError, asyncio.IncompleteReadError) as exc:
+            status = await self._stop()
+            raise ReaderFailed(f"the PDF reader did not start ({status})") from exc
+        except BaseException:
+            await self._stop()
+            raise
+        return self._child
+
+    async def _exchange(
+        self, child: asyncio.subprocess.Process, raw: bytes, what: str
+    ) -> list[Page]:
+        assert child.stdin is not None and child.stdout is not None
+        for frame in (json.dumps({"what": what}).encode(), raw):
+            child.stdin.write(_LENGTH.pack(len(frame)) + frame)
+        await child.stdin.drain()
+        try:
+            reply = _Reply.model_validate_json(await _read_frame(child.stdout))
+        except ValidationError as exc:
+            raise ReaderFailed(f"the PDF reader answered what it may not: {exc}") from exc
+        if reply.error is not None:
+            raise UnreadablePdf(reply.error)
+        if reply.pages is None:
+            raise ReaderFailed(f"the PDF reader failed: {reply.failed}")
+        pages = []
+        for _ in range(reply.pages):
+            text = (await _read_frame(child.stdout)).decode("utf-8")
+            picture = (await _read_frame(child.stdout)).decode("ascii")
+            pages.append(Page(text, picture))
+        return pages
+
+    async def _stop(self) -> str:
+        """Kill the child (if it still runs) and say how it ended."""
+        child, self._child = self._child, None
+        if child is None:
+            return "not running"
+        if child.returncode is None:
+            # Not child.kill(): Popen checks first whether the child has ended, and in doing so
+            # reaps one that just died (a crash), which leaves asyncio's own wait for it without
+            # an exit status. The pid stays this child's until asyncio's wait reaps it.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+        status = await child.wait()
+        return f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+
+
+async def _read_frame(stream: asyncio.StreamReader) -> bytes:
+    (length,) = _LENGTH.unpack(await stream.readexactly(_LENGTH.size))
+    if length > MAX_FRAME_BYTES:
+        raise ReaderFailed(f"the PDF reader sent a frame of {length:,} bytes")
+    return await stream.readexactly(length)
+
+
+def serve(
+    render: Callable[[bytes, str], list[Page]] = render_pages,
+    source: BinaryIO | None = None,
+    sink: BinaryIO | None = None,
+) -> None:
+    """The child: read PDFs from `source` (stdin) and answer on `sink` (stdout) until the
+    gateway closes the pipe. What else writes to stdout (a library's stray print) goes to
+    stderr instead, so it cannot break a frame."""
+    if sink is None:
+        sink = os.fdopen(os.dup(1), "wb")
+        os.dup2(2, 1)
+    source = source or sys.stdin.buffer
+    # The gateway stops it by closing the pipe; a Ctrl-C in its terminal is the gateway's.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _write(sink, READY)
+    while (head := _read(source)) is not None:
+        raw = _read(source) or b""
+        what = str(json.loads(head)["what"])
+        try:
+            pages = render(raw, what)
+        except UnreadablePdf as exc:
+            _write(sink, json.dumps({"error": str(exc)}).encode())
+            continue
+        except Exception as exc:  # a bug: the gateway answers 500, the traceback is here
+            traceback.print_exc()
+            _write(sink, json.dumps({"failed": f"{type(exc).__name__}: {exc}"}).encode())
+            continue
+        frames = [json.dumps({"pages": len(pages)}).encode()]
+        for page in pages:
+            frames += [page.text.encode("utf-8"), page.picture.encode("ascii")]
+        _write(sink, *frames)
+
+
+def _read(source: BinaryIO) -> bytes | None:
+    """One frame, or None once the gateway has closed the pipe."""
+    head = source.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack(head)
+    body = source.read(length)
+    return body if len(body) == length else None
+
+
+def _write(sink: BinaryIO, *frames: bytes) -> None:
+    for frame in frames:
+        sink.write(_LENGTH.pack(len(frame)))
+        sink.write(frame)
+    sink.flush()
+
+
+if __name__ == "__main__":
+    serve()

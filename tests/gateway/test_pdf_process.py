@@ -1,0 +1,176 @@
+"""The PDF reader's child process, real processes throughout: it reads what PDFium reads in
+this process, says why a PDF cannot be read and goes on, and a PDF that makes it hang or die
+costs that one request; the next PDF gets a fresh child. tests/pdf_worker_faults.py is the
+real child with faults on cue."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pdf_files import text_pdf
+
+from gemma_fleet.gateway.pdf_process import PdfReader, ReaderFailed
+from gemma_fleet.gateway.pdf_render import UnreadablePdf, render_pages
+
+FAULTS = (sys.executable, str(Path(__file__).parents[1] / "pdf_worker_faults.py"))
+REPORT = text_pdf(["Harvest of 2026", "Pears: 12 tonnes"])
+
+
+def run(body: Callable[[PdfReader], Awaitable[Any]], reader: PdfReader | None = None) -> Any:
+    async def main() -> Any:
+        used = reader or PdfReader(timeout_s=10, command=FAULTS)
+        try:
+            return await body(used)
+        finally:
+            await used.aclose()
+
+    return asyncio.run(main())
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead and not yet reaped, does not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def test_the_child_reads_what_pdfium_reads_here() -> None:
+    async def body(reader: PdfReader) -> Any:
+        return await reader.read(REPORT, "doc")
+
+    assert run(body, PdfReader()) == render_pages(REPORT, "doc")  # the default child
+
+
+def test_an_unreadable_pdf_is_named_and_the_child_reads_on() -> None:
+    async def body(reader: PdfReader) -> tuple[int | None, int | None, Any]:
+        with pytest.raises(UnreadablePdf) as err:
+            await reader.read(b"%PDF-1.4\n%%EOF\n", "messages[0].content[1]")
+        assert str(err.value) == "messages[0].content[1] is not a readable PDF: data format error"
+        first = reader.pid
+        pages = await reader.read(REPORT, "doc")
+        return first, reader.pid, pages
+
+    first, then, pages = run(body)
+    assert first is not None and first == then
+    assert len(pages) == 2
+
+
+def test_a_pdf_that_takes_too_long_is_abandoned_and_the_next_is_read() -> None:
+    async def body(reader: PdfReader) -> tuple[int | None, float, int]:
+        await reader.read(REPORT, "warm-up")
+        slow_child = reader.pid
+        started = time.monotonic()
+        with pytest.raises(UnreadablePdf) as err:
+            await reader.read(text_pdf(["SLOW"]), "messages[0].content[0]")
+        took = time.monotonic() - started
+        assert str(err.value) == (
+            "messages[0].content[0] was not read within 0.5 s (a 100-page PDF takes about a "
+            "second); it was abandoned"
+        )
+        pages = await reader.read(REPORT, "doc")
+        assert reader.pid != slow_child
+        return slow_child, took, len(pages)
+
+    slow_child, took, pages = run(body, PdfReader(timeout_s=0.5, command=FAULTS))
+    assert 0.5 <= took < 3
+    assert pages == 2
+    assert slow_child is not None and not alive(slow_child)  # killed, not left running
+
+
+def test_a_pdf_the_child_dies_on_costs_that_request_only() -> None:
+    async def body(reader: PdfReader) -> tuple[Any, Any]:
+        crash = reader.read(text_pdf(["CRASH"]), "messages[1].content[0]")
+        after = reader.read(REPORT, "doc")  # queued behind the crash
+        crashed, after_it = await asyncio.gather(crash, after, return_exceptions=True)
+        return crashed, after_it
+
+    crashed, after = run(body)
+    assert isinstance(crashed, UnreadablePdf)
+    assert str(crashed) == (
+        "messages[1].content[0] could not be read: the PDF reader stopped on it "
+        "(killed by signal 6)"
+    )
+    assert isinstance(after, list) and len(after) == 2
+
+
+def test_a_stray_print_in_the_child_does_not_break_the_wire() -> None:
+    async def body(reader: PdfReader) -> Any:
+        return await reader.read(text_pdf(["NOISE", "page two"]), "doc")
+
+    pages = run(body)
+    assert [page.text for page in pages] == ["NOISE", "page two"]
+
+
+def test_a_read_given_up_by_its_caller_stops_the_child() -> None:
+    """A client that disconnects mid-read cancels its request: the child, midway through a
+    PDF nobody waits for, is stopped, and the next PDF gets a fresh one."""
+
+    async def body(reader: PdfReader) -> tuple[int | None, int]:
+        await reader.read(REPORT, "warm-up")
+        child = reader.pid
+        task = asyncio.create_task(reader.read(text_pdf(["SLOW"]), "doc"))
+        await asyncio.sleep(0.3)  # the child is reading it
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return child, len(await reader.read(REPORT, "doc"))
+
+    child, pages = run(body)
+    assert child is not None and not alive(child)
+    assert pages == 2
+
+
+def test_a_child_that_cannot_start_is_the_gateways_fault() -> None:
+    async def body(reader: PdfReader) -> None:
+        with pytest.raises(ReaderFailed, match=r"the PDF reader did not start \(exit status 3\)"):
+            await reader.read(REPORT, "doc")
+
+    run(body, PdfReader(command=(sys.executable, "-c", "import sys; sys.exit(3)")))
+
+
+def test_the_child_ends_with_the_reader() -> None:
+    async def body(reader: PdfReader) -> int | None:
+        await reader.read(REPORT, "doc")
+        return reader.pid
+
+    child = run(body)  # run() closes the reader
+    assert child is not None and not alive(child)
+
+
+def test_the_child_ends_when_its_gateway_dies() -> None:
+    """A gateway process killed without any clean-up closes the child's pipe by dying, and
+    the child, reading it, ends: no orphan PDFium process stays behind."""
+    gateway = textwrap.dedent(
+        f"""
+        import asyncio, os, sys
+        sys.path.insert(0, {str(Path(__file__).parents[1])!r})
+        from pdf_files import text_pdf
+        from gemma_fleet.gateway.pdf_process import PdfReader
+
+        async def main():
+            reader = PdfReader()
+            await reader.read(text_pdf(["hello"]), "doc")
+            print(reader.pid, flush=True)
+            os._exit(0)
+
+        asyncio.run(main())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", gateway], capture_output=True, text=True, timeout=60, check=True
+    )
+    child = int(out.stdout)
+    deadline = time.monotonic() + 10
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(child)
