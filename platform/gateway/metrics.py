@@ -213,10 +213,17 @@ class GatewayMetrics:
         )
         self.document_read = self._histogram(
             "gemma_fleet_gateway_document_read_duration_seconds",
-            "Time to take in one PDF, its wait for the replica's one PDF-reading thread "
+            "Time to take in one PDF, its wait for the replica's PDF reader process "
             "included, by source (read, or cache)",
             ["source"],
             LATENCY_BUCKETS,
+        )
+        self.document_reader_stops = self._counter(
+            "gemma_fleet_gateway_document_reader_stops",
+            "Times the replica's PDF reader process was stopped midway through a PDF, by "
+            "reason: timeout, crash (it died on the PDF), abandoned (the client left), fault "
+            "(it broke the wire or did not start)",
+            ["reason"],
         )
         self.store_pending = self._gauge(
             "gemma_fleet_gateway_store_pending_writes",

@@ -29,7 +29,7 @@ import struct
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -60,16 +60,25 @@ class _Reply(BaseModel):
     failed: str | None = None
 
 
+# Why a child was stopped midway through a PDF (PdfReader's `on_stop`).
+StopReason = Literal["timeout", "crash", "abandoned", "fault"]
+
+
 class PdfReader:
     """Reads PDFs in a child process (started at the first PDF, again after one it could not
     survive), one at a time, each within `timeout_s`. `command` starts the child; by default
-    this module under the gateway's own interpreter."""
+    this module under the gateway's own interpreter. `on_stop` hears of each child stopped
+    midway through a PDF, and why (for the gateway's metrics)."""
 
     def __init__(
-        self, timeout_s: float = PDF_READ_TIMEOUT_S, command: Sequence[str] | None = None
+        self,
+        timeout_s: float = PDF_READ_TIMEOUT_S,
+        command: Sequence[str] | None = None,
+        on_stop: Callable[[StopReason], None] | None = None,
     ) -> None:
         self.timeout_s = timeout_s
         self._command = tuple(command or (sys.executable, "-m", __name__))
+        self._on_stop = on_stop
         self._child: asyncio.subprocess.Process | None = None
         self._turn = asyncio.Lock()
 
@@ -89,24 +98,27 @@ class PdfReader:
             except UnreadablePdf:
                 raise  # the child said so, and is ready for the next PDF
             except TimeoutError:
-                await self._stop()
+                await self._stop("timeout")
                 raise UnreadablePdf(
                     f"{what} was not read within {self.timeout_s:g} s (a 100-page PDF takes "
                     "about a second); it was abandoned"
                 ) from None
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                status = await self._stop()
+                status = await self._stop("crash")
                 raise UnreadablePdf(
                     f"{what} could not be read: the PDF reader stopped on it ({status})"
                 ) from exc
-            except BaseException:  # cancelled, or a broken wire: its state is unknown
-                await self._stop()
+            except asyncio.CancelledError:  # the caller left: nobody waits for this PDF
+                await self._stop("abandoned")
+                raise
+            except BaseException:  # a broken wire: the child's state is unknown
+                await self._stop("fault")
                 raise
 
     async def aclose(self) -> None:
         """Stop the child, if one runs."""
         async with self._turn:
-            await self._stop()
+            await self._stop(None)
 
     async def _running(self) -> asyncio.subprocess.Process:
         if self._child is not None and self._child.returncode is None:
@@ -120,10 +132,10 @@ class PdfReader:
             if ready != READY:
                 raise ReaderFailed(f"the PDF reader started with {ready[:80]!r}, not ready")
         except (TimeoutError, asyncio.IncompleteReadError) as exc:
-            status = await self._stop()
+            status = await self._stop("fault")
             raise ReaderFailed(f"the PDF reader did not start ({status})") from exc
         except BaseException:
-            await self._stop()
+            await self._stop(None)
             raise
         return self._child
 
@@ -149,9 +161,12 @@ class PdfReader:
             pages.append(Page(text, picture))
         return pages
 
-    async def _stop(self) -> str:
-        """Kill the child (if it still runs) and say how it ended."""
+    async def _stop(self, reason: StopReason | None) -> str:
+        """Kill the child (if it still runs) and say how it ended; `reason` (None: not midway
+        through a PDF) goes to `on_stop`."""
         child, self._child = self._child, None
+        if reason is not None and self._on_stop is not None:
+            self._on_stop(reason)
         if child is None:
             return "not running"
         if child.returncode is None:

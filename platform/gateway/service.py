@@ -231,8 +231,11 @@ class Gateway:
         self._facts = facts
         self._fetch_policy = settings.media.policy()
         self._pdf_pages = PageCache()
-        self._pdf_reader = PdfReader(settings.pdf_read_timeout_s)
         self.metrics = metrics or GatewayMetrics()
+        stops = self.metrics.document_reader_stops
+        self._pdf_reader = PdfReader(
+            settings.pdf_read_timeout_s, on_stop=lambda reason: stops.labels(reason).inc()
+        )
         if live_replicas is not None and own_deployment is not None:
             self.metrics.gateway_replicas.set(-1)  # unknown until the watcher has read it
         self._resolve = resolve

@@ -42,6 +42,7 @@ from gemma_fleet.gateway.pdf_render import (
     render_pages,
 )
 
+STOPS = "gemma_fleet_gateway_document_reader_stops"
 # What the simulated E2B pool counts for an image: its soft tokens and their two boundaries.
 IMAGE_TOKENS = 280 + 2
 HARVEST = "Harvest of 2026\nApples: 41 tonnes\nPears: 12 tonnes"
@@ -391,13 +392,24 @@ def test_responses_input_file_refusals_name_the_part(
     assert "input[0].content[1]" in err.value.message
 
 
+def _timeouts(gateway_server: RunningGateway) -> float:
+    """The gateway's count of PDF reads stopped at the time limit."""
+    for line in httpx.get(gateway_server.url + "/metrics").text.splitlines():
+        if line.startswith(STOPS + '_total{reason="timeout"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_a_pdf_being_read_holds_up_no_other_request(
     gateway_server: RunningGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While the reader takes its time over a PDF (here a child that sleeps on it), the
     replica answers other requests."""
     worker = (sys.executable, str(Path(__file__).parents[1] / "pdf_worker_faults.py"))
-    monkeypatch.setattr(gateway_server.gateway, "_pdf_reader", PdfReader(1.0, command=worker))
+    gateway = gateway_server.gateway
+    slow = PdfReader(1.0, command=worker, on_stop=gateway._pdf_reader._on_stop)
+    monkeypatch.setattr(gateway, "_pdf_reader", slow)
+    before = _timeouts(gateway_server)
     body = {"model": "e2b", "max_tokens": 2, "messages": _with_pdf(text_pdf(["SLOW"]))}
     text = {"model": "e2b", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
     with ThreadPoolExecutor(1) as pool:
@@ -411,3 +423,4 @@ def test_a_pdf_being_read_holds_up_no_other_request(
     assert abandoned.json()["error"]["message"].startswith(
         "messages[0].content[1] was not read within 1 s"
     )
+    assert _timeouts(gateway_server) == before + 1

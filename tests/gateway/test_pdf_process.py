@@ -17,16 +17,22 @@ from typing import Any
 import pytest
 from pdf_files import text_pdf
 
-from gemma_fleet.gateway.pdf_process import PdfReader, ReaderFailed
+from gemma_fleet.gateway.pdf_process import PdfReader, ReaderFailed, StopReason
 from gemma_fleet.gateway.pdf_render import UnreadablePdf, render_pages
 
 FAULTS = (sys.executable, str(Path(__file__).parents[1] / "pdf_worker_faults.py"))
 REPORT = text_pdf(["Harvest of 2026", "Pears: 12 tonnes"])
+STOPS: list[StopReason] = []  # what the readers made here told their on_stop
+
+
+@pytest.fixture(autouse=True)
+def _no_stops_yet() -> None:
+    STOPS.clear()
 
 
 def run(body: Callable[[PdfReader], Awaitable[Any]], reader: PdfReader | None = None) -> Any:
     async def main() -> Any:
-        used = reader or PdfReader(timeout_s=10, command=FAULTS)
+        used = reader or PdfReader(timeout_s=10, command=FAULTS, on_stop=STOPS.append)
         try:
             return await body(used)
         finally:
@@ -81,9 +87,12 @@ def test_a_pdf_that_takes_too_long_is_abandoned_and_the_next_is_read() -> None:
         assert reader.pid != slow_child
         return slow_child, took, len(pages)
 
-    slow_child, took, pages = run(body, PdfReader(timeout_s=0.5, command=FAULTS))
+    slow_child, took, pages = run(
+        body, PdfReader(timeout_s=0.5, command=FAULTS, on_stop=STOPS.append)
+    )
     assert 0.5 <= took < 3
     assert pages == 2
+    assert STOPS == ["timeout"]
     assert slow_child is not None and not alive(slow_child)  # killed, not left running
 
 
@@ -101,6 +110,7 @@ def test_a_pdf_the_child_dies_on_costs_that_request_only() -> None:
         "(killed by signal 6)"
     )
     assert isinstance(after, list) and len(after) == 2
+    assert STOPS == ["crash"]
 
 
 def test_a_stray_print_in_the_child_does_not_break_the_wire() -> None:
@@ -109,6 +119,7 @@ def test_a_stray_print_in_the_child_does_not_break_the_wire() -> None:
 
     pages = run(body)
     assert [page.text for page in pages] == ["NOISE", "page two"]
+    assert STOPS == []
 
 
 def test_a_read_given_up_by_its_caller_stops_the_child() -> None:
@@ -128,6 +139,7 @@ def test_a_read_given_up_by_its_caller_stops_the_child() -> None:
     child, pages = run(body)
     assert child is not None and not alive(child)
     assert pages == 2
+    assert STOPS == ["abandoned"]
 
 
 def test_a_child_that_cannot_start_is_the_gateways_fault() -> None:
@@ -135,7 +147,9 @@ def test_a_child_that_cannot_start_is_the_gateways_fault() -> None:
         with pytest.raises(ReaderFailed, match=r"the PDF reader did not start \(exit status 3\)"):
             await reader.read(REPORT, "doc")
 
-    run(body, PdfReader(command=(sys.executable, "-c", "import sys; sys.exit(3)")))
+    cannot_start = (sys.executable, "-c", "import sys; sys.exit(3)")
+    run(body, PdfReader(command=cannot_start, on_stop=STOPS.append))
+    assert STOPS == ["fault"]
 
 
 def test_the_child_ends_with_the_reader() -> None:
@@ -145,6 +159,7 @@ def test_the_child_ends_with_the_reader() -> None:
 
     child = run(body)  # run() closes the reader
     assert child is not None and not alive(child)
+    assert STOPS == []  # not stopped midway through a PDF
 
 
 def test_the_child_ends_when_its_gateway_dies() -> None:
