@@ -3,8 +3,10 @@ the deployment shape the fleet uses, driven by the OpenAI SDK over HTTP."""
 
 from __future__ import annotations
 
+import base64
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from pdf_files import text_pdf
 
 pytestmark = pytest.mark.slow
 
@@ -112,6 +115,26 @@ def test_refusals_through_ray_serve(serve_url: str) -> None:
     )
     assert r.status_code == 400
     assert httpx.get(serve_url + "/ready", timeout=10).status_code == 200
+
+
+def test_pdfs_read_by_the_reader_process_of_a_replica_inside_ray_serve(serve_url: str) -> None:
+    """A gateway replica is a Ray actor: its PDF reader is a child process of that actor,
+    started with the actor's interpreter. PDFs are read there, and a broken one is named."""
+    client = openai.OpenAI(base_url=serve_url + "/v1", api_key="unused", max_retries=0)
+
+    def ask(pdf: bytes) -> Any:
+        data = "data:application/pdf;base64," + base64.b64encode(pdf).decode()
+        file: Any = {"type": "file", "file": {"file_data": data}}
+        return client.chat.completions.create(
+            model="gemma-4", max_tokens=2, messages=[{"role": "user", "content": [file]}]
+        )
+
+    for n in range(3):  # replicas in turn: each starts a reader of its own
+        read = ask(text_pdf([f"Harvest of 202{n}", "Pears: 12 tonnes"]))
+        assert read.usage is not None and read.usage.prompt_tokens > 2 * (280 + 2)
+    with pytest.raises(openai.BadRequestError) as broken:
+        ask(b"%PDF-1.4\n%%EOF\n")
+    assert broken.value.message.endswith("is not a readable PDF: data format error")
 
 
 def test_n_and_count_tokens_through_ray_serve(serve_url: str) -> None:
@@ -266,11 +289,13 @@ SHOW_TRAFFIC = {
     "Time per output token p95",
     "End-to-end p95",
     "Tokens per second by team and model",
+    "PDF pages per second by source",
+    "PDF read time p95",
 }
 
 
 def _round_of_traffic(serve_url: str) -> int:
-    """Answers and streams on both pools, and refusals (audio to a text-only pool); returns
+    """Answers and streams on both pools, PDFs, and refusals (audio to a text-only pool); returns
     how many requests it sent. Six of each kind per pool: a series a gateway replica creates
     shows in rate() only from its second increment, and which replica serves a request is up
     to the proxy, so every replica must see each kind in both rounds (all six on one replica
@@ -289,6 +314,14 @@ def _round_of_traffic(serve_url: str) -> int:
                 if stream:
                     list(reply)
                 sent += 1
+    for _ in range(6):  # each a PDF of its own, read by the replica's PDF reader
+        pdf = text_pdf([f"report {uuid.uuid4()}"])
+        data = "data:application/pdf;base64," + base64.b64encode(pdf).decode()
+        file: Any = {"type": "file", "file": {"file_data": data}}
+        client.chat.completions.create(
+            model="small", messages=[{"role": "user", "content": [file]}], max_tokens=2
+        )
+        sent += 1
     audio = {"type": "input_audio", "input_audio": {"data": "aGk=", "format": "wav"}}
     for _ in range(6):
         refused = httpx.post(

@@ -6,9 +6,11 @@ empty panel or an alert that can never fire."""
 
 from __future__ import annotations
 
+import base64
 import re
 from collections import defaultdict
 
+from pdf_files import text_pdf
 from prometheus_client.parser import text_string_to_metric_families
 
 from gemma_fleet.gateway.metrics import REPLICA_LABEL, UNMIRRORED
@@ -28,16 +30,19 @@ def ray_name(vllm_name: str) -> str:
 
 def rendered_metrics() -> dict[str, set[str]]:
     """Sample name -> label names, from the gateway and a simulated engine after real traffic
-    (an answer, a stream, a refusal) and from the autoscaler's status after a step."""
+    (an answer, a stream, a refusal, a PDF) and from the autoscaler's status after a step."""
     chat = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+    pdf = "data:application/pdf;base64," + base64.b64encode(text_pdf(["a report"])).decode()
+    document = [{"role": "user", "content": [{"type": "file", "file": {"file_data": pdf}}]}]
     served = serve(
         [
             {**chat, "model": "small"},
             {**chat, "model": "big", "stream": True},
             {**chat, "model": "no-such-model"},
+            {**chat, "model": "small", "messages": document},
         ]
     )
-    assert [r.status_code for r in served.responses] == [200, 200, 404]
+    assert [r.status_code for r in served.responses] == [200, 200, 404, 200]
     labels: dict[str, set[str]] = defaultdict(set)
     for text in (served.gateway_metrics, *served.engine_metrics.values(), autoscaler_metrics()):
         for family in text_string_to_metric_families(text):
