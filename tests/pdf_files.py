@@ -1,6 +1,7 @@
 """PDF files for the tests: pages of text (the load generator's writer, a text layer PDFium
 extracts), a scan-like page (an image and no text) by way of Pillow, a password-protected
-file, and a page that draws an image far larger than itself."""
+file, a page that draws an image far larger than itself, and one whose compressed content
+inflates a thousandfold."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from gemma_fleet.loadtest.pdf import pdf_file, stream_object, text_objects, text_pdf
 
-__all__ = ["huge_image_pdf", "locked_pdf", "scanned_pdf", "text_pdf"]
+__all__ = ["huge_image_pdf", "inflating_pdf", "locked_pdf", "scanned_pdf", "text_pdf"]
 
 
 def scanned_pdf(caption: str = "scanned") -> bytes:
@@ -54,3 +55,18 @@ def huge_image_pdf(side: int) -> bytes:
             stream_object(pixels + b"/BitsPerComponent 8 /Filter /FlateDecode", image),
         ]
     )
+
+
+def inflating_pdf(inflated_mib: int) -> bytes:
+    """A one-page PDF whose content stream, Flate-compressed, inflates to `inflated_mib` MiB of
+    spaces before its one line of text: about a thousandth of that on the wire."""
+    objects = text_objects(["inflated"])
+    content = objects[-1]
+    text = content[content.index(b"stream\n") + 7 : content.rindex(b"\nendstream")]
+    packer = zlib.compressobj(9)
+    spaces = b" " * 2**20
+    data = b"".join(packer.compress(spaces) for _ in range(inflated_mib))
+    objects[-1] = stream_object(
+        b"/Filter /FlateDecode", data + packer.compress(text) + packer.flush()
+    )
+    return pdf_file(objects)

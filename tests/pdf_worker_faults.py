@@ -1,6 +1,7 @@
 """The gateway's PDF reader child (`pdf_process.serve`) with faults on cue, for the tests: a
-PDF whose bytes hold SLOW takes a minute, CRASH aborts the process, NOISE prints to stdout
-first (which must not reach the gateway). Other PDFs are read as the real child reads them.
+PDF whose bytes hold SLOW takes a minute, CRASH kills the process with SIGSEGV, NOISE prints
+to stdout first (which must not reach the gateway). Other PDFs are read as the real child
+reads them.
 
     python tests/pdf_worker_faults.py
 """
@@ -8,6 +9,7 @@ first (which must not reach the gateway). Other PDFs are read as the real child 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -21,7 +23,7 @@ def render(raw: bytes, what: str) -> list[Page]:
     if b"SLOW" in raw:
         time.sleep(SLOW_S)
     if b"CRASH" in raw:
-        os.abort()  # as PDFium would on a bad pointer: SIGABRT, no Python clean-up
+        os.kill(os.getpid(), signal.SIGSEGV)  # as PDFium would on a bad pointer
     if b"NOISE" in raw:
         print("a stray print")
         sys.stdout.flush()

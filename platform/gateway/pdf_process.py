@@ -15,15 +15,17 @@ base64), or {"error": <message>} for a PDF it cannot read, or {"failed": <except
 bug. The gateway reads only data from the child, never pickles: whatever a PDF does to the
 child, it cannot run code in the gateway.
 
-    python -m gemma_fleet.gateway.pdf_process    # the child; the gateway starts it
+    python -m gemma_fleet.gateway.pdf_process --memory-mib 2048   # the gateway starts it
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
 import os
+import resource
 import signal
 import struct
 import sys
@@ -38,6 +40,12 @@ from gemma_fleet.gateway.pdf_render import MAX_PDF_PAGES, Page, UnreadablePdf, r
 # How long one PDF may take to read. 100 dense pages take about 1 s on one core
 # (benchmarks/gateway_pdf_read); a PDF that takes 30 times that is made to.
 PDF_READ_TIMEOUT_S = 30.0
+# The child's address space. A PDF is compressed: a 1 MB page whose content stream inflates
+# to 1 GB took PDFium 2 GB of memory; within the body limit, one request could ask for tens of
+# gigabytes and take the gateway's pod down with it. Under this limit PDFium aborts instead
+# (the child dies, that request gets a 400). Ordinary PDFs, scans and pages drawing 40,000 px
+# images read in about 100 MB.
+PDF_READER_MEMORY_MIB = 2048
 # How long the child may take to start (an interpreter and PDFium: about 0.2 s).
 START_TIMEOUT_S = 20.0
 _LENGTH = struct.Struct(">Q")
@@ -66,18 +74,22 @@ StopReason = Literal["timeout", "crash", "abandoned", "fault"]
 
 class PdfReader:
     """Reads PDFs in a child process (started at the first PDF, again after one it could not
-    survive), one at a time, each within `timeout_s`. `command` starts the child; by default
-    this module under the gateway's own interpreter. `on_stop` hears of each child stopped
-    midway through a PDF, and why (for the gateway's metrics)."""
+    survive), one at a time, each within `timeout_s` and `memory_mib` of address space.
+    `command` starts the child; by default this module under the gateway's own interpreter.
+    `on_stop` hears of each child stopped midway through a PDF, and why (for the gateway's
+    metrics)."""
 
     def __init__(
         self,
         timeout_s: float = PDF_READ_TIMEOUT_S,
+        memory_mib: int = PDF_READER_MEMORY_MIB,
         command: Sequence[str] | None = None,
         on_stop: Callable[[StopReason], None] | None = None,
     ) -> None:
         self.timeout_s = timeout_s
-        self._command = tuple(command or (sys.executable, "-m", __name__))
+        self.memory_mib = memory_mib
+        default = (sys.executable, "-m", __name__, "--memory-mib", str(memory_mib))
+        self._command = tuple(command or default)
         self._on_stop = on_stop
         self._child: asyncio.subprocess.Process | None = None
         self._turn = asyncio.Lock()
@@ -105,6 +117,9 @@ class PdfReader:
                 ) from None
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 status = await self._stop("crash")
+                if status == f"killed by signal {signal.SIGABRT.value}":
+                    # How PDFium ends when an allocation fails.
+                    status += f"; it may need more than the reader's {self.memory_mib:,} MiB"
                 raise UnreadablePdf(
                     f"{what} could not be read: the PDF reader stopped on it ({status})"
                 ) from exc
@@ -188,12 +203,17 @@ async def _read_frame(stream: asyncio.StreamReader) -> bytes:
 
 def serve(
     render: Callable[[bytes, str], list[Page]] = render_pages,
+    memory_mib: int | None = None,
     source: BinaryIO | None = None,
     sink: BinaryIO | None = None,
 ) -> None:
     """The child: read PDFs from `source` (stdin) and answer on `sink` (stdout) until the
-    gateway closes the pipe. What else writes to stdout (a library's stray print) goes to
-    stderr instead, so it cannot break a frame."""
+    gateway closes the pipe, within `memory_mib` of address space (None: no limit). What else
+    writes to stdout (a library's stray print) goes to stderr instead, so it cannot break a
+    frame."""
+    if memory_mib is not None:
+        limit = memory_mib * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if sink is None:
         sink = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)
@@ -208,6 +228,10 @@ def serve(
             pages = render(raw, what)
         except UnreadablePdf as exc:
             _write(sink, json.dumps({"error": str(exc)}).encode())
+            continue
+        except MemoryError:  # Python's side ran out; PDFium's side aborts (PdfReader.read)
+            message = f"{what} needs more memory than the PDF reader's {memory_mib:,} MiB"
+            _write(sink, json.dumps({"error": message}).encode())
             continue
         except Exception as exc:  # a bug: the gateway answers 500, the traceback is here
             traceback.print_exc()
@@ -236,5 +260,11 @@ def _write(sink: BinaryIO, *frames: bytes) -> None:
     sink.flush()
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The gateway's PDF reader (it starts it).")
+    parser.add_argument("--memory-mib", type=int, help="address space limit")
+    serve(memory_mib=parser.parse_args().memory_mib)
+
+
 if __name__ == "__main__":
-    serve()
+    main()

@@ -50,7 +50,7 @@ from gemma_fleet.gateway.openai_models import (
     UserMessage,
     VideoPart,
 )
-from gemma_fleet.gateway.pdf_process import PDF_READ_TIMEOUT_S, PdfReader
+from gemma_fleet.gateway.pdf_process import PDF_READ_TIMEOUT_S, PDF_READER_MEMORY_MIB, PdfReader
 from gemma_fleet.gateway.pool_client import (
     EngineError,
     JsonReply,
@@ -157,6 +157,12 @@ class GatewaySettings(BaseModel):
         le=600,
         description="400 when reading one PDF takes longer (its reader process is killed)",
     )
+    pdf_reader_memory_mib: int = Field(
+        PDF_READER_MEMORY_MIB,
+        ge=256,
+        le=1 << 20,
+        description="address space of the PDF reader process; a PDF that needs more is a 400",
+    )
 
 
 # A part whose media is fetched: the part, its URL, the media type it must be, its name.
@@ -234,7 +240,9 @@ class Gateway:
         self.metrics = metrics or GatewayMetrics()
         stops = self.metrics.document_reader_stops
         self._pdf_reader = PdfReader(
-            settings.pdf_read_timeout_s, on_stop=lambda reason: stops.labels(reason).inc()
+            settings.pdf_read_timeout_s,
+            settings.pdf_reader_memory_mib,
+            on_stop=lambda reason: stops.labels(reason).inc(),
         )
         if live_replicas is not None and own_deployment is not None:
             self.metrics.gateway_replicas.set(-1)  # unknown until the watcher has read it

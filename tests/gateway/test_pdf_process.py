@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pdf_files import text_pdf
+from pdf_files import inflating_pdf, text_pdf
 
 from gemma_fleet.gateway.pdf_process import PdfReader, ReaderFailed, StopReason
 from gemma_fleet.gateway.pdf_render import UnreadablePdf, render_pages
@@ -107,9 +107,29 @@ def test_a_pdf_the_child_dies_on_costs_that_request_only() -> None:
     assert isinstance(crashed, UnreadablePdf)
     assert str(crashed) == (
         "messages[1].content[0] could not be read: the PDF reader stopped on it "
-        "(killed by signal 6)"
+        "(killed by signal 11)"
     )
     assert isinstance(after, list) and len(after) == 2
+    assert STOPS == ["crash"]
+
+
+def test_a_pdf_that_inflates_past_the_memory_limit_ends_the_child_not_the_gateway() -> None:
+    """A 512 KB page that inflates to 512 MiB takes PDFium about twice that: under a 512 MiB
+    limit the child aborts and the caller learns why it may have; the same page inflating to
+    32 MiB reads within the limit, and so does the next PDF, in a fresh child."""
+
+    async def body(reader: PdfReader) -> tuple[Any, int, int]:
+        with pytest.raises(UnreadablePdf) as err:
+            await reader.read(inflating_pdf(512), "messages[0].content[0]")
+        small = await reader.read(inflating_pdf(32), "doc")
+        return err.value, len(small), len(await reader.read(REPORT, "doc"))
+
+    refused, small, after = run(body, PdfReader(memory_mib=512, on_stop=STOPS.append))
+    assert str(refused) == (
+        "messages[0].content[0] could not be read: the PDF reader stopped on it (killed by "
+        "signal 6; it may need more than the reader's 512 MiB)"
+    )
+    assert (small, after) == (1, 2)
     assert STOPS == ["crash"]
 
 
@@ -169,7 +189,7 @@ def test_the_child_ends_when_its_gateway_dies() -> None:
         f"""
         import asyncio, os, sys
         sys.path.insert(0, {str(Path(__file__).parents[1])!r})
-        from pdf_files import text_pdf
+        from pdf_files import inflating_pdf, text_pdf
         from gemma_fleet.gateway.pdf_process import PdfReader
 
         async def main():
