@@ -405,6 +405,8 @@ def test_a_real_prometheus_draws_the_dashboard_and_evaluates_the_alerts(
         )
         time.sleep(2)  # one more scrape of every series after the traffic
         board = dashboard()
+        titles = {panel["title"] for panel in panels(board)}
+        assert SHOW_TRAFFIC | set(MAY_BE_EMPTY) <= titles, "a panel named here is not drawn"
         problems = []
         for panel in panels(board):
             for target in panel.get("targets", []):
