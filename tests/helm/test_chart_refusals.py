@@ -1,15 +1,19 @@
 """Bad values stop `helm template` (and so `helm install`) with a message that names the values
 path and the problem: the values schema for wrong types and shapes, the chart's own checks for
 pools that do not fit their GPU, tensor-parallel groups larger than a node, and missing
-secrets. The chart's fit check agrees with the package's loader at the exact boundary."""
+secrets, and the schema for sections an older chart's values lack. The chart's fit check
+agrees with the package's loader at the exact boundary."""
 
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 from typing import Any
 
 import pytest
-from chart_support import CHART, Render
+import yaml
+from chart_support import CHART, EXAMPLES, RELEASE, HelmBinaries, Render, run_tool
 
 from gemma_fleet.deployments.pools.load import FleetError, parse_fleet
 
@@ -188,3 +192,44 @@ def test_pools_with_their_own_memory_settings_are_left_to_the_full_check(
     fleet = _fleet("A100-40GB", 2, tp=2, max_model_len=16384, gpu_memory_utilization=0.95)
     parse_fleet(fleet)  # fits: 0.95 of the GPU leaves room the default 0.9 does not
     assert render(values={"fleet": fleet}).returncode == 0
+
+
+def test_values_of_an_older_chart_name_the_key_they_lack(
+    helm_bins: HelmBinaries, tmp_path: Path
+) -> None:
+    """`helm upgrade --reuse-values` renders the new chart with the values of the release as
+    installed, which lack the keys a newer chart added. Emulated here by the chart with
+    `gateway.metrics` taken out of its defaults: the schema names the missing key, where the
+    templates stopped on "nil pointer evaluating interface {}.existingSecret"."""
+    chart = tmp_path / "gemma-fleet"
+    shutil.copytree(CHART, chart)
+    defaults = yaml.safe_load((chart / "values.yaml").read_text())
+    del defaults["gateway"]["metrics"]
+    (chart / "values.yaml").write_text(yaml.safe_dump(defaults))
+    out = run_tool([str(helm_bins.helm), "template", RELEASE, str(chart), "-f", str(EXAMPLES[0])])
+    assert out.returncode != 0
+    assert "at '/gateway': missing property 'metrics'" in out.stderr
+    assert "nil pointer" not in out.stderr
+
+
+def test_every_section_of_the_defaults_is_required_by_the_schema() -> None:
+    """Every mapping of the defaults that the schema describes field by field is required
+    where it sits, so a values set without it (an older chart's, through --reuse-values) is
+    refused by name before a template dereferences it. A section added to values.yaml
+    without its `required` entry fails here."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = []
+
+    def walk(node: dict[str, Any], values: Any, path: str) -> None:
+        if not isinstance(values, dict) or "properties" not in node:
+            return
+        for key, value in values.items():
+            described = node["properties"].get(key, {})
+            if isinstance(value, dict) and "properties" in described:
+                if key not in node.get("required", []):
+                    missing.append(f"{path}/{key}")
+                walk(described, value, f"{path}/{key}")
+
+    walk(schema, defaults, "")
+    assert not missing, f"sections not required by values.schema.json: {missing}"
