@@ -7,10 +7,11 @@ profile or several pools at once live in `validate.py`.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gemma_fleet.vram import DEFAULT_MAX_MODEL_LEN, KvDtype
 
@@ -129,6 +130,56 @@ class ModelPool(Strict):
     simulator: SimulatorOptions = SimulatorOptions()
 
 
+class MediaOptions(Strict):
+    """Limits on media the gateway fetches for a request (http(s) image, video and PDF URLs;
+    docs/gateway.md, "Remote media")."""
+
+    max_bytes: int = Field(20 * 2**20, ge=1)
+    timeout_s: float = Field(10.0, gt=0)
+    max_redirects: int = Field(3, ge=0)
+    allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs fetched even though private (an internal media server)",
+    )
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network)
+            except ValueError as exc:
+                raise ValueError(f"{network!r} is not a network such as 10.20.0.0/16") from exc
+        return networks
+
+
+class GatewayOptions(Strict):
+    """The gateway's settings an operator chooses (a fleet file's `gateway:` section); the
+    pools it routes to come from the rest of the file. The PDF defaults are those of
+    gateway/pdf_process.py (a test holds them equal)."""
+
+    max_body_bytes: int = Field(25 * 2**20, ge=1024, description="413 above this")
+    body_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="408 when a request body takes longer to arrive"
+    )
+    media: MediaOptions = MediaOptions()
+    pdf_read_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=600,
+        description="400 when reading one PDF takes longer (its reader process is killed)",
+    )
+    pdf_reader_memory_mib: int = Field(
+        2048,
+        ge=256,
+        le=1 << 20,
+        description="address space of a PDF reader process; a PDF that needs more is a 400",
+    )
+    pdf_readers: int = Field(
+        1, ge=1, le=64, description="PDF reader processes per replica, each reading one PDF"
+    )
+
+
 class FleetSpec(Strict):
     """A whole fleet file. Lists (not mappings) keep pool order and let duplicate names be
     reported: YAML silently keeps the last of two equal mapping keys."""
@@ -138,6 +189,10 @@ class FleetSpec(Strict):
     aliases: dict[PoolName, list[str]] = Field(
         default_factory=dict,
         description="served model ids that let the gateway choose among the listed pools",
+    )
+    gateway: GatewayOptions = Field(
+        default_factory=GatewayOptions,
+        description="request limits, remote media and PDF readers (docs/gateway.md)",
     )
 
     def node_pool(self, name: str) -> NodePool:

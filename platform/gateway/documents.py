@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from gemma_fleet.gateway.classify import InvalidMedia, decode_base64
 from gemma_fleet.gateway.openai_models import ImagePart, ImageURL, TextPart
-from gemma_fleet.gateway.pdf_process import PdfReader
+from gemma_fleet.gateway.pdf_process import PdfReaders
 from gemma_fleet.gateway.pdf_render import Page, UnreadablePdf
 
 PDF_MEDIA_TYPE = "application/pdf"
@@ -83,10 +83,10 @@ class ReadPdf(NamedTuple):
     cached: bool  # found in the cache: no page was read
 
 
-async def read_pdf(pdf: bytes | str, where: str, cache: PageCache, reader: PdfReader) -> ReadPdf:
+async def read_pdf(pdf: bytes | str, where: str, cache: PageCache, readers: PdfReaders) -> ReadPdf:
     """The pages of a PDF as content parts (`page_parts`), given as its bytes or as a
-    `file_data` value (`pdf_bytes`): found in `cache`, or read by `reader`. `where` names the
-    part in errors (InvalidMedia)."""
+    `file_data` value (`pdf_bytes`): found in `cache`, or read by one of `readers`. `where`
+    names the part in errors (InvalidMedia)."""
 
     def decoded() -> tuple[bytes, bytes]:
         raw = pdf if isinstance(pdf, bytes) else pdf_bytes(pdf, where)
@@ -98,7 +98,7 @@ async def read_pdf(pdf: bytes | str, where: str, cache: PageCache, reader: PdfRe
     if parts is not None:
         return ReadPdf(parts, cached=True)
     try:
-        pages = await reader.read(raw, where)
+        pages = await readers.read(raw, where)
     except UnreadablePdf as exc:
         raise InvalidMedia(str(exc)) from exc
     parts = page_parts(pages)

@@ -19,8 +19,8 @@ from gemma_fleet.vram import text_params
 
 
 def gateway_settings(fleet: FleetSpec, catalog: Catalog | None = None) -> GatewaySettings:
-    """What the gateway must know of each pool: model, context, modalities, capacity (and
-    each replica's batch, which bounds a request's n), size."""
+    """What the gateway must know of each pool (model, context, modalities, capacity, each
+    replica's batch, which bounds a request's n, size), and the fleet file's gateway options."""
     catalog = catalog or load_catalog()
     pools = []
     for pool in fleet.model_pools:
@@ -37,7 +37,8 @@ def gateway_settings(fleet: FleetSpec, catalog: Catalog | None = None) -> Gatewa
                 size_rank=text_params(spec, catalog.family.vocab_size),
             )
         )
-    return GatewaySettings(pools=pools, aliases=dict(fleet.aliases))
+    options = fleet.gateway.model_dump()
+    return GatewaySettings(pools=pools, aliases=dict(fleet.aliases), **options)
 
 
 def build_fleet_app(

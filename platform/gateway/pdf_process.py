@@ -194,6 +194,32 @@ class PdfReader:
         return f"killed by signal {-status}" if status < 0 else f"exit status {status}"
 
 
+class PdfReaders:
+    """Several PdfReaders, for a replica that reads PDFs side by side: each PDF goes to the
+    first reader free, in arrival order. Each reader is a process of its own, so they share
+    no PDFium state."""
+
+    def __init__(self, readers: Sequence[PdfReader]) -> None:
+        if not readers:
+            raise ValueError("PdfReaders needs at least one reader")
+        self.readers = tuple(readers)
+        self._idle: asyncio.Queue[PdfReader] = asyncio.Queue()
+        for reader in self.readers:
+            self._idle.put_nowait(reader)
+
+    async def read(self, raw: bytes, what: str) -> list[Page]:
+        """`PdfReader.read` on the first reader free."""
+        reader = await self._idle.get()
+        try:
+            return await reader.read(raw, what)
+        finally:
+            self._idle.put_nowait(reader)
+
+    async def aclose(self) -> None:
+        for reader in self.readers:
+            await reader.aclose()
+
+
 async def _read_frame(stream: asyncio.StreamReader) -> bytes:
     (length,) = _LENGTH.unpack(await stream.readexactly(_LENGTH.size))
     if length > MAX_FRAME_BYTES:

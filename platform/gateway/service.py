@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gemma_fleet.catalog import Modality
 from gemma_fleet.catalog.schema import Family
+from gemma_fleet.deployments.pools.schema import GatewayOptions, MediaOptions
 from gemma_fleet.gateway.classify import (
     Classification,
     InvalidMedia,
@@ -50,7 +51,10 @@ from gemma_fleet.gateway.openai_models import (
     UserMessage,
     VideoPart,
 )
-from gemma_fleet.gateway.pdf_process import PDF_READ_TIMEOUT_S, PDF_READER_MEMORY_MIB, PdfReader
+from gemma_fleet.gateway.pdf_process import (
+    PdfReader,
+    PdfReaders,
+)
 from gemma_fleet.gateway.pool_client import (
     EngineError,
     JsonReply,
@@ -119,49 +123,21 @@ class PoolInfo(BaseModel):
     size_rank: float = Field(description="smaller is cheaper to serve")
 
 
-class MediaSettings(BaseModel):
-    """Limits on media the gateway fetches for a request (http(s) image, video and PDF URLs)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_bytes: int = Field(20 * 2**20, ge=1)
-    timeout_s: float = Field(10.0, gt=0)
-    max_redirects: int = Field(3, ge=0)
-    allowed_networks: list[str] = Field(
-        default_factory=list,
-        description="CIDRs fetched even though private (an internal media server)",
-    )
-
-    def policy(self) -> FetchPolicy:
-        return FetchPolicy(
-            max_bytes=self.max_bytes,
-            timeout_s=self.timeout_s,
-            max_redirects=self.max_redirects,
-            allowed_networks=tuple(ipaddress.ip_network(n) for n in self.allowed_networks),
-        )
-
-
-class GatewaySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class GatewaySettings(GatewayOptions):
+    """Everything the gateway runs on: what an operator sets in the fleet file's `gateway:`
+    section (GatewayOptions), and the pools it routes to and their aliases, which the rest of
+    the fleet file decides (gateway/fleet.py)."""
 
     pools: list[PoolInfo] = Field(min_length=1)
     aliases: dict[str, list[str]] = Field(default_factory=dict)
-    max_body_bytes: int = Field(25 * 2**20, ge=1024, description="413 above this")
-    body_timeout_s: float = Field(
-        30.0, gt=0, le=3600, description="408 when a request body takes longer to arrive"
-    )
-    media: MediaSettings = MediaSettings()
-    pdf_read_timeout_s: float = Field(
-        PDF_READ_TIMEOUT_S,
-        gt=0,
-        le=600,
-        description="400 when reading one PDF takes longer (its reader process is killed)",
-    )
-    pdf_reader_memory_mib: int = Field(
-        PDF_READER_MEMORY_MIB,
-        ge=256,
-        le=1 << 20,
-        description="address space of the PDF reader process; a PDF that needs more is a 400",
+
+
+def fetch_policy(media: MediaOptions) -> FetchPolicy:
+    return FetchPolicy(
+        max_bytes=media.max_bytes,
+        timeout_s=media.timeout_s,
+        max_redirects=media.max_redirects,
+        allowed_networks=tuple(ipaddress.ip_network(n) for n in media.allowed_networks),
     )
 
 
@@ -235,14 +211,19 @@ class Gateway:
         self._watcher: asyncio.Task[None] | None = None
         self._client = client
         self._facts = facts
-        self._fetch_policy = settings.media.policy()
+        self._fetch_policy = fetch_policy(settings.media)
         self._pdf_pages = PageCache()
         self.metrics = metrics or GatewayMetrics()
         stops = self.metrics.document_reader_stops
-        self._pdf_reader = PdfReader(
-            settings.pdf_read_timeout_s,
-            settings.pdf_reader_memory_mib,
-            on_stop=lambda reason: stops.labels(reason).inc(),
+        self._pdf_readers = PdfReaders(
+            [
+                PdfReader(
+                    settings.pdf_read_timeout_s,
+                    settings.pdf_reader_memory_mib,
+                    on_stop=lambda reason: stops.labels(reason).inc(),
+                )
+                for _ in range(settings.pdf_readers)
+            ]
         )
         if live_replicas is not None and own_deployment is not None:
             self.metrics.gateway_replicas.set(-1)  # unknown until the watcher has read it
@@ -302,8 +283,8 @@ class Gateway:
             self.metrics.live_replicas.labels(name).set(-1 if live is None else live)
 
     async def aclose(self) -> None:
-        """Stop what this gateway started beside its requests (the PDF reader's process)."""
-        await self._pdf_reader.aclose()
+        """Stop what this gateway started beside its requests (the PDF readers' processes)."""
+        await self._pdf_readers.aclose()
 
     def ready(self) -> bool:
         return any(v.healthy for v in self.state.views())
@@ -391,7 +372,7 @@ class Gateway:
         with span(names.DOCUMENT_READ) as traced:
             started = time.monotonic()
             try:
-                pages, cached = await read_pdf(pdf, where, self._pdf_pages, self._pdf_reader)
+                pages, cached = await read_pdf(pdf, where, self._pdf_pages, self._pdf_readers)
             except InvalidMedia as exc:
                 self.metrics.document_read.labels("read").observe(time.monotonic() - started)
                 raise ApiError(400, str(exc), param=where) from exc

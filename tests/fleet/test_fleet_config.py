@@ -296,3 +296,46 @@ def test_local_cluster_starts_the_nodes_the_starting_replicas_need() -> None:
         node_counts(fleet, {"h100": 3})
     with pytest.raises(ValueError, match="unknown node pools: a100"):
         node_counts(fleet, {"a100": 1})
+
+
+def test_the_gateway_section_reaches_the_gateways_settings() -> None:
+    """What an operator sets of the gateway lives in the fleet file (and so in the chart's
+    `fleet:` values): an internal media server's network, the body limit, PDF readers."""
+    from gemma_fleet.gateway import pdf_process
+    from gemma_fleet.gateway.fleet import gateway_settings
+    from gemma_fleet.gateway.service import GatewaySettings
+
+    data = copy.deepcopy(BASE)
+    data["gateway"] = {
+        "max_body_bytes": 8 * 2**20,
+        "media": {"allowed_networks": ["10.20.0.0/16"]},
+        "pdf_readers": 2,
+    }
+    settings = gateway_settings(parse_fleet(data))
+    assert settings.max_body_bytes == 8 * 2**20
+    assert settings.media.allowed_networks == ["10.20.0.0/16"]
+    assert settings.pdf_readers == 2
+    assert settings.pools and settings.body_timeout_s == 30.0  # the rest as by default
+    defaults = gateway_settings(parse_fleet(BASE))
+    assert defaults.model_dump(exclude={"pools", "aliases"}) == GatewaySettings(
+        pools=defaults.pools
+    ).model_dump(exclude={"pools", "aliases"})
+    # The reader's own defaults, for a PdfReader made without settings.
+    assert defaults.pdf_read_timeout_s == pdf_process.PDF_READ_TIMEOUT_S
+    assert defaults.pdf_reader_memory_mib == pdf_process.PDF_READER_MEMORY_MIB
+
+
+@pytest.mark.parametrize(
+    ("gateway", "expected"),
+    [
+        ({"media": {"allowed_networks": ["10.20.0.0/33"]}}, "gateway.media.allowed_networks"),
+        ({"media": {"allowed_networks": ["intranet"]}}, "'intranet' is not a network"),
+        ({"pdf_readers": 0}, "gateway.pdf_readers"),
+        ({"pdf_reader": 2}, "gateway.pdf_reader"),
+        ({"max_body_bytes": 10}, "gateway.max_body_bytes"),
+    ],
+)
+def test_gateway_options_are_checked_by_name(gateway: dict[str, Any], expected: str) -> None:
+    data = copy.deepcopy(BASE)
+    data["gateway"] = gateway
+    assert expected in refusal(data)

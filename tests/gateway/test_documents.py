@@ -34,7 +34,7 @@ from gemma_fleet.gateway import pdf_render
 from gemma_fleet.gateway.classify import InvalidMedia
 from gemma_fleet.gateway.documents import DocumentPart, PageCache, page_parts, pdf_bytes
 from gemma_fleet.gateway.openai_models import ImagePart, TextPart
-from gemma_fleet.gateway.pdf_process import PdfReader
+from gemma_fleet.gateway.pdf_process import PdfReader, PdfReaders
 from gemma_fleet.gateway.pdf_render import (
     MAX_PDF_PAGES,
     PAGE_LONG_SIDE_PX,
@@ -250,14 +250,14 @@ def test_a_pdf_sent_again_is_not_read_again(
     """A conversation about a document sends it with every question: the pages read the first
     time are used again, and the prompt is the same."""
     reads: list[str] = []
-    reader = gateway_server.gateway._pdf_reader
-    real = reader.read
+    readers = gateway_server.gateway._pdf_readers
+    real = readers.read
 
     async def counted(raw: bytes, what: str) -> list[pdf_render.Page]:
         reads.append(what)
         return await real(raw, what)
 
-    monkeypatch.setattr(reader, "read", counted)
+    monkeypatch.setattr(readers, "read", counted)
     report = _unique(4)
     before = _scrape(gateway_server)
     first = _prompt_tokens(client, _with_pdf(report))
@@ -407,8 +407,8 @@ def test_a_pdf_being_read_holds_up_no_other_request(
     replica answers other requests."""
     worker = (sys.executable, str(Path(__file__).parents[1] / "pdf_worker_faults.py"))
     gateway = gateway_server.gateway
-    slow = PdfReader(1.0, command=worker, on_stop=gateway._pdf_reader._on_stop)
-    monkeypatch.setattr(gateway, "_pdf_reader", slow)
+    slow = PdfReader(1.0, command=worker, on_stop=gateway._pdf_readers.readers[0]._on_stop)
+    monkeypatch.setattr(gateway, "_pdf_readers", PdfReaders([slow]))
     before = _timeouts(gateway_server)
     body = {"model": "e2b", "max_tokens": 2, "messages": _with_pdf(text_pdf(["SLOW"]))}
     text = {"model": "e2b", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}

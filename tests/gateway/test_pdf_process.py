@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pdf_files import inflating_pdf, text_pdf
 
-from gemma_fleet.gateway.pdf_process import PdfReader, ReaderFailed, StopReason
+from gemma_fleet.gateway.pdf_process import PdfReader, PdfReaders, ReaderFailed, StopReason
 from gemma_fleet.gateway.pdf_render import UnreadablePdf, render_pages
 
 FAULTS = (sys.executable, str(Path(__file__).parents[1] / "pdf_worker_faults.py"))
@@ -209,3 +209,30 @@ def test_the_child_ends_when_its_gateway_dies() -> None:
     while alive(child) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(child)
+
+
+def test_readers_side_by_side_read_as_many_pdfs_at_once() -> None:
+    """Two readers: two slow PDFs take one PDF's time, and a third waits for the first reader
+    free. (Each slow PDF takes a minute in the fault worker; the time limit ends it.)"""
+
+    async def body(readers: PdfReaders) -> list[float]:
+        async def timed(tag: str) -> float:
+            started = time.monotonic()
+            with pytest.raises(UnreadablePdf, match="was not read within 1 s"):
+                await readers.read(text_pdf([f"SLOW {tag}"]), tag)
+            return time.monotonic() - started
+
+        for reader in readers.readers:  # started, so that start-up is not timed
+            await reader.read(REPORT, "warm-up")
+        return list(await asyncio.gather(timed("a"), timed("b"), timed("c")))
+
+    async def main() -> list[float]:
+        readers = PdfReaders([PdfReader(1.0, command=FAULTS) for _ in range(2)])
+        try:
+            return await body(readers)
+        finally:
+            await readers.aclose()
+
+    a, b, c = asyncio.run(main())
+    assert a < 1.9 and b < 1.9  # side by side
+    assert c >= 2.0  # its turn came when the first reader was free

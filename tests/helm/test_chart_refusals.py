@@ -144,6 +144,8 @@ def test_all_problems_are_reported_at_once(render: Render) -> None:
         ({"redis": {"external": {"url": "http://redis:6379"}}}, "/redis/external/url"),
         ({"fleet": {"node_pools": [{"name": "L4", "gpu": "L4"}]}}, "/fleet/node_pools/0"),
         ({"autoscaler": {"interval": "fast"}}, "/autoscaler/interval"),
+        ({"fleet": {"gateway": {"pdf_readers": 0}}}, "/fleet/gateway/pdf_readers"),
+        ({"fleet": {"gateway": {"media": {"allowed_network": []}}}}, "allowed_network"),
         ({"gateway": {"replica": 2}}, "replica"),
         # Removed: the gateway reaches Prometheus through the PodMonitor (docs/helm.md).
         ({"observability": {"serviceMonitor": {"enabled": True}}}, "serviceMonitor"),

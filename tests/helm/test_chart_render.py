@@ -780,3 +780,30 @@ def test_fleet_with_every_field_explicit_renders(
     config = _serve_config(out)
     schemas["serve"].validate(config)
     assert config["applications"][0]["args"]["fleet_spec"] == dumped
+
+
+def test_the_gateway_options_in_fleet_values_reach_the_gateway(render: Render) -> None:
+    """A platform engineer sets the gateway's options under `fleet.gateway` (an internal
+    media server, PDF readers): the chart passes them in the fleet spec Ray Serve builds the
+    gateway from."""
+    from gemma_fleet.gateway.fleet import gateway_settings
+
+    fleet = _values(DEFAULTS)["fleet"]
+    fleet["gateway"] = {"media": {"allowed_networks": ["10.20.0.0/16"]}, "pdf_readers": 2}
+    out = render(values={"fleet": fleet})
+    assert out.returncode == 0, out.stderr
+    spec = _serve_config(out)["applications"][0]["args"]["fleet_spec"]
+    settings = gateway_settings(parse_fleet(spec))
+    assert settings.media.allowed_networks == ["10.20.0.0/16"]
+    assert settings.pdf_readers == 2
+
+
+def test_the_charts_schema_of_the_gateway_options_is_the_fleet_files() -> None:
+    """values.schema.json describes `fleet.gateway` by hand; it names exactly the fields of
+    GatewayOptions (and of its media section), so neither can gain one the other refuses."""
+    from gemma_fleet.deployments.pools.schema import GatewayOptions, MediaOptions
+
+    chart = json.loads((CHART / "values.schema.json").read_text())
+    gateway = chart["properties"]["fleet"]["properties"]["gateway"]
+    assert set(gateway["properties"]) == set(GatewayOptions.model_fields)
+    assert set(gateway["properties"]["media"]["properties"]) == set(MediaOptions.model_fields)
