@@ -391,13 +391,16 @@ class Gateway:
     async def _fetch_pdf(self, url: str, where: str) -> bytes:
         """A PDF by URL, fetched under the same SSRF policy and limits as media."""
         with span(names.MEDIA_FETCH, attributes={names.MEDIA_ITEMS: 1}):
-            try:
-                body, _ = await fetch(
-                    url, self._fetch_policy, accept=PDF_CONTENT_TYPES, resolve=self._resolve
-                )
-            except MediaFetchError as exc:
-                raise ApiError(400, f"{where}: {exc}", param=where) from exc
+            body, _ = await self._fetch(url, PDF_CONTENT_TYPES, where)
         return body
+
+    async def _fetch(self, url: str, accept: tuple[str, ...], where: str) -> tuple[bytes, str]:
+        """`url`'s body and content type, fetched under the media policy; a refusal is a 400
+        that begins with the part's place (`where`)."""
+        try:
+            return await fetch(url, self._fetch_policy, accept=accept, resolve=self._resolve)
+        except MediaFetchError as exc:
+            raise ApiError(400, f"{where}: {exc}", param=where) from exc
 
     async def _classify(self, request: ChatCompletionRequest) -> Classification:
         """classify_chat, in a worker thread when the request carries much inline media:
@@ -458,21 +461,18 @@ class Gateway:
             await self._fetch_media(remote)
 
     async def _fetch_media(self, remote: list[RemoteMedia]) -> None:
-        try:
-            fetched = await asyncio.gather(
-                *(
-                    fetch(url, self._fetch_policy, accept=(kind,), resolve=self._resolve)
-                    for _, url, kind, _ in remote
-                )
-            )
-            for (part, url, _, where), (body, content_type) in zip(remote, fetched, strict=True):
-                if isinstance(part, ImagePart):
+        fetched = await asyncio.gather(
+            *(self._fetch(url, (kind,), where) for _, url, kind, where in remote)
+        )
+        for (part, url, _, where), (body, content_type) in zip(remote, fetched, strict=True):
+            if isinstance(part, ImagePart):
+                try:
                     await _check_image(body, f"{where}: image at {url}")
-                    part.image_url.url = data_url(body, content_type)
-                else:
-                    part.video_url.url = data_url(body, content_type)
-        except (MediaFetchError, InvalidMedia) as exc:
-            raise ApiError(400, str(exc), param="messages") from exc
+                except InvalidMedia as exc:
+                    raise ApiError(400, str(exc), param=where) from exc
+                part.image_url.url = data_url(body, content_type)
+            else:
+                part.video_url.url = data_url(body, content_type)
 
     def _route(self, needs: RequestNeeds, requested: str, caller: Caller) -> RouteDecision:
         with span(names.ROUTE) as traced:

@@ -166,7 +166,10 @@ def test_gateway_refuses_inner_image_urls(gateway_server: Any, server: str) -> N
     body = {"model": "gemma-4", "max_tokens": 4, "messages": [{"role": "user", "content": [part]}]}
     r = gateway_server.post("/v1/chat/completions", json=body)
     assert r.status_code == 400
-    assert "loopback" in r.json()["error"]["message"]
+    assert r.json()["error"]["message"].startswith(
+        "messages[0].content[0]: media URL host 127.0.0.1 resolves to 127.0.0.1, a loopback"
+    )
+    assert r.json()["error"]["param"] == "messages[0].content[0]"
 
 
 def test_a_fetched_image_is_checked_and_a_bad_one_named_by_its_address(server: str) -> None:
