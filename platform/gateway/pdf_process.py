@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import resource
 import signal
@@ -36,6 +37,8 @@ from typing import BinaryIO, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gemma_fleet.gateway.pdf_render import MAX_PDF_PAGES, Page, UnreadablePdf, render_pages
+
+log = logging.getLogger(__name__)
 
 # How long one PDF may take to read. 100 dense pages take about 1 s on one core
 # (benchmarks/gateway_pdf_read); a PDF that takes 30 times that is made to.
@@ -191,7 +194,12 @@ class PdfReader:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGKILL)
         status = await child.wait()
-        return f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        ended = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        if reason is not None:  # for the operator: PDFs that keep doing this want a look
+            log.warning(
+                "PDF reader %s stopped midway through a PDF: %s (%s)", child.pid, reason, ended
+            )
+        return ended
 
 
 class PdfReaders:

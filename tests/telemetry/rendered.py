@@ -9,8 +9,9 @@ from __future__ import annotations
 import base64
 import re
 from collections import defaultdict
+from typing import Any
 
-from pdf_files import text_pdf
+from pdf_files import inflating_pdf, text_pdf
 from prometheus_client.parser import text_string_to_metric_families
 
 from gemma_fleet.gateway.metrics import REPLICA_LABEL, UNMIRRORED
@@ -30,19 +31,21 @@ def ray_name(vllm_name: str) -> str:
 
 def rendered_metrics() -> dict[str, set[str]]:
     """Sample name -> label names, from the gateway and a simulated engine after real traffic
-    (an answer, a stream, a refusal, a PDF) and from the autoscaler's status after a step."""
+    (an answer, a stream, a refusal, a PDF, a PDF the reader dies on) and from the
+    autoscaler's status after a step."""
     chat = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
-    pdf = "data:application/pdf;base64," + base64.b64encode(text_pdf(["a report"])).decode()
-    document = [{"role": "user", "content": [{"type": "file", "file": {"file_data": pdf}}]}]
     served = serve(
         [
             {**chat, "model": "small"},
             {**chat, "model": "big", "stream": True},
             {**chat, "model": "no-such-model"},
-            {**chat, "model": "small", "messages": document},
-        ]
+            {**chat, "model": "small", "messages": _document(text_pdf(["a report"]))},
+            # past the reader's memory: it dies on it (document_reader_stops_total)
+            {**chat, "model": "small", "messages": _document(inflating_pdf(200))},
+        ],
+        options={"pdf_reader_memory_mib": 256},
     )
-    assert [r.status_code for r in served.responses] == [200, 200, 404, 200]
+    assert [r.status_code for r in served.responses] == [200, 200, 404, 200, 400]
     labels: dict[str, set[str]] = defaultdict(set)
     for text in (served.gateway_metrics, *served.engine_metrics.values(), autoscaler_metrics()):
         for family in text_string_to_metric_families(text):
@@ -56,6 +59,11 @@ def rendered_metrics() -> dict[str, set[str]]:
         if not name.endswith("_created") and not name.startswith(UNMIRRORED):
             labels["ray_" + name] = labels[name] | {REPLICA_LABEL}
     return dict(labels)
+
+
+def _document(pdf: bytes) -> list[dict[str, Any]]:
+    data = "data:application/pdf;base64," + base64.b64encode(pdf).decode()
+    return [{"role": "user", "content": [{"type": "file", "file": {"file_data": data}}]}]
 
 
 def autoscaler_metrics() -> str:

@@ -39,12 +39,16 @@ class Served:
 
 
 def serve(
-    bodies: list[dict[str, Any]], *, believed_context: dict[str, int] | None = None
+    bodies: list[dict[str, Any]],
+    *,
+    believed_context: dict[str, int] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Served:
     """POST each chat body in turn to a fresh gateway (its HTTP app over httpx's ASGI
     transport) in front of fresh simulated engines; responses are read whole.
-    `believed_context` overrides what the gateway is told of a pool's max_model_len."""
-    gateway_settings = settings()
+    `believed_context` overrides what the gateway is told of a pool's max_model_len;
+    `options` sets gateway options (GatewayOptions fields)."""
+    gateway_settings = settings().model_copy(update=options or {})
     if believed_context:
         pools = [
             p.model_copy(update={"max_model_len": believed_context.get(p.name, p.max_model_len)})
@@ -62,6 +66,7 @@ def serve(
             async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
                 responses = [await client.post("/v1/chat/completions", json=b) for b in bodies]
                 metrics = (await client.get("/metrics")).text
+            await gateway.aclose()
         finally:
             for engine in engines.values():
                 await engine.shutdown()
