@@ -51,8 +51,10 @@ class RoundRobinGateway(Gateway):
         super().__init__(*args, **kwargs)
         self._turn = itertools.count()
 
-    def _route(self, needs: RequestNeeds, requested: str, caller: Caller) -> RouteDecision:
-        decision = super()._route(needs, requested, caller)
+    def _route(
+        self, needs: RequestNeeds, requested: str, caller: Caller, *, documents: bool = False
+    ) -> RouteDecision:
+        decision = super()._route(needs, requested, caller, documents=documents)
         pools = sorted(decision.considered)
         if len(pools) < 2:
             return decision

@@ -290,7 +290,8 @@ class Gateway:
         return any(v.healthy for v in self.state.views())
 
     async def chat(self, request: ChatCompletionRequest, caller: Caller = ANYONE) -> Answer:
-        if caller.check is not None and _has_documents(request):
+        documents = _has_documents(request)
+        if caller.check is not None and documents:
             # A PDF decides the route and the tokens, so it is read before admission; a team
             # already over its limits must not make this replica fetch and read it first.
             with span(names.QUOTA):
@@ -298,7 +299,7 @@ class Gateway:
         await self._read_documents(request)
         classified = await self._classify(request)
         needs = classified.needs
-        decision = self._route(needs, request.model, caller)
+        decision = self._route(needs, request.model, caller, documents=documents)
         if caller.admit is not None:
             with span(names.QUOTA):
                 await caller.admit(classified)
@@ -336,10 +337,11 @@ class Gateway:
         serve it: its chat template, tokenizer and media processing, the same rendering a
         generation's usage.prompt_tokens counts. Routed like a generation (model, team policy,
         capability, health) but not admitted: it takes no quota and no batch slot."""
+        documents = _has_documents(request)
         await self._read_documents(request)
         classified = await self._classify(request)
         needs = replace(classified.needs, max_output_tokens=1)  # nothing is generated
-        decision = self._route(needs, request.model, caller)
+        decision = self._route(needs, request.model, caller, documents=documents)
         await self._inline_remote_media(request)  # the engine counts the media it would see
         chat = request.model_dump(exclude_none=True, by_alias=True)
         payload = {key: chat[key] for key in TOKENIZE_FIELDS if key in chat}
@@ -474,7 +476,9 @@ class Gateway:
             else:
                 part.video_url.url = data_url(body, content_type)
 
-    def _route(self, needs: RequestNeeds, requested: str, caller: Caller) -> RouteDecision:
+    def _route(
+        self, needs: RequestNeeds, requested: str, caller: Caller, *, documents: bool = False
+    ) -> RouteDecision:
         with span(names.ROUTE) as traced:
             if traced.is_recording():  # skip building attributes nobody records
                 traced.set_attributes(
@@ -493,8 +497,12 @@ class Gateway:
                     allowed_models=caller.allowed_models,
                 )
             except RoutingError as exc:
+                message = exc.message
+                if documents and Modality.IMAGE in exc.missing:
+                    # The caller sent a PDF, not an image: say where the image comes from.
+                    message += "; a PDF's pages are read as pictures, which takes image input"
                 raise ApiError(
-                    exc.status, exc.message, param=exc.param, retry_after_s=exc.retry_after_s
+                    exc.status, message, param=exc.param, retry_after_s=exc.retry_after_s
                 ) from exc
             if traced.is_recording():
                 traced.set_attributes(

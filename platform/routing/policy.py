@@ -92,6 +92,7 @@ class RoutingError(Exception):
     capable_models: list[str] = field(default_factory=list)
     retry_after_s: int | None = None
     param: str = "model"  # the request field the refusal is about
+    missing: frozenset[Modality] = frozenset()  # input the requested pools do not take
 
     def __str__(self) -> str:
         return self.message
@@ -176,7 +177,8 @@ def route(
             for p in targets
         )
         param = ("n" if needs.prompts == 1 else "prompt") if only_n else "model"
-        raise RoutingError(400, message, elsewhere, param=param)
+        missing = frozenset().union(*(_missing(needs, p) for p in targets))
+        raise RoutingError(400, message, elsewhere, param=param, missing=missing)
 
     if allowed_models is not None:
         permitted = [p for p in capable if _allowed(p, requested, allowed_models)]

@@ -349,7 +349,10 @@ def test_a_text_only_pool_is_not_sent_a_pdf(client: openai.OpenAI) -> None:
         client.chat.completions.create(
             model="dense", max_tokens=2, messages=_with_pdf(text_pdf([HARVEST]))
         )
-    assert "does not take image" in err.value.message
+    assert "does not take image input" in err.value.message
+    assert err.value.message.endswith(
+        "; a PDF's pages are read as pictures, which takes image input"
+    )
 
 
 def test_responses_input_file_is_read(client: openai.OpenAI) -> None:
