@@ -248,6 +248,9 @@ def serve(
     if memory_mib is not None:
         limit = memory_mib * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # A crash must leave no core file: it would hold a caller's document, and could be as
+    # large as the memory limit, wherever the gateway runs.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if sink is None:
         sink = os.fdopen(os.dup(1), "wb")
         os.dup2(2, 1)

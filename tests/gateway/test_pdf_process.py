@@ -6,6 +6,7 @@ real child with faults on cue."""
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import textwrap
@@ -51,10 +52,16 @@ def alive(pid: int) -> bool:
 
 
 def test_the_child_reads_what_pdfium_reads_here() -> None:
-    async def body(reader: PdfReader) -> Any:
-        return await reader.read(REPORT, "doc")
+    async def body(reader: PdfReader) -> tuple[Any, str]:
+        pages = await reader.read(REPORT, "doc")
+        limits = await asyncio.to_thread(Path(f"/proc/{reader.pid}/limits").read_text)
+        return pages, limits
 
-    assert run(body, PdfReader()) == render_pages(REPORT, "doc")  # the default child
+    pages, limits = run(body, PdfReader(memory_mib=1024))  # the default child
+    assert pages == render_pages(REPORT, "doc")
+    # within its memory, and a crash leaves no core file (a caller's document)
+    assert re.search(r"Max address space\s+1073741824\s+1073741824", limits)
+    assert re.search(r"Max core file size\s+0\s+0", limits)
 
 
 def test_an_unreadable_pdf_is_named_and_the_child_reads_on() -> None:
