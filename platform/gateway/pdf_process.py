@@ -62,7 +62,8 @@ class ReaderFailed(RuntimeError):
 
 
 class _Reply(BaseModel):
-    """The child's header for one PDF: exactly one of the three."""
+    """The child's header for one PDF: its page count, or why it read none (`error`: the
+    PDF's fault, `failed`: the reader's)."""
 
     model_config = ConfigDict(extra="forbid")
 

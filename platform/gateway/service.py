@@ -51,10 +51,7 @@ from gemma_fleet.gateway.openai_models import (
     UserMessage,
     VideoPart,
 )
-from gemma_fleet.gateway.pdf_process import (
-    PdfReader,
-    PdfReaders,
-)
+from gemma_fleet.gateway.pdf_process import PdfReader, PdfReaders
 from gemma_fleet.gateway.pool_client import (
     EngineError,
     JsonReply,

@@ -31,7 +31,9 @@ def _no_stops_yet() -> None:
     STOPS.clear()
 
 
-def run(body: Callable[[PdfReader], Awaitable[Any]], reader: PdfReader | None = None) -> Any:
+def run(body: Callable[[Any], Awaitable[Any]], reader: PdfReader | PdfReaders | None = None) -> Any:
+    """`body` on `reader` (default: one fault worker), which is closed after it."""
+
     async def main() -> Any:
         used = reader or PdfReader(timeout_s=10, command=FAULTS, on_stop=STOPS.append)
         try:
@@ -233,13 +235,6 @@ def test_readers_side_by_side_read_as_many_pdfs_at_once() -> None:
             await reader.read(REPORT, "warm-up")
         return list(await asyncio.gather(timed("a"), timed("b"), timed("c")))
 
-    async def main() -> list[float]:
-        readers = PdfReaders([PdfReader(1.0, command=FAULTS) for _ in range(2)])
-        try:
-            return await body(readers)
-        finally:
-            await readers.aclose()
-
-    a, b, c = asyncio.run(main())
+    a, b, c = run(body, PdfReaders([PdfReader(1.0, command=FAULTS) for _ in range(2)]))
     assert a < 1.9 and b < 1.9  # side by side
     assert c >= 2.0  # its turn came when the first reader was free
