@@ -36,6 +36,7 @@ from gemma_fleet.autoscaler.actuators import kubernetes as actuator
 from gemma_fleet.autoscaler.settings import load_settings
 from gemma_fleet.cli.main import app as cli_app
 from gemma_fleet.deployments.pools.load import parse_fleet
+from gemma_fleet.vram.profile import MAX_TP
 
 DEFAULTS = CHART / "values.yaml"
 CASES = [DEFAULTS, *EXAMPLES]
@@ -798,12 +799,68 @@ def test_the_gateway_options_in_fleet_values_reach_the_gateway(render: Render) -
     assert settings.pdf_readers == 2
 
 
-def test_the_charts_schema_of_the_gateway_options_is_the_fleet_files() -> None:
-    """values.schema.json describes `fleet.gateway` by hand; it names exactly the fields of
-    GatewayOptions (and of its media section), so neither can gain one the other refuses."""
-    from gemma_fleet.deployments.pools.schema import GatewayOptions, MediaOptions
+# The checks a fleet file's loader makes on each field that JSON Schema can say too.
+_CHECKS = ("type", "enum", "pattern", "minimum", "maximum", "exclusiveMinimum", "minItems")
+# Bounds the fleet file checks after its schema, which the chart's schema states: a
+# tensor-parallel group fits the largest node planned for (validate.py's tp_refusal).
+_AFTER_THE_SCHEMA = {("model_pools", "tp"): {"maximum": MAX_TP}}
 
-    chart = json.loads((CHART / "values.schema.json").read_text())
-    gateway = chart["properties"]["fleet"]["properties"]["gateway"]
-    assert set(gateway["properties"]) == set(GatewayOptions.model_fields)
-    assert set(gateway["properties"]["media"]["properties"]) == set(MediaOptions.model_fields)
+
+def _field_checks(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """What one property of a JSON schema demands, with pydantic's `$ref` and
+    `anyOf: [X, null]` flattened to the form the chart's schema writes by hand."""
+    if "$ref" in schema:
+        schema = {**defs[schema["$ref"].rsplit("/", 1)[1]], **schema}
+    if "anyOf" in schema:
+        kinds = schema["anyOf"]
+        schema = {k: v for kind in kinds for k, v in kind.items() if k != "type"}
+        schema["type"] = [kind["type"] for kind in kinds]
+    checks = {k: schema[k] for k in _CHECKS if k in schema}
+    if "enum" in checks:
+        checks["enum"] = sorted(checks["enum"])
+        checks.pop("type", None)  # the chart writes enums without a type
+    return checks
+
+
+def _schema_differences(
+    chart: dict[str, Any], fleet: dict[str, Any], defs: dict[str, Any], where: tuple[str, ...]
+) -> list[str]:
+    """Every field, requirement or bound where the chart's schema and the fleet file's part
+    ways, by its path."""
+    if "$ref" in fleet:
+        fleet = defs[fleet["$ref"].rsplit("/", 1)[1]]
+    if fleet.get("type") == "array" and "items" in fleet and "properties" in chart["items"]:
+        return _schema_differences(chart["items"], fleet["items"], defs, where)
+    differences = []
+    if set(chart["properties"]) != set(fleet["properties"]):
+        differences.append(
+            f"{where}: fields {sorted(chart['properties'])} != {sorted(fleet['properties'])}"
+        )
+    if set(chart.get("required", [])) != set(fleet.get("required", [])):
+        differences.append(f"{where}: required {chart.get('required')} != {fleet.get('required')}")
+    if chart.get("additionalProperties") != fleet.get("additionalProperties"):
+        differences.append(f"{where}: additionalProperties differ")
+    for name in set(chart["properties"]) & set(fleet["properties"]):
+        ours, theirs = chart["properties"][name], fleet["properties"][name]
+        resolved = defs[theirs["$ref"].rsplit("/", 1)[1]] if "$ref" in theirs else theirs
+        if "properties" in resolved or "properties" in ours.get("items", {}):
+            differences += _schema_differences(ours, resolved, defs, (*where, name))
+            continue
+        expected = {**_field_checks(theirs, defs), **_AFTER_THE_SCHEMA.get((*where, name), {})}
+        if (found := _field_checks(ours, defs)) != expected:
+            differences.append(
+                f"{'.'.join((*where, name))}: chart {found} != fleet file {expected}"
+            )
+    return differences
+
+
+def test_the_charts_fleet_schema_demands_what_the_fleet_file_does() -> None:
+    """values.schema.json describes `fleet` by hand (with descriptions for `helm` users):
+    every field, requirement and bound there is the fleet file's own, so a value the chart
+    accepts is one the gateway and the autoscaler accept, and `helm install` refuses what
+    they would refuse after the pods start."""
+    from gemma_fleet.deployments.pools.schema import FleetSpec
+
+    chart = json.loads((CHART / "values.schema.json").read_text())["properties"]["fleet"]
+    fleet = FleetSpec.model_json_schema()
+    assert _schema_differences(chart, fleet, fleet["$defs"], ()) == []
