@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -246,6 +247,7 @@ def serve(
     gateway closes the pipe, within `memory_mib` of address space (None: no limit). What else
     writes to stdout (a library's stray print) goes to stderr instead, so it cannot break a
     frame."""
+    _die_with_parent()
     if memory_mib is not None:
         limit = memory_mib * 2**20
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -279,6 +281,20 @@ def serve(
         for page in pages:
             frames += [page.text.encode("utf-8"), page.picture.encode("ascii")]
         _write(sink, *frames)
+
+
+def _die_with_parent() -> None:
+    """Have the kernel kill this child when the gateway's thread that started it ends. The
+    closed pipe ends an idle child, but not one midway through a PDF: a PDF that loops PDFium
+    would keep an orphan running for as long as the machine does. (The thread, not the
+    process: the gateway starts readers from its event loop, which lives as long as it does.)
+    Linux only; elsewhere the pipe is the only way the child learns."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 def _read(source: BinaryIO) -> bytes | None:

@@ -191,33 +191,58 @@ def test_the_child_ends_with_the_reader() -> None:
     assert STOPS == []  # not stopped midway through a PDF
 
 
-def test_the_child_ends_when_its_gateway_dies() -> None:
-    """A gateway process killed without any clean-up closes the child's pipe by dying, and
-    the child, reading it, ends: no orphan PDFium process stays behind."""
+def child_of_a_killed_gateway(command: tuple[str, ...] | None, last_pdf: str) -> int:
+    """The pid of the reader child of a gateway process that read a PDF, then started
+    reading one holding `last_pdf` and was killed 0.5 s later without any clean-up."""
     gateway = textwrap.dedent(
         f"""
         import asyncio, os, sys
         sys.path.insert(0, {str(Path(__file__).parents[1])!r})
-        from pdf_files import inflating_pdf, text_pdf
+        from pdf_files import text_pdf
         from gemma_fleet.gateway.pdf_process import PdfReader
 
         async def main():
-            reader = PdfReader()
+            reader = PdfReader(command={command!r})
             await reader.read(text_pdf(["hello"]), "doc")
+            reading = asyncio.create_task(reader.read(text_pdf([{last_pdf!r}]), "last"))
+            await asyncio.sleep(0.5)
             print(reader.pid, flush=True)
             os._exit(0)
 
         asyncio.run(main())
         """
     )
+    # Not capture_output: the child shares the gateway's stderr, and run() would wait for it.
     out = subprocess.run(
-        [sys.executable, "-c", gateway], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", gateway],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        timeout=60,
+        check=True,
     )
-    child = int(out.stdout)
-    deadline = time.monotonic() + 10
-    while alive(child) and time.monotonic() < deadline:
+    return int(out.stdout)
+
+
+def ends_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not alive(child)
+    return not alive(pid)
+
+
+def test_the_child_ends_when_its_gateway_dies() -> None:
+    """A gateway process killed without any clean-up closes the child's pipe by dying, and
+    the child, reading it, ends: no orphan PDFium process stays behind."""
+    assert ends_within(child_of_a_killed_gateway(None, "hello again"), 10)
+
+
+def test_a_child_midway_through_a_pdf_ends_when_its_gateway_dies() -> None:
+    """A gateway replica killed while its child reads a PDF (Ray replacing a replica, an
+    OOM kill): the child cannot notice the closed pipe until the PDF is done, which for a PDF
+    that loops PDFium is never. It dies with its gateway instead of running on as an orphan
+    (here the fault worker's slow PDF, which would take a minute)."""
+    assert ends_within(child_of_a_killed_gateway(FAULTS, "SLOW"), 10)
 
 
 def test_readers_side_by_side_read_as_many_pdfs_at_once() -> None:
