@@ -36,7 +36,7 @@ def main() -> None:
     from faults.fault_load import replicas
 
     settings = LocalFleetSettings(
-        http_port=8790, gcs_port=6790, min_worker_port=25500, max_worker_port=25999,
+        http_port=8790, gcs_port=6791, min_worker_port=25500, max_worker_port=25999,
         temp_dir=Path("/tmp/ray-faults"), ready_timeout_s=400,
         state_dir=Path(tempfile.mkdtemp()) / "state",
     )  # fmt: skip
