@@ -208,13 +208,14 @@ class GatewayMetrics:
         self.document_pages = self._counter(
             "gemma_fleet_gateway_document_pages",
             "PDF pages taken in as text and pictures (each page an image for the engine), by "
-            "source: read, or found in the replica's cache of recently read PDFs",
+            "source: read, found in the replica's cache of recently read PDFs, or shared from "
+            "a read of the same PDF in flight for another request",
             ["source"],
         )
         self.document_read = self._histogram(
             "gemma_fleet_gateway_document_read_duration_seconds",
             "Time to take in one PDF, its wait for the replica's PDF reader process "
-            "included, by source (read, or cache)",
+            "included, by source (read, cache or shared)",
             ["source"],
             LATENCY_BUCKETS,
         )

@@ -371,14 +371,13 @@ class Gateway:
         with span(names.DOCUMENT_READ) as traced:
             started = time.monotonic()
             try:
-                pages, cached = await read_pdf(pdf, where, self._pdf_pages, self._pdf_readers)
+                pages, source = await read_pdf(pdf, where, self._pdf_pages, self._pdf_readers)
             except InvalidMedia as exc:
                 self.metrics.document_read.labels("read").observe(time.monotonic() - started)
                 raise ApiError(400, str(exc), param=where) from exc
-            source = "cache" if cached else "read"
             self.metrics.document_read.labels(source).observe(time.monotonic() - started)
             count = sum(p.type == "image_url" for p in pages)
-            traced.set_attributes({names.DOCUMENT_PAGES: count, names.DOCUMENT_CACHED: cached})
+            traced.set_attributes({names.DOCUMENT_PAGES: count, names.DOCUMENT_SOURCE: source})
             self.metrics.document_pages.labels(source).inc(count)
         if part.file.filename is None:
             return pages

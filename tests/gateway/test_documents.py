@@ -5,6 +5,7 @@ holds up nobody else. (Anthropic's document blocks: test_anthropic_blocks.py.)""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import math
@@ -273,6 +274,41 @@ def test_a_pdf_sent_again_is_not_read_again(
     }
 
 
+def test_questions_sent_at_once_about_one_pdf_read_it_once(
+    client: openai.OpenAI, gateway_server: RunningGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client asking several questions about one document at once (an extraction
+    pipeline) sends it with each: the replica reads it once for all of them, instead of
+    queueing them for its reader, and each gets the same prompt."""
+    reads: list[str] = []
+    gateway = gateway_server.gateway
+    readers, cache = gateway._pdf_readers, gateway._pdf_pages
+    real = readers.read
+
+    async def counted(raw: bytes, what: str) -> list[pdf_render.Page]:
+        reads.append(what)
+        # Held until all four wait for it, so that none comes late and finds it cached.
+        deadline = time.monotonic() + 30
+        while sum(r.waiters for r in cache._reading.values()) < 4:
+            assert time.monotonic() < deadline, "the four requests never waited together"
+            await asyncio.sleep(0.01)
+        return await real(raw, what)
+
+    monkeypatch.setattr(readers, "read", counted)
+    report = _unique(3)
+    before = _scrape(gateway_server)
+    with ThreadPoolExecutor(4) as pool:
+        prompts = list(pool.map(lambda _: _prompt_tokens(client, _with_pdf(report)), range(4)))
+    assert len(reads) == 1
+    assert len(set(prompts)) == 1
+    assert _grown(before, _scrape(gateway_server)) == {
+        (PAGES, "read"): 3,
+        (READS, "read"): 1,
+        (PAGES, "shared"): 9,
+        (READS, "shared"): 3,
+    }
+
+
 def test_the_cache_keeps_the_most_recently_used_within_its_size() -> None:
     def parts(chars: int) -> list[DocumentPart]:
         return [TextPart(type="text", text="x" * chars)]
@@ -286,6 +322,99 @@ def test_the_cache_keeps_the_most_recently_used_within_its_size() -> None:
     assert cache.get(b"a") is not None and cache.get(b"c") is not None
     cache.put(b"big", parts(300))  # larger than the whole cache: not kept, nothing dropped
     assert cache.get(b"big") is None and cache.get(b"a") is not None
+
+
+# ---- one read for a PDF sent by several requests at once ----------------------------------------
+
+
+class _SlowRead:
+    """A read of one PDF that ends when the test says (`finish`), counting its starts and
+    whether it was stopped."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.stopped = False
+        self.done = asyncio.Event()
+
+    async def __call__(self) -> list[DocumentPart]:
+        self.started += 1
+        try:
+            await self.done.wait()
+        except asyncio.CancelledError:
+            self.stopped = True
+            raise
+        return [TextPart(type="text", text="page one")]
+
+
+def test_requests_for_one_pdf_in_flight_share_its_read() -> None:
+    async def main() -> None:
+        cache, read = PageCache(), _SlowRead()
+        first = asyncio.create_task(cache.shared(b"pdf", "messages[0].content[0]", read))
+        second = asyncio.create_task(cache.shared(b"pdf", "messages[2].content[1]", read))
+        await asyncio.sleep(0.01)
+        read.done.set()
+        assert await first == ([TextPart(type="text", text="page one")], False)
+        assert await second == ([TextPart(type="text", text="page one")], True)
+        assert read.started == 1
+
+    asyncio.run(main())
+
+
+def test_a_request_that_leaves_leaves_the_read_to_the_others() -> None:
+    """A client that hangs up does not stop the read another request waits on; when the last
+    one leaves, the read is stopped (its reader process with it: PdfReader's "abandoned")."""
+
+    async def main() -> None:
+        cache, read = PageCache(), _SlowRead()
+        leaving = asyncio.create_task(cache.shared(b"pdf", "a", read))
+        staying = asyncio.create_task(cache.shared(b"pdf", "b", read))
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        await asyncio.sleep(0.01)
+        assert not read.stopped
+        read.done.set()
+        assert (await staying)[0] == [TextPart(type="text", text="page one")]
+
+        alone, read = PageCache(), _SlowRead()
+        gone = [asyncio.create_task(alone.shared(b"pdf", "a", read)) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        for task in gone:
+            task.cancel()
+        await asyncio.sleep(0.01)
+        assert read.stopped
+        again = _SlowRead()  # a request after they left starts a read of its own
+        again.done.set()
+        assert await alone.shared(b"pdf", "c", again) == (
+            [TextPart(type="text", text="page one")],
+            False,
+        )
+
+    asyncio.run(main())
+
+
+def test_a_shared_read_that_fails_names_each_requests_own_part() -> None:
+    async def main() -> None:
+        cache = PageCache()
+        gate = asyncio.Event()
+
+        async def unreadable() -> list[DocumentPart]:
+            await gate.wait()
+            raise InvalidMedia("messages[0].content[0] is not a readable PDF: data format error")
+
+        first = asyncio.create_task(cache.shared(b"pdf", "messages[0].content[0]", unreadable))
+        second = asyncio.create_task(cache.shared(b"pdf", "input[3].content[1]", unreadable))
+        await asyncio.sleep(0.01)
+        gate.set()
+        for task, where in ((first, "messages[0].content[0]"), (second, "input[3].content[1]")):
+            with pytest.raises(InvalidMedia) as refused:
+                await task
+            assert str(refused.value) == f"{where} is not a readable PDF: data format error"
+        # A failed read is not kept: the next request reads again (and is told again).
+        read = _SlowRead()
+        read.done.set()
+        assert (await cache.shared(b"pdf", "x", read))[1] is False and read.started == 1
+
+    asyncio.run(main())
 
 
 def test_a_bad_pdf_is_a_400_naming_the_part(client: openai.OpenAI) -> None:
