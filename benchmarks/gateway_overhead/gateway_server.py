@@ -29,6 +29,9 @@ if __name__ == "__main__":
         action="store_true",
         help="decode inline media on the event loop, as before 2026-12-06 (gateway_media_stall)",
     )
+    parser.add_argument(
+        "--pdf-readers", type=int, default=1, help="PDF reader processes (gateway_pdf_read)"
+    )
     args = parser.parse_args()
     if args.inline_media:
         service.OFFLOAD_MEDIA_CHARS = sys.maxsize
@@ -45,6 +48,7 @@ if __name__ == "__main__":
             )
         ],
         aliases={"gemma-4": ["e2b"]},
+        pdf_readers=args.pdf_readers,
     )
     client = HttpPoolClient({"e2b": HttpPool(args.backend, "mock")})
     gate = None

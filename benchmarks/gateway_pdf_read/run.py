@@ -7,24 +7,29 @@ a picture with no text layer. Part 2 sends small text chat requests one after
 another to the gateway of ../gateway_overhead (in front of its 5 ms mock backend), first alone
 and then while a second process sends 20-page dense PDFs back to back (each different, so the
 gateway's page cache does not answer them), and reports the text requests' latency both ways,
-how long each PDF request took, and the pages the gateway read and took from its cache.
+how long each PDF request took, and the pages the gateway read and took from its cache. Part 3
+has two clients send those PDFs back to back to a replica with one PDF reader process and
+then with two (`gateway.pdf_readers`), and reports how many it read.
 
-    .venv/bin/python benchmarks/gateway_pdf_read/run.py            # about 1 minute
+    .venv/bin/python benchmarks/gateway_pdf_read/run.py            # about 2 minutes
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import importlib.util
 import io
 import json
+import multiprocessing
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,7 @@ _spec.loader.exec_module(media_stall)
 summary, text_beside = media_stall.summary, media_stall.text_beside
 
 BACKEND, GATEWAY = 18581, 18582
+SENDERS = 2  # part 3's clients sending PDFs at once
 PAGES_METRIC = "gemma_fleet_gateway_document_pages_total"
 TEXT = {"model": "gemma-4", "max_tokens": 8, "messages": [{"role": "user", "content": "Say ok"}]}
 
@@ -109,7 +115,10 @@ def pages_by_source(client: httpx.Client) -> dict[str, float]:
     return found
 
 
-def stall(bodies: list[bytes], seconds: float, logs: Path) -> dict[str, Any]:
+@contextlib.contextmanager
+def gateway(logs: Path, readers: int = 1) -> Iterator[str]:
+    """The gateway of ../gateway_overhead with `readers` PDF reader processes, in front of its
+    5 ms mock backend; yields its URL once it answers."""
     backend = subprocess.Popen(
         [sys.executable, str(SERVERS / "mock_backend.py"), "--port", str(BACKEND),
          "--delay-ms", "5"],
@@ -117,24 +126,59 @@ def stall(bodies: list[bytes], seconds: float, logs: Path) -> dict[str, Any]:
     )  # fmt: skip
     server = subprocess.Popen(
         [sys.executable, str(SERVERS / "gateway_server.py"), "--port", str(GATEWAY),
-         "--backend", f"http://127.0.0.1:{BACKEND}"],
+         "--backend", f"http://127.0.0.1:{BACKEND}", "--pdf-readers", str(readers)],
         stdout=(logs / "gateway.log").open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{GATEWAY}"
     try:
-        quiet, loaded, pdfs = text_beside(url, bodies, seconds)
-        with httpx.Client(base_url=url) as client:
-            pages = pages_by_source(client)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            media_stall.wait_ready(client)
+        yield url
     finally:
         for process in (server, backend):
             process.terminate()
             process.wait(30)
+
+
+def stall(bodies: list[bytes], seconds: float, logs: Path) -> dict[str, Any]:
+    with gateway(logs) as url:
+        quiet, loaded, pdfs = text_beside(url, bodies, seconds)
+        with httpx.Client(base_url=url) as client:
+            pages = pages_by_source(client)
     return {
         "text, no PDFs": summary(quiet),
         "text, with PDFs": summary(loaded),
         "PDF requests": len(pdfs),
         "PDF request mean_ms": round(1000 * statistics.fmean(pdfs), 1),
         "PDF pages read": int(pages["read"]),
+        "PDF pages from the cache": int(pages["cache"]),
+    }
+
+
+def throughput(bodies: list[bytes], seconds: float, logs: Path, readers: int) -> dict[str, Any]:
+    """PDFs read by one replica with `readers` reader processes, while `SENDERS` clients send
+    different PDFs back to back."""
+    with gateway(logs, readers) as url:
+        queue: Any = multiprocessing.Queue()
+        until = time.time() + seconds
+        senders = [
+            multiprocessing.Process(
+                target=media_stall.send_images, args=(url, bodies[k::SENDERS], until, queue)
+            )
+            for k in range(SENDERS)
+        ]
+        for sender in senders:
+            sender.start()
+        took = [t for _ in senders for t in queue.get(timeout=seconds + 120)]
+        for sender in senders:
+            sender.join(30)
+        with httpx.Client(base_url=url) as client:
+            pages = pages_by_source(client)
+    return {
+        "pdf_readers": readers,
+        "PDF requests": len(took),
+        "PDF request mean_ms": round(1000 * statistics.fmean(took), 1),
+        "pages read per second": round(pages["read"] / seconds, 1),
         "PDF pages from the cache": int(pages["cache"]),
     }
 
@@ -166,6 +210,7 @@ def main() -> None:
             **stall(bodies, args.seconds, logs),
         },
     }
+    report["readers"] = [throughput(bodies, args.seconds, logs, n) for n in (1, 2)]
     (args.out / "results.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))
 
