@@ -222,8 +222,8 @@ class GatewayMetrics:
         self.document_reader_stops = self._counter(
             "gemma_fleet_gateway_document_reader_stops",
             "Times the replica's PDF reader process was stopped midway through a PDF, by "
-            "reason: timeout, crash (it died on the PDF), abandoned (the client left), fault "
-            "(it broke the wire or did not start)",
+            "reason: timeout, crash (it died on the PDF), abandoned (every client waiting for "
+            "it left), fault (it broke the wire or did not start)",
             ["reason"],
         )
         self.store_pending = self._gauge(
