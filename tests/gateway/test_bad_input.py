@@ -248,3 +248,21 @@ def test_the_schema_check_is_fast_on_a_ten_megabyte_schema() -> None:
             check_json_schema(bad)
     for good in ({"type": ["string", "null"]}, {"properties": {"a": False}}, True, {"x-ext": 1}):
         check_json_schema(good)
+
+
+@pytest.mark.parametrize(
+    ("what", "raw"),
+    [
+        ("a byte-order mark", b"\xef\xbb\xbf" + json.dumps(chat_body()).encode()),
+        ("a lone surrogate escape", json.dumps(chat_body(user="x\ud800y")).encode()),
+        ("500 levels of nesting", json.dumps(chat_body(
+            chat_template_kwargs=json.loads('{"a": ' * 500 + "{}" + "}" * 500))).encode()),
+    ],
+)  # fmt: skip
+def test_json_read_by_python_but_not_by_the_fast_parser_is_still_read(
+    gateway_server: Any, what: str, raw: bytes
+) -> None:
+    """Bodies are parsed by pydantic's Rust parser first (bodies.py), which refuses these;
+    Python's json reads them, as the gateway always has."""
+    r = gateway_server.post(CHAT, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 200, (what, r.text[:300])
