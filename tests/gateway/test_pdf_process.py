@@ -232,8 +232,8 @@ def ends_within(pid: int, seconds: float) -> bool:
 
 
 def test_the_child_ends_when_its_gateway_dies() -> None:
-    """A gateway process killed without any clean-up closes the child's pipe by dying, and
-    the child, reading it, ends: no orphan PDFium process stays behind."""
+    """A gateway process killed without any clean-up, its child idle: the child ends (its
+    pipe closed, and on Linux the death signal it asked for), no orphan PDFium process."""
     assert ends_within(child_of_a_killed_gateway(None, "hello again"), 10)
 
 
