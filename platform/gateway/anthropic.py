@@ -72,25 +72,29 @@ def _text(blocks: str | list[TextBlock]) -> str:
 
 
 def _tool_result(block: ToolResultBlock, where: str) -> tuple[str, list[dict[str, Any]]]:
-    """A tool result as the tool message's text and the images it returned. The images go
-    into the user turn that follows the tool's response: the chat core's tool messages carry
-    text only (as OpenAI's do), while Gemma 4's template and vLLM 0.32 would also take them
-    inside the response (docs/gateway.md). Documents count as their text (and images)."""
-    if isinstance(block.content, str):
-        texts, images = [block.content], []
-    else:
-        parts: list[dict[str, Any]] = []
-        for k, item in enumerate(block.content):
-            if isinstance(item, DocumentBlock):
-                parts += _document(item, f"{where}.content[{k}]")
-            elif isinstance(item, SearchResultBlock):
-                parts.append(_search_result(item))
-            else:
-                parts.append(_part(item, f"{where}.content[{k}]"))
-        texts = [p["text"] for p in parts if p["type"] == "text"]
-        images = [p for p in parts if p["type"] != "text"]
+    """A tool result as the tool message's text and the media it returned. The media go into
+    the user turn that follows the tool's response: the chat core's tool messages carry text
+    only (as OpenAI's do), while Gemma 4's template and vLLM 0.32 would also take them inside
+    the response (docs/gateway.md). A document of text stays in the response; one with
+    pictures, or a PDF (read into pages of text and pictures), goes to that turn whole,
+    inside its tags, rather than leaving its tags empty in the response."""
+    content = block.content
+    texts: list[str] = [content] if isinstance(content, str) else []
+    media: list[dict[str, Any]] = []
+    for k, item in enumerate([] if isinstance(content, str) else content):
+        if isinstance(item, DocumentBlock):
+            parts = _document(item, f"{where}.content[{k}]")
+            if any(p["type"] != "text" for p in parts):
+                media += parts
+                continue
+        elif isinstance(item, SearchResultBlock):
+            parts = [_search_result(item)]
+        else:
+            parts = [_part(item, f"{where}.content[{k}]")]
+        texts += [p["text"] for p in parts if p["type"] == "text"]
+        media += [p for p in parts if p["type"] != "text"]
     text = "".join(texts)
-    return (f"error: {text}" if block.is_error else text), images
+    return (f"error: {text}" if block.is_error else text), media
 
 
 def _document(block: DocumentBlock, where: str) -> list[dict[str, Any]]:

@@ -368,6 +368,37 @@ def test_a_document_a_tool_returned_is_read_and_a_bad_pdf_refused(
     )
 
 
+def test_a_pdf_a_tool_returned_follows_its_response_inside_its_tags(
+    client: anthropic.Anthropic,
+) -> None:
+    """A PDF in a tool's result goes, tags and pages, into the user turn after the tool's
+    response: before, its empty <document> tags stayed in the response and its pages came
+    after them, untagged. A text document stays in the response (test above)."""
+    from gemma_fleet.gateway.anthropic import to_chat_request
+    from gemma_fleet.gateway.anthropic_models import MessagesRequest
+
+    report: DocumentBlockParam = {
+        "type": "document", "source": _pdf(text_pdf([REPORT[:80]])), "title": "Harvest report",
+    }  # fmt: skip
+    messages = _after_screenshot({"type": "text", "text": "found it"}, report)
+    body = {"model": "e2b", "max_tokens": 8, "tools": [SHOT_TOOL], "messages": messages}
+    chat = to_chat_request(MessagesRequest.model_validate(body)).model_dump(exclude_none=True)
+    tool, user = chat["messages"][2:]
+    assert tool == {"role": "tool", "tool_call_id": "toolu_1", "content": "found it"}
+    head, pdf, end = user["content"]
+    assert head["text"] == "<document>\n<title>Harvest report</title>\n<document_content>\n"
+    assert pdf["type"] == "file"
+    assert end["text"] == "\n</document_content>\n</document>"
+    # read into its page's text and picture, counted as it is metered
+    used = client.messages.create(model="e2b", max_tokens=8, tools=[SHOT_TOOL], messages=messages)
+    bare = client.messages.create(
+        model="e2b", max_tokens=8, tools=[SHOT_TOOL], messages=_after_screenshot()
+    )
+    assert used.usage.input_tokens > bare.usage.input_tokens + 280 + 80 // 4
+    counted = client.messages.count_tokens(model="e2b", tools=[SHOT_TOOL], messages=messages)
+    assert counted.input_tokens == used.usage.input_tokens
+
+
 # ---- search_result blocks ----------------------------------------------------------------------
 
 PASSAGES = [
