@@ -327,8 +327,11 @@ def test_the_cache_keeps_the_most_recently_used_within_its_size() -> None:
 # ---- one read for a PDF sent by several requests at once ----------------------------------------
 
 
+PAGE_ONE: list[DocumentPart] = [TextPart(type="text", text="page one")]
+
+
 class _SlowRead:
-    """A read of one PDF that ends when the test says (`finish`), counting its starts and
+    """A read of one PDF that ends when the test sets `done`, counting its starts and
     whether it was stopped."""
 
     def __init__(self) -> None:
@@ -343,7 +346,7 @@ class _SlowRead:
         except asyncio.CancelledError:
             self.stopped = True
             raise
-        return [TextPart(type="text", text="page one")]
+        return list(PAGE_ONE)
 
 
 def test_requests_for_one_pdf_in_flight_share_its_read() -> None:
@@ -353,8 +356,8 @@ def test_requests_for_one_pdf_in_flight_share_its_read() -> None:
         second = asyncio.create_task(cache.shared(b"pdf", "messages[2].content[1]", read))
         await asyncio.sleep(0.01)
         read.done.set()
-        assert await first == ([TextPart(type="text", text="page one")], False)
-        assert await second == ([TextPart(type="text", text="page one")], True)
+        assert await first == (PAGE_ONE, False)
+        assert await second == (PAGE_ONE, True)
         assert read.started == 1
 
     asyncio.run(main())
@@ -373,7 +376,7 @@ def test_a_request_that_leaves_leaves_the_read_to_the_others() -> None:
         await asyncio.sleep(0.01)
         assert not read.stopped
         read.done.set()
-        assert (await staying)[0] == [TextPart(type="text", text="page one")]
+        assert (await staying)[0] == PAGE_ONE
 
         alone, read = PageCache(), _SlowRead()
         gone = [asyncio.create_task(alone.shared(b"pdf", "a", read)) for _ in range(2)]
@@ -384,10 +387,7 @@ def test_a_request_that_leaves_leaves_the_read_to_the_others() -> None:
         assert read.stopped
         again = _SlowRead()  # a request after they left starts a read of its own
         again.done.set()
-        assert await alone.shared(b"pdf", "c", again) == (
-            [TextPart(type="text", text="page one")],
-            False,
-        )
+        assert await alone.shared(b"pdf", "c", again) == (PAGE_ONE, False)
 
     asyncio.run(main())
 

@@ -806,11 +806,18 @@ _CHECKS = ("type", "enum", "pattern", "minimum", "maximum", "exclusiveMinimum", 
 _AFTER_THE_SCHEMA = {("model_pools", "tp"): {"maximum": MAX_TP}}
 
 
+def _resolved(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with pydantic's `$ref` replaced by the definition it names."""
+    if "$ref" not in schema:
+        return schema
+    named = defs[schema["$ref"].rsplit("/", 1)[1]]
+    return {**named, **{k: v for k, v in schema.items() if k != "$ref"}}
+
+
 def _field_checks(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """What one property of a JSON schema demands, with pydantic's `$ref` and
     `anyOf: [X, null]` flattened to the form the chart's schema writes by hand."""
-    if "$ref" in schema:
-        schema = {**defs[schema["$ref"].rsplit("/", 1)[1]], **schema}
+    schema = _resolved(schema, defs)
     if "anyOf" in schema:
         kinds = schema["anyOf"]
         schema = {k: v for kind in kinds for k, v in kind.items() if k != "type"}
@@ -827,8 +834,7 @@ def _schema_differences(
 ) -> list[str]:
     """Every field, requirement or bound where the chart's schema and the fleet file's part
     ways, by its path."""
-    if "$ref" in fleet:
-        fleet = defs[fleet["$ref"].rsplit("/", 1)[1]]
+    fleet = _resolved(fleet, defs)
     if fleet.get("type") == "array" and "items" in fleet and "properties" in chart["items"]:
         return _schema_differences(chart["items"], fleet["items"], defs, where)
     differences = []
@@ -841,10 +847,9 @@ def _schema_differences(
     if chart.get("additionalProperties") != fleet.get("additionalProperties"):
         differences.append(f"{where}: additionalProperties differ")
     for name in set(chart["properties"]) & set(fleet["properties"]):
-        ours, theirs = chart["properties"][name], fleet["properties"][name]
-        resolved = defs[theirs["$ref"].rsplit("/", 1)[1]] if "$ref" in theirs else theirs
-        if "properties" in resolved or "properties" in ours.get("items", {}):
-            differences += _schema_differences(ours, resolved, defs, (*where, name))
+        ours, theirs = chart["properties"][name], _resolved(fleet["properties"][name], defs)
+        if "properties" in theirs or "properties" in ours.get("items", {}):
+            differences += _schema_differences(ours, theirs, defs, (*where, name))
             continue
         expected = {**_field_checks(theirs, defs), **_AFTER_THE_SCHEMA.get((*where, name), {})}
         if (found := _field_checks(ours, defs)) != expected:
