@@ -32,6 +32,7 @@ from gemma_fleet.gateway.bodies import parse, read_json
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
 from gemma_fleet.gateway.openapi import error_response, gateway_openapi
+from gemma_fleet.gateway.ratelimit_headers import ratelimit_headers
 from gemma_fleet.gateway.responses import to_chat_request as responses_to_chat
 from gemma_fleet.gateway.responses import to_count_request as responses_to_count
 from gemma_fleet.gateway.responses import to_response, to_response_stream
@@ -84,6 +85,16 @@ class SecurityHeaders:
 
 # Routes under this prefix speak Anthropic's API, errors included.
 ANTHROPIC_PREFIX = "/v1/messages"
+
+
+def speaks_anthropic(request: Request) -> bool:
+    """Whether the answer is for an Anthropic client: its routes, and the model listing when
+    an Anthropic SDK asks (it sends anthropic-version)."""
+    path = request.url.path
+    return path.startswith(ANTHROPIC_PREFIX) or (
+        path.startswith("/v1/models") and wants_anthropic(request.headers)
+    )
+
 
 # A handler parses the body, serves it for `Caller`, and says which model was asked for and
 # whether the client wants the usage chunk of a stream.
@@ -219,7 +230,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
                 metrics.refused(endpoint, team, exc.status, rejection_reason(exc))
             raise
         root.set_attribute(names.REQUEST_MODEL, model)
-        answer.headers.update(success_headers(admitted))
+        answer.headers.update(success_headers(admitted, anthropic=speaks_anthropic(request)))
         pool, reason = answer.headers[POOL_HEADER], answer.headers[REASON_HEADER]
         if isinstance(answer, StreamAnswer):
             tally = StreamTally(client_wants_usage=wants_usage)
@@ -246,13 +257,11 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        # Anthropic's clients read Anthropic's error shape; everyone else OpenAI's.
-        path = request.url.path
-        anthropic = path.startswith(ANTHROPIC_PREFIX) or (
-            path.startswith("/v1/models") and wants_anthropic(request.headers)
-        )
+        # Anthropic's clients read Anthropic's error shape and headers; everyone else OpenAI's.
+        anthropic = speaks_anthropic(request)
         body = exc.anthropic_body() if anthropic else exc.openai_body()
-        headers = {**SECURITY_HEADERS, **exc.headers()}
+        limits = ratelimit_headers(exc.window, anthropic=anthropic)
+        headers = {**SECURITY_HEADERS, **exc.headers(), **limits}
         return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(HTTPException)

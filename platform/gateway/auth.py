@@ -3,8 +3,9 @@
 Clients present a team key as `Authorization: Bearer <key>` (OpenAI SDKs) or `x-api-key: <key>`
 (Anthropic SDKs); administrators present GEMMA_FLEET_ADMIN_KEY the same way on `/admin/...`;
 scrapers present GEMMA_FLEET_METRICS_TOKEN as `Authorization: Bearer` on `/metrics` when it is set.
-Store errors become HTTP answers here: 401 for a bad key, 429 with Retry-After and OpenAI's
-x-ratelimit-* headers for a limit, 503 with Retry-After when Redis is down (fail-closed).
+Store errors become HTTP answers here: 401 for a bad key, 429 with Retry-After and the minute's
+standing (the app writes it as rate-limit headers) for a limit, 503 with Retry-After when Redis
+is down (fail-closed).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from pydantic import SecretStr
 
 from gemma_fleet.gateway.classify import Classification
 from gemma_fleet.gateway.errors import ApiError
+from gemma_fleet.gateway.ratelimit_headers import ratelimit_headers
 from gemma_fleet.gateway.service import Caller
 from gemma_fleet.teams.access import StoreUnavailable, TeamAccess, Ticket, Unauthenticated
 from gemma_fleet.teams.bootstrap import apply_bootstrap, read_bootstrap
 from gemma_fleet.teams.credentials import Credential, CredentialUnavailable, read_password_file
-from gemma_fleet.teams.limits import UNLIMITED, LimitExceeded, MinuteWindow, RequestTooLarge
+from gemma_fleet.teams.limits import LimitExceeded, RequestTooLarge
 from gemma_fleet.teams.loop_lag import CEILING as LAG_CEILING
 from gemma_fleet.teams.redis_client import connect
 from gemma_fleet.teams.settings import TeamsSettings
@@ -44,22 +46,6 @@ def presented_key(request: Request) -> str | None:
         scheme, _, value = auth.partition(" ")
         return value.strip() if scheme.lower() == "bearer" else None
     return request.headers.get("x-api-key")
-
-
-def ratelimit_headers(window: MinuteWindow | None) -> dict[str, str]:
-    """OpenAI-style headers for the limits the team has (none for unlimited ones)."""
-    if window is None:
-        return {}
-    headers = {}
-    for kind, used, limit in (
-        ("requests", window.requests_used, window.requests_limit),
-        ("tokens", window.tokens_used, window.tokens_limit),
-    ):
-        if limit != UNLIMITED:
-            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, limit - used))
-            headers[f"x-ratelimit-reset-{kind}"] = f"{window.reset_s}s"
-    return headers
 
 
 def limit_error(exc: LimitExceeded) -> ApiError:
@@ -82,7 +68,7 @@ def limit_error(exc: LimitExceeded) -> ApiError:
         message,
         code=_LIMIT_CODES.get(exc.limit, "rate_limit_exceeded"),
         retry_after_s=exc.retry_after_s,
-        extra_headers=ratelimit_headers(exc.window),
+        window=exc.window,
     )
 
 
@@ -250,10 +236,11 @@ def metrics_refusal(message: str) -> ApiError:
     )
 
 
-def success_headers(admitted: list[Admitted]) -> Mapping[str, str]:
+def success_headers(admitted: list[Admitted], *, anthropic: bool) -> Mapping[str, str]:
+    """Where the team's minute stands after admitting this request, in the client's dialect."""
     if not admitted or admitted[0].ticket.admission is None:
         return {}
-    return ratelimit_headers(admitted[0].ticket.admission.window)
+    return ratelimit_headers(admitted[0].ticket.admission.window, anthropic=anthropic)
 
 
 class GateError(RuntimeError):

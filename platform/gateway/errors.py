@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from gemma_fleet.gateway.unserved import UNSERVED
+
+if TYPE_CHECKING:
+    from gemma_fleet.teams.limits import MinuteWindow
 
 # OpenAI error `type` by HTTP status, as its API answers them.
 _OPENAI_TYPES = {
@@ -42,7 +45,8 @@ _ANTHROPIC_TYPES = {
 @dataclass
 class ApiError(Exception):
     """An error a client should see: status, a message naming the problem, and optionally the
-    offending parameter and seconds to wait before retrying."""
+    offending parameter, seconds to wait before retrying, and where the team's minute stands
+    (`window`, for a limit's refusal: its headers are written in the client's dialect)."""
 
     status: int
     message: str
@@ -50,6 +54,7 @@ class ApiError(Exception):
     code: str | None = None
     retry_after_s: int | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
+    window: MinuteWindow | None = None
 
     def __str__(self) -> str:
         return self.message

@@ -223,13 +223,14 @@ class TeamLimitsChange(BaseModel):
 
 @dataclass(frozen=True)
 class MinuteWindow:
-    """Where a team stands in the current minute, for OpenAI-style x-ratelimit-* headers."""
+    """Where a team stands in the current minute, for the rate-limit headers of its answers."""
 
     requests_used: int
     requests_limit: int
     tokens_used: int
     tokens_limit: int
-    reset_s: int
+    reset_s: int  # seconds to the minute's end
+    ends_at: int  # the minute's end, Unix seconds (minutes are the gateway clock's)
 
 
 @dataclass(frozen=True)
@@ -375,6 +376,7 @@ class Limiter:
         """The admission script: where the minute stands, or LimitExceeded."""
         _, budget_left_s = _period_key(limits.budget_period, now)
         minute_left_s = 60 - int(now % 60)
+        minute_ends_at = int(now) + minute_left_s
         ok, name, used, allowed, rpm_used, tpm_used = await self._admit(
             keys=[*keys, *([once_key] if once_key else [])],
             args=[
@@ -397,6 +399,7 @@ class Limiter:
             tokens_used=int(tpm_used),
             tokens_limit=limits.tokens_per_minute,
             reset_s=minute_left_s,
+            ends_at=minute_ends_at,
         )
         if int(ok) != 1:
             limit = name.decode() if isinstance(name, bytes) else str(name)

@@ -94,6 +94,45 @@ def test_a_team_key_is_served_with_rate_limit_headers(gateway: RunningGateway) -
     assert int(raw.headers["x-ratelimit-remaining-requests"]) < 1000
     assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
     assert "x-ratelimit-limit-tokens" not in raw.headers  # the team has no token limit
+    assert not [name for name in raw.headers if name.startswith("anthropic-ratelimit")]
+
+
+def test_anthropic_clients_read_anthropic_rate_limit_headers(gateway: RunningGateway) -> None:
+    """Anthropic answers say where the limits stand as anthropic-ratelimit-*, the reset an
+    RFC 3339 time (OpenAI's headers give seconds), on answers and on a limit's 429 alike."""
+    key = new_team(
+        gateway, "sonnet-fans", limits={"requests_per_minute": 2, "tokens_per_minute": 10_000}
+    )
+    within_one_minute()
+    sdk = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+    hello: list[anthropic.types.MessageParam] = [{"role": "user", "content": "hi"}]
+    raw = sdk.messages.with_raw_response.create(model="e2b", max_tokens=8, messages=hello)
+    headers = raw.headers
+    assert headers["anthropic-ratelimit-requests-limit"] == "2"
+    assert headers["anthropic-ratelimit-requests-remaining"] == "1"
+    assert headers["anthropic-ratelimit-tokens-limit"] == "10000"
+    assert 0 < int(headers["anthropic-ratelimit-tokens-remaining"]) < 10_000
+    reset_at = headers["anthropic-ratelimit-requests-reset"]
+    reset = datetime.strptime(reset_at, "%Y-%m-%dT%H:%M:%SZ")
+    until_reset = reset.replace(tzinfo=UTC) - datetime.now(UTC)
+    assert timedelta(0) < until_reset <= timedelta(seconds=60)
+    assert reset.second == 0  # limits count per minute of the clock
+    assert (
+        headers["anthropic-ratelimit-tokens-reset"] == headers["anthropic-ratelimit-requests-reset"]
+    )
+    assert not [name for name in headers if name.startswith("x-ratelimit")]
+
+    sdk.messages.create(model="e2b", max_tokens=8, messages=hello)
+    with pytest.raises(anthropic.RateLimitError) as refused:
+        sdk.messages.create(model="e2b", max_tokens=8, messages=hello)
+    headers = refused.value.response.headers
+    assert headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert (
+        headers["anthropic-ratelimit-requests-reset"]
+        == raw.headers["anthropic-ratelimit-requests-reset"]
+    )
+    assert 1 <= int(headers["retry-after"]) <= 60
+    assert not [name for name in headers if name.startswith("x-ratelimit")]
 
 
 def test_a_revoked_key_is_refused_on_the_very_next_request(gateway: RunningGateway) -> None:
