@@ -13,12 +13,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gemma_fleet.gateway.accounting import StreamTally, Usage, usage_of
 from gemma_fleet.gateway.admin import admin_router
+from gemma_fleet.gateway.answer_headers import AnswerHeaders
 from gemma_fleet.gateway.anthropic import (
     to_chat_request,
     to_count_request,
@@ -33,6 +32,7 @@ from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest, CompletionRequest
 from gemma_fleet.gateway.openapi import error_response, gateway_openapi
 from gemma_fleet.gateway.ratelimit_headers import ratelimit_headers
+from gemma_fleet.gateway.request_ids import request_id, request_id_headers
 from gemma_fleet.gateway.responses import to_chat_request as responses_to_chat
 from gemma_fleet.gateway.responses import to_count_request as responses_to_count
 from gemma_fleet.gateway.responses import to_response, to_response_stream
@@ -58,29 +58,6 @@ SECURITY_HEADERS = {
     "referrer-policy": "no-referrer",
     "content-security-policy": "default-src 'none'; frame-ancestors 'none'",
 }
-
-
-class SecurityHeaders:
-    """ASGI middleware: SECURITY_HEADERS on every response, including those routes and
-    Starlette build themselves (404, 405, 204). Plain ASGI, not BaseHTTPMiddleware, so streams
-    pass through untouched and a client's disconnect still cancels its request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in SECURITY_HEADERS.items():
-                    headers.setdefault(name, value)
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 # Routes under this prefix speak Anthropic's API, errors included.
@@ -136,7 +113,8 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     app = FastAPI(title="Gemma Fleet gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
     gate = gate or TeamGate(None)
     app.openapi = gateway_openapi(app, gate.metrics_protected)  # type: ignore[method-assign]
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(AnswerHeaders, headers_for=lambda _: SECURITY_HEADERS)
+    app.add_middleware(AnswerHeaders, headers_for=request_id_headers)
     limit = gateway.settings.max_body_bytes
     read_timeout = gateway.settings.body_timeout_s
     metrics = gateway.metrics
@@ -206,9 +184,8 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     async def observed(endpoint: str, request: Request, handle: Handler) -> Answer:
         """Run one API call: authenticate, parse, serve, settle, count."""
         started = time.perf_counter()
-        root = start_span(
-            names.REQUEST, kind=SpanKind.SERVER, attributes={names.HTTP_ROUTE: request.url.path}
-        )
+        attributes = {names.HTTP_ROUTE: request.url.path, names.REQUEST_ID: request_id(request)}
+        root = start_span(names.REQUEST, kind=SpanKind.SERVER, attributes=attributes)
         admitted: list[Admitted] = []
         team = ""
         try:

@@ -20,6 +20,7 @@ ENGINE_GENERATE = "engine.generate"  # in the engine's process, child of gateway
 # Attributes
 HTTP_ROUTE = "http.route"
 TEAM = "gemma_fleet.team"
+REQUEST_ID = "gemma_fleet.request_id"  # the answer's request-id header
 POOL = "gemma_fleet.pool"
 ROUTE_REASON = "gemma_fleet.route_reason"
 PROMPT_TOKENS_ESTIMATE = "gemma_fleet.prompt_tokens_estimate"

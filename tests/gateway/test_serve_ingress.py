@@ -97,6 +97,33 @@ def test_chat_and_stream_through_ray_serve(serve_url: str) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
+def test_both_sdks_read_the_id_rays_proxy_gave_the_request(serve_url: str) -> None:
+    """Ray Serve's proxy names each request (x-request-id) and the gateway answers with the
+    same id as Anthropic's request-id, once each; a client's own id is kept."""
+    import anthropic
+
+    client = openai.OpenAI(base_url=serve_url + "/v1", api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="small", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert raw.headers.get_list("x-request-id") == raw.headers.get_list("request-id")
+    assert len(raw.headers.get_list("request-id")) == 1
+    assert raw.parse()._request_id == raw.headers["request-id"]
+    sdk = anthropic.Anthropic(base_url=serve_url, api_key="unused", max_retries=0)
+    with pytest.raises(anthropic.NotFoundError) as refused:
+        sdk.messages.create(model="nope", max_tokens=4, messages=[{"role": "user", "content": "x"}])
+    assert refused.value.request_id
+    assert refused.value.request_id == refused.value.response.headers["x-request-id"]
+    mine = httpx.post(
+        serve_url + "/v1/chat/completions",
+        json={"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        headers={"x-request-id": "ticket-4711"},
+        timeout=30,
+    )
+    assert mine.headers.get_list("x-request-id") == ["ticket-4711"]
+    assert mine.headers.get_list("request-id") == ["ticket-4711"]
+
+
 def test_refusals_through_ray_serve(serve_url: str) -> None:
     r = httpx.post(
         serve_url + "/v1/chat/completions",

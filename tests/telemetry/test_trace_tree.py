@@ -42,6 +42,8 @@ def test_chat_trace_runs_from_gateway_request_to_engine(spans: InMemorySpanExpor
     assert engine[names.FINISH_REASONS] == (body["choices"][0]["finish_reason"],)
     assert engine[names.RESPONSE_MODEL] == "gemma-4-E2B"
     assert tree[names.REQUEST].attributes[names.REQUEST_MODEL] == "small"
+    # An operator finds the trace by the id the client was given.
+    assert tree[names.REQUEST].attributes[names.REQUEST_ID] == response.headers["request-id"]
 
 
 def test_streamed_trace_ends_with_the_stream(spans: InMemorySpanExporter) -> None:
@@ -96,6 +98,7 @@ def test_a_refused_request_ends_its_trace_at_the_route(spans: InMemorySpanExport
     assert names.DISPATCH not in finished and names.ENGINE_GENERATE not in finished
     root = finished[names.REQUEST]
     assert finished[names.ROUTE].parent_span_id == root.span_id
+    assert root.attributes[names.REQUEST_ID] == response.headers["request-id"]
     errors = [
         s.name for s in spans.get_finished_spans() if not s.status.is_ok and s.status.description
     ]
