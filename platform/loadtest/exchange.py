@@ -22,6 +22,7 @@ from gemma_fleet.loadtest.records import CONCURRENCY_LIMITED, EXPECTED_429, QUOT
 
 POOL_HEADER = "x-gemma-fleet-pool"
 ROUTE_HEADER = "x-gemma-fleet-route"
+REQUEST_ID_HEADER = "x-request-id"  # Ray Serve's proxy names every request (gateway/request_ids.py)
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Exchange:
     status: int = 0
     pool: str = ""
     route: str = ""
+    request_id: str = ""
     error: str | None = None
     message: str = ""
     ttft_s: float | None = None
@@ -73,6 +75,7 @@ def call(
             out.status = response.status_code
             out.pool = response.headers.get(POOL_HEADER, "")
             out.route = response.headers.get(ROUTE_HEADER, "")
+            out.request_id = response.headers.get(REQUEST_ID_HEADER, "")
             if response.status_code != 200:
                 _refused(out, response)
             elif body.get("stream"):

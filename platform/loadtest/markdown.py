@@ -29,6 +29,11 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
+def _cell(text: str) -> str:
+    """`text` as one table cell: a message may hold a pipe or a line break."""
+    return " ".join(text.replace("|", "\\|").split()) or "-"
+
+
 def _groups(groups: Sequence[GroupStats]) -> list[str]:
     return _table(
         ["", "requests", "ok", "429", "errors", "SLO met", "goodput/s",
@@ -122,8 +127,13 @@ def render_markdown(report: LoadTestReport, plots: Sequence[str]) -> str:
     out += [f"![{p}]({p})" for p in plots]
     out += ["", "## Errors by type", ""]
     if report.errors_by_type:
-        errors = sorted(report.errors_by_type.items())
-        out += _table(["type", "count"], [[k, str(v)] for k, v in errors])
+        rows = []
+        for kind, count in sorted(report.errors_by_type.items()):
+            example = report.error_examples.get(kind)  # absent in reports older than it
+            message = _cell(example.message) if example else "-"
+            ids = ", ".join(example.request_ids) if example and example.request_ids else "-"
+            rows.append([kind, str(count), message, ids])
+        out += _table(["type", "count", "first message", "requests (x-request-id)"], rows)
     else:
         out.append("None.")
     out += ["", "## 429s by team", ""]

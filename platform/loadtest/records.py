@@ -39,6 +39,9 @@ class RequestRecord(BaseModel):
     status: int = Field(description="HTTP status; 0 when no answer arrived")
     pool: str = Field("", description="x-gemma-fleet-pool: the pool that served it")
     route: str = Field("", description="x-gemma-fleet-route: why that pool")
+    request_id: str = Field(
+        "", description="x-request-id: the gateway's id for it (its trace's gemma_fleet.request_id)"
+    )
     error: str | None = Field(None, description="error type; None when it succeeded")
     message: str = Field("", description="the error's message, shortened")
     ttft_s: float | None = None

@@ -1,6 +1,7 @@
 """The load test's report, computed from the per-request records: latency percentiles overall
 and over time per pool, SLO attainment, goodput (requests per second within SLO), errors by
-type, 429s by team, and - when the gateway could be scraped - its own counters beside ours.
+type (each with its first message and request ids), 429s by team, and - when the gateway could
+be scraped - its own counters beside ours.
 
 Definitions (also in docs/loadtest.md):
 - A request *meets its SLO* when it succeeded, its end-to-end time is within `e2e_s` and, if
@@ -26,6 +27,9 @@ from gemma_fleet.loadtest.records import STOPPED, RequestRecord
 from gemma_fleet.loadtest.shapes import ShapeSpec
 from gemma_fleet.loadtest.staffing import staffing
 from gemma_fleet.loadtest.workload import Slo, WorkloadFile
+
+# Request ids kept per error type: enough to find a few traces, few enough to read.
+EXAMPLE_REQUESTS = 3
 
 
 class Model(BaseModel):
@@ -98,6 +102,16 @@ class WindowTotals(Model):
     errors_rps: float
 
 
+class ErrorExample(Model):
+    """What one type of error looked like, to look it up in the fleet's traces and logs."""
+
+    message: str = Field(description="the first such error's message, shortened")
+    request_ids: list[str] = Field(
+        description=f"the first {EXAMPLE_REQUESTS} such requests' x-request-id (none for a "
+        "request that got no answer: a timeout, a refused connection)"
+    )
+
+
 class LoadTestReport(Model):
     """The report's JSON (report.json); report.md and the plots are rendered from it."""
 
@@ -115,6 +129,9 @@ class LoadTestReport(Model):
     by_model: list[GroupStats] = Field(description="by the model the requests named")
     by_team: list[GroupStats]
     errors_by_type: dict[str, int]
+    error_examples: dict[str, ErrorExample] = Field(
+        default_factory=dict, description="error type -> its first message and request ids"
+    )
     rate_limited_by_team: dict[str, dict[str, int]] = Field(
         description="team -> 429 error code -> count"
     )
@@ -143,6 +160,18 @@ class LoadTestReport(Model):
     @property
     def workloads_ran(self) -> list[str]:
         return [w.name for w in self.by_workload if w.requests > 0]
+
+
+def error_examples(records: Iterable[RequestRecord]) -> dict[str, ErrorExample]:
+    """Each error type's first message and first few request ids, in the records' order."""
+    examples: dict[str, ErrorExample] = {}
+    for r in records:
+        if r.error is None:
+            continue
+        example = examples.setdefault(r.error, ErrorExample(message=r.message, request_ids=[]))
+        if r.request_id and len(example.request_ids) < EXAMPLE_REQUESTS:
+            example.request_ids.append(r.request_id)
+    return examples
 
 
 def percentiles(values: Sequence[float]) -> Percentiles:
@@ -362,6 +391,7 @@ def build_report(
             group_stats(t, rs, slo_of, duration) for t, rs in _by(records, lambda r: r.team).items()
         ],
         errors_by_type=dict(Counter(r.error for r in records if r.error is not None)),
+        error_examples=error_examples(records),
         rate_limited_by_team={t: dict(c) for t, c in sorted(limited.items())},
         window_s=window,
         timeline=timeline(records, started, duration, window, slo_of),

@@ -220,6 +220,7 @@ class FleetUser(User):
             status=result.status,
             pool=result.pool,
             route=result.route,
+            request_id=result.request_id,
             error=result.error,
             message=result.message,
             ttft_s=result.ttft_s,

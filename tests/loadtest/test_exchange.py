@@ -198,13 +198,18 @@ def test_refusals_keep_their_status_and_message(
                 "messages": [{"role": "user", "content": "word " * 60_000}]}  # fmt: skip
     out = call(session, gateway.url + "/v1", None, too_long, 60)
     assert (out.status, out.error) == (400, "http_400") and out.message
+    # the gateway's name for it, which the report lists to find its trace
+    assert (
+        out.request_id
+        and out.request_id != call(session, gateway.url + "/v1", None, too_long, 60).request_id
+    )
     unknown = {**too_long, "model": "gemma-4-7b", "messages": [{"role": "user", "content": "hi"}]}
     assert call(session, gateway.url + "/v1", None, unknown, 60).error == "http_404"
     for api in ("messages", "responses"):
         refused = call(session, gateway.url + "/v1", None, body_for(api, unknown), 60, api)
         assert refused.error == "http_404" and "gemma-4-7b" in refused.message
     dead = call(session, "http://127.0.0.1:9/v1", None, unknown, 5)
-    assert (dead.status, dead.error) == (0, "connection")
+    assert (dead.status, dead.error, dead.request_id) == (0, "connection", "")
 
 
 def test_counters_parse_from_the_live_gateway(gateway: RunningGateway) -> None:

@@ -129,6 +129,9 @@ def test_no_request_failed_but_for_expected_429s_of_the_limited_team(run: Run) -
     assert set(report.errors_by_type) <= EXPECTED_429, report.errors_by_type
     assert list(report.rate_limited_by_team) == ["lt-ci-limited"]
     assert report.totals.rate_limited > 0  # 4 requests a minute: the limit was reached
+    # each 429 names its request with the id Ray Serve's proxy gave it (to find its trace)
+    ids = report.error_examples["rate_limit_exceeded"].request_ids
+    assert len(ids) == len(set(ids)) >= 1 and all(ids)
 
 
 def test_the_reports_figures_match_the_gateways_counters(run: Run) -> None:

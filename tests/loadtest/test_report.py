@@ -41,16 +41,18 @@ def rec(workload: str, t: float, **kw: Any) -> RequestRecord:
 
 LIMITED: dict[str, Any] = dict(status=429, error="rate_limit_exceeded", pool="", ttft_s=None,
                                tpot_s=None, prompt_tokens=0, completion_tokens=0)  # fmt: skip
+FAILED: dict[str, Any] = dict(status=500, error="http_500", ttft_s=None, tpot_s=None, pool="",
+                              message="engine | failed\nbadly", request_id="rid-6")  # fmt: skip
 RECORDS = [
     rec("chat", 1),
     rec("chat", 2, ttft_s=1.5),  # misses TTFT
     rec("chat", 3, tpot_s=0.2, pool="p2"),  # misses TPOT
     rec("chat", 4, e2e_s=3.0, pool="p2"),
     rec("docs", 5, ttft_s=3.0, e2e_s=6.0),  # within its own looser TTFT
-    rec("docs", 6, status=500, error="http_500", ttft_s=None, tpot_s=None, pool=""),
-    rec("capped", 7),
-    rec("capped", 8, **LIMITED),
-    rec("capped", 9, **LIMITED),
+    rec("docs", 6, **FAILED),
+    rec("capped", 7, request_id="rid-7"),
+    rec("capped", 8, **LIMITED, message="team requests per minute limit reached"),
+    rec("capped", 9, **LIMITED, request_id="rid-9"),
 ]
 
 
@@ -90,6 +92,15 @@ def test_attainment_leaves_out_expected_429s_but_counts_other_errors() -> None:
 def test_errors_and_429s_are_broken_down() -> None:
     report = _report()
     assert report.errors_by_type == {"http_500": 1, "rate_limit_exceeded": 2}
+    # the first message of each, and the requests to look up (none for record 8: no id)
+    examples = {kind: e.model_dump() for kind, e in report.error_examples.items()}
+    assert examples == {
+        "http_500": {"message": "engine | failed\nbadly", "request_ids": ["rid-6"]},
+        "rate_limit_exceeded": {
+            "message": "team requests per minute limit reached",
+            "request_ids": ["rid-9"],
+        },
+    }
     assert report.rate_limited_by_team == {"lim": {"rate_limit_exceeded": 2}}
     pools = {p.name: p.succeeded for p in report.by_pool}
     assert pools == {"(none)": 0, "p1": 4, "p2": 2}
@@ -125,6 +136,7 @@ def test_records_round_trip_and_the_report_files_are_written(tmp_path: Path) -> 
     text = result.report_md.read_text()
     assert text.startswith("# Load test: SLOs missed")
     assert "| lim | rate_limit_exceeded | 2 |" in text
+    assert "| http_500 | 1 | engine \\| failed badly | rid-6 |" in text  # one cell, one line
     for plot in result.plots:
         assert plot.read_bytes().startswith(b"\x89PNG") and plot.name in text
     assert {p.name for p in result.plots} >= {"latency_ttft.png", "throughput.png"}
