@@ -87,11 +87,19 @@ def rejection_reason(exc: ApiError) -> str:
     )
 
 
+def event_stream(events: AsyncIterator[str], headers: dict[str, str]) -> StreamingResponse:
+    """A server-sent event stream. `x-accel-buffering: no` asks an nginx in front (ingress-nginx,
+    most often) to pass each event on as it comes: by default nginx buffers a proxied answer,
+    and tokens would reach the client in bursts, or only at the end."""
+    headers = {**headers, "x-accel-buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+
+
 def respond(answer: Answer) -> Response:
     headers = {**SECURITY_HEADERS, **answer.headers}
     if isinstance(answer, JsonAnswer):
         return Response(answer.reply.raw, media_type="application/json", headers=headers)
-    return StreamingResponse(answer.events, media_type="text/event-stream", headers=headers)
+    return event_stream(answer.events, headers)
 
 
 # What an SDK calling an API route the fleet lacks is told it does serve.
@@ -305,11 +313,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         model = answer.headers.get(POOL_HEADER, body.model)
         if isinstance(answer, JsonAnswer):
             return JSONResponse(shape(body, model, answer.body), headers=headers)
-        return StreamingResponse(
-            shape_stream(body, model, answer.events),
-            media_type="text/event-stream",
-            headers=headers,
-        )
+        return event_stream(shape_stream(body, model, answer.events), headers)
 
     @app.post("/v1/messages")
     async def messages(request: Request) -> Response:

@@ -1,6 +1,8 @@
-"""Every answer names its request, as the OpenAI and Anthropic SDKs read it (their responses'
-`_request_id` and their errors' `request_id`): the gateway under uvicorn, no proxy in front.
-Behind Ray Serve's proxy, which makes the id, see test_serve_ingress.py."""
+"""What answers' headers tell clients and the proxies between: every answer names its request,
+as the OpenAI and Anthropic SDKs read it (their responses' `_request_id` and their errors'
+`request_id`), and event streams ask an nginx in front not to buffer them. The gateway under
+uvicorn, no proxy in front; behind Ray Serve's proxy, which makes the id, see
+test_serve_ingress.py."""
 
 from __future__ import annotations
 
@@ -56,3 +58,24 @@ def test_a_client_may_name_its_request(gateway_server: Any) -> None:
     )
     assert answer.status_code == 200
     assert answer.headers["request-id"] == "ticket-4711"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {"messages": HELLO, "max_tokens": 2}),
+        ("/v1/completions", {"prompt": "hello", "max_tokens": 2}),
+        ("/v1/messages", {"messages": HELLO, "max_tokens": 2}),
+        ("/v1/responses", {"input": "hello", "max_output_tokens": 2}),
+    ],
+)
+def test_streams_ask_nginx_not_to_buffer_them(gateway_server: Any, path: str, body: Any) -> None:
+    """ingress-nginx buffers a proxied answer unless told otherwise: a stream's tokens would
+    reach the client in bursts. Whole answers may be buffered."""
+    url = gateway_server.url + path
+    with httpx.stream("POST", url, json={"model": "e2b", **body, "stream": True}) as streamed:
+        assert streamed.status_code == 200
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        assert streamed.headers["x-accel-buffering"] == "no"
+    whole = httpx.post(url, json={"model": "e2b", **body}, timeout=30)
+    assert whole.status_code == 200 and "x-accel-buffering" not in whole.headers
