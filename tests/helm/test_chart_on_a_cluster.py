@@ -320,6 +320,40 @@ def test_ingress_without_the_admin_api(render: Render) -> None:
     assert not _routed("/admin/teams", paths)
 
 
+NGINX = "nginx.ingress.kubernetes.io/"
+
+
+def _ingress_annotations(out: Rendered) -> dict[str, str]:
+    (ingress,) = out.all("Ingress")
+    annotations: dict[str, str] = ingress["metadata"].get("annotations") or {}
+    return annotations
+
+
+def test_an_nginx_ingress_takes_the_fleets_bodies_and_long_answers(render: Render) -> None:
+    """ingress-nginx's defaults (1 MB bodies, 60 s reads) would refuse a 2 MB image with its
+    own 413 and cut a long non-streamed answer with a 504."""
+    nginx = {"enabled": True, "className": "nginx"}
+    annotations = _ingress_annotations(_ok(render(values={"gateway": {"ingress": nginx}})))
+    assert annotations == {
+        NGINX + "proxy-body-size": "26m",  # the gateway's 25 MiB and one more: its 413 answers
+        NGINX + "proxy-read-timeout": "600",  # the pools' drain_timeout_s
+        NGINX + "proxy-send-timeout": "600",
+    }
+    bigger = {
+        "gateway": {"ingress": nginx},
+        "fleet": {"gateway": {"max_body_bytes": 100 * 2**20 + 1}},
+    }
+    assert _ingress_annotations(_ok(render(values=bigger)))[NGINX + "proxy-body-size"] == "102m"
+    # What the values set wins (the mixed example asks for 32m), and is kept beside the rest.
+    mixed = _ingress_annotations(_ok(render(CHART / "examples" / "mixed-l4-h100.yaml")))
+    assert mixed[NGINX + "proxy-body-size"] == "32m"
+    assert mixed[NGINX + "proxy-send-timeout"] == "600"
+    assert mixed["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    # Another controller's Ingress gets no nginx settings.
+    other = {"gateway": {"ingress": {"enabled": True, "className": "traefik"}}}
+    assert _ingress_annotations(_ok(render(values=other))) == {}
+
+
 def test_ingress_paths_of_ones_own_are_refused(render: Render) -> None:
     """A catch-all `/` is what published /metrics; the chart owns the path list now."""
     host = {"host": "gemma.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}

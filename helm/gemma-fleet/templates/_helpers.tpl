@@ -44,6 +44,18 @@ app.kubernetes.io/part-of: gemma-fleet
 {{- define "gemma-fleet.redisName" -}}{{ include "gemma-fleet.fullname" . }}-redis{{- end }}
 {{- define "gemma-fleet.autoscalerName" -}}{{ include "gemma-fleet.fullname" . }}-autoscaler{{- end }}
 
+{{- /* The longest drain_timeout_s of the pools, whole seconds (the fleet file's default: 600 s):
+how long a replica being removed keeps answering. */}}
+{{- define "gemma-fleet.longestDrainSeconds" -}}
+{{- $longestDrain := 0.0 }}
+{{- range $mp := .Values.fleet.model_pools }}
+{{- $drain := 600.0 }}
+{{- if and (hasKey $mp "drain_timeout_s") (not (kindIs "invalid" $mp.drain_timeout_s)) }}{{ $drain = float64 $mp.drain_timeout_s }}{{ end }}
+{{- $longestDrain = maxf $longestDrain $drain }}
+{{- end }}
+{{- ceil $longestDrain | int }}
+{{- end }}
+
 {{- define "gemma-fleet.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
