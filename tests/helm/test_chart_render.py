@@ -200,6 +200,9 @@ def test_serve_config_matches_ray_serve_schema_and_carries_the_fleet(
     (gateway,) = [d for d in app["deployments"] if d["name"] == "gateway"]
     assert gateway["num_replicas"] == values["gateway"]["replicas"]
     assert config["http_options"]["port"] == 8000
+    # how long the proxy keeps an idle connection: Ray's 90 s unless set (620 behind GCLB)
+    keep_alive = values["gateway"].get("keepAliveTimeoutS", 90)
+    assert config["http_options"]["keep_alive_timeout_s"] == keep_alive
 
 
 def test_an_upgrade_keeps_the_old_cluster_for_the_pools_drain(
