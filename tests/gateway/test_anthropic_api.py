@@ -117,6 +117,31 @@ def test_tool_use_round_trip(client: anthropic.Anthropic) -> None:
     assert final.content and final.content[0].type == "text"
 
 
+@pytest.mark.parametrize(
+    "tool",
+    [
+        {"type": "web_search_20250305", "name": "web_search", "max_uses": 3},  # a server tool
+        {"type": "bash_20250124", "name": "bash"},  # a client tool of Anthropic's schema
+    ],
+)
+def test_anthropics_built_in_tools_are_refused_for_what_they_are(
+    client: anthropic.Anthropic, tool: Any
+) -> None:
+    """A built-in tool has no input_schema: it was refused as a custom tool missing one."""
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(
+            model="gemma-4", max_tokens=8, tools=[tool], messages=[{"role": "user", "content": "x"}]
+        )
+    message = refused.value.message
+    assert f"tools[0].type is not served by this gateway: '{tool['type']}'" in message
+    assert "custom tool" in message and "input_schema" in message
+    custom: ToolParam = {"type": "custom", **TOOLS[0]}  # the SDK's explicit form is served
+    answer = client.messages.create(
+        model="gemma-4", max_tokens=8, tools=[custom], messages=[{"role": "user", "content": "x"}]
+    )
+    assert answer.content
+
+
 def test_streamed_tool_use(client: anthropic.Anthropic) -> None:
     with client.messages.stream(
         model="moe",
