@@ -4,18 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gemma_fleet.gateway.json_schema import valid_json_schema
-from gemma_fleet.gateway.unserved import UNSERVED, unserved
+from gemma_fleet.gateway.unserved import served_kinds, unserved
 
 
 class Strict(BaseModel):
@@ -179,23 +171,18 @@ class Message(Strict):
     content: str | list[Block]
 
 
-def _custom_tool(kind: str | None) -> str | None:
-    # A built-in tool (web_search_20250305, bash_20250124, ...) has no input_schema: refused
-    # for what it is, not as a custom tool missing its schema.
-    if kind not in (None, "custom"):
-        raise PydanticCustomError(
-            UNSERVED,
+class ToolDefinition(Loose):
+    # Declared first: a built-in tool (web_search_20250305, bash_20250124, ...) has no
+    # input_schema, and is refused for what it is rather than for the schema it lacks.
+    type: Annotated[
+        str | None,
+        served_kinds(
+            (None, "custom"),
             "{kind} is one of Anthropic's built-in tools, which run on Anthropic's platform or "
             "follow schemas only Anthropic's models know; send it as a custom tool (name, "
             "description, input_schema) and run it yourself",
-            {"kind": repr(kind)},
-        )
-    return kind
-
-
-class ToolDefinition(Loose):
-    # Declared first: its refusal is the one a built-in tool gets, not input_schema's.
-    type: Annotated[str | None, AfterValidator(_custom_tool)] = None
+        ),
+    ] = None
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     input_schema: dict[str, Any]

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from gemma_fleet.gateway.json_schema import valid_json_schema
-from gemma_fleet.gateway.unserved import unserved
+from gemma_fleet.gateway.unserved import served_kinds, unserved
 
 # OpenAI's rule for function names; Gemma's tool-call syntax parses the same characters.
 FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -220,7 +220,15 @@ class FunctionDefinition(Strict):
 
 
 class Tool(Strict):
-    type: Literal["function"]
+    # Declared first: a custom tool's refusal names its type, not the `function` it lacks.
+    type: Annotated[
+        str,
+        served_kinds(
+            ("function",),
+            "{kind} tools take free-form text, and the engines call function tools only (vLLM's "
+            "tool parsers read JSON arguments); send it as a function tool with `parameters`",
+        ),
+    ]
     function: FunctionDefinition
 
 

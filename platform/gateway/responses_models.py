@@ -22,7 +22,7 @@ from pydantic import (
 
 from gemma_fleet.gateway.json_schema import valid_json_schema
 from gemma_fleet.gateway.openai_models import NO_MODERATION, FunctionName, InputAudio, Strict
-from gemma_fleet.gateway.unserved import unserved
+from gemma_fleet.gateway.unserved import served_kinds, unserved
 
 NO_STATE = (
     "this gateway stores no responses or conversations: send the whole conversation in `input`"
@@ -153,7 +153,16 @@ InputItem = Annotated[
 
 
 class FunctionTool(Strict):
-    type: Literal["function"]
+    # Declared first: a hosted tool's refusal names its type, not the `name` it lacks.
+    type: Annotated[
+        str,
+        served_kinds(
+            ("function",),
+            "{kind} is not a function tool: OpenAI runs its hosted tools (web search, file "
+            "search, code interpreter, MCP, ...) on its own platform, and nothing runs them "
+            "here; send a function tool and run it yourself",
+        ),
+    ]
     name: FunctionName
     description: str | None = None
     parameters: dict[str, Any] | None = None

@@ -24,3 +24,16 @@ def unserved(reason: str) -> AfterValidator:
             raise PydanticCustomError(UNSERVED, reason)
 
     return AfterValidator(refuse)
+
+
+def served_kinds(served: tuple[str | None, ...], reason: str) -> AfterValidator:
+    """The validator of a `type` of which only `served` are: another is refused by name,
+    `reason` a message with `{kind}` for the value sent (a tool a provider runs on its own
+    platform got "Input should be 'function'", which says what is accepted but not why)."""
+
+    def refuse(value: Any) -> Any:
+        if value not in served:
+            raise PydanticCustomError(UNSERVED, reason, {"kind": repr(value)})
+        return value
+
+    return AfterValidator(refuse)

@@ -91,6 +91,18 @@ def test_long_context_goes_to_a_256k_pool(client: openai.OpenAI) -> None:
     assert raw.headers["x-gemma-fleet-pool"] == "e4b"
 
 
+def test_a_custom_tool_is_refused_naming_its_type(client: openai.OpenAI) -> None:
+    """OpenAI's custom tools take free-form text; vLLM's tool parsers read JSON arguments.
+    Refused as "Input should be 'function'" before, which said what but not why."""
+    custom: Any = {"type": "custom", "custom": {"name": "run_sql", "description": "SQL"}}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="gemma-4", messages=user("x"), tools=[custom])
+    error = refused.value.body
+    assert isinstance(error, dict) and error["param"] == "tools[0].type"
+    assert "'custom' tools take free-form text" in error["message"]
+    assert "function tool" in error["message"]
+
+
 def test_tool_call(client: openai.OpenAI) -> None:
     schema: dict[str, Any] = {
         "type": "object",
