@@ -46,6 +46,7 @@ from gemma_fleet.teams.keys import key_digest, key_id, looks_like_key
 from gemma_fleet.teams.limits import Admission, Limiter
 from gemma_fleet.teams.loop_lag import LoopLag
 from gemma_fleet.teams.redis_client import PasswordUnavailable
+from gemma_fleet.teams.script_calls import ScriptCall, run_together
 from gemma_fleet.teams.settings import RedisDownPolicy, TeamsSettings
 from gemma_fleet.teams.store import Identity, TeamStore
 from gemma_fleet.teams.usage import UsageDelta, UsageMeter
@@ -114,7 +115,7 @@ class TeamAccess:
         self._prefix = prefix
         self._seen: dict[str, tuple[Identity, float]] = {}
         self._lookups: dict[str, asyncio.Task[Identity | None]] = {}  # by key digest, in flight
-        self._pending: deque[Callable[[], Awaitable[None]]] = deque()
+        self._pending: deque[Callable[[], Awaitable[Any]]] = deque()
         self._flusher: asyncio.Task[None] | None = None
         self._flushing = asyncio.Lock()
         # Admitted, not yet settled: renewed. Held weakly: a ticket the gateway dropped without
@@ -307,35 +308,41 @@ class TeamAccess:
         # Both writes carry this request's once-key: a write Redis applied but could not
         # acknowledge (killed mid-reply) is retried from the buffer and must not count twice.
         once = self._once_key(ticket.request_id)
-        writes: list[Callable[[], Awaitable[None]]] = []
+        writes: list[ScriptCall] = []
         used = usage.prompt_tokens + usage.completion_tokens
         if ticket.admission is not None:
             admission = ticket.admission
             self._leases.pop(ticket.request_id, None)  # ends with its release, or by itself
             refused = not usage.requests  # refused after admission: it spends nothing
-            writes.append(lambda: self.limiter.release(admission, used, once, refused))
+            writes.append(self.limiter.release(admission, used, once, refused))
         elif used:
             # Served while Redis was down (serve-cached-keys): no reservation to reconcile, so
             # charge what it used to its minute's tokens and its period's budget, as admission
             # and release would have (budgets stay exact across an outage; tokens/min only if
             # Redis is back within the minute).
             limits, at = ticket.identity.team.limits, ticket.at
-            writes.append(lambda: self.limiter.charge(team, limits, used, at, once))
+            writes.append(self.limiter.charge(team, limits, used, at, once))
         if usage.requests:  # a refused request frees its reservation and meters nothing
-            writes.append(lambda: self.meter.record(team, model, day, usage, once))
-        for write in writes:
-            if self._pending:  # keep order behind what is already waiting
-                self._buffer(write)
+            writes.append(self.meter.record(team, model, day, usage, once))
+        if self._pending:  # keep order behind what is already waiting
+            for write in writes:
+                self._buffer(write.run)
+            return
+        try:
+            # One round trip for both; each carries its once-key, so a write buffered after a
+            # reply that never came is not counted twice when the buffer retries it.
+            results = await self._bounded(run_together(self.redis, writes))
+        except Exception as exc:
+            results = [exc] * len(writes)
+        for write, result in zip(writes, results, strict=True):
+            if not isinstance(result, Exception):
                 continue
-            try:
-                await self._bounded(write())
-            except Exception as exc:
-                if store_down(exc):
-                    self._buffer(write)
-                else:  # a bug must not break the answer the client is reading
-                    log.exception("accounting write for team %s failed", team)
+            if store_down(result):
+                self._buffer(write.run)
+            else:  # a bug must not break the answer the client is reading
+                log.error("accounting write for team %s failed", team, exc_info=result)
 
-    def _buffer(self, write: Callable[[], Awaitable[None]]) -> None:
+    def _buffer(self, write: Callable[[], Awaitable[Any]]) -> None:
         if len(self._pending) >= self.MAX_PENDING:
             log.error("usage buffer full (%d writes): dropping the oldest", self.MAX_PENDING)
             self._pending.popleft()

@@ -29,6 +29,8 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gemma_fleet.teams.script_calls import ScriptCall
+
 Period = Literal["day", "month"]
 
 _ADMIT = """
@@ -441,24 +443,25 @@ class Limiter:
         extended, restored = await self._renew(keys=keys, args=args)
         return Renewal(int(extended), int(restored))
 
-    async def release(
+    def release(
         self,
         admission: Admission,
         used_tokens: int,
         once_key: str | None = None,
         refused: bool = False,
         withdraw: bool = False,
-    ) -> None:
+    ) -> ScriptCall:
         """Free the concurrency slot and correct the token counters from the estimate to
         what was actually used; `refused` (refused after admission: nothing served) gives the
         request back to requests/min too. With `once_key`, sending the same release again (a
-        retry after a reply lost to a Redis restart) changes nothing."""
+        retry after a reply lost to a Redis restart) changes nothing. Await it, or run it
+        with others (script_calls.run_together)."""
         leases = admission.keys[0]
         keys = [*admission.keys, _released_key(leases), *([once_key] if once_key else [])]
         delta = used_tokens - admission.reserved_tokens
         args = [delta, ONCE_TTL_S, int(refused), admission.request_id, int(withdraw)]
         # Its released mark is kept a lease: a renewal sent before the release arrives sooner.
-        await self._release(keys=keys, args=[*args, self._lease_ms])
+        return ScriptCall(self._release, keys, [*args, self._lease_ms])
 
     async def withdraw(
         self, team: str, limits: TeamLimits, tokens: int, at: float, request_id: str, once_key: str
@@ -470,18 +473,19 @@ class Limiter:
         admission = Admission(team, tokens, self._keys(team, limits, at), None, request_id)
         await self.release(admission, 0, once_key, refused=True, withdraw=True)
 
-    async def charge(
+    def charge(
         self, team: str, limits: TeamLimits, tokens: int, at: float, once_key: str | None = None
-    ) -> None:
+    ) -> ScriptCall:
         """Charge `tokens` a request served at `at` without an admission (Redis was down, and
         the policy served cached keys) to that minute's tokens and that period's budget. With
-        `once_key`, sending the same charge again changes nothing."""
+        `once_key`, sending the same charge again changes nothing. Await it, or run it with
+        others (script_calls.run_together)."""
         _, _, tpm, budget = self._keys(team, limits, at)
         _, budget_left_s = _period_key(limits.budget_period, at)
         # Absolute times, as admission at `at` would have set them (its TTLs run from `at`).
         expiry = [int(at // 60) * 60 + MINUTE_KEY_TTL_S, int(at) + budget_left_s + BUDGET_GRACE_S]
         keys = [tpm, budget, *([once_key] if once_key else [])]
-        await self._charge(keys=keys, args=[tokens, *expiry, ONCE_TTL_S])
+        return ScriptCall(self._charge, keys, [tokens, *expiry, ONCE_TTL_S])
 
     async def budget_used(self, team: str, limits: TeamLimits, now: float | None = None) -> int:
         key = self._keys(team, limits, time.time() if now is None else now)[3]

@@ -13,6 +13,7 @@ from typing import Any
 
 from gemma_fleet.teams.limits import ONCE_TTL_S
 from gemma_fleet.teams.records import UsageRow
+from gemma_fleet.teams.script_calls import ScriptCall
 
 COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "images", "audio_seconds")
 
@@ -57,11 +58,12 @@ class UsageMeter:
     def _day_key(self, day: date) -> str:
         return f"{self._p}:usage:{day.isoformat()}"
 
-    async def record(
+    def record(
         self, team: str, model: str, day: date, delta: UsageDelta, once_key: str | None = None
-    ) -> None:
+    ) -> ScriptCall:
         """Add one request's usage to the day's counters. With `once_key`, sending the same
-        write again (a retry after a reply lost to a Redis restart) changes nothing."""
+        write again (a retry after a reply lost to a Redis restart) changes nothing. Await it,
+        or run it with others (script_calls.run_together)."""
         args: list[str | int | float] = [self.RETENTION_DAYS * 86_400, ONCE_TTL_S]
         for counter in COUNTERS:
             value = getattr(delta, counter)
@@ -69,7 +71,7 @@ class UsageMeter:
                 kind = "f" if isinstance(value, float) else "i"
                 args += [f"{team}|{model}|{counter}", kind, value]
         keys = [self._day_key(day), *([once_key] if once_key else [])]
-        await self._record(keys=keys, args=args)
+        return ScriptCall(self._record, keys, args)
 
     async def rows(
         self, start: date, end: date, team: str | None = None, model: str | None = None

@@ -38,6 +38,20 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()  # its data is thrown away; and a Redis that cannot save would not stop
 
 
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times the clients sent Redis something (a command, or a pipeline): round trips."""
+    count = [0]
+    send = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        count[0] += 1
+        await send(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    return count
+
+
 def _busy_script(server: RedisServer) -> Callable[[], None]:
     """Keep Redis running a script (other clients get BUSY) until the returned call ends it."""
     control = sync_redis.Redis(port=server.port)
@@ -268,20 +282,47 @@ def test_a_stalled_event_loop_is_not_taken_for_redis_being_down(
     asyncio.run(scenario())
 
 
+def test_a_request_is_settled_in_one_round_trip_also_by_a_redis_that_lost_its_scripts(
+    own_redis: RedisServer, sent: list[int]
+) -> None:
+    """Its release and its usage were two calls, two round trips after every request for the
+    gateway and for Redis; now one. A Redis restarted since (it holds no scripts: NOSCRIPT)
+    still gets both."""
+
+    async def scenario() -> None:
+        settings = TeamsSettings(auth_required=True, redis_url=own_redis.url)
+        access = TeamAccess(connect(own_redis.url), settings)
+        limits = TeamLimits(max_concurrent_requests=1, token_budget=1_000)
+        await access.store.create_team(TeamSpec(name="t", limits=limits))
+        identity = await access.authenticate((await access.store.issue_key("t", KeyRequest())).key)
+        ticket = await access.admit(identity, 100)
+        await access.settle(ticket, MODEL, UsageDelta(prompt_tokens=5, completion_tokens=7))
+        ticket = await access.admit(identity, 100)  # scripts loaded by now: count from here
+
+        before = sent[0]
+        await access.settle(ticket, MODEL, UsageDelta(prompt_tokens=1, completion_tokens=2))
+        assert sent[0] - before == 1
+
+        ticket = await access.admit(identity, 100)  # its slot was freed
+        sync_redis.Redis(port=own_redis.port).script_flush()
+        await access.settle(ticket, MODEL, UsageDelta(prompt_tokens=3, completion_tokens=4))
+        assert access.pending == 0
+        assert await access.limiter.budget_used("t", limits) == 12 + 3 + 7
+        today = datetime.now(UTC).date()
+        [row] = await access.meter.rows(today, today, team="t")
+        assert (row.requests, row.prompt_tokens, row.completion_tokens) == (3, 9, 13)
+        await access.settle(await access.admit(identity, 100), MODEL, UsageDelta())  # freed
+        await access.close()
+
+    asyncio.run(scenario())
+
+
 def test_deleting_a_team_revokes_all_its_keys_in_a_few_round_trips(
-    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+    own_redis: RedisServer, sent: list[int]
 ) -> None:
     """Each key used to be revoked by calls of its own (four round trips a key): 200 keys cost
     800 round trips, seconds over a network, and a deletion cut short left some keys working.
     Now they are revoked in the transaction that deletes the team."""
-    sent = [0]
-    send = AbstractConnection.send_packed_command
-
-    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
-        sent[0] += 1
-        await send(self, *args, **kwargs)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
 
     async def scenario() -> None:
         settings = TeamsSettings(auth_required=True, redis_url=own_redis.url)
