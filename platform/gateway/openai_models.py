@@ -241,6 +241,18 @@ class NamedToolChoice(Strict):
     function: NamedFunction
 
 
+class AllowedTools(Strict):
+    mode: Literal["auto", "required"]
+    tools: list[NamedToolChoice] = Field(min_length=1)
+
+
+class AllowedToolsChoice(Strict):
+    """Only these of the request's tools may be called (OpenAI's `allowed_tools`)."""
+
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
 class JsonSchemaFormat(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
@@ -298,7 +310,9 @@ class ChatCompletionRequest(Strict):
     prompt_cache_retention: str | None = Field(None, exclude=True)
     safety_identifier: str | None = Field(None, exclude=True)
     tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    tool_choice: (
+        Literal["none", "auto", "required"] | NamedToolChoice | AllowedToolsChoice | None
+    ) = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
     # vLLM's documented sampling extensions, passed through to the engine (load tests use
@@ -372,6 +386,13 @@ class ChatCompletionRequest(Strict):
             name = self.tool_choice.function.name
             if all(t.function.name != name for t in self.tools):
                 raise ValueError(f"tool_choice names {name!r}, which is not among the tools")
+        if isinstance(self.tool_choice, AllowedToolsChoice) and self.tools:
+            # As the engines take it: OpenAI keeps every tool in the prompt (for its cache);
+            # here the prompt holds only those the model may call, which vLLM enforces on
+            # `required`.
+            allowed = self.tool_choice.allowed_tools
+            self.tools = _allowed_tools(self.tools, allowed)
+            self.tool_choice = allowed.mode
         format_ = self.response_format
         if format_ is not None and format_.type == "json_schema" and format_.json_schema is None:
             raise ValueError("response_format of type json_schema needs json_schema")
@@ -492,6 +513,17 @@ class CompletionRequest(Strict):
         """vLLM's echo-only request: the prompt back (with its logprobs), nothing new shown,
         though the engine still generates and counts one token."""
         return self.max_tokens == 0 and bool(self.echo)
+
+
+def _allowed_tools(tools: list[Tool], allowed: AllowedTools) -> list[Tool]:
+    """The tools `allowed` names, each of which must be among `tools`."""
+    names = [choice.function.name for choice in allowed.tools]
+    for i, name in enumerate(names):
+        if all(t.function.name != name for t in tools):
+            raise ValueError(
+                f"tool_choice.allowed_tools.tools[{i}] names {name!r}, which is not among the tools"
+            )
+    return [t for t in tools if t.function.name in names]
 
 
 def _prompt_kind(part: Any) -> str | None:

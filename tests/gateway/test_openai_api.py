@@ -103,6 +103,31 @@ def test_a_custom_tool_is_refused_naming_its_type(client: openai.OpenAI) -> None
     assert "function tool" in error["message"]
 
 
+def test_allowed_tools_limit_which_tools_are_called(client: openai.OpenAI) -> None:
+    """OpenAI's `allowed_tools`: the request keeps its whole tool list and names the ones the
+    model may call now. It was refused ("Input should be 'function'")."""
+    tools: Any = [
+        {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+        for name in ("search", "forecast", "book")
+    ]
+
+    def allowed(*names: str) -> Any:
+        chosen = [{"type": "function", "function": {"name": n}} for n in names]
+        return {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": chosen}}
+
+    for name in ("forecast", "book"):
+        out = client.chat.completions.create(
+            model="gemma-4", messages=user("go"), tools=tools, tool_choice=allowed(name)
+        )
+        calls = out.choices[0].message.tool_calls
+        assert calls and {c.function.name for c in calls if c.type == "function"} == {name}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(
+            model="gemma-4", messages=user("go"), tools=tools, tool_choice=allowed("fly")
+        )
+    assert "tool_choice.allowed_tools.tools[0] names 'fly'" in refused.value.message
+
+
 def test_tool_call(client: openai.OpenAI) -> None:
     schema: dict[str, Any] = {
         "type": "object",
