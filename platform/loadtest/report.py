@@ -168,7 +168,9 @@ def error_examples(records: Iterable[RequestRecord]) -> dict[str, ErrorExample]:
     for r in records:
         if r.error is None:
             continue
-        example = examples.setdefault(r.error, ErrorExample(message=r.message, request_ids=[]))
+        example = examples.get(r.error)
+        if example is None:  # the first of its type (a model built only then)
+            example = examples[r.error] = ErrorExample(message=r.message, request_ids=[])
         if r.request_id and len(example.request_ids) < EXAMPLE_REQUESTS:
             example.request_ids.append(r.request_id)
     return examples
