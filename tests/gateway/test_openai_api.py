@@ -310,9 +310,15 @@ def test_time_to_first_token_ends_at_the_first_token_not_the_first_event(
                 first_text = now
                 break
     assert first_event is not None and first_text is not None
-    assert first_text > 0.1  # the prefill took its time
-    assert first_event > 0.8 * first_text  # the role chunk came with the first token
-    assert ttft_sum() - before == pytest.approx(first_text, rel=0.2)
+    # The simulated prefill sleeps about 0.2 s; timing to any first event gave about 0 s. The
+    # bounds are causal, not a tolerance on two clocks that measure different spans (the
+    # client's includes sending the request and reading the answer, tens of ms on a busy box).
+    prefill_floor_s = 0.1
+    assert first_text > prefill_floor_s  # the prefill took its time
+    assert first_event > prefill_floor_s  # the role chunk came with the first token
+    ttft = ttft_sum() - before
+    # the gateway saw the first token after the request reached it, before the client did
+    assert prefill_floor_s < ttft <= first_text
 
 
 def test_client_disconnect_cancels_the_engine_work(gateway_server: Any) -> None:
