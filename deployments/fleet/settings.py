@@ -17,6 +17,11 @@ class LocalFleetSettings:
     min_worker_port: int = 23000
     max_worker_port: int = 23999
     temp_dir: Path = Path("/tmp/gemma-fleet-ray")
+    # Serve's HAProxy ingress serves http_port; Ray also binds these two for it, on every
+    # interface (its own configuration template says so): a stats page and a Prometheus
+    # exporter. Two fleets on one machine need their own.
+    haproxy_stats_port: int = 8404
+    haproxy_metrics_port: int = 9101
     head_cpus: int = 4  # controller, proxy and ingress; logical, so over-declaring is harmless
     object_store_bytes: int = 200 * 1024 * 1024
     ready_timeout_s: float = 600.0

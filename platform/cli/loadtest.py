@@ -15,7 +15,11 @@ from rich.markup import escape
 from gemma_fleet.cli.console import new_console
 from gemma_fleet.cli.credential_options import credential_from, file_option
 from gemma_fleet.cli.errors import CliError
-from gemma_fleet.cli.ports import require_free_ports, require_free_state_dir
+from gemma_fleet.cli.ports import (
+    haproxy_port_options,
+    require_free_ports,
+    require_free_state_dir,
+)
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.loadtest.markdown import coverage_warnings, percent
 from gemma_fleet.loadtest.provision import ProvisionError
@@ -25,6 +29,8 @@ from gemma_fleet.loadtest.staffing import staffing, unstaffed_warning
 from gemma_fleet.loadtest.workload import WorkloadFileError, load_workload
 
 DEFAULT_USERS = 10
+
+HAPROXY_STATS, HAPROXY_METRICS = haproxy_port_options("with --local: ")
 
 
 def loadtest_command(
@@ -80,6 +86,8 @@ def loadtest_command(
     ),
     port: int = typer.Option(8000, "--port", help="with --local: the API's HTTP port"),
     ray_port: int = typer.Option(6790, "--ray-port", help="with --local: the Ray GCS port"),
+    haproxy_stats_port: int = HAPROXY_STATS,
+    haproxy_metrics_port: int = HAPROXY_METRICS,
     state_dir: Path = typer.Option(
         LocalFleetSettings().state_dir,
         "--state-dir",
@@ -145,8 +153,21 @@ def loadtest_command(
     out = out or Path("loadtest-report") / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     with ExitStack() as stack:
         if local:
-            settings = LocalFleetSettings(http_port=port, gcs_port=ray_port, state_dir=state_dir)
-            for claim in require_free_ports(settings.http_host, port, ray_port):
+            settings = LocalFleetSettings(
+                http_port=port,
+                gcs_port=ray_port,
+                haproxy_stats_port=haproxy_stats_port,
+                haproxy_metrics_port=haproxy_metrics_port,
+                state_dir=state_dir,
+            )
+            claims = require_free_ports(
+                settings.http_host,
+                port,
+                ray_port,
+                haproxy_stats_port=haproxy_stats_port,
+                haproxy_metrics_port=haproxy_metrics_port,
+            )
+            for claim in claims:
                 stack.callback(claim.close)  # held while the fleet runs: see require_free_ports
             require_free_state_dir(state_dir)
             console.print("starting the local fleet ...")

@@ -1,10 +1,11 @@
 """Checks that the ports and the state folder a local fleet is about to use are free, before
 Ray starts.
 
-Ray Serve's HTTP proxy binds with SO_REUSEPORT, so a second fleet on a port a first one holds
-does not fail: both listen and the kernel spreads connections between two fleets with
-different keys. A GCS port in use makes Ray's head assert with a traceback about session
-names. A plain bind (no SO_REUSEPORT) is refused by any listener, so it finds both.
+Ray Serve's HTTP front (HAProxy, or its proxy actor) binds with SO_REUSEPORT, so a second
+fleet on a port a first one holds does not fail: both listen and the kernel spreads
+connections between two fleets with different keys. A GCS port in use makes Ray's head assert
+with a traceback about session names. A plain bind (no SO_REUSEPORT) is refused by any
+listener, so it finds both.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ from __future__ import annotations
 import socket
 import sys
 from pathlib import Path
+from typing import Any
+
+import typer
 
 from gemma_fleet.cli.errors import CliError
+from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.fleet.team_store import store_in_use
 
 
@@ -29,16 +34,45 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def require_free_ports(http_host: str, http_port: int, ray_port: int) -> list[socket.socket]:
+def haproxy_port_options(when: str = "") -> tuple[Any, Any]:
+    """The `--haproxy-stats-port` and `--haproxy-metrics-port` options of a command that
+    starts a local fleet; `when` prefixes their help ("with --local: ")."""
+    stats = typer.Option(
+        LocalFleetSettings.haproxy_stats_port,
+        "--haproxy-stats-port",
+        help=f"{when}port of the stats page of HAProxy (Ray Serve's HTTP front), every interface",
+    )
+    metrics = typer.Option(
+        LocalFleetSettings.haproxy_metrics_port,
+        "--haproxy-metrics-port",
+        help=f"{when}port of HAProxy's Prometheus exporter, every interface",
+    )
+    return stats, metrics
+
+
+def require_free_ports(
+    http_host: str,
+    http_port: int,
+    ray_port: int,
+    *,
+    haproxy_stats_port: int | None = None,
+    haproxy_metrics_port: int | None = None,
+) -> list[socket.socket]:
     """Raise a one-line CliError naming each option whose port another process listens on, or
     that another fleet command on this machine has claimed. Return this command's claims:
     Ray binds the ports up to a minute after this check, and until the claims are closed (at
-    the latest when the process ends) a second `up` or `loadtest --local` cannot pass it."""
-    claims, claimed, listened = [], [], []
-    for option, port, what, host in (
+    the latest when the process ends) a second `up` or `loadtest --local` cannot pass it.
+    The HAProxy ports, when given, are checked on every interface, where HAProxy binds them."""
+    checks = [
         ("--port", http_port, f"HTTP API on {http_host}", http_host),
         ("--ray-port", ray_port, "Ray GCS", ""),
-    ):
+    ]
+    if haproxy_stats_port is not None:
+        checks.append(("--haproxy-stats-port", haproxy_stats_port, "HAProxy stats page", ""))
+    if haproxy_metrics_port is not None:
+        checks.append(("--haproxy-metrics-port", haproxy_metrics_port, "HAProxy metrics", ""))
+    claims, claimed, listened = [], [], []
+    for option, port, what, host in checks:
         if (claim := _claim(port)) is None:
             claimed.append(f"{option} {port} ({what})")
             continue

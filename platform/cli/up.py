@@ -21,11 +21,17 @@ from rich.table import Table
 
 from gemma_fleet.cli.console import new_console
 from gemma_fleet.cli.errors import CliError
-from gemma_fleet.cli.ports import require_free_ports, require_free_state_dir
+from gemma_fleet.cli.ports import (
+    haproxy_port_options,
+    require_free_ports,
+    require_free_state_dir,
+)
 from gemma_fleet.deployments.fleet.progress import FleetProgress, FleetStartError
 from gemma_fleet.deployments.fleet.run import RunningFleet, run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.pools import EngineKind, FleetError, default_fleet_path, load_fleet
+
+HAPROXY_STATS, HAPROXY_METRICS = haproxy_port_options()
 
 
 class _Stop(Exception):
@@ -106,6 +112,8 @@ def up_command(
     ray_temp_dir: Path = typer.Option(
         Path("/tmp/gemma-fleet-ray"), "--ray-temp-dir", help="Ray's session and log folder"
     ),
+    haproxy_stats_port: int = HAPROXY_STATS,
+    haproxy_metrics_port: int = HAPROXY_METRICS,
     ready_file: Path | None = typer.Option(
         None,
         "--ready-file",
@@ -136,6 +144,8 @@ def up_command(
             min_worker_port=low,
             max_worker_port=high,
             temp_dir=ray_temp_dir,
+            haproxy_stats_port=haproxy_stats_port,
+            haproxy_metrics_port=haproxy_metrics_port,
             ready_timeout_s=timeout,
             state_dir=state_dir,
             auth=auth,
@@ -145,7 +155,13 @@ def up_command(
             f"--worker-ports {worker_ports!r}: expected LOW-HIGH, e.g. 23000-23999"
         ) from exc
     # Held until this command ends: a second fleet started meanwhile on these ports is refused.
-    claims = require_free_ports(settings.http_host, port, ray_port)  # noqa: F841
+    claims = require_free_ports(  # noqa: F841
+        settings.http_host,
+        port,
+        ray_port,
+        haproxy_stats_port=haproxy_stats_port,
+        haproxy_metrics_port=haproxy_metrics_port,
+    )
     if auth:
         require_free_state_dir(state_dir)
     stop = threading.Event()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import openai
+import psutil
 import pytest
 from openai.types.chat import (
     ChatCompletionContentPartInputAudioParam,
@@ -22,7 +23,7 @@ from openai.types.chat import (
 )
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from gemma_fleet.deployments.fleet.cluster import NODE_ENVIRONMENT
+from gemma_fleet.deployments.fleet.cluster import HAPROXY_VARIABLES, NODE_ENVIRONMENT
 from gemma_fleet.deployments.fleet.processes import alive, process_tree
 from gemma_fleet.deployments.fleet.run import CPU_VLLM_ENV, RunningFleet, run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
@@ -45,6 +46,7 @@ SETTINGS = LocalFleetSettings(
 # What a local fleet sets for the nodes it starts (cluster, engines, team store).
 FLEET_VARIABLES = {
     *NODE_ENVIRONMENT,
+    *HAPROXY_VARIABLES,
     *CPU_VLLM_ENV,
     "RAY_TMPDIR",
     "GEMMA_FLEET_AUTH",
@@ -402,6 +404,30 @@ def test_the_gateway_replicas_never_load_vllm(fleet: Fleet) -> None:
         assert "libtorch" not in mapped and "/vllm/" not in mapped
 
 
+def test_the_fleet_port_is_served_by_haproxy_from_the_fleets_own_folder(fleet: Fleet) -> None:
+    """Serve's HAProxy ingress, not its proxy actor, answers on the fleet's port: HAProxy
+    forwards to the gateway replicas' own HTTP servers, a third of the CPU a request and less
+    than half the p50 of the proxy actor (benchmarks/serve_ingress). Its files stay in
+    a folder of the fleet's own, which only this user may enter (Ray makes its admin socket
+    world-writable) and which goes with the fleet, and its stats page binds the port the
+    settings name."""
+    processes = process_tree(fleet.pids)
+    listening = {
+        conn.laddr.port: pid
+        for pid in processes
+        if alive(pid)
+        for conn in psutil.Process(pid).net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN
+    }
+    front = processes[listening[SETTINGS.http_port]]
+    haproxy_files = fleet.running.cluster.haproxy_files
+    assert haproxy_files is not None
+    assert Path(front.split()[0]).name == "haproxy", front
+    assert f"-f {haproxy_files}/" in front, front
+    assert listening[SETTINGS.haproxy_stats_port] == listening[SETTINGS.http_port]
+    assert haproxy_files.stat().st_mode & 0o777 == 0o700
+
+
 def test_shutdown_leaves_no_ray_processes(
     fleet: Fleet,
 ) -> None:
@@ -409,8 +435,10 @@ def test_shutdown_leaves_no_ray_processes(
     # What the cluster runs: nodes and GCS, and under the raylets every replica's worker.
     replicas = [cmd for cmd in before.values() if cmd.startswith("ray::ServeReplica")]
     assert len(replicas) >= 5  # four pools and the OpenAI ingress
+    haproxy_files = fleet.running.cluster.haproxy_files
     fleet.stop()
     assert [pid for pid in before if alive(pid)] == []
+    assert haproxy_files is not None and not haproxy_files.exists()
     # The variables the fleet set for its nodes went with it: a later Ray cluster this process
     # starts (the next test module's) must not inherit them.
     assert fleet.environ_while_up["RAY_TMPDIR"] == str(SETTINGS.temp_dir)

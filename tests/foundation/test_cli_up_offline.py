@@ -61,7 +61,7 @@ def fake_fleet(monkeypatch: pytest.MonkeyPatch) -> None:
         )
 
     monkeypatch.setattr(up_cli, "run_fleet", run_fleet)
-    monkeypatch.setattr(up_cli, "require_free_ports", lambda *a: None, raising=False)
+    monkeypatch.setattr(up_cli, "require_free_ports", lambda *a, **k: None, raising=False)
 
 
 @pytest.mark.usefixtures("narrow_terminal", "fake_fleet")

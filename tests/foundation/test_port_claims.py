@@ -72,3 +72,24 @@ def test_a_listener_on_the_port_is_named_as_before(ports: tuple[int, int]) -> No
     # the refused check let go of what it had claimed
     for claim in require_free_ports("127.0.0.1", http, gcs):
         claim.close()
+
+
+def test_haproxys_ports_are_checked_on_every_interface(ports: tuple[int, int]) -> None:
+    """HAProxy (the fleet's HTTP front) also binds a stats page and a metrics exporter on every
+    interface; a listener there made Ray's HAProxy crash at start, deep in a Ray traceback."""
+    http, gcs = ports
+    stats, metrics = free_port(), free_port()
+    with (
+        socket.create_server(("0.0.0.0", stats)),
+        pytest.raises(CliError, match=rf"already in use: --haproxy-stats-port {stats} \(HAProxy"),
+    ):
+        require_free_ports(
+            "127.0.0.1", http, gcs, haproxy_stats_port=stats, haproxy_metrics_port=metrics
+        )
+    with (
+        socket.create_server(("0.0.0.0", metrics)),
+        pytest.raises(CliError, match=rf"--haproxy-metrics-port {metrics} \(HAProxy metrics\)"),
+    ):
+        require_free_ports(
+            "127.0.0.1", http, gcs, haproxy_stats_port=stats, haproxy_metrics_port=metrics
+        )

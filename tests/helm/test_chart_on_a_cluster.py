@@ -366,6 +366,27 @@ def test_the_proxy_keeps_idle_connections_longer_than_a_google_load_balancer(
     assert _ingress_annotations(out) == {}
 
 
+def test_every_ray_pod_fronts_serve_with_haproxy_unless_told_not_to(render: Render) -> None:
+    """HAProxy on each pod's port 8000, forwarding to the gateway replicas' own HTTP servers
+    (KubeRay's high-throughput setup); `ray.haproxyIngress: false` goes back to Serve's proxy
+    actor. Every Ray pod must agree: Serve reads the variable on each node."""
+
+    def haproxy_settings(out: Rendered) -> set[str]:
+        cluster = _cluster(_ok(out))
+        templates = [cluster["headGroupSpec"]["template"]]
+        templates += [group["template"] for group in cluster["workerGroupSpecs"]]
+        return {
+            env["value"]
+            for template in templates
+            for container in template["spec"]["containers"]
+            for env in container["env"]
+            if env["name"] == "RAY_SERVE_ENABLE_HA_PROXY"
+        }
+
+    assert haproxy_settings(render()) == {"1"}
+    assert haproxy_settings(render(values={"ray": {"haproxyIngress": False}})) == {"0"}
+
+
 def test_ingress_paths_of_ones_own_are_refused(render: Render) -> None:
     """A catch-all `/` is what published /metrics; the chart owns the path list now."""
     host = {"host": "gemma.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}

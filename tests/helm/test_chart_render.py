@@ -320,6 +320,7 @@ def test_ray_pods_get_settings_and_secrets_only_by_reference(
         (container,) = template["spec"]["containers"]
         env = _env(container)
         assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"]["value"] == "1"
+        assert env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1"
         assert env["GEMMA_FLEET_REDIS_DOWN"]["value"] == values["gateway"]["redisDown"]
         assert env["REDIS_URL"]["value"].startswith(("redis://", "rediss://"))
         redis = secret_behind_file(template["spec"], "REDIS_PASSWORD_FILE")

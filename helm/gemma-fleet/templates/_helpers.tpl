@@ -217,6 +217,10 @@ the gateway replicas and engines see these wherever they are placed.
 {{- define "gemma-fleet.rayEnv" -}}
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
   value: "1"
+{{- /* On unless set false: an upgrade that reuses an older release's values, which lack the
+key, gets it too. */}}
+- name: RAY_SERVE_ENABLE_HA_PROXY
+  value: {{ if eq .Values.ray.haproxyIngress false }}"0"{{ else }}"1"{{ end }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: HF_HOME
