@@ -118,6 +118,10 @@ def measure_mode(
     idle = since(quiet_before)
     idle_rate = {role: s / (time.perf_counter() - quiet_started) for role, s in idle.items()}
 
+    def beyond_idle(load: dict[str, float], seconds: float) -> dict[str, float]:
+        """CPU ms each role used in `seconds` of load over what it uses idle that long."""
+        return {role: (s - idle_rate.get(role, 0.0) * seconds) * 1000 for role, s in load.items()}
+
     targets = {"via the serve port": port}
     direct = direct_ingress_port([p for role, p in ray_processes() if role == "replica gateway"])
     if direct is not None:
@@ -140,8 +144,7 @@ def measure_mode(
             latencies = [ask() for _ in range(requests)]
             load = since(load_before)
             load_s = time.perf_counter() - load_started
-        net = {role: (s - idle_rate.get(role, 0.0) * load_s) * 1000 / requests
-               for role, s in load.items()}  # fmt: skip
+        net = {role: ms / requests for role, ms in beyond_idle(load, load_s).items()}
         q = statistics.quantiles(latencies, n=100, method="inclusive")
         results[target] = {
             "p50_ms": round(q[49], 2),
@@ -156,7 +159,7 @@ def measure_mode(
         concurrently(f"http://127.0.0.1:{port}", body, users, concurrent_requests)
     )
     load = since(load_before)
-    net_ms = sum(s - idle_rate.get(role, 0.0) * load_s for role, s in load.items()) * 1000
+    net_ms = sum(beyond_idle(load, load_s).values())
     q = statistics.quantiles(latencies, n=100, method="inclusive")
     results["concurrent"] = {
         "users": users,
@@ -207,8 +210,7 @@ def direct_ingress_port(gateways: list[Any]) -> int | None:
         RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT,
     )
 
-    ports = {RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT}
-    low, high = min(ports), max(ports)
+    low, high = RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT, RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT
     for process in gateways:
         for conn in process.net_connections(kind="tcp"):
             if conn.status == "LISTEN" and low <= conn.laddr.port <= high:

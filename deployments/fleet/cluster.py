@@ -60,12 +60,6 @@ HAPROXY_FILES = {
     "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": "metrics.sock",
     "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": "server-state",
 }
-HAPROXY_VARIABLES = (
-    *HAPROXY_FILES,
-    "RAY_SERVE_HAPROXY_SERVER_STATE_BASE",
-    "RAY_SERVE_HAPROXY_STATS_PORT",
-    "RAY_SERVE_HAPROXY_METRICS_PORT",
-)
 
 
 def haproxy_environment(files: Path, settings: LocalFleetSettings) -> dict[str, str]:

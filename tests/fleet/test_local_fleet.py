@@ -23,7 +23,7 @@ from openai.types.chat import (
 )
 from openai.types.shared_params import ResponseFormatJSONSchema
 
-from gemma_fleet.deployments.fleet.cluster import HAPROXY_VARIABLES, NODE_ENVIRONMENT
+from gemma_fleet.deployments.fleet.cluster import NODE_ENVIRONMENT, haproxy_environment
 from gemma_fleet.deployments.fleet.processes import alive, process_tree
 from gemma_fleet.deployments.fleet.run import CPU_VLLM_ENV, RunningFleet, run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
@@ -46,7 +46,7 @@ SETTINGS = LocalFleetSettings(
 # What a local fleet sets for the nodes it starts (cluster, engines, team store).
 FLEET_VARIABLES = {
     *NODE_ENVIRONMENT,
-    *HAPROXY_VARIABLES,
+    *haproxy_environment(Path("/"), SETTINGS),
     *CPU_VLLM_ENV,
     "RAY_TMPDIR",
     "GEMMA_FLEET_AUTH",
