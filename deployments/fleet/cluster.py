@@ -63,14 +63,15 @@ HAPROXY_FILES = {
 
 
 def haproxy_environment(files: Path, settings: LocalFleetSettings) -> dict[str, str]:
-    """The variables that put Serve's HAProxy files in `files` and its two extra listeners
+    """The variables that put Serve's HAProxy files in `files`, its two extra listeners
     (stats page, Prometheus exporter; on every interface, as Ray renders them) on the ports
-    the settings name."""
+    the settings name, and its wait on idle clients (`timeout client`) at the settings'."""
     return {
         **{variable: str(files / name) for variable, name in HAPROXY_FILES.items()},
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(files),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(settings.haproxy_stats_port),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(settings.haproxy_metrics_port),
+        "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(settings.client_idle_timeout_s),
     }
 
 

@@ -22,6 +22,12 @@ class LocalFleetSettings:
     # exporter. Two fleets on one machine need their own.
     haproxy_stats_port: int = 8404
     haproxy_metrics_port: int = 9101
+    # How long HAProxy waits on a client that owes it bytes (the rest of its headers or body,
+    # or room for an answer it is not reading) before closing (with 408 before an answer).
+    # Ray's default, 3,600 s, lets a client that sends half its headers hold one of HAProxy's
+    # 4,096 connections for an hour; 60 s is nginx's default for the same waits. An answer
+    # that takes longer to come from the gateway is not cut: the client owes nothing meanwhile.
+    client_idle_timeout_s: int = 60
     head_cpus: int = 4  # controller, proxy and ingress; logical, so over-declaring is harmless
     object_store_bytes: int = 200 * 1024 * 1024
     ready_timeout_s: float = 600.0
@@ -34,6 +40,8 @@ class LocalFleetSettings:
     def __post_init__(self) -> None:
         if not 0 < self.min_worker_port < self.max_worker_port < 65536:
             raise ValueError("worker ports must be an increasing range within 1-65535")
+        if self.client_idle_timeout_s < 1:
+            raise ValueError("client_idle_timeout_s must be at least 1 second")
 
     def worker_ports(self, index: int, nodes: int) -> tuple[int, int]:
         """Node `index`'s share of the worker port range: nodes on one machine must not hand

@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,7 @@ from gemma_fleet.deployments.fleet.processes import alive, process_tree
 from gemma_fleet.deployments.fleet.run import CPU_VLLM_ENV, RunningFleet, run_fleet
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.pools.serve_app import (
+    FLEET_APP_NAME,
     PREFIX_TREE_EVICTION_INTERVAL_S,
     prefix_tree_bound_chars,
 )
@@ -41,6 +43,7 @@ SETTINGS = LocalFleetSettings(
     max_worker_port=22499,
     temp_dir=Path("/tmp/ray-fleet"),
     ready_timeout_s=400,
+    client_idle_timeout_s=4,  # short, so that a test can wait it out
 )
 
 # What a local fleet sets for the nodes it starts (cluster, engines, team store).
@@ -426,6 +429,64 @@ def test_the_fleet_port_is_served_by_haproxy_from_the_fleets_own_folder(fleet: F
     assert f"-f {haproxy_files}/" in front, front
     assert listening[SETTINGS.haproxy_stats_port] == listening[SETTINGS.http_port]
     assert haproxy_files.stat().st_mode & 0o777 == 0o700
+
+
+def test_haproxy_closes_a_client_that_stops_midway_through_its_headers(fleet: Fleet) -> None:
+    """A client that sends half its headers and goes quiet gets 408 and a closed connection
+    after the fleet's `client_idle_timeout_s`; Ray's own HAProxy setting held it an hour."""
+    limit = SETTINGS.client_idle_timeout_s
+    with socket.create_connection((SETTINGS.http_host, SETTINGS.http_port), timeout=60) as conn:
+        start = time.monotonic()
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: fleet\r\n")
+        answer = conn.recv(4096)
+        waited = time.monotonic() - start
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert limit - 0.5 <= waited < limit + 10
+
+
+def test_an_answer_slower_than_the_client_idle_timeout_still_arrives(
+    client: openai.OpenAI,
+) -> None:
+    """HAProxy's idle limit is for clients that owe it bytes: one waiting on a long
+    non-streamed generation owes nothing, and gets its whole answer."""
+    start = time.monotonic()
+    answer = client.chat.completions.create(
+        model="gemma-4-31b",
+        max_tokens=4000,
+        messages=[{"role": "user", "content": "a long essay"}],
+        extra_body={"ignore_eos": True},
+    )
+    took = time.monotonic() - start
+    assert answer.usage is not None and answer.usage.completion_tokens == 4000
+    assert took > 1.5 * SETTINGS.client_idle_timeout_s  # otherwise this proves nothing
+
+
+def test_a_client_that_leaves_a_stream_frees_its_engine(client: openai.OpenAI) -> None:
+    """Through HAProxy, the gateway replica and the Serve handle to the pool, a client that
+    hangs up mid-stream ends the engine's work on it: the GPU stops generating for nobody."""
+    from ray import serve
+
+    pool = serve.get_deployment_handle("gemma-4-e4b", FLEET_APP_NAME)
+
+    def running() -> int:
+        [stats] = pool.collective_rpc.remote(method="stats").result()
+        return int(stats["num_requests_running"])
+
+    stream = client.chat.completions.create(
+        model="gemma-4-e4b",
+        max_tokens=3000,
+        stream=True,
+        messages=[{"role": "user", "content": "a long story"}],
+        extra_body={"ignore_eos": True},
+    )
+    chunks = [next(stream) for _ in range(5)]  # tokens are flowing
+    assert any(c.choices and c.choices[0].delta.content for c in chunks)
+    assert running() == 1
+    stream.close()
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running() == 0
 
 
 def test_shutdown_leaves_no_ray_processes(

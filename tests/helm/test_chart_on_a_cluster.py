@@ -366,25 +366,41 @@ def test_the_proxy_keeps_idle_connections_longer_than_a_google_load_balancer(
     assert _ingress_annotations(out) == {}
 
 
+def _ray_pod_env(out: Rendered, name: str) -> set[str]:
+    """The values `name` takes across every Ray pod's container."""
+    cluster = _cluster(_ok(out))
+    templates = [cluster["headGroupSpec"]["template"]]
+    templates += [group["template"] for group in cluster["workerGroupSpecs"]]
+    return {
+        env["value"]
+        for template in templates
+        for container in template["spec"]["containers"]
+        for env in container["env"]
+        if env["name"] == name
+    }
+
+
 def test_every_ray_pod_fronts_serve_with_haproxy_unless_told_not_to(render: Render) -> None:
     """HAProxy on each pod's port 8000, forwarding to the gateway replicas' own HTTP servers
     (KubeRay's high-throughput setup); `ray.haproxyIngress: false` goes back to Serve's proxy
     actor. Every Ray pod must agree: Serve reads the variable on each node."""
+    variable = "RAY_SERVE_ENABLE_HA_PROXY"
+    assert _ray_pod_env(render(), variable) == {"1"}
+    assert _ray_pod_env(render(values={"ray": {"haproxyIngress": False}}), variable) == {"0"}
 
-    def haproxy_settings(out: Rendered) -> set[str]:
-        cluster = _cluster(_ok(out))
-        templates = [cluster["headGroupSpec"]["template"]]
-        templates += [group["template"] for group in cluster["workerGroupSpecs"]]
-        return {
-            env["value"]
-            for template in templates
-            for container in template["spec"]["containers"]
-            for env in container["env"]
-            if env["name"] == "RAY_SERVE_ENABLE_HA_PROXY"
-        }
 
-    assert haproxy_settings(render()) == {"1"}
-    assert haproxy_settings(render(values={"ray": {"haproxyIngress": False}})) == {"0"}
+def test_haproxy_closes_idle_clients_after_the_gateways_setting(render: Render) -> None:
+    """Ray leaves HAProxy's `timeout client` at 3,600 s: a client that sends half its headers
+    holds a connection for an hour. The chart sets 60 s, or `gateway.clientIdleTimeoutS`, on
+    every pod (each pod's HAProxy reads its own environment)."""
+    variable = "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"
+    assert _ray_pod_env(render(), variable) == {"60"}
+    assert _ray_pod_env(render(values={"gateway": {"clientIdleTimeoutS": 300}}), variable) == {
+        "300"
+    }
+    for wrong in (0, 3601, "60"):
+        out = render(values={"gateway": {"clientIdleTimeoutS": wrong}})
+        assert out.returncode != 0 and "clientIdleTimeoutS" in out.stderr
 
 
 def test_ingress_paths_of_ones_own_are_refused(render: Render) -> None:

@@ -321,6 +321,9 @@ def test_ray_pods_get_settings_and_secrets_only_by_reference(
         env = _env(container)
         assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"]["value"] == "1"
         assert env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1"
+        # HAProxy's wait on a client that owes it bytes: 60 s unless set, not Ray's 3,600
+        idle = values["gateway"].get("clientIdleTimeoutS", 60)
+        assert env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]["value"] == str(idle)
         assert env["GEMMA_FLEET_REDIS_DOWN"]["value"] == values["gateway"]["redisDown"]
         assert env["REDIS_URL"]["value"].startswith(("redis://", "rediss://"))
         redis = secret_behind_file(template["spec"], "REDIS_PASSWORD_FILE")

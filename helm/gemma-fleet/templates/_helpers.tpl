@@ -221,6 +221,8 @@ the gateway replicas and engines see these wherever they are placed.
 key, gets it too. */}}
 - name: RAY_SERVE_ENABLE_HA_PROXY
   value: {{ if eq .Values.ray.haproxyIngress false }}"0"{{ else }}"1"{{ end }}
+- name: RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S
+  value: {{ .Values.gateway.clientIdleTimeoutS | default 60 | int | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: HF_HOME
