@@ -180,6 +180,37 @@ def test_tokens_served_on_cached_keys_during_an_outage_are_charged_to_the_budget
     assert ttl > 3600  # the budget key expires after its period, as admission sets it
 
 
+@pytest.mark.parametrize("policy", list(RedisDownPolicy))
+def test_a_limits_check_with_redis_gone_follows_the_policy(
+    own_redis: RedisServer, policy: RedisDownPolicy
+) -> None:
+    """The check a PDF request passes before its PDF is fetched and read. With Redis gone
+    after the key was checked: fail-closed refuses (the gateway's 503, before any read);
+    serve-cached-keys lets the known key through, as admission would. Through the gateway
+    under fail-closed the key check refuses first (test_redis_outage.py), so only here is
+    this path exercised."""
+
+    async def scenario() -> None:
+        settings = TeamsSettings(auth_required=True, redis_url=own_redis.url, redis_down=policy)
+        access = TeamAccess(connect(own_redis.url), settings)
+        await access.store.create_team(
+            TeamSpec(name="t", limits=TeamLimits(requests_per_minute=10))
+        )
+        issued = await access.store.issue_key("t", KeyRequest())
+        identity = await access.authenticate(issued.key)
+        own_redis.kill()
+        try:
+            if policy is RedisDownPolicy.FAIL_CLOSED:
+                with pytest.raises(StoreUnavailable):
+                    await access.check(identity)
+            else:
+                await access.check(identity)
+        finally:
+            await access.close()
+
+    asyncio.run(scenario())
+
+
 def test_a_charge_sent_twice_under_one_once_key_counts_once(own_redis: RedisServer) -> None:
     async def scenario() -> int:
         redis = connect(own_redis.url)

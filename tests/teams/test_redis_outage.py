@@ -118,7 +118,8 @@ def test_fail_closed_answers_503_then_recovers_and_loses_no_usage(
         assert int(refused.headers["retry-after"]) >= 1
         assert "Redis" in refused.json()["error"]["message"]
         assert pending(gw) >= 1  # the stream's accounting waits in the buffer
-        # Refused at the key check, before its PDF is read.
+        # Refused at the key check, before its PDF is read (the limits check that would
+        # refuse it next is tested with Redis gone in test_access.py).
         pages_read = gw.pdf_pages_read()
         assert ask_about_a_pdf(gw, key).status_code == 503
         assert gw.pdf_pages_read() == pages_read
