@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -487,6 +488,34 @@ def test_a_client_that_leaves_a_stream_frees_its_engine(client: openai.OpenAI) -
     while running() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert running() == 0
+
+
+def test_the_front_renders_every_haproxy_series_the_alerts_read(fleet: Fleet) -> None:
+    """The chart's alerts on Serve's HTTP front read HAProxy's exporter for the frontend Ray's
+    configuration names (`http_frontend`); the fleet's real front renders each series they
+    name, with that frontend, and has counted the answers of the tests above."""
+    import httpx
+    from dashboard_queries import alert_rules
+    from prometheus_client.parser import text_string_to_metric_families
+
+    read = {
+        match
+        for rule in alert_rules()
+        for match in re.findall(r'(haproxy_\w+)\{proxy="(\w+)"', rule["expr"])
+    }
+    assert read, "no alert reads HAProxy's exporter"
+    url = f"http://127.0.0.1:{SETTINGS.haproxy_metrics_port}/metrics"
+    families = text_string_to_metric_families(httpx.get(url, timeout=30).text)
+    samples = [sample for family in families for sample in family.samples]
+    rendered = {(s.name, s.labels.get("proxy")) for s in samples}
+    assert read <= rendered, read - rendered
+    answered = {
+        s.labels["code"]: s.value
+        for s in samples
+        if s.name == "haproxy_frontend_http_responses_total"
+        and s.labels.get("proxy") == "http_frontend"
+    }
+    assert answered["2xx"] > 0 and answered["4xx"] > 0  # answers, refusals, the 408 above
 
 
 def test_shutdown_leaves_no_ray_processes(

@@ -303,9 +303,11 @@ def test_ingress_routes_the_api_and_never_the_metrics(render: Render) -> None:
     for hidden in ("/metrics", "/openapi.json", "/-/routes", "/-/healthz", "/v1x", "/"):
         assert not _routed(hidden, paths), hidden
     # In the cluster nothing changes: the PodMonitor still scrapes Ray's metrics port, which
-    # carries the gateway's metrics, and the autoscaler still reads the serve Service.
+    # carries the gateway's metrics (and HAProxy's exporter), and the autoscaler still reads
+    # the serve Service.
     (pod_monitor,) = out.all("PodMonitor")
-    assert [e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    endpoints = [e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]]
+    assert endpoints == ["metrics", "haproxy-metrics"]
     (deployment,) = out.all("Deployment")
     command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
     assert command[command.index("--metrics-url") + 1].endswith(
@@ -386,7 +388,18 @@ def test_every_ray_pod_fronts_serve_with_haproxy_unless_told_not_to(render: Rend
     actor. Every Ray pod must agree: Serve reads the variable on each node."""
     variable = "RAY_SERVE_ENABLE_HA_PROXY"
     assert _ray_pod_env(render(), variable) == {"1"}
-    assert _ray_pod_env(render(values={"ray": {"haproxyIngress": False}}), variable) == {"0"}
+    monitored = {"observability": {"podMonitor": {"enabled": True}}}
+    off = _ok(render(values={"ray": {"haproxyIngress": False}, **monitored}))
+    assert _ray_pod_env(off, variable) == {"0"}
+    # Nothing to scrape without HAProxy: no exporter port, no PodMonitor endpoint for it.
+    (pod_monitor,) = off.all("PodMonitor")
+    assert [e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    cluster = _cluster(off)
+    for template in [cluster["headGroupSpec"]["template"]] + [
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]:
+        ports = [p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])]
+        assert "haproxy-metrics" not in ports
 
 
 def test_haproxy_closes_idle_clients_after_the_gateways_setting(render: Render) -> None:

@@ -540,10 +540,12 @@ def test_serve_port_is_open_only_to_the_namespace_and_listed_peers(
             assert peers == [{"podSelector": {}}, *values["networkPolicy"]["serveFrom"]]
         if 8080 in ports:
             metrics_rules.append(rule)
-    # Ray's metrics port (the gateway's metrics included) only to those who may scrape; the
-    # serve port is not a metrics port any more (no ServiceMonitor scrapes it).
+    # Ray's metrics port (the gateway's metrics included) and HAProxy's exporter only to those
+    # who may scrape; the serve port is not a metrics port any more (no ServiceMonitor
+    # scrapes it).
     metrics_from = values["networkPolicy"]["metricsFrom"]
-    expected_rules = [{"from": metrics_from, "ports": [{"port": 8080, "protocol": "TCP"}]}]
+    scraped = [{"port": 8080, "protocol": "TCP"}, {"port": 9101, "protocol": "TCP"}]
+    expected_rules = [{"from": metrics_from, "ports": scraped}]
     assert metrics_rules == (expected_rules if metrics_from else [])
     (autoscaler_policy,) = [
         p for p in out.all("NetworkPolicy") if p["metadata"]["name"].endswith("-autoscaler")
@@ -613,7 +615,13 @@ def test_monitoring_and_dashboard(case: tuple[dict[str, Any], Rendered]) -> None
             *[g["template"] for g in cluster["workerGroupSpecs"]],
         ]
         selector = pod_monitor["spec"]["selector"]
-        (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]
+        # Ray's metrics port on every pod; HAProxy's exporter (Serve's HTTP front) on the Ray
+        # pods, the only ones that run it.
+        endpoint, front = pod_monitor["spec"]["podMetricsEndpoints"]
+        assert (front["port"], front["path"]) == ("haproxy-metrics", "/metrics")
+        for ray_pod in pods[1:]:
+            ports = [p for c in ray_pod["spec"]["containers"] for p in c.get("ports", [])]
+            assert {"name": "haproxy-metrics", "containerPort": 9101, "protocol": "TCP"} in ports
         for pod in pods:
             labels = pod["metadata"]["labels"]
             assert selector["matchLabels"].items() <= labels.items()

