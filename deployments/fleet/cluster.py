@@ -13,6 +13,7 @@ needs `ray stop` or a search by process name.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -62,16 +63,22 @@ HAPROXY_FILES = {
 }
 
 
-def haproxy_environment(files: Path, settings: LocalFleetSettings) -> dict[str, str]:
+def haproxy_environment(
+    files: Path, settings: LocalFleetSettings, longest_drain_s: float
+) -> dict[str, str]:
     """The variables that put Serve's HAProxy files in `files`, its two extra listeners
     (stats page, Prometheus exporter; on every interface, as Ray renders them) on the ports
-    the settings name, and its wait on idle clients (`timeout client`) at the settings'."""
+    the settings name, its wait on idle clients (`timeout client`) at the settings', and how
+    long an answer may run on after HAProxy reloads (`hard-stop-after`): as long as a pool
+    replica being removed keeps answering, `longest_drain_s`. Ray's 120 s cut every answer
+    still running 120 s after a gateway replica was added or removed anywhere."""
     return {
         **{variable: str(files / name) for variable, name in HAPROXY_FILES.items()},
         "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(files),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(settings.haproxy_stats_port),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(settings.haproxy_metrics_port),
         "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": str(settings.client_idle_timeout_s),
+        "RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S": str(math.ceil(longest_drain_s)),
     }
 
 
@@ -150,7 +157,10 @@ def start_local_cluster(
     # our own folder. The nodes inherit these; shutdown() puts them back.
     haproxy_files = Path(tempfile.mkdtemp(prefix="gf-haproxy-"))
     restore_environment = set_environment(
-        {"RAY_TMPDIR": str(settings.temp_dir), **haproxy_environment(haproxy_files, settings)},
+        {
+            "RAY_TMPDIR": str(settings.temp_dir),
+            **haproxy_environment(haproxy_files, settings, fleet.longest_drain_s),
+        },
         defaults=NODE_ENVIRONMENT,
     )
     (settings.temp_dir / "ray").mkdir(parents=True, exist_ok=True)

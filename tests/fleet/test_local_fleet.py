@@ -50,7 +50,7 @@ SETTINGS = LocalFleetSettings(
 # What a local fleet sets for the nodes it starts (cluster, engines, team store).
 FLEET_VARIABLES = {
     *NODE_ENVIRONMENT,
-    *haproxy_environment(Path("/"), SETTINGS),
+    *haproxy_environment(Path("/"), SETTINGS, longest_drain_s=600),
     *CPU_VLLM_ENV,
     "RAY_TMPDIR",
     "GEMMA_FLEET_AUTH",

@@ -11,14 +11,16 @@ from gemma_fleet.deployments.fleet.cluster import haproxy_environment
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 
 
-def test_haproxy_gets_the_settings_ports_folder_and_idle_timeout() -> None:
+def test_haproxy_gets_the_settings_ports_folder_and_timeouts() -> None:
     settings = LocalFleetSettings(
         haproxy_stats_port=18404, haproxy_metrics_port=19101, client_idle_timeout_s=45
     )
-    env = haproxy_environment(Path("/tmp/gf-haproxy-x"), settings)
+    env = haproxy_environment(Path("/tmp/gf-haproxy-x"), settings, longest_drain_s=300.5)
     assert env["RAY_SERVE_HAPROXY_STATS_PORT"] == "18404"
     assert env["RAY_SERVE_HAPROXY_METRICS_PORT"] == "19101"
     assert env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"] == "45"
+    # answers in flight when HAProxy reloads may run as long as a pool drains (whole seconds)
+    assert env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"] == "301"
     assert env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] == "/tmp/gf-haproxy-x/haproxy.cfg"
 
 

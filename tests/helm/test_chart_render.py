@@ -324,6 +324,9 @@ def test_ray_pods_get_settings_and_secrets_only_by_reference(
         # HAProxy's wait on a client that owes it bytes: 60 s unless set, not Ray's 3,600
         idle = values["gateway"].get("clientIdleTimeoutS", 60)
         assert env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]["value"] == str(idle)
+        # answers in flight when HAProxy reloads finish for as long as a pool drains
+        longest_drain = math.ceil(parse_fleet(values["fleet"]).longest_drain_s)
+        assert env["RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S"]["value"] == str(longest_drain)
         assert env["GEMMA_FLEET_REDIS_DOWN"]["value"] == values["gateway"]["redisDown"]
         assert env["REDIS_URL"]["value"].startswith(("redis://", "rediss://"))
         redis = secret_behind_file(template["spec"], "REDIS_PASSWORD_FILE")

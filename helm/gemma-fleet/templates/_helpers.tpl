@@ -229,6 +229,11 @@ reuses an older release's values, which lack the key, gets it too.
   value: {{ if include "gemma-fleet.haproxyIngress" . }}"1"{{ else }}"0"{{ end }}
 - name: RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S
   value: {{ .Values.gateway.clientIdleTimeoutS | default 60 | int | quote }}
+{{- /* After a reload (a gateway replica added or removed anywhere), the old HAProxy finishes
+the answers it has for this long: the pools' longest drain, as long as any answer is promised.
+Ray's 120 s cut longer answers. */}}
+- name: RAY_SERVE_HAPROXY_HARD_STOP_AFTER_S
+  value: {{ include "gemma-fleet.longestDrainSeconds" . | quote }}
 - name: RAY_USAGE_STATS_ENABLED
   value: "0"
 - name: HF_HOME
