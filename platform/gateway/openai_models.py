@@ -6,6 +6,7 @@ argument"), except the sampling extensions vLLM documents, which pass through to
 
 from __future__ import annotations
 
+import reprlib
 from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
@@ -385,7 +386,9 @@ class ChatCompletionRequest(Strict):
         if isinstance(self.tool_choice, NamedToolChoice) and self.tools:
             name = self.tool_choice.function.name
             if all(t.function.name != name for t in self.tools):
-                raise ValueError(f"tool_choice names {name!r}, which is not among the tools")
+                raise ValueError(
+                    f"tool_choice names {_QUOTE.repr(name)}, which is not among the tools"
+                )
         if isinstance(self.tool_choice, AllowedToolsChoice) and self.tools:
             # As the engines take it: OpenAI keeps every tool in the prompt (for its cache);
             # here the prompt holds only those the model may call, which vLLM enforces on
@@ -411,6 +414,14 @@ Prompt = Annotated[str, Field(min_length=1)]
 # pool's vocabulary. Strict: a bool or a float is a client's mistake, not an id.
 TokenIds = list[Annotated[StrictInt, Field(ge=0)]]
 PromptIds = Annotated[TokenIds, Field(min_length=1)]
+# A refused value, as an error message quotes it: a prompt can be megabytes long.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxother = 60
+_QUOTE.maxlist = _QUOTE.maxdict = 4
+_PROMPT_SHAPES = (
+    "a prompt is a string, a list of strings, a list of token ids (integers >= 0) or a list "
+    "of lists of token ids"
+)
 
 
 class CompletionRequest(Strict):
@@ -452,10 +463,14 @@ class CompletionRequest(Strict):
     @classmethod
     def _shape(cls, prompt: Any) -> Any:
         """Refuse, in one message naming the element, what the union would refuse once per
-        branch (an unreadable error): an empty list, a list mixing shapes (vLLM takes none
-        either), a token id that is not an integer >= 0."""
+        branch (an unreadable error): an empty prompt or list, a value of no prompt shape, a
+        list mixing shapes (vLLM takes none either), a token id that is not an integer >= 0."""
+        if prompt == "":  # else refused as "not a list", the union's last branch
+            raise ValueError("a prompt must hold at least 1 character")
+        if isinstance(prompt, str):
+            return prompt
         if not isinstance(prompt, list):
-            return prompt  # a string, or the union's own error
+            raise ValueError(f"prompt is {_QUOTE.repr(prompt)}: {_PROMPT_SHAPES}")
         if not prompt:  # else refused as "not a string", the union's first branch
             raise ValueError("a list of prompts must hold at least 1 prompt")
         first = _prompt_kind(prompt[0])
@@ -463,17 +478,16 @@ class CompletionRequest(Strict):
             kind = _prompt_kind(part)
             if kind is None or kind != first:
                 raise ValueError(
-                    f"prompt[{i}] is {part!r}"
+                    f"prompt[{i}] is {_QUOTE.repr(part)}"
                     + (f", but prompt[0] is {first}" if kind is not None else "")
-                    + ": a prompt is a string, a list of strings, a list of token ids "
-                    "(integers >= 0) or a list of lists of token ids"
+                    + f": {_PROMPT_SHAPES}"
                 )
             if kind == "a list":
                 for k, token in enumerate(part):
                     if _prompt_kind(token) != "a token id":
                         raise ValueError(
-                            f"prompt[{i}][{k}] is {token!r}: a list of lists of token ids "
-                            "holds integers >= 0"
+                            f"prompt[{i}][{k}] is {_QUOTE.repr(token)}: a list of lists of "
+                            "token ids holds integers >= 0"
                         )
                 if not part:
                     raise ValueError(f"prompt[{i}] must hold at least 1 token id")
@@ -521,7 +535,8 @@ def _allowed_tools(tools: list[Tool], allowed: AllowedTools) -> list[Tool]:
     for i, name in enumerate(names):
         if all(t.function.name != name for t in tools):
             raise ValueError(
-                f"tool_choice.allowed_tools.tools[{i}] names {name!r}, which is not among the tools"
+                f"tool_choice.allowed_tools.tools[{i}] names {_QUOTE.repr(name)}, which is not "
+                "among the tools"
             )
     return [t for t in tools if t.function.name in names]
 

@@ -73,6 +73,9 @@ def test_an_out_of_vocabulary_id_is_the_engines_400(client: openai.OpenAI, strea
     ("prompt", "says"),
     [
         ([], "at least 1 prompt"),
+        ("", "a prompt must hold at least 1 character"),
+        (5, "prompt is 5: a prompt is a string"),
+        ({"text": "a"}, "prompt is {'text': 'a'}: a prompt is a string"),
         ([[]], "prompt[0] must hold at least 1 token id"),
         ([[5], [6, -1]], "prompt[1][1] is -1"),
         ([5, "a"], "prompt[1] is 'a', but prompt[0] is a token id"),
@@ -92,6 +95,17 @@ def test_malformed_token_id_prompts_are_a_400_naming_prompt(
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert error["param"] == "prompt" and says in error["message"], error
+
+
+def test_a_refusal_quotes_a_long_prompt_shortened(gateway_server: Any) -> None:
+    """The 400 names the element it refuses without echoing a 100,000-character prompt."""
+    prompt = [[5], "x" * 100_000]
+    r = gateway_server.post(
+        "/v1/completions", json={"model": "e2b", "prompt": prompt, "max_tokens": 2}
+    )
+    assert r.status_code == 400, r.text[:300]
+    message = r.json()["error"]["message"]
+    assert message.startswith("Invalid value for prompt: prompt[1] is 'xxx") and len(message) < 400
 
 
 def test_routing_holds_a_token_id_prompt_to_its_exact_length(gateway_server: Any) -> None:
