@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any, TypeVar
 
 import pydantic_core
@@ -51,14 +52,14 @@ def _parsed(raw: bytes) -> Any:
     one image, Python's json holds the event loop for 24 ms and jiter for 2.8 ms
     (benchmarks/gateway_media_stall). What
     jiter refuses goes to Python's json, whose refusals name the problem, and which reads a
-    few things jiter does not (a byte-order mark, a lone surrogate escape, nesting deeper than
-    200): nothing it accepted before is refused now."""
+    few things jiter does not (a byte-order mark, nesting deeper than 200). A lone surrogate
+    escape, which it also reads, is refused here: no engine could encode the text."""
     try:
         return pydantic_core.from_json(raw, allow_inf_nan=False)
     except ValueError:
         pass
     try:
-        return json.loads(raw, parse_constant=_refuse_constant)
+        parsed = json.loads(raw, parse_constant=_refuse_constant)
     except UnicodeDecodeError as exc:
         raise ApiError(400, f"request body is not UTF-8: {exc.reason}") from exc
     except json.JSONDecodeError as exc:
@@ -69,6 +70,39 @@ def _parsed(raw: bytes) -> Any:
         raise ApiError(400, "JSON nested too deeply") from exc
     except ValueError as exc:  # e.g. an integer literal over Python's 4,300-digit limit
         raise ApiError(400, f"JSON value out of range: {exc}") from exc
+    if (where := _lone_surrogate(parsed)) is not None:
+        raise ApiError(
+            400,
+            f"Invalid value for {where or 'the request body'}: an unpaired UTF-16 surrogate "
+            "escape (\\ud800 to \\udfff) is not a character; escape a character beyond "
+            "U+FFFF as a surrogate pair, or send it as UTF-8",
+            param=where or None,
+        )
+    return parsed
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lone_surrogate(parsed: Any) -> str | None:
+    """Where `parsed` holds a string (or a field name) with an unpaired surrogate, as a field
+    path ("" for the body itself); None if nowhere. JSON can spell one (`\\ud800`), Python's
+    json reads it, and no engine can encode it as UTF-8."""
+    stack: list[tuple[str, Any]] = [("", parsed)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                at = f"{path}.{key}" if path else key
+                if not key.isascii() and _SURROGATE.search(key):
+                    return path
+                stack.append((at, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+    return None
 
 
 def _refuse_constant(name: str) -> Any:
