@@ -18,13 +18,19 @@ M = TypeVar("M", bound=BaseModel)
 
 
 async def read_json(request: Request, limit: int, timeout_s: float) -> dict[str, Any]:
-    """The request body as a JSON object: 415 for another content type, 413 above `limit`
-    bytes (checked while reading, so a lying Content-Length does not help), 408 when it has
-    not all arrived within `timeout_s` (a client trickling its body must not hold a connection
-    for as long as it likes), 400 otherwise."""
+    """The request body as a JSON object: 415 for another content type or a compressed body,
+    413 above `limit` bytes (checked while reading, so a lying Content-Length does not help),
+    408 when it has not all arrived within `timeout_s` (a client trickling its body must not
+    hold a connection for as long as it likes), 400 otherwise."""
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise ApiError(415, f"Content-Type must be application/json, got {content_type!r}")
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # Read as it is, a compressed body was refused as "not UTF-8", which misleads.
+        raise ApiError(
+            415, f"Content-Encoding {encoding!r} is not accepted: send the body uncompressed"
+        )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body of {int(declared):,} bytes exceeds {limit:,}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from typing import Any
@@ -52,6 +53,17 @@ def test_wrong_content_type(gateway_server: Any) -> None:
     r = gateway_server.post(CHAT, content=json.dumps(chat_body()),
                             headers={"content-type": "text/plain"})  # fmt: skip
     expect(r, 415, "application/json", "text/plain")
+
+
+def test_a_compressed_body_is_refused_for_its_encoding(gateway_server: Any) -> None:
+    r = gateway_server.post(CHAT, content=gzip.compress(json.dumps(chat_body()).encode()),
+                            headers={"content-type": "application/json",
+                                     "content-encoding": "gzip"})  # fmt: skip
+    expect(r, 415, "Content-Encoding 'gzip' is not accepted")
+    plain = {"content-type": "application/json", "content-encoding": "identity"}
+    assert (
+        gateway_server.post(CHAT, content=json.dumps(chat_body()), headers=plain).status_code == 200
+    )
 
 
 def test_oversize_body(gateway_server: Any) -> None:
