@@ -79,8 +79,23 @@ def _period(request: Request) -> tuple[date, date]:
     return _day(request, "start", end - timedelta(days=back)), end
 
 
-def admin_router(gate: TeamGate, body_timeout_s: float) -> APIRouter:
-    """The admin routes and `/v1/usage`; bodies must arrive within `body_timeout_s`."""
+def _check_allowed(allowed: list[str] | None, served: frozenset[str]) -> None:
+    """400 for an allow-list naming what the fleet does not serve: routing matches names
+    exactly, so a misspelt one ("gemma-4-E2b") would leave the team refused (403) without
+    saying why."""
+    for i, name in enumerate(allowed or ()):
+        if name not in served:
+            raise ApiError(
+                400,
+                f"allowed_models[{i}]: {name!r} is no pool, model or alias this fleet serves; "
+                f"known: {', '.join(sorted(served))}",
+                param=f"allowed_models[{i}]",
+            )
+
+
+def admin_router(gate: TeamGate, body_timeout_s: float, served: frozenset[str]) -> APIRouter:
+    """The admin routes and `/v1/usage`; bodies must arrive within `body_timeout_s`; a team's
+    allow-list may name only what is `served` (pools, models, aliases)."""
     router = APIRouter()
 
     async def body(request: Request) -> dict[str, Any]:
@@ -99,6 +114,7 @@ def admin_router(gate: TeamGate, body_timeout_s: float) -> APIRouter:
     async def create_team(request: Request) -> Response:
         store = await store_of(request)
         spec = parse(TeamSpec, await body(request))
+        _check_allowed(spec.allowed_models, served)
         return _json(await stored(store.create_team(spec)), 201)
 
     @router.get("/admin/teams")
@@ -113,6 +129,7 @@ def admin_router(gate: TeamGate, body_timeout_s: float) -> APIRouter:
     async def update_team(request: Request, name: str) -> Response:
         store = await store_of(request)
         update = parse(TeamUpdate, await body(request))
+        _check_allowed(update.allowed_models, served)
         return _json(await stored(store.update_team(name, update)))
 
     @router.delete("/admin/teams/{name}", status_code=204)

@@ -386,7 +386,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         body = {"object": "response.input_tokens", "input_tokens": count}
         return JSONResponse(body, headers=SECURITY_HEADERS)
 
-    app.include_router(admin_router(gate, read_timeout))
+    app.include_router(admin_router(gate, read_timeout, gateway.settings.served_names()))
 
     # Open routes: without a key they list every pool and alias; with a team's key, what the
     # team may call, as OpenAI lists the models a key can use. Anthropic's SDKs (which send

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,13 +26,15 @@ from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.ratelimit_headers import ratelimit_headers
 from gemma_fleet.gateway.service import Caller
 from gemma_fleet.teams.access import StoreUnavailable, TeamAccess, Ticket, Unauthenticated
-from gemma_fleet.teams.bootstrap import apply_bootstrap, read_bootstrap
+from gemma_fleet.teams.bootstrap import BootstrapFile, apply_bootstrap, read_bootstrap
 from gemma_fleet.teams.credentials import Credential, CredentialUnavailable, read_password_file
 from gemma_fleet.teams.limits import LimitExceeded, RequestTooLarge
 from gemma_fleet.teams.loop_lag import CEILING as LAG_CEILING
 from gemma_fleet.teams.redis_client import connect
 from gemma_fleet.teams.settings import TeamsSettings
 from gemma_fleet.teams.store import Identity, TeamStore
+
+log = logging.getLogger(__name__)
 
 # OpenAI's `code` for each kind of refusal, so SDK users can branch on it.
 _LIMIT_CODES = {
@@ -247,9 +250,11 @@ class GateError(RuntimeError):
     """The team layer cannot start as configured; the message says what to set."""
 
 
-def open_gate(settings: TeamsSettings) -> TeamGate:
-    """The gate a gateway process serves with: connected to REDIS_URL, bootstrap file applied.
-    Called once at start (not on an event loop: the bootstrap runs on a loop of its own)."""
+def open_gate(settings: TeamsSettings, served: frozenset[str] | None = None) -> TeamGate:
+    """The gate a gateway process serves with: connected to REDIS_URL, bootstrap file applied
+    (a team allowed a name not `served` is applied, with a warning: a typo must not stop the
+    gateway). Called once at start (not on an event loop: the bootstrap runs on a loop of its
+    own)."""
     metrics = _credential(
         "GEMMA_FLEET_METRICS_TOKEN", settings.metrics_token, settings.metrics_token_file
     )
@@ -264,6 +269,8 @@ def open_gate(settings: TeamsSettings) -> TeamGate:
     password = _redis_password(settings)
     if settings.bootstrap_file is not None:
         bootstrap = read_bootstrap(settings.bootstrap_file)
+        if served is not None:
+            _warn_unserved(bootstrap, served, settings.bootstrap_file)
 
         async def apply() -> None:
             redis = connect(url, password=password, max_connections=2, timeout_s=5.0)
@@ -280,6 +287,19 @@ def open_gate(settings: TeamsSettings) -> TeamGate:
     access = TeamAccess(redis, settings)
     admin = _credential("GEMMA_FLEET_ADMIN_KEY", settings.admin_key, settings.admin_key_file)
     return TeamGate(access, admin, metrics)
+
+
+def _warn_unserved(bootstrap: BootstrapFile, served: frozenset[str], path: Path) -> None:
+    for team in bootstrap.teams:
+        for name in team.allowed_models:
+            if name not in served:
+                log.warning(
+                    "bootstrap file %s: team %r is allowed %r, which is no pool, model or alias "
+                    "this fleet serves: the team cannot call it (names match exactly)",
+                    path,
+                    team.name,
+                    name,
+                )
 
 
 def _redis_password(settings: TeamsSettings) -> Credential | None:

@@ -30,8 +30,10 @@ class GatewayDeployment:
         # Secrets (REDIS_URL, the admin key) come from this replica's environment - the pod's,
         # in a cluster - never through Ray's serialised arguments.
         configure_tracing("gemma-fleet-gateway")
-        self._gate = open_gate(TeamsSettings.from_env(os.environ))
         gateway_settings = GatewaySettings.model_validate(settings)
+        self._gate = open_gate(
+            TeamsSettings.from_env(os.environ), served=gateway_settings.served_names()
+        )
         context = serve.get_replica_context()
         deployments = [p.name for p in gateway_settings.pools] + [context.deployment]
         self._gateway = Gateway(

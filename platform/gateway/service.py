@@ -128,6 +128,13 @@ class GatewaySettings(GatewayOptions):
     pools: list[PoolInfo] = Field(min_length=1)
     aliases: dict[str, list[str]] = Field(default_factory=dict)
 
+    def served_names(self) -> frozenset[str]:
+        """Every name a request (or a team's allow-list) can use: pools, their catalog
+        models, aliases."""
+        return frozenset(
+            {p.name for p in self.pools} | {p.model for p in self.pools} | set(self.aliases)
+        )
+
 
 def fetch_policy(media: MediaOptions) -> FetchPolicy:
     return FetchPolicy(

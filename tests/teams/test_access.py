@@ -377,3 +377,28 @@ def test_deleting_a_team_revokes_all_its_keys_in_a_few_round_trips(
         await access.close()
 
     asyncio.run(scenario())
+
+
+def test_a_bootstrap_team_allowed_a_name_not_served_is_applied_with_a_warning(
+    own_redis: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The admin API refuses such a list (400); a bootstrap file is applied at every gateway
+    start, where a refusal would keep the whole API down for one typo: the team is created as
+    written, and the log names the team and the name."""
+    bootstrap = tmp_path / "teams.yaml"
+    bootstrap.write_text("teams:\n  - name: search\n    allowed_models: [e2b, gemma4]\n")
+    settings = TeamsSettings(auth_required=True, redis_url=own_redis.url, bootstrap_file=bootstrap)
+    with caplog.at_level("WARNING", logger="gemma_fleet.gateway.auth"):
+        access = open_gate(settings, served=frozenset({"e2b", "gemma-4-E2B", "gemma-4"})).access
+    assert access is not None
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1, warned
+    assert "team 'search' is allowed 'gemma4', which is no pool, model or alias" in warned[0]
+
+    async def scenario() -> list[str]:
+        try:
+            return (await access.store.team("search")).allowed_models
+        finally:
+            await access.close()
+
+    assert asyncio.run(scenario()) == ["e2b", "gemma4"]

@@ -167,6 +167,32 @@ def test_a_team_cannot_use_models_it_is_not_allowed(gateway: RunningGateway) -> 
     assert answer.headers["x-gemma-fleet-pool"] == "e2b"
 
 
+def test_an_allow_list_naming_nothing_the_fleet_serves_is_refused(
+    gateway: RunningGateway,
+) -> None:
+    """Routing matches names exactly: a misspelt allow-list left the team answered 403 with no
+    hint why. The admin API now names the entry and what the fleet serves."""
+    admin(gateway, "DELETE", "/admin/teams/typo")
+    refused = admin(
+        gateway, "POST", "/admin/teams", json={"name": "typo", "allowed_models": ["e2b", "E4B"]}
+    )
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert error["param"] == "allowed_models[1]"
+    assert error["message"].startswith("allowed_models[1]: 'E4B' is no pool, model or alias")
+    assert "e4b" in error["message"] and "gemma-4" in error["message"]  # what it could be
+    assert admin(gateway, "GET", "/admin/teams/typo").status_code == 404  # nothing created
+    # A pool, a catalog model and an alias are all names the fleet serves.
+    served = ["e2b", "gemma-4-E4B", "gemma-4"]
+    made = admin(gateway, "POST", "/admin/teams", json={"name": "typo", "allowed_models": served})
+    assert made.status_code == 201, made.text
+    patched = admin(gateway, "PATCH", "/admin/teams/typo", json={"allowed_models": ["e2"]})
+    assert patched.status_code == 400 and "'e2' is no pool" in patched.text, patched.text
+    assert admin(gateway, "GET", "/admin/teams/typo").json()["allowed_models"] == served
+    limits = {"limits": {"requests_per_minute": 60}}  # a change without a list is not checked
+    assert admin(gateway, "PATCH", "/admin/teams/typo", json=limits).status_code == 200
+
+
 def test_a_teams_key_lists_the_models_the_team_may_call(gateway: RunningGateway) -> None:
     """As OpenAI lists what a key can use: a product team's SDK no longer offers it pools
     that answer 403. Without a key the list stays open and whole."""

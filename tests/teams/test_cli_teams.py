@@ -74,6 +74,10 @@ def test_a_team_and_key_made_with_the_cli_serve_and_show_usage(
         (["teams", "update", "no-such-team"], "nothing to change"),
         (["keys", "create", "--team", "x", "--expires-in-days", "-1"], "must be positive"),
         (["teams", "create", "big", "--budget", str(2**53 + 1)], "limits.token_budget"),
+        (
+            ["teams", "create", "typo", "--models", "e2b,gemma4"],
+            "400 allowed_models[1]: 'gemma4' is no pool, model or alias this fleet serves; known:",
+        ),
     ],
 )
 def test_bad_cli_input_is_one_line_and_exit_2(
