@@ -10,12 +10,17 @@ import base64
 import copy
 import json
 import math
+import shlex
+import shutil
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
+import redis
 import typer.main
 import yaml
 from chart_support import (
@@ -31,6 +36,7 @@ from chart_support import (
     run_tool,
     secret_behind_file,
 )
+from redis_server import free_port
 
 from gemma_fleet.autoscaler.actuators import kubernetes as actuator
 from gemma_fleet.autoscaler.settings import load_settings
@@ -524,6 +530,65 @@ def test_redis_is_persistent_password_protected_and_reachable_only_from_ray(
             "values": ["ray-head", "ray-worker"],
         }
     ]
+
+
+def _redis_options(out: Rendered) -> list[str]:
+    """The in-chart Redis's command-line options, as its container's shell would pass them."""
+    (sts,) = out.all("StatefulSet")
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    (script,) = container["args"]
+    words = shlex.split(script)
+    assert words[:2] == ["exec", "redis-server"], script
+    return words[2:]
+
+
+def wait_for_redis(port: int, password: str, timeout_s: float = 10) -> redis.Redis:
+    client = redis.Redis(port=port, password=password, socket_timeout=2)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.ping()
+            return client
+        except redis.exceptions.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def test_the_in_chart_redis_refuses_writes_at_its_ceiling_instead_of_growing(
+    render: Render, tmp_path: Path
+) -> None:
+    """Without maxmemory, once-keys (0.7 MB per request/s sustained) grew Redis into its
+    container's 1 GiB limit, where the kernel kills it. A real redis-server given the rendered
+    options takes the ceiling and, full, refuses writes (what the gateway counts as Redis
+    down) rather than evicting a counter. An upgrade reusing values from before the setting
+    renders no ceiling, as then."""
+    options = _redis_options(render(values={"redis": {"maxmemory": "3mb"}}))
+    assert options[options.index("--maxmemory") :][:4] == [
+        "--maxmemory", "3mb", "--maxmemory-policy", "noeviction"
+    ]  # fmt: skip
+    assert "--maxmemory 600mb" in " ".join(_redis_options(render()))
+    assert "--maxmemory" not in _redis_options(render(values={"redis": {"maxmemory": None}}))
+
+    exe = shutil.which("redis-server")
+    assert exe is not None, "redis-server is installed by ./dev setup"
+    port = free_port()
+    # The pod's own paths and password become this test's; every other option as rendered.
+    local = {"--dir": str(tmp_path), "--requirepass": "pw", "--port": str(port)}
+    previous = ["", *options[:-1]]
+    args = [local.get(before, word) for before, word in zip(previous, options, strict=True)]
+    server = subprocess.Popen([exe, *args, "--bind", "127.0.0.1"], stdout=subprocess.DEVNULL)
+    try:
+        client = wait_for_redis(port, "pw")
+        assert client.config_get("maxmemory") == {"maxmemory": str(3 * 2**20)}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for i in range(100_000):
+                client.hset(f"gf:once:{i:032x}", "admit", 1)
+        assert client.dbsize() == i  # nothing evicted
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_serve_port_is_open_only_to_the_namespace_and_listed_peers(
