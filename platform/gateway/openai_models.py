@@ -185,6 +185,22 @@ class AssistantMessage(Strict):
             raise ValueError(f"{info.field_name} is not supported on an assistant message{hint}")
         return None
 
+    @field_validator("content", mode="before")
+    @classmethod
+    def _refusal_as_text(cls, content: Any) -> Any:
+        """A refusal part (the SDK's types allow one in an assistant turn) is its text, as
+        vLLM reads it."""
+        if not isinstance(content, list):
+            return content
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "refusal":
+                if not isinstance(part.get("refusal"), str):
+                    raise ValueError("a refusal part holds its text in `refusal`")
+                part = {"type": "text", "text": part["refusal"]}
+            parts.append(part)
+        return parts
+
     @model_validator(mode="after")
     def _reasoning(self) -> AssistantMessage:
         if self.reasoning is None and self.reasoning_content is not None:

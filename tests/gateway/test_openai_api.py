@@ -418,6 +418,13 @@ def test_assistant_message_fields_as_the_engine_reads_them() -> None:
         "role": "assistant", "content": "x", "reasoning": "r",
     }  # fmt: skip
     assert sent(reasoning_content="r") == {"role": "assistant", "content": "x", "reasoning": "r"}
+    # a refusal part (the SDK's types allow one) is its text, as vLLM reads it
+    refusal = [{"type": "text", "text": "a"}, {"type": "refusal", "refusal": "no"}]
+    assert sent(content=refusal)["content"] == [
+        {"type": "text", "text": "a"}, {"type": "text", "text": "no"},
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="a refusal part holds its text in `refusal`"):
+        sent(content=[{"type": "refusal"}])
     for field in ("audio", "function_call"):
         with pytest.raises(ValueError, match=f"{field} is not supported"):
             sent(**{field: {"id": "a", "name": "f", "arguments": "{}"}})
