@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gemma_fleet.gateway.json_schema import valid_json_schema
+from gemma_fleet.gateway.openai_models import ModelName
 from gemma_fleet.gateway.unserved import served_kinds, unserved
 
 
@@ -260,7 +261,7 @@ class OutputConfig(Strict):
 class Conversation(Strict):
     """What decides a prompt: the fields /v1/messages and /v1/messages/count_tokens share."""
 
-    model: str = Field(min_length=1)
+    model: ModelName
     messages: list[Message] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
     tools: list[ToolDefinition] | None = None

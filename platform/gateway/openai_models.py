@@ -23,6 +23,9 @@ from pydantic import (
 from gemma_fleet.gateway.json_schema import valid_json_schema
 from gemma_fleet.gateway.unserved import served_kinds, unserved
 
+# A pool, catalog model or alias (the fleet's are tens of characters); bounded, so that a
+# refusal naming an unknown one does not echo a megabyte back.
+ModelName = Annotated[str, Field(min_length=1, max_length=256)]
 # OpenAI's rule for function names; Gemma's tool-call syntax parses the same characters.
 FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # The engines keep seeds in 64 bits; vLLM refuses anything wider (a 2**64 seed reached the
@@ -294,7 +297,7 @@ class StreamOptions(Strict):
 
 
 class ChatCompletionRequest(Strict):
-    model: str = Field(min_length=1)
+    model: ModelName
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -444,7 +447,7 @@ class CompletionRequest(Strict):
     """OpenAI's legacy completions: a prompt in (text, or token ids), or a list of them (a
     batch); each prompt's continuations (n of them) out."""
 
-    model: str = Field(min_length=1)
+    model: ModelName
     # vLLM 0.32's shapes: a string, a list of strings, a list of token ids, or a list of
     # lists of them (never mixed: _shape names the offending element).
     prompt: Prompt | PromptIds | Annotated[list[Prompt] | list[PromptIds], Field(min_length=1)]

@@ -21,7 +21,13 @@ from pydantic import (
 )
 
 from gemma_fleet.gateway.json_schema import valid_json_schema
-from gemma_fleet.gateway.openai_models import NO_MODERATION, FunctionName, InputAudio, Strict
+from gemma_fleet.gateway.openai_models import (
+    NO_MODERATION,
+    FunctionName,
+    InputAudio,
+    ModelName,
+    Strict,
+)
 from gemma_fleet.gateway.unserved import served_kinds, unserved
 
 NO_STATE = (
@@ -223,7 +229,7 @@ class Conversation(Strict):
     """What decides the prompt and the pool: shared by a generation (ResponsesRequest) and a
     count of its input tokens (InputTokensRequest)."""
 
-    model: str = Field(min_length=1)
+    model: ModelName
     input: str | Annotated[list[InputItem], Field(min_length=1)]
     instructions: str | None = None
     tools: list[FunctionTool] | None = None

@@ -309,3 +309,27 @@ def test_a_surrogate_pair_escape_is_the_character_it_spells(gateway_server: Any)
     assert "\\ud83d\\ude00" in raw  # json.dumps escapes it as a pair
     r = gateway_server.post(CHAT, content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 200, r.text
+
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        (CHAT, {"messages": MESSAGES, "max_tokens": 4}),
+        ("/v1/completions", {"prompt": "x", "max_tokens": 4}),
+        ("/v1/messages", {"messages": MESSAGES, "max_tokens": 4}),
+        ("/v1/messages/count_tokens", {"messages": MESSAGES}),
+        ("/v1/responses", {"input": "x"}),
+    ],
+)
+def test_a_megabyte_model_name_is_refused_without_being_echoed(
+    gateway_server: Any, route: str, body: dict[str, Any]
+) -> None:
+    """An unknown model's 404 names it: a 1 MB name came back whole in the answer."""
+    assert gateway_server.post(route, json={**body, "model": "gemma-4"}).status_code == 200
+    r = gateway_server.post(route, json={**body, "model": "m" * 2**20})
+    assert r.status_code == 400, r.text[:300]
+    assert "Invalid value for model: String should have at most 256 characters" in r.text
+    assert len(r.content) < 1_000, r.text[:300]
