@@ -27,6 +27,7 @@ from gemma_fleet.gateway.anthropic_models import (
     ToolResultBlock,
     ToolUseBlock,
 )
+from gemma_fleet.gateway.bodies import parse
 from gemma_fleet.gateway.errors import ApiError
 from gemma_fleet.gateway.openai_models import ChatCompletionRequest
 from gemma_fleet.gateway.translation import ORIGIN, chat_chunks, chat_tool, validated_chat
@@ -143,6 +144,21 @@ def _search_result(block: SearchResultBlock) -> dict[str, Any]:
     head = f"<search_result>\n<source>{block.source}</source>\n<title>{block.title}</title>\n"
     body = f"<search_result_content>\n{passages}\n</search_result_content>\n</search_result>"
     return {"type": "text", "text": head + body}
+
+
+def parse_messages(raw: dict[str, Any]) -> MessagesRequest:
+    """A Messages request, refusing server-held conversation state (`thread`) the way
+    Anthropic's SDKs understand: the tool runner sends `thread` and, told it cannot be threaded
+    (`thread_unsupported_request`), sends the whole conversation without it from then on."""
+    if raw.get("thread") is not None:
+        raise ApiError(
+            400,
+            "thread is not served by this gateway: it keeps no conversation state; send the "
+            "whole conversation in messages",
+            param="thread",
+            details={"error_code": "thread_unsupported_request", "unsupported": ["thread"]},
+        )
+    return parse(MessagesRequest, raw)
 
 
 def to_chat_request(req: MessagesRequest) -> ChatCompletionRequest:

@@ -19,13 +19,14 @@ from gemma_fleet.gateway.accounting import StreamTally, Usage, usage_of
 from gemma_fleet.gateway.admin import admin_router
 from gemma_fleet.gateway.answer_headers import AnswerHeaders
 from gemma_fleet.gateway.anthropic import (
+    parse_messages,
     to_chat_request,
     to_count_request,
     to_message,
     to_message_stream,
 )
 from gemma_fleet.gateway.anthropic_model_list import model_info, model_page, wants_anthropic
-from gemma_fleet.gateway.anthropic_models import CountTokensRequest, MessagesRequest
+from gemma_fleet.gateway.anthropic_models import CountTokensRequest
 from gemma_fleet.gateway.auth import Admitted, TeamGate, success_headers
 from gemma_fleet.gateway.bodies import parse, read_json
 from gemma_fleet.gateway.errors import ApiError
@@ -321,7 +322,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         return await translated(
             "messages",
             request,
-            lambda raw: parse(MessagesRequest, raw),
+            parse_messages,
             to_chat_request,
             lambda _, model, chat: to_message(chat, model),
             lambda _, model, events: to_message_stream(events, model),

@@ -55,6 +55,8 @@ class ApiError(Exception):
     retry_after_s: int | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     window: MinuteWindow | None = None
+    # Anthropic's machine-readable `error.details` (its SDKs branch on `error_code`).
+    details: dict[str, Any] | None = None
 
     def __str__(self) -> str:
         return self.message
@@ -75,7 +77,10 @@ class ApiError(Exception):
 
     def anthropic_body(self) -> dict[str, Any]:
         kind = _ANTHROPIC_TYPES.get(self.status, "api_error")
-        return {"type": "error", "error": {"type": kind, "message": self.message}}
+        error: dict[str, Any] = {"type": kind, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"type": "error", "error": error}
 
     def sse_event(self) -> str:
         """The error as one server-sent event, for failures after a stream has started."""

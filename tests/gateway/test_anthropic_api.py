@@ -272,6 +272,43 @@ def test_beta_features_no_gemma_pool_can_honour_are_refused_saying_why(
     assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
 
 
+def test_the_sdks_tool_runner_works_without_server_held_threads(
+    client: anthropic.Anthropic,
+) -> None:
+    """The SDK's tool runner asks the server to hold the conversation (`thread`); the gateway
+    keeps no state, and refuses it in the form the SDK understands, which then sends each turn
+    whole. Before, the runner failed on its first request ("Unrecognized request argument
+    supplied: thread")."""
+    asked: list[str] = []
+
+    @anthropic.beta_tool
+    def forecast(city: str) -> str:
+        """The weather in a city."""
+        asked.append(city)
+        return "12 degrees"
+
+    runner = client.beta.messages.tool_runner(
+        model="gemma-4", max_tokens=64, tools=[forecast], tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "weather in Oslo?"}], max_iterations=2,
+    )  # fmt: skip
+    replies = list(runner)
+    assert [r.stop_reason for r in replies] == ["tool_use", "tool_use"]
+    assert len(asked) == 2  # each turn's tool call was run and its result sent back
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        client.messages.create(
+            model="gemma-4", max_tokens=8, messages=HELLO, extra_body={"thread": {"type": "create"}}
+        )
+    assert refused.value.body == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "thread is not served by this gateway: it keeps no conversation state; "
+            "send the whole conversation in messages",
+            "details": {"error_code": "thread_unsupported_request", "unsupported": ["thread"]},
+        },
+    }
+
+
 def as_sent(blocks: Iterable[BaseModel]) -> list[ContentBlockParam]:
     """A turn's blocks as clients send them back: each one's model_dump()."""
     # model_dump() is typed dict[str, Any]; a block dumps to the keys of its param type
