@@ -102,10 +102,9 @@ def _lone_surrogate(parsed: Any) -> str | None:
                 return path
         elif isinstance(value, dict):
             for key, item in value.items():
-                at = f"{path}.{key}" if path else key
                 if not key.isascii() and _SURROGATE.search(key):
                     return path
-                stack.append((at, item))
+                stack.append((f"{path}.{key}" if path else key, item))
         elif isinstance(value, list):
             stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
     return None

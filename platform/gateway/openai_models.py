@@ -23,6 +23,10 @@ from pydantic import (
 from gemma_fleet.gateway.json_schema import valid_json_schema
 from gemma_fleet.gateway.unserved import served_kinds, unserved
 
+# A refused value, as an error message quotes it: a prompt can be megabytes long.
+_QUOTE = reprlib.Repr()
+_QUOTE.maxstring = _QUOTE.maxother = 60
+_QUOTE.maxlist = _QUOTE.maxdict = 4
 # A pool, catalog model or alias (the fleet's are tens of characters); bounded, so that a
 # refusal naming an unknown one does not echo a megabyte back.
 ModelName = Annotated[str, Field(min_length=1, max_length=256)]
@@ -433,10 +437,6 @@ Prompt = Annotated[str, Field(min_length=1)]
 # pool's vocabulary. Strict: a bool or a float is a client's mistake, not an id.
 TokenIds = list[Annotated[StrictInt, Field(ge=0)]]
 PromptIds = Annotated[TokenIds, Field(min_length=1)]
-# A refused value, as an error message quotes it: a prompt can be megabytes long.
-_QUOTE = reprlib.Repr()
-_QUOTE.maxstring = _QUOTE.maxother = 60
-_QUOTE.maxlist = _QUOTE.maxdict = 4
 _PROMPT_SHAPES = (
     "a prompt is a string, a list of strings, a list of token ids (integers >= 0) or a list "
     "of lists of token ids"
