@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
 from gemma_fleet.gateway.accounting import StreamTally, Usage, usage_of
@@ -110,6 +111,17 @@ SERVED_APIS = (
 )
 
 
+def _served_without_slash(app: FastAPI, path: str) -> str | None:
+    """`path` without its trailing slashes when the app serves that path; else None."""
+    stripped = path.rstrip("/")
+    if not stripped or stripped == path:
+        return None
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path_regex.match(stripped):
+            return stripped
+    return None
+
+
 def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
     """The OpenAI- and Anthropic-compatible HTTP app over `gateway`; `gate` (None: open, no
     team keys) authenticates callers and holds them to their team's limits."""
@@ -119,7 +131,17 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         yield
         await gateway.aclose()
 
-    app = FastAPI(title="Gemma Fleet gateway", docs_url=None, redoc_url=None, lifespan=lifespan)
+    # No redirect for a path with a trailing slash: Starlette's 307 names the host and scheme
+    # the gateway sees, which behind a TLS-terminating proxy is http://, and a client that
+    # follows it sends its prompt (and, same host, its key) again unencrypted. It gets a 404
+    # saying which path to call instead (_http_error).
+    app = FastAPI(
+        title="Gemma Fleet gateway",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+        redirect_slashes=False,
+    )
     gate = gate or TeamGate(None)
     app.openapi = gateway_openapi(app, gate.metrics_protected)  # type: ignore[method-assign]
     app.add_middleware(AnswerHeaders, headers_for=lambda _: SECURITY_HEADERS)
@@ -256,10 +278,16 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         if exc.status_code < 400:
             return Response(status_code=exc.status_code, headers=exc.headers)
         message = str(exc.detail)
-        if exc.status_code == 404 and request.url.path.startswith("/v1/"):
+        path = request.url.path
+        if exc.status_code == 404 and (served := _served_without_slash(app, path)):
+            message = (
+                f"{request.method} {path} is not served here: drop the trailing slash "
+                f"({request.method} {served})"
+            )
+        elif exc.status_code == 404 and path.startswith("/v1/"):
             # An OpenAI or Anthropic SDK calling an API the fleet does not serve (embeddings,
             # audio, images, files, batches...): say which it does, not just "Not Found".
-            message = f"{request.method} {request.url.path} is not served here; {SERVED_APIS}"
+            message = f"{request.method} {path} is not served here; {SERVED_APIS}"
         error = ApiError(exc.status_code, message, extra_headers=dict(exc.headers or {}))
         return await _api_error(request, error)
 
@@ -410,6 +438,8 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         responses={401: bad_key, 404: error_response("no such model (for the key's team)")},
     )
     async def model(model_id: str, request: Request) -> JSONResponse:
+        if not model_id:  # "/v1/models/": the list, asked for with a trailing slash
+            raise HTTPException(404)
         allowed = await gate.listing_scope(request)
         card = gateway.model(model_id, allowed)
         if wants_anthropic(request.headers):

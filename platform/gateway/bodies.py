@@ -47,10 +47,24 @@ async def read_json(request: Request, limit: int, timeout_s: float) -> dict[str,
         raise ApiError(
             408, f"request body not received within {timeout_s:g} s ({size:,} bytes arrived)"
         ) from exc
-    body = _parsed(b"".join(chunks))
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise ApiError(400, "request body is empty: send a JSON object")
+    body = _parsed(raw)
     if not isinstance(body, dict):
-        raise ApiError(400, f"request body must be a JSON object, not {type(body).__name__}")
+        raise ApiError(400, f"request body must be a JSON object, not {_json_kind(body)}")
     return body
+
+
+def _json_kind(value: Any) -> str:
+    """What `value` is called in JSON (the client wrote JSON, not Python)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
 
 
 def _parsed(raw: bytes) -> Any:

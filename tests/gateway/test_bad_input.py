@@ -45,8 +45,22 @@ def test_deep_nesting(gateway_server: Any) -> None:
     expect(r, 400, "nested too deeply")
 
 
-def test_json_that_is_not_an_object(gateway_server: Any) -> None:
-    expect(gateway_server.post(CHAT, json=[1, 2]), 400, "JSON object")
+@pytest.mark.parametrize(
+    ("body", "kind"),
+    [(b"[1, 2]", "an array"), (b"null", "null"), (b'"hi"', "a string"), (b"7", "a number"),
+     (b"true", "a boolean")],
+)  # fmt: skip
+def test_json_that_is_not_an_object(gateway_server: Any, body: bytes, kind: str) -> None:
+    """The refusal names what was sent in JSON's words (it said "not NoneType")."""
+    r = gateway_server.post(CHAT, content=body, headers={"content-type": "application/json"})
+    expect(r, 400, f"request body must be a JSON object, not {kind}")
+
+
+@pytest.mark.parametrize("body", [b"", b" \r\n"])
+def test_an_empty_body_is_called_empty(gateway_server: Any, body: bytes) -> None:
+    """It was "malformed JSON at line 1 column 1: Expecting value"."""
+    r = gateway_server.post(CHAT, content=body, headers={"content-type": "application/json"})
+    expect(r, 400, "request body is empty: send a JSON object")
 
 
 def test_wrong_content_type(gateway_server: Any) -> None:
@@ -151,6 +165,24 @@ def test_an_api_the_fleet_does_not_serve_says_which_it_does(
         call(client)
     message = refused.value.message
     assert f"POST {path} is not served here" in message and "/v1/chat/completions" in message
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "served"),
+    [("POST", "/v1/chat/completions/", "/v1/chat/completions"),
+     ("POST", "/v1/messages/count_tokens/", "/v1/messages/count_tokens"),
+     ("GET", "/v1/models/", "/v1/models"), ("GET", "/health//", "/health")],
+)  # fmt: skip
+def test_a_trailing_slash_is_a_404_naming_the_path_served(
+    gateway_server: Any, method: str, path: str, served: str
+) -> None:
+    """It was a 307 to the URL the gateway saw: behind a proxy that ends TLS, an http:// one,
+    which a following client would send its prompt to unencrypted."""
+    r = httpx.request(method, gateway_server.url + path, json=chat_body(), timeout=30,
+                      headers={"x-forwarded-proto": "https"})  # fmt: skip
+    assert "location" not in r.headers
+    expect(r, 404, f"{method} {path} is not served here: drop the trailing slash",
+           f"({method} {served})")  # fmt: skip
 
 
 def test_security_headers(gateway_server: Any) -> None:
