@@ -111,15 +111,17 @@ SERVED_APIS = (
 )
 
 
+def _methods(app: FastAPI, path: str) -> set[str]:
+    """The methods `app` serves `path` with, across all its routes (Starlette's 405 names
+    those of the first route matching the path only)."""
+    routes = (r for r in app.routes if isinstance(r, APIRoute) and r.path_regex.match(path))
+    return {method for route in routes for method in route.methods}
+
+
 def _served_without_slash(app: FastAPI, path: str) -> str | None:
     """`path` without its trailing slashes when the app serves that path; else None."""
     stripped = path.rstrip("/")
-    if not stripped or stripped == path:
-        return None
-    for route in app.routes:
-        if isinstance(route, APIRoute) and route.path_regex.match(stripped):
-            return stripped
-    return None
+    return stripped if stripped and stripped != path and _methods(app, stripped) else None
 
 
 def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
@@ -279,6 +281,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
             return Response(status_code=exc.status_code, headers=exc.headers)
         message = str(exc.detail)
         path = request.url.path
+        headers = dict(exc.headers or {})
         if exc.status_code == 404 and (served := _served_without_slash(app, path)):
             message = (
                 f"{request.method} {path} is not served here: drop the trailing slash "
@@ -288,8 +291,15 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
             # An OpenAI or Anthropic SDK calling an API the fleet does not serve (embeddings,
             # audio, images, files, batches...): say which it does, not just "Not Found".
             message = f"{request.method} {path} is not served here; {SERVED_APIS}"
-        error = ApiError(exc.status_code, message, extra_headers=dict(exc.headers or {}))
-        return await _api_error(request, error)
+        elif exc.status_code == 405:
+            # E.g. the SDK's chat.completions.list() (stored completions) or
+            # responses.compact(), whose path another route takes with another method.
+            allowed = ", ".join(sorted(_methods(app, path)))
+            headers["Allow"] = allowed
+            message = f"{request.method} {path} is not served here: this path takes {allowed}"
+            if path.startswith("/v1/"):
+                message += f"; {SERVED_APIS}"
+        return await _api_error(request, ApiError(exc.status_code, message, extra_headers=headers))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -368,8 +378,9 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
         )
 
     @app.get("/v1/responses/{response_id}", responses={404: error_response("never stored")})
+    @app.delete("/v1/responses/{response_id}", responses={404: error_response("never stored")})
     async def stored_response(response_id: str) -> Response:
-        # The SDK's retrieve(), and what a client that sent store: true may try next.
+        # The SDK's retrieve() and delete(), what a client that sent store: true may try next.
         raise ApiError(404, f"no response {response_id!r}: {NO_STATE}", param="response_id")
 
     async def counted(

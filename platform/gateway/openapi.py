@@ -56,6 +56,7 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("post", "/v1/responses/input_tokens"): Operation(InputTokensRequest, (), "team", _API),
     # Nothing is stored: every id is unknown (404).
     ("get", "/v1/responses/{response_id}"): Operation(errors=(404,)),
+    ("delete", "/v1/responses/{response_id}"): Operation(errors=(404,)),
     # Counting spends none of the generation limits, but has a rate of its own (429).
     ("post", "/v1/messages/count_tokens"): Operation(
         CountTokensRequest, (), "team", _API, anthropic_errors=True

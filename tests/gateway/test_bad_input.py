@@ -27,6 +27,14 @@ def expect(r: httpx.Response, status: int, *words: str) -> None:
     assert error["type"]
 
 
+def refused_by_sdk(gateway_server: Any, call: Any) -> openai.APIStatusError:
+    """What the OpenAI SDK raised when `call(client)` was refused by the gateway."""
+    client = openai.OpenAI(base_url=gateway_server.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as refused:
+        call(client)
+    return refused.value
+
+
 def test_malformed_json(gateway_server: Any) -> None:
     r = gateway_server.post(CHAT, content=b'{"model": "gemma-4", "messages": [',
                             headers={"content-type": "application/json"})  # fmt: skip
@@ -160,10 +168,9 @@ def test_an_api_the_fleet_does_not_serve_says_which_it_does(
     gateway_server: Any, call: Any, path: str
 ) -> None:
     """An SDK method for an API the fleet lacks got a bare "Not Found"."""
-    client = openai.OpenAI(base_url=gateway_server.url + "/v1", api_key="x", max_retries=0)
-    with pytest.raises(openai.NotFoundError) as refused:
-        call(client)
-    message = refused.value.message
+    refused = refused_by_sdk(gateway_server, call)
+    assert isinstance(refused, openai.NotFoundError)
+    message = refused.message
     assert f"POST {path} is not served here" in message and "/v1/chat/completions" in message
 
 
@@ -183,6 +190,31 @@ def test_a_trailing_slash_is_a_404_naming_the_path_served(
     assert "location" not in r.headers
     expect(r, 404, f"{method} {path} is not served here: drop the trailing slash",
            f"({method} {served})")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("call", "said"),
+    [(lambda c: c.chat.completions.list(), "GET /v1/chat/completions is not served here: "
+      "this path takes POST; this gateway serves"),
+     (lambda c: c.responses.compact(model="gemma-4", input="hi"), "POST /v1/responses/compact"
+      " is not served here: this path takes DELETE, GET; this gateway serves")],
+    ids=["stored-chat-completions", "responses-compact"],
+)  # fmt: skip
+def test_a_method_the_path_does_not_take_is_named(
+    gateway_server: Any, call: Any, said: str
+) -> None:
+    """A 405 said only "Method Not Allowed"."""
+    refused = refused_by_sdk(gateway_server, call)
+    assert refused.status_code == 405 and said in refused.message
+    allowed = said.split("this path takes ")[1].split(";")[0]
+    assert refused.response.headers["allow"] == allowed
+
+
+def test_deleting_a_response_says_none_is_stored(gateway_server: Any) -> None:
+    """The SDK's responses.delete() got a bare 405; it gets retrieve()'s answer."""
+    refused = refused_by_sdk(gateway_server, lambda c: c.responses.delete("resp_1"))
+    assert isinstance(refused, openai.NotFoundError)
+    assert "no response 'resp_1': this gateway stores no responses" in refused.message
 
 
 def test_security_headers(gateway_server: Any) -> None:

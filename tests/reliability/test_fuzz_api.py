@@ -74,7 +74,7 @@ def _label(method: str, path: str) -> str:
 OPEN_ROUTES = ["GET /v1/models", "GET /metrics", "GET /health", "GET /ready"]
 ROUTES = sorted(_label(m, p) for m, p in OPERATIONS if (m, p) != ("get", "/ready"))
 # Any string is a well-formed response id (none is stored: each is a 404): nothing to break.
-NOTHING_INVALID = ["GET /v1/responses/{response_id}"]
+NOTHING_INVALID = ["GET /v1/responses/{response_id}", "DELETE /v1/responses/{response_id}"]
 CASES = [(r, GenerationMode.POSITIVE) for r in ROUTES + OPEN_ROUTES] + [
     (r, GenerationMode.NEGATIVE) for r in ROUTES if r not in NOTHING_INVALID
 ]
