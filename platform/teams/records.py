@@ -6,16 +6,43 @@ so a fast hash is enough; a slow password hash buys nothing against a guess spac
 
 from __future__ import annotations
 
+import reprlib
 from datetime import UTC, date, datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic_core import PydanticCustomError
 
 from gemma_fleet.teams.limits import TeamLimits, TeamLimitsChange
 
 # A team name is a Redis key part and a metric label value: keep it to a DNS label.
 TEAM_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-TeamName = Annotated[str, Field(pattern=TEAM_NAME_PATTERN)]
+
+
+def _team_name(value: object, check: ValidatorFunctionWrapHandler) -> str:
+    # The rule in words: an administrator was told only "String should match pattern '^[a-z0-9]..."
+    try:
+        return str(check(value))
+    except ValidationError as exc:
+        if exc.errors()[0]["type"] != "string_pattern_mismatch":
+            raise
+        raise PydanticCustomError(
+            "team_name",
+            "{got} is not a team name: 1 to 63 lowercase letters, digits and '-', starting and "
+            "ending with a letter or digit",
+            {"got": reprlib.repr(value)},
+        ) from None
+
+
+TeamName = Annotated[str, Field(pattern=TEAM_NAME_PATTERN), WrapValidator(_team_name)]
 
 
 def utcnow() -> datetime:

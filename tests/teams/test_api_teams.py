@@ -416,7 +416,12 @@ def test_admin_api_manages_teams_and_never_shows_a_secret_twice(
     duplicate = admin(gateway, "POST", "/admin/teams", json={"name": "managed"})
     assert duplicate.status_code == 409
     bad = admin(gateway, "POST", "/admin/teams", json={"name": "Bad Name!"})
-    assert bad.status_code == 400 and "name" in bad.json()["error"]["message"]
+    assert bad.status_code == 400, bad.text
+    # The rule in words (it was the regular expression).
+    assert bad.json()["error"]["message"] == (
+        "Invalid value for name: 'Bad Name!' is not a team name: 1 to 63 lowercase letters, "
+        "digits and '-', starting and ending with a letter or digit"
+    )
     unknown_field = admin(gateway, "PATCH", "/admin/teams/managed", json={"rpm": 5})
     assert unknown_field.status_code == 400 and "rpm" in unknown_field.json()["error"]["message"]
     patched = admin(
