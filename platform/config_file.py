@@ -63,7 +63,8 @@ def problem(exc: ValidationError, kind: str, where: Callable[[str], str] = str) 
         message = f"unknown key (not a {kind} field)"
     else:
         message = str(first["msg"]).removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    extra = len(errors) - 1
+    more = f" (and {extra} more problem{'s' if extra > 1 else ''})" if extra else ""
     return f"{at}: {message}{more}"
 
 

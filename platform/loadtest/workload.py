@@ -28,9 +28,8 @@ from gemma_fleet.config_file import load_model
 from gemma_fleet.loadtest.apis import Api
 from gemma_fleet.loadtest.pdf import MAX_PDF_PAGES, WORDS_PER_LINE, lines_per_page
 from gemma_fleet.teams.limits import TeamLimits
+from gemma_fleet.teams.records import TeamName
 
-# Team names become Redis key parts and metric labels on the gateway: a DNS label.
-TEAM_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 # Workload names become Locust user-class names and report rows.
 WORKLOAD_NAME = r"^[a-z][a-z0-9_-]{0,47}$"
 
@@ -76,7 +75,7 @@ class TeamEntry(Strict):
     (or sets its limits if it exists) and issues a key; otherwise the key comes from the
     environment variable `key_env` (default: GEMMA_FLEET_API_KEY, shared by all teams)."""
 
-    name: str = Field(pattern=TEAM_NAME)
+    name: TeamName
     limits: TeamLimits = TeamLimits()
     key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -97,7 +96,7 @@ class TeamEntry(Strict):
 class WorkloadBase(Strict):
     name: str = Field(pattern=WORKLOAD_NAME)
     weight: int = Field(1, ge=0, description="relative share of virtual users; 0 switches it off")
-    team: str = Field(pattern=TEAM_NAME)
+    team: TeamName
     model: str = Field("gemma-4", description="model, pool or alias the requests name")
     api: Api = Field(
         "chat",

@@ -62,7 +62,11 @@ def _write(tmp_path: Path, text: str) -> Path:
         ),
         ("teams: [{name: a}]\nworkloads: [{name: x, kind: short_chat, team: a, weight: 0}]",
          "every weight is 0"),
-        ("teams: [{name: Bad_Team}]\nworkloads: []", "teams.0.name"),
+        ("teams: [{name: Bad_Team}]\nworkloads: []", "teams.0.name: 'Bad_Team' is not a team "
+         "name: 1 to 63 lowercase letters, digits and '-'"),
+        ("teams: [{name: a}]\nworkloads: [{name: x, kind: short_chat, team: a, weight: -1,"
+         " max_tokens: 0}]", "workloads.0.weight: Input should be greater than or equal to 0"
+         " (and 1 more problem)"),
         ("teams: [{name: a, limits: {requests_per_min: 5}}]\nworkloads: []", "requests_per_min"),
         ("teams: [a", "not valid YAML"),
         ("teams: [{name: a}]\nworkloads: [{name: x, kind: short_chat, team: a, api: grpc}]",
