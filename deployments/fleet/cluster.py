@@ -24,6 +24,7 @@ from typing import Any
 from gemma_fleet.deployments.fleet.environment import set_environment
 from gemma_fleet.deployments.fleet.settings import LocalFleetSettings
 from gemma_fleet.deployments.pools import FleetSpec, NodePool, nodes_needed
+from gemma_fleet.gateway.ray_headers import CALLBACK as RAY_HEADERS_CALLBACK
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ NODE_ENVIRONMENT = {
     # front of a local fleet, so the default only held every Ctrl-C for 30 s and ended in
     # "Controller failed to shut down". Requests in flight are still waited for.
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+    # Headers Ray Serve reads as its own settings, kept from clients (gateway/ray_headers.py).
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": RAY_HEADERS_CALLBACK,
 }
 
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from gemma_fleet.gateway.accounting import StreamTally, Usage, usage_of
 from gemma_fleet.gateway.admin import admin_router
@@ -73,6 +74,15 @@ def speaks_anthropic(request: Request) -> bool:
     return path.startswith(ANTHROPIC_PREFIX) or (
         path.startswith("/v1/models") and wants_anthropic(request.headers)
     )
+
+
+async def refuse(error: ApiError, scope: Scope, receive: Receive, send: Send) -> None:
+    """Answer `error` from an ASGI middleware, outside the app's handlers: in Anthropic's
+    shape on its routes, with the security headers."""
+    anthropic = scope["path"].startswith(ANTHROPIC_PREFIX)
+    body = error.anthropic_body() if anthropic else error.openai_body()
+    headers = {**SECURITY_HEADERS, **error.headers()}
+    await JSONResponse(body, status_code=error.status, headers=headers)(scope, receive, send)
 
 
 # A handler parses the body, serves it for `Caller`, and says which model was asked for and

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gemma_fleet.gateway.app import ANTHROPIC_PREFIX, SECURITY_HEADERS
+from gemma_fleet.gateway.app import refuse
 from gemma_fleet.gateway.errors import ApiError
 
 # Still answered while stopping: the process is alive until it is gone, and Prometheus may
@@ -46,10 +45,7 @@ class StoppingGate:
             error = ApiError(
                 503, STOPPING_MESSAGE, code="fleet_stopping", retry_after_s=RETRY_AFTER_S
             )
-            anthropic = path.startswith(ANTHROPIC_PREFIX)
-            body = error.anthropic_body() if anthropic else error.openai_body()
-            headers = {**SECURITY_HEADERS, **error.headers()}
-            await JSONResponse(body, status_code=503, headers=headers)(scope, receive, send)
+            await refuse(error, scope, receive, send)
             return
         self.state.in_flight += 1
         try:

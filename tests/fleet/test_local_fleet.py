@@ -281,6 +281,47 @@ def test_bad_input_through_the_fleet(fleet: Fleet) -> None:
     assert r.status_code == 400 and "malformed JSON" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("header", ["x-request-id", "x-session-id"])
+def test_an_undecodable_header_ray_reads_is_a_400_naming_it(fleet: Fleet, header: str) -> None:
+    """Ray Serve decodes these as UTF-8 before the gateway sees the request: Latin-1 bytes
+    were uvicorn's plain-text 500."""
+    import httpx
+
+    for path, shape in [("/v1/chat/completions", "openai"), ("/v1/messages", "anthropic")]:
+        r = httpx.post(
+            fleet.running.base_url.removesuffix("/v1") + path,
+            json={"model": "gemma-4-e2b", "max_tokens": 2, "messages": [{"role": "user",
+                  "content": "hi"}]},
+            headers=[(header.encode(), b"caf\xe9"),
+                     (b"authorization", f"Bearer {fleet.running.api_key}".encode())],
+            timeout=30,
+        )  # fmt: skip
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["message"] == f"header {header} must be UTF-8 text", error
+        assert ("param" in error) == (shape == "openai")
+        assert r.headers["x-content-type-options"] == "nosniff"
+
+
+def test_clients_cannot_set_ray_serves_own_request_settings(client: openai.OpenAI) -> None:
+    """`x-request-timeout-seconds: 0.1` had Ray cut the request at 0.1 s with a plain-text
+    408; the gateway now never sees it, nor Ray's other per-request settings."""
+    answer = client.chat.completions.with_raw_response.create(
+        model="gemma-4-31b",
+        max_tokens=1000,
+        messages=[{"role": "user", "content": "a long essay"}],
+        extra_body={"ignore_eos": True},
+        extra_headers={
+            "x-request-timeout-seconds": "0.1",
+            "x-request-disconnect-disabled": "?1",
+            "serve_multiplexed_model_id": "other",
+        },
+    )
+    assert answer.http_response.elapsed.total_seconds() > 0.5  # else the cut proves nothing
+    usage = answer.parse().usage
+    assert usage is not None and usage.completion_tokens == 1000
+
+
 def test_the_local_fleet_requires_keys_and_meters_usage(
     fleet: Fleet, client: openai.OpenAI
 ) -> None:

@@ -16,10 +16,13 @@ import openai
 import pytest
 from pdf_files import text_pdf
 
+from gemma_fleet.gateway.ray_headers import CALLBACK
+
 pytestmark = pytest.mark.slow
 
 GCS_PORT, HTTP_PORT, RAY_METRICS_PORT = 6740, 8740, 8741
 GATEWAY_REPLICAS = 2
+RAY_HEADERS_VARIABLE = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,10 @@ def serve_url() -> Iterator[str]:
             model="gemma-4-31B", gpu="H100-80GB", max_model_len=32_768, text_only=True, speedup=200
         ),
     }
+    # As the chart sets it for every Ray pod: Serve's proxy loads the middleware that keeps its
+    # own request headers from clients (gateway/ray_headers.py).
+    callback = os.environ.get(RAY_HEADERS_VARIABLE)
+    os.environ[RAY_HEADERS_VARIABLE] = CALLBACK
     ray.init(
         num_cpus=4,
         include_dashboard=False,
@@ -78,6 +85,10 @@ def serve_url() -> Iterator[str]:
         serve.run(app, name="fleet", route_prefix="/")
         yield f"http://127.0.0.1:{HTTP_PORT}"
     finally:
+        if callback is None:
+            os.environ.pop(RAY_HEADERS_VARIABLE, None)
+        else:
+            os.environ[RAY_HEADERS_VARIABLE] = callback
         serve.shutdown()  # type: ignore[no-untyped-call]  # Ray leaves it unannotated
         ray.shutdown()
 
@@ -122,6 +133,19 @@ def test_both_sdks_read_the_id_rays_proxy_gave_the_request(serve_url: str) -> No
     )
     assert mine.headers.get_list("x-request-id") == ["ticket-4711"]
     assert mine.headers.get_list("request-id") == ["ticket-4711"]
+
+
+def test_an_undecodable_request_id_is_a_400_from_rays_proxy(serve_url: str) -> None:
+    """Serve's proxy actor decodes x-request-id as UTF-8 too (the chart's
+    `ray.haproxyIngress: false`): it was a plain-text 500."""
+    refused = httpx.post(
+        serve_url + "/v1/chat/completions",
+        json={"model": "small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2},
+        headers={b"x-request-id": b"caf\xe9"},
+        timeout=30,
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["message"] == "header x-request-id must be UTF-8 text"
 
 
 def test_refusals_through_ray_serve(serve_url: str) -> None:

@@ -42,6 +42,7 @@ from gemma_fleet.autoscaler.actuators import kubernetes as actuator
 from gemma_fleet.autoscaler.settings import load_settings
 from gemma_fleet.cli.main import app as cli_app
 from gemma_fleet.deployments.pools.load import parse_fleet
+from gemma_fleet.gateway.ray_headers import CALLBACK as RAY_HEADERS_CALLBACK
 from gemma_fleet.vram.profile import MAX_TP
 
 DEFAULTS = CHART / "values.yaml"
@@ -327,6 +328,8 @@ def test_ray_pods_get_settings_and_secrets_only_by_reference(
         env = _env(container)
         assert env["RAY_SERVE_THROUGHPUT_OPTIMIZED"]["value"] == "1"
         assert env["RAY_SERVE_ENABLE_HA_PROXY"]["value"] == "1"
+        # Ray Serve's own request headers are kept from clients (gateway/ray_headers.py)
+        assert env["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"]["value"] == RAY_HEADERS_CALLBACK
         # HAProxy's wait on a client that owes it bytes: 60 s unless set, not Ray's 3,600
         idle = values["gateway"].get("clientIdleTimeoutS", 60)
         assert env["RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S"]["value"] == str(idle)

@@ -229,6 +229,10 @@ reuses an older release's values, which lack the key, gets it too.
   value: {{ if include "gemma-fleet.haproxyIngress" . }}"1"{{ else }}"0"{{ end }}
 - name: RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S
   value: {{ .Values.gateway.clientIdleTimeoutS | default 60 | int | quote }}
+{{- /* Headers Ray Serve reads as its own settings (a request timeout, a session id...) are
+kept from clients before Serve reads them (platform/gateway/ray_headers.py). */}}
+- name: RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH
+  value: gemma_fleet.gateway.ray_headers:middlewares
 {{- /* After a reload (a gateway replica added or removed anywhere), the old HAProxy finishes
 the answers it has for this long: the pools' longest drain, as long as any answer is promised.
 Ray's 120 s cut longer answers. */}}
