@@ -4,17 +4,19 @@ Before the gateway sees a request, Ray Serve's HTTP entry (a gateway replica's o
 behind HAProxy, or Serve's proxy actor) reads a few headers as its own settings, and decodes
 them as UTF-8. Two consequences for a client of the fleet:
 
-- a value that is not UTF-8 in `x-request-id` or `x-session-id` (any client may send either)
+- a value that was not UTF-8 in any of them (`x-request-id` is the one clients send most)
   raised inside Ray, and the client got uvicorn's plain-text "500 Internal Server Error";
 - `x-request-timeout-seconds` (0.3: a plain-text 408 "timed out after Nones" at 0.3 s; 0: no
-  timeout), `x-request-disconnect-disabled` and `serve_multiplexed_model_id` let a client
-  change how Ray Serve runs its request: knobs for a deployment's own callers, not for
-  callers of an OpenAI- or Anthropic-compatible API.
+  timeout), `x-request-disconnect-disabled`, `x-session-id` (stickiness) and
+  `serve_multiplexed_model_id` (which Serve passes on to the gateway's calls to its pools) let
+  a client change how Ray Serve runs its request: knobs for a deployment's own callers, not
+  for callers of an OpenAI- or Anthropic-compatible API.
 
 Ray Serve applies the middlewares that `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH` names (the
 local fleet and the chart set it to `CALLBACK`) outside its own request handling, so this one
-sees every request first: it drops the knobs and refuses an undecodable id with a 400 naming
-the header. The gateway behind it never reads any of them."""
+sees every request first: it drops the knobs and refuses an undecodable request id with a 400
+naming the header (the id names the request in answers, logs and traces, so it is kept). The
+gateway behind it reads none of the knobs."""
 
 from __future__ import annotations
 
@@ -29,9 +31,14 @@ CALLBACK = "gemma_fleet.gateway.ray_headers:middlewares"
 # Header names as Ray matches them: lower case, "-" and "_" alike
 # (ray/serve/_private/constants.py and http_util.py in Ray 2.60).
 RAY_SETTINGS = frozenset(
-    {b"x_request_timeout_seconds", b"x_request_disconnect_disabled", b"serve_multiplexed_model_id"}
+    {
+        b"x_request_timeout_seconds",
+        b"x_request_disconnect_disabled",
+        b"x_session_id",  # RAY_SERVE_SESSION_ID_HEADER_KEY's default; the fleet keeps it
+        b"serve_multiplexed_model_id",
+    }
 )
-DECODED_BY_RAY = frozenset({b"x_request_id", b"x_session_id"})
+DECODED_BY_RAY = frozenset({b"x_request_id"})
 
 
 def _ray_name(name: bytes) -> bytes:
