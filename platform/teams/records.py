@@ -25,6 +25,9 @@ from gemma_fleet.teams.limits import TeamLimits, TeamLimitsChange
 
 # A team name is a Redis key part and a metric label value: keep it to a DNS label.
 TEAM_NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+TEAM_NAME_RULE = (
+    "1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit"
+)
 
 
 def _team_name(value: object, check: ValidatorFunctionWrapHandler) -> str:
@@ -36,8 +39,7 @@ def _team_name(value: object, check: ValidatorFunctionWrapHandler) -> str:
             raise
         raise PydanticCustomError(
             "team_name",
-            "{got} is not a team name: 1 to 63 lowercase letters, digits and '-', starting and "
-            "ending with a letter or digit",
+            f"{{got}} is not a team name: {TEAM_NAME_RULE}",
             {"got": reprlib.repr(value)},
         ) from None
 

@@ -21,6 +21,7 @@ from gemma_fleet.teams.keys import key_digest, key_id, new_key
 from gemma_fleet.teams.limits import TeamLimitsChange
 from gemma_fleet.teams.records import (
     TEAM_NAME_PATTERN,
+    TEAM_NAME_RULE,
     IssuedKey,
     KeyRecord,
     KeyRequest,
@@ -67,9 +68,7 @@ class TeamStore:
         # A name no team can have is no team, not a key to read: "search:keys" would be the
         # key set of team "search" (a WRONGTYPE error, or worse, another team's data).
         if not _TEAM_NAME.fullmatch(name):
-            raise NotFound(
-                f"no team {name!r}: a team name is 1-63 lowercase letters, digits and dashes"
-            )
+            raise NotFound(f"no team {name!r}: a team name is {TEAM_NAME_RULE}")
         return f"{self._p}:team:{name}"
 
     # -- teams ---------------------------------------------------------------------------

@@ -510,7 +510,11 @@ def test_a_name_no_team_can_have_is_404_on_every_team_route(
     new_team(gateway, "named")  # so that "named:keys" is a Redis key that exists (a set)
     answer = admin(gateway, method, path.format(name=name), json=body)
     assert answer.status_code == 404, answer.text
-    assert "team name" in answer.json()["error"]["message"]
+    # The rule in the same words as a create's refusal (it said "dashes" there).
+    assert answer.json()["error"]["message"].endswith(
+        "a team name is 1 to 63 lowercase letters, digits and '-', starting and ending with a "
+        "letter or digit"
+    )
     assert admin(gateway, "GET", "/admin/teams/named/keys").json()["data"]  # left as it was
 
 
