@@ -13,6 +13,7 @@ from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
 from gemma_fleet.gateway.errors import ApiError, validation_error
+from gemma_fleet.gateway.json_schema import json_kind
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -52,19 +53,8 @@ async def read_json(request: Request, limit: int, timeout_s: float) -> dict[str,
         raise ApiError(400, "request body is empty: send a JSON object")
     body = _parsed(raw)
     if not isinstance(body, dict):
-        raise ApiError(400, f"request body must be a JSON object, not {_json_kind(body)}")
+        raise ApiError(400, f"request body must be a JSON object, not {json_kind(body)}")
     return body
-
-
-def _json_kind(value: Any) -> str:
-    """What `value` is called in JSON (the client wrote JSON, not Python)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return "a string" if isinstance(value, str) else "an array"
 
 
 def _parsed(raw: bytes) -> Any:

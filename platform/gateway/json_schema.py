@@ -43,7 +43,7 @@ def check_json_schema(schema: Any) -> None:
         if isinstance(node, bool):
             continue
         if not isinstance(node, dict):
-            _fail(at, f"a schema must be an object or a boolean, not {_kind(node)}")
+            _fail(at, f"a schema must be an object or a boolean, not {json_kind(node)}")
         _check_keywords(node, at)
         for key in _ONE:
             if key in node:
@@ -52,7 +52,7 @@ def check_json_schema(schema: Any) -> None:
             if key in node:
                 value = node[key]
                 if not isinstance(value, dict):
-                    _fail(_join(at, key), f"must be an object, not {_kind(value)}")
+                    _fail(_join(at, key), f"must be an object, not {json_kind(value)}")
                 stack.extend((v, _join(_join(at, key), k)) for k, v in value.items())
         for key in _LISTS:
             if key in node:
@@ -115,10 +115,18 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _kind(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in JSON's words ("an array", "null"), for a refusal: the
+    client wrote JSON, not Python ("list", "NoneType")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
 
 
 def _join(at: str, key: str) -> str:
