@@ -393,6 +393,22 @@ class ChatCompletionRequest(Strict):
         self._part_origins = {k: v for k, v in self._part_origins.items() if k[0] != message}
         self._part_origins.update({(message, j): name for j, (_, name) in enumerate(named)})
 
+    @field_validator("tools")
+    @classmethod
+    def _names_unique(cls, tools: list[Tool] | None) -> list[Tool] | None:
+        # A model calls a tool by its name: of two tools with one name, the caller could not
+        # tell which was meant (Anthropic's API refuses them too). Translated requests are
+        # checked here as well: their tools keep the caller's order.
+        first: dict[str, int] = {}
+        for i, tool in enumerate(tools or ()):
+            name = tool.function.name
+            if first.setdefault(name, i) != i:
+                raise ValueError(
+                    f"tools[{first[name]}] and tools[{i}] are both named {_QUOTE.repr(name)}: "
+                    "a tool call names its tool, so each tool needs a name of its own"
+                )
+        return tools
+
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
         """Rules across fields that OpenAI and the engines enforce: refused here with a 400

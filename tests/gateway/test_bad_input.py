@@ -396,3 +396,53 @@ def test_a_megabyte_model_name_is_refused_without_being_echoed(
     assert r.status_code == 400, r.text[:300]
     assert "Invalid value for model: String should have at most 256 characters" in r.text
     assert len(r.content) < 1_000, r.text[:300]
+
+
+def _function(name: str) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
+
+
+def _tool(name: str) -> dict[str, Any]:
+    return {"name": name, "input_schema": {"type": "object"}}
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        (CHAT, {"messages": MESSAGES, "max_tokens": 4,
+                "tools": [_function("find"), _function("read"), _function("find")]}),
+        ("/v1/messages", {"messages": MESSAGES, "max_tokens": 4,
+                          "tools": [_tool("find"), _tool("read"), _tool("find")]}),
+        ("/v1/messages/count_tokens", {"messages": MESSAGES,
+                                       "tools": [_tool("find"), _tool("read"), _tool("find")]}),
+        ("/v1/responses", {"input": "x", "tools": [
+            {"type": "function", "name": n, "parameters": {"type": "object"}}
+            for n in ("find", "read", "find")]}),
+    ],
+)  # fmt: skip
+def test_two_tools_of_one_name_are_refused_naming_both(
+    gateway_server: Any, route: str, body: dict[str, Any]
+) -> None:
+    """A tool call names its tool: with two tools called `find`, the caller could not tell
+    which one the model meant. Both were passed to the engine."""
+    r = gateway_server.post(route, json={**body, "model": "gemma-4"})
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert "Invalid value for tools: tools[0] and tools[2] are both named 'find'" in message
+    # each name once: served
+    body["tools"] = body["tools"][:2]
+    assert gateway_server.post(route, json={**body, "model": "gemma-4"}).status_code == 200
+
+
+def test_tool_choice_naming_no_tool_is_refused(gateway_server: Any) -> None:
+    body = chat_body(tools=[_function("find")])
+    choice = {"type": "function", "function": {"name": "fetch"}}
+    r = gateway_server.post(CHAT, json={**body, "tool_choice": choice})
+    expect(r, 400, "tool_choice names 'fetch', which is not among the tools")
+    r = gateway_server.post(
+        "/v1/messages",
+        json={"model": "gemma-4", "max_tokens": 4, "messages": MESSAGES,
+              "tools": [_tool("find")], "tool_choice": {"type": "tool", "name": "fetch"}},
+    )  # fmt: skip
+    assert r.status_code == 400, r.text
+    assert "tool_choice names 'fetch', which is not among the tools" in r.text
