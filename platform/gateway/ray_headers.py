@@ -16,7 +16,12 @@ Ray Serve applies the middlewares that `RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PAT
 local fleet and the chart set it to `CALLBACK`) outside its own request handling, so this one
 sees every request first: it drops the knobs and refuses an undecodable request id with a 400
 naming the header (the id names the request in answers, logs and traces, so it is kept). The
-gateway behind it reads none of the knobs."""
+gateway behind it reads none of the knobs.
+
+The request id is also the engine's request id, so it becomes the completion's id
+(`chatcmpl-` and the id), repeated in every event of a stream: a 10 KB id would make each
+token's event 10 KB. An id longer than MAX_REQUEST_ID characters is refused: ids in use are
+far shorter (a UUID is 36, a W3C traceparent 55)."""
 
 from __future__ import annotations
 
@@ -39,23 +44,28 @@ RAY_SETTINGS = frozenset(
     }
 )
 DECODED_BY_RAY = frozenset({b"x_request_id"})
+MAX_REQUEST_ID = 256
 
 
 def _ray_name(name: bytes) -> bytes:
     return name.lower().replace(b"-", b"_")
 
 
-def _is_utf8(value: bytes) -> bool:
+def _refusal(header: str, value: bytes) -> str | None:
+    """Why Ray must not read `value` as the request id, or None."""
     try:
-        value.decode("utf-8")
+        text = value.decode("utf-8")
     except UnicodeDecodeError:
-        return False
-    return True
+        return f"header {header} must be UTF-8 text"
+    if len(text) > MAX_REQUEST_ID:
+        return f"header {header} is {len(text)} characters long: at most {MAX_REQUEST_ID}"
+    return None
 
 
 class RayHeaderGuard:
     """ASGI middleware: requests reach Ray Serve without RAY_SETTINGS headers, and with the
-    DECODED_BY_RAY ones decodable, or are refused with a 400 naming the header."""
+    DECODED_BY_RAY ones decodable and of a bounded length, or are refused with a 400 naming
+    the header."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -67,11 +77,12 @@ class RayHeaderGuard:
                 ray_name = _ray_name(name)
                 if ray_name in RAY_SETTINGS:
                     continue
-                if ray_name in DECODED_BY_RAY and not _is_utf8(value):
+                if ray_name in DECODED_BY_RAY:
                     header = name.decode("latin-1")
-                    error = ApiError(400, f"header {header} must be UTF-8 text", param=header)
-                    await refuse(error, scope, receive, send)
-                    return
+                    reason = _refusal(header, value)
+                    if reason is not None:
+                        await refuse(ApiError(400, reason, param=header), scope, receive, send)
+                        return
                 kept.append((name, value))
             scope["headers"] = kept
         await self.app(scope, receive, send)

@@ -308,6 +308,26 @@ def test_an_undecodable_request_id_is_a_400_naming_it(fleet: Fleet) -> None:
         assert served.status_code == 200, served.text
 
 
+def test_a_long_request_id_is_a_400_not_a_cut_stream(client: openai.OpenAI) -> None:
+    """The request id becomes the completion's id, in every event of a stream; with an id of
+    7,390 characters HAProxy answered a stream with a plain-text 500 (Serve's proxy served it,
+    each event carrying the id)."""
+
+    def stream(request_id: str) -> Any:
+        return client.chat.completions.with_raw_response.create(
+            model="gemma-4-e2b", max_tokens=2, stream=True,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-request-id": request_id},
+        )  # fmt: skip
+
+    assert stream("r" * 256).headers["x-request-id"] == "r" * 256
+    with pytest.raises(openai.BadRequestError) as refused:
+        stream("r" * 7390)
+    error = refused.value.body
+    assert isinstance(error, dict)
+    assert error["message"] == "header x-request-id is 7390 characters long: at most 256"
+
+
 def test_clients_cannot_set_ray_serves_own_request_settings(client: openai.OpenAI) -> None:
     """`x-request-timeout-seconds: 0.1` had Ray cut the request at 0.1 s with a plain-text
     408; the gateway now never sees it, nor Ray's other per-request settings."""

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from gemma_fleet.gateway.ray_headers import CALLBACK, RayHeaderGuard
+from gemma_fleet.gateway.ray_headers import CALLBACK, MAX_REQUEST_ID, RayHeaderGuard
 
 
 async def _seen(request: Request) -> JSONResponse:
@@ -72,6 +72,19 @@ def test_an_undecodable_value_ray_would_read_is_a_400_naming_the_header(
     # In the dialect of the route: Anthropic's clients read Anthropic's shape.
     assert (body.get("type") == "error") == (path == "/v1/messages")
     assert r.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+def test_a_request_id_longer_than_the_bound_is_a_400_naming_its_length(path: str) -> None:
+    """The id becomes the completion's id, in every event of a stream; through HAProxy, a
+    stream's answer with an id of 7,390 characters was a plain-text 500."""
+    longest = "\u00e9" * MAX_REQUEST_ID  # characters, not bytes (512 of them)
+    assert _post(path, {"x-request-id": longest.encode()}).json()["x-request-id"]
+    r = _post(path, {"x-request-id": "r" * (MAX_REQUEST_ID + 1)})
+    assert r.status_code == 400
+    message = r.json()["error"]["message"]
+    assert message == f"header x-request-id is {MAX_REQUEST_ID + 1} characters long: at most 256"
+    assert (r.json().get("type") == "error") == (path == "/v1/messages")
 
 
 def test_ray_finds_the_middleware_where_the_fleet_and_chart_point_it() -> None:
