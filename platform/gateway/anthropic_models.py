@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gemma_fleet.gateway.json_schema import valid_json_schema
-from gemma_fleet.gateway.openai_models import ModelName
+from gemma_fleet.gateway.openai_models import ModelName, StopString
 from gemma_fleet.gateway.unserved import served_kinds, unserved
 
 
@@ -297,7 +297,7 @@ class Conversation(Strict):
 class MessagesRequest(Conversation):
     max_tokens: int = Field(ge=1)
     # The engines take 4 stop sequences at most (vLLM's VLLM_MAX_STOP_STRINGS).
-    stop_sequences: list[str] | None = Field(None, max_length=4)
+    stop_sequences: list[StopString] | None = Field(None, max_length=4)
     stream: bool = False
     temperature: float | None = Field(None, ge=0, le=1)
     top_p: float | None = Field(None, gt=0, le=1)

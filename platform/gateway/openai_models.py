@@ -36,7 +36,10 @@ FunctionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # engine and came back a 500: tests/reliability/test_hostile_inputs.py).
 Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 # OpenAI takes up to 4 stop sequences, and so does vLLM (VLLM_MAX_STOP_STRINGS).
-Stop = str | Annotated[list[str], Field(max_length=4)]
+# vLLM refuses an empty stop string (it is found before the first token): refused here with
+# the field's name, which the simulator would have let pass.
+StopString = Annotated[str, Field(min_length=1)]
+Stop = StopString | Annotated[list[StopString], Field(max_length=4)]
 # vLLM: top_k -1 or 0 disables it, else at least 1.
 TopK = Annotated[int, Field(ge=-1, le=2**31 - 1)]
 # OpenAI's n: choices sampled from one prompt. vLLM sets no bound, but each choice is a

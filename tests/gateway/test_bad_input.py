@@ -109,6 +109,9 @@ def test_oversize_body(gateway_server: Any) -> None:
         ({"response_format": {"type": "xml"}}, 400, ["response_format"]),
         # a union (a string or a list): the list's own error, not "should be a valid string"
         ({"stop": ["a", "b", "c", "d", "e"]}, 400, ["stop", "at most 4 items"]),
+        # vLLM refuses an empty stop string ("stop cannot contain an empty string.")
+        ({"stop": ""}, 400, ["Invalid value for stop: String should have at least 1 character"]),
+        ({"stop": ["a", ""]}, 400, ["Invalid value for stop[1]: String should have at least 1"]),
     ],
 )  # fmt: skip
 def test_invalid_fields(
@@ -446,3 +449,14 @@ def test_tool_choice_naming_no_tool_is_refused(gateway_server: Any) -> None:
     )  # fmt: skip
     assert r.status_code == 400, r.text
     assert "tool_choice names 'fetch', which is not among the tools" in r.text
+
+
+def test_an_empty_stop_sequence_is_refused_on_the_messages_api(gateway_server: Any) -> None:
+    """vLLM's refusal ("stop cannot contain an empty string.") speaks of its own field, not
+    the caller's `stop_sequences`; the simulator served it."""
+    body = {"model": "gemma-4", "max_tokens": 4, "messages": MESSAGES, "stop_sequences": [""]}
+    r = gateway_server.post("/v1/messages", json=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["message"] == (
+        "Invalid value for stop_sequences[0]: String should have at least 1 character"
+    )
