@@ -180,8 +180,8 @@ def client_counts(
     return answers, refusals, tokens
 
 
-# The team label of every row when the workload's teams share a key (compare).
-ALL_TEAMS = "(teams sharing one key)"
+# The team label of every row when the gateway counts under other teams (compare).
+ALL_TEAMS = "(all the run's teams)"
 
 
 def _merge_teams(counts: Counter[tuple[str, ...]]) -> Counter[tuple[str, ...]]:
@@ -192,12 +192,12 @@ def _merge_teams(counts: Counter[tuple[str, ...]]) -> Counter[tuple[str, ...]]:
 
 
 def compare(
-    records: list[RequestRecord], grown: dict[Sample, float], *, teams_share_a_key: bool = False
+    records: list[RequestRecord], grown: dict[Sample, float], *, merge_teams: bool = False
 ) -> GatewayComparison:
-    """Set the client's counts beside the gateway's for the endpoints a load test calls. When
-    the workload's teams share a key, the gateway counts their requests under the key's team,
-    which the client does not know: the rows then sum over every team on both sides (team
-    ALL_TEAMS)."""
+    """Set the client's counts beside the gateway's for the endpoints a load test calls. The
+    gateway counts a request under the team of its key; when that is not the workload's team
+    (teams sharing a key, another team's key, a gateway without keys), `merge_teams` sums the
+    rows over every team on both sides (team ALL_TEAMS)."""
     answers, refusals, tokens = client_counts(records)
     rows: list[CounterRow] = []
     answer_keys, refusal_keys, token_keys = (
@@ -216,7 +216,7 @@ def compare(
         ("tokens", token_keys, tokens, _sum(grown, TOKENS, token_keys)),
     )
     for what, keys, client, gateway in sides:
-        if teams_share_a_key:
+        if merge_teams:
             client, gateway = _merge_teams(client), _merge_teams(gateway)
         for key in sorted(set(client) | set(gateway)):
             rows.append(

@@ -83,6 +83,57 @@ def _check_up(root_url: str) -> None:
         raise LoadTestError(f"{root_url}/health answers HTTP {status}: is this the gateway?")
 
 
+def check_keys(plan: LoadTestPlan, settings: LocustSettings, workload: WorkloadFile) -> str | None:
+    """Check the keys the users will send, one request per key: `GET /v1/usage?team=NAME`
+    needs a key and answers only for the key's own team. A key the gateway refuses would
+    fail every request of the run: LoadTestError names it before the run starts, rather than
+    a report of nothing but 401s at its end.
+
+    Returns why the gateway will count the run's requests under teams other than the
+    workload's (the counter check then sums over the teams), or None when each team sends
+    its own key."""
+    env = _locust_env(plan, settings)
+    teams_of: dict[str | None, list[str]] = {}
+    for team in workload.teams:
+        teams_of.setdefault(settings.key_of(team.name, workload, env), []).append(team.name)
+    elsewhere: list[str] = []
+    for key, teams in teams_of.items():
+        status, reason = _usage_answer(plan.root_url, key, teams[0])
+        if status == 401:
+            problem = "refuses the key" if key else "needs a key, and none is set"
+            raise LoadTestError(
+                f"the gateway {problem} for team {', '.join(teams)} (HTTP 401: {reason}): "
+                f"pass a team's key in --api-key / {DEFAULT_KEY_ENV} (or the variable a team's "
+                "key_env names), or --admin-key to create the workload's teams and keys"
+            )
+        if len(teams) > 1:
+            elsewhere.append(f"teams {', '.join(teams)} send one key")
+        elif status == 403:
+            elsewhere.append(f"the key sent for team {teams[0]} is another team's")
+        elif status == 404:
+            elsewhere.append("the gateway takes no team keys")
+        elif status != 200 and teams[0] not in settings.keys:  # provisioned keys are known
+            elsewhere.append(f"the team of the key sent for {teams[0]} is unknown ({reason})")
+    return "; ".join(elsewhere) or None
+
+
+def _usage_answer(root_url: str, key: str | None, team: str) -> tuple[int | None, str]:
+    """The status of `GET /v1/usage?team=TEAM` with `key` (None when there was no answer),
+    and the message of an error."""
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    url = root_url + "/v1/usage"
+    try:
+        answer = httpx.get(url, params={"team": team}, headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        return None, f"{url} did not answer: {exc}"
+    if answer.status_code == 200:
+        return 200, ""
+    try:
+        return answer.status_code, str(answer.json()["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return answer.status_code, f"HTTP {answer.status_code}"
+
+
 def _scrape(root_url: str, token: str | None) -> tuple[gateway_counters.Reading | None, str]:
     """The gateway's counters now, or None and why they could not be read (the run goes on
     without the cross-check)."""
@@ -102,14 +153,6 @@ def _locust_env(plan: LoadTestPlan, settings: LocustSettings) -> dict[str, str]:
     if plan.api_key:
         env[DEFAULT_KEY_ENV] = plan.api_key
     return env
-
-
-def teams_share_a_key(plan: LoadTestPlan, settings: LocustSettings, workload: WorkloadFile) -> bool:
-    """Whether two of the workload's teams send the same key (or none, to an open gateway),
-    as the users will resolve them."""
-    env = _locust_env(plan, settings)
-    keys = [settings.key_of(t.name, workload, env) for t in workload.teams]
-    return len(set(keys)) < len(keys)
 
 
 def run_locust(plan: LoadTestPlan, settings: LocustSettings, log_path: Path) -> int:
@@ -158,6 +201,7 @@ def run_loadtest(plan: LoadTestPlan) -> LoadTestResult:
             keys=keys,
             timeout_s=plan.request_timeout_s,
         )
+        teams_elsewhere = check_keys(plan, settings, workload)
         before, before_error = _scrape(plan.root_url, plan.metrics_token)
         started = time.time()
         status = run_locust(plan, settings, locust_log)
@@ -175,16 +219,15 @@ def run_loadtest(plan: LoadTestPlan) -> LoadTestResult:
     note = ""
     if before is not None and after is not None:
         grown = gateway_counters.delta(before.counters, after.counters)
-        shared = teams_share_a_key(plan, settings, workload)
-        comparison = gateway_counters.compare(got, grown, teams_share_a_key=shared)
+        comparison = gateway_counters.compare(got, grown, merge_teams=bool(teams_elsewhere))
         note = (
             "Counters are the growth of /metrics between the start and the end of the run, "
             f"summed over {after.heard} gateway replica(s)."
         )
-        if shared:
+        if teams_elsewhere:
             note += (
-                " The workload's teams send one key, which the gateway counts under that key's "
-                "team: the rows sum over them."
+                f" The gateway counts requests under the team of the key they carry, and "
+                f"{teams_elsewhere}: the rows sum over the run's teams."
             )
         if not (before.complete and after.complete):
             note += (

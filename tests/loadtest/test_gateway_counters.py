@@ -3,13 +3,10 @@ the exposition, so label names and formats are the real ones."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -23,12 +20,6 @@ from gemma_fleet.loadtest.gateway_counters import (
     scrape,
 )
 from gemma_fleet.loadtest.records import RequestRecord
-from gemma_fleet.loadtest.runner import LoadTestPlan, teams_share_a_key
-from gemma_fleet.loadtest.settings import LocustSettings
-from gemma_fleet.loadtest.shapes import ShapeSpec
-from gemma_fleet.loadtest.workload import load_workload
-
-MIX = Path(__file__).parents[2] / "loadtest" / "workloads" / "mix.yaml"
 
 
 def rec(team: str, pool: str, status: int, error: str | None = None, **kw: int) -> RequestRecord:
@@ -176,25 +167,7 @@ def test_teams_sharing_one_key_are_compared_over_their_sum() -> None:
     records = [rec("lt-a", "p1", 200, prompt_tokens=10, completion_tokens=5) for _ in range(2)]
     records.append(rec("lt-b", "p1", 200, prompt_tokens=10, completion_tokens=5))
     assert compare(records, grown).mismatches > 0  # per team: "local" is not lt-a or lt-b
-    shared = compare(records, grown, teams_share_a_key=True)
+    shared = compare(records, grown, merge_teams=True)
     assert shared.all_match and shared.rows
     assert {r.labels["team"] for r in shared.rows} == {ALL_TEAMS}
-    assert compare(records[:2], grown, teams_share_a_key=True).mismatches == 3
-
-
-def test_a_run_knows_when_its_teams_share_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("GEMMA_FLEET_"):
-            monkeypatch.delenv(name)
-    workload = load_workload(MIX)
-    plan = LoadTestPlan(
-        host="http://gw", workload_path=MIX, shape=ShapeSpec(duration_s=60), out_dir=Path("/x")
-    )
-    one_key = replace(plan, api_key="gfk_shared")
-    settings = LocustSettings(workload_path=MIX)
-    assert teams_share_a_key(one_key, settings, workload)
-    assert teams_share_a_key(plan, settings, workload)  # no key at all: an open gateway
-    provisioned = settings.model_copy(
-        update={"keys": {t.name: f"gfk_{t.name}" for t in workload.teams}}
-    )
-    assert not teams_share_a_key(one_key, provisioned, workload)
+    assert compare(records[:2], grown, merge_teams=True).mismatches == 3
