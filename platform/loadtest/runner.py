@@ -226,7 +226,7 @@ def run_loadtest(plan: LoadTestPlan) -> LoadTestResult:
         )
         if teams_elsewhere:
             note += (
-                f" The gateway counts requests under the team of the key they carry, and "
+                " The gateway counts requests under the team of the key they carry, and "
                 f"{teams_elsewhere}: the rows sum over the run's teams."
             )
         if not (before.complete and after.complete):
