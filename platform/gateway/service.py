@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gemma_fleet.catalog import Modality
 from gemma_fleet.catalog.schema import Family
 from gemma_fleet.deployments.pools.schema import GatewayOptions, MediaOptions
+from gemma_fleet.gateway.answer_size import check_whole_logprobs
 from gemma_fleet.gateway.classify import (
     Classification,
     InvalidMedia,
@@ -303,6 +304,10 @@ class Gateway:
         await self._read_documents(request)
         classified = await self._classify(request)
         needs = classified.needs
+        if request.logprobs:
+            per_token = 1 + (request.top_logprobs or 0)
+            tokens = request.n * needs.max_output_tokens
+            check_whole_logprobs(tokens, per_token, stream=request.stream, param="top_logprobs")
         decision = self._route(needs, request.model, caller, documents=documents)
         if caller.admit is not None:
             with span(names.QUOTA):
@@ -327,6 +332,13 @@ class Gateway:
             prompts=len(prompts),
             batch_prompt_tokens=sum(prompts) if len(prompts) > 1 else None,
         )
+        if request.logprobs is not None:
+            generated = 0 if request.echo_only else needs.max_output_tokens
+            echoed = sum(prompts) if request.echo else 0
+            tokens = request.n * (len(prompts) * generated + echoed)
+            check_whole_logprobs(
+                tokens, 1 + request.logprobs, stream=request.stream, param="logprobs"
+            )
         decision = self._route(needs, request.model, caller)
         if caller.admit is not None:
             with span(names.QUOTA):

@@ -460,3 +460,40 @@ def test_an_empty_stop_sequence_is_refused_on_the_messages_api(gateway_server: A
     assert r.json()["error"]["message"] == (
         "Invalid value for stop_sequences[0]: String should have at least 1 character"
     )
+
+
+def test_a_whole_answer_with_too_many_logprobs_is_refused_and_a_stream_is_served(
+    gateway_server: Any,
+) -> None:
+    """A non-streamed answer is built whole in the pool and gateway replicas: with n 16 x
+    8,000 tokens and top_logprobs 20 (2.7 M entries) the local fleet's pool replica grew past
+    3.4 GB until Ray Serve restarted it (gateway/answer_size.py)."""
+    ask = chat_body(n=16, max_tokens=8000, logprobs=True, top_logprobs=20, temperature=1)
+    expect(gateway_server.post(CHAT, json=ask), 400,
+           "an answer that is not streamed holds at most 400,000 logprobs; this one could hold "
+           "2,688,000 (128,000 tokens x 21 each): stream it (stream: true)")  # fmt: skip
+    assert gateway_server.post(CHAT, json=ask).json()["error"]["param"] == "top_logprobs"
+    with httpx.stream("POST", gateway_server.url + CHAT, json={**ask, "stream": True},
+                      timeout=60) as streamed:  # fmt: skip
+        assert streamed.status_code == 200
+    # the default max_tokens (1,024) with the most choices and alternatives: served whole
+    default = chat_body(n=16, logprobs=True, top_logprobs=20, temperature=1)
+    del default["max_tokens"]
+    assert gateway_server.post(CHAT, json=default).status_code == 200
+    # the Responses API's top_logprobs alike (one choice)
+    r = gateway_server.post("/v1/responses", json={"model": "gemma-4", "input": "x",
+                            "max_output_tokens": 30000, "top_logprobs": 20})  # fmt: skip
+    assert r.status_code == 400 and "630,000 (30,000 tokens x 21 each)" in r.text, r.text
+
+
+def test_a_whole_completion_counts_the_echoed_prompt_logprobs(gateway_server: Any) -> None:
+    """Scoring prompts (echo with logprobs) returns an entry per prompt token too."""
+    prompts = [[7] * 20000] * 4
+    body = {"model": "gemma-4", "prompt": prompts, "max_tokens": 0, "echo": True, "logprobs": 5}
+    r = gateway_server.post("/v1/completions", json=body)
+    expect(
+        r, 400, "could hold 480,000 (80,000 tokens x 6 each)", "fewer tokens, choices or logprobs"
+    )
+    assert r.json()["error"]["param"] == "logprobs"
+    body["prompt"] = prompts[:3]  # 360,000 entries
+    assert gateway_server.post("/v1/completions", json=body).status_code == 200
