@@ -7,7 +7,9 @@ more memory than the JSON they become. Measured on the local fleet (gemma-4-e2b,
 `top_logprobs` 20, `ignore_eos`): n 16 x 4,000 tokens (1.34 M entries, a 109 MB answer) took
 the pool replica 1.4 GB and the gateway replica 0.75 GB over their idle size; n 16 x 8,000
 (2.7 M entries) grew the pool replica past 3.4 GB until Ray Serve restarted it, failing that
-request and any other on the replica. A stream sends the entries a token at a time (the
+request and any other on the replica. vLLM's own server costs about as much: `vllm serve` (CPU
+build, a tiny checkpoint) took 1.25 GB over idle in its API process for 16 x 3,000 tokens
+(1.0 M entries, a 70 MB answer). A stream sends the entries a token at a time (the
 16 x 8,000 stream: 247 MB sent, the gateway replica 80 MB over idle), so only whole answers
 are bounded, at about 32 MB of JSON."""
 
