@@ -45,8 +45,9 @@ def open_gateway() -> Iterator[RunningGateway]:
         yield running
 
 
-def _workload(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "workload.yaml"
+def _workload(folder: Path, text: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / "workload.yaml"
     path.write_text(text)
     return path
 
@@ -107,7 +108,7 @@ def test_requests_the_gateway_counts_under_other_teams_are_compared_summed(
     gateway: RunningGateway, open_gateway: RunningGateway, tmp_path: Path
 ) -> None:
     key = new_team(gateway, "lt-other")
-    two, one = _workload(tmp_path, TWO_TEAMS), _workload(tmp_path / "..", ONE_TEAM)
+    two, one = _workload(tmp_path, TWO_TEAMS), _workload(tmp_path / "one", ONE_TEAM)
     assert _checked(gateway, two, api_key=key) == "teams lt-a, lt-b send one key"
     assert _checked(gateway, one, api_key=key) == "the key sent for team lt-a is another team's"
     assert _checked(open_gateway, one) == "the gateway takes no team keys"
