@@ -469,10 +469,11 @@ def test_a_whole_answer_with_too_many_logprobs_is_refused_and_a_stream_is_served
     8,000 tokens and top_logprobs 20 (2.7 M entries) the local fleet's pool replica grew past
     3.4 GB until Ray Serve restarted it (gateway/answer_size.py)."""
     ask = chat_body(n=16, max_tokens=8000, logprobs=True, top_logprobs=20, temperature=1)
-    expect(gateway_server.post(CHAT, json=ask), 400,
+    refused = gateway_server.post(CHAT, json=ask)
+    expect(refused, 400,
            "an answer that is not streamed holds at most 400,000 logprobs; this one could hold "
            "2,688,000 (128,000 tokens x 21 each): stream it (stream: true)")  # fmt: skip
-    assert gateway_server.post(CHAT, json=ask).json()["error"]["param"] == "top_logprobs"
+    assert refused.json()["error"]["param"] == "top_logprobs"
     with httpx.stream("POST", gateway_server.url + CHAT, json={**ask, "stream": True},
                       timeout=60) as streamed:  # fmt: skip
         assert streamed.status_code == 200
