@@ -66,9 +66,13 @@ def pool_call(method: Method, payload: dict[str, Any], headers: Mapping[str, str
 @dataclass(frozen=True)
 class JsonReply:
     """A whole (non-streamed) response body, kept as the bytes it arrived in: the gateway
-    passes it on unparsed unless it has to translate it."""
+    passes it on unparsed unless it has to translate it. `usage` is the body's `usage`, sent
+    beside it by the pool server so that the gateway counts tokens without parsing the body:
+    a whole answer with logprobs can be tens of MB, and json.loads of a 27 MB one held the
+    gateway's event loop (every team's requests) for 2 s. None: read it from the body."""
 
     raw: bytes
+    usage: dict[str, Any] | None = None
 
     @cached_property
     def body(self) -> dict[str, Any]:
@@ -109,7 +113,16 @@ def replies(item: Any) -> list[Reply]:
     if error is not None and hasattr(error, "code"):
         param = getattr(error, "param", None)
         return [EngineError(int(error.code), str(error.message), str(error.type), param_of(param))]
-    return [JsonReply(item.model_dump_json().encode())]
+    usage = getattr(item, "usage", None)
+    return [JsonReply(item.model_dump_json().encode(), _plain(usage))]
+
+
+def _plain(usage: Any) -> dict[str, Any] | None:
+    """A response's usage (a pydantic model, a dict or None) as plain data."""
+    if usage is None or isinstance(usage, dict):
+        return usage
+    plain: dict[str, Any] = usage.model_dump(mode="json")
+    return plain
 
 
 def param_of(value: object) -> str | None:

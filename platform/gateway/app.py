@@ -17,7 +17,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from gemma_fleet.gateway.accounting import StreamTally, Usage, usage_of
+from gemma_fleet.gateway.accounting import StreamTally, Usage
 from gemma_fleet.gateway.admin import admin_router
 from gemma_fleet.gateway.answer_headers import AnswerHeaders
 from gemma_fleet.gateway.anthropic import (
@@ -268,7 +268,7 @@ def create_app(gateway: Gateway, gate: TeamGate | None = None) -> FastAPI:
             )
             answer.events = end_with(root, events)
             return answer
-        usage = usage_of(answer.body) or Usage(0, 0)
+        usage = answer.usage or Usage(0, 0)
         metrics.answered(endpoint, team, model, pool, reason, started)
         metrics.served_tokens(team, pool_models.get(pool, ""), *_counts(usage))
         await settle(admitted, pool, usage)

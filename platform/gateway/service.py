@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gemma_fleet.catalog import Modality
 from gemma_fleet.catalog.schema import Family
 from gemma_fleet.deployments.pools.schema import GatewayOptions, MediaOptions
+from gemma_fleet.gateway.accounting import Usage, usage_of
 from gemma_fleet.gateway.answer_size import check_whole_logprobs
 from gemma_fleet.gateway.classify import (
     Classification,
@@ -158,6 +159,14 @@ class JsonAnswer:
     @property
     def body(self) -> dict[str, Any]:
         return self.reply.body
+
+    @property
+    def usage(self) -> Usage | None:
+        """The answer's token counts: as the pool server sent them beside the body, else (an
+        HTTP pool's answer) from the body."""
+        if self.reply.usage is not None:
+            return usage_of({"usage": self.reply.usage})
+        return usage_of(self.body)
 
 
 @dataclass
