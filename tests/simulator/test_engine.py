@@ -20,12 +20,15 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     ErrorResponse,
 )
 
+from gemma_fleet.deployments.engines.simulator import engine as engine_module
 from gemma_fleet.deployments.engines.simulator import tokenizer
 from gemma_fleet.deployments.engines.simulator.config import SimulatorConfig
 from gemma_fleet.deployments.engines.simulator.engine import (
+    SLICE_TOKENS,
     SimulatorEngine,
     simulator_llm_config,
 )
+from gemma_fleet.deployments.engines.simulator.logprobs import answer_logprobs
 
 CONFIG = SimulatorConfig(model="gemma-4-E4B", gpu="L4", max_model_len=8192, speedup=1e6)
 
@@ -919,3 +922,54 @@ def test_a_stop_string_in_the_thinking_ends_the_answer_there_as_vllm_does() -> N
     assert choice.message.content is None
     assert choice.message.reasoning == reasoning[: reasoning.index(stop)]
     assert cut.usage.completion_tokens_details.reasoning_tokens == cut.usage.completion_tokens
+
+
+def test_other_work_runs_between_the_slices_of_a_whole_answers_logprobs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray Serve's health check of a pool replica waits on the replica's event loop. Built in
+    one go, eight whole answers of 336,000 logprobs each held the loop for 36 s (in-process, 2
+    cores), over the check's 10 s three times, and Serve restarted the replica; built a slice
+    at a time, other work runs between every two slices."""
+    engine = _engine()
+    ticks = 0
+    seen: list[int] = []  # the ticker's count as each slice's logprobs are computed
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(ticks)
+        return answer_logprobs(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "answer_logprobs", spy)
+    request = ChatCompletionRequest(
+        model="gemma-sim",
+        messages=[{"role": "user", "content": "Hello there"}],
+        max_tokens=4 * SLICE_TOKENS,
+        ignore_eos=True,
+        logprobs=True,
+        top_logprobs=5,
+    )
+
+    async def run() -> list[Any]:
+        nonlocal ticks
+        done = False
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        await engine.start()
+        task = asyncio.create_task(ticker())
+        try:
+            return await _drain(engine.chat(request))
+        finally:
+            done = True
+            await task
+            await engine.shutdown()
+
+    [answer] = asyncio.run(run())
+    assert isinstance(answer, ChatCompletionResponse)
+    logprobs = answer.choices[0].logprobs
+    assert logprobs is not None and len(logprobs.content or []) == 4 * SLICE_TOKENS
+    assert len(seen) == 4 and len(set(seen)) == 4, seen

@@ -35,6 +35,7 @@ handle as `handle.collective_rpc.remote(method="prometheus_metrics")` (a one-ele
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -44,7 +45,8 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig, LLMConfig
 from ray.llm._internal.serve.core.configs.openai_api_models import (
@@ -120,6 +122,8 @@ from gemma_fleet.telemetry import (
     names,
     start_span,
 )
+
+_T = TypeVar("_T")
 
 PROMETHEUS_METRICS_RPC = "prometheus_metrics"
 # vLLM's threshold for greedy sampling (vllm.sampling_params._SAMPLING_EPS).
@@ -404,8 +408,6 @@ class SimulatorEngine(LLMEngine):
         self._record_plans(traced, len(prompt), finishes)
         events, choice_of = self._generate(request.request_id, [prompt], plans)
         width = _logprobs_asked(request)
-        positions = _positions(plans, width)
-        top = width or 0  # chat: the first top_logprobs candidates, none when unset
         if request.stream:
             include_usage = bool(request.stream_options and request.stream_options.include_usage)
             # As vLLM: each choice opens with its role, sent with the engine's first output
@@ -432,14 +434,16 @@ class SimulatorEngine(LLMEngine):
 
             def choice(event: Any) -> ChatCompletionResponseStreamChoice:
                 index = choice_of[event.request_id]
-                at = event.index
+                plan, at = plans[index], event.index
                 return ChatCompletionResponseStreamChoice(
                     index=index,
-                    delta=self._chat_delta(plans[index], at),
-                    logprobs=_chat_logprobs(positions[index][at : at + 1], top)
-                    if positions
-                    else None,
-                    **self._finish(finishes[index], plans[index], event.finished),
+                    delta=self._chat_delta(plan, at),
+                    logprobs=None
+                    if width is None
+                    else ChatCompletionLogProbs(
+                        content=_chat_entries(plan, width, range(at, at + 1))
+                    ),
+                    **self._finish(finishes[index], plan, event.finished),
                 )
 
             tokens = self._stream_tokens(
@@ -458,20 +462,22 @@ class SimulatorEngine(LLMEngine):
                     yield sse
             return
         usage = await self._run_to_end(traced, events, len(prompt), plans, chat=True)
-        yield ChatCompletionResponse(
-            id=response_id,
-            created=created,
-            model=self.model_id,
-            choices=[
+        choices = []
+        for index, (plan, finish) in enumerate(zip(plans, finishes, strict=True)):
+            logprobs = None
+            if width is not None:
+                content = await _sliced(len(plan.pieces), partial(_chat_entries, plan, width))
+                logprobs = ChatCompletionLogProbs(content=content)
+            choices.append(
                 ChatCompletionResponseChoice(
                     index=index,
                     message=_chat_message(plan),
-                    logprobs=_chat_logprobs(positions[index], top) if positions else None,
+                    logprobs=logprobs,
                     **self._finish(finish, plan, True),
                 )
-                for index, (plan, finish) in enumerate(zip(plans, finishes, strict=True))
-            ],
-            usage=usage,
+            )
+        yield ChatCompletionResponse(
+            id=response_id, created=created, model=self.model_id, choices=choices, usage=usage
         )
 
     def _chat_delta(self, plan: AnswerPlan, index: int) -> DeltaMessage:
@@ -670,15 +676,15 @@ class SimulatorEngine(LLMEngine):
         choices = []
         for index, (plan, echo) in enumerate(zip(plans, echo_of, strict=True)):
             text = plan.text if echo is None else echo.text + ("" if echo_only else plan.text)
+            logprobs, prompt_entries = await scored[index].whole()
             fields = {}
-            positions = scored[index].positions
-            if echo is not None and positions is not None:
-                fields["prompt_logprobs"] = _prompt_logprobs_field(echo, positions)
+            if echo is not None and logprobs is not None:
+                fields["prompt_logprobs"] = prompt_entries
             choices.append(
                 CompletionResponseChoice(
                     index=index,
                     text=text,
-                    logprobs=scored[index].logprobs(slice(None)),
+                    logprobs=logprobs,
                     **fields,
                     **self._finish(plan.finish_reason, plan, True),
                 )
@@ -738,30 +744,40 @@ def _check_logprobs(asked: int | None) -> None:
         )
 
 
-def _positions(plans: list[AnswerPlan], asked: int | None) -> list[list[Position]]:
-    """Every choice's synthetic logprobs (logprobs.py), or [] when none are asked for."""
-    if asked is None:
-        return []
-    return [answer_logprobs(plan.pieces, plan.token_ids, asked) for plan in plans]
+# The tokens whose logprobs a whole answer builds between turns of the event loop. Ray Serve's
+# health check of the replica waits on this loop, and a whole answer may hold 400,000 entries
+# (the gateway's bound): eight answers of 336,000 built back to back held it for 36 s
+# (in-process, 2 cores), and on the local fleet Serve restarted the replica after three missed
+# 10 s checks. Sliced, the longest wait was 6 s, the garbage collector's full passes over the
+# answers' objects, which vLLM's own whole answers cause too. 256 tokens x 21 entries: ~20 ms.
+SLICE_TOKENS = 256
 
 
-def _chat_logprobs(positions: list[Position], top: int) -> ChatCompletionLogProbs:
-    """vLLM's chat shape: per token its text, logprob, bytes and the first `top`
-    candidates (the sampled token first: it is the most likely here)."""
-    return ChatCompletionLogProbs(
-        content=[
-            ChatCompletionLogProbsContent(
-                token=p.token,
-                logprob=p.logprob,
-                bytes=token_bytes(p.token),
-                top_logprobs=[
-                    ChatCompletionLogProb(token=t, logprob=lp, bytes=token_bytes(t))
-                    for t, lp in p.top[:top]
-                ],
-            )
-            for p in positions
-        ]
-    )
+async def _sliced(count: int, build: Callable[[range], list[_T]]) -> list[_T]:
+    """`build` over positions 0..count, a slice of SLICE_TOKENS at a time, letting the event
+    loop run between slices."""
+    out: list[_T] = []
+    for start in range(0, count, SLICE_TOKENS):
+        out += build(range(start, min(start + SLICE_TOKENS, count)))
+        await asyncio.sleep(0)
+    return out
+
+
+def _chat_entries(plan: AnswerPlan, width: int, span: range) -> list[ChatCompletionLogProbsContent]:
+    """vLLM's chat shape of the answer's tokens in `span`: per token its text, logprob, bytes
+    and the first `width` candidates (the sampled token first: it is the most likely here)."""
+    return [
+        ChatCompletionLogProbsContent(
+            token=p.token,
+            logprob=p.logprob,
+            bytes=token_bytes(p.token),
+            top_logprobs=[
+                ChatCompletionLogProb(token=t, logprob=lp, bytes=token_bytes(t))
+                for t, lp in p.top[:width]
+            ],
+        )
+        for p in answer_logprobs(plan.pieces, plan.token_ids, width, span)
+    ]
 
 
 @dataclass(frozen=True)
@@ -785,12 +801,15 @@ def _echo(prompt: Any, ids: list[int]) -> _Echo:
 
 @dataclass(frozen=True)
 class _Scored:
-    """A completion choice's logprobs, when asked for: the echoed prompt's positions (the
-    first has none), then the answer's; each token's text, and its offset as vLLM counts it,
-    over the tokens' text (so a text prompt's BOS, "<bos>", shifts the offsets past it,
-    though the echoed text does not hold it)."""
+    """A completion choice's logprobs, when asked for (`asked`; None: not asked): the echoed
+    prompt's positions (the first has none), then the answer's, computed for the tokens a chunk
+    or an answer holds; each token's text, and its offset as vLLM counts it, over the tokens'
+    text (so a text prompt's BOS, "<bos>", shifts the offsets past it, though the echoed text
+    does not hold it)."""
 
-    positions: list[Position | None] | None
+    asked: int | None
+    plan: AnswerPlan
+    echo: _Echo | None
     tokens: list[str]
     offsets: list[int]
 
@@ -798,25 +817,48 @@ class _Scored:
     def of(
         cls, plan: AnswerPlan, echo: _Echo | None, asked: int | None, echo_only: bool
     ) -> _Scored:
-        if asked is None:
-            return cls(None, [], [])
-        positions: list[Position | None] = []
         tokens: list[str] = []
-        if echo is not None:
-            positions += prompt_logprobs(echo.pieces, echo.token_ids, asked)
-            tokens += echo.pieces
-        if not echo_only:
-            positions += answer_logprobs(plan.pieces, plan.token_ids, asked)
-            tokens += plan.pieces
-        return cls(positions, tokens, _text_offsets(tokens))
+        if asked is not None:
+            tokens += echo.pieces if echo is not None else []
+            tokens += [] if echo_only else plan.pieces
+        return cls(asked, plan, echo, tokens, _text_offsets(tokens))
+
+    def positions(self, span: range) -> list[Position | None]:
+        """The positions of the tokens in `span` (of `tokens`: the prompt's, then the
+        answer's)."""
+        asked = self.asked or 0
+        lead = len(self.echo.pieces) if self.echo is not None else 0
+        out: list[Position | None] = []
+        if self.echo is not None and span.start < lead:
+            prompt = range(span.start, min(span.stop, lead))
+            out += prompt_logprobs(self.echo.pieces, self.echo.token_ids, asked, prompt)
+        if span.stop > lead:
+            answer = range(max(span.start, lead) - lead, span.stop - lead)
+            out += answer_logprobs(self.plan.pieces, self.plan.token_ids, asked, answer)
+        return out
 
     def logprobs(self, span: slice) -> CompletionLogProbs | None:
-        """vLLM's completions shape for the tokens in `span`: parallel lists of tokens, their
-        logprobs, their candidates (token -> logprob: every one a position holds, vLLM's
-        first `logprobs` + 1) and offsets; None where nothing precedes a prompt's first."""
-        if self.positions is None:
+        """vLLM's completions shape for the tokens in `span` (a stream's chunk)."""
+        if self.asked is None:
             return None
-        positions = self.positions[span]
+        return self._shape(span, self.positions(range(*span.indices(len(self.tokens)))))
+
+    async def whole(self) -> tuple[CompletionLogProbs | None, list[dict[int, Logprob] | None]]:
+        """A whole answer's logprobs and, when its prompt is echoed, vLLM's `prompt_logprobs`
+        (else []), built a slice at a time (_sliced)."""
+        if self.asked is None:
+            return None, []
+        positions = await _sliced(len(self.tokens), self.positions)
+        prompt: list[dict[int, Logprob] | None] = []
+        if self.echo is not None:
+            entries = partial(_prompt_entries, self.echo, positions)
+            prompt = await _sliced(len(self.echo.pieces), entries)
+        return self._shape(slice(None), positions), prompt
+
+    def _shape(self, span: slice, positions: list[Position | None]) -> CompletionLogProbs:
+        """Parallel lists of tokens, their logprobs, their candidates (token -> logprob: every
+        one a position holds, vLLM's first `logprobs` + 1) and offsets; None where nothing
+        precedes a prompt's first."""
         return CompletionLogProbs(
             text_offset=self.offsets[span],
             token_logprobs=[None if p is None else p.logprob for p in positions],
@@ -825,18 +867,19 @@ class _Scored:
         )
 
 
-def _prompt_logprobs_field(
-    echo: _Echo, positions: list[Position | None]
+def _prompt_entries(
+    echo: _Echo, positions: list[Position | None], span: range
 ) -> list[dict[int, Logprob] | None]:
-    """vLLM's `prompt_logprobs` of a choice (echo with logprobs, not streamed): per prompt
-    token, None for the first, else the token's id and its alternatives' -> logprob, rank
-    and text."""
+    """vLLM's `prompt_logprobs` of an echoed prompt's tokens in `span` (echo with logprobs,
+    not streamed), from the choice's `positions`: per prompt token, None for the first, else
+    the token's id and its alternatives' -> logprob, rank and text."""
     out: list[dict[int, Logprob] | None] = []
-    for token, position in zip(echo.token_ids, positions, strict=False):
+    for at in span:
+        position = positions[at]
         if position is None:
             out.append(None)
             continue
-        entry = {token: Logprob(position.logprob, position.rank, position.token)}
+        entry = {echo.token_ids[at]: Logprob(position.logprob, position.rank, position.token)}
         for rank, (word, value) in enumerate(position.top[1:], start=1):
             entry.setdefault(tokenizer.token_id(word), Logprob(value, rank, word))
         out.append(entry)

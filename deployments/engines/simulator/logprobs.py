@@ -48,19 +48,21 @@ class Position:
     rank: int = 1  # the token's rank among the vocabulary (vLLM's Logprob.rank)
 
 
-def answer_logprobs(pieces: list[str], token_ids: list[int], k: int) -> list[Position]:
-    """The positions of an answer whose tokens are `pieces` (ids `token_ids`), with up to
-    max(k, 1) candidates each. Each position's numbers depend on the position, its token and
-    the one before (not on the answer's length): an answer cut shorter by max_tokens or a
-    stop string keeps the numbers of the tokens it keeps."""
+def answer_logprobs(
+    pieces: list[str], token_ids: list[int], k: int, span: range | None = None
+) -> list[Position]:
+    """The positions in `span` (all of them when None) of an answer whose tokens are `pieces`
+    (ids `token_ids`), with up to max(k, 1) candidates each. Each position's numbers depend on
+    the position, its token and the one before (not on the answer's length): an answer cut
+    shorter by max_tokens or a stop string keeps the numbers of the tokens it keeps, and a
+    stream computes each token's alone."""
     width = max(1, min(k, MAX_LOGPROBS))
     out = []
-    previous = -1
-    for at, (piece, token) in enumerate(zip(pieces, token_ids, strict=True)):
-        key = f"{at}:{previous}:{token}".encode()
+    for at in range(len(pieces)) if span is None else span:
+        previous = token_ids[at - 1] if at else -1
+        key = f"{at}:{previous}:{token_ids[at]}".encode()
         digest = hashlib.blake2b(key, digest_size=8).digest()
-        out.append(_position(piece, width, random.Random(int.from_bytes(digest, "little"))))
-        previous = token
+        out.append(_position(pieces[at], width, random.Random(int.from_bytes(digest, "little"))))
     return out
 
 
@@ -91,13 +93,19 @@ def _alternatives(
     return out, min(last, left)
 
 
-def prompt_logprobs(pieces: list[str], token_ids: list[int], k: int) -> list[Position | None]:
-    """The positions of a prompt whose tokens are `pieces` (ids `token_ids`): None for the
-    first, then each prompt token (`top[0]`) and k alternatives more likely than it (at most
-    MAX_LOGPROBS), deterministic as answer_logprobs' are."""
+def prompt_logprobs(
+    pieces: list[str], token_ids: list[int], k: int, span: range | None = None
+) -> list[Position | None]:
+    """The positions in `span` (all of them when None) of a prompt whose tokens are `pieces`
+    (ids `token_ids`): None for the first, then each prompt token (`top[0]`) and k
+    alternatives more likely than it (at most MAX_LOGPROBS), deterministic as
+    answer_logprobs' are."""
     width = max(0, min(k, MAX_LOGPROBS))
-    out: list[Position | None] = [None] if pieces else []
-    for at in range(1, len(pieces)):
+    out: list[Position | None] = []
+    for at in range(len(pieces)) if span is None else span:
+        if not at:
+            out.append(None)
+            continue
         key = f"prompt:{at}:{token_ids[at - 1]}:{token_ids[at]}".encode()
         digest = hashlib.blake2b(key, digest_size=8).digest()
         out.append(
