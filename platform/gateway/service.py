@@ -22,7 +22,11 @@ from gemma_fleet.catalog import Modality
 from gemma_fleet.catalog.schema import Family
 from gemma_fleet.deployments.pools.schema import GatewayOptions, MediaOptions
 from gemma_fleet.gateway.accounting import Usage, usage_of
-from gemma_fleet.gateway.answer_size import check_whole_logprobs
+from gemma_fleet.gateway.answer_size import (
+    WholeLogprobsGate,
+    check_whole_logprobs,
+    whole_logprobs_share,
+)
 from gemma_fleet.gateway.classify import (
     Classification,
     InvalidMedia,
@@ -221,6 +225,8 @@ class Gateway:
         self.settings = settings
         self._live_replicas = live_replicas
         self._own_deployment = own_deployment
+        self._gateway_replicas: int | None = None  # the own deployment's, as last read
+        self._whole_logprobs = WholeLogprobsGate()
         self._watch_interval_s = watch_interval_s
         self._watcher: asyncio.Task[None] | None = None
         self._client = client
@@ -313,10 +319,13 @@ class Gateway:
         await self._read_documents(request)
         classified = await self._classify(request)
         needs = classified.needs
+        whole = 0
         if request.logprobs:
             per_token = 1 + (request.top_logprobs or 0)
             tokens = request.n * needs.max_output_tokens
-            check_whole_logprobs(tokens, per_token, stream=request.stream, param="top_logprobs")
+            whole = check_whole_logprobs(
+                tokens, per_token, stream=request.stream, param="top_logprobs"
+            )
         decision = self._route(needs, request.model, caller, documents=documents)
         if caller.admit is not None:
             with span(names.QUOTA):
@@ -327,7 +336,9 @@ class Gateway:
         if request.output_limit is None:
             payload["max_tokens"] = needs.max_output_tokens
         _ask_for_usage(payload)
-        return await self._dispatch(decision, needs, request.model, caller, "chat", payload)
+        return await self._dispatch(
+            decision, needs, request.model, caller, "chat", payload, whole_logprobs=whole
+        )
 
     async def completions(self, request: CompletionRequest, caller: Caller = ANYONE) -> Answer:
         """A completion of one prompt or a batch of them (served by one pool, as vLLM serves
@@ -341,11 +352,12 @@ class Gateway:
             prompts=len(prompts),
             batch_prompt_tokens=sum(prompts) if len(prompts) > 1 else None,
         )
+        whole = 0
         if request.logprobs is not None:
             generated = 0 if request.echo_only else needs.max_output_tokens
             echoed = sum(prompts) if request.echo else 0
             tokens = request.n * (len(prompts) * generated + echoed)
-            check_whole_logprobs(
+            whole = check_whole_logprobs(
                 tokens, 1 + request.logprobs, stream=request.stream, param="logprobs"
             )
         decision = self._route(needs, request.model, caller)
@@ -355,7 +367,9 @@ class Gateway:
         payload = request.model_dump(exclude_none=True)
         payload["max_tokens"] = 0 if request.echo_only else needs.max_output_tokens
         _ask_for_usage(payload)
-        return await self._dispatch(decision, needs, request.model, caller, "completions", payload)
+        return await self._dispatch(
+            decision, needs, request.model, caller, "completions", payload, whole_logprobs=whole
+        )
 
     async def count_tokens(self, request: ChatCompletionRequest, caller: Caller = ANYONE) -> int:
         """The prompt tokens `request` comes to, counted by the engine of the pool that would
@@ -459,6 +473,7 @@ class Gateway:
             else:
                 if self._own_deployment is not None:
                     own = counts.get(self._own_deployment)
+                    self._gateway_replicas = own
                     self.metrics.gateway_replicas.set(-1 if own is None else own)
                 for pool in self.state.set_live_replicas(counts):
                     log.warning("pool %s has no running replica: routed around", pool)
@@ -542,10 +557,13 @@ class Gateway:
         caller: Caller,
         method: Method,
         payload: dict[str, Any],
+        *,
+        whole_logprobs: int = 0,
     ) -> Answer:
         """Send to the routed pool. A pool that cannot be reached twice in a row is marked
         down and the request is routed again: another capable pool serves it, or, when none
-        is left, the client gets 503 with Retry-After.
+        is left, the client gets 503 with Retry-After. A whole answer with `whole_logprobs`
+        entries waits first for its turn at the pool (answer_size.WholeLogprobsGate).
 
         The gateway.dispatch span is current while the pool is called (the pool clients send
         it on as the engine's parent) and ends with the reply, or with the stream."""
@@ -560,10 +578,17 @@ class Gateway:
                     payload["model"] = pool
                     headers = {POOL_HEADER: pool, REASON_HEADER: decision.reason}
                     traced.set_attribute(names.POOL, pool)
+                    share = whole_logprobs_share(
+                        self.state.live_replicas(pool), self._gateway_replicas
+                    )
                     try:
-                        replies, first, used = await self._first_reply(
-                            pool, method, payload, 0 if method == "tokenize" else needs.sequences
-                        )
+                        async with self._whole_logprobs.hold(pool, whole_logprobs, share):
+                            replies, first, used = await self._first_reply(
+                                pool,
+                                method,
+                                payload,
+                                0 if method == "tokenize" else needs.sequences,
+                            )
                     except PoolUnavailable:
                         attempts += 2
                         traced.set_attribute(names.DISPATCH_ATTEMPTS, attempts)
