@@ -26,6 +26,7 @@ are given (WholeLogprobsGate). Streams are not held."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -88,14 +89,17 @@ class WholeLogprobsGate:
         return entry.held if entry is not None else 0
 
     @asynccontextmanager
-    async def hold(self, pool: str, entries: int, share: int) -> AsyncIterator[None]:
+    async def hold(self, pool: str, entries: int, share: int) -> AsyncIterator[float]:
         """Wait until `entries` (0: nothing to hold) fit in `pool`'s share, and hold them
-        while the block runs. A caller cancelled while waiting leaves the queue."""
+        while the block runs, which gets the seconds waited (0.0: none). A caller cancelled
+        while waiting leaves the queue."""
         if not entries:
-            yield
+            yield 0.0
             return
+        waited = 0.0
         state = self._pools.setdefault(pool, _Pool())
         if state.waiting or not state.fits(entries, share):
+            started = time.monotonic()
             turn = asyncio.get_running_loop().create_future()
             state.waiting.append((entries, turn))
             try:
@@ -108,10 +112,11 @@ class WholeLogprobsGate:
                         state.waiting.remove((entries, turn))
                     self._grant(state, share)  # those behind it may fit now
                 raise
+            waited = time.monotonic() - started
         else:
             state.held += entries
         try:
-            yield
+            yield waited
         finally:
             self._release(state, entries, share)
 

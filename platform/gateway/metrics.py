@@ -195,6 +195,12 @@ class GatewayMetrics:
             "Times a pool was seen with no running replica (and routed around), by pool",
             ["pool"],
         )
+        self.whole_answer_waits = self._counter(
+            "gemma_fleet_gateway_whole_answer_waits",
+            "Whole answers with logprobs that waited for their turn at a pool (the entries "
+            "its replicas are given to build at once), by pool",
+            ["pool"],
+        )
         self.streams_cut = self._counter(
             "gemma_fleet_gateway_streams_cut",
             "Streams ended with an error event because their pool failed mid-stream, by pool",

@@ -582,7 +582,10 @@ class Gateway:
                         self.state.live_replicas(pool), self._gateway_replicas
                     )
                     try:
-                        async with self._whole_logprobs.hold(pool, whole_logprobs, share):
+                        async with self._whole_logprobs.hold(pool, whole_logprobs, share) as waited:
+                            if waited:
+                                self.metrics.whole_answer_waits.labels(pool).inc()
+                                traced.set_attribute(names.DISPATCH_TURN_WAIT, waited)
                             replies, first, used = await self._first_reply(
                                 pool,
                                 method,

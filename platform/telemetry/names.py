@@ -26,6 +26,8 @@ ROUTE_REASON = "gemma_fleet.route_reason"
 PROMPT_TOKENS_ESTIMATE = "gemma_fleet.prompt_tokens_estimate"
 MAX_OUTPUT_TOKENS = "gemma_fleet.max_output_tokens"
 DISPATCH_ATTEMPTS = "gemma_fleet.dispatch.attempts"
+# seconds a whole answer with logprobs waited for its turn at the pool (set when it waited)
+DISPATCH_TURN_WAIT = "gemma_fleet.dispatch.turn_wait_s"
 STREAM = "gemma_fleet.stream"
 MEDIA_ITEMS = "gemma_fleet.media_items"
 DOCUMENT_PAGES = "gemma_fleet.document_pages"

@@ -33,8 +33,8 @@ async def _answer(
     gate: WholeLogprobsGate, log: list[str], name: str, entries: int, done: asyncio.Event
 ) -> None:
     """An answer of `entries` that is built (holds its entries) until `done` is set."""
-    async with gate.hold("e2b", entries, SHARE):
-        log.append(f"{name} built")
+    async with gate.hold("e2b", entries, SHARE) as waited:
+        log.append(f"{name} built" + (" after waiting" if waited else ""))
         await done.wait()
     log.append(f"{name} sent")
 
@@ -48,7 +48,7 @@ def test_an_answer_that_would_pass_the_share_waits_until_one_in_flight_is_sent()
         assert log == ["a built"] and gate.held("e2b") == 600
         first.set()
         await asyncio.sleep(0.01)
-        assert log == ["a built", "a sent", "b built"]
+        assert log == ["a built", "a sent", "b built after waiting"]
         second.set()
         await asyncio.gather(a, b)
         assert gate.held("e2b") == 0
@@ -83,7 +83,7 @@ def test_a_small_answer_does_not_pass_a_large_one_waiting_before_it() -> None:
         assert log == ["a built"]  # c would fit beside a, but b came first
         events["a"].set()
         await asyncio.sleep(0.01)
-        assert log == ["a built", "a sent", "b built", "c built"]
+        assert log == ["a built", "a sent", "b built after waiting", "c built after waiting"]
         for event in events.values():
             event.set()
         await asyncio.gather(*tasks)
@@ -102,7 +102,7 @@ def test_an_answer_larger_than_the_share_is_built_alone() -> None:
         first.set()
         second.set()
         await asyncio.gather(big, small)
-        assert log == ["big built", "big sent", "small built", "small sent"]
+        assert log == ["big built", "big sent", "small built after waiting", "small sent"]
 
     _run(scenario)
 
@@ -118,7 +118,7 @@ def test_a_client_that_leaves_while_waiting_frees_its_turn() -> None:
         await asyncio.sleep(0.01)
         b.cancel()  # the client of b hung up: c, which fits beside a, goes now
         await asyncio.sleep(0.01)
-        assert log == ["a built", "c built"]
+        assert log == ["a built", "c built after waiting"]
         events["a"].set()
         events["c"].set()
         await asyncio.gather(a, c)
@@ -139,7 +139,7 @@ def test_a_client_that_leaves_as_its_turn_comes_gives_it_back() -> None:
         await asyncio.sleep(0)  # a leaves the gate and gives b its turn...
         b.cancel()  # ...as b's client hangs up, before b runs
         await asyncio.sleep(0.01)
-        assert log == ["a built", "a sent", "c built"]
+        assert log == ["a built", "a sent", "c built after waiting"]
         events["c"].set()
         await asyncio.gather(a, c)
         assert b.cancelled() and gate.held("e2b") == 0
@@ -204,8 +204,19 @@ def test_whole_answers_with_logprobs_reach_a_pool_as_its_share_allows(
     """Each answer could hold 40 x 5 = 200 entries; the pool's one replica is given 400 at
     once, so of four sent together two are built at a time; streams are not held."""
     monkeypatch.setattr(answer_size, "WHOLE_LOGPROBS_PER_REPLICA", 400)
+    waits = _waits(gateway_server)
     assert _four_at_once(gateway_server, stream=False) == [200] * 4
     assert max(engine_calls) == 2, engine_calls
+    assert _waits(gateway_server) == waits + 2  # the two that came after: an SRE sees them
     engine_calls.clear()
     assert _four_at_once(gateway_server, stream=True) == [200] * 4
     assert max(engine_calls) == 4, engine_calls
+    assert _waits(gateway_server) == waits + 2
+
+
+def _waits(gateway: RunningGateway) -> float:
+    """The slow pool's whole answers that waited for their turn, as /metrics counts them."""
+    for line in httpx.get(gateway.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith('gemma_fleet_gateway_whole_answer_waits_total{pool="slow"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
