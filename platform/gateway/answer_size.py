@@ -1,7 +1,8 @@
 """How many logprobs an answer that is not streamed may hold.
 
 A non-streamed answer is built whole: in the pool replica (vLLM's response objects, or the
-simulator's) and again in the gateway replica, which reads it from Ray and writes it out. With
+simulator's), then passed through the gateway replica as bytes (translated, so parsed, only for
+the Anthropic and Responses APIs). With
 logprobs each generated token carries an entry per alternative, and those objects cost far more
 memory than the JSON they become. Measured on the local fleet (gemma-4-e2b, simulated,
 `top_logprobs` 20, `ignore_eos`): n 16 x 4,000 tokens (1.34 M entries, a 109 MB answer) took
@@ -18,10 +19,10 @@ The bound is per answer, and a pool replica builds the answers it is given at on
 Python garbage collector's full passes walk every object they hold, so the replica's event
 loop stalls for longer the more entries are in flight (on the local fleet, a one-token
 request to the same model waited up to 4.0 s beside four answers of 336,000 entries, 10.4 s
-beside eight; in stop 56, before the simulator built answers in slices, eight got the replica
-restarted twice out of two). So each gateway replica also holds whole answers with logprobs
-back, first come first served, while the pool has as many entries in flight as its replicas
-are given (WholeLogprobsGate). Streams are not held."""
+beside eight; before the simulator built answers in slices, eight got Ray Serve to restart the
+replica: benchmarks/whole_answer_stall). So each gateway replica also holds whole answers
+with logprobs back, first come first served, while the pool has as many entries in flight as
+its replicas are given (WholeLogprobsGate). Streams are not held."""
 
 from __future__ import annotations
 
