@@ -113,16 +113,9 @@ def replies(item: Any) -> list[Reply]:
     if error is not None and hasattr(error, "code"):
         param = getattr(error, "param", None)
         return [EngineError(int(error.code), str(error.message), str(error.type), param_of(param))]
-    usage = getattr(item, "usage", None)
-    return [JsonReply(item.model_dump_json().encode(), _plain(usage))]
-
-
-def _plain(usage: Any) -> dict[str, Any] | None:
-    """A response's usage (a pydantic model, a dict or None) as plain data."""
-    if usage is None or isinstance(usage, dict):
-        return usage
-    plain: dict[str, Any] = usage.model_dump(mode="json")
-    return plain
+    usage = getattr(item, "usage", None)  # vLLM's UsageInfo; none on a tokenize answer
+    plain = None if usage is None else usage.model_dump(mode="json")
+    return [JsonReply(item.model_dump_json().encode(), plain)]
 
 
 def param_of(value: object) -> str | None:

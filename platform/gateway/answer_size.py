@@ -2,18 +2,17 @@
 
 A non-streamed answer is built whole: in the pool replica (vLLM's response objects, or the
 simulator's), then passed through the gateway replica as bytes (translated, so parsed, only for
-the Anthropic and Responses APIs). With
-logprobs each generated token carries an entry per alternative, and those objects cost far more
-memory than the JSON they become. Measured on the local fleet (gemma-4-e2b, simulated,
-`top_logprobs` 20, `ignore_eos`): n 16 x 4,000 tokens (1.34 M entries, a 109 MB answer) took
-the pool replica 1.4 GB and the gateway replica 0.75 GB over their idle size; n 16 x 8,000
-(2.7 M entries) grew the pool replica past 3.4 GB while building it kept the replica's event loop
-from answering Ray Serve's health checks (10 s, 3 times), so Serve restarted the replica,
-failing that request and any other on it. vLLM's own server costs about as much: `vllm serve`
-(CPU build, a tiny checkpoint) took 1.25 GB over idle in its API process for 16 x 3,000 tokens
-(1.0 M entries, a 70 MB answer). A stream sends the entries a token at a time (the 16 x 8,000
-stream: 247 MB sent, the gateway replica 80 MB over idle), so only whole answers are bounded,
-at about 32 MB of JSON.
+the Anthropic and Responses APIs). With logprobs each generated token carries an entry per
+alternative, and those objects cost far more memory than the JSON they become. Measured on the
+local fleet (gemma-4-e2b, simulated, `top_logprobs` 20, `ignore_eos`): n 16 x 4,000 tokens (1.34
+M entries, a 109 MB answer) took the pool replica 1.4 GB and the gateway replica 0.75 GB over
+their idle size; n 16 x 8,000 (2.7 M entries) grew the pool replica past 3.4 GB while building
+it kept the replica's event loop from answering Ray Serve's health checks (10 s, 3 times), so
+Serve restarted the replica, failing that request and any other on it. vLLM's own server costs
+about as much: `vllm serve` (CPU build, a tiny checkpoint) took 1.25 GB over idle in its API
+process for 16 x 3,000 tokens (1.0 M entries, a 70 MB answer). A stream sends the entries a
+token at a time (the 16 x 8,000 stream: 247 MB sent, the gateway replica 80 MB over idle), so
+only whole answers are bounded, at about 32 MB of JSON.
 
 The bound is per answer, and a pool replica builds the answers it is given at once: the
 Python garbage collector's full passes walk every object they hold, so the replica's event
@@ -64,7 +63,7 @@ def whole_logprobs_share(pool_replicas: int | None, gateway_replicas: int | None
     """The entries one gateway replica may have a pool build at once: the pool replicas'
     allowance, split among the gateway's replicas (each counts only its own requests). An
     unknown count is taken as one."""
-    return WHOLE_LOGPROBS_PER_REPLICA * max(1, pool_replicas or 1) // max(1, gateway_replicas or 1)
+    return WHOLE_LOGPROBS_PER_REPLICA * (pool_replicas or 1) // (gateway_replicas or 1)
 
 
 @dataclass

@@ -5,7 +5,6 @@ the more logprob entries they hold (benchmarks/whole_answer_stall)."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -161,19 +160,17 @@ def engine_calls(gateway_server: RunningGateway, monkeypatch: pytest.MonkeyPatch
     real = client.call
     running = 0
     seen: list[int] = []
-    lock = threading.Lock()
 
     async def counted(*args: Any) -> AsyncIterator[Any]:
+        # Called on the gateway's one event loop only, so the count needs no lock.
         nonlocal running
-        with lock:
-            running += 1
-            seen.append(running)
+        running += 1
+        seen.append(running)
         try:
             async for reply in real(*args):
                 yield reply
         finally:
-            with lock:
-                running -= 1
+            running -= 1
 
     monkeypatch.setattr(client, "call", counted)
     return seen
